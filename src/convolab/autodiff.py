@@ -1,0 +1,55 @@
+"""``vjp(fn, *args, **kwargs)``: forward value and a pullback for every public op."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import numpy as np
+
+from .ops import conv as _conv
+from .ops import pad as _pad
+from .ops import unfold as _unfold
+
+_VJPS: dict[Callable, Callable] = {}
+for _m in (_conv, _unfold, _pad):
+    _VJPS.update(_m.VJPS)
+
+
+class Grads(tuple):
+    """A tuple with one entry per positional argument of the call (``None`` where the
+    argument is not an array).  ``.by_name`` maps every array argument's name, positional
+    or keyword, to its gradient."""
+
+    by_name: dict[str, Any]
+
+
+def vjp(fn: Callable, *args: Any, **kwargs: Any):
+    """Run ``fn(*args, **kwargs)`` and return ``(out, pullback)``.
+
+    ``pullback(grad_out)`` returns :class:`Grads`: for ``conv2d(x, w, b)``,
+    ``(grad_input, grad_weight, grad_bias)``.  ``grad_out`` must have ``out``'s shape.
+    """
+    impl = _VJPS.get(fn)
+    if impl is None:
+        known = sorted(f.__name__ for f in _VJPS)
+        raise TypeError(f"vjp: no gradient is defined for {fn!r}; known functions: {known}")
+    bound = inspect.signature(fn).bind(*args, **kwargs)
+    out, core = impl(*args, **kwargs)
+    pos_names = list(bound.arguments)[: len(args)]
+
+    def pullback(grad_out):
+        g = np.asarray(grad_out)
+        if g.shape != out.shape:
+            raise ValueError(
+                f"grad_out.shape={g.shape} must equal the output's shape {out.shape}"
+            )
+        if not (np.issubdtype(g.dtype, np.number)):
+            raise TypeError(f"grad_out has dtype {g.dtype}, expected a numeric array")
+        grads = core(g.astype(out.dtype, copy=False))
+        res = Grads(grads.get(n) if isinstance(bound.arguments[n], np.ndarray) or
+                    hasattr(bound.arguments[n], "__array__") else None for n in pos_names)
+        res.by_name = {k: v for k, v in grads.items() if v is not None}
+        return res
+
+    return out, pullback

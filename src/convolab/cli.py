@@ -1,0 +1,46 @@
+"""``convolab`` command line: ``convolab <command> [options]``.
+
+Each command lives in its own module and exposes ``main(argv) -> int``; this file
+only dispatches, so a command's imports (matplotlib, tqdm, ...) load only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": ("convolab.demo", "train a CNN in pure NumPy (MNIST-1D or digits)"),
+    "explain": ("convolab.explain", "shapes, padding, FLOPs and receptive field of a conv"),
+    "draw": ("convolab.draw", "animate a convolution in the style of the arithmetic guide"),
+    "bench": ("convolab.bench", "benchmark convolab against PyTorch"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: convolab <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'convolab <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"convolab: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[cmd][0])
+    except ModuleNotFoundError as exc:
+        print(f"convolab {cmd}: needs the optional package {exc.name!r}; "
+              f"install it with pip install 'convolab[...]' (see README)", file=sys.stderr)
+        return 2
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""dtype rules shared by every operation.
+
+* Supported: float16, float32, float64, complex64, complex128.
+* float16 is computed in float32 and returned as float16 (as torch's CPU kernels do).
+* The arrays of one call must share one dtype; integer and bool arrays are rejected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SUPPORTED = (np.float16, np.float32, np.float64, np.complex64, np.complex128)
+_SUPPORTED_NAMES = ", ".join(np.dtype(t).name for t in SUPPORTED)
+
+
+def as_array(name: str, value: object) -> np.ndarray:
+    """Accept ndarrays and array-likes (objects with ``__array__``, lists)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if value is None or isinstance(value, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # pragma: no cover - defensive
+        raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}") from exc
+
+
+def check_dtypes(**arrays: np.ndarray | None) -> np.dtype:
+    """All non-None arrays must have one supported dtype; returns it."""
+    given = {k: a.dtype for k, a in arrays.items() if a is not None}
+    for name, dt in given.items():
+        if dt.type not in SUPPORTED:
+            raise TypeError(
+                f"{name} has dtype {dt.name}, which is not supported; convolab computes in "
+                f"{_SUPPORTED_NAMES} (cast integer/bool data first, e.g. x.astype(np.float32))"
+            )
+    dts = set(given.values())
+    if len(dts) > 1:
+        desc = ", ".join(f"{k}={v.name}" for k, v in given.items())
+        raise TypeError(f"dtypes must match, got {desc}")
+    return next(iter(dts))
+
+
+def compute_dtype(dt: np.dtype) -> np.dtype:
+    """The dtype the arithmetic runs in (float16 -> float32)."""
+    return np.dtype(np.float32) if dt == np.float16 else np.dtype(dt)

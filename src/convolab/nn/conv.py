@@ -1,0 +1,219 @@
+"""Conv1d/2d/3d and ConvTranspose1d/2d/3d layers with torch's constructor signatures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..autodiff import vjp
+from ..ops import conv as F
+from ..ops.pad import pad, pad_vjp
+from ..spec import as_tuple, make_spec
+from .module import Module, Parameter
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def make_rng(rng=None, seed=None) -> np.random.Generator:
+    """``rng`` (a Generator) wins; else a Generator seeded with ``seed`` (None = fresh)."""
+    if rng is not None:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        return rng
+    return np.random.default_rng(seed)
+
+
+def kaiming_uniform(rng, shape, fan_in, dtype):
+    """torch's default: kaiming_uniform_(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class _ConvNd(Module):
+    _rank = 0
+    _transposed = False
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                 groups, bias, padding_mode, output_padding=0, device=None, dtype=None,
+                 rng=None, seed=None):
+        super().__init__()
+        r = self._rank
+        name = type(self).__name__
+        for arg, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}: {arg}={v!r} must be a positive int")
+        if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups <= 0:
+            raise ValueError(f"{name}: groups={groups!r} must be a positive integer")
+        if in_channels % groups:
+            raise ValueError(f"{name}: groups={groups} must divide in_channels={in_channels}")
+        if out_channels % groups:
+            raise ValueError(f"{name}: groups={groups} must divide out_channels={out_channels}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(
+                f"{name}: padding_mode={padding_mode!r} must be one of {PADDING_MODES}"
+            )
+        if self._transposed and padding_mode != "zeros":
+            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+        if device not in (None, "cpu"):
+            raise ValueError(f"{name}: device={device!r}; convolab runs on the CPU only")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = as_tuple("kernel_size", kernel_size, r)
+        self.stride = as_tuple("stride", stride, r)
+        self.dilation = as_tuple("dilation", dilation, r)
+        self.groups = int(groups)
+        self.padding = padding if isinstance(padding, str) else padding
+        self.padding_mode = padding_mode
+        self.output_padding = as_tuple("output_padding", output_padding, r)
+        # Validates stride/dilation/padding/output_padding now rather than at the first call.
+        self._spec = make_spec(self.kernel_size, self.stride, padding, self.dilation,
+                               self.groups, self.output_padding if self._transposed else None,
+                               transposed=self._transposed)
+        self.dtype = np.dtype(np.float32 if dtype is None else dtype)
+        gen = make_rng(rng, seed)
+        if self._transposed:
+            wshape = (in_channels, out_channels // groups) + self.kernel_size
+        else:
+            wshape = (out_channels, in_channels // groups) + self.kernel_size
+        fan_in = wshape[1] * int(np.prod(self.kernel_size))
+        self.weight = Parameter(kaiming_uniform(gen, wshape, fan_in, self.dtype))
+        if bias:
+            self.bias = Parameter(kaiming_uniform(gen, (out_channels,), fan_in, self.dtype))
+        else:
+            self.register_parameter("bias", None)
+        self._pullbacks = None
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}, padding={self.padding!r}")
+        if any(d != 1 for d in self.dilation):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+    def _bias_arr(self):
+        return None if self.bias is None else self.bias.data
+
+    def _accumulate(self, grads) -> np.ndarray:
+        self.weight.accumulate(grads[1])
+        if self.bias is not None:
+            self.bias.accumulate(grads[2])
+        return grads[0]
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        """Return grad_input; add grad_weight/grad_bias into ``.grad``."""
+        if self._pullbacks is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        pad_pb, conv_pb = self._pullbacks
+        gx = self._accumulate(conv_pb(grad_out))
+        return gx if pad_pb is None else pad_pb(gx)["input"]
+
+
+class _Conv(_ConvNd):
+    _fn = None
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
+                 dtype=None, *, rng=None, seed=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device=device, dtype=dtype, rng=rng,
+                         seed=seed)
+
+    def _torch_pad(self) -> list[int]:
+        """The spec's per-side padding as torch's flat pad list, last dimension first."""
+        flat: list[int] = []
+        for lo, hi in reversed(self._spec.padding):
+            flat += [lo, hi]
+        return flat
+
+    def forward(self, input: np.ndarray) -> np.ndarray:
+        fn = type(self)._fn
+        x = np.asarray(input)
+        pad_pb = None
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            x, pb = pad_vjp(x, self._torch_pad(), mode=self.padding_mode)
+            pad_pb, padding = pb, 0
+        y, conv_pb = vjp(fn, x, self.weight.data, self._bias_arr(), self.stride, padding,
+                         self.dilation, self.groups)
+        self._pullbacks = (pad_pb, conv_pb)
+        return y
+
+    def predict(self, input: np.ndarray) -> np.ndarray:
+        """Forward without keeping anything for backward."""
+        x = np.asarray(input)
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            x, padding = pad(x, self._torch_pad(), mode=self.padding_mode), 0
+        return type(self)._fn(x, self.weight.data, self._bias_arr(), self.stride, padding,
+                              self.dilation, self.groups)
+
+
+class _ConvT(_ConvNd):
+    _transposed = True
+    _fn = None
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
+                 device=None, dtype=None, *, rng=None, seed=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, output_padding, device=device,
+                         dtype=dtype, rng=rng, seed=seed)
+
+    def _output_padding(self, x: np.ndarray, output_size) -> tuple[int, ...]:
+        """torch's rule: pick output_padding so the output has ``output_size``."""
+        if output_size is None:
+            return self.output_padding
+        r = self._rank
+        size = tuple(int(s) for s in output_size)[-r:]
+        if len(size) != r:
+            raise ValueError(f"output_size={output_size} must have at least {r} entries")
+        spatial = x.shape[-r:]
+        zero = make_spec(self.kernel_size, self.stride, self.padding, self.dilation,
+                         self.groups, 0, transposed=True)
+        smallest = zero.transpose_out_shape(spatial)
+        op = []
+        for i, (want, lo) in enumerate(zip(size, smallest)):
+            hi = lo + max(self.stride[i], self.dilation[i]) - 1
+            if not lo <= want <= hi:
+                raise ValueError(
+                    f"output_size={size} is not reachable: dimension {i} must be between "
+                    f"{lo} and {hi} for input size {spatial[i]}"
+                )
+            op.append(want - lo)
+        return tuple(op)
+
+    def forward(self, input: np.ndarray, output_size=None) -> np.ndarray:
+        x = np.asarray(input)
+        op = self._output_padding(x, output_size)
+        y, conv_pb = vjp(type(self)._fn, x, self.weight.data, self._bias_arr(), self.stride,
+                         self.padding, op, self.groups, self.dilation)
+        self._pullbacks = (None, conv_pb)
+        return y
+
+    def predict(self, input: np.ndarray, output_size=None) -> np.ndarray:
+        x = np.asarray(input)
+        return type(self)._fn(x, self.weight.data, self._bias_arr(), self.stride,
+                              self.padding, self._output_padding(x, output_size),
+                              self.groups, self.dilation)
+
+
+def _layer(base, rank, fn, name):
+    cls = type(name, (base,), {"_rank": rank, "_fn": fn})
+    cls.__module__ = "convolab.nn"
+    cls.__doc__ = (f"{name}: as torch.nn.{name}; ``rng``/``seed`` seed the default "
+                   "initialisation; ``forward(x)``/``backward(grad_out)``.")
+    return cls
+
+
+Conv1d = _layer(_Conv, 1, F.conv1d, "Conv1d")
+Conv2d = _layer(_Conv, 2, F.conv2d, "Conv2d")
+Conv3d = _layer(_Conv, 3, F.conv3d, "Conv3d")
+ConvTranspose1d = _layer(_ConvT, 1, F.conv_transpose1d, "ConvTranspose1d")
+ConvTranspose2d = _layer(_ConvT, 2, F.conv_transpose2d, "ConvTranspose2d")
+ConvTranspose3d = _layer(_ConvT, 3, F.conv_transpose3d, "ConvTranspose3d")

@@ -1,0 +1,177 @@
+"""Parameter and Module: the small base every layer builds on (no autograd engine).
+
+A layer's ``forward(x)`` keeps what its ``backward(grad_out)`` needs;
+``backward`` returns the gradient for the input and *accumulates* into each
+parameter's ``.grad``, as torch does.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, Mapping
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array: ``.data`` and ``.grad`` (``None`` until a backward runs)."""
+
+    __array_priority__ = 10
+
+    def __init__(self, data: np.ndarray):
+        self.data = np.asarray(data)
+        self.grad: np.ndarray | None = None
+
+    def __array__(self, dtype=None, copy=None):
+        if dtype is None:
+            return self.data
+        return self.data.astype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def accumulate(self, g: np.ndarray) -> None:
+        if self.grad is None:
+            self.grad = np.array(g, dtype=self.data.dtype, copy=True)
+        else:
+            self.grad += g
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class: parameters, sub-modules, buffers, train/eval, state dicts."""
+
+    training: bool = True
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        self.training = True
+
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_parameters")
+        if params is None:
+            raise AttributeError("call Module.__init__() before assigning attributes")
+        for store in (self._parameters, self._modules, self._buffers):
+            store.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_parameter(self, name: str, value: Parameter | None) -> None:
+        """Register a parameter slot, possibly ``None`` (e.g. ``bias=False``)."""
+        object.__setattr__(self, name, value)
+        if value is None:
+            self._parameters.pop(name, None)
+        else:
+            self._parameters[name] = value
+
+    def register_buffer(self, name: str, value: np.ndarray) -> None:
+        object.__setattr__(self, name, value)
+        self._buffers[name] = value
+
+    def _set_buffer(self, name: str, value: np.ndarray) -> None:
+        object.__setattr__(self, name, value)
+        self._buffers[name] = value
+
+    # -- traversal -------------------------------------------------------
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for n, p in self._parameters.items():
+            yield prefix + n, p
+        for mn, m in self._modules.items():
+            yield from m.named_parameters(prefix + mn + ".")
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        for n, b in self._buffers.items():
+            yield prefix + n, b
+        for mn, m in self._modules.items():
+            yield from m.named_buffers(prefix + mn + ".")
+
+    def modules(self) -> Iterator["Module"]:
+        yield self
+        for m in self._modules.values():
+            yield from m.modules()
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    # -- state -----------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of parameters and buffers, under torch's key names."""
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for n, p in self.named_parameters():
+            out[n] = p.data.copy()
+        for n, b in self.named_buffers():
+            out[n] = np.array(b, copy=True)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, object], strict: bool = True) -> None:
+        """Load arrays (NumPy, or anything ``np.asarray`` accepts, e.g. torch tensors)."""
+        own = dict(self.named_parameters())
+        bufs = {n for n, _ in self.named_buffers()}
+        missing = [k for k in list(own) + sorted(bufs) if k not in state]
+        unexpected = [k for k in state if k not in own and k not in bufs]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        for k, v in state.items():
+            arr = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+            if k in own:
+                p = own[k]
+                if arr.shape != p.data.shape:
+                    raise ValueError(
+                        f"load_state_dict: {k} has shape {arr.shape}, expected {p.data.shape}"
+                    )
+                p.data = arr.astype(p.data.dtype, copy=True)
+            elif k in bufs:
+                mod, _, name = k.rpartition(".")
+                target = self
+                for part in filter(None, mod.split(".")):
+                    target = target._modules[part]
+                old = target._buffers[name]
+                target._set_buffer(name, np.array(arr, dtype=np.asarray(old).dtype, copy=True))
+
+    # -- calling ---------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad_out):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={m!r}" for n, m in self._modules.items())
+        return f"{type(self).__name__}({self.extra_repr()}{inner})"

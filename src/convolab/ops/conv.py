@@ -1,0 +1,256 @@
+"""Convolution and transposed convolution, forward and vector-Jacobian product.
+
+Gradients are written as other convolutions (as JAX does), so every fast path of
+the forward speeds up the backward too:
+
+* conv:            ``gx = conv_transpose(gy, w)``, ``gw = corr(x, gy)``, ``gb = sum(gy)``
+* conv_transpose:  ``gx = conv(gy, w)``,           ``gw = corr(gy, x)``, ``gb = sum(gy)``
+
+For complex dtypes the gradients follow torch's convention (conjugate Wirtinger):
+``gx = conv_transpose(gy, conj(w))`` and ``gw = corr(conj(x), gy)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .. import select
+from ..dtypes import as_array, check_dtypes, compute_dtype
+from ..spec import ConvSpec, make_spec
+
+
+@dataclass
+class Prepared:
+    x: np.ndarray  # batched, in compute dtype
+    w: np.ndarray
+    b: np.ndarray | None
+    spec: ConvSpec
+    unbatched: bool
+    dtype: np.dtype  # the caller's dtype
+    out_spatial: tuple[int, ...]
+
+
+def _rank_of(weight: np.ndarray, rank: int | None, what: str) -> int:
+    if weight.ndim < 3:
+        raise ValueError(
+            f"weight must have shape (out_channels, in_channels/groups, *kernel_size) with "
+            f"at least one spatial dimension; got weight.shape={weight.shape}"
+        )
+    r = weight.ndim - 2
+    if rank is not None and r != rank:
+        raise ValueError(
+            f"{what} expects a {rank + 2}-D weight (out, in/groups, {rank} kernel dims); "
+            f"got weight.shape={weight.shape}"
+        )
+    return r
+
+
+def prepare(
+    input, weight, bias, stride, padding, dilation, groups, output_padding=None,
+    *, transposed: bool, rank: int | None = None, what: str = "conv",
+) -> Prepared:
+    """Validate everything once; return batched arrays and the spec."""
+    x = as_array("input", input)
+    w = as_array("weight", weight)
+    b = None if bias is None else as_array("bias", bias)
+    dtype = check_dtypes(input=x, weight=w, bias=b)
+    r = _rank_of(w, rank, what)
+    if x.ndim not in (r + 1, r + 2):
+        raise ValueError(
+            f"{what}: expected a {r + 1}-D (unbatched) or {r + 2}-D (batched) input for a "
+            f"{r}-D kernel, got input.shape={x.shape}"
+        )
+    spec = make_spec(
+        tuple(w.shape[2:]), stride, padding, dilation, groups, output_padding,
+        transposed=transposed,
+    )
+    unbatched = x.ndim == r + 1
+    if unbatched:
+        x = x[None]
+    g = spec.groups
+    C = x.shape[1]
+    if transposed:
+        if w.shape[0] != C:
+            raise ValueError(
+                f"{what}: weight.shape[0]={w.shape[0]} (in_channels) must equal the input's "
+                f"channels={C} (input.shape={tuple(input.shape)})"
+            )
+        if C % g:
+            raise ValueError(f"groups={g} must divide in_channels={C}")
+        out_channels = w.shape[1] * g
+    else:
+        if w.shape[1] * g != C:
+            raise ValueError(
+                f"{what}: input has {C} channels but weight.shape[1]*groups = "
+                f"{w.shape[1]}*{g} = {w.shape[1] * g} (weight.shape={w.shape}, groups={g}); "
+                "in_channels must equal weight.shape[1]*groups"
+            )
+        if w.shape[0] % g:
+            raise ValueError(
+                f"groups={g} must divide out_channels={w.shape[0]} (weight.shape[0])"
+            )
+        out_channels = w.shape[0]
+    if b is not None and b.shape != (out_channels,):
+        raise ValueError(
+            f"bias.shape={b.shape} must be (out_channels,) = ({out_channels},)"
+        )
+    spatial = x.shape[2:]
+    out_spatial = spec.out_shape(spatial)
+    if any(o <= 0 for o in out_spatial):
+        if transposed:
+            raise ValueError(
+                f"{what}: input spatial size {spatial} gives output size {out_spatial}; "
+                f"(in-1)*stride - pad_lo - pad_hi + dilation*(k-1) + output_padding + 1 must "
+                f"be positive (stride={spec.stride}, padding={spec.padding}, "
+                f"dilation={spec.dilation}, kernel_size={spec.kernel_size})"
+            )
+        raise ValueError(
+            f"{what}: kernel_size={spec.kernel_size} with dilation={spec.dilation} "
+            f"(effective {spec.effective_kernel}) is larger than the padded input "
+            f"{spec.padded_shape(spatial)} (input {spatial}, padding {spec.padding}); "
+            "the effective kernel size must not exceed the padded input size"
+        )
+    cdt = compute_dtype(dtype)
+    return Prepared(
+        x.astype(cdt, copy=False), w.astype(cdt, copy=False),
+        None if b is None else b.astype(cdt, copy=False),
+        spec, unbatched, dtype, out_spatial,
+    )
+
+
+def _add_bias(y: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    if b is not None:
+        y += b.reshape((1, -1) + (1,) * (y.ndim - 2))
+    return y
+
+
+def _finish(y: np.ndarray, p: Prepared) -> np.ndarray:
+    if p.unbatched:
+        y = y[0]
+    return y.astype(p.dtype, copy=False)
+
+
+def _run_forward(p: Prepared) -> np.ndarray:
+    x, w, spec = p.x, p.w, p.spec
+    if spec.transposed:
+        algo = select.choose("input_grad", spec, x.shape, w.shape, x.dtype).module
+        y = algo.input_grad(x, w, spec, p.out_spatial)
+    else:
+        algo = select.choose("forward", spec, x.shape, w.shape, x.dtype).module
+        y = algo.forward(x, w, spec)
+    return _add_bias(y, p.b)
+
+
+def _grads(p: Prepared, gy: np.ndarray) -> dict[str, np.ndarray | None]:
+    x, w, spec = p.x, p.w, p.spec
+    if np.iscomplexobj(x):
+        x, w = np.conj(x), np.conj(w)
+    if p.unbatched:
+        gy = gy[None]
+    gy = gy.astype(x.dtype, copy=False)
+    spatial = x.shape[2:]
+    if spec.transposed:
+        # y = conv^T(x): gx = conv(gy), gw = corr(gy, x)
+        fwd = select.choose("forward", spec, gy.shape, w.shape, x.dtype).module
+        gx = fwd.forward(gy, w, spec, out_spatial=spatial)
+        wg = select.choose("weight_grad", spec, gy.shape, w.shape, x.dtype).module
+        gw = wg.weight_grad(gy, x, spec)
+    else:
+        ig = select.choose("input_grad", spec, gy.shape, w.shape, x.dtype).module
+        gx = ig.input_grad(gy, w, spec, spatial)
+        wg = select.choose("weight_grad", spec, x.shape, w.shape, x.dtype).module
+        gw = wg.weight_grad(x, gy, spec)
+    gb = None if p.b is None else gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
+    if p.unbatched:
+        gx = gx[0]
+    cast = lambda a: None if a is None else a.astype(p.dtype, copy=False)  # noqa: E731
+    return {"input": cast(gx), "weight": cast(gw), "bias": cast(gb)}
+
+
+# ---------------------------------------------------------------------------
+# Public functional API (mirrors torch.nn.functional)
+
+
+def _conv(rank, what):
+    def fn(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        p = prepare(input, weight, bias, stride, padding, dilation, groups,
+                    transposed=False, rank=rank, what=what)
+        return _finish(_run_forward(p), p)
+
+    return fn
+
+
+def _conv_transpose(rank, what):
+    def fn(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+           dilation=1):
+        p = prepare(input, weight, bias, stride, padding, dilation, groups, output_padding,
+                    transposed=True, rank=rank, what=what)
+        return _finish(_run_forward(p), p)
+
+    return fn
+
+
+def _vjp_of(transposed: bool, rank, what):
+    def vjp_impl(input, weight, bias=None, stride=1, padding=0, *rest, **kw):
+        if transposed:
+            names = ("output_padding", "groups", "dilation")
+            defaults = {"output_padding": 0, "groups": 1, "dilation": 1}
+        else:
+            names = ("dilation", "groups")
+            defaults = {"dilation": 1, "groups": 1}
+        args = dict(defaults)
+        args.update(zip(names, rest))
+        args.update(kw)
+        p = prepare(input, weight, bias, stride, padding, args["dilation"], args["groups"],
+                    args.get("output_padding"), transposed=transposed, rank=rank, what=what)
+        out = _finish(_run_forward(p), p)
+        return out, lambda gy: _grads(p, gy)
+
+    return vjp_impl
+
+
+_DOC = """{what}(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
+
+{rank_text} convolution, as ``torch.nn.functional.{what}``.
+
+input: ``(N, C_in, *S)`` or unbatched ``(C_in, *S)``; weight: ``(C_out, C_in/groups, *k)``;
+bias: ``(C_out,)`` or None.  padding: int, tuple, ``'valid'``, ``'same'``, and as
+convolab extensions ``'causal'`` and per-side pairs ``[(lo, hi), ...]``.
+Returns ``(N, C_out, *O)`` with ``O = floor((S + lo + hi - dilation*(k-1) - 1)/stride) + 1``.
+"""
+
+_TDOC = """{what}(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1)
+
+{rank_text} transposed convolution, as ``torch.nn.functional.{what}``: the gradient
+of ``conv`` with respect to its input.
+
+input: ``(N, C_in, *S)`` or ``(C_in, *S)``; weight: ``(C_in, C_out/groups, *k)``;
+padding: int, tuple, or per-side pairs (a convolab extension: ``(lo, hi)`` is removed
+from the low/high end of the full output).
+Returns ``(N, C_out, *O)`` with ``O = (S-1)*stride - lo - hi + dilation*(k-1) + output_padding + 1``.
+"""
+
+conv = _conv(None, "conv")
+conv1d = _conv(1, "conv1d")
+conv2d = _conv(2, "conv2d")
+conv3d = _conv(3, "conv3d")
+conv_transpose = _conv_transpose(None, "conv_transpose")
+conv_transpose1d = _conv_transpose(1, "conv_transpose1d")
+conv_transpose2d = _conv_transpose(2, "conv_transpose2d")
+conv_transpose3d = _conv_transpose(3, "conv_transpose3d")
+
+VJPS: dict[Callable, Callable] = {}
+for _fn, _r, _t in [
+    (conv, None, False), (conv1d, 1, False), (conv2d, 2, False), (conv3d, 3, False),
+    (conv_transpose, None, True), (conv_transpose1d, 1, True),
+    (conv_transpose2d, 2, True), (conv_transpose3d, 3, True),
+]:
+    _name = ("conv_transpose" if _t else "conv") + (f"{_r}d" if _r else "")
+    _fn.__name__ = _fn.__qualname__ = _name
+    _fn.__module__ = "convolab"
+    _rank_text = f"{_r}-D" if _r else "N-D (rank = weight.ndim - 2)"
+    _fn.__doc__ = (_TDOC if _t else _DOC).format(what=_name, rank_text=_rank_text)
+    VJPS[_fn] = _vjp_of(_t, _r, _name)

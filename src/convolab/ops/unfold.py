@@ -1,0 +1,125 @@
+"""unfold (im2col) and fold (col2im) for any spatial rank; each is the other's adjoint.
+
+``unfold(x)``: ``(N, C, *S)`` -> ``(N, C*prod(k), L)`` with ``L = prod(O)``, the
+columns that the GEMM path multiplies by the weight.  ``fold`` sums overlapping
+blocks back into ``(N, C, *output_size)``.  torch only does 2-D; here the rank is
+``len(kernel_size)`` when it is a tuple, and 2 (torch's) when it is an int.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..algorithms.gemm import col2im, im2col
+from ..dtypes import as_array, check_dtypes, compute_dtype
+from ..spec import as_tuple, make_spec
+
+
+def _rank(kernel_size, output_size=None) -> int:
+    if isinstance(kernel_size, (tuple, list)):
+        return len(kernel_size)
+    if isinstance(output_size, (tuple, list)):
+        return len(output_size)
+    return 2
+
+
+def _spec(kernel_size, dilation, padding, stride, rank):
+    k = as_tuple("kernel_size", kernel_size, rank)
+    return make_spec(k, stride, padding, dilation)
+
+
+def _unfold_prepare(input, kernel_size, dilation, padding, stride):
+    x = as_array("input", input)
+    dt = check_dtypes(input=x)
+    r = _rank(kernel_size)
+    if x.ndim not in (r + 1, r + 2):
+        raise ValueError(
+            f"unfold: expected a {r + 1}-D (unbatched) or {r + 2}-D (batched) input for "
+            f"kernel_size={kernel_size!r}, got input.shape={x.shape}"
+        )
+    spec = _spec(kernel_size, dilation, padding, stride, r)
+    unbatched = x.ndim == r + 1
+    xb = x[None] if unbatched else x
+    O = spec.conv_out_shape(xb.shape[2:])
+    if any(o <= 0 for o in O):
+        raise ValueError(
+            f"unfold: input spatial size {xb.shape[2:]} with kernel_size={spec.kernel_size}, "
+            f"dilation={spec.dilation}, padding={spec.padding}, stride={spec.stride} gives "
+            f"{O} sliding blocks; every dimension must have at least one"
+        )
+    return xb.astype(compute_dtype(dt), copy=False), spec, O, unbatched, dt
+
+
+def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
+    """Extract sliding blocks: ``(N, C, *S)`` -> ``(N, C*prod(kernel_size), L)``."""
+    xb, spec, O, unbatched, dt = _unfold_prepare(input, kernel_size, dilation, padding, stride)
+    cols = np.ascontiguousarray(im2col(xb, spec, O))
+    return (cols[0] if unbatched else cols).astype(dt, copy=False)
+
+
+def _fold_prepare(input, output_size, kernel_size, dilation, padding, stride):
+    c = as_array("input", input)
+    dt = check_dtypes(input=c)
+    r = _rank(kernel_size, output_size)
+    out = as_tuple("output_size", output_size, r)
+    spec = _spec(kernel_size, dilation, padding, stride, r)
+    if c.ndim not in (2, 3):
+        raise ValueError(
+            f"fold: expected a 2-D (unbatched) or 3-D (batched) input (N, C*prod(k), L), "
+            f"got input.shape={c.shape}"
+        )
+    unbatched = c.ndim == 2
+    cb = c[None] if unbatched else c
+    kk = int(np.prod(spec.kernel_size))
+    if cb.shape[1] % kk:
+        raise ValueError(
+            f"fold: input.shape[-2]={cb.shape[1]} must be divisible by the product of "
+            f"kernel_size={spec.kernel_size} ({kk})"
+        )
+    O = spec.conv_out_shape(out)
+    if any(o <= 0 for o in O) or cb.shape[2] != int(np.prod(O)):
+        raise ValueError(
+            f"fold: output_size={out}, kernel_size={spec.kernel_size}, dilation="
+            f"{spec.dilation}, padding={spec.padding}, stride={spec.stride} give {O} blocks "
+            f"(L={int(np.prod(O)) if all(o > 0 for o in O) else 0}), but input.shape[-1]="
+            f"{cb.shape[2]}; they must match"
+        )
+    return cb.astype(compute_dtype(dt), copy=False), spec, out, O, unbatched, dt
+
+
+def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
+    """Sum sliding blocks back: ``(N, C*prod(k), L)`` -> ``(N, C, *output_size)``."""
+    cb, spec, out, O, unbatched, dt = _fold_prepare(
+        input, output_size, kernel_size, dilation, padding, stride)
+    y = col2im(cb, spec, out, O)
+    return (y[0] if unbatched else y).astype(dt, copy=False)
+
+
+def unfold_vjp(input, kernel_size, dilation=1, padding=0, stride=1):
+    xb, spec, O, unbatched, dt = _unfold_prepare(input, kernel_size, dilation, padding, stride)
+    cols = np.ascontiguousarray(im2col(xb, spec, O))
+    out = (cols[0] if unbatched else cols).astype(dt, copy=False)
+
+    def pullback(g):
+        g = g[None] if unbatched else g
+        gx = col2im(g.astype(xb.dtype, copy=False), spec, xb.shape[2:], O)
+        return {"input": (gx[0] if unbatched else gx).astype(dt, copy=False)}
+
+    return out, pullback
+
+
+def fold_vjp(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
+    cb, spec, out_size, O, unbatched, dt = _fold_prepare(
+        input, output_size, kernel_size, dilation, padding, stride)
+    y = col2im(cb, spec, out_size, O)
+    out = (y[0] if unbatched else y).astype(dt, copy=False)
+
+    def pullback(g):
+        g = g[None] if unbatched else g
+        gc = np.ascontiguousarray(im2col(g.astype(cb.dtype, copy=False), spec, O))
+        return {"input": (gc[0] if unbatched else gc).astype(dt, copy=False)}
+
+    return out, pullback
+
+
+VJPS = {unfold: unfold_vjp, fold: fold_vjp}

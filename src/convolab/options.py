@@ -1,0 +1,76 @@
+"""Process- and context-wide options: which algorithm runs, the workspace budget.
+
+Backed by :mod:`contextvars`, so ``with convolab.options(...)`` is local to the
+current thread / async task and always restored, while :func:`set_options`
+changes the default for the whole process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, fields, replace
+from typing import Iterator
+
+ALGORITHMS = ("auto", "direct", "gemm", "winograd", "fft", "depthwise")
+
+
+@dataclass(frozen=True)
+class Options:
+    """``algorithm``: one of :data:`ALGORITHMS` (``'auto'`` lets the library pick).
+    ``workspace_bytes``: the most extra memory a fast path may allocate for its
+    column buffers; work is chunked over the batch to stay within it.
+    ``autotune``: time the applicable algorithms once per shape and cache the winner.
+    """
+
+    algorithm: str = "auto"
+    workspace_bytes: int = 512 * 2**20
+    autotune: bool = False
+
+
+_DEFAULT = Options()
+_current: contextvars.ContextVar[Options | None] = contextvars.ContextVar(
+    "convolab_options", default=None
+)
+
+
+def _validated(base: Options, **changes: object) -> Options:
+    names = {f.name for f in fields(Options)}
+    for key in changes:
+        if key not in names:
+            raise TypeError(f"unknown option {key!r}; known options are {sorted(names)}")
+    if "algorithm" in changes and changes["algorithm"] not in ALGORITHMS:
+        raise ValueError(
+            f"algorithm={changes['algorithm']!r} is not one of {ALGORITHMS}"
+        )
+    if "workspace_bytes" in changes:
+        wb = changes["workspace_bytes"]
+        if not isinstance(wb, int) or isinstance(wb, bool) or wb <= 0:
+            raise ValueError(f"workspace_bytes={wb!r} must be a positive int")
+    if "autotune" in changes and not isinstance(changes["autotune"], bool):
+        raise TypeError(f"autotune={changes['autotune']!r} must be a bool")
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def get_options() -> Options:
+    """The options in force here."""
+    cur = _current.get()
+    return _DEFAULT if cur is None else cur
+
+
+def set_options(**changes: object) -> Options:
+    """Change the process-wide defaults (outside any ``with options(...)`` block)."""
+    global _DEFAULT
+    _DEFAULT = _validated(_DEFAULT, **changes)
+    return _DEFAULT
+
+
+@contextlib.contextmanager
+def options(**changes: object) -> Iterator[Options]:
+    """``with convolab.options(algorithm="direct"):`` overrides options in a block."""
+    new = _validated(get_options(), **changes)
+    token = _current.set(new)
+    try:
+        yield new
+    finally:
+        _current.reset(token)
