@@ -10,8 +10,11 @@ Backward:
 * ``input_grad``: ``dcols = w^T @ gy`` then col2im: one strided slice-add per
   kernel offset (a loop over offsets, never over pixels; no ``np.add.at``).
 
-Work is split into batch chunks so the column buffer stays within the
-``workspace_bytes`` option.
+Work is split into tiles (batch chunks, or rows of the first output dimension when
+one sample is too big) so that the column buffer stays within the ``workspace_bytes``
+option and, for speed, within the last-level cache; one scratch buffer is reused
+for every tile.  The input is padded once.  A 1x1, stride-1, unpadded convolution
+is a plain GEMM on the input, with no column copy at all.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..options import get_options
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
+from ._tiles import input_rows, scratch, tiles
 from .direct import kernel_offsets, tap_slices
 
 
@@ -74,65 +77,142 @@ def col2im(cols: np.ndarray, spec: ConvSpec, in_spatial, out_spatial) -> np.ndar
     return np.ascontiguousarray(crop_spatial(gxp, spec.padding))
 
 
-def _batch_chunks(N: int, bytes_per_sample: int):
-    budget = get_options().workspace_bytes
-    step = max(1, min(N, budget // max(1, bytes_per_sample)))
-    return [slice(i, min(N, i + step)) for i in range(0, max(N, 1), step)] if N else []
-
-
 def _wmat(w: np.ndarray, g: int) -> np.ndarray:
     """(K, C/g, *k) -> (g, K/g, C/g*prod(k))."""
     K = w.shape[0]
     return w.reshape(g, K // g, -1)
 
 
+def _is_pointwise(spec: ConvSpec, in_spatial, out_spatial) -> bool:
+    """1x1, stride 1, no padding: the input itself is the column matrix."""
+    return (
+        all(k == 1 for k in spec.kernel_size)
+        and all(s == 1 for s in spec.stride)
+        and all(lo == 0 and hi == 0 for lo, hi in spec.padding)
+        and tuple(in_spatial) == tuple(out_spatial)
+    )
+
+
+def _tile_cols(xp, spec, bs, rows, O, buf, *, batch_inner=False):
+    """Columns of one tile, copied into ``buf``.
+
+    Returns ``(n, C*kk, Pt)``, or with ``batch_inner`` ``(C*kk, n, Pt)`` (the layout
+    that makes the weight gradient a single GEMM over ``n*Pt``).
+    """
+    Ot = (rows.stop - rows.start,) + tuple(O[1:])
+    xt = xp[bs, :, input_rows(rows, spec)]
+    win = windows(xt, spec, Ot)  # (n, C, *k, *Ot)
+    n, C = win.shape[:2]
+    r = spec.rank
+    kk = int(np.prod(spec.kernel_size))
+    Pt = int(np.prod(Ot))
+    if batch_inner:
+        win = win.transpose((1,) + tuple(range(2, 2 + r)) + (0,) + tuple(range(2 + r, 2 + 2 * r)))
+        out = buf[: C * kk * n * Pt].reshape(win.shape)
+        np.copyto(out, win)
+        return out.reshape(C * kk, n, Pt)
+    out = buf[: n * C * kk * Pt].reshape(win.shape)
+    np.copyto(out, win)
+    return out.reshape(n, C * kk, Pt)
+
+
+def _row_positions(rows: slice, O) -> slice:
+    P1 = int(np.prod(O[1:]))
+    return slice(rows.start * P1, rows.stop * P1)
+
+
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
+    """y = conv(x, w): x (N, C, *S), w (K, C/g, *k) -> y (N, K, *O)."""
     g = spec.groups
     N, C = x.shape[:2]
     K = w.shape[0]
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
     P = int(np.prod(O))
     dtype = np.result_type(x, w)
-    y = np.empty((N, g, K // g, P), dtype=dtype)
     wm = _wmat(w, g)
+    if _is_pointwise(spec, x.shape[2:], O):
+        return np.matmul(wm, x.reshape(N, g, C // g, P)).reshape((N, K) + O)
+    y = np.empty((N, g, K // g, P), dtype=dtype)
+    kk = int(np.prod(spec.kernel_size))
     xp = pad_spatial(x, spec.padding)
-    per_sample = C * int(np.prod(spec.kernel_size)) * P * dtype.itemsize
-    for b in _batch_chunks(N, per_sample):
-        cols = im2col(x[b], spec, O, xp=xp[b])
-        cols = cols.reshape(cols.shape[0], g, -1, P)
-        np.matmul(wm, cols, out=y[b])
+    plan, most = tiles(N, O, C * kk * dtype.itemsize)
+    buf = scratch(most * C * kk, dtype)
+    for bs, rows in plan:
+        cols = _tile_cols(xp, spec, bs, rows, O, buf)
+        cols = cols.reshape(cols.shape[0], g, C // g * kk, -1)
+        ps = _row_positions(rows, O)
+        if ps.start == 0 and ps.stop == P:
+            np.matmul(wm, cols, out=y[bs])
+        else:
+            y[bs, :, :, ps] = np.matmul(wm, cols)
     return y.reshape((N, K) + O)
 
 
 def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """gw = corr(x, gy): x (N, C, *S), gy (N, K, *O) -> (K, C/g, *k); O may be smaller
+    than the formula gives (transposed-conv backward)."""
     g = spec.groups
     N, C = x.shape[:2]
     K = gy.shape[1]
-    O = gy.shape[2:]
+    O = tuple(gy.shape[2:])
     P = int(np.prod(O))
     dtype = np.result_type(x, gy)
     kk = int(np.prod(spec.kernel_size))
-    gw = np.zeros((g, K // g, C // g * kk), dtype=dtype)
+    Kg, Ckg = K // g, C // g * kk
+    gyg = gy.reshape(N, g, Kg, P)
+    if _is_pointwise(spec, x.shape[2:], O):
+        xs = x.reshape(N, g, C // g, P)
+        gw = np.matmul(gyg, xs.transpose(0, 1, 3, 2)).sum(axis=0)
+        return gw.reshape((K, C // g) + tuple(spec.kernel_size))
+    gw = np.zeros((g, Kg, Ckg), dtype=dtype)
     xp = pad_spatial(x, spec.padding)
-    gyg = gy.reshape(N, g, K // g, P)
-    for b in _batch_chunks(N, C * kk * P * dtype.itemsize):
-        cols = im2col(x[b], spec, O, xp=xp[b]).reshape(-1, g, C // g * kk, P)
-        gw += np.matmul(gyg[b], cols.transpose(0, 1, 3, 2)).sum(axis=0)
+    plan, most = tiles(N, O, (C * kk + K) * dtype.itemsize)
+    buf = scratch(most * C * kk, dtype)
+    for bs, rows in plan:
+        cols = _tile_cols(xp, spec, bs, rows, O, buf, batch_inner=True)  # (C*kk, n, Pt)
+        n, Pt = cols.shape[1:]
+        cols = cols.reshape(g, Ckg, n * Pt)
+        gyt = gyg[bs, :, :, _row_positions(rows, O)].transpose(1, 2, 0, 3).reshape(g, Kg, n * Pt)
+        gw += np.matmul(gyt, cols.transpose(0, 2, 1))
     return gw.reshape((K, C // g) + tuple(spec.kernel_size))
 
 
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
+    """gx = conv_transpose(gy, w): gy (N, K, *O), w (K, C/g, *k) -> (N, C, *in_spatial)."""
     g = spec.groups
     N, K = gy.shape[:2]
     Cg = w.shape[1]
-    O = gy.shape[2:]
+    C = g * Cg
+    O = tuple(gy.shape[2:])
     P = int(np.prod(O))
     kk = int(np.prod(spec.kernel_size))
     dtype = np.result_type(gy, w)
     wt = _wmat(w, g).transpose(0, 2, 1)  # (g, C/g*kk, K/g)
     gyg = gy.reshape(N, g, K // g, P)
-    gx = np.empty((N, g * Cg) + tuple(in_spatial), dtype=dtype)
-    for b in _batch_chunks(N, g * Cg * kk * P * dtype.itemsize):
-        dcols = np.matmul(wt, gyg[b])  # (n, g, C/g*kk, P)
-        gx[b] = col2im(dcols.reshape(dcols.shape[0], g * Cg * kk, P), spec, in_spatial, O)
-    return gx
+    in_spatial = tuple(in_spatial)
+    if _is_pointwise(spec, in_spatial, O):
+        return np.matmul(wt, gyg).reshape((N, C) + in_spatial)
+    padded = spec.padded_shape(in_spatial)
+    need = tuple(d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
+                 zip(spec.kernel_size, spec.dilation, spec.stride, O))
+    buf_shape = tuple(max(p, n) for p, n in zip(padded, need))
+    gxp = np.zeros((N, C) + buf_shape, dtype=dtype)
+    plan, most = tiles(N, O, C * kk * dtype.itemsize)
+    buf = scratch(most * C * kk, dtype)
+    taps = list(kernel_offsets(spec))
+    for bs, rows in plan:
+        Ot = (rows.stop - rows.start,) + O[1:]
+        gyt = gyg[bs, :, :, _row_positions(rows, O)]
+        n = gyt.shape[0]
+        dcols = buf[: n * C * kk * int(np.prod(Ot))].reshape(n, g, Cg * kk, -1)
+        np.matmul(wt, gyt, out=dcols)
+        dv = dcols.reshape((n, C) + tuple(spec.kernel_size) + Ot)
+        gt = gxp[bs, :, input_rows(rows, spec)]
+        for t in taps:
+            gt[(slice(None), slice(None)) + tap_slices(t, spec, Ot)] += dv[
+                (slice(None), slice(None)) + t
+            ]
+    if buf_shape == in_spatial and all(lo == 0 and hi == 0 for lo, hi in spec.padding):
+        return gxp
+    gxp = gxp[(Ellipsis,) + tuple(slice(0, p) for p in padded)]
+    return np.ascontiguousarray(crop_spatial(gxp, spec.padding))
