@@ -18,7 +18,7 @@ def _input(rank):
         size = tuple(int(s) for s in input_size)
         gy = np.asarray(grad_output)
         # Validate through conv's rules with a stand-in input of the right shape.
-        dummy = np.lib.stride_tricks.broadcast_to(np.zeros((), gy.dtype), size)
+        dummy = np.broadcast_to(np.zeros((), gy.dtype), size)
         p = prepare(dummy, weight, None, stride, padding, dilation, groups,
                     transposed=False, rank=rank, what=f"conv{rank}d_input")
         gyb = gy[None] if p.unbatched else gy
@@ -42,7 +42,7 @@ def _weight(rank):
         size = tuple(int(s) for s in weight_size)
         if len(size) != rank + 2:
             raise ValueError(f"weight_size={size} must have {rank + 2} entries")
-        dummy = np.lib.stride_tricks.broadcast_to(np.zeros((), x.dtype), size)
+        dummy = np.broadcast_to(np.zeros((), x.dtype), size)
         p = prepare(x, dummy, None, stride, padding, dilation, groups,
                     transposed=False, rank=rank, what=f"conv{rank}d_weight")
         gy = np.asarray(grad_output)

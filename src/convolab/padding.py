@@ -71,73 +71,83 @@ def _check_mode(mode: str, x: np.ndarray, pairs: list[tuple[int, int]]) -> None:
         )
     sizes = x.shape[x.ndim - nd :]
     for dim, (n, (lo, hi)) in enumerate(zip(sizes, pairs), start=x.ndim - nd):
-        if mode == "reflect" and (lo >= n or hi >= n):
+        m = n - max(-lo, 0) - max(-hi, 0)  # what is left after negative entries crop
+        if mode == "replicate":
+            if n == 0 and lo + hi + n > 0:
+                raise ValueError(f"mode='replicate' cannot pad dimension {dim} of size 0")
+            continue
+        if m <= 0:
+            raise ValueError(
+                f"{mode} padding ({lo}, {hi}) on dimension {dim} of size {n} leaves nothing "
+                "to pad from"
+            )
+        if mode == "reflect" and (lo >= m or hi >= m):
             raise ValueError(
                 f"reflect padding ({lo}, {hi}) on dimension {dim} must be smaller than "
-                f"that dimension's size {n}"
+                f"that dimension's size {m}"
             )
-        if mode == "circular" and (lo > n or hi > n):
+        if mode == "circular" and (lo > m or hi > m):
             raise ValueError(
                 f"circular padding ({lo}, {hi}) on dimension {dim} must be at most "
-                f"that dimension's size {n}"
+                f"that dimension's size {m}"
             )
-        if mode == "circular" and (lo < 0 or hi < 0) and (-lo >= n or -hi >= n):
-            raise ValueError(f"negative circular padding ({lo}, {hi}) removes all of dim {dim}")
-        if mode in ("replicate", "reflect") and (lo < 0 or hi < 0):
-            if n + min(lo, 0) + min(hi, 0) <= 0:
-                raise ValueError(
-                    f"negative padding ({lo}, {hi}) on dimension {dim} removes all of it"
-                )
-        if n == 0 and (lo > 0 or hi > 0):
-            raise ValueError(f"mode={mode!r} cannot pad dimension {dim} of size 0")
 
 
-_NP_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+def _index_map(n: int, lo: int, hi: int, mode: str) -> np.ndarray:
+    """For each output position along one axis, the input position it copies (torch's rules).
+
+    ``replicate`` clamps ``i - lo`` into the input; ``reflect`` and ``circular`` first crop
+    the negative entries, then mirror / wrap the rest.
+    """
+    i = np.arange(n + lo + hi)
+    if mode == "replicate":
+        return np.clip(i - lo, 0, n - 1)
+    clo, chi = max(-lo, 0), max(-hi, 0)
+    m = n - clo - chi
+    j = i - max(lo, 0)
+    if mode == "reflect":
+        j = np.where(j < 0, -j, j)
+        j = np.where(j >= m, 2 * (m - 1) - j, j)
+    else:  # circular
+        j = np.mod(j, m)
+    return j + clo
+
+
+def _take_adjoint(g: np.ndarray, axis: int, idx: np.ndarray, n: int) -> np.ndarray:
+    """Adjoint of ``np.take(x, idx, axis)`` for an axis of length ``n``: sums of the
+    gradient entries that read the same input position (sort + ``add.reduceat``)."""
+    shape = list(g.shape)
+    shape[axis] = n
+    out = np.zeros(shape, dtype=g.dtype)
+    if idx.size == 0:
+        return out
+    order = np.argsort(idx, kind="stable")
+    uniq, starts = np.unique(idx[order], return_index=True)
+    sums = np.add.reduceat(np.take(g, order, axis=axis), starts, axis=axis)
+    index = [slice(None)] * g.ndim
+    index[axis] = uniq
+    out[tuple(index)] = sums
+    return out
 
 
 def _pad_forward(x: np.ndarray, pairs: list[tuple[int, int]], mode: str, value: float):
     lead = x.ndim - len(pairs)
+    if mode != "constant":
+        out = x
+        for i, (lo, hi) in enumerate(pairs):
+            out = np.take(out, _index_map(x.shape[lead + i], lo, hi, mode), axis=lead + i)
+        return out if out is not x else x.copy()
     # Negative entries crop; do that first, then pad the rest.
     crop = [(max(-lo, 0), max(-hi, 0)) for lo, hi in pairs]
     grow = [(max(lo, 0), max(hi, 0)) for lo, hi in pairs]
-    if mode == "circular":
-        # torch crops the circularly padded result, so wrap first, then crop.
-        full = np.pad(x, [(0, 0)] * lead + grow, mode="wrap")
-        return np.ascontiguousarray(crop_spatial(full, crop))
     xc = crop_spatial(x, crop)
-    if mode == "constant":
-        out = np.full(
-            xc.shape[:lead]
-            + tuple(n + lo + hi for n, (lo, hi) in zip(xc.shape[lead:], grow)),
-            value,
-            dtype=x.dtype,
-        )
-        out[(Ellipsis,) + tuple(slice(lo, lo + n) for n, (lo, _) in zip(xc.shape[lead:], grow))] = xc
-        return out
-    return np.pad(xc, [(0, 0)] * lead + grow, mode=_NP_MODE[mode])
-
-
-def _pad_adjoint_1d(g: np.ndarray, axis: int, n: int, lo: int, hi: int, mode: str):
-    """Adjoint of padding one axis of length ``n`` by ``(lo, hi)`` (both >= 0)."""
-    g = np.moveaxis(g, axis, -1)
-    out = g[..., lo : lo + n].copy()
-    if mode == "replicate":
-        if lo:
-            out[..., 0] += g[..., :lo].sum(-1)
-        if hi:
-            out[..., -1] += g[..., lo + n :].sum(-1)
-    elif mode == "reflect":
-        # padded index j < lo reads input lo - j; j >= lo + n reads 2(n-1) - (j - lo)
-        if lo:
-            out[..., 1 : lo + 1] += g[..., :lo][..., ::-1]
-        if hi:
-            out[..., n - 1 - hi : n - 1] += g[..., lo + n :][..., ::-1]
-    elif mode == "circular":
-        if lo:
-            out[..., n - lo :] += g[..., :lo]
-        if hi:
-            out[..., :hi] += g[..., lo + n :]
-    return np.moveaxis(out, -1, axis)
+    out = np.full(
+        xc.shape[:lead] + tuple(n + lo + hi for n, (lo, hi) in zip(xc.shape[lead:], grow)),
+        value,
+        dtype=x.dtype,
+    )
+    out[(Ellipsis,) + tuple(slice(lo, lo + n) for n, (lo, _) in zip(xc.shape[lead:], grow))] = xc
+    return out
 
 
 def pad_backward(
@@ -145,24 +155,12 @@ def pad_backward(
 ) -> np.ndarray:
     """Gradient of :func:`pad` with respect to its input (no ``np.add.at``)."""
     lead = len(in_shape) - len(pairs)
-    if mode == "circular":
-        crop = [(max(-lo, 0), max(-hi, 0)) for lo, hi in pairs]
-        grow = [(max(lo, 0), max(hi, 0)) for lo, hi in pairs]
-        full_shape = grad.shape[:lead] + tuple(
-            n + lo + hi for n, (lo, hi) in zip(in_shape[lead:], grow)
-        )
-        g = np.zeros(full_shape, dtype=grad.dtype)
-        g[(Ellipsis,) + tuple(slice(lo, n - hi) for n, (lo, hi) in zip(full_shape[lead:], crop))] = grad
-        for i, (lo, hi) in enumerate(grow):
-            g = _pad_adjoint_1d(g, lead + i, in_shape[lead + i], lo, hi, mode)
+    if mode != "constant":
+        g = grad
+        for i, (lo, hi) in enumerate(pairs):
+            n = in_shape[lead + i]
+            g = _take_adjoint(g, lead + i, _index_map(n, lo, hi, mode), n)
         return g
     crop = [(max(-lo, 0), max(-hi, 0)) for lo, hi in pairs]
     grow = [(max(lo, 0), max(hi, 0)) for lo, hi in pairs]
-    g = grad
-    cropped = tuple(n - a - b for n, (a, b) in zip(in_shape[lead:], crop))
-    if mode == "constant":
-        g = crop_spatial(g, grow)
-    else:
-        for i, (lo, hi) in enumerate(grow):
-            g = _pad_adjoint_1d(g, lead + i, cropped[i], lo, hi, mode)
-    return np.ascontiguousarray(pad_spatial(g, crop))
+    return np.ascontiguousarray(pad_spatial(crop_spatial(grad, grow), crop))

@@ -42,15 +42,18 @@ def as_tuple(name: str, value: IntOrTuple, rank: int) -> tuple[int, ...]:
     return (_check_int(name, value),) * rank
 
 
-def _positive(name: str, vals: tuple[int, ...]) -> tuple[int, ...]:
+def _positive(name: str, vals: tuple[int, ...], given: object) -> tuple[int, ...]:
     for v in vals:
         if v <= 0:
-            raise ValueError(f"{name}={_fmt(vals)} must be positive (every entry >= 1)")
+            raise ValueError(f"{name}={_fmt(given)} must be positive (every entry >= 1)")
     return vals
 
 
-def _fmt(vals: tuple) -> str:
-    return str(vals[0]) if len(set(vals)) == 1 and len(vals) == 1 else str(vals)
+def _fmt(given: object) -> str:
+    """The value as the caller wrote it (lists and arrays shown as tuples)."""
+    if isinstance(given, (list, tuple, np.ndarray)):
+        return str(tuple(int(v) if isinstance(v, numbers.Integral) else v for v in given))
+    return repr(given)
 
 
 def resolve_padding(
@@ -111,7 +114,7 @@ def resolve_padding(
         pairs = tuple((p, p) for p in sym)
     for lo, hi in pairs:
         if lo < 0 or hi < 0:
-            raise ValueError(f"padding={padding!r} must be non-negative")
+            raise ValueError(f"padding={_fmt(padding)} must be non-negative")
     return pairs
 
 
@@ -203,8 +206,8 @@ def make_spec(
                 f"kernel_size={kernel_size} must be positive in every spatial dimension "
                 f"(dimension {i} is {k})"
             )
-    stride_t = _positive("stride", as_tuple("stride", stride, rank))
-    dilation_t = _positive("dilation", as_tuple("dilation", dilation, rank))
+    stride_t = _positive("stride", as_tuple("stride", stride, rank), stride)
+    dilation_t = _positive("dilation", as_tuple("dilation", dilation, rank), dilation)
     groups = _check_int("groups", groups)
     if groups <= 0:
         raise ValueError(f"groups={groups} must be a positive integer")

@@ -66,9 +66,10 @@ class _ConvNd(Module):
         self.padding_mode = padding_mode
         self.output_padding = as_tuple("output_padding", output_padding, r)
         # Validates stride/dilation/padding/output_padding now rather than at the first call.
-        self._spec = make_spec(self.kernel_size, self.stride, padding, self.dilation,
-                               self.groups, self.output_padding if self._transposed else None,
-                               transposed=self._transposed)
+        self._spec = make_spec(
+            self.kernel_size, stride, padding, dilation, self.groups,
+            self.output_padding if self._transposed else None, transposed=self._transposed,
+        )
         self.dtype = np.dtype(np.float32 if dtype is None else dtype)
         gen = make_rng(rng, seed)
         if self._transposed:

@@ -1,0 +1,188 @@
+"""Bad input gets ValueError/TypeError naming the argument, the value and the rule;
+inputs are never modified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convolab as cl
+from convolab import nn
+
+X = np.zeros((2, 4, 8, 8))
+W = np.zeros((6, 2, 3, 3))
+
+CONV_CASES = [
+    # (kwargs, exception, message fragment)
+    (dict(input=np.zeros((4, 8))), ValueError, "input.shape=(4, 8)"),
+    (dict(weight=np.zeros((6, 2))), ValueError, "weight.shape=(6, 2)"),
+    (dict(groups=3), ValueError, "in_channels must equal weight.shape[1]*groups"),
+    (dict(groups=0), ValueError, "groups=0 must be a positive integer"),
+    (dict(groups=-2), ValueError, "groups=-2"),
+    (dict(groups=1.5), TypeError, "groups=1.5 must be an int"),
+    (dict(weight=np.zeros((5, 2, 3, 3)), groups=2), ValueError,
+     "groups=2 must divide out_channels=5"),
+    (dict(stride=0), ValueError, "stride=0 must be positive"),
+    (dict(stride=(1, -1)), ValueError, "stride=(1, -1) must be positive"),
+    (dict(stride=(1, 1, 1)), ValueError, "stride=(1, 1, 1) must have 2 entries"),
+    (dict(dilation=0), ValueError, "dilation=0 must be positive"),
+    (dict(padding=-1), ValueError, "padding=-1 must be non-negative"),
+    (dict(padding=[(1, -1), (0, 0)]), ValueError, "must be non-negative"),
+    (dict(padding=[(1, 2, 3), (0, 0)]), ValueError, "per-side padding must be 2 pairs"),
+    (dict(padding="full"), ValueError, "padding='full' is not a known padding string"),
+    (dict(padding="same", stride=2), ValueError, "not supported for strided convolutions"),
+    (dict(padding="causal", stride=2), ValueError, "not supported for strided convolutions"),
+    (dict(weight=np.zeros((6, 2, 9, 3))), ValueError, "larger than the padded input"),
+    (dict(weight=np.zeros((6, 2, 3, 3)), dilation=5), ValueError, "larger than the padded input"),
+    (dict(bias=np.zeros(5)), ValueError, "bias.shape=(5,) must be (out_channels,) = (6,)"),
+    (dict(bias=np.zeros((6, 1))), ValueError, "bias.shape=(6, 1)"),
+    (dict(input=X.astype(np.int64)), TypeError, "input has dtype int64"),
+    (dict(input=X.astype(bool)), TypeError, "input has dtype bool"),
+    (dict(input=X.astype(np.float32)), TypeError, "input=float32, weight=float64"),
+    (dict(bias=np.zeros(6, np.float32)), TypeError, "bias=float32"),
+    (dict(input="abc"), TypeError, "input must be a NumPy array"),
+    (dict(weight=np.zeros((6, 2, 0, 3))), ValueError, "kernel_size=(0, 3) must be positive"),
+]
+
+
+@pytest.mark.parametrize("change,exc,msg", CONV_CASES)
+def test_conv2d_rejects(change, exc, msg):
+    args = dict(input=X, weight=W, bias=None, stride=1, padding=0, dilation=1, groups=2)
+    args.update(change)
+    with pytest.raises(exc) as info:
+        cl.conv2d(**args)
+    assert msg in str(info.value)
+
+
+def test_conv_rank_must_match_function():
+    with pytest.raises(ValueError, match="conv1d expects a 3-D weight"):
+        cl.conv1d(X, W)
+    with pytest.raises(ValueError, match=r"expected a 2-D \(unbatched\) or 3-D"):
+        cl.conv(X, np.zeros((6, 4, 3)))
+
+
+TRANSPOSE_CASES = [
+    (dict(output_padding=2, stride=2), ValueError, "must be smaller than either stride"),
+    (dict(output_padding=-1), ValueError, "output_padding=(-1, -1) must be non-negative"),
+    (dict(padding="same"), ValueError, "string padding is not supported for transposed"),
+    (dict(weight=np.zeros((3, 2, 3, 3))), ValueError, "weight.shape[0]=3 (in_channels) must equal"),
+    (dict(groups=3), ValueError, "weight.shape[0]=4"),
+    (dict(padding=5), ValueError, "must be positive"),
+    (dict(bias=np.zeros(3)), ValueError, "bias.shape=(3,) must be (out_channels,) = (4,)"),
+]
+
+
+@pytest.mark.parametrize("change,exc,msg", TRANSPOSE_CASES)
+def test_conv_transpose2d_rejects(change, exc, msg):
+    args = dict(input=np.zeros((2, 4, 3, 3)), weight=np.zeros((4, 2, 3, 3)), groups=2)
+    args.update(change)
+    if "groups" in change and change["groups"] == 3:
+        args["input"] = np.zeros((2, 3, 3, 3))
+        args["weight"] = np.zeros((4, 2, 3, 3))
+    with pytest.raises(exc) as info:
+        cl.conv_transpose2d(**args)
+    assert msg in str(info.value)
+
+
+def test_groups_must_divide_transposed_in_channels():
+    with pytest.raises(ValueError, match="groups=2 must divide in_channels=3"):
+        cl.conv_transpose1d(np.zeros((1, 3, 5)), np.zeros((3, 1, 3)), groups=2)
+
+
+@pytest.mark.parametrize(
+    "pad,mode,msg",
+    [
+        ((3, 3), "reflect", "must be smaller than that dimension's size 3"),
+        ((4, 0), "circular", "must be at most that dimension's size 3"),
+        ((1, 1), "wrap", "mode='wrap' is not a padding mode"),
+        ((1,), "constant", "must have an even length"),
+        ((1, 1, 1, 1, 1, 1, 1, 1), "constant", "pads 4 dimensions but input has only 3"),
+        ((1, 1, 1, 1, 1, 1, 1, 1), "reflect", "pads 4 dimensions"),
+        ((1.5, 1), "constant", "pad[0]=1.5 must be an int"),
+        ((-2, -2), "constant", "would give a negative size"),
+    ],
+)
+def test_pad_rejects(pad, mode, msg):
+    with pytest.raises((ValueError, TypeError)) as info:
+        cl.pad(np.zeros((1, 2, 3)), pad, mode=mode)
+    assert msg in str(info.value)
+
+
+def test_unfold_fold_reject():
+    with pytest.raises(ValueError, match="sliding blocks"):
+        cl.unfold(np.zeros((1, 2, 3, 3)), 5)
+    with pytest.raises(ValueError, match="divisible by the product of kernel_size"):
+        cl.fold(np.zeros((1, 5, 4)), (3, 3), 2)
+    with pytest.raises(ValueError, match="they must match"):
+        cl.fold(np.zeros((1, 8, 5)), (3, 3), 2)
+    with pytest.raises(TypeError, match="input has dtype int64"):
+        cl.unfold(np.zeros((1, 2, 3, 3), np.int64), 2)
+
+
+def test_vjp_rejects_unknown_function_and_bad_grad_shape():
+    with pytest.raises(TypeError, match="no gradient is defined"):
+        cl.vjp(np.sum, X)
+    out, pb = cl.vjp(cl.conv2d, X, W, groups=2)
+    with pytest.raises(ValueError, match="grad_out.shape"):
+        pb(np.zeros((1,)))
+
+
+def test_options_reject_unknown_values():
+    with pytest.raises(ValueError, match="algorithm='fastest'"):
+        with cl.options(algorithm="fastest"):
+            pass
+    with pytest.raises(TypeError, match="unknown option 'algo'"):
+        cl.set_options(algo="gemm")
+    with pytest.raises(ValueError, match="workspace_bytes=0"):
+        cl.set_options(workspace_bytes=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(groups=3), "groups=3 must divide in_channels=4"),
+        (dict(groups=0), "groups=0"),
+        (dict(padding_mode="mirror"), "padding_mode='mirror'"),
+        (dict(padding="same", stride=2), "not supported for strided"),
+        (dict(stride=0), "stride=0"),
+    ],
+)
+def test_layers_reject_at_construction(kwargs, msg):
+    with pytest.raises(ValueError) as info:
+        nn.Conv2d(4, 6, 3, **kwargs)
+    assert msg in str(info.value)
+
+
+def test_transposed_layer_only_zeros_padding_mode():
+    with pytest.raises(ValueError, match="only padding_mode='zeros'"):
+        nn.ConvTranspose2d(4, 6, 3, padding_mode="reflect")
+
+
+def _all_calls():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 6, 6))
+    w = rng.standard_normal((6, 2, 3, 3))
+    b = rng.standard_normal(6)
+    wt = rng.standard_normal((4, 3, 3, 3))
+    return [
+        (cl.conv2d, (x, w, b, 1, 1, 1, 2)),
+        (cl.conv_transpose2d, (x, wt, None, 2, 1, 1, 2)),
+        (cl.unfold, (x, 3)),
+        (cl.fold, (rng.standard_normal((2, 36, 16)), (6, 6), 3)),
+        (cl.pad, (x, (1, 2, 2, 1), "reflect")),
+        (cl.pad, (x, (1, 2, -2, 1), "constant", 3.0)),
+    ]
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
+def test_inputs_are_never_modified(algorithm):
+    for fn, args in _all_calls():
+        before = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        with cl.options(algorithm=algorithm):
+            out, pb = cl.vjp(fn, *args)
+            g = np.ones_like(out)
+            pb(g)
+        assert (g == 1).all()
+        for a, b in zip(args, before):
+            if isinstance(a, np.ndarray):
+                np.testing.assert_array_equal(a, b)

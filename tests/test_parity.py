@@ -1,0 +1,213 @@
+"""Same inputs, torch vs convolab: forward and every gradient, both algorithms,
+random configurations (ranks 1-3, batched/unbatched/empty, every padding form,
+stride, dilation, groups, bias, conv and conv_transpose)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convolab as cl
+
+from .strategies import conv_cases, rel_err, torch_reference
+
+torch = pytest.importorskip("torch")
+
+ALGORITHMS = ["direct", "gemm"]
+TOL = {np.float64: 1e-10, np.float32: 2e-5, np.complex128: 1e-10}
+TORCH_DT = {np.float64: torch.float64, np.float32: torch.float32, np.complex128: torch.complex128}
+
+
+def _fn(case):
+    return cl.conv_transpose if case.transposed else cl.conv
+
+
+def check_case(case, algorithm, dtype=np.float64, seed=0):
+    x, w, b = case.arrays(dtype, seed)
+    with cl.options(algorithm=algorithm):
+        out, pullback = cl.vjp(_fn(case), x, w, b, **case.kwargs)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = None if b is None else torch.tensor(b, requires_grad=True)
+    ty = torch_reference(case, tx, tw, tb)
+    assert out.dtype == x.dtype
+    assert out.shape == tuple(ty.shape)
+    tol = TOL[dtype]
+    assert rel_err(out, ty.detach().numpy()) <= tol
+    if out.size == 0:
+        return
+    g = case.arrays(dtype, seed + 1)[0] if False else None
+    rng = np.random.default_rng(seed + 1)
+    g = rng.standard_normal(out.shape).astype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        g = g + 1j * rng.standard_normal(out.shape)
+    leaves = [tx, tw] + ([tb] if tb is not None else [])
+    tgrads = torch.autograd.grad(ty, leaves, torch.tensor(g))
+    with cl.options(algorithm=algorithm):
+        grads = pullback(g)
+    assert len(grads) == 3
+    if b is None:
+        assert grads[2] is None
+    for mine, ref, name in zip(grads, tgrads, ["input", "weight", "bias"]):
+        assert mine.dtype == x.dtype, name
+        assert rel_err(mine, ref.numpy()) <= tol, name
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases())
+def test_parity_float64(case, algorithm):
+    check_case(case, algorithm, np.float64)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@settings(max_examples=25, deadline=None)
+@given(case=conv_cases(ranks=(1, 2)))
+def test_parity_float32(case, algorithm):
+    check_case(case, algorithm, np.float32)
+
+
+@settings(max_examples=15, deadline=None)
+@given(case=conv_cases(ranks=(1, 2)), algorithm=st.sampled_from(ALGORITHMS))
+def test_parity_complex128(case, algorithm):
+    check_case(case, algorithm, np.complex128)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_float16_computed_in_float32(transposed):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 7, 6)).astype(np.float16)
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float16)
+    fn = cl.conv_transpose2d if transposed else cl.conv2d
+    y = fn(x, w, None, 2, 1, groups=2)
+    assert y.dtype == np.float16
+    ref = fn(x.astype(np.float32), w.astype(np.float32), None, 2, 1, groups=2)
+    np.testing.assert_array_equal(y, ref.astype(np.float16))
+    out, pb = cl.vjp(fn, x, w, None, 2, 1, groups=2)
+    gx, gw, gb, *rest = pb(np.ones_like(out))
+    assert rest == [None, None]  # stride and padding are not arrays
+    assert gx.dtype == gw.dtype == np.float16 and gb is None
+
+
+def test_same_padding_even_kernel_puts_extra_on_the_right():
+    x = np.arange(6.0)[None, None]
+    w = np.ones((1, 1, 2))
+    y = cl.conv1d(x, w, padding="same")
+    # torch pads (0, 1): y[i] = x[i] + x[i+1], last one sees the zero
+    np.testing.assert_array_equal(y[0, 0], [1, 3, 5, 7, 9, 5])
+
+
+def test_causal_padding_is_all_on_the_left():
+    x = np.arange(1.0, 6.0)[None, None]
+    w = np.ones((1, 1, 3))
+    y = cl.conv1d(x, w, padding="causal", dilation=2)
+    # y[t] = x[t] + x[t-2] + x[t-4]
+    np.testing.assert_array_equal(y[0, 0], [1, 2, 4, 6, 9])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_empty_batch(algorithm):
+    with cl.options(algorithm=algorithm):
+        y = cl.conv2d(np.zeros((0, 3, 5, 5)), np.zeros((4, 3, 3, 3)), np.zeros(4))
+        assert y.shape == (0, 4, 3, 3)
+        out, pb = cl.vjp(cl.conv_transpose2d, np.zeros((0, 3, 5, 5)), np.ones((3, 2, 3, 3)))
+        assert out.shape == (0, 2, 7, 7)
+        gx, gw = pb(np.zeros(out.shape))
+        assert gx.shape == (0, 3, 5, 5) and gw.shape == (3, 2, 3, 3) and not gw.any()
+
+
+def test_nan_and_inf_propagate_like_torch():
+    x = np.ones((1, 1, 5, 5))
+    x[0, 0, 2, 2] = np.nan
+    x[0, 0, 0, 4] = np.inf
+    w = np.ones((1, 1, 3, 3))
+    for alg in ALGORITHMS:
+        with cl.options(algorithm=alg):
+            y = cl.conv2d(x, w, padding=1)
+        ref = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), padding=1).numpy()
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+        np.testing.assert_array_equal(np.isposinf(y), np.isposinf(ref))
+
+
+def test_grad_module_matches_torch_nn_grad():
+    import torch.nn.grad as tg
+
+    rng = np.random.default_rng(3)
+    for r in (1, 2, 3):
+        x = rng.standard_normal((2, 4) + (6,) * r)
+        w = rng.standard_normal((6, 2) + (3,) * r)
+        kw = dict(stride=2, padding=1, dilation=1, groups=2)
+        y = cl.conv(x, w, **kw)
+        gy = rng.standard_normal(y.shape)
+        gi = getattr(cl.grad, f"conv{r}d_input")(x.shape, w, gy, **kw)
+        gw = getattr(cl.grad, f"conv{r}d_weight")(x, w.shape, gy, **kw)
+        ti = getattr(tg, f"conv{r}d_input")(x.shape, torch.tensor(w), torch.tensor(gy), **kw)
+        tw = getattr(tg, f"conv{r}d_weight")(torch.tensor(x), w.shape, torch.tensor(gy), **kw)
+        assert rel_err(gi, ti.numpy()) < 1e-12
+        assert rel_err(gw, tw.numpy()) < 1e-12
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rank=st.sampled_from([1, 2, 3]),
+    k=st.integers(1, 3), s=st.integers(1, 3), d=st.integers(1, 2), p=st.integers(0, 2),
+    n=st.sampled_from([None, 1, 2]), size=st.integers(3, 8), c=st.integers(1, 3),
+)
+def test_unfold_fold_match_torch_and_are_adjoint(rank, k, s, d, p, n, size, c):
+    rng = np.random.default_rng(0)
+    shape = ((c,) if n is None else (n, c)) + (size,) * rank
+    kw = dict(kernel_size=(k,) * rank, dilation=d, padding=p, stride=s)
+    spec = cl.make_spec((k,) * rank, s, p, d)
+    from hypothesis import assume
+
+    assume(all(o >= 1 for o in spec.conv_out_shape((size,) * rank)))
+    x = rng.standard_normal(shape)
+    cols, pb = cl.vjp(cl.unfold, x, **kw)
+    g = rng.standard_normal(cols.shape)
+    # adjointness: <unfold(x), g> == <x, fold(g)>
+    folded = cl.fold(g, output_size=(size,) * rank, **kw)
+    assert abs(np.vdot(cols, g) - np.vdot(x, folded)) < 1e-9 * max(1, abs(np.vdot(cols, g)))
+    np.testing.assert_allclose(pb(g)[0], folded, rtol=1e-12, atol=1e-12)
+    out, fpb = cl.vjp(cl.fold, g, (size,) * rank, **kw)
+    np.testing.assert_allclose(fpb(folded)[0], cl.unfold(folded, **kw), rtol=1e-12, atol=1e-12)
+    if rank == 2:
+        F = torch.nn.functional
+        tc = F.unfold(torch.tensor(x), **kw).numpy()
+        np.testing.assert_allclose(cols, tc, rtol=1e-12, atol=0)
+        tf = F.fold(torch.tensor(g), (size, size), **kw).numpy()
+        np.testing.assert_allclose(folded, tf, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mode=st.sampled_from(["constant", "reflect", "replicate", "circular"]),
+    nd=st.integers(1, 3), data=st.data(),
+)
+def test_pad_matches_torch_with_grads(mode, nd, data):
+    batched = data.draw(st.booleans())
+    sizes = tuple(data.draw(st.integers(1, 5)) for _ in range(nd))
+    shape = ((2, 3) if batched else (3,)) + sizes
+    pad = []
+    for n in reversed(sizes):
+        lim = {"reflect": n - 1, "circular": n}.get(mode, 3)
+        lo_min = -(n - 1) // 2 if mode != "constant" else -(n // 2)
+        pad += [data.draw(st.integers(max(lo_min, -1) if mode == "reflect" else lo_min, lim)),
+                data.draw(st.integers(0, lim))]
+    value = data.draw(st.sampled_from([0.0, 1.5])) if mode == "constant" else 0.0
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape)
+    tx = torch.tensor(x, requires_grad=True)
+    try:
+        ty = torch.nn.functional.pad(tx, pad, mode=mode, value=value if mode == "constant" else None)
+    except (RuntimeError, ValueError, NotImplementedError):
+        with pytest.raises((ValueError, TypeError)):
+            cl.pad(x, pad, mode=mode, value=value)
+        return
+    out, pb = cl.vjp(cl.pad, x, pad, mode, value)
+    np.testing.assert_array_equal(out, ty.detach().numpy())
+    if out.size:
+        g = rng.standard_normal(out.shape)
+        (tg,) = torch.autograd.grad(ty, [tx], torch.tensor(g))
+        np.testing.assert_allclose(pb(g)[0], tg.numpy(), rtol=1e-12, atol=1e-12)
