@@ -8,9 +8,32 @@ from .conv import (
     ConvTranspose2d,
     ConvTranspose3d,
 )
+from .layers import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AvgPool1d,
+    AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    Dropout,
+    Flatten,
+    GELU,
+    Identity,
+    Linear,
+    MaxPool1d,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    SiLU,
+)
+from .loss import CrossEntropyLoss
 from .module import Module, Parameter
+from . import optim
 
 __all__ = [
     "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
     "Module", "Parameter",
+    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "BatchNorm1d",
+    "BatchNorm2d", "CrossEntropyLoss", "Dropout", "Flatten", "GELU", "Identity", "Linear",
+    "MaxPool1d", "MaxPool2d", "ReLU", "Sequential", "SiLU", "optim",
 ]

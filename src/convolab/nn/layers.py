@@ -1,0 +1,698 @@
+"""Layers beside the convolutions: containers, linear, activations, pooling, norms.
+
+Every layer follows :mod:`convolab.nn.module`: ``y = layer(x)`` keeps what
+``gx = layer.backward(gy)`` needs, and ``backward`` accumulates parameter
+gradients into ``.grad``.  Constructor signatures, defaults, state-dict keys and
+numerics follow ``torch.nn`` (float64 results agree with torch to ~1e-15).
+
+Pooling works for any number of spatial dimensions: a Python loop runs over the
+``prod(kernel_size)`` kernel offsets, each a strided slice of the padded input,
+never over the batch or the output pixels (and the max-pool backward scatters
+with one slice-add per offset, no ``np.add.at``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+
+from ..algorithms.direct import kernel_offsets, tap_slices
+from ..spec import ConvSpec, as_tuple, conv_output_size, make_spec
+from .conv import kaiming_uniform, make_rng
+from .module import Module, Parameter
+
+__all__ = [
+    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "BatchNorm1d",
+    "BatchNorm2d", "Dropout", "Flatten", "GELU", "Identity", "Linear", "MaxPool1d",
+    "MaxPool2d", "ReLU", "Sequential", "SiLU",
+]
+
+
+def _float_dtype(name: str, dtype) -> np.dtype:
+    dt = np.dtype(np.float32 if dtype is None else dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{name}: dtype={dt.name} must be float32 or float64")
+    return dt
+
+
+def _check_input(name: str, x, ranks: tuple[int, ...]) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim not in ranks:
+        want = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(f"{name}: expected a {want} input, got input.shape={x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{name}: input has dtype {x.dtype}, expected a floating dtype")
+    return x
+
+
+def _need(cache, name: str):
+    if cache is None:
+        raise RuntimeError(f"{name}.backward called before forward")
+    return cache
+
+
+# ---------------------------------------------------------------------------
+# Containers and shape layers
+
+
+class Sequential(Module):
+    """Modules applied in order; children are named ``"0"``, ``"1"``, ... as in torch."""
+
+    def __init__(self, *modules: Module):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            items = list(modules[0].items())
+        else:
+            items = [(str(i), m) for i, m in enumerate(modules)]
+        for name, m in items:
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: entry {name}={m!r} is not a convolab Module")
+            setattr(self, name, m)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def __getitem__(self, i):
+        mods = list(self._modules.values())
+        if isinstance(i, slice):
+            return Sequential(*mods[i])
+        return mods[i]
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, grad_out):
+        g = grad_out
+        for m in reversed(self._modules.values()):
+            g = m.backward(g)
+        return g
+
+    def __repr__(self) -> str:
+        lines = [f"  ({n}): {m!r}" for n, m in self._modules.items()]
+        return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+
+class Identity(Module):
+    def forward(self, x):
+        return np.asarray(x)
+
+    def backward(self, grad_out):
+        return np.asarray(grad_out)
+
+
+class Flatten(Module):
+    """``(N, *dims) -> (N, prod(dims[start_dim-1:end_dim]), ...)`` as ``torch.nn.Flatten``."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self._shape = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        s = self.start_dim % x.ndim if x.ndim else 0
+        e = self.end_dim % x.ndim if x.ndim else 0
+        if s > e:
+            raise ValueError(
+                f"Flatten: start_dim={self.start_dim} must not come after end_dim="
+                f"{self.end_dim} for a {x.ndim}-D input"
+            )
+        self._shape = x.shape
+        return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
+
+    def backward(self, grad_out):
+        return np.asarray(grad_out).reshape(_need(self._shape, "Flatten"))
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+# ---------------------------------------------------------------------------
+# Linear
+
+
+class Linear(Module):
+    """``y = x @ weight.T + bias``; x: ``(*, in_features)``, weight: ``(out, in)``.
+
+    Initialised as torch does: both U(-1/sqrt(in_features), 1/sqrt(in_features)).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device=None, dtype=None, *, rng=None, seed=None):
+        super().__init__()
+        for arg, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"Linear: {arg}={v!r} must be a positive int")
+        if device not in (None, "cpu"):
+            raise ValueError(f"Linear: device={device!r}; convolab runs on the CPU only")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        dt = _float_dtype("Linear", dtype)
+        gen = make_rng(rng, seed)
+        self.weight = Parameter(kaiming_uniform(gen, (out_features, in_features),
+                                                in_features, dt))
+        if bias:
+            self.bias = Parameter(kaiming_uniform(gen, (out_features,), in_features, dt))
+        else:
+            self.register_parameter("bias", None)
+        self._x = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Linear: input.shape={x.shape} must end in in_features={self.in_features}"
+            )
+        self._x = x
+        y = x @ self.weight.data.T
+        if self.bias is not None:
+            y = y + self.bias.data
+        return y
+
+    def backward(self, grad_out):
+        x = _need(self._x, "Linear")
+        g = np.asarray(grad_out)
+        g2 = g.reshape(-1, self.out_features)
+        self.weight.accumulate(g2.T @ x.reshape(-1, self.in_features))
+        if self.bias is not None:
+            self.bias.accumulate(g2.sum(axis=0))
+        return g @ self.weight.data
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+# ---------------------------------------------------------------------------
+# Activations
+
+
+class ReLU(Module):
+    """``max(x, 0)``; the gradient at 0 is 0, as in torch."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self._mask = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        self._mask = x > 0
+        return np.where(self._mask, x, np.zeros((), x.dtype))
+
+    def backward(self, grad_out):
+        mask = _need(self._mask, "ReLU")
+        g = np.asarray(grad_out)
+        return np.where(mask, g, np.zeros((), g.dtype))
+
+
+class SiLU(Module):
+    """``x * sigmoid(x)`` (swish)."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self._cache = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        s = _sigmoid(x)
+        self._cache = (x, s)
+        return x * s
+
+    def backward(self, grad_out):
+        x, s = _need(self._cache, "SiLU")
+        return np.asarray(grad_out) * (s * (1 + x * (1 - s)))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp of a non-positive number only: no overflow warnings for large |x|
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    try:
+        from scipy.special import erf
+    except ModuleNotFoundError as exc:  # pragma: no cover - scipy is optional
+        raise ModuleNotFoundError(
+            "GELU(approximate='none') needs scipy for erf; install scipy or use "
+            "GELU(approximate='tanh')", name="scipy") from exc
+    return erf(x)
+
+
+class GELU(Module):
+    """``x * Phi(x)`` as ``torch.nn.GELU``.
+
+    ``approximate='none'`` (torch's default) uses the exact erf form, computed with
+    ``scipy.special.erf`` (imported on first use); ``approximate='tanh'`` uses
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` and needs NumPy only.
+    """
+
+    _K = math.sqrt(2.0 / math.pi)
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate={approximate!r} must be 'none' or 'tanh'")
+        self.approximate = approximate
+        self._cache = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if self.approximate == "tanh":
+            t = np.tanh(self._K * (x + 0.044715 * x**3))
+            self._cache = (x, t)
+            return 0.5 * x * (1 + t)
+        cdf = 0.5 * (1 + _erf(x * (1 / math.sqrt(2.0)))).astype(x.dtype, copy=False)
+        self._cache = (x, cdf)
+        return x * cdf
+
+    def backward(self, grad_out):
+        x, c = _need(self._cache, "GELU")
+        g = np.asarray(grad_out)
+        if self.approximate == "tanh":
+            dinner = self._K * (1 + 3 * 0.044715 * x * x)
+            return g * (0.5 * (1 + c) + 0.5 * x * (1 - c * c) * dinner)
+        pdf = np.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+        return g * (c + x * pdf)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class Dropout(Module):
+    """Zero each element with probability ``p`` in training, scale the rest by 1/(1-p).
+
+    The mask comes from the layer's own generator (``rng``/``seed``); evaluation mode
+    is the identity.  Masks cannot match torch's random stream.
+    """
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, rng=None, seed=None):
+        super().__init__()
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"Dropout: p={p!r} must be between 0 and 1")
+        self.p = float(p)
+        self._rng = make_rng(rng, seed)
+        self._scale = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if not self.training or self.p == 0.0:
+            self._scale = None
+            return x
+        if self.p == 1.0:
+            self._scale = np.zeros(x.shape, x.dtype)
+        else:
+            keep = self._rng.random(x.shape) >= self.p
+            self._scale = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        return x * self._scale
+
+    def backward(self, grad_out):
+        g = np.asarray(grad_out)
+        return g if self._scale is None else g * self._scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# ---------------------------------------------------------------------------
+# Pooling
+
+
+def _pool_out(spec: ConvSpec, x_spatial, ceil_mode: bool) -> tuple[int, ...]:
+    out = []
+    for n, k, s, (p, _), d in zip(x_spatial, spec.kernel_size, spec.stride, spec.padding,
+                                   spec.dilation):
+        o = conv_output_size(n, k, s, p, p + (s - 1 if ceil_mode else 0), d)
+        if ceil_mode and (o - 1) * s >= n + p:
+            o -= 1
+        out.append(o)
+    return tuple(out)
+
+
+def _fill_pad(x: np.ndarray, pairs, value) -> np.ndarray:
+    """Pad the trailing ``len(pairs)`` dims of ``x`` by ``(lo, hi)`` with ``value``."""
+    lead = x.ndim - len(pairs)
+    shape = x.shape[:lead] + tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[lead:], pairs))
+    out = np.full(shape, value, dtype=x.dtype)
+    out[(Ellipsis,) + tuple(slice(lo, lo + n) for n, (lo, _) in zip(x.shape[lead:], pairs))] = x
+    return out
+
+
+def _crop(xp: np.ndarray, pairs, spatial) -> np.ndarray:
+    return xp[(Ellipsis,) + tuple(slice(lo, lo + n) for n, (lo, _) in zip(spatial, pairs))]
+
+
+class _PoolNd(Module):
+    _rank = 0
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__()
+        r, name = self._rank, type(self).__name__
+        self.kernel_size = as_tuple("kernel_size", kernel_size, r)
+        self.stride = self.kernel_size if stride is None else as_tuple("stride", stride, r)
+        self.padding = as_tuple("padding", padding, r)
+        self.dilation = as_tuple("dilation", dilation, r)
+        self.ceil_mode = bool(ceil_mode)
+        # validates kernel/stride/padding now, with a size that always fits
+        big = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
+        self._geometry(big, name)
+        self._cache = None
+
+    def _geometry(self, spatial, name=None):
+        name = name or type(self).__name__
+        r = self._rank
+        for p, k in zip(self.padding, self.kernel_size):
+            if p < 0 or p > k // 2:
+                raise ValueError(
+                    f"{name}: padding={self.padding} must be non-negative and at most half "
+                    f"the kernel_size={self.kernel_size}"
+                )
+        spec = make_spec(self.kernel_size, self.stride, self.padding, self.dilation)
+        out = _pool_out(spec, spatial, self.ceil_mode)
+        if any(o <= 0 for o in out):
+            raise ValueError(
+                f"{name}: input spatial size {tuple(spatial)} is too small for kernel_size="
+                f"{self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation} (output size {out})"
+            )
+        # extra right padding so the last (ceil-mode) window fits in the buffer
+        his = [max(p, (o - 1) * s + d * (k - 1) + 1 - n - p) for n, o, k, s, p, d in
+               zip(spatial, out, self.kernel_size, spec.stride, self.padding, spec.dilation)]
+        pairs = tuple(zip(self.padding, his))
+        assert len(pairs) == r
+        return ConvSpec(spec.kernel_size, spec.stride, pairs, spec.dilation), out
+
+    def _batched(self, x):
+        name = type(self).__name__
+        x = _check_input(name, x, (self._rank + 1, self._rank + 2))
+        unbatched = x.ndim == self._rank + 1
+        return (x[None] if unbatched else x), unbatched
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, ceil_mode={self.ceil_mode}")
+
+
+class _MaxPoolNd(_PoolNd):
+    """Max over each window; padding counts as -inf.  The backward sends each
+    output gradient to the first maximal element of its window (torch's choice)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 return_indices=False, ceil_mode=False):
+        if return_indices:
+            raise ValueError(f"{type(self).__name__}: return_indices=True is not supported")
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
+
+    def forward(self, x):
+        xb, unbatched = self._batched(x)
+        spec, O = self._geometry(xb.shape[2:])
+        xp = _fill_pad(xb, spec.padding, -np.inf)
+        best = np.full(xb.shape[:2] + O, -np.inf, dtype=xb.dtype)
+        arg = np.zeros(xb.shape[:2] + O, dtype=np.int32)
+        pre = (slice(None), slice(None))
+        for i, t in enumerate(kernel_offsets(spec)):
+            v = xp[pre + tap_slices(t, spec, O)]
+            upd = (v > best) | np.isnan(v)
+            best = np.where(upd, v, best)
+            arg[upd] = i
+        self._cache = (spec, O, xb.shape, xp.shape, arg, unbatched)
+        return best[0] if unbatched else best
+
+    def backward(self, grad_out):
+        spec, O, xshape, pshape, arg, unbatched = _need(self._cache, type(self).__name__)
+        g = np.asarray(grad_out)
+        g = g[None] if unbatched else g
+        gxp = np.zeros(pshape, dtype=g.dtype)
+        zero = np.zeros((), g.dtype)
+        pre = (slice(None), slice(None))
+        for i, t in enumerate(kernel_offsets(spec)):
+            gxp[pre + tap_slices(t, spec, O)] += np.where(arg == i, g, zero)
+        gx = np.ascontiguousarray(_crop(gxp, spec.padding, xshape[2:]))
+        return gx[0] if unbatched else gx
+
+
+def _avg_divisors(spec: ConvSpec, spatial, O, count_include_pad: bool) -> np.ndarray:
+    """Per-output divisor, broadcastable to ``(N, C, *O)``: torch's window sizes.
+
+    A window starting at ``o*s - p`` ends at ``min(start + k, n + p)``; with
+    ``count_include_pad=False`` it is also clipped to the input ``[0, n)``.
+    """
+    div = np.ones((), dtype=np.float64)
+    r = len(spatial)
+    for ax, (n, o, k, s, (p, _)) in enumerate(zip(spatial, O, spec.kernel_size, spec.stride,
+                                                  spec.padding)):
+        start = np.arange(o) * s - p
+        end = np.minimum(start + k, n + p)
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, n)
+        shape = [1] * r
+        shape[ax] = o
+        div = div * (end - start).reshape(shape)
+    return div
+
+
+class _AvgPoolNd(_PoolNd):
+    """Mean over each window, torch's divisors (``count_include_pad``, ``divisor_override``)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None):
+        super().__init__(kernel_size, stride, padding, 1, ceil_mode)
+        if divisor_override is not None and (
+                not isinstance(divisor_override, (int, np.integer)) or divisor_override <= 0):
+            raise ValueError(
+                f"{type(self).__name__}: divisor_override={divisor_override!r} must be a "
+                "positive int or None")
+        self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = divisor_override
+
+    def _inv_divisor(self, spec, spatial, O, dtype):
+        if self.divisor_override is not None:
+            return np.asarray(1.0 / self.divisor_override, dtype=dtype)
+        return (1.0 / _avg_divisors(spec, spatial, O, self.count_include_pad)).astype(dtype)
+
+    def forward(self, x):
+        xb, unbatched = self._batched(x)
+        spec, O = self._geometry(xb.shape[2:])
+        xp = _fill_pad(xb, spec.padding, 0)
+        total = np.zeros(xb.shape[:2] + O, dtype=xb.dtype)
+        pre = (slice(None), slice(None))
+        for t in kernel_offsets(spec):
+            total += xp[pre + tap_slices(t, spec, O)]
+        if self.divisor_override is not None:
+            y = total / xb.dtype.type(self.divisor_override)
+        else:
+            y = total / _avg_divisors(spec, xb.shape[2:], O,
+                                      self.count_include_pad).astype(xb.dtype)
+        self._cache = (spec, O, xb.shape, xp.shape, unbatched)
+        return y[0] if unbatched else y
+
+    def backward(self, grad_out):
+        spec, O, xshape, pshape, unbatched = _need(self._cache, type(self).__name__)
+        g = np.asarray(grad_out)
+        g = g[None] if unbatched else g
+        if self.divisor_override is not None:
+            gs = g / g.dtype.type(self.divisor_override)
+        else:
+            gs = g / _avg_divisors(spec, xshape[2:], O, self.count_include_pad).astype(g.dtype)
+        gxp = np.zeros(pshape, dtype=g.dtype)
+        pre = (slice(None), slice(None))
+        for t in kernel_offsets(spec):
+            gxp[pre + tap_slices(t, spec, O)] += gs
+        gx = np.ascontiguousarray(_crop(gxp, spec.padding, xshape[2:]))
+        return gx[0] if unbatched else gx
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", count_include_pad={self.count_include_pad}"
+
+
+def _adaptive_matrix(n: int, o: int, dtype) -> np.ndarray:
+    """``(o, n)`` averaging matrix: row i averages ``[floor(i n/o), ceil((i+1) n/o))``."""
+    i = np.arange(o)
+    start = (i * n) // o
+    end = -((-(i + 1) * n) // o)
+    j = np.arange(n)
+    inside = (j >= start[:, None]) & (j < end[:, None])
+    return (inside / (end - start)[:, None]).astype(dtype)
+
+
+class _AdaptiveAvgPoolNd(Module):
+    """Average over torch's adaptive windows, one small matrix per spatial dimension."""
+
+    _rank = 0
+
+    def __init__(self, output_size):
+        super().__init__()
+        r = self._rank
+        if isinstance(output_size, (list, tuple)):
+            vals = tuple(output_size)
+            if len(vals) != r:
+                raise ValueError(
+                    f"{type(self).__name__}: output_size={vals} must have {r} entries")
+        else:
+            vals = (output_size,) * r
+        for v in vals:
+            if v is not None and (not isinstance(v, (int, np.integer)) or v <= 0):
+                raise ValueError(
+                    f"{type(self).__name__}: output_size={output_size!r} must be positive "
+                    "ints (or None to keep a dimension)")
+        self.output_size = vals
+        self._cache = None
+
+    def forward(self, x):
+        r = self._rank
+        x = _check_input(type(self).__name__, x, (r + 1, r + 2))
+        spatial = x.shape[-r:]
+        mats = [_adaptive_matrix(n, n if o is None else o, x.dtype)
+                for n, o in zip(spatial, self.output_size)]
+        y = x
+        for ax, m in enumerate(mats):
+            y = np.moveaxis(np.tensordot(y, m, axes=([x.ndim - r + ax], [1])), -1,
+                            x.ndim - r + ax)
+        self._cache = (mats, x.ndim)
+        return np.ascontiguousarray(y)
+
+    def backward(self, grad_out):
+        mats, ndim = _need(self._cache, type(self).__name__)
+        r = self._rank
+        g = np.asarray(grad_out)
+        for ax, m in enumerate(mats):
+            g = np.moveaxis(np.tensordot(g, m, axes=([ndim - r + ax], [0])), -1,
+                            ndim - r + ax)
+        return np.ascontiguousarray(g)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+# ---------------------------------------------------------------------------
+# Batch normalisation
+
+
+class _BatchNorm(Module):
+    """Normalise each channel over the batch (and spatial dims), as ``torch.nn.BatchNorm*``.
+
+    Training: batch statistics (biased variance) normalise; the running variance is
+    updated with the unbiased one, ``running = (1 - momentum) running + momentum batch``
+    (``momentum=None``: cumulative average).  Evaluation: the running statistics.
+    State-dict keys: ``weight, bias, running_mean, running_var, num_batches_tracked``.
+    """
+
+    _ranks: tuple[int, ...] = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None,
+                 dtype=None):
+        super().__init__()
+        name = type(self).__name__
+        if not isinstance(num_features, (int, np.integer)) or num_features <= 0:
+            raise ValueError(f"{name}: num_features={num_features!r} must be a positive int")
+        if eps <= 0:
+            raise ValueError(f"{name}: eps={eps!r} must be positive")
+        dt = _float_dtype(name, dtype)
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dt))
+            self.bias = Parameter(np.zeros(num_features, dt))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dt))
+            self.register_buffer("running_var", np.ones(num_features, dt))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        self._cache = None
+
+    def _axes_shape(self, x):
+        name = type(self).__name__
+        x = _check_input(name, x, self._ranks)
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"{name}: input.shape={x.shape} has {x.shape[1]} channels, expected "
+                f"num_features={self.num_features}")
+        axes = (0,) + tuple(range(2, x.ndim))
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return x, axes, shape
+
+    def forward(self, x):
+        x, axes, shape = self._axes_shape(x)
+        use_batch = self.training or not self.track_running_stats
+        if use_batch:
+            m = x.size // x.shape[1]
+            if m <= 1:
+                raise ValueError(
+                    f"{type(self).__name__}: expected more than 1 value per channel when "
+                    f"training, got input.shape={x.shape}")
+            mean = x.mean(axis=axes)
+            xc = x - mean.reshape(shape)
+            var = (xc * xc).mean(axis=axes)
+            if self.training and self.track_running_stats:
+                self._update_running(mean, var * (m / (m - 1)))
+        else:
+            mean, var = self.running_mean.astype(x.dtype), self.running_var.astype(x.dtype)
+            xc = x - mean.reshape(shape)
+        invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+        xhat = xc * invstd.reshape(shape)
+        y = xhat
+        if self.affine:
+            y = xhat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+        self._cache = (xhat, invstd, axes, shape, use_batch)
+        return y
+
+    def _update_running(self, mean, unbiased_var):
+        n = self.num_batches_tracked + 1
+        self._set_buffer("num_batches_tracked", np.array(n, dtype=np.int64))
+        mom = 1.0 / float(n) if self.momentum is None else self.momentum
+        dt = self.running_mean.dtype
+        self._set_buffer("running_mean",
+                         ((1 - mom) * self.running_mean + mom * mean).astype(dt))
+        self._set_buffer("running_var",
+                         ((1 - mom) * self.running_var + mom * unbiased_var).astype(dt))
+
+    def backward(self, grad_out):
+        xhat, invstd, axes, shape, use_batch = _need(self._cache, type(self).__name__)
+        g = np.asarray(grad_out)
+        if self.affine:
+            self.weight.accumulate((g * xhat).sum(axis=axes))
+            self.bias.accumulate(g.sum(axis=axes))
+            gxhat = g * self.weight.data.reshape(shape)
+        else:
+            gxhat = g
+        if not use_batch:  # fixed statistics: an affine map
+            return gxhat * invstd.reshape(shape)
+        mean_g = gxhat.mean(axis=axes).reshape(shape)
+        mean_gx = (gxhat * xhat).mean(axis=axes).reshape(shape)
+        return (gxhat - mean_g - xhat * mean_gx) * invstd.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+def _rank_cls(base, rank, name, doc, **extra):
+    cls = type(name, (base,), {"_rank": rank, "__doc__": doc, **extra})
+    cls.__module__ = "convolab.nn"
+    return cls
+
+
+MaxPool1d = _rank_cls(_MaxPoolNd, 1, "MaxPool1d", "As torch.nn.MaxPool1d. " + _MaxPoolNd.__doc__)
+MaxPool2d = _rank_cls(_MaxPoolNd, 2, "MaxPool2d", "As torch.nn.MaxPool2d. " + _MaxPoolNd.__doc__)
+AvgPool1d = _rank_cls(_AvgPoolNd, 1, "AvgPool1d", "As torch.nn.AvgPool1d. " + _AvgPoolNd.__doc__)
+AvgPool2d = _rank_cls(_AvgPoolNd, 2, "AvgPool2d", "As torch.nn.AvgPool2d. " + _AvgPoolNd.__doc__)
+AdaptiveAvgPool1d = _rank_cls(_AdaptiveAvgPoolNd, 1, "AdaptiveAvgPool1d",
+                              "As torch.nn.AdaptiveAvgPool1d. " + _AdaptiveAvgPoolNd.__doc__)
+AdaptiveAvgPool2d = _rank_cls(_AdaptiveAvgPoolNd, 2, "AdaptiveAvgPool2d",
+                              "As torch.nn.AdaptiveAvgPool2d. " + _AdaptiveAvgPoolNd.__doc__)
+BatchNorm1d = _rank_cls(_BatchNorm, 1, "BatchNorm1d",
+                        "As torch.nn.BatchNorm1d: input (N, C) or (N, C, L). "
+                        + _BatchNorm.__doc__, _ranks=(2, 3))
+BatchNorm2d = _rank_cls(_BatchNorm, 2, "BatchNorm2d",
+                        "As torch.nn.BatchNorm2d: input (N, C, H, W). " + _BatchNorm.__doc__,
+                        _ranks=(4,))

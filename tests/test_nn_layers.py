@@ -1,0 +1,313 @@
+"""Layers, loss: parity with torch (float64, all gradients) and finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convolab.nn as nn
+
+torch = pytest.importorskip("torch")
+TOL = 1e-10
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(1e-300, np.max(np.abs(b)), 1e-12)) if a.size else 0.0
+
+
+def t2n(t):
+    return t.detach().numpy()
+
+
+def parity(layer, tlayer, x, train=True, rng=None):
+    """Same state, same input: compare output, grad_input, every param grad and buffer."""
+    rng = rng or np.random.default_rng(0)
+    layer.load_state_dict(tlayer.state_dict())
+    layer.train(train)
+    tlayer.train(train)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tlayer(tx)
+    y = layer(x)
+    assert y.shape == tuple(ty.shape)
+    assert rel(y, t2n(ty)) <= TOL
+    gy = rng.standard_normal(y.shape)
+    ty.backward(torch.tensor(gy))
+    gx = layer.backward(gy)
+    assert rel(gx, t2n(tx.grad)) <= TOL
+    tparams = dict(tlayer.named_parameters())
+    for name, p in layer.named_parameters():
+        assert rel(p.grad, t2n(tparams[name].grad)) <= TOL, name
+    tstate = tlayer.state_dict()
+    for name, b in layer.state_dict().items():
+        assert rel(b, tstate[name].numpy()) <= TOL, name
+    assert sorted(layer.state_dict()) == sorted(tstate)
+
+
+# --------------------------------------------------------------------------- Linear etc.
+
+def test_linear_parity_and_fd():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 3, 7))
+    parity(nn.Linear(7, 4, dtype=np.float64), torch.nn.Linear(7, 4).double(), x)
+    parity(nn.Linear(7, 4, bias=False, dtype=np.float64),
+           torch.nn.Linear(7, 4, bias=False).double(), x)
+    fd_check(nn.Linear(7, 4, dtype=np.float64, seed=0), x)
+
+
+def fd_check(layer, x, train=True):
+    """finite_diff, perturbing parameters through load_state_dict (which copies arrays)."""
+    rng = np.random.default_rng(0)
+    eps = 1e-6
+    layer.train(train)
+    state = layer.state_dict()
+    y = layer(x)
+    gy = rng.standard_normal(y.shape)
+    layer.zero_grad()
+    gx = layer.backward(gy)
+    grads = {n: p.grad.copy() for n, p in layer.named_parameters()}
+
+    def L(xx, st_=state):
+        layer.load_state_dict(st_)
+        return float(np.sum(layer(xx) * gy))
+
+    for _ in range(3):
+        v = rng.standard_normal(x.shape)
+        num = (L(x + eps * v) - L(x - eps * v)) / (2 * eps)
+        assert abs(num - np.sum(gx * v)) <= 1e-6 * max(1.0, abs(num))
+    for name, g in grads.items():
+        v = rng.standard_normal(g.shape)
+        plus, minus = dict(state), dict(state)
+        plus[name] = state[name] + eps * v
+        minus[name] = state[name] - eps * v
+        num = (L(x, plus) - L(x, minus)) / (2 * eps)
+        assert abs(num - np.sum(g * v)) <= 1e-6 * max(1.0, abs(num)), name
+    layer.load_state_dict(state)
+
+
+@pytest.mark.parametrize("make,tmake", [
+    (lambda: nn.ReLU(), lambda: torch.nn.ReLU()),
+    (lambda: nn.SiLU(), lambda: torch.nn.SiLU()),
+    (lambda: nn.GELU(), lambda: torch.nn.GELU()),
+    (lambda: nn.GELU("tanh"), lambda: torch.nn.GELU(approximate="tanh")),
+    (lambda: nn.Flatten(), lambda: torch.nn.Flatten()),
+    (lambda: nn.Flatten(0, 1), lambda: torch.nn.Flatten(0, 1)),
+    (lambda: nn.Identity(), lambda: torch.nn.Identity()),
+])
+def test_elementwise_and_shape_layers(make, tmake):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 3, 5)) * 3
+    x[0, 0, :2] = 0.0  # ReLU's gradient at 0
+    parity(make(), tmake(), x)
+    fd_check(make(), rng.standard_normal((4, 3, 5)) * 3)
+
+
+def test_dropout_train_eval():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 50))
+    d = nn.Dropout(0.3, seed=0)
+    y = d(x)
+    kept = y != 0
+    assert abs(kept.mean() - 0.7) < 0.02
+    np.testing.assert_allclose(y[kept], x[kept] / 0.7)
+    g = d.backward(np.ones_like(x))
+    np.testing.assert_allclose(g, kept / 0.7)
+    d.eval()
+    assert np.array_equal(d(x), x)
+    assert np.array_equal(nn.Dropout(1.0)(x), np.zeros_like(x))
+    with pytest.raises(ValueError, match="p=1.5"):
+        nn.Dropout(1.5)
+
+
+# --------------------------------------------------------------------------- pooling
+
+pool_cfg = st.fixed_dictionaries({
+    "k": st.integers(1, 4), "s": st.one_of(st.none(), st.integers(1, 3)),
+    "p": st.integers(0, 2), "d": st.integers(1, 2), "ceil": st.booleans(),
+    "L": st.integers(5, 11), "inc": st.booleans(),
+})
+
+
+@settings(max_examples=40, deadline=None)
+@given(pool_cfg, st.sampled_from([1, 2]))
+def test_pool_parity(cfg, rank):
+    k, p = cfg["k"], cfg["p"]
+    if p > k // 2:
+        p = k // 2
+    rng = np.random.default_rng(cfg["L"])
+    shape = (2, 3) + (cfg["L"],) * rank if rank == 1 else (2, 3, cfg["L"], cfg["L"] - 1)
+    x = rng.standard_normal(shape)
+    M = nn.MaxPool1d if rank == 1 else nn.MaxPool2d
+    TM = torch.nn.MaxPool1d if rank == 1 else torch.nn.MaxPool2d
+    A = nn.AvgPool1d if rank == 1 else nn.AvgPool2d
+    TA = torch.nn.AvgPool1d if rank == 1 else torch.nn.AvgPool2d
+    try:
+        ty = TM(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"])(torch.tensor(x))
+    except RuntimeError:
+        with pytest.raises(ValueError):
+            M(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"])(x)
+        return
+    del ty
+    parity(M(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"]),
+           TM(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"]), x)
+    parity(A(k, cfg["s"], p, cfg["ceil"], cfg["inc"]),
+           TA(k, cfg["s"], p, cfg["ceil"], cfg["inc"]), x)
+
+
+def test_maxpool_ties_go_to_first_element():
+    x = np.zeros((1, 2, 6))  # all ties, as after a ReLU
+    x[0, 1, 4] = 1.0
+    parity(nn.MaxPool1d(3, 2, 1), torch.nn.MaxPool1d(3, 2, 1), x)
+    x2 = np.maximum(np.random.default_rng(0).standard_normal((2, 3, 7, 8)), 0)
+    parity(nn.MaxPool2d(2), torch.nn.MaxPool2d(2), x2)
+    parity(nn.MaxPool2d(3, 1, 1), torch.nn.MaxPool2d(3, 1, 1), x2)
+
+
+def test_pool_unbatched_divisor_override_and_fd():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 9, 8))
+    parity(nn.AvgPool2d(3, 2, 1, divisor_override=5),
+           torch.nn.AvgPool2d(3, 2, 1, divisor_override=5), x)
+    parity(nn.MaxPool2d((2, 3), (1, 2)), torch.nn.MaxPool2d((2, 3), (1, 2)), x)
+    fd_check(nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+             rng.standard_normal((2, 3, 7, 6)))
+    fd_check(nn.MaxPool1d(3, 2, 1, dilation=2), rng.standard_normal((2, 3, 11)))
+    fd_check(nn.MaxPool2d(2, ceil_mode=True), rng.standard_normal((2, 2, 5, 5)))
+
+
+@pytest.mark.parametrize("rank,size,out", [
+    (1, 10, 3), (1, 7, 7), (1, 5, 1), (1, 4, 6), (2, (9, 7), (4, 3)), (2, (6, 6), 1),
+    (2, (5, 8), (None, 3)),
+])
+def test_adaptive_avg_pool(rank, size, out):
+    rng = np.random.default_rng(5)
+    size = (size,) if rank == 1 else size
+    x = rng.standard_normal((2, 3) + size)
+    A = nn.AdaptiveAvgPool1d if rank == 1 else nn.AdaptiveAvgPool2d
+    TA = torch.nn.AdaptiveAvgPool1d if rank == 1 else torch.nn.AdaptiveAvgPool2d
+    parity(A(out), TA(out), x)
+    parity(A(out), TA(out), x[0])
+    fd_check(A(out), x)
+
+
+def test_pool_errors():
+    with pytest.raises(ValueError, match="padding"):
+        nn.MaxPool1d(2, padding=2)
+    with pytest.raises(ValueError, match="too small"):
+        nn.MaxPool2d(5)(np.zeros((1, 1, 3, 3)))
+    with pytest.raises(ValueError, match="3-D"):
+        nn.MaxPool2d(2)(np.zeros((3, 3)))
+    with pytest.raises(TypeError, match="dtype"):
+        nn.AvgPool1d(2)(np.zeros((1, 1, 4), dtype=np.int64))
+    with pytest.raises(RuntimeError, match="before forward"):
+        nn.MaxPool1d(2).backward(np.zeros((1, 1, 2)))
+
+
+# --------------------------------------------------------------------------- batch norm
+
+@pytest.mark.parametrize("cls,tcls,shape", [
+    (nn.BatchNorm1d, torch.nn.BatchNorm1d, (6, 4)),
+    (nn.BatchNorm1d, torch.nn.BatchNorm1d, (5, 4, 7)),
+    (nn.BatchNorm2d, torch.nn.BatchNorm2d, (3, 4, 5, 6)),
+])
+@pytest.mark.parametrize("kw", [{}, {"affine": False}, {"momentum": None},
+                                {"track_running_stats": False}, {"eps": 1e-3}])
+def test_batchnorm_parity(cls, tcls, shape, kw):
+    rng = np.random.default_rng(6)
+    layer, tlayer = cls(4, dtype=np.float64, **kw), tcls(4, **kw).double()
+    if layer.affine:  # non-trivial affine parameters
+        with torch.no_grad():
+            tlayer.weight.copy_(torch.tensor(rng.standard_normal(4)))
+            tlayer.bias.copy_(torch.tensor(rng.standard_normal(4)))
+    for step in range(3):  # running statistics over several batches
+        x = rng.standard_normal(shape) * 2 + 1
+        parity(layer, tlayer, x, train=True)
+        layer.zero_grad()
+        tlayer.zero_grad()
+    parity(layer, tlayer, rng.standard_normal(shape), train=False)
+    fd_check(cls(4, dtype=np.float64, **kw), rng.standard_normal(shape))
+    fd_check(cls(4, dtype=np.float64, **kw), rng.standard_normal(shape), train=False)
+
+
+def test_batchnorm_state_dict_keys_and_errors():
+    bn = nn.BatchNorm2d(3)
+    assert list(bn.state_dict()) == list(torch.nn.BatchNorm2d(3).state_dict())
+    assert bn.state_dict()["num_batches_tracked"].dtype == np.int64
+    with pytest.raises(ValueError, match="num_features=3"):
+        bn(np.zeros((2, 4, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="more than 1 value"):
+        nn.BatchNorm1d(3)(np.zeros((1, 3), np.float32))
+
+
+# --------------------------------------------------------------------------- Sequential
+
+def test_sequential_state_dict_from_torch_and_parity():
+    rng = np.random.default_rng(7)
+    tm = torch.nn.Sequential(
+        torch.nn.Conv1d(2, 5, 3, padding=2, dilation=2, bias=False), torch.nn.BatchNorm1d(5),
+        torch.nn.GELU(), torch.nn.MaxPool1d(2), torch.nn.Conv1d(5, 6, 3, stride=2),
+        torch.nn.ReLU(), torch.nn.AvgPool1d(2, 1, 1), torch.nn.Flatten(),
+        torch.nn.Linear(6 * 5, 3)).double()
+    m = nn.Sequential(
+        nn.Conv1d(2, 5, 3, padding=2, dilation=2, bias=False), nn.BatchNorm1d(5), nn.GELU(),
+        nn.MaxPool1d(2), nn.Conv1d(5, 6, 3, stride=2), nn.ReLU(), nn.AvgPool1d(2, 1, 1),
+        nn.Flatten(), nn.Linear(6 * 5, 3))
+    sd = {k: v.numpy() for k, v in tm.state_dict().items()}
+    m.load_state_dict(sd)  # loads unchanged: same keys, float32 model takes float64 arrays
+    assert sorted(m.state_dict()) == sorted(sd)  # same keys (order: params first)
+    for mod in m.modules():  # switch the copy to float64 for the parity check
+        for name, p in mod._parameters.items():
+            p.data = p.data.astype(np.float64)
+        for name, b in list(mod._buffers.items()):
+            if b.dtype == np.float32:
+                mod._set_buffer(name, b.astype(np.float64))
+    x = rng.standard_normal((4, 2, 20))
+    parity(m, tm, x)
+    assert m[0] is m._modules["0"] and len(m) == 9 and isinstance(m[1:3], nn.Sequential)
+
+
+# --------------------------------------------------------------------------- loss
+
+@pytest.mark.parametrize("ls", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_parity(ls, reduction):
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((6, 5)) * 4
+    z[0, 0] = 800.0  # no overflow
+    t = rng.integers(0, 5, 6)
+    loss = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=ls)
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.CrossEntropyLoss(reduction=reduction, label_smoothing=ls)(tz, torch.tensor(t))
+    out = loss(z, t)
+    assert rel(out, t2n(tl)) <= TOL
+    g = rng.standard_normal(6) if reduction == "none" else 1.7
+    tl.backward(torch.tensor(g, dtype=torch.float64))
+    assert rel(loss.backward(g), t2n(tz.grad)) <= TOL
+    # finite differences in the logits
+    v = rng.standard_normal(z.shape)
+    eps = 1e-6
+    f = lambda zz: float(np.sum(np.asarray(loss(zz, t)) * g))  # noqa: E731
+    loss(z, t)
+    gz = loss.backward(g)
+    num = (f(z + eps * v) - f(z - eps * v)) / (2 * eps)
+    assert abs(num - np.sum(gz * v)) <= 1e-6 * max(1, abs(num))
+
+
+def test_cross_entropy_spatial_and_errors():
+    rng = np.random.default_rng(9)
+    z = rng.standard_normal((3, 4, 5))
+    t = rng.integers(0, 4, (3, 5))
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(tz, torch.tensor(t))
+    tl.backward()
+    loss = nn.CrossEntropyLoss()
+    assert rel(loss(z, t), t2n(tl)) <= TOL
+    assert rel(loss.backward(), t2n(tz.grad)) <= TOL
+    with pytest.raises(ValueError, match="target values"):
+        loss(z, t + 4)
+    with pytest.raises(TypeError, match="integer"):
+        loss(z, t.astype(float))
+    with pytest.raises(ValueError, match="target.shape"):
+        loss(z, t[:, :2])
