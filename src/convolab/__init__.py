@@ -2,6 +2,7 @@
 
 from . import grad
 from .autodiff import Grads, vjp
+from .gradcheck import gradcheck
 from .ops.conv import (
     conv,
     conv1d,
@@ -23,5 +24,6 @@ __all__ = [
     "ConvSpec", "Grads", "Options", "conv", "conv1d", "conv2d", "conv3d",
     "conv_output_size", "conv_transpose", "conv_transpose1d", "conv_transpose2d",
     "conv_transpose3d", "conv_transpose_output_size", "fold", "get_options", "grad",
+    "gradcheck",
     "make_spec", "options", "pad", "set_options", "unfold", "vjp",
 ]

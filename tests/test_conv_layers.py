@@ -1,0 +1,146 @@
+"""The conv layer classes against torch.nn with copied weights."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import convolab as cl
+from convolab import nn
+
+torch = pytest.importorskip("torch")
+
+from .strategies import rel_err  # noqa: E402
+
+
+def _torch_layer(name, *args, **kwargs):
+    return getattr(torch.nn, name)(*args, dtype=torch.float64, **kwargs)
+
+
+def _copy(src_cl, dst_torch):
+    dst_torch.load_state_dict({k: torch.from_numpy(v) for k, v in src_cl.state_dict().items()})
+
+
+def _run_both(layer, tlayer, x, **fwd):
+    rng = np.random.default_rng(7)
+    y = layer(x, **fwd)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tlayer(tx, **fwd)
+    assert y.shape == tuple(ty.shape)
+    assert rel_err(y, ty.detach().numpy()) < 1e-12
+    g = rng.standard_normal(y.shape)
+    gx = layer.backward(g)
+    ty.backward(torch.tensor(g))
+    assert rel_err(gx, tx.grad.numpy()) < 1e-12
+    for name, p in tlayer.named_parameters():
+        assert rel_err(getattr(layer, name).grad, p.grad.numpy()) < 1e-12, name
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("padding", [1, "same", "valid"])
+def test_conv_layers_every_padding_mode(mode, rank, padding):
+    name = f"Conv{rank}d"
+    kw = dict(stride=1, padding=padding, dilation=(2,) * rank if padding == "same" else 1,
+              groups=2, padding_mode=mode)
+    layer = getattr(nn, name)(4, 6, 3, dtype=np.float64, seed=0, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tlayer = _torch_layer(name, 4, 6, 3, **kw)
+    _copy(layer, tlayer)
+    x = np.random.default_rng(1).standard_normal((2, 4) + (7, 6, 5)[:rank])
+    _run_both(layer, tlayer, x)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_conv_transpose_layers(rank):
+    name = f"ConvTranspose{rank}d"
+    kw = dict(stride=2, padding=1, output_padding=1, groups=2, dilation=1, bias=True)
+    layer = getattr(nn, name)(4, 6, 3, dtype=np.float64, seed=0, **kw)
+    tlayer = _torch_layer(name, 4, 6, 3, **kw)
+    _copy(layer, tlayer)
+    x = np.random.default_rng(1).standard_normal((2, 4) + (4, 3, 3)[:rank])
+    _run_both(layer, tlayer, x)
+
+
+def test_conv_transpose_output_size_argument():
+    layer = nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, dtype=np.float64, seed=0)
+    tlayer = _torch_layer("ConvTranspose2d", 3, 2, 3, stride=2, padding=1)
+    _copy(layer, tlayer)
+    x = np.random.default_rng(1).standard_normal((1, 3, 4, 4))
+    _run_both(layer, tlayer, x, output_size=(8, 7))
+    with pytest.raises(ValueError, match="output_size=.* is not reachable"):
+        layer(x, output_size=(10, 10))
+
+
+def test_module_db_samples():
+    """torch's own constructor and forward samples for its conv modules."""
+    cm = pytest.importorskip("torch.testing._internal.common_modules")
+    count = 0
+    for info in cm.module_db:
+        name = info.module_cls.__name__
+        if "Conv" not in name or name.startswith("Lazy") or not hasattr(nn, name):
+            continue
+        for mi in info.module_inputs_func(info, device="cpu", dtype=torch.float64,
+                                          requires_grad=False, training=True):
+            args, kwargs = mi.constructor_input.args, dict(mi.constructor_input.kwargs)
+            kwargs.pop("device", None)
+            kwargs.pop("dtype", None)
+            if mi.forward_input is None:
+                continue
+            (tx,) = mi.forward_input.args
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tlayer = info.module_cls(*args, dtype=torch.float64, **kwargs)
+            layer = getattr(nn, name)(*args, dtype=np.float64, **kwargs)
+            _copy(layer, tlayer)
+            _run_both(layer, tlayer, tx.numpy().copy())
+            count += 1
+    assert count >= 6
+
+
+def test_state_dict_round_trip_with_torch():
+    tlayer = torch.nn.Conv2d(3, 5, (3, 2), bias=True)
+    layer = nn.Conv2d(3, 5, (3, 2))
+    layer.load_state_dict({k: v.numpy() for k, v in tlayer.state_dict().items()})
+    assert list(layer.state_dict()) == list(tlayer.state_dict()) == ["weight", "bias"]
+    np.testing.assert_array_equal(layer.weight.data, tlayer.weight.detach().numpy())
+    assert layer.weight.data.dtype == np.float32
+    tlayer.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+    with pytest.raises(KeyError, match="missing keys"):
+        layer.load_state_dict({"weight": layer.weight.data})
+    with pytest.raises(ValueError, match="weight has shape"):
+        layer.load_state_dict({"weight": np.zeros((1, 1, 1, 1)), "bias": np.zeros(5)})
+    assert nn.Conv1d(2, 2, 3, bias=False).state_dict().keys() == {"weight"}
+
+
+def test_default_initialisation_matches_torch_distribution():
+    layer = nn.Conv2d(16, 32, 3, seed=0)
+    bound = 1 / np.sqrt(16 * 9)
+    for p in (layer.weight.data, layer.bias.data):
+        assert np.abs(p).max() <= bound and np.abs(p).max() > 0.9 * bound
+    assert layer.weight.data.dtype == np.float32
+    t = nn.ConvTranspose2d(16, 8, 3, groups=2, seed=0)
+    assert t.weight.shape == (16, 4, 3, 3)
+    assert np.abs(t.weight.data).max() <= 1 / np.sqrt(4 * 9)
+    a = nn.Conv1d(2, 3, 3, seed=5).weight.data
+    b = nn.Conv1d(2, 3, 3, rng=np.random.default_rng(5)).weight.data
+    np.testing.assert_array_equal(a, b)
+
+
+def test_backward_accumulates_and_zero_grad_clears():
+    layer = nn.Conv1d(2, 3, 3, seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((2, 2, 6))
+    y = layer(x)
+    layer.backward(np.ones_like(y))
+    g1 = layer.weight.grad.copy()
+    layer(x)
+    layer.backward(np.ones_like(y))
+    np.testing.assert_allclose(layer.weight.grad, 2 * g1)
+    layer.zero_grad()
+    assert layer.weight.grad is None
+    assert np.asarray(layer.weight) is layer.weight.data
+    with pytest.raises(RuntimeError, match="before forward"):
+        nn.Conv1d(2, 3, 3).backward(np.ones((1, 3, 4)))

@@ -1,0 +1,84 @@
+"""Finite-difference gradient checks, without torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import convolab as cl
+
+from .strategies import conv_cases
+
+
+def test_gradcheck_catches_a_wrong_gradient():
+    # A checker that cannot fail proves nothing: break the weight gradient on purpose.
+    from convolab.ops import conv as ops
+
+    x = np.random.default_rng(0).standard_normal((1, 2, 5))
+    w = np.random.default_rng(1).standard_normal((3, 2, 3))
+    real = ops.VJPS[cl.conv1d]
+
+    def broken(*a, **k):
+        out, pb = real(*a, **k)
+        return out, lambda g: {**pb(g), "weight": 1.01 * pb(g)["weight"]}
+
+    ops.VJPS[cl.conv1d] = broken
+    import convolab.autodiff as ad
+
+    ad._VJPS[cl.conv1d] = broken
+    try:
+        with pytest.raises(AssertionError, match="argument 1"):
+            cl.gradcheck(cl.conv1d, x, w)
+    finally:
+        ops.VJPS[cl.conv1d] = real
+        ad._VJPS[cl.conv1d] = real
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
+@settings(max_examples=25, deadline=None)
+@given(case=conv_cases(ranks=(1, 2, 3), batch=2))
+def test_conv_gradients_by_finite_differences(case, algorithm):
+    x, w, b = case.arrays(np.float64, seed=3)
+    fn = cl.conv_transpose if case.transposed else cl.conv
+    with cl.options(algorithm=algorithm):
+        assert cl.gradcheck(fn, x, w, b, **case.kwargs)
+
+
+@settings(max_examples=10, deadline=None)
+@given(case=conv_cases(ranks=(1, 2), batch=1))
+def test_complex_conv_gradients_by_finite_differences(case):
+    x, w, b = case.arrays(np.complex128, seed=4)
+    fn = cl.conv_transpose if case.transposed else cl.conv
+    assert cl.gradcheck(fn, x, w, b, **case.kwargs)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+def test_pad_gradients_by_finite_differences(mode):
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4))
+    assert cl.gradcheck(cl.pad, x, (2, 1, -1, 3), mode)
+    assert cl.gradcheck(cl.pad, x, (3, 3, 4, 0), mode)
+
+
+def test_unfold_fold_gradients_by_finite_differences():
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5, 4))
+    assert cl.gradcheck(cl.unfold, x, (2, 3, 2), dilation=(1, 1, 2), padding=1, stride=(2, 1, 1))
+    cols = cl.unfold(x, (2, 3, 2), dilation=(1, 1, 2), padding=1, stride=(2, 1, 1))
+    assert cl.gradcheck(cl.fold, cols, (6, 5, 4), (2, 3, 2), dilation=(1, 1, 2), padding=1,
+                        stride=(2, 1, 1))
+
+
+def test_grad_module_by_finite_differences():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 7))
+    w = rng.standard_normal((6, 2, 3))
+    kw = dict(stride=2, padding=1, dilation=2, groups=2)
+    y = cl.conv1d(x, w, **kw)
+    gy = rng.standard_normal(y.shape)
+    v = rng.standard_normal(x.shape)
+    eps = 1e-6
+    num = (np.vdot(gy, cl.conv1d(x + eps * v, w, **kw)) - np.vdot(gy, cl.conv1d(x - eps * v, w, **kw))) / (2 * eps)
+    assert np.isclose(np.vdot(cl.grad.conv1d_input(x.shape, w, gy, **kw), v), num, rtol=1e-7)
+    v = rng.standard_normal(w.shape)
+    num = (np.vdot(gy, cl.conv1d(x, w + eps * v, **kw)) - np.vdot(gy, cl.conv1d(x, w - eps * v, **kw))) / (2 * eps)
+    assert np.isclose(np.vdot(cl.grad.conv1d_weight(x, w.shape, gy, **kw), v), num, rtol=1e-7)
