@@ -201,7 +201,9 @@ def test_pad_matches_torch_with_grads(mode, nd, data):
     tx = torch.tensor(x, requires_grad=True)
     try:
         ty = torch.nn.functional.pad(tx, pad, mode=mode, value=value if mode == "constant" else None)
-    except (RuntimeError, ValueError, NotImplementedError):
+    except (RuntimeError, ValueError, NotImplementedError) as exc:
+        if "single memory location" in str(exc):
+            return  # a torch defect (wrap wider than the cropped input); convolab wraps again
         with pytest.raises((ValueError, TypeError)):
             cl.pad(x, pad, mode=mode, value=value)
         return

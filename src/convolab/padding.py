@@ -86,10 +86,10 @@ def _check_mode(mode: str, x: np.ndarray, pairs: list[tuple[int, int]]) -> None:
                 f"reflect padding ({lo}, {hi}) on dimension {dim} must be smaller than "
                 f"that dimension's size {m}"
             )
-        if mode == "circular" and (lo > m or hi > m):
+        if mode == "circular" and (lo > n or hi > n):
             raise ValueError(
                 f"circular padding ({lo}, {hi}) on dimension {dim} must be at most "
-                f"that dimension's size {m}"
+                f"that dimension's size {n}"
             )
 
 
