@@ -1,0 +1,803 @@
+"""Explain the arithmetic of a convolution, or of a stack of them.
+
+``convolab.explain("conv2d", (1, 3, 32, 32), out_channels=16, kernel_size=3,
+stride=2, padding=1)`` returns a :class:`LayerExplanation`: the output shape with
+each dimension's output-size formula written out with the numbers filled in, the
+padding applied on each side, warnings (input positions no kernel position ever
+reads, ``output_padding`` effects, asymmetric ``'same'``), parameter count, FLOPs,
+bytes, the workspace and algorithm of each role, and the receptive field.
+``print()`` it for a table, ``.to_dict()`` / ``.to_json()`` for machines.
+
+A stack (a ``convolab.nn.Sequential``, any iterable of conv layers, or a list of
+layer specs such as ``"k=3,s=2,p=1"``) gives a :class:`StackExplanation` with the
+same per layer and the receptive field accumulated through the stack.
+
+Conventions
+-----------
+* Output sizes come from :mod:`convolab.spec` only (``ConvSpec.out_shape``).
+* FLOPs = 2 x multiply-adds.  Every kernel tap counts, including taps that land on
+  padding (the dense algorithms compute them).  conv: ``MACs = N*K*prod(O)*(C/g)*prod(k)``;
+  conv_transpose: ``MACs = N*C_in*prod(S)*(C_out/g)*prod(k)``.  The input gradient and
+  the weight gradient each cost the same MACs as the forward; the bias adds one
+  FLOP per output element in the forward and one per output element in its gradient.
+* Receptive field, jump and start offset per spatial dimension, in input cells
+  (``start`` is the centre of the first output's field; 0 = centre of input cell 0)::
+
+      conv:            jump' = jump*s
+                       rf'   = rf + (k_eff-1)*jump
+                       start'= start + ((k_eff-1)/2 - pad_lo)*jump
+      conv_transpose:  jump' = jump/s
+                       rf'   = rf + (m-1)*jump     m = most input cells one output reads
+                       start'= start + (pad_lo - (k_eff-1)/2)/s*jump
+
+  with ``k_eff = d*(k-1)+1``.
+* Workspace: ``convolab.select.workspace_bytes`` when the installed ``select`` has it;
+  otherwise this module's estimate of the im2col column buffer that
+  :mod:`convolab.algorithms.gemm` allocates (chunked over the batch within the
+  ``workspace_bytes`` option) plus the zero-padded input copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from . import select
+from .dtypes import compute_dtype
+from .options import get_options
+from .spec import ConvSpec, as_tuple, make_spec
+
+__all__ = ["LayerConfig", "LayerExplanation", "StackExplanation", "explain", "main",
+           "parse_layer", "read_positions"]
+
+OPS: dict[str, tuple[int | None, bool]] = {
+    "conv": (None, False), "conv1d": (1, False), "conv2d": (2, False), "conv3d": (3, False),
+    "conv_transpose": (None, True), "conv_transpose1d": (1, True),
+    "conv_transpose2d": (2, True), "conv_transpose3d": (3, True),
+}
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+FLOP_CONVENTION = (
+    "FLOPs = 2 x multiply-adds, every kernel tap counted (also taps on padding); "
+    "grad_input and grad_weight cost the forward's multiply-adds each; bias: 1 FLOP per "
+    "output element forward and backward"
+)
+
+
+def dim_names(rank: int) -> list[str]:
+    return {1: ["L"], 2: ["H", "W"], 3: ["D", "H", "W"]}.get(rank, [f"d{i}" for i in range(rank)])
+
+
+# ---------------------------------------------------------------------------
+# Layer descriptions
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """One layer of a stack, as given (``padding`` unresolved).
+
+    ``kind``: ``'conv'``, ``'pool'`` (a window op that keeps the channels, no weights)
+    or ``'other'`` (assumed shape-preserving, e.g. an activation).
+    """
+
+    kind: str = "conv"
+    transposed: bool = False
+    kernel_size: Any = None
+    stride: Any = 1
+    padding: Any = 0
+    dilation: Any = 1
+    groups: int = 1
+    output_padding: Any = 0
+    out_channels: int | None = None
+    padding_mode: str = "zeros"
+    bias: bool = True
+    name: str = ""
+
+
+_KEYS = {
+    "k": "kernel_size", "kernel": "kernel_size", "kernel_size": "kernel_size",
+    "s": "stride", "stride": "stride", "p": "padding", "padding": "padding",
+    "d": "dilation", "dilation": "dilation", "g": "groups", "groups": "groups",
+    "op": "output_padding", "opad": "output_padding", "output_padding": "output_padding",
+    "c": "out_channels", "out": "out_channels", "out_channels": "out_channels",
+    "mode": "padding_mode", "padding_mode": "padding_mode", "bias": "bias",
+    "t": "transposed", "transposed": "transposed", "type": "type", "name": "name",
+}
+LAYER_SYNTAX = (
+    "comma-separated key=value: k=kernel_size s=stride p=padding d=dilation g=groups "
+    "c=out_channels opad=output_padding mode=padding_mode bias=0|1 "
+    "type=conv|conv_transpose|pool; several dimensions with 'x' (k=3x5); per-side padding "
+    "as lo:hi per dimension (p=0:1x1:1); p=same|valid|causal"
+)
+
+
+def _parse_ints(text: str, what: str) -> Any:
+    """``'3'`` -> 3; ``'3x5'`` or ``'3,5'`` -> (3, 5)."""
+    parts = [t for t in text.replace(",", "x").split("x") if t != ""]
+    try:
+        vals = tuple(int(t) for t in parts)
+    except ValueError:
+        raise ValueError(
+            f"{what}={text!r} must be an int or ints joined by 'x' (e.g. 3x3)") from None
+    if not vals:
+        raise ValueError(f"{what}={text!r} is empty")
+    return vals[0] if len(vals) == 1 else vals
+
+
+def _parse_padding(text: str) -> Any:
+    """``'1'``, ``'1x2'``, ``'same'``, or per side ``'0:1x1:1'`` (lo:hi per dimension)."""
+    if text in ("same", "valid", "causal"):
+        return text
+    if ":" in text:
+        pairs = []
+        for part in text.replace(",", "x").split("x"):
+            lo, sep, hi = part.partition(":")
+            if not sep:
+                raise ValueError(f"padding={text!r}: per-side padding is lo:hi for every dim")
+            pairs.append((int(lo), int(hi)))
+        return tuple(pairs)
+    return _parse_ints(text, "padding")
+
+
+def parse_layer(text: str, default_transposed: bool = False) -> LayerConfig:
+    """``"k=3,s=2,p=1"`` -> :class:`LayerConfig` (syntax: :data:`LAYER_SYNTAX`)."""
+    kw: dict[str, Any] = {"transposed": default_transposed}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, val = item.partition("=")
+        if not sep or key.strip() not in _KEYS:
+            raise ValueError(f"layer {text!r}: {item!r} is not key=value with a known key; "
+                             f"syntax: {LAYER_SYNTAX}")
+        name, val = _KEYS[key.strip()], val.strip()
+        if name == "padding":
+            kw[name] = _parse_padding(val)
+        elif name in ("kernel_size", "stride", "dilation", "output_padding"):
+            kw[name] = _parse_ints(val, name)
+        elif name in ("groups", "out_channels"):
+            kw[name] = int(val)
+        elif name in ("bias", "transposed"):
+            kw[name] = val.lower() in ("1", "true", "yes", "y")
+        elif name == "type":
+            if val not in ("conv", "conv_transpose", "pool") and val not in OPS:
+                raise ValueError(f"layer {text!r}: type={val!r} must be conv, "
+                                 "conv_transpose or pool")
+            kw["kind"] = "pool" if val == "pool" else "conv"
+            kw["transposed"] = val.startswith("conv_transpose")
+        else:
+            kw[name] = val
+    if kw.get("kernel_size") is None:
+        raise ValueError(f"layer {text!r} needs a kernel size (k=...)")
+    return LayerConfig(**kw)
+
+
+def _layer_from(obj: Any) -> LayerConfig:
+    """A LayerConfig, dict, spec string, convolab/torch conv or pooling layer, or other."""
+    if isinstance(obj, LayerConfig):
+        return obj
+    if isinstance(obj, str):
+        return parse_layer(obj)
+    if isinstance(obj, dict):
+        return LayerConfig(**obj)
+    cls = type(obj).__name__
+    if hasattr(obj, "kernel_size") and hasattr(obj, "weight") and hasattr(obj, "in_channels"):
+        transposed = bool(getattr(obj, "_transposed", False) or getattr(obj, "transposed", False)
+                          or "Transpose" in cls)
+        return LayerConfig(
+            "conv", transposed, tuple(obj.kernel_size), obj.stride, obj.padding, obj.dilation,
+            obj.groups, getattr(obj, "output_padding", 0), obj.out_channels,
+            getattr(obj, "padding_mode", "zeros"), getattr(obj, "bias", None) is not None, cls,
+        )
+    if hasattr(obj, "kernel_size"):
+        k = obj.kernel_size
+        stride = getattr(obj, "stride", None)
+        return LayerConfig("pool", False, k, k if stride in (None, ()) else stride,
+                           getattr(obj, "padding", 0), getattr(obj, "dilation", 1), name=cls)
+    return LayerConfig("other", name=cls)
+
+
+def _iter_layers(model: Any) -> list[Any]:
+    """Sequential (iterable, or duck-typed through ``_modules``), list, or a single layer."""
+    if isinstance(model, (list, tuple)):
+        return list(model)
+    mods = getattr(model, "_modules", None)
+    if hasattr(model, "kernel_size") or isinstance(model, (str, dict, LayerConfig)):
+        return [model]
+    try:
+        return list(iter(model))
+    except TypeError:
+        pass
+    if mods:
+        return list(mods.values())
+    raise TypeError(f"model={type(model).__name__} is not a layer, a list of layers or a "
+                    "Sequential")
+
+
+# ---------------------------------------------------------------------------
+# Arithmetic (per spatial dimension)
+
+
+def read_positions(n: int, k: int, s: int, lo: int, d: int, out: int,
+                   transposed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Which input positions feed some output, and which outputs receive some input.
+
+    conv: input ``i`` is read by output ``o`` with tap ``t`` when ``o*s + t*d - lo = i``;
+    conv_transpose: input ``i`` feeds output ``o`` when ``i*s + t*d - lo = o``.
+    Returns boolean masks ``(inputs_used (n,), outputs_reached (out,))``.
+    """
+    small, big = (n, out) if transposed else (out, n)
+    pos = (np.arange(small)[:, None] * s + np.arange(k)[None, :] * d - lo)
+    hit = (pos >= 0) & (pos < big)
+    big_mask = np.zeros(big, bool)
+    big_mask[pos[hit]] = True
+    small_mask = hit.any(axis=1)
+    return (small_mask, big_mask) if transposed else (big_mask, small_mask)
+
+
+def _ranges(idx: Iterable[int], limit: int = 6) -> str:
+    idx = sorted(idx)
+    runs: list[list[int]] = []
+    for i in idx:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs]
+    if len(parts) > limit:
+        parts = parts[:limit] + [f"... ({len(parts) - limit} more runs)"]
+    return ", ".join(parts)
+
+
+def _transpose_span(k: int, s: int, lo: int, d: int) -> int:
+    """Most input cells one output of a transposed conv reads (away from the borders)."""
+    base = s * (k * d + lo + 1)
+    best = 0
+    for r in range(s):
+        o = base + r
+        i = [(o + lo - t * d) // s for t in range(k) if (o + lo - t * d) % s == 0]
+        if i:
+            best = max(best, max(i) - min(i) + 1)
+    return best
+
+
+def _fmt_frac(x: Fraction) -> str:
+    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+
+
+def _frac_json(x: Fraction) -> int | float:
+    return int(x) if x.denominator == 1 else float(x)
+
+
+def _formula(spec: ConvSpec, i: int, n: int, out: int) -> str:
+    k, s, (lo, hi), d = spec.kernel_size[i], spec.stride[i], spec.padding[i], spec.dilation[i]
+    if spec.transposed:
+        op = spec.output_padding[i] if spec.output_padding else 0
+        return (f"({n} - 1)*{s} - {lo} - {hi} + {d}*({k} - 1) + {op} + 1 = {out}")
+    num = n + lo + hi - d * (k - 1) - 1
+    return (f"floor(({n} + {lo} + {hi} - {d}*({k} - 1) - 1) / {s}) + 1 "
+            f"= floor({num} / {s}) + 1 = {out}")
+
+
+FORMULA_CONV = "O = floor((S + pad_lo + pad_hi - dilation*(k - 1) - 1) / stride) + 1"
+FORMULA_TRANSPOSED = ("O = (S - 1)*stride - pad_lo - pad_hi + dilation*(k - 1) "
+                      "+ output_padding + 1")
+
+
+def _workspace(role: str, spec: ConvSpec, x_shape, w_shape, dtype, algorithm: str,
+               out_spatial) -> tuple[int | None, str]:
+    est = getattr(select, "workspace_bytes", None)
+    if est is not None:
+        try:
+            return int(est(role, spec, x_shape, w_shape, dtype)), "convolab.select.workspace_bytes"
+        except Exception as exc:  # the other helper's estimator may not know a role
+            return None, f"convolab.select.workspace_bytes failed: {exc}"
+    item = np.dtype(dtype).itemsize
+    N, C = x_shape[0], x_shape[1]
+    padded = 0
+    if any(lo or hi for lo, hi in spec.padding) and role != "input_grad":
+        padded = N * C * int(np.prod(spec.padded_shape(x_shape[2:]))) * item
+    if algorithm != "gemm":
+        return padded, "estimate: zero-padded input copy (no column buffer)"
+    kk = int(np.prod(spec.kernel_size))
+    if role == "input_grad":  # x_shape is the gradient (N, K, *O); dcols is (n, C*kk, P)
+        chans = w_shape[1] * spec.groups
+        P = int(np.prod(x_shape[2:]))
+    else:
+        chans, P = C, int(np.prod(out_spatial))
+    per_sample = chans * kk * P * item
+    one_to_one = kk == 1 and all(s == 1 for s in spec.stride) and role != "input_grad"
+    if one_to_one:
+        per_sample = 0
+    step = max(1, min(N, get_options().workspace_bytes // max(1, per_sample))) if N else 0
+    return per_sample * step + padded, "estimate: im2col column buffer (gemm) + padded copy"
+
+
+# ---------------------------------------------------------------------------
+# One layer
+
+
+@dataclass
+class LayerExplanation:
+    """Everything ``explain`` knows about one layer; ``str()`` is a table."""
+
+    op: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    spec: ConvSpec | None
+    kind: str = "conv"
+    weight_shape: tuple[int, ...] | None = None
+    bias_shape: tuple[int, ...] | None = None
+    formulas: list[str] = field(default_factory=list)
+    padding_mode: str = "zeros"
+    params: int = 0
+    flops: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, Any] = field(default_factory=dict)
+    algorithm: dict[str, dict[str, str]] = field(default_factory=dict)
+    receptive_field: list[Fraction] = field(default_factory=list)
+    jump: list[Fraction] = field(default_factory=list)
+    start: list[Fraction] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        spec = self.spec
+        d: dict[str, Any] = {
+            "op": self.op, "kind": self.kind, "name": self.name,
+            "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
+        }
+        if spec is not None:
+            d.update({
+                "weight_shape": None if self.weight_shape is None else list(self.weight_shape),
+                "bias_shape": None if self.bias_shape is None else list(self.bias_shape),
+                "kernel_size": list(spec.kernel_size), "stride": list(spec.stride),
+                "dilation": list(spec.dilation), "groups": spec.groups,
+                "padding": [list(p) for p in spec.padding], "padding_mode": self.padding_mode,
+                "output_padding": list(spec.output_padding) if spec.transposed else None,
+                "formula": FORMULA_TRANSPOSED if spec.transposed else FORMULA_CONV,
+                "formulas": self.formulas,
+            })
+        d.update({
+            "params": self.params, "flops": dict(self.flops), "bytes": self.bytes,
+            "algorithm": self.algorithm,
+            "receptive_field": [_frac_json(x) for x in self.receptive_field],
+            "jump": [_frac_json(x) for x in self.jump],
+            "start": [_frac_json(x) for x in self.start],
+            "warnings": self.warnings, "notes": self.notes,
+        })
+        if self.flops:
+            d["flops"]["convention"] = FLOP_CONVENTION
+        return d
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def __str__(self) -> str:
+        return "\n".join(_layer_lines(self))
+
+
+def _human_bytes(b: int | None) -> str:
+    if b is None:
+        return "unknown"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if b < 1024 or unit == "GiB":
+            return f"{b} B" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024  # type: ignore[assignment]
+    return str(b)  # pragma: no cover
+
+
+def _rf_text(e: LayerExplanation) -> str:
+    names = dim_names(len(e.receptive_field))
+    return "  ".join(f"{n}: {_fmt_frac(r)} / {_fmt_frac(j)} / {_fmt_frac(s)}"
+                     for n, r, j, s in zip(names, e.receptive_field, e.jump, e.start))
+
+
+def _layer_lines(e: LayerExplanation) -> list[str]:
+    label = f"{e.op} ({e.name})" if e.name else e.op
+    lines = [f"{label}: input {e.input_shape} -> output {e.output_shape}"]
+    if e.spec is None:
+        lines += [f"  {n}" for n in e.notes]
+        return lines
+    spec = e.spec
+    names = dim_names(spec.rank)
+    if e.weight_shape is not None:
+        lines.append(f"  weight {e.weight_shape}, bias {e.bias_shape}, groups {spec.groups}")
+    lines.append("  output size, per spatial dimension:")
+    lines.append("    " + (FORMULA_TRANSPOSED if spec.transposed else FORMULA_CONV))
+    lines += [f"    {n}: {f}" for n, f in zip(names, e.formulas)]
+    pads = "  ".join(f"{n}: ({lo}, {hi})" for n, (lo, hi) in zip(names, spec.padding))
+    lines.append(f"  padding applied (lo, hi): {pads}"
+                 + (f"  mode {e.padding_mode!r}" if e.padding_mode != "zeros" else ""))
+    lines.append(f"  receptive field / jump / start: {_rf_text(e)}")
+    if e.kind == "conv":
+        f = e.flops
+        lines.append(f"  params: {e.params:,}")
+        lines.append(f"  FLOPs: forward {f['forward']:,} (+ bias {f['forward_bias']:,}), "
+                     f"grad_input {f['input_grad']:,}, grad_weight {f['weight_grad']:,}, "
+                     f"grad_bias {f['bias_grad']:,}")
+        b = e.bytes
+        ws = ", ".join(f"{r} {_human_bytes(v)}" for r, v in b["workspace"].items())
+        lines.append(f"  bytes: input {_human_bytes(b['input'])}, output "
+                     f"{_human_bytes(b['output'])}, weight+bias {_human_bytes(b['weight'])}")
+        lines.append(f"  workspace ({b['workspace_source']}): {ws}")
+        for role, a in e.algorithm.items():
+            lines.append(f"  algorithm {role}: {a['name']} ({a['reason']})")
+    elif e.kind == "pool":
+        lines.append(f"  FLOPs (comparisons/adds): {e.flops.get('forward', 0):,}")
+    for w in e.warnings:
+        lines.append(f"  WARNING: {w}")
+    for n in e.notes:
+        lines.append(f"  note: {n}")
+    return lines
+
+
+def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
+                   rank: int | None, incoming: tuple[list, list, list] | None,
+                   ) -> LayerExplanation:
+    if cfg.kind == "other":
+        rf, jump, start = incoming if incoming else ([], [], [])
+        return LayerExplanation(cfg.name or "layer", input_shape, input_shape, None, "other",
+                                receptive_field=list(rf), jump=list(jump), start=list(start),
+                                notes=["not a convolution: assumed to keep the shape"],
+                                name=cfg.name)
+    if len(input_shape) < 3:
+        raise ValueError(f"input_shape={input_shape} must be (N, C, *spatial) with at least "
+                         "one spatial dimension")
+    r = len(input_shape) - 2
+    if rank is not None and rank != r:
+        raise ValueError(f"input_shape={input_shape} has {r} spatial dimensions but the op is "
+                         f"{rank}-D; give (N, C, *spatial) with {rank} spatial sizes")
+    N, C, S = input_shape[0], input_shape[1], tuple(input_shape[2:])
+    if cfg.kernel_size is None:
+        raise ValueError("kernel_size is required")
+    k = as_tuple("kernel_size", cfg.kernel_size, r)
+    op_name = ("conv_transpose" if cfg.transposed else "conv") + f"{r}d"
+    if cfg.kind == "pool":
+        op_name = f"pool{r}d"
+    if cfg.padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode={cfg.padding_mode!r} must be one of {PADDING_MODES}")
+    if cfg.transposed and cfg.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={cfg.padding_mode!r}: transposed convolutions support "
+                         "only padding_mode='zeros' (as torch)")
+    spec = make_spec(k, cfg.stride, cfg.padding, cfg.dilation, cfg.groups,
+                     cfg.output_padding if cfg.transposed else None, transposed=cfg.transposed)
+    out = spec.out_shape(S)
+    if any(o <= 0 for o in out):
+        bad = [f"{n}: " + _formula(spec, i, S[i], out[i]) for i, n in enumerate(dim_names(r))
+               if out[i] <= 0]
+        raise ValueError(f"{op_name}: the output would be empty ({'; '.join(bad)}); the "
+                         "effective kernel must fit in the padded input")
+    g = spec.groups
+    K = C if cfg.out_channels is None else int(cfg.out_channels)
+    if cfg.kind == "conv":
+        if C % g:
+            raise ValueError(f"groups={g} must divide in_channels={C}")
+        if K % g:
+            raise ValueError(f"groups={g} must divide out_channels={K}")
+    e = LayerExplanation(op_name, tuple(input_shape), (N, K) + out, spec, cfg.kind,
+                         padding_mode=cfg.padding_mode, name=cfg.name)
+    e.formulas = [_formula(spec, i, S[i], out[i]) for i in range(r)]
+    names = dim_names(r)
+    kk = int(np.prod(k))
+    dt = np.dtype(dtype)
+    item = dt.itemsize
+
+    # Warnings ----------------------------------------------------------
+    if isinstance(cfg.padding, str) and cfg.padding == "same":
+        for n_, (lo, hi) in zip(names, spec.padding):
+            if lo != hi:
+                e.warnings.append(
+                    f"{n_}: padding='same' needs {lo + hi} = dilation*(k-1) cells in total, "
+                    f"an odd number: applied ({lo}, {hi}), the extra cell on the high side "
+                    "(as torch); the output is shifted by half a cell relative to the input")
+    if isinstance(cfg.padding, str) and cfg.padding == "causal":
+        e.notes.append("padding='causal': all dilation*(k-1) padding on the low side, so "
+                       "output t sees only inputs <= t")
+    for i in range(r):
+        lo = spec.padding[i][0]
+        used_in, reached = read_positions(S[i], k[i], spec.stride[i], lo, spec.dilation[i],
+                                          out[i], spec.transposed)
+        unread = np.flatnonzero(~used_in)
+        if unread.size:
+            last = (out[i] - 1) * spec.stride[i] + spec.dilation[i] * (k[i] - 1)
+            if spec.transposed:
+                why = "they only reach cropped output positions (padding larger than the kernel)"
+            elif unread.max() == S[i] - 1 and unread.size == S[i] - 1 - (last - lo):
+                left = (S[i] + sum(spec.padding[i]) - spec.effective_kernel[i]) % spec.stride[i]
+                why = (f"the last window ends at padded index {last}; "
+                       f"(S + pad_lo + pad_hi - k_eff) % stride = {left} cell(s) left over")
+            else:
+                why = "stride and dilation leave gaps between the cells the kernel reads"
+            e.warnings.append(
+                f"{names[i]}: input positions {_ranges(unread)} ({unread.size} of {S[i]}) are "
+                f"never read by any kernel position: {why}")
+        if not spec.transposed:
+            last = (out[i] - 1) * spec.stride[i] + spec.dilation[i] * (k[i] - 1)
+            hi = spec.padding[i][1]
+            never = min(hi, S[i] + lo + hi - 1 - last)
+            if never > 0:
+                e.warnings.append(
+                    f"{names[i]}: {never} of the {hi} high-side padding cell(s) are never read "
+                    f"(the last window ends at padded index {last} of "
+                    f"0..{S[i] + lo + hi - 1}); the padding that matters is "
+                    f"({lo}, {hi - never}), as in the guide's padding_strides_odd")
+        if spec.transposed:
+            missed = np.flatnonzero(~reached)
+            if missed.size:
+                e.warnings.append(
+                    f"{names[i]}: output positions {_ranges(missed)} ({missed.size} of {out[i]}) "
+                    "receive no input contribution (only the bias)")
+            s_, kd, (plo, phi) = spec.stride[i], spec.effective_kernel[i], spec.padding[i]
+            opad = spec.output_padding[i]
+            base = (S[i] - 1) * s_ + kd - plo - phi  # conv input sizes base..base+s-1 -> S[i]
+            if s_ > 1 and base > 0:
+                msg = (f"{names[i]}: a conv with these parameters maps input sizes "
+                       f"{base}..{base + s_ - 1} all to {S[i]}; output_padding={opad} picks "
+                       f"{base + opad}")
+                (e.warnings if opad else e.notes).append(msg)
+            if opad:
+                e.warnings.append(
+                    f"{names[i]}: output_padding={opad} adds {opad} position(s) on the high "
+                    f"side only (output {out[i]} instead of {out[i] - opad}); it does not pad "
+                    "with zeros but extends the range the kernel writes to")
+    if cfg.padding_mode != "zeros":
+        e.notes.append(f"padding_mode={cfg.padding_mode!r}: the input is padded with "
+                       f"pad(mode={cfg.padding_mode!r}) first, then a convolution without "
+                       "padding runs")
+        for n_, sz, (lo, hi) in zip(names, S, spec.padding):
+            if cfg.padding_mode == "reflect" and max(lo, hi) >= sz:
+                e.warnings.append(f"{n_}: reflect padding ({lo}, {hi}) must be smaller than "
+                                  f"the input size {sz}; this call will fail")
+            if cfg.padding_mode == "circular" and max(lo, hi) > sz:
+                e.warnings.append(f"{n_}: circular padding ({lo}, {hi}) must be at most the "
+                                  f"input size {sz}; this call will fail")
+
+    # Receptive field ---------------------------------------------------
+    rf, jump, start = incoming if incoming else ([Fraction(1)] * r, [Fraction(1)] * r,
+                                                 [Fraction(0)] * r)
+    for i in range(r):
+        kd, s_, lo = spec.effective_kernel[i], spec.stride[i], spec.padding[i][0]
+        if spec.transposed:
+            m = _transpose_span(k[i], s_, lo, spec.dilation[i])
+            e.receptive_field.append(rf[i] + max(m - 1, 0) * jump[i])
+            e.start.append(start[i] + (Fraction(lo) - Fraction(kd - 1, 2)) / s_ * jump[i])
+            e.jump.append(jump[i] / s_)
+        else:
+            e.receptive_field.append(rf[i] + (kd - 1) * jump[i])
+            e.start.append(start[i] + (Fraction(kd - 1, 2) - lo) * jump[i])
+            e.jump.append(jump[i] * s_)
+
+    if cfg.kind == "pool":
+        e.flops = {"forward": N * C * int(np.prod(out)) * kk}
+        e.bytes = {"input": N * C * int(np.prod(S)) * item,
+                   "output": N * C * int(np.prod(out)) * item}
+        return e
+
+    # Cost ----------------------------------------------------------------
+    if cfg.transposed:
+        w_shape = (C, K // g) + k
+        macs = N * C * int(np.prod(S)) * (K // g) * kk
+    else:
+        w_shape = (K, C // g) + k
+        macs = N * K * int(np.prod(out)) * (C // g) * kk
+    e.weight_shape = w_shape
+    e.bias_shape = (K,) if cfg.bias else None
+    e.params = int(np.prod(w_shape)) + (K if cfg.bias else 0)
+    n_out = N * K * int(np.prod(out))
+    bias_flops = n_out if cfg.bias else 0
+    e.flops = {"forward": 2 * macs, "forward_bias": bias_flops, "input_grad": 2 * macs,
+               "weight_grad": 2 * macs, "bias_grad": bias_flops,
+               "total": 6 * macs + 2 * bias_flops}
+    cdt = compute_dtype(dt)
+    x_shape = (N, C) + S
+    y_shape = (N, K) + out
+    # The roles and argument shapes exactly as convolab.ops.conv asks select.choose.
+    if cfg.transposed:
+        roles = {"forward": ("input_grad", x_shape), "input_grad": ("forward", y_shape),
+                 "weight_grad": ("weight_grad", y_shape)}
+    else:
+        roles = {"forward": ("forward", x_shape), "input_grad": ("input_grad", y_shape),
+                 "weight_grad": ("weight_grad", x_shape)}
+    ws: dict[str, int | None] = {}
+    source = ""
+    for public, (role, shp) in roles.items():
+        ch = select.choose(role, spec, shp, w_shape, cdt)
+        e.algorithm[public] = {"name": ch.algorithm, "reason": ch.reason, "role": role}
+        # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
+        ws[public], source = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
+                                        S if cfg.transposed else out)
+    e.bytes = {
+        "input": int(np.prod(x_shape)) * item, "output": int(np.prod(y_shape)) * item,
+        "weight": (int(np.prod(w_shape)) + (K if cfg.bias else 0)) * item,
+        "dtype": dt.name, "workspace": ws, "workspace_source": source,
+    }
+    return e
+
+
+# ---------------------------------------------------------------------------
+# Stacks
+
+
+@dataclass
+class StackExplanation:
+    """Per-layer explanations of a stack, with the receptive field accumulated."""
+
+    input_shape: tuple[int, ...]
+    layers: list[LayerExplanation]
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.layers[-1].output_shape if self.layers else self.input_shape
+
+    @property
+    def params(self) -> int:
+        return sum(e.params for e in self.layers)
+
+    @property
+    def flops(self) -> dict[str, int]:
+        keys = ("forward", "forward_bias", "input_grad", "weight_grad", "bias_grad", "total")
+        return {k: sum(e.flops.get(k, 0) for e in self.layers) for k in keys}
+
+    @property
+    def receptive_field(self) -> list[Fraction]:
+        for e in reversed(self.layers):
+            if e.receptive_field:
+                return e.receptive_field
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        rf = self.receptive_field
+        last = next((e for e in reversed(self.layers) if e.receptive_field), None)
+        return {
+            "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
+            "params": self.params, "flops": {**self.flops, "convention": FLOP_CONVENTION},
+            "receptive_field": [_frac_json(x) for x in rf],
+            "jump": [_frac_json(x) for x in (last.jump if last else [])],
+            "start": [_frac_json(x) for x in (last.start if last else [])],
+            "padding": [[list(p) for p in e.spec.padding] if e.spec else None
+                        for e in self.layers],
+            "algorithm": [e.algorithm for e in self.layers],
+            "warnings": [f"layer {i}: {w}" for i, e in enumerate(self.layers)
+                         for w in e.warnings],
+            "layers": [e.to_dict() for e in self.layers],
+        }
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def __str__(self) -> str:
+        lines = [f"stack of {len(self.layers)} layers: input {self.input_shape} -> output "
+                 f"{self.output_shape}"]
+        hdr = (f"  {'#':>2}  {'layer':<18} {'output shape':<22} {'params':>10} "
+               f"{'fwd FLOPs':>14}  RF / jump / start (cumulative)")
+        lines.append(hdr)
+        for i, e in enumerate(self.layers):
+            lines.append(f"  {i:>2}  {e.op:<18} {str(e.output_shape):<22} {e.params:>10,} "
+                         f"{e.flops.get('forward', 0):>14,}  {_rf_text(e)}")
+        f = self.flops
+        lines.append(f"  total params {self.params:,}; FLOPs forward {f['forward']:,} "
+                     f"(+ bias {f['forward_bias']:,}), forward+backward {f['total']:,}")
+        for i, e in enumerate(self.layers):
+            lines.append("")
+            lines += [("  " if j else f"[{i}] ") + ln for j, ln in enumerate(_layer_lines(e))]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Public entry points
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        v = _parse_ints(value, "input_shape")
+        return v if isinstance(v, tuple) else (v,)
+    try:
+        return tuple(int(v) for v in value)
+    except TypeError:
+        raise TypeError(f"input_shape={value!r} must be a tuple of ints or 'NxCxHxW'") from None
+
+
+def explain(op: Any, input_shape: Any, *, out_channels: int | None = None,
+            kernel_size: Any = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+            groups: int = 1, output_padding: Any = 0, padding_mode: str = "zeros",
+            bias: bool = True, dtype: Any = "float32", layers: Sequence[Any] | None = None,
+            ) -> LayerExplanation | StackExplanation:
+    """Explain one convolution, or a stack.
+
+    op: ``'conv1d'..'conv3d'``, ``'conv_transpose1d'..'3d'`` (or ``'conv'`` /
+    ``'conv_transpose'``, rank from ``input_shape``) with the parameters as keywords;
+    or a model: a ``convolab.nn.Sequential``, a conv layer, or a list of layers /
+    layer-spec strings (``"k=3,s=2,p=1"``) / dicts.  ``layers=`` with a string ``op``
+    gives a stack whose specs default to that op.
+    input_shape: ``(N, C, *spatial)`` or ``'1x3x32x32'``.
+    """
+    shape = _shape(input_shape)
+    if isinstance(op, str):
+        if op not in OPS:
+            raise ValueError(f"op={op!r} must be one of {sorted(OPS)}")
+        rank, transposed = OPS[op]
+        if layers is not None:
+            cfgs = [parse_layer(lay, transposed) if isinstance(lay, str) else _layer_from(lay)
+                    for lay in layers]
+            return _explain_stack(cfgs, shape, dtype)
+        cfg = LayerConfig("conv", transposed, kernel_size, stride, padding, dilation, groups,
+                          output_padding, out_channels, padding_mode, bias)
+        return _explain_layer(cfg, shape, dtype, rank, None)
+    return _explain_stack([_layer_from(m) for m in _iter_layers(op)], shape, dtype)
+
+
+def _explain_stack(cfgs: list[LayerConfig], shape: tuple[int, ...], dtype,
+                   ) -> StackExplanation:
+    out: list[LayerExplanation] = []
+    incoming = None
+    cur = shape
+    for i, cfg in enumerate(cfgs):
+        try:
+            e = _explain_layer(cfg, cur, dtype, None, incoming)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"layer {i} ({cfg.name or cfg.kind}): {exc}") from None
+        out.append(e)
+        cur = e.output_shape
+        if e.receptive_field:
+            incoming = (e.receptive_field, e.jump, e.start)
+    return StackExplanation(shape, out)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convolab explain",
+        description="Output shape (with the formula), padding per side, warnings, params, "
+                    "FLOPs, bytes, algorithm and receptive field of a convolution or a "
+                    "stack of them.")
+    p.add_argument("op", choices=sorted(OPS), help="operation, as in the functional API")
+    p.add_argument("--input", required=True, help="input shape NxCx... e.g. 1x3x32x32")
+    p.add_argument("--out-channels", type=int, default=None,
+                   help="output channels (default: the input's)")
+    p.add_argument("--kernel-size", default=None, help="e.g. 3 or 3x5")
+    p.add_argument("--stride", default="1")
+    p.add_argument("--padding", default="0",
+                   help="int, 1x2, same|valid|causal, or per side lo:hi per dim (0:1x1:1)")
+    p.add_argument("--dilation", default="1")
+    p.add_argument("--groups", type=int, default=1)
+    p.add_argument("--output-padding", default="0")
+    p.add_argument("--padding-mode", default="zeros", choices=PADDING_MODES)
+    p.add_argument("--no-bias", action="store_true")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--layer", action="append", default=None, metavar="SPEC",
+                   help="a layer of a stack (repeat): " + LAYER_SYNTAX)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.layer:
+            if args.kernel_size is not None:
+                raise ValueError("give either --kernel-size (one layer) or --layer (a stack), "
+                                 "not both")
+            res = explain(args.op, args.input, layers=args.layer, dtype=args.dtype)
+        else:
+            if args.kernel_size is None:
+                raise ValueError("--kernel-size is required (or describe a stack with --layer)")
+            res = explain(
+                args.op, args.input, out_channels=args.out_channels,
+                kernel_size=_parse_ints(args.kernel_size, "kernel_size"),
+                stride=_parse_ints(args.stride, "stride"),
+                padding=_parse_padding(args.padding),
+                dilation=_parse_ints(args.dilation, "dilation"), groups=args.groups,
+                output_padding=_parse_ints(args.output_padding, "output_padding"),
+                padding_mode=args.padding_mode, bias=not args.no_bias, dtype=args.dtype)
+    except (ValueError, TypeError) as exc:
+        print(f"convolab explain: {exc}", file=sys.stderr)
+        return 2
+    print(res.to_json(indent=2) if args.json else str(res))
+    return 0
