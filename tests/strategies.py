@@ -34,7 +34,9 @@ class ConvCase:
                 a = a + 1j * rng.standard_normal(shape)
             return a.astype(dtype)
 
-        out_ch = self.w_shape[1] * self.kwargs.get("groups", 1) if self.transposed else self.w_shape[0]
+        out_ch = (
+            self.w_shape[1] * self.kwargs.get("groups", 1) if self.transposed else self.w_shape[0]
+        )
         return r(self.x_shape), r(self.w_shape), (r((out_ch,)) if self.bias else None)
 
 
@@ -75,8 +77,7 @@ def conv_cases(draw, ranks=(1, 2, 3), transposed=None, batch=None, max_groups=3)
         w_shape = (cin, cout // g) + k
     else:
         w_shape = (cout, cin // g) + k
-    spec = make_spec(k, stride, padding, dilation, g, kwargs.get("output_padding"),
-                     transposed=tr)
+    spec = make_spec(k, stride, padding, dilation, g, kwargs.get("output_padding"), transposed=tr)
     assume(all(o >= 1 for o in spec.out_shape(size)))
     x_shape = ((cin,) if n is None else (n, cin)) + size
     return ConvCase(tr, rank, x_shape, w_shape, draw(st.booleans()), kwargs)
@@ -90,23 +91,47 @@ def torch_reference(case: ConvCase, x, w, b):
     import torch.nn.functional as F
 
     kw = dict(case.kwargs)
-    spec = make_spec(tuple(case.w_shape[2:]), kw["stride"], kw["padding"], kw["dilation"],
-                     kw["groups"], kw.get("output_padding"), transposed=case.transposed)
+    spec = make_spec(
+        tuple(case.w_shape[2:]),
+        kw["stride"],
+        kw["padding"],
+        kw["dilation"],
+        kw["groups"],
+        kw.get("output_padding"),
+        transposed=case.transposed,
+    )
     pairs = spec.padding
     r = case.rank
     if case.transposed:
         fn = getattr(F, f"conv_transpose{r}d")
-        y = fn(x, w, b, stride=kw["stride"], padding=0, output_padding=kw["output_padding"],
-               groups=kw["groups"], dilation=kw["dilation"])
+        y = fn(
+            x,
+            w,
+            b,
+            stride=kw["stride"],
+            padding=0,
+            output_padding=kw["output_padding"],
+            groups=kw["groups"],
+            dilation=kw["dilation"],
+        )
         lead = y.dim() - r
-        idx = [slice(None)] * lead + [slice(lo, n - hi) for n, (lo, hi) in zip(y.shape[lead:], pairs)]
+        idx = [slice(None)] * lead + [
+            slice(lo, n - hi) for n, (lo, hi) in zip(y.shape[lead:], pairs)
+        ]
         return y[tuple(idx)]
     fn = getattr(F, f"conv{r}d")
     flat = []
     for lo, hi in reversed(pairs):
         flat += [lo, hi]
-    return fn(F.pad(x, flat), w, b, stride=kw["stride"], padding=0, dilation=kw["dilation"],
-              groups=kw["groups"])
+    return fn(
+        F.pad(x, flat),
+        w,
+        b,
+        stride=kw["stride"],
+        padding=0,
+        dilation=kw["dilation"],
+        groups=kw["groups"],
+    )
 
 
 def rel_err(a, b) -> float:

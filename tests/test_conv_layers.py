@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 import pytest
 
-import convolab as cl
 from convolab import nn
 
 torch = pytest.importorskip("torch")
@@ -43,8 +42,13 @@ def _run_both(layer, tlayer, x, **fwd):
 @pytest.mark.parametrize("padding", [1, "same", "valid"])
 def test_conv_layers_every_padding_mode(mode, rank, padding):
     name = f"Conv{rank}d"
-    kw = dict(stride=1, padding=padding, dilation=(2,) * rank if padding == "same" else 1,
-              groups=2, padding_mode=mode)
+    kw = dict(
+        stride=1,
+        padding=padding,
+        dilation=(2,) * rank if padding == "same" else 1,
+        groups=2,
+        padding_mode=mode,
+    )
     layer = getattr(nn, name)(4, 6, 3, dtype=np.float64, seed=0, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -83,8 +87,9 @@ def test_module_db_samples():
         name = info.module_cls.__name__
         if "Conv" not in name or name.startswith("Lazy") or not hasattr(nn, name):
             continue
-        for mi in info.module_inputs_func(info, device="cpu", dtype=torch.float64,
-                                          requires_grad=False, training=True):
+        for mi in info.module_inputs_func(
+            info, device="cpu", dtype=torch.float64, requires_grad=False, training=True
+        ):
             args, kwargs = mi.constructor_input.args, dict(mi.constructor_input.kwargs)
             kwargs.pop("device", None)
             kwargs.pop("dtype", None)

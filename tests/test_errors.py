@@ -20,8 +20,11 @@ CONV_CASES = [
     (dict(groups=0), ValueError, "groups=0 must be a positive integer"),
     (dict(groups=-2), ValueError, "groups=-2"),
     (dict(groups=1.5), TypeError, "groups=1.5 must be an int"),
-    (dict(weight=np.zeros((5, 2, 3, 3)), groups=2), ValueError,
-     "groups=2 must divide out_channels=5"),
+    (
+        dict(weight=np.zeros((5, 2, 3, 3)), groups=2),
+        ValueError,
+        "groups=2 must divide out_channels=5",
+    ),
     (dict(stride=0), ValueError, "stride=0 must be positive"),
     (dict(stride=(1, -1)), ValueError, "stride=(1, -1) must be positive"),
     (dict(stride=(1, 1, 1)), ValueError, "stride=(1, 1, 1) must have 2 entries"),
@@ -128,9 +131,8 @@ def test_vjp_rejects_unknown_function_and_bad_grad_shape():
 
 
 def test_options_reject_unknown_values():
-    with pytest.raises(ValueError, match="algorithm='fastest'"):
-        with cl.options(algorithm="fastest"):
-            pass
+    with pytest.raises(ValueError, match="algorithm='fastest'"), cl.options(algorithm="fastest"):
+        pass
     with pytest.raises(TypeError, match="unknown option 'algo'"):
         cl.set_options(algo="gemm")
     with pytest.raises(ValueError, match="workspace_bytes=0"):

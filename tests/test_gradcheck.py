@@ -64,8 +64,9 @@ def test_unfold_fold_gradients_by_finite_differences():
     x = np.random.default_rng(0).standard_normal((2, 3, 6, 5, 4))
     assert cl.gradcheck(cl.unfold, x, (2, 3, 2), dilation=(1, 1, 2), padding=1, stride=(2, 1, 1))
     cols = cl.unfold(x, (2, 3, 2), dilation=(1, 1, 2), padding=1, stride=(2, 1, 1))
-    assert cl.gradcheck(cl.fold, cols, (6, 5, 4), (2, 3, 2), dilation=(1, 1, 2), padding=1,
-                        stride=(2, 1, 1))
+    assert cl.gradcheck(
+        cl.fold, cols, (6, 5, 4), (2, 3, 2), dilation=(1, 1, 2), padding=1, stride=(2, 1, 1)
+    )
 
 
 def test_grad_module_by_finite_differences():
@@ -77,8 +78,12 @@ def test_grad_module_by_finite_differences():
     gy = rng.standard_normal(y.shape)
     v = rng.standard_normal(x.shape)
     eps = 1e-6
-    num = (np.vdot(gy, cl.conv1d(x + eps * v, w, **kw)) - np.vdot(gy, cl.conv1d(x - eps * v, w, **kw))) / (2 * eps)
+    num = (
+        np.vdot(gy, cl.conv1d(x + eps * v, w, **kw)) - np.vdot(gy, cl.conv1d(x - eps * v, w, **kw))
+    ) / (2 * eps)
     assert np.isclose(np.vdot(cl.grad.conv1d_input(x.shape, w, gy, **kw), v), num, rtol=1e-7)
     v = rng.standard_normal(w.shape)
-    num = (np.vdot(gy, cl.conv1d(x, w + eps * v, **kw)) - np.vdot(gy, cl.conv1d(x, w - eps * v, **kw))) / (2 * eps)
+    num = (
+        np.vdot(gy, cl.conv1d(x, w + eps * v, **kw)) - np.vdot(gy, cl.conv1d(x, w - eps * v, **kw))
+    ) / (2 * eps)
     assert np.isclose(np.vdot(cl.grad.conv1d_weight(x, w.shape, gy, **kw), v), num, rtol=1e-7)

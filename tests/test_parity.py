@@ -152,8 +152,13 @@ def test_grad_module_matches_torch_nn_grad():
 @settings(max_examples=40, deadline=None)
 @given(
     rank=st.sampled_from([1, 2, 3]),
-    k=st.integers(1, 3), s=st.integers(1, 3), d=st.integers(1, 2), p=st.integers(0, 2),
-    n=st.sampled_from([None, 1, 2]), size=st.integers(3, 8), c=st.integers(1, 3),
+    k=st.integers(1, 3),
+    s=st.integers(1, 3),
+    d=st.integers(1, 2),
+    p=st.integers(0, 2),
+    n=st.sampled_from([None, 1, 2]),
+    size=st.integers(3, 8),
+    c=st.integers(1, 3),
 )
 def test_unfold_fold_match_torch_and_are_adjoint(rank, k, s, d, p, n, size, c):
     rng = np.random.default_rng(0)
@@ -183,7 +188,8 @@ def test_unfold_fold_match_torch_and_are_adjoint(rank, k, s, d, p, n, size, c):
 @settings(max_examples=60, deadline=None)
 @given(
     mode=st.sampled_from(["constant", "reflect", "replicate", "circular"]),
-    nd=st.integers(1, 3), data=st.data(),
+    nd=st.integers(1, 3),
+    data=st.data(),
 )
 def test_pad_matches_torch_with_grads(mode, nd, data):
     batched = data.draw(st.booleans())
@@ -193,14 +199,18 @@ def test_pad_matches_torch_with_grads(mode, nd, data):
     for n in reversed(sizes):
         lim = {"reflect": n - 1, "circular": n}.get(mode, 3)
         lo_min = -(n - 1) // 2 if mode != "constant" else -(n // 2)
-        pad += [data.draw(st.integers(max(lo_min, -1) if mode == "reflect" else lo_min, lim)),
-                data.draw(st.integers(0, lim))]
+        pad += [
+            data.draw(st.integers(max(lo_min, -1) if mode == "reflect" else lo_min, lim)),
+            data.draw(st.integers(0, lim)),
+        ]
     value = data.draw(st.sampled_from([0.0, 1.5])) if mode == "constant" else 0.0
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape)
     tx = torch.tensor(x, requires_grad=True)
     try:
-        ty = torch.nn.functional.pad(tx, pad, mode=mode, value=value if mode == "constant" else None)
+        ty = torch.nn.functional.pad(
+            tx, pad, mode=mode, value=value if mode == "constant" else None
+        )
     except (RuntimeError, ValueError, NotImplementedError) as exc:
         if "single memory location" in str(exc):
             return  # a torch defect (wrap wider than the cropped input); convolab wraps again

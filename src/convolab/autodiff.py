@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -41,14 +42,17 @@ def vjp(fn: Callable, *args: Any, **kwargs: Any):
     def pullback(grad_out):
         g = np.asarray(grad_out)
         if g.shape != out.shape:
-            raise ValueError(
-                f"grad_out.shape={g.shape} must equal the output's shape {out.shape}"
-            )
+            raise ValueError(f"grad_out.shape={g.shape} must equal the output's shape {out.shape}")
         if not (np.issubdtype(g.dtype, np.number)):
             raise TypeError(f"grad_out has dtype {g.dtype}, expected a numeric array")
         grads = core(g.astype(out.dtype, copy=False))
-        res = Grads(grads.get(n) if isinstance(bound.arguments[n], np.ndarray) or
-                    hasattr(bound.arguments[n], "__array__") else None for n in pos_names)
+        res = Grads(
+            grads.get(n)
+            if isinstance(bound.arguments[n], np.ndarray)
+            or hasattr(bound.arguments[n], "__array__")
+            else None
+            for n in pos_names
+        )
         res.by_name = {k: v for k, v in grads.items() if v is not None}
         return res
 

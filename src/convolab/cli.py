@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(COMMANDS[cmd][0])
     except ModuleNotFoundError as exc:
-        print(f"convolab {cmd}: needs the optional package {exc.name!r}; "
-              f"install it with pip install 'convolab[...]' (see README)", file=sys.stderr)
+        print(
+            f"convolab {cmd}: needs the optional package {exc.name!r}; "
+            f"install it with pip install 'convolab[...]' (see README)",
+            file=sys.stderr,
+        )
         return 2
     return int(module.main(rest) or 0)
 

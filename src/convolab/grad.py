@@ -19,12 +19,22 @@ def _input(rank):
         gy = np.asarray(grad_output)
         # Validate through conv's rules with a stand-in input of the right shape.
         dummy = np.broadcast_to(np.zeros((), gy.dtype), size)
-        p = prepare(dummy, weight, None, stride, padding, dilation, groups,
-                    transposed=False, rank=rank, what=f"conv{rank}d_input")
+        p = prepare(
+            dummy,
+            weight,
+            None,
+            stride,
+            padding,
+            dilation,
+            groups,
+            transposed=False,
+            rank=rank,
+            what=f"conv{rank}d_input",
+        )
         gyb = gy[None] if p.unbatched else gy
         expect = (p.x.shape[0], p.w.shape[0]) + p.out_spatial
         if gyb.shape != expect:
-            raise ValueError(f"grad_output.shape={gy.shape} must be {expect[int(p.unbatched):]}")
+            raise ValueError(f"grad_output.shape={gy.shape} must be {expect[int(p.unbatched) :]}")
         gyb = gyb.astype(p.x.dtype, copy=False)
         w = np.conj(p.w) if np.iscomplexobj(p.w) else p.w
         algo = select.choose("input_grad", p.spec, gyb.shape, w.shape, gyb.dtype).module
@@ -43,13 +53,23 @@ def _weight(rank):
         if len(size) != rank + 2:
             raise ValueError(f"weight_size={size} must have {rank + 2} entries")
         dummy = np.broadcast_to(np.zeros((), x.dtype), size)
-        p = prepare(x, dummy, None, stride, padding, dilation, groups,
-                    transposed=False, rank=rank, what=f"conv{rank}d_weight")
+        p = prepare(
+            x,
+            dummy,
+            None,
+            stride,
+            padding,
+            dilation,
+            groups,
+            transposed=False,
+            rank=rank,
+            what=f"conv{rank}d_weight",
+        )
         gy = np.asarray(grad_output)
         gyb = gy[None] if p.unbatched else gy
         expect = (p.x.shape[0], size[0]) + p.out_spatial
         if gyb.shape != expect:
-            raise ValueError(f"grad_output.shape={gy.shape} must be {expect[int(p.unbatched):]}")
+            raise ValueError(f"grad_output.shape={gy.shape} must be {expect[int(p.unbatched) :]}")
         xb = np.conj(p.x) if np.iscomplexobj(p.x) else p.x
         gyb = gyb.astype(xb.dtype, copy=False)
         algo = select.choose("weight_grad", p.spec, xb.shape, size, xb.dtype).module
@@ -64,6 +84,10 @@ conv1d_input, conv2d_input, conv3d_input = (_input(r) for r in (1, 2, 3))
 conv1d_weight, conv2d_weight, conv3d_weight = (_weight(r) for r in (1, 2, 3))
 
 __all__ = [
-    "conv1d_input", "conv2d_input", "conv3d_input",
-    "conv1d_weight", "conv2d_weight", "conv3d_weight",
+    "conv1d_input",
+    "conv2d_input",
+    "conv3d_input",
+    "conv1d_weight",
+    "conv2d_weight",
+    "conv3d_weight",
 ]

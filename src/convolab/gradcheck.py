@@ -8,7 +8,8 @@ too (the gradient is the conjugate Wirtinger derivative).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,8 +24,14 @@ def _random_like(rng: np.random.Generator, a: np.ndarray) -> np.ndarray:
 
 
 def gradcheck(
-    fn: Callable, *args: Any, eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-9,
-    directions: int = 3, seed: int = 0, **kwargs: Any,
+    fn: Callable,
+    *args: Any,
+    eps: float = 1e-6,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    directions: int = 3,
+    seed: int = 0,
+    **kwargs: Any,
 ) -> bool:
     """Return True if every array argument's gradient matches finite differences;
     raise ``AssertionError`` naming the argument otherwise.  Use float64 (or complex128)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass, fields, replace
-from typing import Iterator
+from collections.abc import Iterator
 
 ALGORITHMS = ("auto", "direct", "gemm", "winograd", "fft", "depthwise")
 
@@ -40,9 +40,7 @@ def _validated(base: Options, **changes: object) -> Options:
         if key not in names:
             raise TypeError(f"unknown option {key!r}; known options are {sorted(names)}")
     if "algorithm" in changes and changes["algorithm"] not in ALGORITHMS:
-        raise ValueError(
-            f"algorithm={changes['algorithm']!r} is not one of {ALGORITHMS}"
-        )
+        raise ValueError(f"algorithm={changes['algorithm']!r} is not one of {ALGORITHMS}")
     if "workspace_bytes" in changes:
         wb = changes["workspace_bytes"]
         if not isinstance(wb, int) or isinstance(wb, bool) or wb <= 0:

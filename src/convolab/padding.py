@@ -8,7 +8,7 @@ Padding resolution for convolutions ('same', 'valid', 'causal', per-side) lives 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,10 +33,7 @@ def pad_spatial(x: np.ndarray, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
 def crop_spatial(x: np.ndarray, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
     """Inverse of :func:`pad_spatial` (a view)."""
     lead = x.ndim - len(pairs)
-    return x[
-        (Ellipsis,)
-        + tuple(slice(lo, n - hi) for n, (lo, hi) in zip(x.shape[lead:], pairs))
-    ]
+    return x[(Ellipsis,) + tuple(slice(lo, n - hi) for n, (lo, hi) in zip(x.shape[lead:], pairs))]
 
 
 def parse_pad(pad: Sequence[int], ndim: int) -> list[tuple[int, int]]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 
-IntOrTuple = Union[int, Sequence[int]]
-PaddingArg = Union[int, str, Sequence[int], Sequence[Sequence[int]]]
+IntOrTuple = int | Sequence[int]
+PaddingArg = int | str | Sequence[int] | Sequence[Sequence[int]]
 
 PADDING_STRINGS = ("valid", "same", "causal")
 
@@ -126,9 +126,7 @@ def conv_output_size(size: int, k: int, s: int, lo: int, hi: int, d: int) -> int
     return (size + lo + hi - d * (k - 1) - 1) // s + 1
 
 
-def conv_transpose_output_size(
-    size: int, k: int, s: int, lo: int, hi: int, d: int, op: int
-) -> int:
+def conv_transpose_output_size(size: int, k: int, s: int, lo: int, hi: int, d: int, op: int) -> int:
     """Output length of a transposed convolution along one dimension.
 
     ``(size - 1)*s - lo - hi + d*(k-1) + output_padding + 1``

@@ -70,8 +70,10 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     padded = spec.padded_shape(in_spatial)
     # The windows may reach past the padded input when O is larger than the
     # conv formula gives (transposed conv with output_padding >= stride).
-    need = tuple(d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
-                 zip(spec.kernel_size, spec.dilation, spec.stride, O))
+    need = tuple(
+        d * (k - 1) + s * (o - 1) + 1
+        for k, d, s, o in zip(spec.kernel_size, spec.dilation, spec.stride, O)
+    )
     buf_shape = tuple(max(p, n) for p, n in zip(padded, need))
     gxp = np.zeros((N, g, Cg) + buf_shape, dtype=np.result_type(gy, w))
     wg = w.reshape(g, K // g, *w.shape[1:])

@@ -34,9 +34,23 @@ class _ConvNd(Module):
     _rank = 0
     _transposed = False
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
-                 groups, bias, padding_mode, output_padding=0, device=None, dtype=None,
-                 rng=None, seed=None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        bias,
+        padding_mode,
+        output_padding=0,
+        device=None,
+        dtype=None,
+        rng=None,
+        seed=None,
+    ):
         super().__init__()
         r = self._rank
         name = type(self).__name__
@@ -54,7 +68,9 @@ class _ConvNd(Module):
                 f"{name}: padding_mode={padding_mode!r} must be one of {PADDING_MODES}"
             )
         if self._transposed and padding_mode != "zeros":
-            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+            raise ValueError(
+                f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}"
+            )
         if device not in (None, "cpu"):
             raise ValueError(f"{name}: device={device!r}; convolab runs on the CPU only")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -67,8 +83,13 @@ class _ConvNd(Module):
         self.output_padding = as_tuple("output_padding", output_padding, r)
         # Validates stride/dilation/padding/output_padding now rather than at the first call.
         self._spec = make_spec(
-            self.kernel_size, stride, padding, dilation, self.groups,
-            self.output_padding if self._transposed else None, transposed=self._transposed,
+            self.kernel_size,
+            stride,
+            padding,
+            dilation,
+            self.groups,
+            self.output_padding if self._transposed else None,
+            transposed=self._transposed,
         )
         self.dtype = np.dtype(np.float32 if dtype is None else dtype)
         gen = make_rng(rng, seed)
@@ -85,8 +106,10 @@ class _ConvNd(Module):
         self._pullbacks = None
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}, padding={self.padding!r}")
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding!r}"
+        )
         if any(d != 1 for d in self.dilation):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
@@ -118,12 +141,38 @@ class _ConvNd(Module):
 class _Conv(_ConvNd):
     _fn = None
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dilation=1, groups=1, bias=True, padding_mode="zeros", device=None,
-                 dtype=None, *, rng=None, seed=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device=device, dtype=dtype, rng=rng,
-                         seed=seed)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        rng=None,
+        seed=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+            rng=rng,
+            seed=seed,
+        )
 
     def _torch_pad(self) -> list[int]:
         """The spec's per-side padding as torch's flat pad list, last dimension first."""
@@ -140,8 +189,16 @@ class _Conv(_ConvNd):
         if self.padding_mode != "zeros":
             x, pb = pad_vjp(x, self._torch_pad(), mode=self.padding_mode)
             pad_pb, padding = pb, 0
-        y, conv_pb = vjp(fn, x, self.weight.data, self._bias_arr(), self.stride, padding,
-                         self.dilation, self.groups)
+        y, conv_pb = vjp(
+            fn,
+            x,
+            self.weight.data,
+            self._bias_arr(),
+            self.stride,
+            padding,
+            self.dilation,
+            self.groups,
+        )
         self._pullbacks = (pad_pb, conv_pb)
         return y
 
@@ -151,20 +208,49 @@ class _Conv(_ConvNd):
         padding = self.padding
         if self.padding_mode != "zeros":
             x, padding = pad(x, self._torch_pad(), mode=self.padding_mode), 0
-        return type(self)._fn(x, self.weight.data, self._bias_arr(), self.stride, padding,
-                              self.dilation, self.groups)
+        return type(self)._fn(
+            x, self.weight.data, self._bias_arr(), self.stride, padding, self.dilation, self.groups
+        )
 
 
 class _ConvT(_ConvNd):
     _transposed = True
     _fn = None
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
-                 device=None, dtype=None, *, rng=None, seed=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, output_padding, device=device,
-                         dtype=dtype, rng=rng, seed=seed)
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups=1,
+        bias=True,
+        dilation=1,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        rng=None,
+        seed=None,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            output_padding,
+            device=device,
+            dtype=dtype,
+            rng=rng,
+            seed=seed,
+        )
 
     def _output_padding(self, x: np.ndarray, output_size) -> tuple[int, ...]:
         """torch's rule: pick output_padding so the output has ``output_size``."""
@@ -175,8 +261,15 @@ class _ConvT(_ConvNd):
         if len(size) != r:
             raise ValueError(f"output_size={output_size} must have at least {r} entries")
         spatial = x.shape[-r:]
-        zero = make_spec(self.kernel_size, self.stride, self.padding, self.dilation,
-                         self.groups, 0, transposed=True)
+        zero = make_spec(
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            0,
+            transposed=True,
+        )
         smallest = zero.transpose_out_shape(spatial)
         op = []
         for i, (want, lo) in enumerate(zip(size, smallest)):
@@ -192,23 +285,41 @@ class _ConvT(_ConvNd):
     def forward(self, input: np.ndarray, output_size=None) -> np.ndarray:
         x = np.asarray(input)
         op = self._output_padding(x, output_size)
-        y, conv_pb = vjp(type(self)._fn, x, self.weight.data, self._bias_arr(), self.stride,
-                         self.padding, op, self.groups, self.dilation)
+        y, conv_pb = vjp(
+            type(self)._fn,
+            x,
+            self.weight.data,
+            self._bias_arr(),
+            self.stride,
+            self.padding,
+            op,
+            self.groups,
+            self.dilation,
+        )
         self._pullbacks = (None, conv_pb)
         return y
 
     def predict(self, input: np.ndarray, output_size=None) -> np.ndarray:
         x = np.asarray(input)
-        return type(self)._fn(x, self.weight.data, self._bias_arr(), self.stride,
-                              self.padding, self._output_padding(x, output_size),
-                              self.groups, self.dilation)
+        return type(self)._fn(
+            x,
+            self.weight.data,
+            self._bias_arr(),
+            self.stride,
+            self.padding,
+            self._output_padding(x, output_size),
+            self.groups,
+            self.dilation,
+        )
 
 
 def _layer(base, rank, fn, name):
     cls = type(name, (base,), {"_rank": rank, "_fn": fn})
     cls.__module__ = "convolab.nn"
-    cls.__doc__ = (f"{name}: as torch.nn.{name}; ``rng``/``seed`` seed the default "
-                   "initialisation; ``forward(x)``/``backward(grad_out)``.")
+    cls.__doc__ = (
+        f"{name}: as torch.nn.{name}; ``rng``/``seed`` seed the default "
+        "initialisation; ``forward(x)``/``backward(grad_out)``."
+    )
     return cls
 
 

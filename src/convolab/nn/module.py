@@ -8,7 +8,7 @@ parameter's ``.grad``, as torch does.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class Module:
         for mn, m in self._modules.items():
             yield from m.named_buffers(prefix + mn + ".")
 
-    def modules(self) -> Iterator["Module"]:
+    def modules(self) -> Iterator[Module]:
         yield self
         for m in self._modules.values():
             yield from m.modules()
@@ -113,19 +113,19 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
-    def train(self, mode: bool = True) -> "Module":
+    def train(self, mode: bool = True) -> Module:
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         return self.train(False)
 
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
     # -- state -----------------------------------------------------------
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of parameters and buffers, under torch's key names."""
         out: OrderedDict[str, np.ndarray] = OrderedDict()
         for n, p in self.named_parameters():

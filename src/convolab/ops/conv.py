@@ -13,7 +13,7 @@ For complex dtypes the gradients follow torch's convention (conjugate Wirtinger)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -49,8 +49,18 @@ def _rank_of(weight: np.ndarray, rank: int | None, what: str) -> int:
 
 
 def prepare(
-    input, weight, bias, stride, padding, dilation, groups, output_padding=None,
-    *, transposed: bool, rank: int | None = None, what: str = "conv",
+    input,
+    weight,
+    bias,
+    stride,
+    padding,
+    dilation,
+    groups,
+    output_padding=None,
+    *,
+    transposed: bool,
+    rank: int | None = None,
+    what: str = "conv",
 ) -> Prepared:
     """Validate everything once; return batched arrays and the spec."""
     x = as_array("input", input)
@@ -64,7 +74,12 @@ def prepare(
             f"{r}-D kernel, got input.shape={x.shape}"
         )
     spec = make_spec(
-        tuple(w.shape[2:]), stride, padding, dilation, groups, output_padding,
+        tuple(w.shape[2:]),
+        stride,
+        padding,
+        dilation,
+        groups,
+        output_padding,
         transposed=transposed,
     )
     unbatched = x.ndim == r + 1
@@ -89,14 +104,10 @@ def prepare(
                 "in_channels must equal weight.shape[1]*groups"
             )
         if w.shape[0] % g:
-            raise ValueError(
-                f"groups={g} must divide out_channels={w.shape[0]} (weight.shape[0])"
-            )
+            raise ValueError(f"groups={g} must divide out_channels={w.shape[0]} (weight.shape[0])")
         out_channels = w.shape[0]
     if b is not None and b.shape != (out_channels,):
-        raise ValueError(
-            f"bias.shape={b.shape} must be (out_channels,) = ({out_channels},)"
-        )
+        raise ValueError(f"bias.shape={b.shape} must be (out_channels,) = ({out_channels},)")
     spatial = x.shape[2:]
     out_spatial = spec.out_shape(spatial)
     if any(o <= 0 for o in out_spatial):
@@ -115,9 +126,13 @@ def prepare(
         )
     cdt = compute_dtype(dtype)
     return Prepared(
-        x.astype(cdt, copy=False), w.astype(cdt, copy=False),
+        x.astype(cdt, copy=False),
+        w.astype(cdt, copy=False),
         None if b is None else b.astype(cdt, copy=False),
-        spec, unbatched, dtype, out_spatial,
+        spec,
+        unbatched,
+        dtype,
+        out_spatial,
     )
 
 
@@ -176,18 +191,38 @@ def _grads(p: Prepared, gy: np.ndarray) -> dict[str, np.ndarray | None]:
 
 def _conv(rank, what):
     def fn(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-        p = prepare(input, weight, bias, stride, padding, dilation, groups,
-                    transposed=False, rank=rank, what=what)
+        p = prepare(
+            input,
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+            groups,
+            transposed=False,
+            rank=rank,
+            what=what,
+        )
         return _finish(_run_forward(p), p)
 
     return fn
 
 
 def _conv_transpose(rank, what):
-    def fn(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-           dilation=1):
-        p = prepare(input, weight, bias, stride, padding, dilation, groups, output_padding,
-                    transposed=True, rank=rank, what=what)
+    def fn(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+        p = prepare(
+            input,
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+            groups,
+            output_padding,
+            transposed=True,
+            rank=rank,
+            what=what,
+        )
         return _finish(_run_forward(p), p)
 
     return fn
@@ -204,8 +239,19 @@ def _vjp_of(transposed: bool, rank, what):
         args = dict(defaults)
         args.update(zip(names, rest))
         args.update(kw)
-        p = prepare(input, weight, bias, stride, padding, args["dilation"], args["groups"],
-                    args.get("output_padding"), transposed=transposed, rank=rank, what=what)
+        p = prepare(
+            input,
+            weight,
+            bias,
+            stride,
+            padding,
+            args["dilation"],
+            args["groups"],
+            args.get("output_padding"),
+            transposed=transposed,
+            rank=rank,
+            what=what,
+        )
         out = _finish(_run_forward(p), p)
         return out, lambda gy: _grads(p, gy)
 
@@ -222,7 +268,8 @@ convolab extensions ``'causal'`` and per-side pairs ``[(lo, hi), ...]``.
 Returns ``(N, C_out, *O)`` with ``O = floor((S + lo + hi - dilation*(k-1) - 1)/stride) + 1``.
 """
 
-_TDOC = """{what}(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1)
+_TDOC = """{what}(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+    dilation=1)
 
 {rank_text} transposed convolution, as ``torch.nn.functional.{what}``: the gradient
 of ``conv`` with respect to its input.
@@ -230,7 +277,8 @@ of ``conv`` with respect to its input.
 input: ``(N, C_in, *S)`` or ``(C_in, *S)``; weight: ``(C_in, C_out/groups, *k)``;
 padding: int, tuple, or per-side pairs (a convolab extension: ``(lo, hi)`` is removed
 from the low/high end of the full output).
-Returns ``(N, C_out, *O)`` with ``O = (S-1)*stride - lo - hi + dilation*(k-1) + output_padding + 1``.
+Returns ``(N, C_out, *O)`` with
+``O = (S-1)*stride - lo - hi + dilation*(k-1) + output_padding + 1``.
 """
 
 conv = _conv(None, "conv")
@@ -244,9 +292,14 @@ conv_transpose3d = _conv_transpose(3, "conv_transpose3d")
 
 VJPS: dict[Callable, Callable] = {}
 for _fn, _r, _t in [
-    (conv, None, False), (conv1d, 1, False), (conv2d, 2, False), (conv3d, 3, False),
-    (conv_transpose, None, True), (conv_transpose1d, 1, True),
-    (conv_transpose2d, 2, True), (conv_transpose3d, 3, True),
+    (conv, None, False),
+    (conv1d, 1, False),
+    (conv2d, 2, False),
+    (conv3d, 3, False),
+    (conv_transpose, None, True),
+    (conv_transpose1d, 1, True),
+    (conv_transpose2d, 2, True),
+    (conv_transpose3d, 3, True),
 ]:
     _name = ("conv_transpose" if _t else "conv") + (f"{_r}d" if _r else "")
     _fn.__name__ = _fn.__qualname__ = _name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
 
 from ..dtypes import as_array
 from ..padding import _check_mode, _pad_forward, pad_backward, parse_pad
@@ -13,7 +12,7 @@ from ..padding import _check_mode, _pad_forward, pad_backward, parse_pad
 def _prepare(input, pad, mode, value):
     x = as_array("input", input)
     if x.dtype == object:
-        raise TypeError(f"input has dtype object, which is not supported")
+        raise TypeError("input has dtype object, which is not supported")
     pairs = parse_pad(pad, x.ndim)
     _check_mode(mode, x, pairs)
     if value is None:

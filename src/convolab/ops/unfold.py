@@ -90,7 +90,8 @@ def _fold_prepare(input, output_size, kernel_size, dilation, padding, stride):
 def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     """Sum sliding blocks back: ``(N, C*prod(k), L)`` -> ``(N, C, *output_size)``."""
     cb, spec, out, O, unbatched, dt = _fold_prepare(
-        input, output_size, kernel_size, dilation, padding, stride)
+        input, output_size, kernel_size, dilation, padding, stride
+    )
     y = col2im(cb, spec, out, O)
     return (y[0] if unbatched else y).astype(dt, copy=False)
 
@@ -110,7 +111,8 @@ def unfold_vjp(input, kernel_size, dilation=1, padding=0, stride=1):
 
 def fold_vjp(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     cb, spec, out_size, O, unbatched, dt = _fold_prepare(
-        input, output_size, kernel_size, dilation, padding, stride)
+        input, output_size, kernel_size, dilation, padding, stride
+    )
     y = col2im(cb, spec, out_size, O)
     out = (y[0] if unbatched else y).astype(dt, copy=False)
 
