@@ -8,27 +8,52 @@ functions with one signature per role:
 * ``weight_grad(x, gy, spec) -> gw``
 
 and may provide ``applicable(role, spec, x_shape, w_shape, dtype) -> bool`` when it
-only handles some configurations.  :func:`choose` returns the module and a reason.
+only handles some configurations, and ``workspace(role, spec, problem, dtype)``
+(bytes of scratch memory it allocates beyond its result) and
+``cost(role, spec, problem, itemsize) -> (flops, bytes)`` for the cost model, where
+``problem`` is the dict of sizes from :func:`problem`.
+
+:func:`choose` returns the algorithm and a reason: a forced choice
+(``options(algorithm=...)``, falling back to ``gemm`` where the forced algorithm does
+not apply), the autotuned winner (``options(autotune=True)``: every applicable
+candidate is timed once per (role, shapes, spec, dtype) and the fastest cached, like
+cuDNN's benchmark mode), or the cheapest by :func:`estimate_seconds`, a cost model of
+FLOPs at BLAS speed plus bytes moved at memory speed.
+
+``x_shape`` is the shape of the role's first argument: ``x`` for forward and
+weight_grad, ``gy`` for input_grad; ``w_shape`` is always the weight's shape.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .options import get_options
-from .spec import ConvSpec
+from .spec import ConvSpec, conv_transpose_output_size
 
 ROLES = ("forward", "input_grad", "weight_grad")
 
-# Tried in this order by the automatic choice; the first applicable one wins.
 _REGISTRY: dict[str, str] = {
     "direct": "convolab.algorithms.direct",
     "gemm": "convolab.algorithms.gemm",
+    "winograd": "convolab.algorithms.winograd",
+    "fft": "convolab.algorithms.fft",
+    "depthwise": "convolab.algorithms.depthwise",
 }
-_AUTO_ORDER: list[str] = ["gemm"]
+# Candidates of the automatic choice (direct is the reference: never picked by default).
+_AUTO_ORDER: list[str] = ["gemm", "depthwise", "winograd", "fft"]
+
+# Rates of the cost model (the 2-core AVX2 machines of benchmarks/RESULTS.md):
+# float32 GEMM FLOP/s, single-core copy bytes/s.  float64 halves the GEMM rate.
+GEMM_FLOPS = 150e9
+COPY_BYTES = 8e9
+
+_TUNED: dict[tuple, str] = {}
 
 
 def register(name: str, module: str, *, auto_rank: int | None = None) -> None:
@@ -59,6 +84,92 @@ def _applicable(mod, role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool
     return True if check is None else bool(check(role, spec, x_shape, w_shape, dtype))
 
 
+def candidates(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> list[str]:
+    """The automatic candidates that handle this role and configuration."""
+    dtype = np.dtype(dtype)
+    return [n for n in _AUTO_ORDER
+            if _applicable(_module(n), role, spec, x_shape, w_shape, dtype)]
+
+
+def problem(role: str, spec: ConvSpec, x_shape, w_shape) -> dict:
+    """Sizes of the underlying forward convolution: N, C, K, in/out spatial, groups."""
+    g = spec.groups
+    if role == "input_grad":
+        N, K = x_shape[0], x_shape[1]
+        O = tuple(x_shape[2:])
+        C = w_shape[1] * g
+        S = tuple(
+            conv_transpose_output_size(o, k, s, lo, hi, d, 0)
+            for o, k, s, (lo, hi), d in zip(O, spec.kernel_size, spec.stride, spec.padding,
+                                            spec.dilation)
+        )
+    else:
+        N, C = x_shape[0], x_shape[1]
+        K = w_shape[0]
+        S = tuple(x_shape[2:])
+        O = spec.conv_out_shape(S)
+    return dict(N=N, C=C, K=K, S=S, O=O, g=g)
+
+
+def direct_flops(spec: ConvSpec, x_shape, w_shape, role: str = "forward") -> int:
+    """Multiply-adds x 2 of the convolution written directly (the FLOP count of the suite)."""
+    p = problem(role, spec, x_shape, w_shape)
+    kk = math.prod(spec.kernel_size)
+    return 2 * p["N"] * p["K"] * (p["C"] // p["g"]) * kk * math.prod(p["O"])
+
+
+def estimate_seconds(name: str, role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> float:
+    """The cost model: the algorithm module's ``cost`` (FLOPs at GEMM speed, bytes at copy
+    speed) when it has one, else the direct FLOPs at GEMM speed."""
+    dtype = np.dtype(dtype)
+    mod = _module(name)
+    p = problem(role, spec, x_shape, w_shape)
+    rate = GEMM_FLOPS / (2 if dtype in (np.float64, np.complex64) else 1)
+    rate /= 4 if dtype == np.complex128 else 1
+    if hasattr(mod, "cost"):
+        flops, nbytes = mod.cost(role, spec, p, dtype.itemsize)
+    else:
+        flops, nbytes = direct_flops(spec, x_shape, w_shape, role), 0
+    return flops / rate + nbytes / COPY_BYTES
+
+
+def _autotuned(role, spec, x_shape, w_shape, dtype, names) -> tuple[str, str]:
+    key = (role, spec, tuple(x_shape), tuple(w_shape), dtype.str,
+           get_options().workspace_bytes)
+    if key not in _TUNED:
+        times = {n: _time(n, role, spec, x_shape, w_shape, dtype) for n in names}
+        _TUNED[key] = min(times, key=times.get)
+        desc = ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in times.items())
+        _TUNED_WHY[key] = f"autotuned: fastest of {desc}"
+    return _TUNED[key], _TUNED_WHY[key]
+
+
+_TUNED_WHY: dict[tuple, str] = {}
+
+
+def _time(name: str, role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> float:
+    """Best of two runs (after one warm-up) of one candidate on random data."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    p = problem(role, spec, x_shape, w_shape)
+    fn = getattr(_module(name), role)
+    if role == "forward":
+        call = lambda: fn(a, w, spec)  # noqa: E731
+    elif role == "input_grad":
+        call = lambda: fn(a, w, spec, p["S"])  # noqa: E731
+    else:
+        gy = rng.standard_normal((p["N"], p["K"]) + p["O"]).astype(dtype)
+        call = lambda: fn(a, gy, spec)  # noqa: E731
+    best = math.inf
+    for i in range(3):
+        t0 = time.perf_counter()
+        call()
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def choose(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
     """Pick the algorithm for one role of one convolution."""
     opts = get_options()
@@ -70,7 +181,30 @@ def choose(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
         if _applicable(_module(name), role, spec, x_shape, w_shape, dtype):
             return Choice(name, f"forced by options(algorithm={name!r})")
         return Choice("gemm", f"{name!r} does not handle {role} here; fell back to 'gemm'")
-    for name in _AUTO_ORDER:
-        if _applicable(_module(name), role, spec, x_shape, w_shape, dtype):
-            return Choice(name, "first applicable algorithm in the default order")
-    return Choice("gemm", "general fallback")
+    names = candidates(role, spec, x_shape, w_shape, dtype)
+    if not names:
+        return Choice("gemm", "general fallback")
+    if len(names) == 1:
+        return Choice(names[0], f"the only applicable algorithm among {_AUTO_ORDER}")
+    if opts.autotune:
+        return Choice(*_autotuned(role, spec, x_shape, w_shape, dtype, names))
+    est = {n: estimate_seconds(n, role, spec, x_shape, w_shape, dtype) for n in names}
+    best = min(est, key=est.get)
+    desc = ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in sorted(est.items(), key=lambda kv: kv[1]))
+    return Choice(best, f"cheapest by the cost model (estimated {desc})")
+
+
+def workspace_bytes(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> int:
+    """Extra memory (bytes, beyond inputs and result) the chosen algorithm allocates."""
+    choice = choose(role, spec, x_shape, w_shape, dtype)
+    mod = choice.module
+    est = getattr(mod, "workspace", None)
+    if est is None:
+        return 0
+    return int(est(role, spec, problem(role, spec, x_shape, w_shape), np.dtype(dtype)))
+
+
+def clear_autotune_cache() -> None:
+    """Forget every autotuned winner (e.g. after the machine's load changed)."""
+    _TUNED.clear()
+    _TUNED_WHY.clear()

@@ -19,7 +19,7 @@ from ..options import get_options
 CACHE_BYTES = 8 * 2**20  # about a quarter of the 32 MB L3 of the machines we measured on
 
 
-def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: bool = True):
+def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: int | None = CACHE_BYTES):
     """Tiles covering ``N`` samples x ``out_spatial`` positions, and the largest tile's size.
 
     ``bytes_per_position``: scratch bytes needed per output position of one sample.
@@ -27,7 +27,7 @@ def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: bool = True):
     """
     O = tuple(out_spatial)
     budget = get_options().workspace_bytes
-    limit = min(budget, CACHE_BYTES) if cache else budget
+    limit = min(budget, cache) if cache else budget
     per_row = max(1, bytes_per_position * math.prod(O[1:]))
     per_sample = per_row * O[0]
     if per_sample <= limit:

@@ -77,6 +77,36 @@ def col2im(cols: np.ndarray, spec: ConvSpec, in_spatial, out_spatial) -> np.ndar
     return np.ascontiguousarray(crop_spatial(gxp, spec.padding))
 
 
+def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """(FLOPs at GEMM speed, bytes copied) for :func:`convolab.select.estimate_seconds`.
+
+    Small per-group matrices run far below the BLAS peak, so FLOPs are scaled by the
+    inverse of a GEMM efficiency that falls off for K/g < 32 or C/g*prod(k) < 64.
+    """
+    kk = int(np.prod(spec.kernel_size))
+    g, N, C, K = p["g"], p["N"], p["C"], p["K"]
+    P = int(np.prod(p["O"]))
+    flops = 2 * N * K * (C // g) * kk * P
+    eff = min(1.0, K / g / 32) * min(1.0, C / g * kk / 64)
+    pointwise = _is_pointwise(spec, p["S"], p["O"])
+    copies = 0 if pointwise else N * C * kk * P * itemsize * (3 if role == "input_grad" else 2)
+    return flops / max(eff, 1e-3), copies
+
+
+def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
+    """Scratch bytes: the padded input (or padded gradient) and one tile's column buffer."""
+    if _is_pointwise(spec, p["S"], p["O"]):
+        return 0
+    kk = int(np.prod(spec.kernel_size))
+    N, C, K = p["N"], p["C"], p["K"]
+    item = np.dtype(dtype).itemsize
+    padded = N * C * int(np.prod(spec.padded_shape(p["S"]))) * item
+    has_pad = any(lo or hi for lo, hi in spec.padding)
+    per_pos = (C * kk + (K if role == "weight_grad" else 0)) * item
+    _, most = tiles(N, p["O"], per_pos)
+    return (padded if has_pad or role == "input_grad" else 0) + most * C * kk * item
+
+
 def _wmat(w: np.ndarray, g: int) -> np.ndarray:
     """(K, C/g, *k) -> (g, K/g, C/g*prod(k))."""
     K = w.shape[0]

@@ -1,0 +1,248 @@
+"""FFT convolution for large kernels, with overlap-save blocks along the first dimension.
+
+Shapes as in :mod:`convolab.algorithms.direct`; ``kd`` is the dilated kernel (zeros
+between taps), ``e = d*(k-1)+1`` its extent.  A correlation is a product of spectra::
+
+    corr(a, b)[o] = sum_t b[t] a[o+t]   <->   A(f) * conj(FFT(conj(b)))(f)
+
+and the channel sum at every frequency is a batched matrix product:
+
+* forward:     ``Y[n,k] = sum_c X[n,c] conj(W[k,c])``, then keep every ``s``-th position;
+* input_grad:  ``GX[n,c] = sum_k GYu[n,k] W[k,c]`` (``GYu``: gy upsampled by the stride;
+  a true convolution, full length);
+* weight_grad: ``GW[k,c] = sum_n conj(GYu[n,k]) X[n,c]``, read at the taps ``t*d``.
+
+The forward cuts a long first dimension into overlapping blocks of about ``8 e``
+positions (overlap-save) viewed with strides, so one batched FFT covers every block
+with no loop.  FFTs use :mod:`scipy.fft` with all cores when SciPy is installed
+(imported lazily), else :mod:`numpy.fft`.  Work is chunked over the batch to stay
+within the workspace budget.  Real and complex dtypes are both handled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..padding import crop_spatial, pad_spatial
+from ..spec import ConvSpec
+from ._threads import WORKERS
+from ._tiles import tiles
+
+
+def _fft():
+    try:
+        import scipy.fft as sf
+
+        return sf, dict(workers=WORKERS), sf.next_fast_len
+    except ImportError:  # pragma: no cover - SciPy is optional
+        return np.fft, {}, _next_smooth
+
+
+def _next_smooth(n: int) -> int:
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
+    return np.dtype(dtype).kind in "fc"
+
+
+def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """FFTs at ~5 L log2 L FLOPs, the spectral products as complex GEMM work."""
+    N, C, K, g = p["N"], p["C"], p["K"], p["g"]
+    ext = [s * (o - 1) + d * (k - 1) + 1 for s, o, d, k in
+           zip(spec.stride, p["O"], spec.dilation, spec.kernel_size)]
+    L = math.prod(ext) * 1.3
+    ffts = 2.5 * L * math.log2(max(L, 2)) * (N * C + N * K + K * C // g)
+    prods = 4 * L * N * C * K / g  # half spectrum (real), 8 FLOPs per complex MAC
+    eff = min(1.0, C / g / 16) * min(1.0, K / g / 16)
+    moved = L * itemsize * 2 * (N * C + N * K) * 3
+    return ffts + prods / max(eff, 0.02), moved
+
+
+def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
+    N, C, K = p["N"], p["C"], p["K"]
+    item = np.dtype(dtype).itemsize
+    ext = [s * (o - 1) + d * (k - 1) + 1 for s, o, d, k in
+           zip(spec.stride, p["O"], spec.dilation, spec.kernel_size)]
+    per_sample = math.prod(ext) * 1.3 * 2 * item * (C + 2 * K)
+    step = max(1, min(N, int(_budget() // max(per_sample, 1))))
+    return int(step * per_sample)
+
+
+def _budget() -> int:
+    from ..options import get_options
+
+    return get_options().workspace_bytes
+
+
+def _dilate(w: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """(K, Cg, *k) -> (K, Cg, *e) with ``d - 1`` zeros between taps."""
+    if all(d == 1 for d in spec.dilation):
+        return w
+    out = np.zeros(w.shape[:2] + spec.effective_kernel, dtype=w.dtype)
+    out[(slice(None), slice(None)) + tuple(slice(None, None, d) for d in spec.dilation)] = w
+    return out
+
+
+def _spectrum(a: np.ndarray, L, r: int, real: bool, conj: bool = False) -> np.ndarray:
+    """FFT over the last ``r`` axes at sizes ``L``; with ``conj`` the correlation
+    partner ``conj(FFT(conj(a)))``."""
+    mod, kw, _ = _fft()
+    axes = tuple(range(-r, 0))
+    if real:
+        A = mod.rfftn(a, s=L, axes=axes, **kw)
+        return np.conj(A) if conj else A
+    if conj:
+        return np.conj(mod.fftn(np.conj(a), s=L, axes=axes, **kw))
+    return mod.fftn(a, s=L, axes=axes, **kw)
+
+
+def _inverse(A: np.ndarray, L, r: int, real: bool) -> np.ndarray:
+    mod, kw, _ = _fft()
+    axes = tuple(range(-r, 0))
+    return mod.irfftn(A, s=L, axes=axes, **kw) if real else mod.ifftn(A, s=L, axes=axes, **kw)
+
+
+def _contract(A: np.ndarray, B: np.ndarray, r: int) -> np.ndarray:
+    """Per frequency, ``A (..., g, i, j, *F) @ B (g, j, l, *F) -> (..., g, i, l, *F)``."""
+    lead = A.ndim - r - 3
+    fa = tuple(range(A.ndim - r, A.ndim))
+    At = A.transpose(fa + tuple(range(A.ndim - r)))  # (*F, ..., g, i, j)
+    Bt = B.transpose(tuple(range(3, 3 + r)) + (0, 1, 2))  # (*F, g, j, l)
+    Bt = Bt.reshape(Bt.shape[:r] + (1,) * lead + Bt.shape[r:])
+    Ct = np.matmul(At, Bt)
+    return Ct.transpose(tuple(range(r, Ct.ndim)) + tuple(range(r)))
+
+
+def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
+    r, g = spec.rank, spec.groups
+    N, C = x.shape[:2]
+    K = w.shape[0]
+    O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
+    dtype = np.result_type(x, w)
+    real = dtype.kind == "f"
+    _, _, fast = _fft()
+    e = spec.effective_kernel
+    s = spec.stride
+    # overlap-save along dim 0: blocks of B outputs read (B-1)*s + e0 inputs
+    B = O[0]
+    if O[0] * s[0] > 16 * e[0]:
+        L0 = fast(8 * e[0])
+        B = max(1, (L0 - e[0]) // s[0] + 1)
+    nb = -(-O[0] // B)
+    ext = ((B - 1) * s[0] + e[0],) + tuple(si * (o - 1) + ei for si, o, ei in zip(s[1:], O[1:], e[1:]))
+    L = tuple(fast(n) for n in ext)
+    # padded input long enough for nb full blocks
+    need0 = (nb * B - 1) * s[0] + e[0]
+    pads = list(spec.padding)
+    P0 = x.shape[2] + pads[0][0] + pads[0][1]
+    pads[0] = (pads[0][0], pads[0][1] + max(0, need0 - P0))
+    xp = pad_spatial(x, pads)
+    Wc = _spectrum(_dilate(w, spec), L, r, real, conj=True)  # (K, Cg, *F)
+    Wc = Wc.reshape((g, K // g) + Wc.shape[1:]).swapaxes(1, 2)  # (g, Cg, Kg, *F)
+    y = np.empty((N, K) + O, dtype=dtype)
+    per_block = int(math.prod(L) * 16 * (C + 2 * K) / (2 if real else 1))
+    plan, _ = tiles(N, (nb,), per_block, cache=None)
+    keep = (slice(0, (B - 1) * s[0] + 1, s[0]),) + tuple(
+        slice(0, si * (o - 1) + 1, si) for si, o in zip(s[1:], O[1:]))
+    for bs, brows in plan:
+        b0, nbt = brows.start, brows.stop - brows.start
+        xb = xp[bs, :, b0 * B * s[0]:]
+        n = xb.shape[0]
+        st = xb.strides
+        blocks = as_strided(
+            xb, (n, C, nbt, ext[0]) + tuple(xb.shape[3:]),
+            st[:2] + (st[2] * B * s[0], st[2]) + st[3:], writeable=False)
+        blocks = blocks[(Ellipsis,) + tuple(slice(0, n_) for n_ in ext[1:])]
+        X = _spectrum(blocks, L, r, real)  # (n, C, nbt, *F)
+        X = X.reshape((n, g, C // g, nbt) + X.shape[3:]).transpose(
+            (0, 3, 1, 2) + tuple(range(4, 4 + r)))  # (n, nbt, g, Cg, *F)
+        X = X.reshape((n, nbt, g, 1, C // g) + X.shape[4:])
+        Y = _contract(X, Wc, r)  # (n, nbt, g, 1, Kg, *F)
+        yb = _inverse(Y, L, r, real)[(Ellipsis,) + keep]  # (n, nbt, g, 1, Kg, B, ...)
+        yb = yb.reshape((n, nbt, K) + yb.shape[5:]).swapaxes(1, 2)
+        yb = yb.reshape((n, K, nbt * B) + yb.shape[4:])
+        o0, o1 = b0 * B, min(O[0], (b0 + nbt) * B)
+        y[bs, :, o0:o1] = yb[:, :, : o1 - o0]
+    return y
+
+
+def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
+    r, g = spec.rank, spec.groups
+    N, K = gy.shape[:2]
+    Cg = w.shape[1]
+    O = tuple(gy.shape[2:])
+    dtype = np.result_type(gy, w)
+    real = dtype.kind == "f"
+    _, _, fast = _fft()
+    s, e = spec.stride, spec.effective_kernel
+    need = tuple(si * (o - 1) + ei for si, o, ei in zip(s, O, e))
+    L = tuple(fast(n) for n in need)
+    Wf = _spectrum(_dilate(w, spec), L, r, real)  # (K, Cg, *F)
+    Wf = Wf.reshape((g, K // g) + Wf.shape[1:])  # (g, Kg, Cg, *F)
+    padded = spec.padded_shape(in_spatial)
+    buf = tuple(max(p, n) for p, n in zip(padded, need))
+    gxp = np.zeros((N, g * Cg) + buf, dtype=dtype)
+    per_sample = math.prod(L) * 8 * (K + 2 * g * Cg)
+    step = max(1, min(N, _budget() // max(per_sample, 1)))
+    for i in range(0, N, step):
+        bs = slice(i, min(N, i + step))
+        gb = gy[bs]
+        n = gb.shape[0]
+        up = np.zeros((n, K) + tuple(si * (o - 1) + 1 for si, o in zip(s, O)), dtype=dtype)
+        up[(Ellipsis,) + tuple(slice(None, None, si) for si in s)] = gb
+        G = _spectrum(up, L, r, real)
+        G = G.reshape((n, g, 1, K // g) + G.shape[2:])
+        X = _contract(G, Wf, r)  # (n, g, 1, Cg, *F)
+        full = _inverse(X, L, r, real).reshape((n, g * Cg) + tuple(L))
+        gxp[(bs, slice(None)) + tuple(slice(0, m) for m in need)] = full[
+            (Ellipsis,) + tuple(slice(0, m) for m in need)]
+    gxp = gxp[(Ellipsis,) + tuple(slice(0, p) for p in padded)]
+    return np.ascontiguousarray(crop_spatial(gxp, spec.padding))
+
+
+def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    r, g = spec.rank, spec.groups
+    N, C = x.shape[:2]
+    K = gy.shape[1]
+    O = tuple(gy.shape[2:])
+    dtype = np.result_type(x, gy)
+    real = dtype.kind == "f"
+    _, _, fast = _fft()
+    s, e = spec.stride, spec.effective_kernel
+    ext = tuple(si * (o - 1) + ei for si, o, ei in zip(s, O, e))
+    L = tuple(fast(n) for n in ext)
+    xp = pad_spatial(x, spec.padding)
+    xp = xp[(Ellipsis,) + tuple(slice(0, n) for n in ext)]
+    if xp.shape[2:] != ext:  # O larger than the padded input allows: zero-extend
+        xp = pad_spatial(xp, [(0, n - m) for n, m in zip(ext, xp.shape[2:])])
+    gwf = None
+    per_sample = math.prod(L) * 8 * (C + K)
+    step = max(1, min(N, _budget() // max(per_sample, 1)))
+    for i in range(0, N, step):
+        bs = slice(i, min(N, i + step))
+        n = xp[bs].shape[0]
+        up = np.zeros((n, K) + tuple(si * (o - 1) + 1 for si, o in zip(s, O)), dtype=dtype)
+        up[(Ellipsis,) + tuple(slice(None, None, si) for si in s)] = gy[bs]
+        Gc = _spectrum(up, L, r, real, conj=True)  # (n, K, *F)
+        X = _spectrum(xp[bs], L, r, real)  # (n, C, *F)
+        # GW[g, Kg, Cg] = sum_n Gc[n, g, Kg] X[n, g, Cg]: contract over n per group
+        Gt = Gc.reshape((n, g, K // g) + Gc.shape[2:]).transpose((1, 2, 0) + tuple(range(3, 3 + r)))
+        Xt = X.reshape((n, g, C // g) + X.shape[2:]).transpose((1, 0, 2) + tuple(range(3, 3 + r)))
+        part = _contract(Gt[None], Xt, r)[0]  # (g, Kg, Cg, *F)
+        gwf = part if gwf is None else gwf + part
+    full = _inverse(gwf, L, r, real)
+    taps = tuple(slice(0, ei, d) for ei, d in zip(e, spec.dilation))
+    return np.ascontiguousarray(full[(Ellipsis,) + taps]).reshape(
+        (K, C // g) + tuple(spec.kernel_size))
