@@ -27,10 +27,13 @@ Conventions
                        rf'   = rf + (k_eff-1)*jump
                        start'= start + ((k_eff-1)/2 - pad_lo)*jump
       conv_transpose:  jump' = jump/s
-                       rf'   = rf + (m-1)*jump     m = most input cells one output reads
+                       rf'   = rf + (k_eff-1)/s*jump
                        start'= start + (pad_lo - (k_eff-1)/2)/s*jump
 
-  with ``k_eff = d*(k-1)+1``.
+  with ``k_eff = d*(k-1)+1``.  For a transposed convolution the outputs do not all
+  read the same number of inputs (the checkerboard of strided upsampling), so its
+  numbers are a bound on a regular lattice and may be fractional: output ``o``
+  depends only on input cells within ``start + o*jump +- (rf-1)/2``.
 * Workspace: ``convolab.select.workspace_bytes`` when the installed ``select`` has it;
   otherwise this module's estimate of the im2col column buffer that
   :mod:`convolab.algorithms.gemm` allocates (chunked over the batch within the
@@ -98,6 +101,7 @@ class LayerConfig:
     padding_mode: str = "zeros"
     bias: bool = True
     name: str = ""
+    module: Any = None  # the layer object, for kind 'other' (Flatten, Linear, ...)
 
 
 _KEYS = {
@@ -196,8 +200,25 @@ def _layer_from(obj: Any) -> LayerConfig:
         k = obj.kernel_size
         stride = getattr(obj, "stride", None)
         return LayerConfig("pool", False, k, k if stride in (None, ()) else stride,
-                           getattr(obj, "padding", 0), getattr(obj, "dilation", 1), name=cls)
-    return LayerConfig("other", name=cls)
+                           getattr(obj, "padding", 0), getattr(obj, "dilation", 1), name=cls,
+                           module=obj)
+    return LayerConfig("other", name=cls, module=obj)
+
+
+def _other_layer(cfg: LayerConfig, shape: tuple[int, ...]) -> tuple[tuple[int, ...], str, bool]:
+    """Output shape of a non-window layer, a note, and whether spatial tracking goes on."""
+    m = cfg.module
+    if hasattr(m, "out_features"):
+        return shape[:-1] + (int(m.out_features),), "linear: last dimension -> out_features", False
+    if cfg.name == "Flatten":
+        a = getattr(m, "start_dim", 1) % len(shape)
+        b = getattr(m, "end_dim", -1) % len(shape)
+        flat = shape[:a] + (int(np.prod(shape[a:b + 1])),) + shape[b + 1:]
+        return flat, "flatten: the spatial dimensions end here", False
+    if hasattr(m, "output_size"):
+        sp = tuple(n if o is None else int(o) for n, o in zip(shape[2:], m.output_size))
+        return shape[:2] + sp, "adaptive pooling: every output sees the whole input", False
+    return shape, "not a convolution: keeps the shape", True
 
 
 def _iter_layers(model: Any) -> list[Any]:
@@ -252,18 +273,6 @@ def _ranges(idx: Iterable[int], limit: int = 6) -> str:
     return ", ".join(parts)
 
 
-def _transpose_span(k: int, s: int, lo: int, d: int) -> int:
-    """Most input cells one output of a transposed conv reads (away from the borders)."""
-    base = s * (k * d + lo + 1)
-    best = 0
-    for r in range(s):
-        o = base + r
-        i = [(o + lo - t * d) // s for t in range(k) if (o + lo - t * d) % s == 0]
-        if i:
-            best = max(best, max(i) - min(i) + 1)
-    return best
-
-
 def _fmt_frac(x: Fraction) -> str:
     return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
 
@@ -293,15 +302,15 @@ def _workspace(role: str, spec: ConvSpec, x_shape, w_shape, dtype, algorithm: st
     if est is not None:
         try:
             return int(est(role, spec, x_shape, w_shape, dtype)), "convolab.select.workspace_bytes"
-        except Exception as exc:  # the other helper's estimator may not know a role
-            return None, f"convolab.select.workspace_bytes failed: {exc}"
+        except (ImportError, ValueError, TypeError, AttributeError):
+            pass  # fall back to the im2col estimate below
     item = np.dtype(dtype).itemsize
     N, C = x_shape[0], x_shape[1]
     padded = 0
     if any(lo or hi for lo, hi in spec.padding) and role != "input_grad":
         padded = N * C * int(np.prod(spec.padded_shape(x_shape[2:]))) * item
-    if algorithm != "gemm":
-        return padded, "estimate: zero-padded input copy (no column buffer)"
+    if algorithm == "direct":
+        return padded, "estimate: zero-padded input copy (direct needs no column buffer)"
     kk = int(np.prod(spec.kernel_size))
     if role == "input_grad":  # x_shape is the gradient (N, K, *O); dcols is (n, C*kk, P)
         chans = w_shape[1] * spec.groups
@@ -313,7 +322,10 @@ def _workspace(role: str, spec: ConvSpec, x_shape, w_shape, dtype, algorithm: st
     if one_to_one:
         per_sample = 0
     step = max(1, min(N, get_options().workspace_bytes // max(1, per_sample))) if N else 0
-    return per_sample * step + padded, "estimate: im2col column buffer (gemm) + padded copy"
+    return per_sample * step + padded, (
+        "estimate: im2col column buffer (gemm"
+        + ("" if algorithm == "gemm" else f"; {algorithm!r} has no estimate, gemm's shown")
+        + ") + padded copy")
 
 
 # ---------------------------------------------------------------------------
@@ -439,11 +451,12 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                    rank: int | None, incoming: tuple[list, list, list] | None,
                    ) -> LayerExplanation:
     if cfg.kind == "other":
-        rf, jump, start = incoming if incoming else ([], [], [])
-        return LayerExplanation(cfg.name or "layer", input_shape, input_shape, None, "other",
-                                receptive_field=list(rf), jump=list(jump), start=list(start),
-                                notes=["not a convolution: assumed to keep the shape"],
-                                name=cfg.name)
+        out_shape, note, spatial = _other_layer(cfg, tuple(input_shape))
+        rf, jump, start = incoming if (incoming and spatial) else ([], [], [])
+        params = getattr(cfg.module, "num_parameters", lambda: 0)()
+        return LayerExplanation(cfg.name or "layer", input_shape, out_shape, None, "other",
+                                params=int(params), receptive_field=list(rf), jump=list(jump),
+                                start=list(start), notes=[note], name=cfg.name)
     if len(input_shape) < 3:
         raise ValueError(f"input_shape={input_shape} must be (N, C, *spatial) with at least "
                          "one spatial dimension")
@@ -519,8 +532,8 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
             last = (out[i] - 1) * spec.stride[i] + spec.dilation[i] * (k[i] - 1)
             hi = spec.padding[i][1]
             never = min(hi, S[i] + lo + hi - 1 - last)
-            if never > 0:
-                e.warnings.append(
+            if never > 0:  # harmless (only zeros go unread), hence a note
+                e.notes.append(
                     f"{names[i]}: {never} of the {hi} high-side padding cell(s) are never read "
                     f"(the last window ends at padded index {last} of "
                     f"0..{S[i] + lo + hi - 1}); the padding that matters is "
@@ -562,8 +575,7 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
     for i in range(r):
         kd, s_, lo = spec.effective_kernel[i], spec.stride[i], spec.padding[i][0]
         if spec.transposed:
-            m = _transpose_span(k[i], s_, lo, spec.dilation[i])
-            e.receptive_field.append(rf[i] + max(m - 1, 0) * jump[i])
+            e.receptive_field.append(rf[i] + Fraction(kd - 1, s_) * jump[i])
             e.start.append(start[i] + (Fraction(lo) - Fraction(kd - 1, 2)) / s_ * jump[i])
             e.jump.append(jump[i] / s_)
         else:
@@ -572,6 +584,9 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
             e.jump.append(jump[i] * s_)
 
     if cfg.kind == "pool":
+        if getattr(cfg.module, "ceil_mode", False):
+            e.warnings.append("ceil_mode=True is not modelled: sizes use floor (may be 1 "
+                              "smaller than the layer's)")
         e.flops = {"forward": N * C * int(np.prod(out)) * kk}
         e.bytes = {"input": N * C * int(np.prod(S)) * item,
                    "output": N * C * int(np.prod(out)) * item}
@@ -605,7 +620,10 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
     ws: dict[str, int | None] = {}
     source = ""
     for public, (role, shp) in roles.items():
-        ch = select.choose(role, spec, shp, w_shape, cdt)
+        try:
+            ch = select.choose(role, spec, shp, w_shape, cdt)
+        except (ImportError, ValueError) as exc:  # e.g. an optional algorithm missing
+            ch = select.Choice("unknown", f"convolab.select.choose failed: {exc}")
         e.algorithm[public] = {"name": ch.algorithm, "reason": ch.reason, "role": role}
         # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
         ws[public], source = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
@@ -742,8 +760,7 @@ def _explain_stack(cfgs: list[LayerConfig], shape: tuple[int, ...], dtype,
             raise type(exc)(f"layer {i} ({cfg.name or cfg.kind}): {exc}") from None
         out.append(e)
         cur = e.output_shape
-        if e.receptive_field:
-            incoming = (e.receptive_field, e.jump, e.start)
+        incoming = (e.receptive_field, e.jump, e.start) if e.receptive_field else None
     return StackExplanation(shape, out)
 
 

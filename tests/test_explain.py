@@ -1,0 +1,285 @@
+"""convolab.explain: formulas agree with the real ops; RF, warnings, JSON and the CLI."""
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convolab as cl
+import convolab.nn  # noqa: F401  (cl.nn)
+from convolab.options import options
+
+ex = importlib.import_module("convolab.explain")
+
+
+@st.composite
+def conv_configs(draw):
+    transposed = draw(st.booleans())
+    rank = draw(st.integers(1, 3))
+    k = tuple(draw(st.integers(1, 4)) for _ in range(rank))
+    s = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    d = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    g = draw(st.sampled_from([1, 2]))
+    form = draw(st.sampled_from(["int", "pairs", "same"] if not transposed else ["int", "pairs"]))
+    if form == "same":
+        s = (1,) * rank
+        pad = "same"
+    elif form == "pairs":
+        pad = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(rank))
+    else:
+        pad = draw(st.integers(0, 3))
+    op = tuple(draw(st.integers(0, max(si, di) - 1)) for si, di in zip(s, d)) if transposed \
+        else 0
+    eff = [di * (ki - 1) + 1 for ki, di in zip(k, d)]
+    S = tuple(draw(st.integers(max(1, e - 2), e + 6)) for e in eff)
+    return transposed, k, s, pad, d, g, op, S
+
+
+def _real_shape(transposed, k, s, pad, d, g, op, S, C, K):
+    x = np.zeros((2, C) + S)
+    with options(algorithm="direct"):
+        if transposed:
+            w = np.zeros((C, K // g) + k)
+            return cl.conv_transpose(x, w, None, s, pad, op, g, d).shape
+        w = np.zeros((K, C // g) + k)
+        return cl.conv(x, w, None, s, pad, d, g).shape
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_configs())
+def test_output_shape_and_formulas_match_the_ops(cfg):
+    transposed, k, s, pad, d, g, op, S = cfg
+    C, K = 2 * g, 3 * g
+    name = ("conv_transpose" if transposed else "conv") + f"{len(k)}d"
+    kw = dict(out_channels=K, kernel_size=k, stride=s, padding=pad, dilation=d, groups=g,
+              output_padding=op)
+    try:
+        real = _real_shape(transposed, k, s, pad, d, g, op, S, C, K)
+    except ValueError:
+        with pytest.raises(ValueError):
+            ex.explain(name, (2, C) + S, **kw)
+        return
+    e = ex.explain(name, (2, C) + S, **kw)
+    assert e.output_shape == real
+    for f, o in zip(e.formulas, real[2:]):
+        lhs, *_, rhs = f.split(" = ")
+        assert int(rhs) == o
+        assert eval(lhs, {"floor": math.floor}) == o  # the numbers written out compute O
+    assert e.to_dict()["padding"] == [list(p) for p in e.spec.padding]
+
+
+def _idx_unfold(S, k, s, pads, d):
+    x = (np.arange(math.prod(S), dtype=np.float64) + 1).reshape((1, 1) + S)
+    return cl.unfold(x, k, d, [list(p) for p in pads], s)[0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 3), st.integers(1, 3), st.integers(0, 2),
+       st.integers(0, 2), st.integers(0, 12))
+def test_read_positions_match_unfold(k, s, d, lo, hi, extra):
+    n = d * (k - 1) + 1 + extra - lo - hi
+    if n < 1:
+        return
+    out = cl.spec.make_spec((k,), s, [(lo, hi)], d).conv_out_shape((n,))[0]
+    used, reached = ex.read_positions(n, k, s, lo, d, out, transposed=False)
+    cols = _idx_unfold((n,), (k,), s, [(lo, hi)], d)
+    read = {int(v) - 1 for v in cols.ravel() if v > 0}
+    assert set(np.flatnonzero(used)) == read
+    assert list(reached) == list((cols > 0).any(axis=0))  # outputs that see some input
+
+
+def _support(x_len, layers, o):
+    """Input cells that output ``o`` of a 1-D stack depends on (gradient, positive weights)."""
+    fns, x = [], np.ones((1, 1, x_len))
+    for k, s, p, d, t in layers:
+        w = np.ones((1, 1, k))
+        if t:
+            out, pb = cl.vjp(cl.conv_transpose1d, x, w, None, s, p, 0, 1, d)
+        else:
+            out, pb = cl.vjp(cl.conv1d, x, w, None, s, p, d)
+        fns.append(pb)
+        x = out
+    g = np.zeros(x.shape)
+    g[0, 0, o] = 1.0
+    for pb in reversed(fns):
+        g = pb(g)[0]
+    return np.flatnonzero(np.abs(g[0, 0]) > 1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(0, 2),
+                          st.integers(1, 2), st.just(False)), min_size=1, max_size=3))
+def test_receptive_field_jump_start_match_gradient_support(layers):
+    n = 80
+    specs = [f"k={k},s={s},p={p},d={d}" for k, s, p, d, _ in layers]
+    with options(algorithm="direct"):
+        e = ex.explain("conv1d", (1, 1, n), layers=specs)
+        out = e.output_shape[2]
+        rf, jump, start = e.receptive_field[0], e.layers[-1].jump[0], e.layers[-1].start[0]
+        for o in range(out):
+            sup = _support(n, layers, o)
+            centre = start + o * jump
+            lo, hi = centre - (rf - 1) / 2, centre + (rf - 1) / 2
+            if lo >= 0 and hi <= n - 1:  # away from the padding
+                assert sup.min() >= lo and sup.max() <= hi
+                assert (sup.min(), sup.max()) == (lo, hi)  # the extreme taps always count
+
+
+def test_transposed_receptive_field_matches_gradient_support():
+    layers = [(3, 2, 1, 1, False), (4, 2, 1, 1, True), (3, 1, 1, 1, False)]
+    specs = ["k=3,s=2,p=1", "type=conv_transpose,k=4,s=2,p=1", "k=3,s=1,p=1"]
+    with options(algorithm="direct"):
+        e = ex.explain("conv1d", (1, 1, 40), layers=specs)
+        rf, jump, start = e.receptive_field[0], e.layers[-1].jump[0], e.layers[-1].start[0]
+        assert jump == 1
+        widths = []
+        for o in range(8, 30):
+            sup = _support(40, layers, o)
+            widths.append(sup.max() - sup.min() + 1)
+            centre = start + o * jump
+            assert centre - (rf - 1) / 2 <= sup.min() and sup.max() <= centre + (rf - 1) / 2
+        assert max(widths) <= rf < max(widths) + 2
+
+
+def test_numbers_of_the_issue_example():
+    e = ex.explain("conv2d", "1x3x32x32", out_channels=16, kernel_size=3, stride=2, padding=1)
+    d = e.to_dict()
+    assert d["output_shape"] == [1, 16, 16, 16]
+    assert d["padding"] == [[1, 1], [1, 1]]
+    assert d["params"] == 16 * 3 * 9 + 16
+    assert d["flops"]["forward"] == 2 * 1 * 16 * 16 * 16 * 3 * 9
+    assert d["flops"]["input_grad"] == d["flops"]["weight_grad"] == d["flops"]["forward"]
+    assert d["flops"]["forward_bias"] == 16 * 16 * 16
+    assert d["receptive_field"] == [3, 3] and d["jump"] == [2, 2] and d["start"] == [0, 0]
+    for role in ("forward", "input_grad", "weight_grad"):
+        assert {"name", "reason"} <= set(d["algorithm"][role])
+    assert d["bytes"]["input"] == 3 * 32 * 32 * 4
+    json.dumps(d)
+    text = str(e)
+    assert "floor((32 + 1 + 1 - 1*(3 - 1) - 1) / 2) + 1 = floor(31 / 2) + 1 = 16" in text
+
+
+def test_transposed_flops_and_weight_shape():
+    e = ex.explain("conv_transpose2d", (2, 4, 5, 5), out_channels=6, kernel_size=3,
+                   stride=2, groups=2)
+    assert e.weight_shape == (4, 3, 3, 3)
+    assert e.flops["forward"] == 2 * 2 * 4 * 25 * 3 * 9
+    assert e.output_shape == (2, 6, 11, 11)
+
+
+def test_warnings():
+    odd = ex.explain("conv2d", (1, 1, 6, 6), kernel_size=3, stride=2, padding=1)
+    assert any("never read" in n and "padding_strides_odd" in n for n in odd.notes)
+    unread = ex.explain("conv1d", (1, 1, 6), kernel_size=3, stride=2)
+    assert any("input positions 5 (1 of 6)" in w for w in unread.warnings)
+    gaps = ex.explain("conv1d", (1, 1, 10), kernel_size=1, stride=3)
+    assert any("1-2, 4-5, 7-8" in w for w in gaps.warnings)
+    same = ex.explain("conv1d", (1, 1, 10), kernel_size=4, padding="same")
+    assert same.spec.padding == ((1, 2),)
+    assert any("'same'" in w and "(1, 2)" in w for w in same.warnings)
+    assert not ex.explain("conv1d", (1, 1, 10), kernel_size=3, padding="same").warnings
+    t = ex.explain("conv_transpose1d", (1, 1, 3), kernel_size=3, stride=2, padding=1,
+                   output_padding=1)
+    assert t.output_shape[2] == 6
+    assert any("output_padding=1" in w and "5..6" in w for w in t.warnings)
+    holes = ex.explain("conv_transpose1d", (1, 1, 5), kernel_size=1, stride=2)
+    assert any("receive no input contribution" in w for w in holes.warnings)
+
+
+def test_errors_name_the_rule():
+    with pytest.raises(ValueError, match="output would be empty"):
+        ex.explain("conv2d", (1, 1, 3, 3), kernel_size=5)
+    with pytest.raises(ValueError, match="groups=2 must divide in_channels=3"):
+        ex.explain("conv2d", (1, 3, 8, 8), kernel_size=3, groups=2, out_channels=4)
+    with pytest.raises(ValueError, match="op="):
+        ex.explain("conv4d", (1, 1, 3), kernel_size=1)
+    with pytest.raises(ValueError, match="padding_mode"):
+        ex.explain("conv_transpose1d", (1, 1, 3), kernel_size=1, padding_mode="reflect")
+
+
+class _FakeSequential:
+    """Duck type: modules in ``_modules``, not iterable."""
+
+    def __init__(self, *mods):
+        self._modules = {str(i): m for i, m in enumerate(mods)}
+
+
+def test_stack_of_layers_and_sequential():
+    layers = [cl.nn.Conv2d(3, 8, 3, stride=2, padding=1, seed=0), cl.nn.ReLU(),
+              cl.nn.Conv2d(8, 8, 3, padding=2, dilation=2, seed=0),
+              cl.nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1, seed=0)]
+    seqs = [layers, _FakeSequential(*layers)]
+    Seq = getattr(cl.nn, "Sequential", None)
+    if Seq is not None:
+        seqs.append(Seq(*layers))
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    with options(algorithm="direct"):
+        y = x
+        for m in layers:
+            y = m(y)
+    for model in seqs:
+        e = ex.explain(model, x.shape)
+        assert e.output_shape == y.shape
+        assert [lay.kind for lay in e.layers] == ["conv", "other", "conv", "conv"]
+        assert e.params == sum(m.num_parameters() for m in layers if hasattr(m, "weight"))
+        d = e.to_dict()
+        assert {"output_shape", "padding", "flops", "params", "receptive_field",
+                "algorithm"} <= set(d)
+        assert d["receptive_field"] == [1 + 2 + 8 + 1.5 * 2] * 2  # k_eff-1=3 over s=2
+        assert "stack of 4 layers" in str(e)
+
+
+def test_cnn_with_pooling_flatten_linear():
+    nn = cl.nn
+    model = nn.Sequential(nn.Conv1d(1, 4, 5, padding=2, seed=0), nn.ReLU(), nn.MaxPool1d(2),
+                          nn.Conv1d(4, 8, 3, seed=0), nn.Flatten(), nn.Linear(8 * 30, 10, seed=0))
+    x = np.zeros((2, 1, 64), np.float32)
+    with options(algorithm="direct"):
+        y = model(x)
+    e = ex.explain(model, x.shape)
+    assert e.output_shape == y.shape
+    assert e.params == model.num_parameters()
+    # conv k5 (rf 5), pool k2 s2 (rf 6, jump 2), conv k3 (rf 6 + 2*2 = 10)
+    assert e.to_dict()["receptive_field"] == [10] and e.to_dict()["jump"] == [2]
+
+
+def test_parse_layer_syntax():
+    c = ex.parse_layer("k=3x5,s=2,p=0:1x1:1,d=1,g=2,c=8,mode=reflect,bias=0")
+    assert c.kernel_size == (3, 5) and c.padding == ((0, 1), (1, 1)) and c.groups == 2
+    assert c.out_channels == 8 and c.padding_mode == "reflect" and c.bias is False
+    t = ex.parse_layer("type=conv_transpose,k=4,s=2,p=1,opad=1")
+    assert t.transposed and t.output_padding == 1
+    with pytest.raises(ValueError, match="known key"):
+        ex.parse_layer("q=3")
+
+
+def test_cli_in_process(capsys):
+    argv = ["conv2d", "--input", "1x3x32x32", "--out-channels", "16", "--kernel-size", "3",
+            "--stride", "2", "--padding", "1", "--json"]
+    assert ex.main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["output_shape"] == [1, 16, 16, 16]
+    assert ex.main(["conv1d", "--input", "1x1x64", "--layer", "k=3,s=2,p=1",
+                    "--layer", "k=3,d=2,p=same", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["output_shape"] == [1, 1, 32] and len(d["layers"]) == 2
+    assert ex.main(["conv_transpose2d", "--input", "1x2x3x3", "--kernel-size", "3",
+                    "--stride", "2", "--padding", "0:1x1:1", "--output-padding", "1"]) == 0
+    assert "output_padding=1" in capsys.readouterr().out
+    assert ex.main(["conv2d", "--input", "1x1x3x3", "--kernel-size", "5"]) == 2
+    assert "output would be empty" in capsys.readouterr().err
+
+
+def test_cli_subprocess():
+    r = subprocess.run(
+        [sys.executable, "-m", "convolab", "explain", "conv2d", "--input", "1x1x6x6",
+         "--kernel-size", "3", "--stride", "2", "--padding", "1"],
+        capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "floor(5 / 2) + 1 = 3" in r.stdout
