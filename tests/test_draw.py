@@ -1,0 +1,209 @@
+"""convolab.draw: the frames show exactly what the convolution computes."""
+
+import importlib
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convolab as cl
+from convolab.options import options
+
+dr = importlib.import_module("convolab.draw")
+
+# The guide's table (vdumoulin/conv_arithmetic, bin/generate_makefile):
+# name -> (input size, output size) of the direct convolution; plus the dilation figure.
+GUIDE = {
+    "no_padding_no_strides": (4, 2), "arbitrary_padding_no_strides": (5, 6),
+    "same_padding_no_strides": (5, 5), "full_padding_no_strides": (5, 7),
+    "no_padding_strides": (5, 2), "padding_strides": (5, 3), "padding_strides_odd": (6, 3),
+    "dilation": (7, 3),
+}
+
+
+def test_every_guide_figure_has_a_preset():
+    names = set(GUIDE) | {n + "_transposed" for n in GUIDE}
+    assert names == set(dr.PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(dr.PRESETS))
+def test_preset_grid_sizes_and_frame_counts(name):
+    d = dr.draw(preset=name)
+    base = name.removesuffix("_transposed")
+    n_in, n_out = GUIDE[base]
+    p = dr.PRESETS[name]
+    k_eff = p["dilation"] * (p["kernel_size"] - 1) + 1
+    if name.endswith("_transposed"):  # the guide swaps the sizes
+        n_in, n_out = n_out, n_in
+        canvas = n_out + k_eff - 1  # guide: total_input_size = output_size + k - 1
+    else:
+        canvas = n_in + 2 * p["padding"]
+    assert d.input_size == (n_in, n_in) and d.output_size == (n_out, n_out)
+    assert tuple(a.length for a in d.axes) == (canvas, canvas)
+    assert len(d.frames) == n_out * n_out  # one frame per output cell, as the guide
+    assert [f.output for f in d.frames] == list(itertools.product(range(n_out), repeat=2))
+    k = p["kernel_size"]
+    assert all(len(f.cells) == k * k for f in d.frames)
+    # the output size is the library's
+    y = _run(d, np.ones(d.input_size), np.ones((k, k)))
+    assert y.shape == d.output_size
+
+
+def _run(d, x, w):
+    fn = getattr(cl, d.op)
+    kw = dict(stride=d.spec.stride, padding=[list(p) for p in d.spec.padding],
+              dilation=d.spec.dilation)
+    if d.spec.transposed:
+        kw["output_padding"] = d.spec.output_padding
+    with options(algorithm="direct"):
+        return fn(x[None, None], w[None, None], **kw)[0, 0]
+
+
+def _check_against_unfold(d):
+    """Every highlighted (canvas cell, weight tap) is a term the convolution really sums."""
+    spec, axes = d.spec, d.axes
+    k = spec.kernel_size
+    pads = [list(p) for p in spec.padding]
+    if not spec.transposed:
+        # index-valued input: unfold[tap, o] = 1 + flat input index read, 0 on padding
+        idx = (np.arange(math.prod(d.input_size), dtype=float) + 1).reshape(d.input_size)
+        cols = cl.unfold(idx[None, None], k, spec.dilation, pads, spec.stride)[0]
+        cols = cols.reshape(k + d.output_size)
+        for f in d.frames:
+            for cell, tap in f.cells:
+                inp = tuple(a.index[c] for a, c in zip(axes, cell))
+                want = cols[tap + f.output]
+                if all(i >= 0 for i in inp):
+                    assert want == 1 + np.ravel_multi_index(inp, d.input_size)
+                else:
+                    assert want == 0
+    else:
+        # x_i feeds y_o through tap t  <=>  the forward conv (of which this is the transpose)
+        # reads y_o at tap t for its output i: unfold an index-valued *output*.
+        idx = (np.arange(math.prod(d.output_size), dtype=float) + 1).reshape(d.output_size)
+        L = spec.conv_out_shape(d.output_size)
+        cols = cl.unfold(idx[None, None], k, spec.dilation, pads, spec.stride)[0]
+        cols = cols.reshape(k + L)[(Ellipsis,) + tuple(slice(0, n) for n in d.input_size)]
+        drawn = set()
+        for f in d.frames:
+            for cell, tap in f.cells:
+                inp = tuple(a.index[c] for a, c in zip(axes, cell))
+                if all(i >= 0 for i in inp):
+                    assert cols[tap + inp] == 1 + np.ravel_multi_index(f.output, d.output_size)
+                    drawn.add(tap + inp)
+        assert drawn == {tuple(t) for t in np.argwhere(cols > 0)}  # and none is missing
+
+
+@pytest.mark.parametrize("name", sorted(dr.PRESETS))
+def test_preset_highlights_match_unfold(name):
+    _check_against_unfold(dr.draw(preset=name))
+
+
+@st.composite
+def draw_configs(draw):
+    transposed = draw(st.booleans())
+    rank = draw(st.integers(1, 2))
+    k = tuple(draw(st.integers(1, 4)) for _ in range(rank))
+    s = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    d = tuple(draw(st.integers(1, 2)) for _ in range(rank))
+    pad = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(rank))
+    op = tuple(draw(st.integers(0, max(a, b) - 1)) for a, b in zip(s, d)) if transposed else 0
+    eff = [di * (ki - 1) + 1 for ki, di in zip(k, d)]
+    n = tuple(draw(st.integers(max(1, e - 2), e + 4)) for e in eff)
+    op_name = ("conv_transpose" if transposed else "conv") + f"{rank}d"
+    return op_name, n, k, s, pad, d, op
+
+
+def _try_draw(*args, **kw):
+    try:
+        return dr.draw(*args, **kw)
+    except ValueError as exc:
+        assert "must be positive" in str(exc)
+        return None
+
+
+@settings(max_examples=30, deadline=None)
+@given(draw_configs())
+def test_highlights_match_unfold_and_values_match_the_op(cfg):
+    op, n, k, s, pad, d, opad = cfg
+    dd = _try_draw(op, n, k, s, pad, d, opad, values=True, seed=1)
+    if dd is None:
+        return
+    assert len(dd.frames) == math.prod(dd.output_size)
+    _check_against_unfold(dd)
+    # the numbers drawn in a frame sum to the output convolab computes
+    cv = dd.canvas_values
+    for f in dd.frames:
+        total = sum(cv[c] * dd.weight[t] for c, t in f.cells)
+        assert np.isclose(total, dd.y[f.output])
+
+
+@settings(max_examples=25, deadline=None)
+@given(draw_configs(), st.integers(0, 10**6), st.booleans())
+def test_backward_terms_sum_to_vjp(cfg, pick, of_input):
+    op, n, k, s, pad, d, opad = cfg
+    if of_input:
+        cell = np.unravel_index(pick % math.prod(n), n)
+        kind = "input"
+    else:
+        cell = np.unravel_index(pick % math.prod(k), k)
+        kind = "weight"
+    # draw() itself raises if its drawn sum differs from convolab.vjp
+    dd = _try_draw(op, n, k, s, pad, d, opad, backward=(kind, tuple(int(c) for c in cell)))
+    if dd is None:
+        return
+    assert dd.mode == ("input_grad" if of_input else "weight_grad")
+    if kind == "weight":
+        assert len(dd.frames) == math.prod(dd.output_size)
+
+
+def test_backward_input_frames_name_the_terms():
+    d = dr.draw("conv2d", 5, 3, 2, 1, backward="input:1,1")
+    # padded index 2 is read by (o=0, t=2) and (o=1, t=0) in each dimension
+    assert sorted(f.output for f in d.frames) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(f.mark == [(2, 2)] for f in d.frames)
+    assert "convolab.vjp gives" in d.frames[-1].caption
+
+
+def test_special_paddings_and_errors():
+    same = dr.draw("conv1d", 6, 4, 1, "same")
+    assert same.spec.padding == ((1, 2),) and same.output_size == (6,)
+    causal = dr.draw("conv1d", 6, 3, 1, "causal", dilation=2)
+    assert causal.spec.padding == ((4, 0),)
+    with pytest.raises(ValueError, match="must be positive"):
+        dr.draw("conv2d", 2, 5)
+    with pytest.raises(ValueError, match="preset"):
+        dr.draw(preset="nope")
+    with pytest.raises(ValueError, match="1-D and 2-D"):
+        dr.draw("conv3d", 4, 3)
+    with pytest.raises(ValueError, match="outside"):
+        dr.draw("conv1d", 4, 3, backward="input:9")
+
+
+def test_gif_and_sheet_are_written_and_deterministic(tmp_path):
+    from PIL import Image
+
+    a, b, sheet = tmp_path / "a.gif", tmp_path / "b.gif", tmp_path / "s.png"
+    dr.draw(preset="no_padding_no_strides", values=True, out=str(a), sheet=str(sheet))
+    dr.draw(preset="no_padding_no_strides", values=True, out=str(b))
+    assert a.read_bytes() == b.read_bytes()
+    with Image.open(a) as im:
+        assert im.n_frames == 4
+    with Image.open(sheet) as im:
+        assert im.size[0] > 0
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "t.gif"
+    assert dr.main(["conv_transpose1d", "--input-size", "3", "--kernel-size", "3",
+                    "--stride", "2", "--padding", "1", "--output-padding", "1", "-o",
+                    str(out)]) == 0
+    assert out.exists() and "6 frames" in capsys.readouterr().out
+    assert dr.main(["--list-presets"]) == 0
+    assert "padding_strides_odd_transposed" in capsys.readouterr().out
+    assert dr.main(["conv2d", "--input-size", "2", "--kernel-size", "5", "-o",
+                    str(out)]) == 2
+    assert dr.main(["--preset", "dilation"]) == 2  # no output named
