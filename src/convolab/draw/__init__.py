@@ -210,7 +210,11 @@ def draw(op: str = "conv2d", input_size: Any = 5, kernel_size: Any = 3, stride: 
                     f"over the input with {_dims([s - 1 for s in spec.stride])} zero(s) "
                     f"inserted between cells, padded {inner}")
     else:
-        subtitle = ""
+        left = [a.length - 1 - ((a.out - 1) * a.s + (a.k - 1) * a.d) for a in axes]
+        subtitle = ("never read: the last " + " / ".join(
+            f"{n} {w}" for n, w in zip(left, ["row(s)", "column(s)"][-rank:] if rank == 2
+                                       else ["cell(s)"]) if n)
+            + " of the padded input") if any(left) else ""
     notes = []
     if any(a.cropped for a in axes):
         notes.append("some input cells fall outside the canvas (padding larger than "

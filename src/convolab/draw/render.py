@@ -222,10 +222,10 @@ def save_gif(images, path, duration_ms: int = 800) -> None:
     probe = Image.new("RGB", (images[0].width * 2, images[0].height))
     probe.paste(images[0], (0, 0))
     probe.paste(images[-1], (images[0].width, 0))
-    pal = probe.quantize(colors=96, method=Image.Quantize.MEDIANCUT)
+    pal = probe.quantize(colors=48, method=Image.Quantize.MEDIANCUT)
     frames = [im.quantize(palette=pal, dither=Image.Dither.NONE) for im in images]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms,
-                   loop=0, optimize=False, disposal=1)
+                   loop=0, optimize=True, disposal=1)
 
 
 def contact_sheet(images, path, columns: int | None = None, scale: float = 1.0) -> None:
