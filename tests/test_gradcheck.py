@@ -60,6 +60,13 @@ def test_pad_gradients_by_finite_differences(mode):
     assert cl.gradcheck(cl.pad, x, (3, 3, 4, 0), mode)
 
 
+def test_circular_pad_wider_than_the_cropped_input():
+    x = np.random.default_rng(0).standard_normal((3, 2))
+    y = cl.pad(x, (-1, 2), mode="circular")
+    np.testing.assert_array_equal(y, np.repeat(x[:, 1:], 3, axis=1))
+    assert cl.gradcheck(cl.pad, x, (-1, 2), "circular")
+
+
 def test_unfold_fold_gradients_by_finite_differences():
     x = np.random.default_rng(0).standard_normal((2, 3, 6, 5, 4))
     assert cl.gradcheck(cl.unfold, x, (2, 3, 2), dilation=(1, 1, 2), padding=1, stride=(2, 1, 1))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convolab as cl
@@ -96,7 +96,7 @@ def test_same_padding_even_kernel_puts_extra_on_the_right():
     w = np.ones((1, 1, 2))
     y = cl.conv1d(x, w, padding="same")
     # torch pads (0, 1): y[i] = x[i] + x[i+1], last one sees the zero
-    np.testing.assert_array_equal(y[0, 0], [1, 3, 5, 7, 9, 5])
+    np.testing.assert_allclose(y[0, 0], [1, 3, 5, 7, 9, 5], rtol=1e-12)
 
 
 def test_causal_padding_is_all_on_the_left():
@@ -104,7 +104,7 @@ def test_causal_padding_is_all_on_the_left():
     w = np.ones((1, 1, 3))
     y = cl.conv1d(x, w, padding="causal", dilation=2)
     # y[t] = x[t] + x[t-2] + x[t-4]
-    np.testing.assert_array_equal(y[0, 0], [1, 2, 4, 6, 9])
+    np.testing.assert_allclose(y[0, 0], [1, 2, 4, 6, 9], rtol=1e-12)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -197,12 +197,16 @@ def test_pad_matches_torch_with_grads(mode, nd, data):
     shape = ((2, 3) if batched else (3,)) + sizes
     pad = []
     for n in reversed(sizes):
-        lim = {"reflect": n - 1, "circular": n}.get(mode, 3)
-        lo_min = -(n - 1) // 2 if mode != "constant" else -(n // 2)
-        pad += [
-            data.draw(st.integers(max(lo_min, -1) if mode == "reflect" else lo_min, lim)),
-            data.draw(st.integers(0, lim)),
-        ]
+        lim = {"reflect": n, "circular": n + 1}.get(mode, 3)  # one past torch's limit
+        lo, hi = data.draw(st.integers(-n, lim)), data.draw(st.integers(-n, lim))
+        # Degenerate cases where torch's kernels disagree with each other are left out:
+        # an empty result (accepted in 2-D, rejected in 1-D) and circular padding wider
+        # than the cropped input (uninitialised memory, an overlap error, or a wrong
+        # gradient, by case; convolab wraps again, checked by finite differences).
+        assume(n + lo + hi >= 1)
+        m = n - max(-lo, 0) - max(-hi, 0)
+        assume(mode != "circular" or (m >= 1 and max(lo, hi) <= m))
+        pad += [lo, hi]
     value = data.draw(st.sampled_from([0.0, 1.5])) if mode == "constant" else 0.0
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape)
@@ -212,8 +216,6 @@ def test_pad_matches_torch_with_grads(mode, nd, data):
             tx, pad, mode=mode, value=value if mode == "constant" else None
         )
     except (RuntimeError, ValueError, NotImplementedError) as exc:
-        if "single memory location" in str(exc):
-            return  # a torch defect (wrap wider than the cropped input); convolab wraps again
         with pytest.raises((ValueError, TypeError)):
             cl.pad(x, pad, mode=mode, value=value)
         return

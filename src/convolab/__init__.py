@@ -2,6 +2,8 @@
 
 from . import grad
 from .autodiff import Grads, vjp
+from .draw import draw
+from .explain import explain
 from .gradcheck import gradcheck
 from .ops.conv import (
     conv,
@@ -22,6 +24,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvSpec",
+    "draw",
+    "explain",
     "Grads",
     "Options",
     "conv",

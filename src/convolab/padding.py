@@ -70,18 +70,16 @@ def _check_mode(mode: str, x: np.ndarray, pairs: list[tuple[int, int]]) -> None:
     for dim, (n, (lo, hi)) in enumerate(zip(sizes, pairs), start=x.ndim - nd):
         m = n - max(-lo, 0) - max(-hi, 0)  # what is left after negative entries crop
         if mode == "replicate":
-            if n == 0 and lo + hi + n > 0:
-                raise ValueError(f"mode='replicate' cannot pad dimension {dim} of size 0")
             continue
-        if m <= 0:
+        if mode == "circular" and m <= 0 and max(lo, 0) + max(hi, 0) > 0:
             raise ValueError(
                 f"{mode} padding ({lo}, {hi}) on dimension {dim} of size {n} leaves nothing "
                 "to pad from"
             )
-        if mode == "reflect" and (lo >= m or hi >= m):
+        if mode == "reflect" and (lo >= n or hi >= n):
             raise ValueError(
                 f"reflect padding ({lo}, {hi}) on dimension {dim} must be smaller than "
-                f"that dimension's size {m}"
+                f"that dimension's size {n}"
             )
         if mode == "circular" and (lo > n or hi > n):
             raise ValueError(
@@ -93,21 +91,19 @@ def _check_mode(mode: str, x: np.ndarray, pairs: list[tuple[int, int]]) -> None:
 def _index_map(n: int, lo: int, hi: int, mode: str) -> np.ndarray:
     """For each output position along one axis, the input position it copies (torch's rules).
 
-    ``replicate`` clamps ``i - lo`` into the input; ``reflect`` and ``circular`` first crop
-    the negative entries, then mirror / wrap the rest.
+    ``replicate`` clamps ``i - lo`` into the input and ``reflect`` mirrors it (negative
+    entries included); ``circular`` first crops the negative entries, then wraps the rest.
     """
     i = np.arange(n + lo + hi)
     if mode == "replicate":
         return np.clip(i - lo, 0, n - 1)
-    clo, chi = max(-lo, 0), max(-hi, 0)
-    m = n - clo - chi
-    j = i - max(lo, 0)
     if mode == "reflect":
-        j = np.where(j < 0, -j, j)
-        j = np.where(j >= m, 2 * (m - 1) - j, j)
-    else:  # circular
-        j = np.mod(j, m)
-    return j + clo
+        j = np.abs(i - lo)
+        return np.where(j >= n, 2 * (n - 1) - j, j)
+    clo, chi = max(-lo, 0), max(-hi, 0)
+    if i.size == 0:
+        return i
+    return np.mod(i - max(lo, 0), n - clo - chi) + clo
 
 
 def _take_adjoint(g: np.ndarray, axis: int, idx: np.ndarray, n: int) -> np.ndarray:

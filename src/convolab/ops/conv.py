@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import select
 from ..dtypes import as_array, check_dtypes, compute_dtype
-from ..spec import ConvSpec, make_spec
+from ..spec import ConvSpec, IntOrTuple, PaddingArg, make_spec
 
 
 @dataclass
@@ -190,7 +190,15 @@ def _grads(p: Prepared, gy: np.ndarray) -> dict[str, np.ndarray | None]:
 
 
 def _conv(rank, what):
-    def fn(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    def fn(
+        input: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray | None = None,
+        stride: IntOrTuple = 1,
+        padding: PaddingArg = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+    ) -> np.ndarray:
         p = prepare(
             input,
             weight,
@@ -209,7 +217,16 @@ def _conv(rank, what):
 
 
 def _conv_transpose(rank, what):
-    def fn(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    def fn(
+        input: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray | None = None,
+        stride: IntOrTuple = 1,
+        padding: PaddingArg = 0,
+        output_padding: IntOrTuple = 0,
+        groups: int = 1,
+        dilation: IntOrTuple = 1,
+    ) -> np.ndarray:
         p = prepare(
             input,
             weight,
