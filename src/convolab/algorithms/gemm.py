@@ -81,13 +81,14 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     """(FLOPs at GEMM speed, bytes copied) for :func:`convolab.select.estimate_seconds`.
 
     Small per-group matrices run far below the BLAS peak, so FLOPs are scaled by the
-    inverse of a GEMM efficiency that falls off for K/g < 32 or C/g*prod(k) < 64.
+    inverse of a GEMM efficiency that falls off (as a square root, fitted to the
+    32-group and depthwise cases) for K/g < 32 or C/g*prod(k) < 64.
     """
     kk = int(np.prod(spec.kernel_size))
     g, N, C, K = p["g"], p["N"], p["C"], p["K"]
     P = int(np.prod(p["O"]))
     flops = 2 * N * K * (C // g) * kk * P
-    eff = min(1.0, K / g / 32) * min(1.0, C / g * kk / 64)
+    eff = (min(1.0, K / g / 32) * min(1.0, C / g * kk / 64)) ** 0.5
     pointwise = _is_pointwise(spec, p["S"], p["O"])
     copies = 0 if pointwise else N * C * kk * P * itemsize * (3 if role == "input_grad" else 2)
     return flops / max(eff, 1e-3), copies

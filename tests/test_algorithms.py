@@ -1,0 +1,249 @@
+"""Every algorithm against ``direct`` and torch: forward and all three gradients.
+
+Tolerances: float64 relative error (max |diff| / max |ref|) <= 1e-10 for every
+algorithm.  GEMM and depthwise only reorder sums; Winograd F(4,3) and FFT change the
+arithmetic (transform entries up to 8 and 1/24; FFT round-off grows like log L), which
+in float64 costs a few units of 1e-15 on these sizes, still far inside 1e-10.
+float32: <= 1e-4 relative against a float64 reference.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convolab as cl
+from convolab import select
+from convolab.spec import make_spec
+
+from .strategies import ConvCase, conv_cases, rel_err, torch_reference
+
+torch = pytest.importorskip("torch")
+
+ALGOS = ("gemm", "fft", "winograd", "depthwise")
+TOL64 = 1e-10
+TOL32 = 1e-4
+
+
+@st.composite
+def winograd_cases(draw):
+    """3-tap kernels, stride 1, dilation 1, one group: the configurations Winograd takes."""
+    rank = draw(st.sampled_from([1, 2]))
+    tr = draw(st.booleans())
+    cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    size = tuple(draw(st.integers(1, 11)) for _ in range(rank))
+    pad = [(draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(rank)]
+    n = draw(st.sampled_from([None, 1, 2]))
+    k = (3,) * rank
+    kw = dict(stride=1, padding=pad, dilation=1, groups=1)
+    if tr:
+        kw["output_padding"] = 0
+    spec = make_spec(k, 1, pad, 1, 1, kw.get("output_padding"), transposed=tr)
+    from hypothesis import assume
+
+    assume(all(o >= 1 for o in spec.out_shape(size)))
+    w_shape = ((cin, cout) if tr else (cout, cin)) + k
+    x_shape = ((cin,) if n is None else (n, cin)) + size
+    return ConvCase(tr, rank, x_shape, w_shape, draw(st.booleans()), kw)
+
+
+@st.composite
+def depthwise_cases(draw):
+    """groups == in_channels, with a channel multiplier, any stride/dilation/padding."""
+    rank = draw(st.sampled_from([1, 2, 3]))
+    tr = draw(st.booleans())
+    small = rank == 3
+    c = draw(st.integers(2, 4))
+    mult = draw(st.integers(1, 2))
+    k = tuple(draw(st.integers(1, 2 if small else 4)) for _ in range(rank))
+    stride = tuple(draw(st.integers(1, 2 if small else 3)) for _ in range(rank))
+    dil = tuple(draw(st.integers(1, 2)) for _ in range(rank))
+    pad = [(draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(rank)]
+    size = tuple(draw(st.integers(1, 5 if small else 10)) for _ in range(rank))
+    kw = dict(stride=stride, padding=pad, dilation=dil, groups=c)
+    if tr:
+        kw["output_padding"] = tuple(draw(st.integers(0, max(s, d) - 1))
+                                     for s, d in zip(stride, dil))
+        # conv_transpose: input channels c*mult, groups c*mult, one output per group
+        kw["groups"] = c * mult
+        w_shape = (c * mult, 1) + k
+        cin = c * mult
+    else:
+        w_shape = (c * mult, 1) + k
+        cin = c
+    spec = make_spec(k, stride, pad, dil, kw["groups"], kw.get("output_padding"),
+                     transposed=tr)
+    from hypothesis import assume
+
+    assume(all(o >= 1 for o in spec.out_shape(size)))
+    x_shape = (draw(st.integers(1, 3)), cin) + size
+    return ConvCase(tr, rank, x_shape, w_shape, draw(st.booleans()), kw)
+
+
+def _fn(case: ConvCase):
+    return getattr(cl, ("conv_transpose" if case.transposed else "conv") + f"{case.rank}d")
+
+
+def _run(case: ConvCase, algorithm: str, dtype=np.float64, seed=0):
+    x, w, b = case.arrays(dtype, seed)
+    with cl.options(algorithm=algorithm):
+        y, pullback = cl.vjp(_fn(case), x, w, b, **case.kwargs)
+        gy = np.random.default_rng(seed + 1).standard_normal(y.shape).astype(dtype)
+        if np.iscomplexobj(y):
+            gy = gy + 1j * np.random.default_rng(seed + 2).standard_normal(y.shape)
+        grads = pullback(gy.astype(y.dtype))
+    return (x, w, b, gy), (y,) + tuple(g for g in grads if g is not None)
+
+
+def _check_against_direct_and_torch(case: ConvCase, algorithm: str):
+    (x, w, b, gy), got = _run(case, algorithm)
+    _, ref = _run(case, "direct")
+    for a, r in zip(got, ref):
+        assert rel_err(a, r) <= TOL64, (algorithm, case)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = None if b is None else torch.tensor(b, requires_grad=True)
+    yt = torch_reference(case, xt, wt, bt)
+    yt.backward(torch.tensor(gy))
+    theirs = [yt.detach(), xt.grad, wt.grad] + ([] if bt is None else [bt.grad])
+    for a, t in zip(got, theirs):
+        assert rel_err(a, t.numpy()) <= TOL64, (algorithm, case)
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "fft"])
+@settings(max_examples=30, deadline=None)
+@given(case=conv_cases(batch=2))
+def test_general_algorithms_match_direct_and_torch(algorithm, case):
+    _check_against_direct_and_torch(case, algorithm)
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=winograd_cases())
+def test_winograd_matches_direct_and_torch(case):
+    _check_against_direct_and_torch(case, "winograd")
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=depthwise_cases())
+def test_depthwise_matches_direct_and_torch(case):
+    _check_against_direct_and_torch(case, "depthwise")
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "fft", "winograd", "depthwise", "auto"])
+@settings(max_examples=10, deadline=None)
+@given(case=conv_cases(batch=2, ranks=(1, 2)), ws=st.sampled_from([64, 4096]))
+def test_tiny_workspace_tiles_give_the_same_result(algorithm, case, ws):
+    """A budget of a few bytes forces one-row tiles (and batch chunks of one)."""
+    _, ref = _run(case, "direct")
+    with cl.options(workspace_bytes=ws):
+        _, got = _run(case, algorithm)
+    for a, r in zip(got, ref):
+        assert rel_err(a, r) <= TOL64
+
+
+CASES32 = {
+    "gemm": ((4, 32, 20, 20), (48, 32, 3, 3), dict(padding=1, stride=2)),
+    "winograd": ((4, 64, 20, 20), (64, 64, 3, 3), dict(padding=1)),
+    "fft": ((2, 16, 700), (8, 16, 65), dict(padding=32)),
+    "depthwise": ((4, 32, 20, 20), (64, 1, 5, 5), dict(padding=2, groups=32)),
+}
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_float32_within_1e4_of_a_float64_reference(algorithm):
+    xs, ws, kw = CASES32[algorithm]
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    fn = cl.conv1d if len(xs) == 3 else cl.conv2d
+    with cl.options(algorithm="gemm"):
+        ref, pb64 = cl.vjp(fn, x, w, **kw)
+        gy = rng.standard_normal(ref.shape)
+        ref_g = pb64(gy)
+    with cl.options(algorithm=algorithm):
+        assert select.choose("forward", make_spec(ws[2:], kw.get("stride", 1), kw["padding"],
+                                                  1, kw.get("groups", 1)),
+                             xs, ws, np.float32).algorithm == algorithm
+        y, pb = cl.vjp(fn, x.astype(np.float32), w.astype(np.float32), **kw)
+        g = pb(gy.astype(np.float32))
+    assert y.dtype == np.float32
+    assert rel_err(y, ref) <= TOL32
+    for a, r in zip(g[:2], ref_g[:2]):
+        assert rel_err(a, r) <= TOL32
+
+
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_complex_inputs(algorithm):
+    rng = np.random.default_rng(4)
+    for dt in (np.complex64, np.complex128):
+        case = ConvCase(False, 2, (2, 4, 9, 9), (4, 1 if algorithm == "depthwise" else 4, 3, 3),
+                        True, dict(padding=1, groups=4 if algorithm == "depthwise" else 1))
+        _, got = _run(case, algorithm, dtype=dt, seed=int(rng.integers(100)))
+        _, ref = _run(case, "direct", dtype=np.complex128, seed=0)
+        _, got = _run(case, algorithm, dtype=dt, seed=0)
+        tol = TOL64 if dt == np.complex128 else TOL32
+        for a, r in zip(got, ref):
+            assert rel_err(a, r) <= tol
+
+
+def test_forced_algorithm_falls_back_to_gemm_where_it_does_not_apply():
+    spec = make_spec((3, 3), 2, 1, 1, 1)
+    c = None
+    with cl.options(algorithm="winograd"):
+        c = select.choose("forward", spec, (2, 3, 9, 9), (4, 3, 3, 3), np.float32)
+    assert c.algorithm == "gemm" and "fell back" in c.reason
+    with cl.options(algorithm="depthwise"):
+        c = select.choose("forward", spec, (2, 3, 9, 9), (4, 3, 3, 3), np.float32)
+    assert c.algorithm == "gemm"
+    # and the weight gradient never runs on Winograd
+    with cl.options(algorithm="winograd"):
+        spec1 = make_spec((3, 3), 1, 1, 1, 1)
+        assert select.choose("weight_grad", spec1, (2, 3, 9, 9), (4, 3, 3, 3),
+                             np.float32).algorithm == "gemm"
+    case = ConvCase(False, 2, (2, 3, 9, 9), (4, 3, 3, 3), True, dict(stride=2, padding=1))
+    _, got = _run(case, "winograd")
+    _, ref = _run(case, "direct")
+    for a, r in zip(got, ref):
+        assert rel_err(a, r) <= TOL64
+
+
+def test_inputs_are_not_modified():
+    rng = np.random.default_rng(5)
+    for algorithm in ALGOS:
+        x = rng.standard_normal((2, 4, 12, 12))
+        w = rng.standard_normal((4, 1 if algorithm == "depthwise" else 4, 3, 3))
+        gy = rng.standard_normal((2, 4, 12, 12))
+        keep = [a.copy() for a in (x, w, gy)]
+        with cl.options(algorithm=algorithm):
+            _, pb = cl.vjp(cl.conv2d, x, w, padding=1,
+                           groups=4 if algorithm == "depthwise" else 1)
+            pb(gy)
+        for a, k in zip((x, w, gy), keep):
+            np.testing.assert_array_equal(a, k)
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "fft"])
+def test_several_gib_im2col_runs_in_a_256_mib_workspace(algorithm):
+    """conv1d N=1, C=12, L=2^19, k=128: full columns would be 12*128*2^19*4 B = 3 GiB."""
+    N, C, K, L, k = 1, 12, 4, 2**19, 128
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((N, C, L), dtype=np.float32)
+    w = rng.standard_normal((K, C, k), dtype=np.float32)
+    assert C * k * L * 4 >= 3 * 2**30
+    budget = 256 * 2**20
+    tracemalloc.start()
+    try:
+        with cl.options(algorithm=algorithm, workspace_bytes=budget):
+            y = cl.conv1d(x, w, padding=k // 2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out_bytes = y.nbytes
+    padded_copy = x.nbytes + 2 * C * (k // 2) * 4
+    assert peak <= budget + out_bytes + padded_copy + 16 * 2**20, peak / 2**20
+    ref = torch.nn.functional.conv1d(torch.from_numpy(x), torch.from_numpy(w),
+                                     padding=k // 2).numpy()
+    assert rel_err(y, ref) <= TOL32

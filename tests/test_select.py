@@ -1,0 +1,105 @@
+"""Algorithm selection: the cost model's picks, forced choices, autotune, workspace estimates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convolab as cl
+from convolab import select
+from convolab.spec import make_spec
+
+
+def _spec(k, stride=1, padding=0, groups=1):
+    return make_spec(tuple(k), stride, padding, 1, groups)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kw, expected",
+    [
+        ((16, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd"),
+        ((16, 256, 28, 28), (128, 256, 1, 1), {}, "gemm"),
+        ((16, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "gemm"),
+        ((16, 256, 28, 28), (256, 1, 3, 3), dict(padding=1, groups=256), "depthwise"),
+        ((4, 16, 16384), (16, 16, 63), dict(padding=31), "fft"),
+    ],
+)
+def test_cost_model_picks(x_shape, w_shape, kw, expected):
+    spec = _spec(w_shape[2:], kw.get("stride", 1), kw.get("padding", 0), kw.get("groups", 1))
+    c = select.choose("forward", spec, x_shape, w_shape, np.float32)
+    assert c.algorithm == expected, c.reason
+    assert "cost model" in c.reason
+
+
+def test_forced_choice_and_reason():
+    spec = _spec((3, 3), padding=1)
+    with cl.options(algorithm="direct"):
+        c = select.choose("forward", spec, (1, 2, 5, 5), (3, 2, 3, 3), np.float64)
+    assert c == select.Choice("direct", "forced by options(algorithm='direct')")
+    assert c.module.__name__ == "convolab.algorithms.direct"
+
+
+def test_every_role_has_a_choice_for_every_dtype():
+    spec = _spec((3,), padding=1)
+    for dt in (np.float32, np.float64, np.complex64, np.complex128):
+        for role, shape in [("forward", (2, 3, 8)), ("input_grad", (2, 4, 8)),
+                            ("weight_grad", (2, 3, 8))]:
+            c = select.choose(role, spec, shape, (4, 3, 3), dt)
+            assert hasattr(c.module, role)
+
+
+def test_workspace_estimate_is_bounded_by_the_budget():
+    spec = _spec((3, 3), padding=1)
+    xs, ws = (64, 64, 56, 56), (64, 64, 3, 3)
+    padded = 64 * 64 * 58 * 58 * 4
+    with cl.options(algorithm="gemm"):
+        full = select.workspace_bytes("forward", spec, xs, ws, np.float32)
+        with cl.options(workspace_bytes=2**20):
+            small = select.workspace_bytes("forward", spec, xs, ws, np.float32)
+    assert small <= padded + 2**20 < full + 2**20
+    assert full <= padded + 8 * 2**20 + 2**20  # one cache-sized tile, not the 460 MB columns
+    for algo in ("winograd", "fft", "depthwise", "direct"):
+        with cl.options(algorithm=algo):
+            assert select.workspace_bytes("forward", spec, xs, ws, np.float32) >= 0
+    one = _spec((1, 1))
+    with cl.options(algorithm="gemm"):
+        assert select.workspace_bytes("forward", one, xs, (32, 64, 1, 1), np.float32) == 0
+
+
+def test_autotune_times_once_and_caches_the_winner(monkeypatch):
+    select.clear_autotune_cache()
+    spec = _spec((3, 3), padding=1)
+    calls = []
+    real_time = select._time
+
+    def counting(name, *args):
+        calls.append(name)
+        return real_time(name, *args)
+
+    monkeypatch.setattr(select, "_time", counting)
+    with cl.options(autotune=True):
+        a = select.choose("forward", spec, (2, 8, 12, 12), (8, 8, 3, 3), np.float32)
+        n = len(calls)
+        b = select.choose("forward", spec, (2, 8, 12, 12), (8, 8, 3, 3), np.float32)
+    assert a == b and a.reason.startswith("autotuned")
+    assert n == len(select.candidates("forward", spec, (2, 8, 12, 12), (8, 8, 3, 3),
+                                      np.float32)) >= 2
+    assert len(calls) == n  # the second call hit the cache
+    # and the tuned algorithm computes the right thing
+    x = np.random.default_rng(0).standard_normal((2, 8, 12, 12)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((8, 8, 3, 3)).astype(np.float32)
+    with cl.options(autotune=True):
+        y = cl.conv2d(x, w, padding=1)
+    with cl.options(algorithm="direct"):
+        ref = cl.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+    select.clear_autotune_cache()
+
+
+def test_problem_sizes_of_each_role():
+    spec = _spec((3,), stride=2, padding=1)
+    p = select.problem("forward", spec, (2, 3, 9), (4, 3, 3))
+    assert p == dict(N=2, C=3, K=4, S=(9,), O=(5,), g=1)
+    q = select.problem("input_grad", spec, (2, 4, 5), (4, 3, 3))
+    assert q["C"] == 3 and q["K"] == 4 and q["O"] == (5,) and q["S"] == (9,)
+    assert select.direct_flops(spec, (2, 3, 9), (4, 3, 3)) == 2 * 2 * 4 * 3 * 3 * 5
