@@ -1,0 +1,416 @@
+"""``convolab bench``: the fixed speed and memory suite, convolab against PyTorch.
+
+For every case: forward and forward+backward (grad input, weight, bias) of convolab's
+automatic choice and of each applicable algorithm, PyTorch CPU in the same process
+(threads = cores), the straightforward NumPy im2col (``sliding_window_view`` +
+``tensordot``) and SciPy for forward where it applies.  Contenders are interleaved
+with ~0.2 s sleeps (OpenBLAS threads spin for ~0.1 s after a call and would slow the
+next contender); medians are reported, with the ratio to PyTorch, effective GFLOP/s
+(direct-convolution FLOPs / time; fwd+bwd counts 3x) against the sgemm peak measured
+at the start, and the tracemalloc peak of one convolab fwd+bwd.
+
+Writes ``bench.md``, ``bench.csv`` and ``bench.json`` into ``--out`` (default
+``benchmarks/``).  Tests never assert times; run this by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ops, select
+from .autodiff import vjp
+from .options import options
+from .spec import make_spec
+
+
+@dataclass
+class Case:
+    name: str
+    x: tuple
+    w: tuple
+    kw: dict = field(default_factory=dict)
+    transposed: bool = False
+    dtype: str = "float32"
+
+    @property
+    def rank(self) -> int:
+        return len(self.w) - 2
+
+    def spec(self):
+        kw = self.kw
+        return make_spec(tuple(self.w[2:]), kw.get("stride", 1), kw.get("padding", 0),
+                         kw.get("dilation", 1), kw.get("groups", 1),
+                         kw.get("output_padding"), transposed=self.transposed)
+
+
+def suite(quick: bool = False) -> list[Case]:
+    """The fixed suite (``quick``: a few cases at a quarter of the batch)."""
+    cases = [
+        Case("conv1d k7 N32 C64 L1024 K64", (32, 64, 1024), (64, 64, 7), dict(padding=3)),
+        Case("conv1d k3 d4 N16 C64 L2048 K64", (16, 64, 2048), (64, 64, 3),
+             dict(padding=4, dilation=4)),
+        Case("conv1d k63 N4 C16 L16384 K16", (4, 16, 16384), (16, 16, 63), dict(padding=31)),
+        Case("conv2d 3x3 N16 C64 56x56 K64", (16, 64, 56, 56), (64, 64, 3, 3), dict(padding=1)),
+        Case("conv2d 3x3 N16 C128 28x28 K128", (16, 128, 28, 28), (128, 128, 3, 3),
+             dict(padding=1)),
+        Case("conv2d 3x3 N16 C256 14x14 K256", (16, 256, 14, 14), (256, 256, 3, 3),
+             dict(padding=1)),
+        Case("conv2d 1x1 N16 C256 28x28 K128", (16, 256, 28, 28), (128, 256, 1, 1)),
+        Case("conv2d 3x3 s2 N16 C128 28x28 K256", (16, 128, 28, 28), (256, 128, 3, 3),
+             dict(stride=2, padding=1)),
+        Case("stem 7x7 s2 N8 C3 224x224 K64", (8, 3, 224, 224), (64, 3, 7, 7),
+             dict(stride=2, padding=3)),
+        Case("depthwise 3x3 N16 C256 28x28", (16, 256, 28, 28), (256, 1, 3, 3),
+             dict(padding=1, groups=256)),
+        Case("grouped g32 3x3 N16 C256 28x28 K256", (16, 256, 28, 28), (256, 8, 3, 3),
+             dict(padding=1, groups=32)),
+        Case("conv3d 3x3x3 N4 C32 16^3 K32", (4, 32, 16, 16, 16), (32, 32, 3, 3, 3),
+             dict(padding=1)),
+        Case("conv_transpose2d 4x4 s2 N16 C128 14x14 K64", (16, 128, 14, 14), (128, 64, 4, 4),
+             dict(stride=2, padding=1), transposed=True),
+        Case("f64 conv2d 3x3 N8 C64 56x56 K64", (8, 64, 56, 56), (64, 64, 3, 3),
+             dict(padding=1), dtype="float64"),
+        Case("f64 conv1d k7 N32 C64 L1024 K64", (32, 64, 1024), (64, 64, 7), dict(padding=3),
+             dtype="float64"),
+        Case("f64 conv2d 1x1 N16 C256 28x28 K128", (16, 256, 28, 28), (128, 256, 1, 1),
+             dtype="float64"),
+    ]
+    if quick:
+        keep = (0, 2, 3, 6, 9, 12)
+        cases = [cases[i] for i in keep]
+        for c in cases:
+            c.x = (max(1, c.x[0] // 4),) + c.x[1:]
+    return cases
+
+
+def flops(case: Case) -> int:
+    """Direct-convolution FLOPs (2 per multiply-add) of the forward; a transposed
+    convolution does the work of the convolution whose input gradient it is."""
+    role = "input_grad" if case.transposed else "forward"
+    return select.direct_flops(case.spec(), case.x, case.w, role)
+
+
+def sgemm_peak(n: int = 2048, reps: int = 5) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.T.copy()
+    a @ b
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * n**3 / float(np.median(ts))
+
+
+def _fn(case: Case):
+    name = ("conv_transpose" if case.transposed else "conv") + f"{case.rank}d"
+    return getattr(ops.conv, name)
+
+
+def _arrays(case: Case):
+    rng = np.random.default_rng(0)
+    dt = np.dtype(case.dtype)
+    x = rng.standard_normal(case.x).astype(dt)
+    w = rng.standard_normal(case.w).astype(dt)
+    ch = case.w[1] * case.kw.get("groups", 1) if case.transposed else case.w[0]
+    b = rng.standard_normal(ch).astype(dt)
+    y = _fn(case)(x, w, b, **case.kw)
+    gy = rng.standard_normal(y.shape).astype(dt)
+    return x, w, b, gy
+
+
+def _convolab(case, x, w, b, gy, algorithm):
+    fn = _fn(case)
+
+    def fwd():
+        with options(algorithm=algorithm):
+            fn(x, w, b, **case.kw)
+
+    def fb():
+        with options(algorithm=algorithm):
+            _, pb = vjp(fn, x, w, b, **case.kw)
+            pb(gy)
+
+    return fwd, fb
+
+
+def _naive_im2col(case, x, w):
+    """The straightforward NumPy im2col: pad, ``sliding_window_view``, ``tensordot``."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    if case.transposed or case.kw.get("groups", 1) != 1:
+        return None
+    spec = case.spec()
+    r = case.rank
+    out = spec.conv_out_shape(case.x[2:])
+
+    def fwd():
+        xp = np.pad(x, [(0, 0), (0, 0)] + list(spec.padding))
+        win = sliding_window_view(xp, spec.effective_kernel, axis=tuple(range(2, 2 + r)))
+        sl = tuple(slice(0, s * (o - 1) + 1, s) for s, o in zip(spec.stride, out))
+        sl += tuple(slice(None, None, d) for d in spec.dilation)
+        win = win[(slice(None), slice(None)) + sl]
+        y = np.tensordot(win, w, axes=([1] + list(range(2 + r, 2 + 2 * r)),
+                                       [1] + list(range(2, 2 + r))))
+        np.moveaxis(y, -1, 1)
+
+    return fwd
+
+
+def _scipy(case, x, w):
+    """SciPy forward (``fftconvolve`` over channel pairs, then a channel sum) where it
+    applies: one group, stride 1, dilation 1, and the pairwise product fits 256 MB."""
+    try:
+        from scipy.signal import fftconvolve
+    except ImportError:  # pragma: no cover
+        return None
+    kw = case.kw
+    r = case.rank
+    if case.transposed or kw.get("groups", 1) != 1 or kw.get("stride", 1) != 1 \
+            or kw.get("dilation", 1) != 1:
+        return None
+    N, C = case.x[:2]
+    if N * case.w[0] * C * math.prod(case.x[2:]) * x.itemsize > 256 * 2**20:
+        return None
+    spec = case.spec()
+    flip = (slice(None), slice(None)) + (slice(None, None, -1),) * r
+
+    def fwd():
+        xp = np.pad(x, [(0, 0), (0, 0)] + list(spec.padding))
+        y = fftconvolve(xp[:, None], w[flip][None], mode="valid",
+                        axes=tuple(range(3, 3 + r)))
+        y.sum(axis=2)
+
+    return fwd
+
+
+def _torch(case, x, w, b, gy):
+    try:
+        import torch
+    except ImportError:
+        return None, None
+    torch.set_num_threads(os.cpu_count() or 1)
+    F = torch.nn.functional
+    fn = getattr(F, ("conv_transpose" if case.transposed else "conv") + f"{case.rank}d")
+    xt, wt, bt, gyt = (torch.from_numpy(a) for a in (x, w, b, gy))
+    kw = dict(case.kw)
+    if not case.transposed:
+        kw.pop("output_padding", None)
+    xg, wg, bg = (a.clone().requires_grad_() for a in (xt, wt, bt))
+
+    def fwd():
+        with torch.no_grad():
+            fn(xt, wt, bt, **kw)
+
+    def fb():
+        xg.grad = wg.grad = bg.grad = None
+        y = fn(xg, wg, bg, **kw)
+        y.backward(gyt)
+
+    return fwd, fb
+
+
+def _median_times(contenders: dict, reps: int, sleep: float) -> dict:
+    for f in contenders.values():  # warm-up (allocators, FFT plans, imports)
+        f()
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(reps):
+        for k, f in contenders.items():
+            time.sleep(sleep)
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _peak_bytes(f) -> int:
+    tracemalloc.start()
+    try:
+        f()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _algorithms(case: Case) -> list[str]:
+    spec = case.spec()
+    dt = np.dtype(case.dtype)
+    x_shape = case.x
+    names = set()
+    roles = [("input_grad", x_shape)] if case.transposed else [("forward", x_shape)]
+    for role, shape in roles:
+        names.update(select.candidates(role, spec, shape, case.w, dt))
+    return [n for n in ("gemm", "winograd", "fft", "depthwise") if n in names]
+
+
+def run_case(case: Case, peak: float, reps: int, sleep: float, log=print) -> dict:
+    x, w, b, gy = _arrays(case)
+    contenders: dict = {}
+    tf, tfb = _torch(case, x, w, b, gy)
+    if tf is not None:
+        contenders["torch fwd"], contenders["torch fwd+bwd"] = tf, tfb
+    algos = ["auto"] + _algorithms(case)
+    for a in algos:
+        contenders[f"{a} fwd"], contenders[f"{a} fwd+bwd"] = _convolab(case, x, w, b, gy, a)
+    naive = _naive_im2col(case, x, w)
+    if naive is not None:
+        contenders["numpy im2col fwd"] = naive
+    sp = _scipy(case, x, w)
+    if sp is not None:
+        contenders["scipy fwd"] = sp
+    med = _median_times(contenders, reps, sleep)
+    fl = flops(case)
+    spec = case.spec()
+    role = "input_grad" if case.transposed else "forward"
+    choice = select.choose(role, spec, case.x, case.w, np.dtype(case.dtype))
+    row = dict(case=case.name, dtype=case.dtype, gflop=fl / 1e9, auto=choice.algorithm,
+               times_ms={k: v * 1e3 for k, v in med.items()})
+    for kind, mult in (("fwd", 1), ("fwd+bwd", 3)):
+        ours = med[f"auto {kind}"]
+        row[f"gflops {kind}"] = mult * fl / ours / 1e9
+        row[f"peak frac {kind}"] = mult * fl / ours / peak
+        if f"torch {kind}" in med:
+            row[f"ratio {kind}"] = med[f"torch {kind}"] / ours
+    if "numpy im2col fwd" in med:
+        row["speedup vs numpy im2col fwd"] = med["numpy im2col fwd"] / med["auto fwd"]
+    row["tracemalloc peak MiB"] = _peak_bytes(contenders["auto fwd+bwd"]) / 2**20
+    row["input MiB"] = x.nbytes / 2**20
+    log(_line(row))
+    return row
+
+
+def _line(row: dict) -> str:
+    t = row["times_ms"]
+    rf = row.get("ratio fwd", float("nan"))
+    rb = row.get("ratio fwd+bwd", float("nan"))
+    return (f"{row['case']:<44} auto={row['auto']:<9} fwd {t['auto fwd']:8.1f} ms "
+            f"(torch {t.get('torch fwd', float('nan')):7.1f}, x{rf:.2f})  fwd+bwd "
+            f"{t['auto fwd+bwd']:8.1f} ms (torch {t.get('torch fwd+bwd', float('nan')):7.1f}, "
+            f"x{rb:.2f})")
+
+
+def _geomean(vals) -> float:
+    vals = [v for v in vals if v and v > 0 and math.isfinite(v)]
+    return float(math.exp(sum(math.log(v) for v in vals) / len(vals))) if vals else float("nan")
+
+
+def summary(rows: list[dict]) -> dict:
+    f32 = [r for r in rows if r["dtype"] == "float32"]
+    return {
+        "geomean ratio fwd (f32)": _geomean(r.get("ratio fwd") for r in f32),
+        "geomean ratio fwd+bwd (f32)": _geomean(r.get("ratio fwd+bwd") for r in f32),
+        "min ratio fwd (f32)": min((r.get("ratio fwd", math.inf) for r in f32), default=None),
+        "min ratio fwd+bwd (f32)": min((r.get("ratio fwd+bwd", math.inf) for r in f32),
+                                       default=None),
+        "min speedup vs numpy im2col fwd": min(
+            (r["speedup vs numpy im2col fwd"] for r in rows
+             if "speedup vs numpy im2col fwd" in r), default=None),
+    }
+
+
+def markdown(rows: list[dict], meta: dict, summ: dict) -> str:
+    lines = [
+        f"sgemm peak (NumPy, {meta['sgemm n']}^3 float32): **{meta['sgemm GFLOP/s']:.0f} GFLOP/s**; "
+        f"{meta['machine']}; NumPy {meta['numpy']}, PyTorch {meta.get('torch', 'absent')}; "
+        f"{meta['reps']} interleaved repetitions, medians.",
+        "",
+        "| case | auto | fwd ms | torch fwd ms | ratio fwd | GFLOP/s fwd (% peak) | "
+        "fwd+bwd ms | torch fwd+bwd ms | ratio fwd+bwd | GFLOP/s fwd+bwd (% peak) | "
+        "vs NumPy im2col fwd | peak MiB (input) | other algorithms fwd / fwd+bwd ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    nan = float("nan")
+    for r in rows:
+        t = r["times_ms"]
+        others = []
+        for k in sorted(t):
+            if k.endswith(" fwd") and not k.startswith(("auto", "torch")):
+                base = k[: -len(" fwd")]
+                fb = t.get(f"{base} fwd+bwd")
+                others.append(f"{base} {t[k]:.1f}" + (f" / {fb:.1f}" if fb else ""))
+        lines.append(
+            f"| {r['case']} | {r['auto']} | {t['auto fwd']:.1f} | {t.get('torch fwd', nan):.1f} | "
+            f"{r.get('ratio fwd', nan):.2f} | {r['gflops fwd']:.0f} ({100 * r['peak frac fwd']:.0f}%) | "
+            f"{t['auto fwd+bwd']:.1f} | {t.get('torch fwd+bwd', nan):.1f} | "
+            f"{r.get('ratio fwd+bwd', nan):.2f} | {r['gflops fwd+bwd']:.0f} "
+            f"({100 * r['peak frac fwd+bwd']:.0f}%) | "
+            f"{r.get('speedup vs numpy im2col fwd', nan):.1f}x | "
+            f"{r['tracemalloc peak MiB']:.0f} ({r['input MiB']:.0f}) | {'; '.join(others)} |"
+        )
+    lines += ["", "Ratios are PyTorch time / convolab time (> 1: convolab faster).", ""]
+    lines += [f"- {k}: {v:.2f}" if isinstance(v, float) else f"- {k}: {v}"
+              for k, v in summ.items()]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="convolab bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few cases at a quarter of the batch")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, quick 3)")
+    ap.add_argument("--sleep", type=float, default=0.2, help="seconds to sleep before each call")
+    ap.add_argument("--only", default=None, help="run only cases whose name contains this")
+    ap.add_argument("--out", default="benchmarks", help="folder for bench.md/.csv/.json")
+    args = ap.parse_args(argv)
+    reps = args.reps or (3 if args.quick else 5)
+    cases = suite(args.quick)
+    if args.only:
+        cases = [c for c in cases if args.only in c.name]
+        if not cases:
+            print(f"--only={args.only!r} matches no case", flush=True)
+            return 2
+    peak = sgemm_peak()
+    meta = {"machine": machine(), "numpy": np.__version__, "sgemm n": 2048,
+            "sgemm GFLOP/s": peak / 1e9, "reps": reps, "load average": os.getloadavg()}
+    try:
+        import torch
+
+        meta["torch"] = torch.__version__
+    except ImportError:
+        pass
+    print(f"sgemm peak {peak / 1e9:.0f} GFLOP/s on {meta['machine']}", flush=True)
+    rows = [run_case(c, peak, reps, args.sleep, log=lambda s: print(s, flush=True))
+            for c in cases]
+    meta["load average after"] = os.getloadavg()
+    summ = summary(rows)
+    os.makedirs(args.out, exist_ok=True)
+    md = markdown(rows, meta, summ)
+    with open(os.path.join(args.out, "bench.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump({"meta": meta, "summary": summ, "rows": rows}, f, indent=1)
+    keys = sorted({k for r in rows for k in r if k != "times_ms"})
+    tkeys = sorted({k for r in rows for k in r["times_ms"]})
+    with open(os.path.join(args.out, "bench.csv"), "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(keys + [f"{k} ms" for k in tkeys])
+        for r in rows:
+            wr.writerow([r.get(k, "") for k in keys] + [r["times_ms"].get(k, "") for k in tkeys])
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
