@@ -54,8 +54,7 @@ def test_quick_run_writes_files(tmp_path, capsys):
 
 def test_quick_digits_run(tmp_path):
     out = tmp_path / "digits"
-    assert main(["--dataset", "digits", "--epochs", "2", "--out", str(out),
-                 "--no-progress"]) == 0
+    assert main(["--dataset", "digits", "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
     r = json.loads((out / "run.json").read_text())
     assert r["test_accuracy"] > 0.3 and r["dataset"] == "digits"
 
@@ -79,8 +78,9 @@ def test_to_torch_copies_both_networks():
         m.eval()
         tm.eval()
         with torch.no_grad():
-            np.testing.assert_allclose(m(x), tm(torch.from_numpy(x)).numpy(), rtol=1e-10,
-                                       atol=1e-12)
+            np.testing.assert_allclose(
+                m(x), tm(torch.from_numpy(x)).numpy(), rtol=1e-10, atol=1e-12
+            )
 
 
 def test_bad_options_exit_with_message(capsys):

@@ -48,12 +48,14 @@ def parity(layer, tlayer, x, train=True, rng=None):
 
 # --------------------------------------------------------------------------- Linear etc.
 
+
 def test_linear_parity_and_fd():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 3, 7))
     parity(nn.Linear(7, 4, dtype=np.float64), torch.nn.Linear(7, 4).double(), x)
-    parity(nn.Linear(7, 4, bias=False, dtype=np.float64),
-           torch.nn.Linear(7, 4, bias=False).double(), x)
+    parity(
+        nn.Linear(7, 4, bias=False, dtype=np.float64), torch.nn.Linear(7, 4, bias=False).double(), x
+    )
     fd_check(nn.Linear(7, 4, dtype=np.float64, seed=0), x)
 
 
@@ -87,15 +89,18 @@ def fd_check(layer, x, train=True):
     layer.load_state_dict(state)
 
 
-@pytest.mark.parametrize("make,tmake", [
-    (lambda: nn.ReLU(), lambda: torch.nn.ReLU()),
-    (lambda: nn.SiLU(), lambda: torch.nn.SiLU()),
-    (lambda: nn.GELU(), lambda: torch.nn.GELU()),
-    (lambda: nn.GELU("tanh"), lambda: torch.nn.GELU(approximate="tanh")),
-    (lambda: nn.Flatten(), lambda: torch.nn.Flatten()),
-    (lambda: nn.Flatten(0, 1), lambda: torch.nn.Flatten(0, 1)),
-    (lambda: nn.Identity(), lambda: torch.nn.Identity()),
-])
+@pytest.mark.parametrize(
+    "make,tmake",
+    [
+        (lambda: nn.ReLU(), lambda: torch.nn.ReLU()),
+        (lambda: nn.SiLU(), lambda: torch.nn.SiLU()),
+        (lambda: nn.GELU(), lambda: torch.nn.GELU()),
+        (lambda: nn.GELU("tanh"), lambda: torch.nn.GELU(approximate="tanh")),
+        (lambda: nn.Flatten(), lambda: torch.nn.Flatten()),
+        (lambda: nn.Flatten(0, 1), lambda: torch.nn.Flatten(0, 1)),
+        (lambda: nn.Identity(), lambda: torch.nn.Identity()),
+    ],
+)
 def test_elementwise_and_shape_layers(make, tmake):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 3, 5)) * 3
@@ -123,11 +128,17 @@ def test_dropout_train_eval():
 
 # --------------------------------------------------------------------------- pooling
 
-pool_cfg = st.fixed_dictionaries({
-    "k": st.integers(1, 4), "s": st.one_of(st.none(), st.integers(1, 3)),
-    "p": st.integers(0, 2), "d": st.integers(1, 2), "ceil": st.booleans(),
-    "L": st.integers(5, 11), "inc": st.booleans(),
-})
+pool_cfg = st.fixed_dictionaries(
+    {
+        "k": st.integers(1, 4),
+        "s": st.one_of(st.none(), st.integers(1, 3)),
+        "p": st.integers(0, 2),
+        "d": st.integers(1, 2),
+        "ceil": st.booleans(),
+        "L": st.integers(5, 11),
+        "inc": st.booleans(),
+    }
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -150,10 +161,14 @@ def test_pool_parity(cfg, rank):
             M(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"])(x)
         return
     del ty
-    parity(M(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"]),
-           TM(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"]), x)
-    parity(A(k, cfg["s"], p, cfg["ceil"], cfg["inc"]),
-           TA(k, cfg["s"], p, cfg["ceil"], cfg["inc"]), x)
+    parity(
+        M(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"]),
+        TM(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"]),
+        x,
+    )
+    parity(
+        A(k, cfg["s"], p, cfg["ceil"], cfg["inc"]), TA(k, cfg["s"], p, cfg["ceil"], cfg["inc"]), x
+    )
 
 
 def test_maxpool_ties_go_to_first_element():
@@ -168,19 +183,32 @@ def test_maxpool_ties_go_to_first_element():
 def test_pool_unbatched_divisor_override_and_fd():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 9, 8))
-    parity(nn.AvgPool2d(3, 2, 1, divisor_override=5),
-           torch.nn.AvgPool2d(3, 2, 1, divisor_override=5), x)
+    parity(
+        nn.AvgPool2d(3, 2, 1, divisor_override=5),
+        torch.nn.AvgPool2d(3, 2, 1, divisor_override=5),
+        x,
+    )
     parity(nn.MaxPool2d((2, 3), (1, 2)), torch.nn.MaxPool2d((2, 3), (1, 2)), x)
-    fd_check(nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
-             rng.standard_normal((2, 3, 7, 6)))
+    fd_check(
+        nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+        rng.standard_normal((2, 3, 7, 6)),
+    )
     fd_check(nn.MaxPool1d(3, 2, 1, dilation=2), rng.standard_normal((2, 3, 11)))
     fd_check(nn.MaxPool2d(2, ceil_mode=True), rng.standard_normal((2, 2, 5, 5)))
 
 
-@pytest.mark.parametrize("rank,size,out", [
-    (1, 10, 3), (1, 7, 7), (1, 5, 1), (1, 4, 6), (2, (9, 7), (4, 3)), (2, (6, 6), 1),
-    (2, (5, 8), (None, 3)),
-])
+@pytest.mark.parametrize(
+    "rank,size,out",
+    [
+        (1, 10, 3),
+        (1, 7, 7),
+        (1, 5, 1),
+        (1, 4, 6),
+        (2, (9, 7), (4, 3)),
+        (2, (6, 6), 1),
+        (2, (5, 8), (None, 3)),
+    ],
+)
 def test_adaptive_avg_pool(rank, size, out):
     rng = np.random.default_rng(5)
     size = (size,) if rank == 1 else size
@@ -207,13 +235,18 @@ def test_pool_errors():
 
 # --------------------------------------------------------------------------- batch norm
 
-@pytest.mark.parametrize("cls,tcls,shape", [
-    (nn.BatchNorm1d, torch.nn.BatchNorm1d, (6, 4)),
-    (nn.BatchNorm1d, torch.nn.BatchNorm1d, (5, 4, 7)),
-    (nn.BatchNorm2d, torch.nn.BatchNorm2d, (3, 4, 5, 6)),
-])
-@pytest.mark.parametrize("kw", [{}, {"affine": False}, {"momentum": None},
-                                {"track_running_stats": False}, {"eps": 1e-3}])
+
+@pytest.mark.parametrize(
+    "cls,tcls,shape",
+    [
+        (nn.BatchNorm1d, torch.nn.BatchNorm1d, (6, 4)),
+        (nn.BatchNorm1d, torch.nn.BatchNorm1d, (5, 4, 7)),
+        (nn.BatchNorm2d, torch.nn.BatchNorm2d, (3, 4, 5, 6)),
+    ],
+)
+@pytest.mark.parametrize(
+    "kw", [{}, {"affine": False}, {"momentum": None}, {"track_running_stats": False}, {"eps": 1e-3}]
+)
 def test_batchnorm_parity(cls, tcls, shape, kw):
     rng = np.random.default_rng(6)
     layer, tlayer = cls(4, dtype=np.float64, **kw), tcls(4, **kw).double()
@@ -221,7 +254,7 @@ def test_batchnorm_parity(cls, tcls, shape, kw):
         with torch.no_grad():
             tlayer.weight.copy_(torch.tensor(rng.standard_normal(4)))
             tlayer.bias.copy_(torch.tensor(rng.standard_normal(4)))
-    for step in range(3):  # running statistics over several batches
+    for _step in range(3):  # running statistics over several batches
         x = rng.standard_normal(shape) * 2 + 1
         parity(layer, tlayer, x, train=True)
         layer.zero_grad()
@@ -243,22 +276,36 @@ def test_batchnorm_state_dict_keys_and_errors():
 
 # --------------------------------------------------------------------------- Sequential
 
+
 def test_sequential_state_dict_from_torch_and_parity():
     rng = np.random.default_rng(7)
     tm = torch.nn.Sequential(
-        torch.nn.Conv1d(2, 5, 3, padding=2, dilation=2, bias=False), torch.nn.BatchNorm1d(5),
-        torch.nn.GELU(), torch.nn.MaxPool1d(2), torch.nn.Conv1d(5, 6, 3, stride=2),
-        torch.nn.ReLU(), torch.nn.AvgPool1d(2, 1, 1), torch.nn.Flatten(),
-        torch.nn.Linear(6 * 5, 3)).double()
+        torch.nn.Conv1d(2, 5, 3, padding=2, dilation=2, bias=False),
+        torch.nn.BatchNorm1d(5),
+        torch.nn.GELU(),
+        torch.nn.MaxPool1d(2),
+        torch.nn.Conv1d(5, 6, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool1d(2, 1, 1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6 * 5, 3),
+    ).double()
     m = nn.Sequential(
-        nn.Conv1d(2, 5, 3, padding=2, dilation=2, bias=False), nn.BatchNorm1d(5), nn.GELU(),
-        nn.MaxPool1d(2), nn.Conv1d(5, 6, 3, stride=2), nn.ReLU(), nn.AvgPool1d(2, 1, 1),
-        nn.Flatten(), nn.Linear(6 * 5, 3))
+        nn.Conv1d(2, 5, 3, padding=2, dilation=2, bias=False),
+        nn.BatchNorm1d(5),
+        nn.GELU(),
+        nn.MaxPool1d(2),
+        nn.Conv1d(5, 6, 3, stride=2),
+        nn.ReLU(),
+        nn.AvgPool1d(2, 1, 1),
+        nn.Flatten(),
+        nn.Linear(6 * 5, 3),
+    )
     sd = {k: v.numpy() for k, v in tm.state_dict().items()}
     m.load_state_dict(sd)  # loads unchanged: same keys, float32 model takes float64 arrays
     assert sorted(m.state_dict()) == sorted(sd)  # same keys (order: params first)
     for mod in m.modules():  # switch the copy to float64 for the parity check
-        for name, p in mod._parameters.items():
+        for p in mod._parameters.values():
             p.data = p.data.astype(np.float64)
         for name, b in list(mod._buffers.items()):
             if b.dtype == np.float32:
@@ -269,6 +316,7 @@ def test_sequential_state_dict_from_torch_and_parity():
 
 
 # --------------------------------------------------------------------------- loss
+
 
 @pytest.mark.parametrize("ls", [0.0, 0.1])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -34,36 +34,55 @@ def run_both(make, tmake, sched=None, tsched=None, steps=12, seed=0):
             np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("kw", [
-    dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=0.05, momentum=0.9, nesterov=True),
-    dict(lr=0.1, momentum=0.8, dampening=0.3, weight_decay=0.01),
-    dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lr=0.1),
+        dict(lr=0.1, momentum=0.9),
+        dict(lr=0.05, momentum=0.9, nesterov=True),
+        dict(lr=0.1, momentum=0.8, dampening=0.3, weight_decay=0.01),
+        dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True),
+    ],
+)
 def test_sgd_matches_torch(kw):
     run_both(lambda p: optim.SGD(p, **kw), lambda p: torch.optim.SGD(p, **kw))
 
 
-@pytest.mark.parametrize("cls,tcls", [(optim.Adam, torch.optim.Adam),
-                                      (optim.AdamW, torch.optim.AdamW)])
-@pytest.mark.parametrize("kw", [
-    dict(lr=0.01), dict(lr=0.01, weight_decay=0.1), dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6),
-    dict(lr=0.01, amsgrad=True, weight_decay=0.05),
-])
+@pytest.mark.parametrize(
+    "cls,tcls", [(optim.Adam, torch.optim.Adam), (optim.AdamW, torch.optim.AdamW)]
+)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6),
+        dict(lr=0.01, amsgrad=True, weight_decay=0.05),
+    ],
+)
 def test_adam_matches_torch(cls, tcls, kw):
     run_both(lambda p: cls(p, **kw), lambda p: tcls(p, **kw))
 
 
 def test_cosine_schedule_matches_torch():
-    run_both(lambda p: optim.SGD(p, lr=0.1, momentum=0.9),
-             lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-             lambda o: optim.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
-             lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
-             steps=10)
+    run_both(
+        lambda p: optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda o: optim.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=0.001),
+        steps=10,
+    )
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
-@pytest.mark.parametrize("kw", [dict(), dict(pct_start=0.25, anneal_strategy="linear"),
-                                dict(cycle_momentum=False, div_factor=10)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(pct_start=0.25, anneal_strategy="linear"),
+        dict(cycle_momentum=False, div_factor=10),
+    ],
+)
 def test_one_cycle_matches_torch(opt, kw):
     total = 20
     if opt == "sgd":
@@ -72,9 +91,13 @@ def test_one_cycle_matches_torch(opt, kw):
     else:
         mk = lambda p: optim.AdamW(p, lr=0.01)  # noqa: E731
         tmk = lambda p: torch.optim.AdamW(p, lr=0.01)  # noqa: E731
-    run_both(mk, tmk, lambda o: optim.OneCycleLR(o, 0.05, total, **kw),
-             lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.05, total_steps=total, **kw),
-             steps=total)
+    run_both(
+        mk,
+        tmk,
+        lambda o: optim.OneCycleLR(o, 0.05, total, **kw),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.05, total_steps=total, **kw),
+        steps=total,
+    )
 
 
 def test_errors_and_zero_grad():

@@ -15,11 +15,18 @@ import numpy as np
 from .data import DATASETS
 
 # Greydanus & Kobak, "Scaling down deep learning" (MNIST-1D), test accuracy.
-REFERENCES = {"logistic regression": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0.91,
-              "human expert": 0.96}
+REFERENCES = {
+    "logistic regression": 0.32,
+    "MLP": 0.68,
+    "CNN": 0.94,
+    "GRU": 0.91,
+    "human expert": 0.96,
+}
 TARGETS = {"mnist1d": 0.96, "digits": 0.98}
-DEFAULTS = {"mnist1d": dict(epochs=15, batch_size=128, lr=0.01),
-            "digits": dict(epochs=20, batch_size=64, lr=0.01)}
+DEFAULTS = {
+    "mnist1d": dict(epochs=15, batch_size=128, lr=0.01),
+    "digits": dict(epochs=20, batch_size=64, lr=0.01),
+}
 QUICK_EPOCHS = 1
 QUICK_CHECK_STEPS = 20
 
@@ -28,24 +35,42 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="convolab demo",
         description="Train a convolutional network in pure NumPy with convolab "
-                    "(MNIST-1D by default) and compare with published results.")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist1d",
-                   help="mnist1d (dilated Conv1d TCN) or digits (Conv2d, scikit-learn 8x8)")
+        "(MNIST-1D by default) and compare with published results.",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="mnist1d",
+        help="mnist1d (dilated Conv1d TCN) or digits (Conv2d, scikit-learn 8x8)",
+    )
     p.add_argument("--epochs", type=int, help="default 15 (mnist1d) / 20 (digits); 1 with --quick")
     p.add_argument("--batch-size", type=int, help="default 128 (mnist1d) / 64 (digits)")
-    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule "
-                                            "(AdamW), default 0.01")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate of the one-cycle schedule (AdamW), default 0.01",
+    )
     p.add_argument("--seed", type=int, default=0, help="weights and batch order (default 0)")
-    p.add_argument("--out", default="convolab-demo",
-                   help="folder for the PNG plots and run.json (default ./convolab-demo/)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"a smoke test: {QUICK_EPOCHS} epochs (or {QUICK_CHECK_STEPS} "
-                        "steps with --check-torch)")
-    p.add_argument("--check-torch", action="store_true",
-                   help="train the identical PyTorch network with the same weights and "
-                        "batches in float64; fail unless they agree to 1e-8 relative")
-    p.add_argument("--check-steps", type=int, default=None,
-                   help="steps for --check-torch (default 200)")
+    p.add_argument(
+        "--out",
+        default="convolab-demo",
+        help="folder for the PNG plots and run.json (default ./convolab-demo/)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke test: {QUICK_EPOCHS} epoch (or {QUICK_CHECK_STEPS} "
+        "steps with --check-torch)",
+    )
+    p.add_argument(
+        "--check-torch",
+        action="store_true",
+        help="train the identical PyTorch network with the same weights and "
+        "batches in float64; fail unless they agree to 1e-8 relative",
+    )
+    p.add_argument(
+        "--check-steps", type=int, default=None, help="steps for --check-torch (default 200)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -64,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     from .train import Config
 
     d = DEFAULTS[args.dataset]
-    cfg = Config(dataset=args.dataset,
-                 epochs=args.epochs or (QUICK_EPOCHS if args.quick else d["epochs"]),
-                 batch_size=args.batch_size or d["batch_size"], lr=args.lr or d["lr"],
-                 seed=args.seed)
+    cfg = Config(
+        dataset=args.dataset,
+        epochs=args.epochs or (QUICK_EPOCHS if args.quick else d["epochs"]),
+        batch_size=args.batch_size or d["batch_size"],
+        lr=args.lr or d["lr"],
+        seed=args.seed,
+    )
     t_start = time.perf_counter()
     data = data_mod.load(args.dataset)
     print(f"convolab demo: {data.describe()}")
@@ -85,14 +113,20 @@ def _check(args, cfg, data) -> int:
     from .check import check_torch
 
     steps = args.check_steps or (QUICK_CHECK_STEPS if args.quick else 200)
-    print(f"--check-torch: {steps} steps of AdamW + one-cycle in float64, batch "
-          f"{cfg.batch_size}, convolab vs PyTorch {torch.__version__}, same weights and batches")
+    print(
+        f"--check-torch: {steps} steps of AdamW + one-cycle in float64, batch "
+        f"{cfg.batch_size}, convolab vs PyTorch {torch.__version__}, same weights and batches"
+    )
     r = check_torch(data, cfg, steps)
     print(f"  loss            {r['loss_first']:.6f} -> {r['loss_last']:.6f}")
-    print(f"  max rel. diff   loss {r['max_rel_diff_loss']:.2e}   final weights "
-          f"{r['max_rel_diff_weights']:.2e}   BatchNorm buffers {r['max_rel_diff_buffers']:.2e}")
-    print(f"  tolerance       {r['tolerance']:.0e}   -> {'AGREE' if r['ok'] else 'DISAGREE'}"
-          f"   ({r['seconds']:.1f} s)")
+    print(
+        f"  max rel. diff   loss {r['max_rel_diff_loss']:.2e}   final weights "
+        f"{r['max_rel_diff_weights']:.2e}   BatchNorm buffers {r['max_rel_diff_buffers']:.2e}"
+    )
+    print(
+        f"  tolerance       {r['tolerance']:.0e}   -> {'AGREE' if r['ok'] else 'DISAGREE'}"
+        f"   ({r['seconds']:.1f} s)"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "check_torch.json").write_text(json.dumps(r, indent=2) + "\n")
@@ -106,8 +140,10 @@ def _train(args, cfg, data, t_start) -> int:
     model = models.build(cfg.dataset, dtype=np.float32, seed=cfg.seed)
     n_params = model.num_parameters()
     name = models.MODEL_NAMES[cfg.dataset]
-    print(f"model: {name}, {n_params:,} parameters; {cfg.epochs} epochs, batch "
-          f"{cfg.batch_size}, AdamW + one-cycle (peak lr {cfg.lr}), float32, seed {cfg.seed}")
+    print(
+        f"model: {name}, {n_params:,} parameters; {cfg.epochs} epochs, batch "
+        f"{cfg.batch_size}, AdamW + one-cycle (peak lr {cfg.lr}), float32, seed {cfg.seed}"
+    )
     hist, pred, train_s = fit(model, data, cfg, progress=not args.no_progress)
     wall = time.perf_counter() - t_start
     acc = hist.test_acc[-1]
@@ -117,25 +153,39 @@ def _train(args, cfg, data, t_start) -> int:
     out.mkdir(parents=True, exist_ok=True)
     title = f"{name} on {data.title}"
     plots.curves(hist, out / "curves.png", title)
-    plots.kernels(model[0].weight.data, out / "kernels.png",
-                  f"first-layer kernels ({model[0].weight.data.shape[0]} x "
-                  f"{'x'.join(map(str, model[0].kernel_size))})")
-    plots.confusion(cm, out / "confusion.png",
-                    f"{data.title}: test accuracy {100 * acc:.1f}%")
+    plots.kernels(
+        model[0].weight.data,
+        out / "kernels.png",
+        f"first-layer kernels ({model[0].weight.data.shape[0]} x "
+        f"{'x'.join(map(str, model[0].kernel_size))})",
+    )
+    plots.confusion(cm, out / "confusion.png", f"{data.title}: test accuracy {100 * acc:.1f}%")
     record = {
-        "dataset": cfg.dataset, "model": name, "parameters": n_params,
-        "config": vars(cfg), "test_accuracy": acc, "train_accuracy": hist.train_acc[-1],
+        "dataset": cfg.dataset,
+        "model": name,
+        "parameters": n_params,
+        "config": vars(cfg),
+        "test_accuracy": acc,
+        "train_accuracy": hist.train_acc[-1],
         "target_accuracy": TARGETS[cfg.dataset],
         "references": REFERENCES if cfg.dataset == "mnist1d" else {},
-        "wall_seconds": wall, "train_seconds": train_s, "history": vars(hist),
+        "wall_seconds": wall,
+        "train_seconds": train_s,
+        "history": vars(hist),
         "confusion_matrix": cm.tolist(),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "numpy": np.__version__, "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "platform": platform.platform(),
+        },
     }
     (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     print(summary(record))
-    print(f"wrote {out / 'curves.png'}, {out / 'kernels.png'}, {out / 'confusion.png'}, "
-          f"{out / 'run.json'}")
+    print(
+        f"wrote {out / 'curves.png'}, {out / 'kernels.png'}, {out / 'confusion.png'}, "
+        f"{out / 'run.json'}"
+    )
     return 0
 
 
@@ -146,10 +196,12 @@ def summary(r: dict) -> str:
     line = "-" * (w + 12)
     out = [line, f"{'model':<{w}}  test acc", line]
     out += [f"{a:<{w}}  {b:>8}" for a, b in rows]
-    out += [line,
-            f"wall time {r['wall_seconds']:.1f} s (training {r['train_seconds']:.1f} s), "
-            f"{r['parameters']:,} parameters, {r['config']['epochs']} epochs, "
-            f"{r['machine']['cpus']} CPUs",
-            f"target >= {100 * r['target_accuracy']:.0f}%: "
-            f"{'met' if r['test_accuracy'] >= r['target_accuracy'] else 'NOT met'}"]
+    out += [
+        line,
+        f"wall time {r['wall_seconds']:.1f} s (training {r['train_seconds']:.1f} s), "
+        f"{r['parameters']:,} parameters, {r['config']['epochs']} epochs, "
+        f"{r['machine']['cpus']} CPUs",
+        f"target >= {100 * r['target_accuracy']:.0f}%: "
+        f"{'met' if r['test_accuracy'] >= r['target_accuracy'] else 'NOT met'}",
+    ]
     return "\n".join(out)

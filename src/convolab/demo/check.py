@@ -59,9 +59,16 @@ def check_torch(data, cfg: Config, steps: int = 200) -> dict:
     tstate = tmodel.state_dict()
     weight_diff = max(_rel(p.data, tstate[n].numpy()) for n, p in model.named_parameters())
     buffer_diff = max(_rel(b, tstate[n].numpy()) for n, b in model.named_buffers())
-    return {"steps": steps, "epochs": steps / steps_per_epoch, "batch_size": cfg.batch_size,
-            "loss_first": losses[0], "loss_last": losses[-1],
-            "max_rel_diff_loss": loss_diff, "max_rel_diff_weights": weight_diff,
-            "max_rel_diff_buffers": buffer_diff, "tolerance": TOLERANCE,
-            "ok": max(loss_diff, weight_diff, buffer_diff) <= TOLERANCE,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "steps": steps,
+        "epochs": steps / steps_per_epoch,
+        "batch_size": cfg.batch_size,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "max_rel_diff_loss": loss_diff,
+        "max_rel_diff_weights": weight_diff,
+        "max_rel_diff_buffers": buffer_diff,
+        "tolerance": TOLERANCE,
+        "ok": max(loss_diff, weight_diff, buffer_diff) <= TOLERANCE,
+        "seconds": time.perf_counter() - t0,
+    }

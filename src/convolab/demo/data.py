@@ -19,16 +19,18 @@ DATASETS = ("mnist1d", "digits")
 class Dataset:
     name: str
     title: str
-    x: np.ndarray        # (N, 1, *spatial) float64
-    y: np.ndarray        # (N,) int64
+    x: np.ndarray  # (N, 1, *spatial) float64
+    y: np.ndarray  # (N,) int64
     x_test: np.ndarray
     y_test: np.ndarray
     classes: int = 10
 
     def describe(self) -> str:
         shape = "x".join(str(s) for s in self.x.shape[2:])
-        return (f"{self.title}: {len(self.y)} train / {len(self.y_test)} test, "
-                f"inputs {shape}, {self.classes} classes")
+        return (
+            f"{self.title}: {len(self.y)} train / {len(self.y_test)} test, "
+            f"inputs {shape}, {self.classes} classes"
+        )
 
 
 def load_mnist1d() -> Dataset:
@@ -45,9 +47,14 @@ def load_mnist1d() -> Dataset:
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
-    return Dataset("mnist1d", "MNIST-1D", d["x"][:, None, :].astype(np.float64),
-                   d["y"].astype(np.int64), d["x_test"][:, None, :].astype(np.float64),
-                   d["y_test"].astype(np.int64))
+    return Dataset(
+        "mnist1d",
+        "MNIST-1D",
+        d["x"][:, None, :].astype(np.float64),
+        d["y"].astype(np.int64),
+        d["x_test"][:, None, :].astype(np.float64),
+        d["y_test"].astype(np.int64),
+    )
 
 
 def load_digits() -> Dataset:

@@ -18,8 +18,21 @@ from .. import nn
 
 def _block(cls, bn, c_in, c_out, k, stride, dilation, dtype, rng):
     pad = dilation * (k - 1) // 2
-    return [cls(c_in, c_out, k, stride=stride, padding=pad, dilation=dilation, bias=False,
-                dtype=dtype, rng=rng), bn(c_out, dtype=dtype), nn.ReLU()]
+    return [
+        cls(
+            c_in,
+            c_out,
+            k,
+            stride=stride,
+            padding=pad,
+            dilation=dilation,
+            bias=False,
+            dtype=dtype,
+            rng=rng,
+        ),
+        bn(c_out, dtype=dtype),
+        nn.ReLU(),
+    ]
 
 
 def mnist1d_tcn(width: int = 64, dtype=np.float32, seed: int = 0) -> nn.Sequential:
@@ -27,8 +40,13 @@ def mnist1d_tcn(width: int = 64, dtype=np.float32, seed: int = 0) -> nn.Sequenti
     rng = np.random.default_rng(seed)
     c = width
     layers = []
-    for c_in, c_out, k, s, d in [(1, c, 5, 1, 1), (c, c, 3, 1, 2), (c, c, 3, 1, 4),
-                                 (c, c, 3, 2, 1), (c, c, 3, 1, 2)]:
+    for c_in, c_out, k, s, d in [
+        (1, c, 5, 1, 1),
+        (c, c, 3, 1, 2),
+        (c, c, 3, 1, 4),
+        (c, c, 3, 2, 1),
+        (c, c, 3, 1, 2),
+    ]:
         layers += _block(nn.Conv1d, nn.BatchNorm1d, c_in, c_out, k, s, d, dtype, rng)
     layers += [nn.Flatten(), nn.Linear(c * 20, 10, dtype=dtype, rng=rng)]
     return nn.Sequential(*layers)
@@ -63,20 +81,37 @@ def to_torch(model: nn.Sequential):
     for m in model:
         name = type(m).__name__
         if name in ("Conv1d", "Conv2d", "Conv3d"):
-            out.append(getattr(T, name)(m.in_channels, m.out_channels, m.kernel_size,
-                                        m.stride, m.padding, m.dilation, m.groups,
-                                        m.bias is not None, m.padding_mode))
+            out.append(
+                getattr(T, name)(
+                    m.in_channels,
+                    m.out_channels,
+                    m.kernel_size,
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    m.groups,
+                    m.bias is not None,
+                    m.padding_mode,
+                )
+            )
         elif name in ("BatchNorm1d", "BatchNorm2d"):
-            out.append(getattr(T, name)(m.num_features, m.eps, m.momentum, m.affine,
-                                        m.track_running_stats))
+            out.append(
+                getattr(T, name)(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+            )
         elif name == "Linear":
             out.append(T.Linear(m.in_features, m.out_features, m.bias is not None))
         elif name in ("MaxPool1d", "MaxPool2d"):
-            out.append(getattr(T, name)(m.kernel_size, m.stride, m.padding, m.dilation,
-                                        ceil_mode=m.ceil_mode))
+            out.append(
+                getattr(T, name)(
+                    m.kernel_size, m.stride, m.padding, m.dilation, ceil_mode=m.ceil_mode
+                )
+            )
         elif name in ("AvgPool1d", "AvgPool2d"):
-            out.append(getattr(T, name)(m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                                        m.count_include_pad))
+            out.append(
+                getattr(T, name)(
+                    m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad
+                )
+            )
         elif name in ("AdaptiveAvgPool1d", "AdaptiveAvgPool2d"):
             size = m.output_size[0] if len(m.output_size) == 1 else m.output_size
             out.append(getattr(T, name)(size))

@@ -34,7 +34,7 @@ class History:
 def batches(n: int, batch_size: int, rng: np.random.Generator):
     """Index arrays of one shuffled epoch (the last batch may be smaller)."""
     perm = rng.permutation(n)
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def make_optimizer(model: nn.Module, cfg: Config, total_steps: int):
@@ -60,8 +60,8 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 1000):
     model.eval()
     losses, preds = [], []
     for i in range(0, len(y), batch_size):
-        logits = model(x[i:i + batch_size])
-        losses.append(float(loss_fn(logits, y[i:i + batch_size])) * len(logits))
+        logits = model(x[i : i + batch_size])
+        losses.append(float(loss_fn(logits, y[i : i + batch_size])) * len(logits))
         preds.append(logits.argmax(axis=1))
     model.train()
     pred = np.concatenate(preds)
@@ -91,10 +91,13 @@ def fit(model, data, cfg: Config, progress: bool = True):
             run_loss = loss if run_loss is None else 0.9 * run_loss + 0.1 * loss
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(epoch=f"{epoch}/{cfg.epochs}", loss=f"{run_loss:.3f}",
-                                acc=f"{correct / max(1, seen - (epoch - 1) * len(y)):.3f}",
-                                samples_s=f"{seen / (time.perf_counter() - t0):.0f}",
-                                refresh=False)
+                bar.set_postfix(
+                    epoch=f"{epoch}/{cfg.epochs}",
+                    loss=f"{run_loss:.3f}",
+                    acc=f"{correct / max(1, seen - (epoch - 1) * len(y)):.3f}",
+                    samples_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                    refresh=False,
+                )
         test_loss, test_acc, pred = evaluate(model, loss_fn, xt, yt)
         hist.epoch.append(epoch)
         hist.train_loss.append(tot_loss / len(y))
@@ -103,9 +106,13 @@ def fit(model, data, cfg: Config, progress: bool = True):
         hist.test_acc.append(test_acc)
         hist.seconds.append(time.perf_counter() - t0)
         if bar is not None:
-            bar.set_postfix(epoch=f"{epoch}/{cfg.epochs}", loss=f"{run_loss:.3f}",
-                            acc=f"{correct / len(y):.3f}", test_acc=f"{test_acc:.3f}",
-                            samples_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            bar.set_postfix(
+                epoch=f"{epoch}/{cfg.epochs}",
+                loss=f"{run_loss:.3f}",
+                acc=f"{correct / len(y):.3f}",
+                test_acc=f"{test_acc:.3f}",
+                samples_s=f"{seen / (time.perf_counter() - t0):.0f}",
+            )
     if bar is not None:
         bar.close()
     return hist, pred, time.perf_counter() - t0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -25,9 +25,22 @@ from .conv import kaiming_uniform, make_rng
 from .module import Module, Parameter
 
 __all__ = [
-    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "BatchNorm1d",
-    "BatchNorm2d", "Dropout", "Flatten", "GELU", "Identity", "Linear", "MaxPool1d",
-    "MaxPool2d", "ReLU", "Sequential", "SiLU",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Dropout",
+    "Flatten",
+    "GELU",
+    "Identity",
+    "Linear",
+    "MaxPool1d",
+    "MaxPool2d",
+    "ReLU",
+    "Sequential",
+    "SiLU",
 ]
 
 
@@ -126,7 +139,7 @@ class Flatten(Module):
                 f"{self.end_dim} for a {x.ndim}-D input"
             )
         self._shape = x.shape
-        return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1:])
+        return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1 :])
 
     def backward(self, grad_out):
         return np.asarray(grad_out).reshape(_need(self._shape, "Flatten"))
@@ -145,8 +158,17 @@ class Linear(Module):
     Initialised as torch does: both U(-1/sqrt(in_features), 1/sqrt(in_features)).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 device=None, dtype=None, *, rng=None, seed=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        rng=None,
+        seed=None,
+    ):
         super().__init__()
         for arg, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
@@ -156,8 +178,7 @@ class Linear(Module):
         self.in_features, self.out_features = int(in_features), int(out_features)
         dt = _float_dtype("Linear", dtype)
         gen = make_rng(rng, seed)
-        self.weight = Parameter(kaiming_uniform(gen, (out_features, in_features),
-                                                in_features, dt))
+        self.weight = Parameter(kaiming_uniform(gen, (out_features, in_features), in_features, dt))
         if bias:
             self.bias = Parameter(kaiming_uniform(gen, (out_features,), in_features, dt))
         else:
@@ -186,8 +207,10 @@ class Linear(Module):
         return g @ self.weight.data
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +265,9 @@ def _erf(x: np.ndarray) -> np.ndarray:
     except ModuleNotFoundError as exc:  # pragma: no cover - scipy is optional
         raise ModuleNotFoundError(
             "GELU(approximate='none') needs scipy for erf; install scipy or use "
-            "GELU(approximate='tanh')", name="scipy") from exc
+            "GELU(approximate='tanh')",
+            name="scipy",
+        ) from exc
     return erf(x)
 
 
@@ -327,8 +352,9 @@ class Dropout(Module):
 
 def _pool_out(spec: ConvSpec, x_spatial, ceil_mode: bool) -> tuple[int, ...]:
     out = []
-    for n, k, s, (p, _), d in zip(x_spatial, spec.kernel_size, spec.stride, spec.padding,
-                                   spec.dilation):
+    for n, k, s, (p, _), d in zip(
+        x_spatial, spec.kernel_size, spec.stride, spec.padding, spec.dilation
+    ):
         o = conv_output_size(n, k, s, p, p + (s - 1 if ceil_mode else 0), d)
         if ceil_mode and (o - 1) * s >= n + p:
             o -= 1
@@ -383,8 +409,12 @@ class _PoolNd(Module):
                 f"dilation={self.dilation} (output size {out})"
             )
         # extra right padding so the last (ceil-mode) window fits in the buffer
-        his = [max(p, (o - 1) * s + d * (k - 1) + 1 - n - p) for n, o, k, s, p, d in
-               zip(spatial, out, self.kernel_size, spec.stride, self.padding, spec.dilation)]
+        his = [
+            max(p, (o - 1) * s + d * (k - 1) + 1 - n - p)
+            for n, o, k, s, p, d in zip(
+                spatial, out, self.kernel_size, spec.stride, self.padding, spec.dilation
+            )
+        ]
         pairs = tuple(zip(self.padding, his))
         assert len(pairs) == r
         return ConvSpec(spec.kernel_size, spec.stride, pairs, spec.dilation), out
@@ -396,16 +426,19 @@ class _PoolNd(Module):
         return (x[None] if unbatched else x), unbatched
 
     def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, ceil_mode={self.ceil_mode}")
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, ceil_mode={self.ceil_mode}"
+        )
 
 
 class _MaxPoolNd(_PoolNd):
     """Max over each window; padding counts as -inf.  The backward sends each
     output gradient to the first maximal element of its window (torch's choice)."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
-                 return_indices=False, ceil_mode=False):
+    def __init__(
+        self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False
+    ):
         if return_indices:
             raise ValueError(f"{type(self).__name__}: return_indices=True is not supported")
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
@@ -446,8 +479,9 @@ def _avg_divisors(spec: ConvSpec, spatial, O, count_include_pad: bool) -> np.nda
     """
     div = np.ones((), dtype=np.float64)
     r = len(spatial)
-    for ax, (n, o, k, s, (p, _)) in enumerate(zip(spatial, O, spec.kernel_size, spec.stride,
-                                                  spec.padding)):
+    for ax, (n, o, k, s, (p, _)) in enumerate(
+        zip(spatial, O, spec.kernel_size, spec.stride, spec.padding)
+    ):
         start = np.arange(o) * s - p
         end = np.minimum(start + k, n + p)
         if not count_include_pad:
@@ -461,14 +495,23 @@ def _avg_divisors(spec: ConvSpec, spatial, O, count_include_pad: bool) -> np.nda
 class _AvgPoolNd(_PoolNd):
     """Mean over each window, torch's divisors (``count_include_pad``, ``divisor_override``)."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True, divisor_override=None):
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        ceil_mode=False,
+        count_include_pad=True,
+        divisor_override=None,
+    ):
         super().__init__(kernel_size, stride, padding, 1, ceil_mode)
         if divisor_override is not None and (
-                not isinstance(divisor_override, (int, np.integer)) or divisor_override <= 0):
+            not isinstance(divisor_override, (int, np.integer)) or divisor_override <= 0
+        ):
             raise ValueError(
                 f"{type(self).__name__}: divisor_override={divisor_override!r} must be a "
-                "positive int or None")
+                "positive int or None"
+            )
         self.count_include_pad = bool(count_include_pad)
         self.divisor_override = divisor_override
 
@@ -488,8 +531,9 @@ class _AvgPoolNd(_PoolNd):
         if self.divisor_override is not None:
             y = total / xb.dtype.type(self.divisor_override)
         else:
-            y = total / _avg_divisors(spec, xb.shape[2:], O,
-                                      self.count_include_pad).astype(xb.dtype)
+            y = total / _avg_divisors(spec, xb.shape[2:], O, self.count_include_pad).astype(
+                xb.dtype
+            )
         self._cache = (spec, O, xb.shape, xp.shape, unbatched)
         return y[0] if unbatched else y
 
@@ -533,15 +577,15 @@ class _AdaptiveAvgPoolNd(Module):
         if isinstance(output_size, (list, tuple)):
             vals = tuple(output_size)
             if len(vals) != r:
-                raise ValueError(
-                    f"{type(self).__name__}: output_size={vals} must have {r} entries")
+                raise ValueError(f"{type(self).__name__}: output_size={vals} must have {r} entries")
         else:
             vals = (output_size,) * r
         for v in vals:
             if v is not None and (not isinstance(v, (int, np.integer)) or v <= 0):
                 raise ValueError(
                     f"{type(self).__name__}: output_size={output_size!r} must be positive "
-                    "ints (or None to keep a dimension)")
+                    "ints (or None to keep a dimension)"
+                )
         self.output_size = vals
         self._cache = None
 
@@ -549,12 +593,13 @@ class _AdaptiveAvgPoolNd(Module):
         r = self._rank
         x = _check_input(type(self).__name__, x, (r + 1, r + 2))
         spatial = x.shape[-r:]
-        mats = [_adaptive_matrix(n, n if o is None else o, x.dtype)
-                for n, o in zip(spatial, self.output_size)]
+        mats = [
+            _adaptive_matrix(n, n if o is None else o, x.dtype)
+            for n, o in zip(spatial, self.output_size)
+        ]
         y = x
         for ax, m in enumerate(mats):
-            y = np.moveaxis(np.tensordot(y, m, axes=([x.ndim - r + ax], [1])), -1,
-                            x.ndim - r + ax)
+            y = np.moveaxis(np.tensordot(y, m, axes=([x.ndim - r + ax], [1])), -1, x.ndim - r + ax)
         self._cache = (mats, x.ndim)
         return np.ascontiguousarray(y)
 
@@ -563,8 +608,7 @@ class _AdaptiveAvgPoolNd(Module):
         r = self._rank
         g = np.asarray(grad_out)
         for ax, m in enumerate(mats):
-            g = np.moveaxis(np.tensordot(g, m, axes=([ndim - r + ax], [0])), -1,
-                            ndim - r + ax)
+            g = np.moveaxis(np.tensordot(g, m, axes=([ndim - r + ax], [0])), -1, ndim - r + ax)
         return np.ascontiguousarray(g)
 
     def extra_repr(self) -> str:
@@ -586,9 +630,16 @@ class _BatchNorm(Module):
 
     _ranks: tuple[int, ...] = ()
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None,
-                 dtype=None):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         name = type(self).__name__
         if not isinstance(num_features, (int, np.integer)) or num_features <= 0:
@@ -616,7 +667,8 @@ class _BatchNorm(Module):
         if x.shape[1] != self.num_features:
             raise ValueError(
                 f"{name}: input.shape={x.shape} has {x.shape[1]} channels, expected "
-                f"num_features={self.num_features}")
+                f"num_features={self.num_features}"
+            )
         axes = (0,) + tuple(range(2, x.ndim))
         shape = (1, -1) + (1,) * (x.ndim - 2)
         return x, axes, shape
@@ -629,7 +681,8 @@ class _BatchNorm(Module):
             if m <= 1:
                 raise ValueError(
                     f"{type(self).__name__}: expected more than 1 value per channel when "
-                    f"training, got input.shape={x.shape}")
+                    f"training, got input.shape={x.shape}"
+                )
             mean = x.mean(axis=axes)
             xc = x - mean.reshape(shape)
             var = (xc * xc).mean(axis=axes)
@@ -651,10 +704,10 @@ class _BatchNorm(Module):
         self._set_buffer("num_batches_tracked", np.array(n, dtype=np.int64))
         mom = 1.0 / float(n) if self.momentum is None else self.momentum
         dt = self.running_mean.dtype
-        self._set_buffer("running_mean",
-                         ((1 - mom) * self.running_mean + mom * mean).astype(dt))
-        self._set_buffer("running_var",
-                         ((1 - mom) * self.running_var + mom * unbiased_var).astype(dt))
+        self._set_buffer("running_mean", ((1 - mom) * self.running_mean + mom * mean).astype(dt))
+        self._set_buffer(
+            "running_var", ((1 - mom) * self.running_var + mom * unbiased_var).astype(dt)
+        )
 
     def backward(self, grad_out):
         xhat, invstd, axes, shape, use_batch = _need(self._cache, type(self).__name__)
@@ -672,8 +725,10 @@ class _BatchNorm(Module):
         return (gxhat - mean_g - xhat * mean_gx) * invstd.reshape(shape)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+        )
 
 
 def _rank_cls(base, rank, name, doc, **extra):
@@ -686,13 +741,29 @@ MaxPool1d = _rank_cls(_MaxPoolNd, 1, "MaxPool1d", "As torch.nn.MaxPool1d. " + _M
 MaxPool2d = _rank_cls(_MaxPoolNd, 2, "MaxPool2d", "As torch.nn.MaxPool2d. " + _MaxPoolNd.__doc__)
 AvgPool1d = _rank_cls(_AvgPoolNd, 1, "AvgPool1d", "As torch.nn.AvgPool1d. " + _AvgPoolNd.__doc__)
 AvgPool2d = _rank_cls(_AvgPoolNd, 2, "AvgPool2d", "As torch.nn.AvgPool2d. " + _AvgPoolNd.__doc__)
-AdaptiveAvgPool1d = _rank_cls(_AdaptiveAvgPoolNd, 1, "AdaptiveAvgPool1d",
-                              "As torch.nn.AdaptiveAvgPool1d. " + _AdaptiveAvgPoolNd.__doc__)
-AdaptiveAvgPool2d = _rank_cls(_AdaptiveAvgPoolNd, 2, "AdaptiveAvgPool2d",
-                              "As torch.nn.AdaptiveAvgPool2d. " + _AdaptiveAvgPoolNd.__doc__)
-BatchNorm1d = _rank_cls(_BatchNorm, 1, "BatchNorm1d",
-                        "As torch.nn.BatchNorm1d: input (N, C) or (N, C, L). "
-                        + _BatchNorm.__doc__, _ranks=(2, 3))
-BatchNorm2d = _rank_cls(_BatchNorm, 2, "BatchNorm2d",
-                        "As torch.nn.BatchNorm2d: input (N, C, H, W). " + _BatchNorm.__doc__,
-                        _ranks=(4,))
+AdaptiveAvgPool1d = _rank_cls(
+    _AdaptiveAvgPoolNd,
+    1,
+    "AdaptiveAvgPool1d",
+    "As torch.nn.AdaptiveAvgPool1d. " + _AdaptiveAvgPoolNd.__doc__,
+)
+AdaptiveAvgPool2d = _rank_cls(
+    _AdaptiveAvgPoolNd,
+    2,
+    "AdaptiveAvgPool2d",
+    "As torch.nn.AdaptiveAvgPool2d. " + _AdaptiveAvgPoolNd.__doc__,
+)
+BatchNorm1d = _rank_cls(
+    _BatchNorm,
+    1,
+    "BatchNorm1d",
+    "As torch.nn.BatchNorm1d: input (N, C) or (N, C, L). " + _BatchNorm.__doc__,
+    _ranks=(2, 3),
+)
+BatchNorm2d = _rank_cls(
+    _BatchNorm,
+    2,
+    "BatchNorm2d",
+    "As torch.nn.BatchNorm2d: input (N, C, H, W). " + _BatchNorm.__doc__,
+    _ranks=(4,),
+)

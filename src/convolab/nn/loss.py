@@ -31,10 +31,12 @@ class CrossEntropyLoss(Module):
             raise ValueError("CrossEntropyLoss: weight= (class weights) is not supported")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(
-                f"CrossEntropyLoss: reduction={reduction!r} must be 'mean', 'sum' or 'none'")
+                f"CrossEntropyLoss: reduction={reduction!r} must be 'mean', 'sum' or 'none'"
+            )
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(
-                f"CrossEntropyLoss: label_smoothing={label_smoothing!r} must be in [0, 1]")
+                f"CrossEntropyLoss: label_smoothing={label_smoothing!r} must be in [0, 1]"
+            )
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
         self._cache = None
@@ -48,16 +50,18 @@ class CrossEntropyLoss(Module):
             raise TypeError(f"CrossEntropyLoss: input has dtype {z.dtype}, expected float")
         if not np.issubdtype(t.dtype, np.integer):
             raise TypeError(
-                f"CrossEntropyLoss: target has dtype {t.dtype}; expected integer class indices")
+                f"CrossEntropyLoss: target has dtype {t.dtype}; expected integer class indices"
+            )
         if t.shape != (z.shape[0],) + z.shape[2:]:
             raise ValueError(
                 f"CrossEntropyLoss: target.shape={t.shape} must be input.shape without the "
-                f"class dimension, {(z.shape[0],) + z.shape[2:]}")
+                f"class dimension, {(z.shape[0],) + z.shape[2:]}"
+            )
         C = z.shape[1]
         if t.size and (t.min() < 0 or t.max() >= C):
             raise ValueError(
-                f"CrossEntropyLoss: target values must be in [0, {C}), got "
-                f"[{t.min()}, {t.max()}]")
+                f"CrossEntropyLoss: target values must be in [0, {C}), got [{t.min()}, {t.max()}]"
+            )
         logp = log_softmax(z, axis=1)
         nll = -np.take_along_axis(logp, t[:, None], axis=1)[:, 0]
         eps = self.label_smoothing

@@ -9,7 +9,7 @@ as torch's schedulers do.  ``step()`` reads each parameter's ``.grad`` and updat
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -62,17 +62,37 @@ class SGD(Optimizer):
     """``g = grad + wd*p``; ``buf = momentum*buf + (1-dampening)*g`` (``buf = g`` at the
     first step); ``g = g + momentum*buf`` (nesterov) or ``buf``; ``p -= lr*g``."""
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ):
         _check("SGD", lr >= 0, f"lr={lr} must be non-negative")
         _check("SGD", momentum >= 0, f"momentum={momentum} must be non-negative")
         _check("SGD", weight_decay >= 0, f"weight_decay={weight_decay} must be non-negative")
-        _check("SGD", not nesterov or (momentum > 0 and dampening == 0),
-               f"nesterov=True needs momentum > 0 and dampening = 0 (got momentum={momentum}, "
-               f"dampening={dampening})")
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize))
+        _check(
+            "SGD",
+            not nesterov or (momentum > 0 and dampening == 0),
+            f"nesterov=True needs momentum > 0 and dampening = 0 (got momentum={momentum}, "
+            f"dampening={dampening})",
+        )
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                weight_decay=weight_decay,
+                nesterov=nesterov,
+                maximize=maximize,
+            ),
+        )
 
     def step(self) -> None:
         for group, p, state in self._params():
@@ -94,24 +114,44 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """torch's Adam (``decoupled=False``) and AdamW (``decoupled=True``)::
 
-        p *= 1 - lr*wd                      (AdamW)      g = grad + wd*p   (Adam)
-        m = m + (1-b1)(g - m);  v = b2 v + (1-b2) g^2;   (amsgrad: vmax = max(vmax, v))
-        p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+    p *= 1 - lr*wd                      (AdamW)      g = grad + wd*p   (Adam)
+    m = m + (1-b1)(g - m);  v = b2 v + (1-b2) g^2;   (amsgrad: vmax = max(vmax, v))
+    p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
     """
 
     _decoupled = False
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ):
         name = type(self).__name__
         _check(name, lr >= 0, f"lr={lr} must be non-negative")
         _check(name, eps >= 0, f"eps={eps} must be non-negative")
-        _check(name, len(betas) == 2 and all(0 <= b < 1 for b in betas),
-               f"betas={betas} must be two numbers in [0, 1)")
+        _check(
+            name,
+            len(betas) == 2 and all(0 <= b < 1 for b in betas),
+            f"betas={betas} must be two numbers in [0, 1)",
+        )
         _check(name, weight_decay >= 0, f"weight_decay={weight_decay} must be non-negative")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
-                                      weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize))
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                betas=tuple(betas),
+                eps=eps,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                maximize=maximize,
+            ),
+        )
 
     def step(self) -> None:
         for group, p, state in self._params():
@@ -143,8 +183,17 @@ class AdamW(Adam):
     __doc__ = Adam.__doc__
     _decoupled = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
 
 
@@ -202,22 +251,38 @@ class OneCycleLR(_Scheduler):
     ``initial_lr/final_div_factor``; momentum (SGD's ``momentum`` or Adam's ``beta1``)
     cycles inversely between ``max_momentum`` and ``base_momentum``."""
 
-    def __init__(self, optimizer: Optimizer, max_lr: float, total_steps: int,
-                 pct_start: float = 0.3, anneal_strategy: str = "cos",
-                 cycle_momentum: bool = True, base_momentum: float = 0.85,
-                 max_momentum: float = 0.95, div_factor: float = 25.0,
-                 final_div_factor: float = 1e4):
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        max_lr: float,
+        total_steps: int,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+    ):
         name = "OneCycleLR"
         _check(name, total_steps > 0, f"total_steps={total_steps} must be positive")
         _check(name, 0 <= pct_start <= 1, f"pct_start={pct_start} must be in [0, 1]")
-        _check(name, anneal_strategy in ("cos", "linear"),
-               f"anneal_strategy={anneal_strategy!r} must be 'cos' or 'linear'")
+        _check(
+            name,
+            anneal_strategy in ("cos", "linear"),
+            f"anneal_strategy={anneal_strategy!r} must be 'cos' or 'linear'",
+        )
         self.total_steps = int(total_steps)
         self._anneal = _anneal_cos if anneal_strategy == "cos" else _anneal_linear
         self.cycle_momentum = cycle_momentum
         self._phases = [
-            (float(pct_start * total_steps) - 1, "initial_lr", "max_lr",
-             "max_momentum", "base_momentum"),
+            (
+                float(pct_start * total_steps) - 1,
+                "initial_lr",
+                "max_lr",
+                "max_momentum",
+                "base_momentum",
+            ),
             (float(total_steps - 1), "max_lr", "min_lr", "base_momentum", "max_momentum"),
         ]
         self._use_beta1 = "betas" in optimizer.defaults
@@ -239,7 +304,8 @@ class OneCycleLR(_Scheduler):
     def _apply(self, t: int) -> None:
         if t > self.total_steps:
             raise ValueError(
-                f"OneCycleLR: stepped {t} times, more than total_steps={self.total_steps}")
+                f"OneCycleLR: stepped {t} times, more than total_steps={self.total_steps}"
+            )
         for g in self.optimizer.param_groups:
             start = 0.0
             for i, (end, lr0, lr1, m0, m1) in enumerate(self._phases):
