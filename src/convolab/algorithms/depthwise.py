@@ -15,6 +15,7 @@ hit the L2 cache and both cores work.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
@@ -55,7 +56,35 @@ def _bcast(wt: np.ndarray, r: int) -> np.ndarray:
     return wt.reshape((1,) + wt.shape + (1,) * r)
 
 
+def _flat_taps(spec: ConvSpec, plane) -> list[int]:
+    """Offsets of the kernel taps in a flattened padded plane (stride 1)."""
+    pst = [int(np.prod(plane[i + 1:])) for i in range(len(plane))]
+    return [sum(ti * d * p for ti, d, p in zip(t, spec.dilation, pst))
+            for t in kernel_offsets(spec)]
+
+
+def _flat_grid(a_flat: np.ndarray, plane, O) -> np.ndarray:
+    """View of the ``O`` output positions inside a flat ``(..., Lf)`` array laid out on
+    the padded plane's grid (the other positions are the ends of rows: garbage)."""
+    item = a_flat.strides[-1]
+    pst = [int(np.prod(plane[i + 1:])) * item for i in range(len(plane))]
+    return as_strided(a_flat, a_flat.shape[:-1] + tuple(O), a_flat.strides[:-1] + tuple(pst),
+                      writeable=a_flat.flags.writeable)
+
+
+def _flat_len(plane, O) -> int:
+    return sum((o - 1) * int(np.prod(plane[i + 1:])) for i, o in enumerate(O)) + 1
+
+
+def _stride1(spec: ConvSpec) -> bool:
+    # Stride 1: every tap reads one contiguous run of the flattened plane, so the
+    # ufunc loops run over ~H*W elements instead of rows of W (measured ~3x faster).
+    return all(s == 1 for s in spec.stride)
+
+
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
+    if _stride1(spec):
+        return _forward_flat(x, w, spec, out_spatial)
     N, C = x.shape[:2]
     r = spec.rank
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
@@ -86,7 +115,104 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
     return y.reshape((N, C * m) + O)
 
 
+def _forward_flat(x, w, spec, out_spatial):
+    N, C = x.shape[:2]
+    O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
+    wc = _wtaps(w, C, spec.rank).reshape(C, -1, int(np.prod(spec.kernel_size)))
+    m = wc.shape[1]
+    dtype = np.result_type(x, w)
+    xp = np.ascontiguousarray(pad_spatial(x, spec.padding))
+    plane = xp.shape[2:]
+    xf = xp.reshape(N, C, 1, -1)
+    Lf = _flat_len(plane, O)
+    offs = _flat_taps(spec, plane)
+    y = np.empty((N, C, m) + O, dtype=dtype)
+    step = max(1, _TILE_BYTES // max(1, C * (m + 1) * Lf * dtype.itemsize))
+
+    def run(i):
+        bs = slice(i, min(N, i + step))
+        xt = xf[bs]
+        acc = np.empty((xt.shape[0], C, m, Lf), dtype=dtype)
+        tmp = np.empty_like(acc)
+        for j, off in enumerate(offs):
+            wb = wc[None, :, :, j, None]
+            if j == 0:
+                np.multiply(xt[..., off:off + Lf], wb, out=acc)
+            else:
+                np.multiply(xt[..., off:off + Lf], wb, out=tmp)
+                acc += tmp
+        y[bs] = _flat_grid(acc, plane, O)
+
+    parallel_map(run, range(0, N, step))
+    return y.reshape((N, C * m) + O)
+
+
+def _gy_on_grid(gyv, plane, O, dtype):
+    """gy (n, C, m, *O) spread onto the flat padded grid, zeros between rows."""
+    gf = np.zeros(gyv.shape[:3] + (_flat_len(plane, O),), dtype=dtype)
+    _flat_grid(gf, plane, O)[...] = gyv
+    return gf
+
+
+def _input_grad_flat(gy, w, spec, in_spatial):
+    N = gy.shape[0]
+    C = spec.groups
+    O = tuple(gy.shape[2:])
+    wc = _wtaps(w, C, spec.rank).reshape(C, -1, int(np.prod(spec.kernel_size)))
+    m = wc.shape[1]
+    dtype = np.result_type(gy, w)
+    gyv = gy.reshape((N, C, m) + O)
+    in_spatial = tuple(in_spatial)
+    plane = spec.padded_shape(in_spatial)
+    Lf = _flat_len(plane, O)
+    offs = _flat_taps(spec, plane)
+    gxp = np.zeros((N, C) + plane, dtype=dtype)
+    gflat = gxp.reshape(N, C, -1)
+    step = max(1, _TILE_BYTES // max(1, C * (m + 2) * Lf * dtype.itemsize))
+
+    def run(i):
+        bs = slice(i, min(N, i + step))
+        g = _gy_on_grid(gyv[bs], plane, O, dtype)
+        tmp = np.empty_like(g)
+        out = gflat[bs]
+        for j, off in enumerate(offs):
+            np.multiply(g, wc[None, :, :, j, None], out=tmp)
+            out[..., off:off + Lf] += tmp[:, :, 0] if m == 1 else tmp.sum(axis=2)
+
+    parallel_map(run, range(0, N, step))
+    return np.ascontiguousarray(crop_spatial(gxp, spec.padding))
+
+
+def _weight_grad_flat(x, gy, spec):
+    N, C = x.shape[:2]
+    O = tuple(gy.shape[2:])
+    m = gy.shape[1] // C
+    dtype = np.result_type(x, gy)
+    xp = np.ascontiguousarray(pad_spatial(x, spec.padding))
+    plane = xp.shape[2:]
+    xf = xp.reshape(N, C, 1, -1)
+    Lf = _flat_len(plane, O)
+    offs = _flat_taps(spec, plane)
+    gyv = gy.reshape((N, C, m) + O)
+    step = max(1, _TILE_BYTES // max(1, C * (m + 1) * Lf * dtype.itemsize))
+
+    def run(i):
+        bs = slice(i, min(N, i + step))
+        g = _gy_on_grid(gyv[bs], plane, O, dtype)  # (n, C, m, Lf)
+        xt = xf[bs]
+        part = np.empty((C, m, len(offs)), dtype=dtype)
+        for j, off in enumerate(offs):
+            part[:, :, j] = np.einsum("ncml,ncml->cm", np.broadcast_to(
+                xt[..., off:off + Lf], g.shape), g)
+        return part
+
+    gw = sum(parallel_map(run, range(0, N, step)))
+    return gw.reshape((C * m, 1) + tuple(spec.kernel_size))
+
+
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
+    if _stride1(spec) and _fits(spec, gy.shape[2:], in_spatial):
+        return _input_grad_flat(gy, w, spec, in_spatial)
     N = gy.shape[0]
     C = spec.groups
     r = spec.rank
@@ -125,7 +251,16 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     return np.ascontiguousarray(crop_spatial(gxp, spec.padding))
 
 
+def _fits(spec: ConvSpec, O, in_spatial) -> bool:
+    """The windows of ``O`` outputs stay inside the padded input (not so for some
+    transposed-conv output sizes, which take the general path)."""
+    return all(d * (k - 1) + o <= p for d, k, o, p in
+               zip(spec.dilation, spec.kernel_size, O, spec.padded_shape(in_spatial)))
+
+
 def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    if _stride1(spec) and _fits(spec, gy.shape[2:], x.shape[2:]):
+        return _weight_grad_flat(x, gy, spec)
     N, C = x.shape[:2]
     r = spec.rank
     O = tuple(gy.shape[2:])
