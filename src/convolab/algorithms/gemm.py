@@ -24,7 +24,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
-from ._tiles import input_rows, scratch, tiles
+from ..options import get_options
+from ._tiles import CACHE_BYTES, input_rows, scratch, tiles
 from .direct import kernel_offsets, tap_slices
 
 
@@ -208,8 +209,85 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     return gw.reshape((K, C // g) + tuple(spec.kernel_size))
 
 
+def _phase_layout(spec: ConvSpec, buf_shape, O):
+    """Polyphase view of the padded input gradient for a flat col2im.
+
+    Padded position ``o*s + t*d`` lies in phase ``(t*d) % s`` at phase position
+    ``o + (t*d)//s``.  Each phase plane ``Hs = ceil(buf/s)`` is flattened; on it the
+    outputs ``o`` sit at ``f = sum(o_i * pst_i)`` and tap ``t`` adds at ``f + off_t``,
+    so every tap is one contiguous run of ``Lf`` elements (a long ufunc loop) instead of
+    rows of ``O[-1]`` strided elements.  Returns (Hs, phase of each tap, off_t, Lf).
+    """
+    s, d = spec.stride, spec.dilation
+    Hs = tuple(-(-b // si) for b, si in zip(buf_shape, s))
+    pst = [int(np.prod(Hs[i + 1:])) for i in range(len(Hs))]
+    phases, offs = [], []
+    for t in kernel_offsets(spec):
+        pos = [ti * di for ti, di in zip(t, d)]
+        phases.append(tuple(p % si for p, si in zip(pos, s)))
+        offs.append(sum((p // si) * ps for p, si, ps in zip(pos, s, pst)))
+    Lf = sum((o - 1) * ps for o, ps in zip(O, pst)) + 1
+    return Hs, phases, offs, Lf, pst
+
+
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
-    """gx = conv_transpose(gy, w): gy (N, K, *O), w (K, C/g, *k) -> (N, C, *in_spatial)."""
+    """gx = conv_transpose(gy, w): gy (N, K, *O), w (K, C/g, *k) -> (N, C, *in_spatial).
+
+    ``dcols = w^T @ gy`` per tile, then a polyphase flat col2im (see :func:`_phase_layout`):
+    ``gy`` is first spread onto the flat phase grid, so the GEMM writes ``dcols``
+    directly in the layout whose taps add as contiguous runs.
+    """
+    g = spec.groups
+    N, K = gy.shape[:2]
+    Cg = w.shape[1]
+    C = g * Cg
+    r = spec.rank
+    O = tuple(gy.shape[2:])
+    P = int(np.prod(O))
+    kk = int(np.prod(spec.kernel_size))
+    dtype = np.result_type(gy, w)
+    wt = _wmat(w, g).transpose(0, 2, 1)  # (g, C/g*kk, K/g)
+    gyg = gy.reshape(N, g, K // g, P)
+    in_spatial = tuple(in_spatial)
+    if _is_pointwise(spec, in_spatial, O):
+        return np.matmul(wt, gyg).reshape((N, C) + in_spatial)
+    padded = spec.padded_shape(in_spatial)
+    need = tuple(d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
+                 zip(spec.kernel_size, spec.dilation, spec.stride, O))
+    buf_shape = tuple(max(p, n) for p, n in zip(padded, need))
+    Hs, phases, offs, Lf, pst = _phase_layout(spec, buf_shape, O)
+    S = spec.stride
+    nph = int(np.prod(S))
+    per_sample = (C * kk + K) * Lf + C * nph * int(np.prod(Hs))
+    step = max(1, min(N, min(get_options().workspace_bytes, CACHE_BYTES)
+                      // max(1, per_sample * dtype.itemsize)))
+    if per_sample * dtype.itemsize > get_options().workspace_bytes:
+        return _input_grad_rows(gy, w, spec, in_spatial)
+    gx = np.empty((N, C) + in_spatial, dtype=dtype)
+    buf = scratch(step * C * kk * Lf, dtype)
+    item = dtype.itemsize
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(spec.padding, in_spatial))
+    for i in range(0, N, step):
+        bs = slice(i, min(N, i + step))
+        n = bs.stop - bs.start
+        grid = np.zeros((n, g, K // g, Lf), dtype=dtype)
+        as_strided(grid, grid.shape[:3] + O, grid.strides[:3] + tuple(p * item for p in pst))[
+            ...] = gyg[bs].reshape((n, g, K // g) + O)
+        dcols = buf[: n * C * kk * Lf].reshape(n, g, Cg * kk, Lf)
+        np.matmul(wt, grid, out=dcols)
+        dv = dcols.reshape(n, C, kk, Lf)
+        ph = np.zeros((n, C) + tuple(S) + Hs, dtype=dtype)
+        flat = ph.reshape((n, C) + tuple(S) + (-1,))
+        for j, (p, off) in enumerate(zip(phases, offs)):
+            flat[(slice(None), slice(None)) + p + (slice(off, off + Lf),)] += dv[:, :, j]
+        order = (0, 1) + tuple(v for a in range(r) for v in (2 + r + a, 2 + a))
+        full = ph.transpose(order).reshape((n, C) + tuple(h * si for h, si in zip(Hs, S)))
+        gx[bs] = full[(slice(None), slice(None)) + crop]
+    return gx
+
+
+def _input_grad_rows(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
+    """col2im over row tiles, for samples too big for the workspace budget."""
     g = spec.groups
     N, K = gy.shape[:2]
     Cg = w.shape[1]
@@ -221,8 +299,6 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     wt = _wmat(w, g).transpose(0, 2, 1)  # (g, C/g*kk, K/g)
     gyg = gy.reshape(N, g, K // g, P)
     in_spatial = tuple(in_spatial)
-    if _is_pointwise(spec, in_spatial, O):
-        return np.matmul(wt, gyg).reshape((N, C) + in_spatial)
     padded = spec.padded_shape(in_spatial)
     need = tuple(d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
                  zip(spec.kernel_size, spec.dilation, spec.stride, O))
