@@ -103,6 +103,16 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     N, C, K = p["N"], p["C"], p["K"]
     item = np.dtype(dtype).itemsize
     padded = N * C * int(np.prod(spec.padded_shape(p["S"]))) * item
+    if role == "input_grad":
+        O = tuple(p["O"])
+        need = tuple(d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
+                     zip(spec.kernel_size, spec.dilation, spec.stride, O))
+        buf_shape = tuple(max(a, b) for a, b in zip(spec.padded_shape(p["S"]), need))
+        Hs, _, _, Lf, _ = _phase_layout(spec, buf_shape, O)
+        per_sample = ((C * kk + K) * Lf + C * int(np.prod(spec.stride)) * int(np.prod(Hs))) * item
+        budget = get_options().workspace_bytes
+        if per_sample <= budget:
+            return max(1, min(N, min(budget, CACHE_BYTES) // per_sample)) * per_sample
     has_pad = any(lo or hi for lo, hi in spec.padding)
     per_pos = (C * kk + (K if role == "weight_grad" else 0)) * item
     _, most = tiles(N, p["O"], per_pos)
