@@ -125,7 +125,8 @@ def _check(args, cfg, data) -> int:
     )
     print(
         f"  tolerance       {r['tolerance']:.0e}   -> {'AGREE' if r['ok'] else 'DISAGREE'}"
-        f"   ({r['seconds']:.1f} s)"
+        f"   ({r['seconds']:.1f} s: convolab {r['seconds_convolab']:.1f} s, "
+        f"PyTorch {r['seconds_torch']:.1f} s)"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,17 +42,21 @@ def check_torch(data, cfg: Config, steps: int = 200) -> dict:
     loss_diff, losses = 0.0, []
     model.train()
     tmodel.train()
+    t_cl = t_torch = 0.0
     for idx in order[:steps]:
+        t1 = time.perf_counter()
         loss = loss_fn(model(x[idx]), y[idx])
         model.zero_grad()
         model.backward(loss_fn.backward())
         opt.step()
         sched.step()
+        t2 = time.perf_counter()
         tloss = tloss_fn(tmodel(torch.from_numpy(x[idx])), torch.from_numpy(y[idx]))
         topt.zero_grad()
         tloss.backward()
         topt.step()
         tsched.step()
+        t_cl, t_torch = t_cl + t2 - t1, t_torch + time.perf_counter() - t2
         tl = float(tloss.detach())
         losses.append(float(loss))
         loss_diff = max(loss_diff, abs(float(loss) - tl) / abs(tl))
@@ -71,4 +75,6 @@ def check_torch(data, cfg: Config, steps: int = 200) -> dict:
         "tolerance": TOLERANCE,
         "ok": max(loss_diff, weight_diff, buffer_diff) <= TOLERANCE,
         "seconds": time.perf_counter() - t0,
+        "seconds_convolab": t_cl,
+        "seconds_torch": t_torch,
     }

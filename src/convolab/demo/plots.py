@@ -19,7 +19,11 @@ def _plt():
 
 def curves(hist, path: Path, title: str) -> None:
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     a.plot(hist.epoch, hist.train_loss, label="train")
     a.plot(hist.epoch, hist.test_loss, label="test")
     a.set_xlabel("epoch")

@@ -80,7 +80,7 @@ def fit(model, data, cfg: Config, progress: bool = True):
     hist = History()
     bar = _bar(cfg.epochs * steps_per_epoch, progress)
     t0 = time.perf_counter()
-    seen, run_loss, pred = 0, None, None
+    seen, run_loss, pred, last_test = 0, None, None, None
     for epoch in range(1, cfg.epochs + 1):
         tot_loss, correct = 0.0, 0
         for idx in batches(len(y), cfg.batch_size, rng):
@@ -91,11 +91,14 @@ def fit(model, data, cfg: Config, progress: bool = True):
             run_loss = loss if run_loss is None else 0.9 * run_loss + 0.1 * loss
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(
-                    epoch=f"{epoch}/{cfg.epochs}",
-                    loss=f"{run_loss:.3f}",
-                    acc=f"{correct / max(1, seen - (epoch - 1) * len(y)):.3f}",
-                    samples_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                _postfix(
+                    bar,
+                    epoch,
+                    cfg.epochs,
+                    run_loss,
+                    correct / (seen - (epoch - 1) * len(y)),
+                    last_test,
+                    seen / (time.perf_counter() - t0),
                     refresh=False,
                 )
         test_loss, test_acc, pred = evaluate(model, loss_fn, xt, yt)
@@ -106,16 +109,28 @@ def fit(model, data, cfg: Config, progress: bool = True):
         hist.test_acc.append(test_acc)
         hist.seconds.append(time.perf_counter() - t0)
         if bar is not None:
-            bar.set_postfix(
-                epoch=f"{epoch}/{cfg.epochs}",
-                loss=f"{run_loss:.3f}",
-                acc=f"{correct / len(y):.3f}",
-                test_acc=f"{test_acc:.3f}",
-                samples_s=f"{seen / (time.perf_counter() - t0):.0f}",
+            last_test = test_acc
+            _postfix(
+                bar,
+                epoch,
+                cfg.epochs,
+                run_loss,
+                correct / len(y),
+                test_acc,
+                seen / (time.perf_counter() - t0),
             )
     if bar is not None:
         bar.close()
     return hist, pred, time.perf_counter() - t0
+
+
+def _postfix(bar, epoch, epochs, loss, acc, test_acc, rate, refresh=True):
+    """Running loss and accuracy of this epoch, last test accuracy, throughput."""
+    items = {"epoch": f"{epoch}/{epochs}", "loss": f"{loss:.3f}", "acc": f"{acc:.3f}"}
+    if test_acc is not None:
+        items["test_acc"] = f"{test_acc:.3f}"
+    items["samples/s"] = f"{rate:.0f}"
+    bar.set_postfix(items, refresh=refresh)
 
 
 def _bar(total: int, enabled: bool):
