@@ -19,12 +19,15 @@ is a plain GEMM on the input, with no column copy at all.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
 from ..options import get_options
+from ._threads import Scratch, run_tiles
 from ._tiles import CACHE_BYTES, input_rows, scratch, tiles
 from .direct import kernel_offsets, tap_slices
 
@@ -178,15 +181,19 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
     kk = int(np.prod(spec.kernel_size))
     xp = pad_spatial(x, spec.padding)
     plan, most = tiles(N, O, C * kk * dtype.itemsize)
-    buf = scratch(most * C * kk, dtype)
-    for bs, rows in plan:
-        cols = _tile_cols(xp, spec, bs, rows, O, buf)
+    bufs = Scratch(most * C * kk, dtype)
+
+    def run(tile):
+        bs, rows = tile
+        cols = _tile_cols(xp, spec, bs, rows, O, bufs.get())
         cols = cols.reshape(cols.shape[0], g, C // g * kk, -1)
         ps = _row_positions(rows, O)
         if ps.start == 0 and ps.stop == P:
             np.matmul(wm, cols, out=y[bs])
         else:
             y[bs, :, :, ps] = np.matmul(wm, cols)
+
+    run_tiles(run, plan)
     return y.reshape((N, K) + O)
 
 
@@ -206,16 +213,25 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         xs = x.reshape(N, g, C // g, P)
         gw = np.matmul(gyg, xs.transpose(0, 1, 3, 2)).sum(axis=0)
         return gw.reshape((K, C // g) + tuple(spec.kernel_size))
-    gw = np.zeros((g, Kg, Ckg), dtype=dtype)
     xp = pad_spatial(x, spec.padding)
     plan, most = tiles(N, O, (C * kk + K) * dtype.itemsize)
-    buf = scratch(most * C * kk, dtype)
-    for bs, rows in plan:
-        cols = _tile_cols(xp, spec, bs, rows, O, buf, batch_inner=True)  # (C*kk, n, Pt)
+    bufs = Scratch(most * C * kk, dtype)
+    partial: dict[int, np.ndarray] = {}
+
+    def run(tile):
+        bs, rows = tile
+        cols = _tile_cols(xp, spec, bs, rows, O, bufs.get(), batch_inner=True)  # (C*kk, n, Pt)
         n, Pt = cols.shape[1:]
         cols = cols.reshape(g, Ckg, n * Pt)
         gyt = gyg[bs, :, :, _row_positions(rows, O)].transpose(1, 2, 0, 3).reshape(g, Kg, n * Pt)
-        gw += np.matmul(gyt, cols.transpose(0, 2, 1))
+        acc = partial.get(threading.get_ident())
+        if acc is None:
+            partial[threading.get_ident()] = np.matmul(gyt, cols.transpose(0, 2, 1))
+        else:
+            acc += np.matmul(gyt, cols.transpose(0, 2, 1))
+
+    run_tiles(run, plan)
+    gw = sum(partial.values()) if partial else np.zeros((g, Kg, Ckg), dtype=dtype)
     return gw.reshape((K, C // g) + tuple(spec.kernel_size))
 
 
@@ -274,16 +290,17 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     if per_sample * dtype.itemsize > get_options().workspace_bytes:
         return _input_grad_rows(gy, w, spec, in_spatial)
     gx = np.empty((N, C) + in_spatial, dtype=dtype)
-    buf = scratch(step * C * kk * Lf, dtype)
+    bufs = Scratch(step * C * kk * Lf, dtype)
     item = dtype.itemsize
     crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(spec.padding, in_spatial))
-    for i in range(0, N, step):
+
+    def run(i):
         bs = slice(i, min(N, i + step))
         n = bs.stop - bs.start
         grid = np.zeros((n, g, K // g, Lf), dtype=dtype)
         as_strided(grid, grid.shape[:3] + O, grid.strides[:3] + tuple(p * item for p in pst))[
             ...] = gyg[bs].reshape((n, g, K // g) + O)
-        dcols = buf[: n * C * kk * Lf].reshape(n, g, Cg * kk, Lf)
+        dcols = bufs.get()[: n * C * kk * Lf].reshape(n, g, Cg * kk, Lf)
         np.matmul(wt, grid, out=dcols)
         dv = dcols.reshape(n, C, kk, Lf)
         ph = np.zeros((n, C) + tuple(S) + Hs, dtype=dtype)
@@ -293,6 +310,8 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
         order = (0, 1) + tuple(v for a in range(r) for v in (2 + r + a, 2 + a))
         full = ph.transpose(order).reshape((n, C) + tuple(h * si for h, si in zip(Hs, S)))
         gx[bs] = full[(slice(None), slice(None)) + crop]
+
+    run_tiles(run, range(0, N, step))
     return gx
 
 

@@ -15,7 +15,7 @@ Every step is a BLAS call over all tiles at once:
 
 The multiplications in step 3 are ``36/16 = 2.25`` per output instead of 9 (4x fewer).
 Tiles run over batch chunks (or rows) sized by the cache target and the workspace
-budget.  Accuracy: float32 relative error stays around 1e-6 (the transforms have
+budget, on both cores (:func:`convolab.algorithms._threads.run_tiles`).  Accuracy: float32 relative error stays around 1e-6 (the transforms have
 entries up to 8 and 1/24); the roles it does not cover fall back to GEMM.
 
 ``input_grad`` (stride 1) is the same correlation on the zero-padded gradient with
@@ -29,6 +29,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import pad_spatial
 from ..spec import ConvSpec
+from ._threads import run_tiles
 from ._tiles import tiles
 
 M_OUT, R, ALPHA = 4, 3, 6
@@ -121,7 +122,9 @@ def _correlate(xp: np.ndarray, w: np.ndarray, O) -> np.ndarray:
     U = (_kron(G, r).astype(dtype) @ w.reshape(K * C, R**r).T).reshape(a, K, C)
     y = np.empty((N, K) + tuple(O), dtype=dtype)
     plan, _ = tiles(N, O, _per_position(r, C, K, dtype.itemsize))
-    for bs, rows in plan:
+
+    def run(tile):
+        bs, rows = tile
         r0, r1 = rows.start, rows.stop
         # tile rows covering output rows [r0, r1); r0 is a multiple of M_OUT unless the
         # plan split rows, in which case tiles simply start at r0.
@@ -148,6 +151,8 @@ def _correlate(xp: np.ndarray, w: np.ndarray, O) -> np.ndarray:
         Yt = Y.transpose(order).reshape((n, K) + tuple(t * M_OUT for t in tg))
         Oc = (r1 - r0,) + tuple(O[1:])
         y[bs, :, r0:r1] = Yt[(Ellipsis,) + tuple(slice(0, o) for o in Oc)]
+
+    run_tiles(run, plan)
     return y
 
 
