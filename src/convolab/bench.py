@@ -243,15 +243,18 @@ def _peak_bytes(f) -> int:
         tracemalloc.stop()
 
 
-def _algorithms(case: Case) -> list[str]:
+def _algorithms(case: Case, within: float = 4.0) -> list[str]:
+    """GEMM (the general path) and the applicable algorithms whose cost-model estimate is
+    within ``within`` x of the cheapest (an FFT of a 3x3 layer with 256 channels would
+    take most of the run)."""
     spec = case.spec()
     dt = np.dtype(case.dtype)
-    x_shape = case.x
-    names = set()
-    roles = [("input_grad", x_shape)] if case.transposed else [("forward", x_shape)]
-    for role, shape in roles:
-        names.update(select.candidates(role, spec, shape, case.w, dt))
-    return [n for n in ("gemm", "winograd", "fft", "depthwise") if n in names]
+    role = "input_grad" if case.transposed else "forward"
+    names = select.candidates(role, spec, case.x, case.w, dt)
+    est = {n: select.estimate_seconds(n, role, spec, case.x, case.w, dt) for n in names}
+    best = min(est.values(), default=0.0)
+    return [n for n in ("gemm", "winograd", "fft", "depthwise")
+            if n in est and (n == "gemm" or est[n] <= within * best)]
 
 
 def run_case(case: Case, peak: float, reps: int, sleep: float, log=print) -> dict:
@@ -327,7 +330,8 @@ def summary(rows: list[dict]) -> dict:
 
 def markdown(rows: list[dict], meta: dict, summ: dict) -> str:
     lines = [
-        f"sgemm peak (NumPy, {meta['sgemm n']}^3 float32): **{meta['sgemm GFLOP/s']:.0f} GFLOP/s**; "
+        f"sgemm peak (NumPy, {meta['sgemm n']}^3 float32): "
+        f"**{meta['sgemm GFLOP/s']:.0f} GFLOP/s**; "
         f"{meta['machine']}; NumPy {meta['numpy']}, PyTorch {meta.get('torch', 'absent')}; "
         f"{meta['reps']} interleaved repetitions, medians.",
         "",
@@ -348,7 +352,8 @@ def markdown(rows: list[dict], meta: dict, summ: dict) -> str:
                 others.append(f"{base} {t[k]:.1f}" + (f" / {fb:.1f}" if fb else ""))
         lines.append(
             f"| {r['case']} | {r['auto']} | {t['auto fwd']:.1f} | {t.get('torch fwd', nan):.1f} | "
-            f"{r.get('ratio fwd', nan):.2f} | {r['gflops fwd']:.0f} ({100 * r['peak frac fwd']:.0f}%) | "
+            f"{r.get('ratio fwd', nan):.2f} | "
+            f"{r['gflops fwd']:.0f} ({100 * r['peak frac fwd']:.0f}%) | "
             f"{t['auto fwd+bwd']:.1f} | {t.get('torch fwd+bwd', nan):.1f} | "
             f"{r.get('ratio fwd+bwd', nan):.2f} | {r['gflops fwd+bwd']:.0f} "
             f"({100 * r['peak frac fwd+bwd']:.0f}%) | "

@@ -143,7 +143,8 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
         L0 = fast(8 * e[0])
         B = max(1, (L0 - e[0]) // s[0] + 1)
     nb = -(-O[0] // B)
-    ext = ((B - 1) * s[0] + e[0],) + tuple(si * (o - 1) + ei for si, o, ei in zip(s[1:], O[1:], e[1:]))
+    ext = ((B - 1) * s[0] + e[0],) + tuple(
+        si * (o - 1) + ei for si, o, ei in zip(s[1:], O[1:], e[1:]))
     L = tuple(fast(n) for n in ext)
     # padded input long enough for nb full blocks
     need0 = (nb * B - 1) * s[0] + e[0]

@@ -15,7 +15,8 @@ Every step is a BLAS call over all tiles at once:
 
 The multiplications in step 3 are ``36/16 = 2.25`` per output instead of 9 (4x fewer).
 Tiles run over batch chunks (or rows) sized by the cache target and the workspace
-budget, on both cores (:func:`convolab.algorithms._threads.run_tiles`).  Accuracy: float32 relative error stays around 1e-6 (the transforms have
+budget, on both cores (:func:`convolab.algorithms._threads.run_tiles`).
+Accuracy: float32 relative error stays around 1e-6 (the transforms have
 entries up to 8 and 1/24); the roles it does not cover fall back to GEMM.
 
 ``input_grad`` (stride 1) is the same correlation on the zero-padded gradient with
@@ -117,7 +118,7 @@ def _correlate(xp: np.ndarray, w: np.ndarray, O) -> np.ndarray:
         xp = pad_spatial(xp, extra)
     kb = _kron(BT, r).astype(dtype)
     ka = _kron(AT, r).astype(dtype)
-    a, m = ALPHA**r, M_OUT**r
+    a = ALPHA**r
     # U[xi] = (G w G^T)[xi] as (a, K, C)
     U = (_kron(G, r).astype(dtype) @ w.reshape(K * C, R**r).T).reshape(a, K, C)
     y = np.empty((N, K) + tuple(O), dtype=dtype)
@@ -163,7 +164,8 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
 
 def _pad_or_crop(a: np.ndarray, pairs) -> np.ndarray:
     """Zero-pad the spatial dims by ``(lo, hi)``; negative amounts crop."""
-    crop = tuple(slice(max(0, -lo), a.shape[2 + i] - max(0, -hi)) for i, (lo, hi) in enumerate(pairs))
+    crop = tuple(slice(max(0, -lo), a.shape[2 + i] - max(0, -hi))
+                 for i, (lo, hi) in enumerate(pairs))
     a = a[(slice(None), slice(None)) + crop]
     return pad_spatial(a, [(max(0, lo), max(0, hi)) for lo, hi in pairs])
 
@@ -174,6 +176,7 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     r = spec.rank
     O = gy.shape[2:]
     S = tuple(in_spatial)
-    pairs = [(R - 1 - lo, s + R - 1 - o - (R - 1 - lo)) for (lo, _), s, o in zip(spec.padding, S, O)]
+    pairs = [(R - 1 - lo, s + R - 1 - o - (R - 1 - lo))
+             for (lo, _), s, o in zip(spec.padding, S, O)]
     wf = w[(slice(None), slice(None)) + (slice(None, None, -1),) * r].swapaxes(0, 1)
     return _correlate(_pad_or_crop(gy, pairs), np.ascontiguousarray(wf), S)
