@@ -149,3 +149,14 @@ def test_backward_accumulates_and_zero_grad_clears():
     assert np.asarray(layer.weight) is layer.weight.data
     with pytest.raises(RuntimeError, match="before forward"):
         nn.Conv1d(2, 3, 3).backward(np.ones((1, 3, 4)))
+
+
+def test_state_dict_order_and_round_trip_match_torch_for_a_network():
+    m = nn.Sequential(nn.Conv1d(1, 4, 3, seed=0), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(8, 2))
+    t = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                            torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    assert list(m.state_dict()) == list(t.state_dict())
+    m.load_state_dict({k: v.numpy() for k, v in t.state_dict().items()})
+    for k, v in t.state_dict().items():
+        np.testing.assert_array_equal(m.state_dict()[k], v.numpy())

@@ -128,11 +128,17 @@ class Module:
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of parameters and buffers, under torch's key names."""
         out: OrderedDict[str, np.ndarray] = OrderedDict()
-        for n, p in self.named_parameters():
-            out[n] = p.data.copy()
-        for n, b in self.named_buffers():
-            out[n] = np.array(b, copy=True)
+        self._collect_state(out, "")
         return out
+
+    def _collect_state(self, out: OrderedDict, prefix: str) -> None:
+        # torch's order: a module's own parameters, then its buffers, then its children.
+        for n, p in self._parameters.items():
+            out[prefix + n] = p.data.copy()
+        for n, b in self._buffers.items():
+            out[prefix + n] = np.array(b, copy=True)
+        for mn, m in self._modules.items():
+            m._collect_state(out, prefix + mn + ".")
 
     def load_state_dict(self, state: Mapping[str, object], strict: bool = True) -> None:
         """Load arrays (NumPy, or anything ``np.asarray`` accepts, e.g. torch tensors)."""
