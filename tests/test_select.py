@@ -20,7 +20,7 @@ def _spec(k, stride=1, padding=0, groups=1):
         ((16, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd"),
         ((16, 256, 28, 28), (128, 256, 1, 1), {}, "gemm"),
         ((16, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "gemm"),
-        ((16, 256, 28, 28), (256, 1, 3, 3), dict(padding=1, groups=256), "depthwise"),
+        ((16, 256, 28, 28), (256, 1, 3, 3), dict(padding=1, groups=256), "gemm"),
         ((4, 16, 16384), (16, 16, 63), dict(padding=31), "fft"),
     ],
 )
@@ -29,6 +29,12 @@ def test_cost_model_picks(x_shape, w_shape, kw, expected):
     c = select.choose("forward", spec, x_shape, w_shape, np.float32)
     assert c.algorithm == expected, c.reason
     assert "cost model" in c.reason
+
+
+def test_depthwise_input_gradient_takes_the_tap_loop():
+    spec = _spec((3, 3), padding=1, groups=256)
+    c = select.choose("input_grad", spec, (16, 256, 28, 28), (256, 1, 3, 3), np.float32)
+    assert c.algorithm == "depthwise", c.reason
 
 
 def test_forced_choice_and_reason():

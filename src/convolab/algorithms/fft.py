@@ -65,8 +65,9 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     L = math.prod(ext) * 1.3
     ffts = 2.5 * L * math.log2(max(L, 2)) * (N * C + N * K + K * C // g)
     # half spectrum (real), 8 FLOPs per complex MAC; one small complex GEMM per
-    # frequency runs ~8x below the sgemm rate (measured on the 1-D k=63 and 3-D cases)
-    prods = 4 * L * N * C * K / g * 8
+    # frequency runs at ~4 GFLOP/s, ~37x below the sgemm rate (measured on the 3-D case:
+    # 106 MFLOP in 27 ms), which is what keeps the FFT for large kernels only
+    prods = 4 * L * N * C * K / g * 37
     eff = min(1.0, C / g / 16) * min(1.0, K / g / 16)
     moved = L * itemsize * 2 * (N * C + N * K) * 3
     return ffts + prods / max(eff, 0.02), moved
