@@ -220,6 +220,18 @@ def test_forced_algorithm_falls_back_to_gemm_where_it_does_not_apply():
         assert rel_err(a, r) <= TOL64
 
 
+@pytest.mark.parametrize("algorithm", ALGOS)
+def test_empty_batch(algorithm):
+    g = 4 if algorithm == "depthwise" else 1
+    for tr in (False, True):
+        case = ConvCase(tr, 2, (0, 4, 7, 7), (4, 4 // g, 3, 3), True,
+                        dict(padding=1, groups=g, **({"output_padding": 0} if tr else {})))
+        _, got = _run(case, algorithm)
+        _, ref = _run(case, "direct")
+        for a, r in zip(got, ref):
+            assert a.shape == r.shape and rel_err(a, r) <= TOL64
+
+
 def test_inputs_are_not_modified():
     rng = np.random.default_rng(5)
     for algorithm in ALGOS:

@@ -27,9 +27,9 @@ _TILE_BYTES = 2**20  # a tile's input + output + temporary fit a Zen3 core's 512
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
-    """Only depthwise: one input channel per group."""
+    """Only depthwise: one input channel per group (and a non-empty batch)."""
     C = x_shape[1] if role != "input_grad" else w_shape[1] * spec.groups
-    return spec.groups > 1 and spec.groups == C and w_shape[1] == 1
+    return spec.groups > 1 and spec.groups == C and w_shape[1] == 1 and x_shape[0] > 0
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:

@@ -54,7 +54,8 @@ def _next_smooth(n: int) -> int:
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
-    return np.dtype(dtype).kind in "fc"
+    """Real and complex dtypes; a non-empty batch (an empty one is GEMM's)."""
+    return np.dtype(dtype).kind in "fc" and x_shape[0] > 0
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
