@@ -55,15 +55,15 @@ def check_case(case, algorithm, dtype=np.float64, seed=0):
         assert rel_err(mine, ref.numpy()) <= tol, name
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-@settings(max_examples=60, deadline=None)
+@pytest.mark.parametrize("algorithm", [*ALGORITHMS, "auto"])
+@settings(max_examples=150, deadline=None)
 @given(case=conv_cases())
 def test_parity_float64(case, algorithm):
     check_case(case, algorithm, np.float64)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(case=conv_cases(ranks=(1, 2)))
 def test_parity_float32(case, algorithm):
     check_case(case, algorithm, np.float32)

@@ -37,7 +37,7 @@ def _samples(op):
         return list(op.sample_inputs("cpu", torch.float64, requires_grad=True))
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "auto"])
 @pytest.mark.parametrize("op", OPINFOS, ids=IDS)
 def test_torch_sample_inputs_forward_and_grads(op, algorithm):
     fn = OPS[op.name]
