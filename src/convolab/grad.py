@@ -3,24 +3,35 @@
 ``conv{1,2,3}d_input(input_size, weight, grad_output, ...)`` and
 ``conv{1,2,3}d_weight(input, weight_size, grad_output, ...)``.  ``input_size`` and
 ``weight_size`` are full shapes, e.g. ``(N, C_in, H, W)`` and ``(C_out, C_in/g, kh, kw)``.
+They validate like ``conv`` (with a zero-cost stand-in for the array that is given by its
+size) and compute only the gradient asked for.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import select
-from .ops.conv import prepare
+from .ops.conv import Prepared, grads, prepare
+
+
+def _check_grad_output(p: Prepared, grad_output, out_channels: int) -> np.ndarray:
+    gy = np.asarray(grad_output)
+    expect = (p.x.shape[0], out_channels) + p.out_spatial
+    expect = expect[1:] if p.unbatched else expect
+    if gy.shape != expect:
+        raise ValueError(f"grad_output.shape={gy.shape} must be {expect}")
+    return gy
+
+
+def _stand_in(size, dtype) -> np.ndarray:
+    return np.broadcast_to(np.zeros((), dtype), tuple(int(s) for s in size))
 
 
 def _input(rank):
     def fn(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
-        size = tuple(int(s) for s in input_size)
-        gy = np.asarray(grad_output)
-        # Validate through conv's rules with a stand-in input of the right shape.
-        dummy = np.broadcast_to(np.zeros((), gy.dtype), size)
+        dtype = np.asarray(grad_output).dtype
         p = prepare(
-            dummy,
+            _stand_in(input_size, dtype),
             weight,
             None,
             stride,
@@ -31,15 +42,8 @@ def _input(rank):
             rank=rank,
             what=f"conv{rank}d_input",
         )
-        gyb = gy[None] if p.unbatched else gy
-        expect = (p.x.shape[0], p.w.shape[0]) + p.out_spatial
-        if gyb.shape != expect:
-            raise ValueError(f"grad_output.shape={gy.shape} must be {expect[int(p.unbatched) :]}")
-        gyb = gyb.astype(p.x.dtype, copy=False)
-        w = np.conj(p.w) if np.iscomplexobj(p.w) else p.w
-        algo = select.choose("input_grad", p.spec, gyb.shape, w.shape, gyb.dtype).module
-        gx = algo.input_grad(gyb, w, p.spec, p.x.shape[2:])
-        return (gx[0] if p.unbatched else gx).astype(p.dtype, copy=False)
+        gy = _check_grad_output(p, grad_output, p.w.shape[0])
+        return grads(p, gy, ("input",))["input"]
 
     fn.__name__ = f"conv{rank}d_input"
     fn.__doc__ = f"Gradient of conv{rank}d with respect to its input."
@@ -49,13 +53,11 @@ def _input(rank):
 def _weight(rank):
     def fn(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
         x = np.asarray(input)
-        size = tuple(int(s) for s in weight_size)
-        if len(size) != rank + 2:
-            raise ValueError(f"weight_size={size} must have {rank + 2} entries")
-        dummy = np.broadcast_to(np.zeros((), x.dtype), size)
+        if len(weight_size) != rank + 2:
+            raise ValueError(f"weight_size={tuple(weight_size)} must have {rank + 2} entries")
         p = prepare(
             x,
-            dummy,
+            _stand_in(weight_size, x.dtype),
             None,
             stride,
             padding,
@@ -65,15 +67,8 @@ def _weight(rank):
             rank=rank,
             what=f"conv{rank}d_weight",
         )
-        gy = np.asarray(grad_output)
-        gyb = gy[None] if p.unbatched else gy
-        expect = (p.x.shape[0], size[0]) + p.out_spatial
-        if gyb.shape != expect:
-            raise ValueError(f"grad_output.shape={gy.shape} must be {expect[int(p.unbatched) :]}")
-        xb = np.conj(p.x) if np.iscomplexobj(p.x) else p.x
-        gyb = gyb.astype(xb.dtype, copy=False)
-        algo = select.choose("weight_grad", p.spec, xb.shape, size, xb.dtype).module
-        return algo.weight_grad(xb, gyb, p.spec).astype(p.dtype, copy=False)
+        gy = _check_grad_output(p, grad_output, int(weight_size[0]))
+        return grads(p, gy, ("weight",))["weight"]
 
     fn.__name__ = f"conv{rank}d_weight"
     fn.__doc__ = f"Gradient of conv{rank}d with respect to its weight."

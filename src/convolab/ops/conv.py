@@ -159,7 +159,11 @@ def _run_forward(p: Prepared) -> np.ndarray:
     return _add_bias(y, p.b)
 
 
-def _grads(p: Prepared, gy: np.ndarray) -> dict[str, np.ndarray | None]:
+def grads(
+    p: Prepared, gy: np.ndarray, wanted: tuple[str, ...] = ("input", "weight", "bias")
+) -> dict[str, np.ndarray | None]:
+    """Gradients of a prepared call for the output gradient ``gy`` (caller's layout);
+    only the ``wanted`` ones are computed."""
     x, w, spec = p.x, p.w, p.spec
     if np.iscomplexobj(x):
         x, w = np.conj(x), np.conj(w)
@@ -167,19 +171,25 @@ def _grads(p: Prepared, gy: np.ndarray) -> dict[str, np.ndarray | None]:
         gy = gy[None]
     gy = gy.astype(x.dtype, copy=False)
     spatial = x.shape[2:]
+    gx = gw = gb = None
     if spec.transposed:
         # y = conv^T(x): gx = conv(gy), gw = corr(gy, x)
-        fwd = select.choose("forward", spec, gy.shape, w.shape, x.dtype).module
-        gx = fwd.forward(gy, w, spec, out_spatial=spatial)
-        wg = select.choose("weight_grad", spec, gy.shape, w.shape, x.dtype).module
-        gw = wg.weight_grad(gy, x, spec)
+        if "input" in wanted:
+            fwd = select.choose("forward", spec, gy.shape, w.shape, x.dtype).module
+            gx = fwd.forward(gy, w, spec, out_spatial=spatial)
+        if "weight" in wanted:
+            wg = select.choose("weight_grad", spec, gy.shape, w.shape, x.dtype).module
+            gw = wg.weight_grad(gy, x, spec)
     else:
-        ig = select.choose("input_grad", spec, gy.shape, w.shape, x.dtype).module
-        gx = ig.input_grad(gy, w, spec, spatial)
-        wg = select.choose("weight_grad", spec, x.shape, w.shape, x.dtype).module
-        gw = wg.weight_grad(x, gy, spec)
-    gb = None if p.b is None else gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
-    if p.unbatched:
+        if "input" in wanted:
+            ig = select.choose("input_grad", spec, gy.shape, w.shape, x.dtype).module
+            gx = ig.input_grad(gy, w, spec, spatial)
+        if "weight" in wanted:
+            wg = select.choose("weight_grad", spec, x.shape, w.shape, x.dtype).module
+            gw = wg.weight_grad(x, gy, spec)
+    if p.b is not None and "bias" in wanted:
+        gb = gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
+    if p.unbatched and gx is not None:
         gx = gx[0]
     cast = lambda a: None if a is None else a.astype(p.dtype, copy=False)  # noqa: E731
     return {"input": cast(gx), "weight": cast(gw), "bias": cast(gb)}
@@ -270,7 +280,7 @@ def _vjp_of(transposed: bool, rank, what):
             what=what,
         )
         out = _finish(_run_forward(p), p)
-        return out, lambda gy: _grads(p, gy)
+        return out, lambda gy: grads(p, gy)
 
     return vjp_impl
 
