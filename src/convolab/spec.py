@@ -35,8 +35,9 @@ def as_tuple(name: str, value: IntOrTuple, rank: int) -> tuple[int, ...]:
             vals = vals * rank
         if len(vals) != rank:
             raise ValueError(
-                f"{name}={tuple(value)!r} must have {rank} entries, one per spatial "
-                f"dimension (got {len(vals)})"
+                f"{name}={tuple(value)!r} must have {rank} "
+                f"{'entry' if rank == 1 else 'entries'}, one per spatial dimension "
+                f"(got {len(vals)})"
             )
         return tuple(_check_int(f"{name}[{i}]", v) for i, v in enumerate(vals))
     return (_check_int(name, value),) * rank
