@@ -17,13 +17,17 @@ from .spec import _check_int
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
-def pad_spatial(x: np.ndarray, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
-    """Zero-pad the last ``len(pairs)`` dims of ``x`` by ``(lo, hi)`` each (no copy if none)."""
+def pad_spatial(
+    x: np.ndarray, pairs: Sequence[tuple[int, int]], value: float = 0.0
+) -> np.ndarray:
+    """Pad the last ``len(pairs)`` dims of ``x`` by ``(lo, hi)`` each with ``value``
+    (zeros by default; no copy if there is nothing to pad)."""
     if all(lo == 0 and hi == 0 for lo, hi in pairs):
         return x
     lead = x.ndim - len(pairs)
-    out = np.zeros(
+    out = np.full(
         x.shape[:lead] + tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[lead:], pairs)),
+        value,
         dtype=x.dtype,
     )
     out[(Ellipsis,) + tuple(slice(lo, lo + n) for n, (lo, _) in zip(x.shape[lead:], pairs))] = x

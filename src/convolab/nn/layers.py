@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..algorithms.direct import kernel_offsets, tap_slices
+from ..padding import pad_spatial
 from ..spec import ConvSpec, as_tuple, conv_output_size, make_spec
 from .conv import kaiming_uniform, make_rng
 from .module import Module, Parameter
@@ -362,15 +363,6 @@ def _pool_out(spec: ConvSpec, x_spatial, ceil_mode: bool) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _fill_pad(x: np.ndarray, pairs, value) -> np.ndarray:
-    """Pad the trailing ``len(pairs)`` dims of ``x`` by ``(lo, hi)`` with ``value``."""
-    lead = x.ndim - len(pairs)
-    shape = x.shape[:lead] + tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[lead:], pairs))
-    out = np.full(shape, value, dtype=x.dtype)
-    out[(Ellipsis,) + tuple(slice(lo, lo + n) for n, (lo, _) in zip(x.shape[lead:], pairs))] = x
-    return out
-
-
 def _crop(xp: np.ndarray, pairs, spatial) -> np.ndarray:
     return xp[(Ellipsis,) + tuple(slice(lo, lo + n) for n, (lo, _) in zip(spatial, pairs))]
 
@@ -446,7 +438,7 @@ class _MaxPoolNd(_PoolNd):
     def forward(self, x):
         xb, unbatched = self._batched(x)
         spec, O = self._geometry(xb.shape[2:])
-        xp = _fill_pad(xb, spec.padding, -np.inf)
+        xp = pad_spatial(xb, spec.padding, -np.inf)
         best = np.full(xb.shape[:2] + O, -np.inf, dtype=xb.dtype)
         arg = np.zeros(xb.shape[:2] + O, dtype=np.int32)
         pre = (slice(None), slice(None))
@@ -523,7 +515,7 @@ class _AvgPoolNd(_PoolNd):
     def forward(self, x):
         xb, unbatched = self._batched(x)
         spec, O = self._geometry(xb.shape[2:])
-        xp = _fill_pad(xb, spec.padding, 0)
+        xp = pad_spatial(xb, spec.padding, 0)
         total = np.zeros(xb.shape[:2] + O, dtype=xb.dtype)
         pre = (slice(None), slice(None))
         for t in kernel_offsets(spec):
