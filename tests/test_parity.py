@@ -225,3 +225,21 @@ def test_pad_matches_torch_with_grads(mode, nd, data):
         g = rng.standard_normal(out.shape)
         (tg,) = torch.autograd.grad(ty, [tx], torch.tensor(g))
         np.testing.assert_allclose(pb(g)[0], tg.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm", [*ALGORITHMS, "auto"])
+def test_complex64_keeps_its_dtype_and_matches_torch(algorithm):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((2, 4, 9)) + 1j * rng.standard_normal((2, 4, 9))).astype(np.complex64)
+    w = (rng.standard_normal((6, 2, 3)) + 1j * rng.standard_normal((6, 2, 3))).astype(np.complex64)
+    with cl.options(algorithm=algorithm):
+        out, pb = cl.vjp(cl.conv1d, x, w, None, 2, 1, 1, 2)
+        gx, gw = pb(np.ones_like(out))[:2]
+    assert out.dtype == gx.dtype == gw.dtype == np.complex64
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    ty = torch.nn.functional.conv1d(tx, tw, None, 2, 1, 1, 2)
+    ty.backward(torch.ones_like(ty))
+    assert rel_err(out, ty.detach().numpy()) < 1e-5
+    assert rel_err(gx, tx.grad.numpy()) < 1e-5
+    assert rel_err(gw, tw.grad.numpy()) < 1e-5
