@@ -35,14 +35,32 @@ def parallel_map(fn, items) -> list:
     return list(_POOL.map(fn, items))
 
 
+_CONTROLLER: object = None
+
+
+def _controller():
+    """A cached ``threadpoolctl.ThreadpoolController`` (None without threadpoolctl).
+
+    Building one scans the loaded libraries (~0.5 ms); ``threadpool_limits`` does that
+    on every call, which cost the demo's many small convolutions seconds per run."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # optional: without it, tiles run in order
+            _CONTROLLER = False
+        else:
+            _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER or None
+
+
 @contextlib.contextmanager
 def _blas_single_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: without it, tiles run in order
+    ctl = _controller()
+    if ctl is None:
         yield False
         return
-    with threadpool_limits(1, user_api="blas"):
+    with ctl.limit(limits=1, user_api="blas"):
         yield True
 
 
