@@ -269,3 +269,24 @@ def test_several_gib_im2col_runs_in_a_256_mib_workspace(algorithm):
     ref = torch.nn.functional.conv1d(torch.from_numpy(x), torch.from_numpy(w),
                                      padding=k // 2).numpy()
     assert rel_err(y, ref) <= TOL32
+
+
+@pytest.mark.parametrize("ws", [2**16, 2**30])
+def test_winograd_tiles_with_unequal_channels_and_ragged_edges(ws):
+    """C != K (the per-tile buffers are sized by the larger), sizes not multiples of 4,
+    asymmetric and cropping paddings, in row tiles (small budget) and batch chunks."""
+    rng = np.random.default_rng(7)
+    for C, K, size, pad in [(3, 37, (13, 10), [(1, 2), (0, 1)]), (40, 5, (9, 17), [(2, 0), (1, 1)]),
+                            (6, 33, (23,), [(3, 1)])]:
+        x = rng.standard_normal((3, C) + size)
+        w = rng.standard_normal((K, C) + (3,) * len(size))
+        fn = cl.conv1d if len(size) == 1 else cl.conv2d
+        tfn = cl.conv_transpose1d if len(size) == 1 else cl.conv_transpose2d
+        out = {}
+        for algo in ("direct", "winograd"):
+            with cl.options(algorithm=algo, workspace_bytes=ws):
+                y = fn(x, w, padding=pad)
+                gx = tfn(y, w, padding=pad)  # transposed conv: Winograd's input_grad role
+            out[algo] = (y, gx)
+        for a, r in zip(out["winograd"], out["direct"]):
+            assert rel_err(a, r) <= TOL64

@@ -17,7 +17,12 @@ def _spec(k, stride=1, padding=0, groups=1):
 @pytest.mark.parametrize(
     "x_shape, w_shape, kw, expected",
     [
-        ((16, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "gemm"),
+        # 3x3 stride 1, C = K >= 64: Winograd F(4,3) measured 1.2-1.5x faster than GEMM
+        ((16, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd"),
+        ((16, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "winograd"),
+        ((16, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "winograd"),
+        ((16, 16, 56, 56), (16, 16, 3, 3), dict(padding=1), "gemm"),  # few channels
+        ((32, 64, 1024), (64, 64, 3), dict(padding=1), "gemm"),  # 1-D: measured a tie
         ((16, 256, 28, 28), (128, 256, 1, 1), {}, "gemm"),
         ((16, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "gemm"),
         ((16, 256, 28, 28), (256, 1, 3, 3), dict(padding=1, groups=256), "gemm"),

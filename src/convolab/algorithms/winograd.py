@@ -6,16 +6,20 @@ Shapes as in :mod:`convolab.algorithms.direct`.  With ``m = 4`` outputs per tile
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A         (2-D; 1-D drops the right factors)
 
-Every step is a BLAS call over all tiles at once:
+Tiles (batch chunks, or rows when one sample is too big; sized by the cache target and
+the workspace budget) run on both cores (:func:`convolab.algorithms._threads.run_tiles`),
+each in two per-thread scratch buffers that every step reads from and writes to in turn:
 
-1. gather the overlapping input tiles into ``D (a^r, C, T)`` (one strided copy),
-2. ``V = kron(B^T, B^T) @ D``, ``U = kron(G, G) @ w``         (transforms as GEMMs),
-3. ``M[xi] = U[xi] (K, C) @ V[xi] (C, T)`` for the ``a^r`` points (batched GEMM),
-4. ``Y = kron(A^T, A^T) @ M`` and one strided copy into the output.
+1. copy the tile's input rows, zero-padded, into scratch (the input is never padded as a
+   whole, so it is read from memory once and the later passes stay in the cache),
+2. gather the overlapping input tiles into ``D (a^r, C, T)`` (one strided copy),
+3. ``V = (B^T x B^T) D`` one axis at a time: two GEMMs with 6-long inner dimensions
+   (864 multiply-adds per tile and channel instead of 2592 for ``kron(B^T, B^T)``),
+4. ``M[xi] = U[xi] (K, C) @ V[xi] (C, T)`` for the ``a^r`` points (batched GEMM), with
+   ``U = (G x G) w`` computed once per call,
+5. ``Y = (A^T x A^T) M`` (again separable) and one strided copy into the output.
 
-The multiplications in step 3 are ``36/16 = 2.25`` per output instead of 9 (4x fewer).
-Tiles run over batch chunks (or rows) sized by the cache target and the workspace
-budget, on both cores (:func:`convolab.algorithms._threads.run_tiles`).
+The multiplications in step 4 are ``36/16 = 2.25`` per output instead of 9 (4x fewer).
 Accuracy: float32 relative error stays around 1e-6 (the transforms have
 entries up to 8 and 1/24); the roles it does not cover fall back to GEMM.
 
@@ -28,10 +32,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..padding import pad_spatial
 from ..spec import ConvSpec
-from ._threads import run_tiles
-from ._tiles import tiles
+from ._threads import WORKERS, Scratch, _blas_single_thread, run_tiles
+from ._tiles import CACHE_BYTES, tiles
 
 M_OUT, R, ALPHA = 4, 3, 6
 
@@ -80,79 +83,124 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
-    """GEMM FLOPs of the transforms and the point-wise products; the tile copies."""
+    """GEMM FLOPs of the separable transforms and the point-wise products; the copies."""
     r = spec.rank
     N, C, K = p["N"], p["C"], p["K"]
     T = N * int(np.prod([-(-o // M_OUT) for o in p["O"]]))
     a, m = ALPHA**r, M_OUT**r
-    flops = 2 * T * (a * a * C + a * C * K + m * a * K)
+    out_macs = sum(M_OUT**s * ALPHA ** (r - s + 1) for s in range(1, r + 1))
+    flops = 2 * T * (r * a * ALPHA * C + a * C * K + out_macs * K)
     eff = min(1.0, K / 32) * min(1.0, C / 32)  # the a^r small GEMMs lose speed below that
     moved = T * itemsize * (a * C * 3 + a * K * 2 + m * K * 2)
-    # Fitted: in the suite's interleaved runs (benchmarks/RESULTS.md) the tile gathers,
-    # transform GEMMs with 36-long inner dimensions and 64-wide point-wise GEMMs made
-    # F(4,3) as slow as im2col + GEMM at C=K=64..256 (the 4x fewer multiplications are
-    # eaten by the transforms), so the model charges 2.5x and GEMM stays the default.
-    return 2.5 * flops / max(eff, 1e-3), 2.5 * moved
+    # Fitted to interleaved medians (benchmarks/RESULTS.md, Winograd rework): the
+    # memory-bound transform GEMMs and tile copies run ~1.6x slower than this count says.
+    # The transformed weight (a K C) is read again by every tile; once it is bigger than
+    # the shared cache (C = K = 512) that traffic decides.
+    ubytes = a * K * C * itemsize
+    plan, _ = tiles(N, p["O"], _per_position(r, C, K, itemsize))
+    reread = len(plan) * ubytes if ubytes > 2 * CACHE_BYTES else 0
+    return 1.6 * flops / max(eff, 1e-3), 1.6 * moved + reread
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
+    """Per-thread scratch of the largest tile (padded input tile, two transform buffers)."""
     item = np.dtype(dtype).itemsize
-    N, C, K = p["N"], p["C"], p["K"]
-    padded = N * (C if role == "forward" else K) * int(
-        np.prod([o + R - 1 + M_OUT for o in p["O"]])) * item
-    _, most = tiles(N, p["O"], _per_position(spec.rank, C, K, item))
-    return padded + most * _per_position(spec.rank, C, K, item)
+    _, most = tiles(p["N"], p["O"], _per_position(spec.rank, p["C"], p["K"], item))
+    return WORKERS * most * _per_position(spec.rank, p["C"], p["K"], item)
 
 
 def _per_position(r: int, C: int, K: int, item: int) -> int:
-    return int((ALPHA / M_OUT) ** r * (2 * C + 2 * K) * item) + 1
+    """Scratch bytes per output position: the padded input tile (< 2 C with its halo) and
+    two buffers of ``(a/m) max(C, K)`` transformed values each."""
+    return int((ALPHA / M_OUT) ** r * (2 * C + 2 * max(C, K)) * item) + 1
 
 
-def _correlate(xp: np.ndarray, w: np.ndarray, O) -> np.ndarray:
-    """Valid correlation of an already padded ``xp (N, C, *P)`` (``P >= O + 2``) with a
-    3-tap kernel ``w (K, C, 3[, 3])``, giving ``(N, K, *O)``."""
+def _transform(mat: np.ndarray, src: np.ndarray, tmp: np.ndarray, out: np.ndarray, r: int):
+    """``kron(mat, mat)`` (2-D) or ``mat`` (1-D) applied to the leading ``ALPHA**r`` rows of
+    ``src``, one axis at a time (two GEMMs with 6-long inner dimensions: 864 instead of 2592
+    multiply-adds per tile and channel for the input transform, measured 1.5-2x faster)."""
+    p = mat.shape[0]
+    if r == 1:  # the result lands in ``tmp``
+        rest = src.size // ALPHA
+        out = tmp.reshape(-1)[: p * rest].reshape(p, rest)
+        return np.matmul(mat, src.reshape(ALPHA, rest), out=out)
+    rest = src.size // ALPHA**2
+    z = np.matmul(mat, src.reshape(ALPHA, ALPHA * rest), out=tmp.reshape(p, ALPHA * rest))
+    return np.matmul(mat, z.reshape(p, ALPHA, rest), out=out.reshape(p, p, rest))
+
+
+def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
+    """Valid correlation of ``x (N, C, *S)`` zero-padded by ``pads`` (``(lo, hi)`` per
+    spatial dimension; negative amounts crop) with a 3-tap kernel ``w (K, C, 3[, 3])``,
+    giving ``(N, K, *O)`` where ``O = S + lo + hi - 2``.
+
+    Each tile pads its own piece of the input into a per-thread scratch buffer, so the
+    input is read once from memory and every later pass stays in the cache."""
     r = len(O)
-    N, C = xp.shape[:2]
+    N, C = x.shape[:2]
+    S = x.shape[2:]
     K = w.shape[0]
-    dtype = np.result_type(xp, w)
-    tgrid = tuple(-(-o // M_OUT) for o in O)  # tiles per dimension
-    need = tuple(t * M_OUT + R - 1 for t in tgrid)
-    extra = [(0, max(0, n - p)) for n, p in zip(need, xp.shape[2:])]
-    if any(hi for _, hi in extra):
-        xp = pad_spatial(xp, extra)
-    kb = _kron(BT, r).astype(dtype)
-    ka = _kron(AT, r).astype(dtype)
-    a = ALPHA**r
-    # U[xi] = (G w G^T)[xi] as (a, K, C)
-    U = (_kron(G, r).astype(dtype) @ w.reshape(K * C, R**r).T).reshape(a, K, C)
+    dtype = np.result_type(x, w)
     y = np.empty((N, K) + tuple(O), dtype=dtype)
+    if y.size == 0:
+        return y
+    tgrid = tuple(-(-o // M_OUT) for o in O)  # tiles per dimension
+    rest = int(np.prod(tgrid[1:]))
+    bt, at = BT.astype(dtype), AT.astype(dtype)
+    a, m, CK = ALPHA**r, M_OUT**r, max(C, K)
+    # U[xi] = (G w G^T)[xi] as (a, K, C)
+    with _blas_single_thread():  # a multi-threaded GEMM here would leave an OpenBLAS
+        # thread spinning on a core the tiles need (measured: every stage 2-3x slower)
+        U = (_kron(G, r).astype(dtype) @ w.reshape(K * C, R**r).T).reshape(a, K, C)
     plan, _ = tiles(N, O, _per_position(r, C, K, dtype.itemsize))
+    tmax = max((b.stop - b.start) * -(-(rw.stop - rw.start) // M_OUT) for b, rw in plan) * rest
+    pmax = max((b.stop - b.start) * (-(-(rw.stop - rw.start) // M_OUT) * M_OUT + R - 1)
+               for b, rw in plan) * C * int(np.prod([t * M_OUT + R - 1 for t in tgrid[1:]]))
+    bufs = Scratch(pmax + 2 * a * CK * tmax, dtype)
+    order = (r + 1, r) + tuple(v for i in range(r) for v in (r + 2 + i, i))
 
     def run(tile):
         bs, rows = tile
         r0, r1 = rows.start, rows.stop
-        # tile rows covering output rows [r0, r1); r0 is a multiple of M_OUT unless the
-        # plan split rows, in which case tiles simply start at r0.
-        th = -(-(r1 - r0) // M_OUT)
-        tg = (th,) + tgrid[1:]
-        xt = xp[bs, :, r0:]
-        n = xt.shape[0]
-        if xt.shape[2] < th * M_OUT + R - 1:
-            xt = pad_spatial(xt, [(0, th * M_OUT + R - 1 - xt.shape[2])] + [(0, 0)] * (r - 1))
-        sp = xt.strides[2:]
+        n = bs.stop - bs.start
+        tg = (-(-(r1 - r0) // M_OUT),) + tgrid[1:]
+        T = n * int(np.prod(tg))
+        buf = bufs.get()
+        # the zero-padded input rows [r0, r0 + 4 th + 2) of this tile
+        pshape = (n, C) + tuple(t * M_OUT + R - 1 for t in tg)
+        P = buf[: int(np.prod(pshape))].reshape(pshape)
+        src, dst = [], []
+        for d in range(r):
+            lo, hi = pads[d]
+            s0 = r0 if d == 0 else 0
+            a0 = max(0, s0 - lo)
+            a1 = min(S[d] + min(hi, 0), s0 + pshape[2 + d] - lo)
+            a1 = max(a0, a1)
+            src.append(slice(a0, a1))
+            dst.append(slice(a0 + lo - s0, a1 + lo - s0))
+        for d in range(r):  # zero only the border slabs around the copied block
+            pre = (slice(None),) * (2 + d)
+            P[pre + (slice(0, dst[d].start),)] = 0
+            P[pre + (slice(dst[d].stop, None),)] = 0
+        P[(slice(None), slice(None)) + tuple(dst)] = x[(bs, slice(None)) + tuple(src)]
+        sp = P.strides[2:]
         view = as_strided(
-            xt,
+            P,
             (ALPHA,) * r + (C, n) + tg,
-            sp + (xt.strides[1], xt.strides[0]) + tuple(s * M_OUT for s in sp),
+            sp + (P.strides[1], P.strides[0]) + tuple(s_ * M_OUT for s_ in sp),
             writeable=False,
         )
-        T = n * int(np.prod(tg))
-        D = np.ascontiguousarray(view).reshape(a, C * T)
-        V = np.matmul(kb, D).reshape(a, C, T)
-        Mx = np.matmul(U, V)  # (a, K, T)
-        Y = np.matmul(ka, Mx.reshape(a, K * T)).reshape((M_OUT,) * r + (K, n) + tg)
+        off = P.size
+        A = buf[off: off + a * CK * T]  # two buffers; every step reads one, writes the other
+        B = buf[off + a * CK * T: off + 2 * a * CK * T]
+        np.copyto(A[: a * C * T].reshape(view.shape), view)
+        V = _transform(bt, A[: a * C * T], B[: a * C * T], A[: a * C * T], r)
+        F, G_ = (A, B) if r == 1 else (B, A)  # V is in A (2-D) or B (1-D)
+        Mx = F[: a * K * T].reshape(a, K, T)
+        np.matmul(U, V.reshape(a, C, T), out=Mx)
+        Yb = _transform(at, Mx, G_[: M_OUT * ALPHA**(r - 1) * K * T], F[: m * K * T], r)
+        Y = Yb.reshape((M_OUT,) * r + (K, n) + tg)
         # (m.., K, n, t..) -> (n, K, t0, m0, t1, m1, ...) -> (n, K, *tiles*m)
-        order = (r + 1, r) + tuple(v for i in range(r) for v in (r + 2 + i, i))
         Yt = Y.transpose(order).reshape((n, K) + tuple(t * M_OUT for t in tg))
         Oc = (r1 - r0,) + tuple(O[1:])
         y[bs, :, r0:r1] = Yt[(Ellipsis,) + tuple(slice(0, o) for o in Oc)]
@@ -163,15 +211,7 @@ def _correlate(xp: np.ndarray, w: np.ndarray, O) -> np.ndarray:
 
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
-    return _correlate(pad_spatial(x, spec.padding), w, O)
-
-
-def _pad_or_crop(a: np.ndarray, pairs) -> np.ndarray:
-    """Zero-pad the spatial dims by ``(lo, hi)``; negative amounts crop."""
-    crop = tuple(slice(max(0, -lo), a.shape[2 + i] - max(0, -hi))
-                 for i, (lo, hi) in enumerate(pairs))
-    a = a[(slice(None), slice(None)) + crop]
-    return pad_spatial(a, [(max(0, lo), max(0, hi)) for lo, hi in pairs])
+    return _correlate(x, w, O, spec.padding)
 
 
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
@@ -183,4 +223,4 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     pairs = [(R - 1 - lo, s + R - 1 - o - (R - 1 - lo))
              for (lo, _), s, o in zip(spec.padding, S, O)]
     wf = w[(slice(None), slice(None)) + (slice(None, None, -1),) * r].swapaxes(0, 1)
-    return _correlate(_pad_or_crop(gy, pairs), np.ascontiguousarray(wf), S)
+    return _correlate(gy, np.ascontiguousarray(wf), S, pairs)
