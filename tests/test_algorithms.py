@@ -208,11 +208,11 @@ def test_forced_algorithm_falls_back_to_gemm_where_it_does_not_apply():
     with cl.options(algorithm="depthwise"):
         c = select.choose("forward", spec, (2, 3, 9, 9), (4, 3, 3, 3), np.float32)
     assert c.algorithm == "gemm"
-    # and the weight gradient never runs on Winograd
+    # the weight gradient of a 3x3 stride-1 convolution runs on Winograd F(3, 4)
     with cl.options(algorithm="winograd"):
         spec1 = make_spec((3, 3), 1, 1, 1, 1)
         assert select.choose("weight_grad", spec1, (2, 3, 9, 9), (4, 3, 3, 3),
-                             np.float32).algorithm == "gemm"
+                             np.float32).algorithm == "winograd"
     case = ConvCase(False, 2, (2, 3, 9, 9), (4, 3, 3, 3), True, dict(stride=2, padding=1))
     _, got = _run(case, "winograd")
     _, ref = _run(case, "direct")
@@ -290,3 +290,60 @@ def test_winograd_tiles_with_unequal_channels_and_ragged_edges(ws):
             out[algo] = (y, gx)
         for a, r in zip(out["winograd"], out["direct"]):
             assert rel_err(a, r) <= TOL64
+
+
+def test_winograd_f34_is_the_valid_correlation_in_1d():
+    """F(3, 4) = F(4, 3) transposed: y = G^T [(A e) * (B^T d)] is the valid correlation
+    of a 6-long d with a 4-long e."""
+    from convolab.algorithms.winograd import AT, BT, G
+
+    rng = np.random.default_rng(3)
+    d, e = rng.standard_normal(6), rng.standard_normal(4)
+    got = G.T @ ((AT.T @ e) * (BT @ d))
+    assert np.allclose(got, np.correlate(d, e, "valid"), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("ws", [2**14, 2**16, 2**30])
+def test_winograd_weight_grad_tiles_ragged_edges(ws):
+    """Weight gradient through Winograd F(3, 4): C != K, sizes not multiples of 4,
+    uneven and cropping paddings, row tiles (small budgets) and batch chunks; also the
+    transposed convolution's weight gradient (gy and x swap roles)."""
+    from convolab.algorithms import direct, winograd
+
+    rng = np.random.default_rng(11)
+    for N, C, K, size, pad in [(3, 3, 37, (13, 10), [(1, 2), (0, 1)]),
+                               (2, 40, 5, (9, 17), [(2, 0), (1, 1)]),
+                               (5, 6, 33, (23,), [(3, 1)]), (1, 2, 3, (1, 2), [(1, 1), (0, 1)])]:
+        r = len(size)
+        x = rng.standard_normal((N, C) + size)
+        w = rng.standard_normal((K, C) + (3,) * r)
+        spec = make_spec((3,) * r, 1, pad, 1, 1)
+        gy = rng.standard_normal((N, K) + spec.conv_out_shape(size))
+        with cl.options(workspace_bytes=ws):
+            got = winograd.weight_grad(x, gy, spec)
+        assert rel_err(got, direct.weight_grad(x, gy, spec)) <= TOL64
+        fn = cl.conv1d if r == 1 else cl.conv2d
+        tfn = cl.conv_transpose1d if r == 1 else cl.conv_transpose2d
+        gt = rng.standard_normal(x.shape)
+        grads = {}
+        for algo in ("direct", "winograd"):
+            with cl.options(algorithm=algo, workspace_bytes=ws):
+                _, pull = cl.vjp(fn, x, w, padding=pad)
+                _, tpull = cl.vjp(tfn, gy, w, padding=pad)
+                grads[algo] = tuple(pull(gy)) + tuple(tpull(gt))
+        for a, b in zip(grads["winograd"], grads["direct"]):
+            assert rel_err(a, b) <= TOL64
+
+
+def test_winograd_weight_grad_float32_accuracy():
+    """float32 against a float64 reference, on a batch with many tiles (long sums)."""
+    from convolab.algorithms import direct, winograd
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 16, 30, 30)).astype(np.float32)
+    spec = make_spec((3, 3), 1, 1, 1, 1)
+    gy = rng.standard_normal((8, 24, 30, 30)).astype(np.float32)
+    got = winograd.weight_grad(x, gy, spec)
+    assert got.dtype == np.float32
+    ref = direct.weight_grad(x.astype(np.float64), gy.astype(np.float64), spec)
+    assert float(np.max(np.abs(got - ref)) / np.max(np.abs(ref))) <= TOL32

@@ -36,6 +36,23 @@ def test_cost_model_picks(x_shape, w_shape, kw, expected):
     assert "cost model" in c.reason
 
 
+@pytest.mark.parametrize(
+    "x_shape, w_shape, expected",
+    [
+        # weight gradient through Winograd F(3, 4): measured 1.1-1.4x faster than GEMM
+        ((16, 64, 56, 56), (64, 64, 3, 3), "winograd"),
+        ((16, 128, 28, 28), (128, 128, 3, 3), "winograd"),
+        ((16, 256, 14, 14), (256, 256, 3, 3), "winograd"),
+        ((16, 512, 7, 7), (512, 512, 3, 3), "gemm"),  # per-tile (36, C, K) sums: 2x slower
+        ((8, 16, 32, 32), (16, 16, 3, 3), "gemm"),  # few channels
+    ],
+)
+def test_cost_model_picks_weight_grad(x_shape, w_shape, expected):
+    spec = _spec(w_shape[2:], padding=1)
+    c = select.choose("weight_grad", spec, x_shape, w_shape, np.float32)
+    assert c.algorithm == expected, c.reason
+
+
 def test_depthwise_input_gradient_takes_the_tap_loop():
     spec = _spec((3, 3), padding=1, groups=256)
     c = select.choose("input_grad", spec, (16, 256, 28, 28), (256, 1, 3, 3), np.float32)

@@ -25,9 +25,16 @@ entries up to 8 and 1/24); the roles it does not cover fall back to GEMM.
 
 ``input_grad`` (stride 1) is the same correlation on the zero-padded gradient with
 the kernel flipped and its channel axes swapped, so it reuses the forward.
+
+``weight_grad`` is Winograd F(3, 4), the transpose of F(4, 3) (A and G swap roles):
+``gw = G^T [ sum_tiles (A gy A^T) * (B^T d B) ] G`` over the same tiles, the input tiles
+transformed by the forward's code and the sum over tiles done as one GEMM per point
+with the long tile axis inside (4x fewer multiplications than im2col + GEMM).
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -37,6 +44,8 @@ from ._threads import WORKERS, Scratch, _blas_single_thread, run_tiles
 from ._tiles import CACHE_BYTES, tiles
 
 M_OUT, R, ALPHA = 4, 3, 6
+# weight_grad tiles: measured 1.3x faster than at CACHE_BYTES (C64, C128)
+WG_CACHE = 2 * CACHE_BYTES
 
 BT = np.array([
     [4, 0, -5, 0, 1, 0],
@@ -70,10 +79,9 @@ def _kron(mat: np.ndarray, r: int) -> np.ndarray:
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
-    """3 taps per dimension, rank 1 or 2, stride 1, dilation 1, groups 1; forward and
-    input_grad (the weight gradient stays on GEMM)."""
+    """3 taps per dimension, rank 1 or 2, stride 1, dilation 1, groups 1; every role."""
     return (
-        role in ("forward", "input_grad")
+        role in ("forward", "input_grad", "weight_grad")
         and spec.rank in (1, 2)
         and all(k == R for k in spec.kernel_size)
         and all(s == 1 for s in spec.stride)
@@ -97,6 +105,14 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     # The transformed weight (a K C) is read again by every tile; once it is bigger than
     # the shared cache (C = K = 512) that traffic decides.
     ubytes = a * K * C * itemsize
+    if role == "weight_grad":
+        # Same transform and product FLOPs (the gy transform costs what the output
+        # transform does); every tile writes an (a, C, K) product (fitted to the
+        # interleaved medians of benchmarks/RESULTS.md, "Winograd weight gradient"; past
+        # the cache, C = K = 512, measured ~2x slower than GEMM: written, read, added).
+        per_tile = ubytes * (3 if ubytes > 2 * CACHE_BYTES else 1)
+        return 1.6 * flops / max(eff, 1e-3), 1.6 * moved + len(
+            _wg_plan(N, p["O"], C, K, itemsize)) * per_tile
     plan, _ = tiles(N, p["O"], _per_position(r, C, K, itemsize))
     reread = len(plan) * ubytes if ubytes > 2 * CACHE_BYTES else 0
     return 1.6 * flops / max(eff, 1e-3), 1.6 * moved + reread
@@ -116,17 +132,19 @@ def _per_position(r: int, C: int, K: int, item: int) -> int:
 
 
 def _transform(mat: np.ndarray, src: np.ndarray, tmp: np.ndarray, out: np.ndarray, r: int):
-    """``kron(mat, mat)`` (2-D) or ``mat`` (1-D) applied to the leading ``ALPHA**r`` rows of
+    """``kron(mat, mat)`` (2-D) or ``mat`` (1-D) applied to the leading ``q**r`` rows of
     ``src``, one axis at a time (two GEMMs with 6-long inner dimensions: 864 instead of 2592
     multiply-adds per tile and channel for the input transform, measured 1.5-2x faster)."""
-    p = mat.shape[0]
+    p, q = mat.shape
     if r == 1:  # the result lands in ``tmp``
-        rest = src.size // ALPHA
+        rest = src.size // q
         out = tmp.reshape(-1)[: p * rest].reshape(p, rest)
-        return np.matmul(mat, src.reshape(ALPHA, rest), out=out)
-    rest = src.size // ALPHA**2
-    z = np.matmul(mat, src.reshape(ALPHA, ALPHA * rest), out=tmp.reshape(p, ALPHA * rest))
-    return np.matmul(mat, z.reshape(p, ALPHA, rest), out=out.reshape(p, p, rest))
+        return np.matmul(mat, src.reshape(q, rest), out=out)
+    rest = src.size // q**2
+    z = np.matmul(mat, src.reshape(q, q * rest),
+                  out=tmp.reshape(-1)[: p * q * rest].reshape(p, q * rest))
+    return np.matmul(mat, z.reshape(p, q, rest),
+                     out=out.reshape(-1)[: p * p * rest].reshape(p, p, rest))
 
 
 def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
@@ -138,7 +156,6 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
     input is read once from memory and every later pass stays in the cache."""
     r = len(O)
     N, C = x.shape[:2]
-    S = x.shape[2:]
     K = w.shape[0]
     dtype = np.result_type(x, w)
     y = np.empty((N, K) + tuple(O), dtype=dtype)
@@ -166,35 +183,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
         tg = (-(-(r1 - r0) // M_OUT),) + tgrid[1:]
         T = n * int(np.prod(tg))
         buf = bufs.get()
-        # the zero-padded input rows [r0, r0 + 4 th + 2) of this tile
-        pshape = (n, C) + tuple(t * M_OUT + R - 1 for t in tg)
-        P = buf[: int(np.prod(pshape))].reshape(pshape)
-        src, dst = [], []
-        for d in range(r):
-            lo, hi = pads[d]
-            s0 = r0 if d == 0 else 0
-            a0 = max(0, s0 - lo)
-            a1 = min(S[d] + min(hi, 0), s0 + pshape[2 + d] - lo)
-            a1 = max(a0, a1)
-            src.append(slice(a0, a1))
-            dst.append(slice(a0 + lo - s0, a1 + lo - s0))
-        for d in range(r):  # zero only the border slabs around the copied block
-            pre = (slice(None),) * (2 + d)
-            P[pre + (slice(0, dst[d].start),)] = 0
-            P[pre + (slice(dst[d].stop, None),)] = 0
-        P[(slice(None), slice(None)) + tuple(dst)] = x[(bs, slice(None)) + tuple(src)]
-        sp = P.strides[2:]
-        view = as_strided(
-            P,
-            (ALPHA,) * r + (C, n) + tg,
-            sp + (P.strides[1], P.strides[0]) + tuple(s_ * M_OUT for s_ in sp),
-            writeable=False,
-        )
-        off = P.size
-        A = buf[off: off + a * CK * T]  # two buffers; every step reads one, writes the other
-        B = buf[off + a * CK * T: off + 2 * a * CK * T]
-        np.copyto(A[: a * C * T].reshape(view.shape), view)
-        V = _transform(bt, A[: a * C * T], B[: a * C * T], A[: a * C * T], r)
+        V, A, B = _input_tiles(x, pads, bs, r0, tg, buf, a * CK * T, bt)
         F, G_ = (A, B) if r == 1 else (B, A)  # V is in A (2-D) or B (1-D)
         Mx = F[: a * K * T].reshape(a, K, T)
         np.matmul(U, V.reshape(a, C, T), out=Mx)
@@ -207,6 +196,48 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
 
     run_tiles(run, plan)
     return y
+
+
+def _input_tiles(x, pads, bs, r0, tg, buf, size, bt):
+    """Steps 1-3 for one tile: pad the input rows ``[r0, r0 + 4 tg[0] + 2)`` of samples
+    ``bs`` into ``buf``, gather the ``6^r`` overlapping tiles and transform them.  Returns
+    ``V (a^r C T flat)`` and the two ``size``-long buffers after the padded input; ``V``
+    lies in the first (2-D) or the second (1-D)."""
+    r = len(tg)
+    N, C = x.shape[:2]
+    S = x.shape[2:]
+    a = ALPHA**r
+    n = bs.stop - bs.start
+    T = n * int(np.prod(tg))
+    pshape = (n, C) + tuple(t * M_OUT + R - 1 for t in tg)
+    P = buf[: int(np.prod(pshape))].reshape(pshape)
+    src, dst = [], []
+    for d in range(r):
+        lo, hi = pads[d]
+        s0 = r0 if d == 0 else 0
+        a0 = max(0, s0 - lo)
+        a1 = min(S[d] + min(hi, 0), s0 + pshape[2 + d] - lo)
+        a1 = max(a0, a1)
+        src.append(slice(a0, a1))
+        dst.append(slice(a0 + lo - s0, a1 + lo - s0))
+    for d in range(r):  # zero only the border slabs around the copied block
+        pre = (slice(None),) * (2 + d)
+        P[pre + (slice(0, dst[d].start),)] = 0
+        P[pre + (slice(dst[d].stop, None),)] = 0
+    P[(slice(None), slice(None)) + tuple(dst)] = x[(bs, slice(None)) + tuple(src)]
+    sp = P.strides[2:]
+    view = as_strided(
+        P,
+        (ALPHA,) * r + (C, n) + tuple(tg),
+        sp + (P.strides[1], P.strides[0]) + tuple(s_ * M_OUT for s_ in sp),
+        writeable=False,
+    )
+    off = P.size
+    A = buf[off: off + size]  # two buffers; every step reads one, writes the other
+    B = buf[off + size: off + 2 * size]
+    np.copyto(A[: a * C * T].reshape(view.shape), view)
+    V = _transform(bt, A[: a * C * T], B[: a * C * T], A[: a * C * T], r)
+    return V, A, B
 
 
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
@@ -224,3 +255,89 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
              for (lo, _), s, o in zip(spec.padding, S, O)]
     wf = w[(slice(None), slice(None)) + (slice(None, None, -1),) * r].swapaxes(0, 1)
     return _correlate(gy, np.ascontiguousarray(wf), S, pairs)
+
+
+def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """gw[k, c, t] = sum_{n, i} gy[n, k, i] xp[n, c, i + t]: per 4-long (4x4) block of
+    output positions a valid correlation of the 6-long input tile with the gy block, i.e.
+    Winograd F(3, 4), the transpose of F(4, 3) (A and G swap roles)::
+
+        gw = G^T [ sum_tiles (A gy_tile A^T) * (B^T d B) ] G
+
+    The input tiles are transformed exactly as in the forward; the sum over tiles is one
+    GEMM per point ``M[xi] += Ugy[xi] (K, T) @ V[xi] (C, T)^T`` with the long tile axis
+    inside (each thread keeps its own partial ``M``).  gy blocks past the output are
+    zero.  ``O = gy.shape[2:]`` may be smaller than the formula gives (transposed conv)."""
+    r = spec.rank
+    N, C = x.shape[:2]
+    S = x.shape[2:]
+    K = gy.shape[1]
+    O = tuple(gy.shape[2:])
+    dtype = np.result_type(x, gy)
+    if N == 0 or 0 in O:
+        return np.zeros((K, C) + (R,) * r, dtype=dtype)
+    pads = [(lo, o + R - 1 - s - lo) for (lo, _), s, o in zip(spec.padding, S, O)]
+    tgrid = tuple(-(-o // M_OUT) for o in O)
+    rest = int(np.prod(tgrid[1:]))
+    bt, am = BT.astype(dtype), AT.T.astype(dtype)  # am: 6x4, F(3, 4)'s data-side transform
+    a, m, CK = ALPHA**r, M_OUT**r, max(C, K)
+    plan = _wg_plan(N, O, C, K, dtype.itemsize)
+    tmax = max((b.stop - b.start) * -(-(rw.stop - rw.start) // M_OUT) for b, rw in plan) * rest
+    pmax = max((b.stop - b.start) * (-(-(rw.stop - rw.start) // M_OUT) * M_OUT + R - 1)
+               for b, rw in plan) * C * int(np.prod([t * M_OUT + R - 1 for t in tgrid[1:]]))
+    bufs = Scratch(pmax + 2 * a * CK * tmax + (m + 2 * a) * K * tmax, dtype)
+    partial: dict[int, np.ndarray] = {}
+
+    def run(tile):
+        bs, rows = tile
+        r0, r1 = rows.start, rows.stop
+        n = bs.stop - bs.start
+        tg = (-(-(r1 - r0) // M_OUT),) + tgrid[1:]
+        T = n * int(np.prod(tg))
+        buf = bufs.get()
+        V, A, B = _input_tiles(x, pads, bs, r0, tg, buf, a * CK * T, bt)
+        g0 = buf.size - (m + 2 * a) * K * tmax
+        Gd = buf[g0: g0 + m * K * T].reshape((M_OUT,) * r + (K, n) + tg)
+        G1 = buf[g0 + m * K * T: g0 + (m + a) * K * T]
+        G2 = buf[g0 + (m + a) * K * T: g0 + (m + 2 * a) * K * T]
+        # gather the 4^r gy blocks: Gd[u.., k, n, t..] = gy[n, k, 4 t + u ..] (zero past O)
+        Oc = (r1 - r0,) + O[1:]
+        for u in np.ndindex(*(M_OUT,) * r):
+            dst = Gd[u].swapaxes(0, 1)  # (n, K, t..)
+            cnt = tuple(-(-(o - ui) // M_OUT) for o, ui in zip(Oc, u))
+            sl = tuple(slice(0, c_) for c_ in cnt)
+            src = (bs, slice(None), slice(r0 + u[0], r1, M_OUT))
+            src += tuple(slice(ui, None, M_OUT) for ui in u[1:])
+            dst[(slice(None), slice(None)) + sl] = gy[src]
+            for d in range(r):  # blocks that run past the output
+                if cnt[d] < tg[d]:
+                    dst[(slice(None),) * (2 + d) + (slice(cnt[d], None),)] = 0
+        Ug = _transform(am, Gd, G2, G1, r).reshape(a, K, T)  # in G1 (2-D) or G2 (1-D)
+        tmp = (G2 if r == 2 else G1)
+        UgT = tmp[: a * K * T].reshape(a, T, K)
+        # (T, K) rows: the GEMM below runs ~1.5x faster (NN) than on Ug's (K, T) (NT)
+        np.copyto(UgT, Ug.transpose(0, 2, 1))
+        key = threading.get_ident()
+        acc = partial.get(key)
+        if acc is None:  # a thread's first tile writes its sum (no zeroed buffer to fault in)
+            partial[key] = np.matmul(V.reshape(a, C, T), UgT)
+        else:
+            acc += np.matmul(V.reshape(a, C, T), UgT)
+
+    run_tiles(run, plan)
+    Msum = sum(partial.values())
+    with _blas_single_thread():
+        gw = _kron(G, r).T.astype(dtype) @ Msum.reshape(a, C * K)  # (3^r, C K)
+    gw = np.ascontiguousarray(gw.reshape(R**r, C, K).transpose(2, 1, 0))
+    return gw.reshape((K, C) + (R,) * r)
+
+
+def _wg_plan(N: int, O, C: int, K: int, item: int) -> list:
+    """Tiles of the weight gradient.  Every tile ends in an ``(a, C, K)`` product added to
+    its thread's sum: tiles several times that size (or half the work each) keep the
+    GEMMs' inner dimension long and the products few."""
+    r = len(O)
+    ppos = _per_position(r, C, K, item) + _per_position(r, 0, K, item)
+    total = N * int(np.prod(O)) * ppos
+    cache = max(WG_CACHE, min(-(-total // WORKERS), 4 * ALPHA**r * C * K * item))
+    return tiles(N, O, ppos, cache=cache)[0]
