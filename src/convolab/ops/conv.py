@@ -12,6 +12,7 @@ For complex dtypes the gradients follow torch's convention (conjugate Wirtinger)
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from collections.abc import Callable
 
@@ -199,6 +200,14 @@ def grads(
 # Public functional API (mirrors torch.nn.functional)
 
 
+def _prepared(transposed: bool, rank, what: str, a: dict) -> Prepared:
+    """``prepare`` from a call's bound arguments (``a``: name -> value, defaults applied)."""
+    return prepare(
+        a["input"], a["weight"], a["bias"], a["stride"], a["padding"], a["dilation"],
+        a["groups"], a.get("output_padding"), transposed=transposed, rank=rank, what=what,
+    )  # fmt: skip
+
+
 def _conv(rank, what):
     def fn(
         input: np.ndarray,
@@ -209,18 +218,7 @@ def _conv(rank, what):
         dilation: IntOrTuple = 1,
         groups: int = 1,
     ) -> np.ndarray:
-        p = prepare(
-            input,
-            weight,
-            bias,
-            stride,
-            padding,
-            dilation,
-            groups,
-            transposed=False,
-            rank=rank,
-            what=what,
-        )
+        p = _prepared(False, rank, what, locals())
         return _finish(_run_forward(p), p)
 
     return fn
@@ -237,48 +235,21 @@ def _conv_transpose(rank, what):
         groups: int = 1,
         dilation: IntOrTuple = 1,
     ) -> np.ndarray:
-        p = prepare(
-            input,
-            weight,
-            bias,
-            stride,
-            padding,
-            dilation,
-            groups,
-            output_padding,
-            transposed=True,
-            rank=rank,
-            what=what,
-        )
+        p = _prepared(True, rank, what, locals())
         return _finish(_run_forward(p), p)
 
     return fn
 
 
-def _vjp_of(transposed: bool, rank, what):
-    def vjp_impl(input, weight, bias=None, stride=1, padding=0, *rest, **kw):
-        if transposed:
-            names = ("output_padding", "groups", "dilation")
-            defaults = {"output_padding": 0, "groups": 1, "dilation": 1}
-        else:
-            names = ("dilation", "groups")
-            defaults = {"dilation": 1, "groups": 1}
-        args = dict(defaults)
-        args.update(zip(names, rest))
-        args.update(kw)
-        p = prepare(
-            input,
-            weight,
-            bias,
-            stride,
-            padding,
-            args["dilation"],
-            args["groups"],
-            args.get("output_padding"),
-            transposed=transposed,
-            rank=rank,
-            what=what,
-        )
+def _vjp_of(fn, transposed: bool, rank, what):
+    """The VJP of a public function: its own signature binds the arguments, so the
+    argument order is written once."""
+    sig = inspect.signature(fn)
+
+    def vjp_impl(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        p = _prepared(transposed, rank, what, bound.arguments)
         out = _finish(_run_forward(p), p)
         return out, lambda gy: grads(p, gy)
 
@@ -333,4 +304,4 @@ for _fn, _r, _t in [
     _fn.__module__ = "convolab"
     _rank_text = f"{_r}-D" if _r else "N-D (rank = weight.ndim - 2)"
     _fn.__doc__ = (_TDOC if _t else _DOC).format(what=_name, rank_text=_rank_text)
-    VJPS[_fn] = _vjp_of(_t, _r, _name)
+    VJPS[_fn] = _vjp_of(_fn, _t, _r, _name)
