@@ -34,7 +34,7 @@ def rel_err(a, b) -> float:
     return float(np.max(np.abs(a - b))) / max(float(np.max(np.abs(b))), 1.0)
 
 
-ALGOS = ("gemm", "fft", "winograd", "depthwise")
+ALGOS = ("gemm", "fft", "winograd", "depthwise", "polyphase")
 TOL64 = 1e-10
 TOL32 = 1e-4
 
@@ -124,7 +124,7 @@ def _check_against_direct_and_torch(case: ConvCase, algorithm: str):
         assert rel_err(a, t.numpy()) <= TOL64, (algorithm, case)
 
 
-@pytest.mark.parametrize("algorithm", ["gemm", "fft"])
+@pytest.mark.parametrize("algorithm", ["gemm", "fft", "polyphase"])
 @settings(max_examples=30, deadline=None)
 @given(case=conv_cases(batch=2))
 def test_general_algorithms_match_direct_and_torch(algorithm, case):
@@ -143,7 +143,8 @@ def test_depthwise_matches_direct_and_torch(case):
     _check_against_direct_and_torch(case, "depthwise")
 
 
-@pytest.mark.parametrize("algorithm", ["gemm", "fft", "winograd", "depthwise", "auto"])
+@pytest.mark.parametrize("algorithm", ["gemm", "fft", "winograd", "depthwise", "polyphase",
+                                       "auto"])
 @settings(max_examples=10, deadline=None)
 @given(case=conv_cases(batch=2, ranks=(1, 2)), ws=st.sampled_from([64, 4096]))
 def test_tiny_workspace_tiles_give_the_same_result(algorithm, case, ws):
@@ -160,6 +161,7 @@ CASES32 = {
     "winograd": ((4, 64, 20, 20), (64, 64, 3, 3), dict(padding=1)),
     "fft": ((2, 16, 700), (8, 16, 65), dict(padding=32)),
     "depthwise": ((4, 32, 20, 20), (64, 1, 5, 5), dict(padding=2, groups=32)),
+    "polyphase": ((4, 32, 20, 20), (48, 32, 3, 3), dict(padding=1, stride=2)),
 }
 
 
@@ -173,10 +175,11 @@ def test_float32_within_1e4_of_a_float64_reference(algorithm):
         ref, pb64 = cl.vjp(fn, x, w, **kw)
         gy = rng.standard_normal(ref.shape)
         ref_g = pb64(gy)
+    role, shape = ("input_grad", ref.shape) if algorithm == "polyphase" else ("forward", xs)
     with cl.options(algorithm=algorithm):
-        assert select.choose("forward", make_spec(ws[2:], kw.get("stride", 1), kw["padding"],
-                                                  1, kw.get("groups", 1)),
-                             xs, ws, np.float32).algorithm == algorithm
+        assert select.choose(role, make_spec(ws[2:], kw.get("stride", 1), kw["padding"],
+                                             1, kw.get("groups", 1)),
+                             shape, ws, np.float32).algorithm == algorithm
         y, pb = cl.vjp(fn, x.astype(np.float32), w.astype(np.float32), **kw)
         g = pb(gy.astype(np.float32))
     assert y.dtype == np.float32

@@ -35,7 +35,7 @@ def test_gradcheck_catches_a_wrong_gradient():
         ad._VJPS[cl.conv1d] = real
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "polyphase"])
 @settings(max_examples=25, deadline=None)
 @given(case=conv_cases(ranks=(1, 2, 3), batch=2))
 def test_conv_gradients_by_finite_differences(case, algorithm):

@@ -12,7 +12,7 @@ import contextvars
 from dataclasses import dataclass, fields, replace
 from collections.abc import Iterator
 
-ALGORITHMS = ("auto", "direct", "gemm", "winograd", "fft", "depthwise")
+ALGORITHMS = ("auto", "direct", "gemm", "winograd", "fft", "depthwise", "polyphase")
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,10 @@ _REGISTRY: dict[str, str] = {
     "winograd": "convolab.algorithms.winograd",
     "fft": "convolab.algorithms.fft",
     "depthwise": "convolab.algorithms.depthwise",
+    "polyphase": "convolab.algorithms.polyphase",
 }
 # Candidates of the automatic choice (direct is the reference: never picked by default).
-_AUTO_ORDER: list[str] = ["gemm", "depthwise", "winograd", "fft"]
+_AUTO_ORDER: list[str] = ["gemm", "depthwise", "winograd", "fft", "polyphase"]
 
 # Rates of the cost model (the 2-core AVX2 machines of benchmarks/RESULTS.md):
 # float32 GEMM FLOP/s, single-core copy bytes/s.  float64 halves the GEMM rate.

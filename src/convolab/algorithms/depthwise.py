@@ -35,15 +35,14 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     """No GEMM; ``prod(k)`` multiply-add passes over cache-resident tiles on 2 threads.
 
-    Measured against GEMM on the suite's depthwise 3x3 layer: the tap loop wins the
-    input gradient (a scatter that GEMM does as im2col-adjoint adds) but loses the
-    forward and the weight gradient to GEMM's batched 1 x 9 products, so only the
-    input gradient gets the cache-and-threads discount.
+    Measured on the suite's depthwise 3x3 layer (float32, medians): the tap loop loses
+    every role, to GEMM's batched 1 x 9 products in the forward (21.6 vs 15.8 ms) and
+    weight gradient (14.3 vs 12.1 ms) and to the polyphase input gradient, a GEMM
+    forward of the flipped kernel (30.0 vs 15.3 ms), so it is charged its full passes.
     """
     kk = int(np.prod(spec.kernel_size))
     moved = p["N"] * p["K"] * int(np.prod(p["O"])) * itemsize * kk * 3
-    return 0.0, moved / (4 if role == "input_grad" else 1)
-
+    return 0.0, moved
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     """The padded input (or gradient) plus one temporary per tile and thread."""

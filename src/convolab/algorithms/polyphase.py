@@ -1,0 +1,134 @@
+"""The input gradient (and so the transposed convolution) as forward convolutions.
+
+Shapes as in :mod:`convolab.algorithms.direct`.  The input gradient of a
+convolution is ``gxpad[i] = sum_{o, t : o*s + t*d = i} w[t] gy[o]``.  Split the
+padded input positions by their *phase* ``phi = i mod s`` (per spatial dimension):
+the taps that reach phase ``phi`` are those with ``t*d = phi (mod s)``, an
+arithmetic progression ``t0, t0 + s', t0 + 2 s', ...`` with ``s' = s / gcd(s, d)``,
+and tap ``t0 + j s'`` reads ``gy[q - m0 - j d']`` for ``i = q s + phi``, with
+``m0 = (t0 d - phi) / s`` and ``d' = d / gcd(s, d)``.  So every phase is an ordinary
+stride-1 convolution of ``gy`` (dilation ``d'``) with the flipped sub-kernel
+``w[t0::s']`` whose in/out channels are swapped (per group)::
+
+    gxpad[..., phi::s] = conv(pad(gy, (m0 + (J-1) d', ...)), flip(w[t0::s'])^T)
+
+With stride 1 there is one phase and this is the textbook "the input gradient is
+a full correlation with the flipped kernel".  Each phase runs through the GEMM
+forward (:func:`convolab.algorithms.gemm.forward`: an im2col *copy* plus a GEMM)
+instead of the GEMM input gradient's ``w^T @ gy`` followed by a col2im of
+``prod(k)`` read-modify-write adds; only the output positions that survive the
+crop of the padding are computed.  A phase that no tap reaches is zero.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from ..spec import ConvSpec
+from . import gemm
+
+
+def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
+    return role == "input_grad"
+
+
+def _phase_plan(spec: ConvSpec, in_spatial, O):
+    """Per dimension, per phase: ``(t0, step, taps, dil, first q, count, first gx index,
+    left pad of gy)`` or None when no tap reaches the phase (or no position survives)."""
+    plans = []
+    for n, k, s, d, (lo, _), o in zip(in_spatial, spec.kernel_size, spec.stride,
+                                       spec.dilation, spec.padding, O):
+        gcd = math.gcd(s, d)
+        step, dil = s // gcd, d // gcd
+        dim = []
+        for phi in range(s):
+            t0 = next((t for t in range(min(k, step)) if (t * d) % s == phi), None)
+            qa = max(0, -(-(lo - phi) // s))  # first phase position inside the crop
+            qb = -(-(lo + n - phi) // s)
+            if t0 is None or qb <= qa:
+                dim.append(None if qb > qa else "empty")
+                continue
+            J = len(range(t0, k, step))
+            m0 = (t0 * d - phi) // s
+            dim.append((t0, step, J, dil, qa, qb - qa, qa * s + phi - lo, m0 + (J - 1) * dil - qa))
+        plans.append(dim)
+    return plans
+
+
+def _flipped_transposed(w: np.ndarray, g: int) -> np.ndarray:
+    """(K, C/g, *k) -> (C, K/g, *k): in and out channels swapped within each group."""
+    K, Cg = w.shape[:2]
+    k = w.shape[2:]
+    wt = w.reshape((g, K // g, Cg) + k).swapaxes(1, 2).reshape((g * Cg, K // g) + k)
+    return wt
+
+
+def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
+    """gx = conv_transpose(gy, w): gy (N, K, *O), w (K, C/g, *k) -> (N, C, *in_spatial)."""
+    g = spec.groups
+    N = gy.shape[0]
+    C = w.shape[1] * g
+    r = spec.rank
+    O = tuple(gy.shape[2:])
+    in_spatial = tuple(in_spatial)
+    dtype = np.result_type(gy, w)
+    wt = _flipped_transposed(w, g)
+    plans = _phase_plan(spec, in_spatial, O)
+    full = all(p is not None for dim in plans for p in dim)
+    gx = (np.empty if full else np.zeros)((N, C) + in_spatial, dtype=dtype)
+    for combo in itertools.product(*plans):
+        if any(p is None or p == "empty" for p in combo):
+            continue  # zeros (or nothing of this phase survives the crop)
+        sub = wt[(slice(None), slice(None)) + tuple(slice(p[0], None, p[1]) for p in combo)]
+        sub = np.ascontiguousarray(sub[(Ellipsis,) + (slice(None, None, -1),) * r])
+        # gy padded by `left` on the low side and cropped/padded on the high side so that
+        # the stride-1 correlation yields exactly `count` positions.
+        lows, highs, cut = [], [], []
+        for p, o in zip(combo, O):
+            _, _, J, dil, _, count, _, left = p
+            right = count + dil * (J - 1) - o - left
+            a, b = max(0, -left), o - max(0, -right)
+            cut.append(slice(a, max(a, b)))
+            lows.append(max(0, left))
+            highs.append(max(0, right))
+        src = gy[(slice(None), slice(None)) + tuple(cut)]
+        dst = gx[(slice(None), slice(None)) + tuple(slice(p[6], None, s)
+                                                     for p, s in zip(combo, spec.stride))]
+        if any(c.stop <= c.start for c in cut):
+            dst[...] = 0
+            continue
+        sub_spec = ConvSpec(tuple(p[2] for p in combo), (1,) * r, tuple(zip(lows, highs)),
+                            tuple(p[3] for p in combo), g)
+        counts = tuple(p[5] for p in combo)
+        y = gemm.forward(src, sub, sub_spec, counts)
+        if full and all(s == 1 for s in spec.stride):
+            return y
+        dst[...] = y
+    return gx
+
+
+def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """The GEMM forward's cost on the swapped problem (``K`` gradient channels in, ``C``
+    out): the same FLOPs, im2col copies of ``K*prod(k)`` rows instead of a col2im of
+    ``C*prod(k)``, plus the strided write of each phase for stride > 1."""
+    swapped = dict(p, C=p["K"], K=p["C"])
+    flops, copies = gemm.cost("forward", _unstrided(spec), swapped, itemsize)
+    extra = 0 if all(s == 1 for s in spec.stride) else p["N"] * p["C"] * math.prod(p["S"]) * itemsize
+    return flops, copies + extra
+
+
+def _unstrided(spec: ConvSpec) -> ConvSpec:
+    return ConvSpec(spec.kernel_size, (1,) * spec.rank, ((1, 1),) * spec.rank,
+                    spec.dilation, spec.groups)
+
+
+def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
+    """The GEMM forward's scratch on the swapped problem, plus the padded gradient."""
+    swapped = dict(p, C=p["K"], K=p["C"], S=p["O"])
+    item = np.dtype(dtype).itemsize
+    pad = p["N"] * p["K"] * math.prod(o + d * (k - 1) for o, d, k in
+                                      zip(p["O"], spec.dilation, spec.kernel_size)) * item
+    return gemm.workspace("forward", _unstrided(spec), swapped, dtype) + pad
