@@ -59,19 +59,29 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
-    """FFTs at ~5 L log2 L FLOPs, the spectral products as complex GEMM work."""
+    """FFTs, the spectral products as complex GEMM work, the copies.
+
+    Fitted to interleaved medians against GEMM after the products became one GEMM
+    per frequency (float32 forward: conv1d k7 C64 FFT 30 vs GEMM 19 ms, dilated k3
+    34 vs 13, conv3d 3x3x3 C32 49 vs 19, k63 C16 11 vs 32):
+
+    * FFTs: ``2.5 L log2 L`` FLOPs per real transform, charged 12x the GEMM rate
+      (pocketfft ran the k7 blocks at 7-11 GFLOP/s);
+    * products: ``4 L N C K / g`` real FLOPs (half spectrum, 8 FLOPs per complex
+      multiply-add), charged 4x for the frequency-major copies around them;
+    * every frequency is one BLAS call (~2 us each, charged as 16 KB of copying).
+    """
     N, C, K, g = p["N"], p["C"], p["K"], p["g"]
     ext = [s * (o - 1) + d * (k - 1) + 1 for s, o, d, k in
            zip(spec.stride, p["O"], spec.dilation, spec.kernel_size)]
     L = math.prod(ext) * 1.3
     ffts = 2.5 * L * math.log2(max(L, 2)) * (N * C + N * K + K * C // g)
-    # half spectrum (real), 8 FLOPs per complex MAC; one small complex GEMM per
-    # frequency runs at ~4 GFLOP/s, ~37x below the sgemm rate (measured on the 3-D case:
-    # 106 MFLOP in 27 ms), which is what keeps the FFT for large kernels only
-    prods = 4 * L * N * C * K / g * 37
-    eff = min(1.0, C / g / 16) * min(1.0, K / g / 16)
+    prods = 4 * L * N * C * K / g * 4
     moved = L * itemsize * 2 * (N * C + N * K) * 3
-    return ffts + prods / max(eff, 0.02), moved
+    e0, o0, s0 = spec.dilation[0] * (spec.kernel_size[0] - 1) + 1, p["O"][0], spec.stride[0]
+    first = 8 * e0 if role != "input_grad" and o0 * s0 > 16 * e0 else ext[0]
+    freqs = (first // 2 + 1) * math.prod(ext[1:]) * g
+    return 12 * ffts + prods, moved + freqs * 16e3
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
@@ -119,14 +129,18 @@ def _inverse(A: np.ndarray, L, r: int, real: bool) -> np.ndarray:
 
 
 def _contract(A: np.ndarray, B: np.ndarray, r: int) -> np.ndarray:
-    """Per frequency, ``A (..., g, i, j, *F) @ B (g, j, l, *F) -> (..., g, i, l, *F)``."""
-    lead = A.ndim - r - 3
-    fa = tuple(range(A.ndim - r, A.ndim))
-    At = A.transpose(fa + tuple(range(A.ndim - r)))  # (*F, ..., g, i, j)
-    Bt = B.transpose(tuple(range(3, 3 + r)) + (0, 1, 2))  # (*F, g, j, l)
-    Bt = Bt.reshape(Bt.shape[:r] + (1,) * lead + Bt.shape[r:])
-    Ct = np.matmul(At, Bt)
-    return Ct.transpose(tuple(range(r, Ct.ndim)) + tuple(range(r)))
+    """Per frequency, ``A (g, i, j, *F) @ B (g, j, l, *F) -> (g, i, l, *F)``.
+
+    Both operands are first copied frequency-major, so every frequency is one BLAS
+    GEMM on contiguous matrices (``np.matmul`` on strided operands falls back to a
+    loop without BLAS).  Callers fold samples and blocks into ``i``: one product per
+    sample and frequency would be a matrix-vector product, ~40x below GEMM speed."""
+    F = A.shape[3:]
+    Fp = math.prod(F)
+    At = np.ascontiguousarray(np.moveaxis(A.reshape(A.shape[:3] + (Fp,)), 3, 0))
+    Bt = np.ascontiguousarray(np.moveaxis(B.reshape(B.shape[:3] + (Fp,)), 3, 0))
+    Ct = np.matmul(At, Bt)  # (Fp, g, i, l)
+    return np.moveaxis(Ct, 0, 3).reshape(Ct.shape[1:] + F)
 
 
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
@@ -171,13 +185,15 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
             st[:2] + (st[2] * B * s[0], st[2]) + st[3:], writeable=False)
         blocks = blocks[(Ellipsis,) + tuple(slice(0, n_) for n_ in ext[1:])]
         X = _spectrum(blocks, L, r, real)  # (n, C, nbt, *F)
-        X = X.reshape((n, g, C // g, nbt) + X.shape[3:]).transpose(
-            (0, 3, 1, 2) + tuple(range(4, 4 + r)))  # (n, nbt, g, Cg, *F)
-        X = X.reshape((n, nbt, g, 1, C // g) + X.shape[4:])
-        Y = _contract(X, Wc, r)  # (n, nbt, g, 1, Kg, *F)
-        yb = _inverse(Y, L, r, real)[(Ellipsis,) + keep]  # (n, nbt, g, 1, Kg, B, ...)
-        yb = yb.reshape((n, nbt, K) + yb.shape[5:]).swapaxes(1, 2)
-        yb = yb.reshape((n, K, nbt * B) + yb.shape[4:])
+        F = X.shape[3:]
+        # samples and blocks are the rows of one GEMM per frequency and group
+        X = X.reshape((n, g, C // g, nbt) + F).transpose(
+            (1, 0, 3, 2) + tuple(range(4, 4 + r))).reshape((g, n * nbt, C // g) + F)
+        Y = _contract(X, Wc, r)  # (g, n*nbt, Kg, *F)
+        Y = Y.reshape((g, n, nbt, K // g) + F).transpose(
+            (1, 0, 3, 2) + tuple(range(4, 4 + r))).reshape((n, K, nbt) + F)
+        yb = _inverse(Y, L, r, real)[(Ellipsis,) + keep]  # (n, K, nbt, B, ...)
+        yb = yb.reshape((n, K, nbt * yb.shape[3]) + yb.shape[4:])
         o0, o1 = b0 * B, min(O[0], (b0 + nbt) * B)
         y[bs, :, o0:o1] = yb[:, :, : o1 - o0]
     return y
@@ -208,9 +224,10 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
         up = np.zeros((n, K) + tuple(si * (o - 1) + 1 for si, o in zip(s, O)), dtype=dtype)
         up[(Ellipsis,) + tuple(slice(None, None, si) for si in s)] = gb
         G = _spectrum(up, L, r, real)
-        G = G.reshape((n, g, 1, K // g) + G.shape[2:])
-        X = _contract(G, Wf, r)  # (n, g, 1, Cg, *F)
-        full = _inverse(X, L, r, real).reshape((n, g * Cg) + tuple(L))
+        F = G.shape[2:]
+        G = G.reshape((n, g, K // g) + F).swapaxes(0, 1)  # (g, n, Kg, *F)
+        X = _contract(G, Wf, r).swapaxes(0, 1)  # (n, g, Cg, *F)
+        full = _inverse(X.reshape((n, g * Cg) + F), L, r, real)
         gxp[(bs, slice(None)) + tuple(slice(0, m) for m in need)] = full[
             (Ellipsis,) + tuple(slice(0, m) for m in need)]
     gxp = gxp[(Ellipsis,) + tuple(slice(0, p) for p in padded)]
@@ -218,6 +235,12 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
 
 
 def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """``GW[k, c] = sum_n conj(GYu[n, k]) X[n, c]`` per frequency, read at the taps.
+
+    A long first dimension is cut into blocks as in the forward: block ``b`` pairs
+    ``B`` gradient positions with the ``(B-1)*s + e`` inputs they see, so the sum over
+    samples *and* blocks is one GEMM per frequency on short transforms (the lags
+    ``0 .. e-1`` of each block's circular correlation do not wrap)."""
     r, g = spec.rank, spec.groups
     N, C = x.shape[:2]
     K = gy.shape[1]
@@ -226,26 +249,47 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     real = dtype.kind == "f"
     _, _, fast = _fft()
     s, e = spec.stride, spec.effective_kernel
-    ext = tuple(si * (o - 1) + ei for si, o, ei in zip(s, O, e))
-    L = tuple(fast(n) for n in ext)
+    B, nb = O[0], 1
+    if O[0] * s[0] > 16 * e[0]:
+        B = max(1, (fast(8 * e[0]) - e[0]) // s[0] + 1)
+        nb = -(-O[0] // B)
+    seg = ((B - 1) * s[0] + e[0],) + tuple(si * (o - 1) + ei for si, o, ei in
+                                          zip(s[1:], O[1:], e[1:]))
+    L = tuple(fast(n) for n in seg)
+    # inputs: every block reads (B-1)*s + e positions, block b from b*B*s on
+    ext = ((nb * B - 1) * s[0] + e[0],) + seg[1:]
     xp = pad_spatial(x, spec.padding)
     xp = xp[(Ellipsis,) + tuple(slice(0, n) for n in ext)]
     if xp.shape[2:] != ext:  # O larger than the padded input allows: zero-extend
         xp = pad_spatial(xp, [(0, n - m) for n, m in zip(ext, xp.shape[2:])])
     gwf = None
-    per_sample = math.prod(L) * 8 * (C + K)
+    per_sample = math.prod(L) * nb * 8 * 2 * (C + K)
     step = max(1, min(N, _budget() // max(per_sample, 1)))
     for i in range(0, N, step):
         bs = slice(i, min(N, i + step))
         n = xp[bs].shape[0]
-        up = np.zeros((n, K) + tuple(si * (o - 1) + 1 for si, o in zip(s, O)), dtype=dtype)
-        up[(Ellipsis,) + tuple(slice(None, None, si) for si in s)] = gy[bs]
-        Gc = _spectrum(up, L, r, real, conj=True)  # (n, K, *F)
-        X = _spectrum(xp[bs], L, r, real)  # (n, C, *F)
-        # GW[g, Kg, Cg] = sum_n Gc[n, g, Kg] X[n, g, Cg]: contract over n per group
-        Gt = Gc.reshape((n, g, K // g) + Gc.shape[2:]).transpose((1, 2, 0) + tuple(range(3, 3 + r)))
-        Xt = X.reshape((n, g, C // g) + X.shape[2:]).transpose((1, 0, 2) + tuple(range(3, 3 + r)))
-        part = _contract(Gt[None], Xt, r)[0]  # (g, Kg, Cg, *F)
+        # gy upsampled by the stride, zero-extended to nb full blocks
+        up = np.zeros((n, K, nb * B * s[0]) + tuple(si * (o - 1) + 1 for si, o in
+                                                    zip(s[1:], O[1:])), dtype=dtype)
+        up[(Ellipsis,) + tuple(slice(0, si * (o - 1) + 1, si) for si, o in zip(s, O))] = gy[bs]
+        xb, ub = xp[bs], up
+        if nb > 1:
+            st, su = xb.strides, ub.strides
+            xb = as_strided(xb, (n, C, nb, seg[0]) + xb.shape[3:],
+                            st[:2] + (st[2] * B * s[0], st[2]) + st[3:], writeable=False)
+            ub = as_strided(ub, (n, K, nb, (B - 1) * s[0] + 1) + ub.shape[3:],
+                            su[:2] + (su[2] * B * s[0], su[2]) + su[3:], writeable=False)
+        else:
+            xb, ub = xb[:, :, None], ub[:, :, None, : (B - 1) * s[0] + 1]
+        Gc = _spectrum(ub, L, r, real, conj=True)  # (n, K, nb, *F)
+        X = _spectrum(xb, L, r, real)  # (n, C, nb, *F)
+        F = X.shape[3:]
+        # GW[g, Kg, Cg] = sum_{n, b} Gc[n, g, Kg, b] X[n, g, Cg, b]: one GEMM per frequency
+        Gt = Gc.reshape((n, g, K // g, nb) + F).transpose(
+            (1, 2, 0, 3) + tuple(range(4, 4 + r))).reshape((g, K // g, n * nb) + F)
+        Xt = X.reshape((n, g, C // g, nb) + F).transpose(
+            (1, 0, 3, 2) + tuple(range(4, 4 + r))).reshape((g, n * nb, C // g) + F)
+        part = _contract(Gt, Xt, r)  # (g, Kg, Cg, *F)
         gwf = part if gwf is None else gwf + part
     full = _inverse(gwf, L, r, real)
     taps = tuple(slice(0, ei, d) for ei, d in zip(e, spec.dilation))

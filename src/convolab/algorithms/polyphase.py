@@ -13,11 +13,13 @@ stride-1 convolution of ``gy`` (dilation ``d'``) with the flipped sub-kernel
     gxpad[..., phi::s] = conv(pad(gy, (m0 + (J-1) d', ...)), flip(w[t0::s'])^T)
 
 With stride 1 there is one phase and this is the textbook "the input gradient is
-a full correlation with the flipped kernel".  Each phase runs through the GEMM
-forward (:func:`convolab.algorithms.gemm.forward`: an im2col *copy* plus a GEMM)
-instead of the GEMM input gradient's ``w^T @ gy`` followed by a col2im of
-``prod(k)`` read-modify-write adds; only the output positions that survive the
-crop of the padding are computed.  A phase that no tap reaches is zero.
+a full correlation with the flipped kernel".  Each phase runs through the forward
+algorithm the automatic choice picks for it (:func:`convolab.select.choose`; GEMM:
+an im2col *copy* plus a GEMM, instead of the GEMM input gradient's ``w^T @ gy``
+followed by a col2im of ``prod(k)`` read-modify-write adds; FFT for a large kernel:
+overlap-save blocks instead of one transform of the whole signal).  Only the
+output positions that survive the crop of the padding are computed.  A phase that
+no tap reaches is zero.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import math
 
 import numpy as np
 
+from .. import select
 from ..spec import ConvSpec
 from . import gemm
 
@@ -103,7 +106,8 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
         sub_spec = ConvSpec(tuple(p[2] for p in combo), (1,) * r, tuple(zip(lows, highs)),
                             tuple(p[3] for p in combo), g)
         counts = tuple(p[5] for p in combo)
-        y = gemm.forward(src, sub, sub_spec, counts)
+        algo = select.choose("forward", sub_spec, src.shape, sub.shape, dtype).module
+        y = algo.forward(src, sub, sub_spec, counts)
         if full and all(s == 1 for s in spec.stride):
             return y
         dst[...] = y
@@ -111,24 +115,32 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
-    """The GEMM forward's cost on the swapped problem (``K`` gradient channels in, ``C``
-    out): the same FLOPs, im2col copies of ``K*prod(k)`` rows instead of a col2im of
-    ``C*prod(k)``, plus the strided write of each phase for stride > 1."""
-    swapped = dict(p, C=p["K"], K=p["C"])
-    flops, copies = gemm.cost("forward", _unstrided(spec), swapped, itemsize)
+    """The cheapest forward's cost on the swapped problem (``K`` gradient channels in,
+    ``C`` out; the same FLOPs; for GEMM im2col copies of ``K*prod(k)`` rows instead of
+    a col2im of ``C*prod(k)``), plus the strided write of each phase for stride > 1."""
+    sub, swapped = _swapped(spec, p)
+    dtype = np.float32 if itemsize == 4 else np.float64
+    x_shape = (p["N"], p["K"]) + tuple(p["O"])
+    w_shape = (p["C"], p["K"] // p["g"]) + tuple(spec.kernel_size)
+    names = [n for n in select.candidates("forward", sub, x_shape, w_shape, dtype)
+             if n != "winograd" or sub.stride == spec.stride] or ["gemm"]
+    best = min((select._module(n).cost("forward", sub, swapped, itemsize) for n in names),
+               key=lambda fb: fb[0] / select.GEMM_FLOPS + fb[1] / select.COPY_BYTES)
     extra = 0 if all(s == 1 for s in spec.stride) else p["N"] * p["C"] * math.prod(p["S"]) * itemsize
-    return flops, copies + extra
+    return best[0], best[1] + extra
 
 
-def _unstrided(spec: ConvSpec) -> ConvSpec:
-    return ConvSpec(spec.kernel_size, (1,) * spec.rank, ((1, 1),) * spec.rank,
-                    spec.dilation, spec.groups)
+def _swapped(spec: ConvSpec, p: dict):
+    """A stride-1 spec and problem sizes standing for the phases' forward convolutions
+    (their FLOPs add up to the whole input gradient's)."""
+    full = tuple(max(0, d * (k - 1) - lo) for d, k, (lo, _) in
+                 zip(spec.dilation, spec.kernel_size, spec.padding))
+    sub = ConvSpec(spec.kernel_size, (1,) * spec.rank, tuple((f, f) for f in full),
+                   spec.dilation, spec.groups)
+    return sub, dict(p, C=p["K"], K=p["C"])
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
-    """The GEMM forward's scratch on the swapped problem, plus the padded gradient."""
-    swapped = dict(p, C=p["K"], K=p["C"], S=p["O"])
-    item = np.dtype(dtype).itemsize
-    pad = p["N"] * p["K"] * math.prod(o + d * (k - 1) for o, d, k in
-                                      zip(p["O"], spec.dilation, spec.kernel_size)) * item
-    return gemm.workspace("forward", _unstrided(spec), swapped, dtype) + pad
+    """The GEMM forward's scratch on the swapped problem."""
+    sub, swapped = _swapped(spec, p)
+    return gemm.workspace("forward", sub, dict(swapped, S=p["O"]), dtype)
