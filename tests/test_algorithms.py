@@ -350,3 +350,20 @@ def test_winograd_weight_grad_float32_accuracy():
     assert got.dtype == np.float32
     ref = direct.weight_grad(x.astype(np.float64), gy.astype(np.float64), spec)
     assert float(np.max(np.abs(got - ref)) / np.max(np.abs(ref))) <= TOL32
+
+
+def test_polyphase_runs_a_large_kernel_input_gradient_on_the_blocked_fft():
+    """The input gradient of a long 1-D convolution: polyphase picks the FFT forward
+    for its (single, stride-1) phase, and the result is the reference's."""
+    case = ConvCase(False, 1, (2, 3, 2000), (4, 3, 65), True, dict(padding=32))
+    spec = make_spec((65,), 1, 32, 1, 1)
+    c = select.choose("input_grad", spec, (2, 4, 2000), (4, 3, 65), np.float64)
+    assert c.algorithm == "polyphase", c.reason
+    from convolab.algorithms import polyphase
+    inner, sub, _ = polyphase._inner(spec, select.problem("input_grad", spec, (2, 4, 2000),
+                                                          (4, 3, 65)), 8)
+    assert inner.__name__.endswith("fft")
+    _, got = _run(case, "auto")
+    _, ref = _run(case, "direct")
+    for a, r in zip(got, ref):
+        assert rel_err(a, r) <= TOL64

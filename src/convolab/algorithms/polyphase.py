@@ -114,33 +114,42 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     return gx
 
 
-def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
-    """The cheapest forward's cost on the swapped problem (``K`` gradient channels in,
-    ``C`` out; the same FLOPs; for GEMM im2col copies of ``K*prod(k)`` rows instead of
-    a col2im of ``C*prod(k)``), plus the strided write of each phase for stride > 1."""
-    sub, swapped = _swapped(spec, p)
-    dtype = np.float32 if itemsize == 4 else np.float64
-    x_shape = (p["N"], p["K"]) + tuple(p["O"])
-    w_shape = (p["C"], p["K"] // p["g"]) + tuple(spec.kernel_size)
-    names = [n for n in select.candidates("forward", sub, x_shape, w_shape, dtype)
-             if n != "winograd" or sub.stride == spec.stride] or ["gemm"]
-    best = min((select._module(n).cost("forward", sub, swapped, itemsize) for n in names),
-               key=lambda fb: fb[0] / select.GEMM_FLOPS + fb[1] / select.COPY_BYTES)
-    extra = 0 if all(s == 1 for s in spec.stride) else p["N"] * p["C"] * math.prod(p["S"]) * itemsize
-    return best[0], best[1] + extra
-
-
-def _swapped(spec: ConvSpec, p: dict):
-    """A stride-1 spec and problem sizes standing for the phases' forward convolutions
-    (their FLOPs add up to the whole input gradient's)."""
+def _inner(spec: ConvSpec, p: dict, itemsize: int):
+    """The forward algorithm (by the cost model) for the phases, with the stride-1 spec
+    and problem sizes standing for them (their FLOPs add up to the input gradient's)."""
     full = tuple(max(0, d * (k - 1) - lo) for d, k, (lo, _) in
                  zip(spec.dilation, spec.kernel_size, spec.padding))
     sub = ConvSpec(spec.kernel_size, (1,) * spec.rank, tuple((f, f) for f in full),
                    spec.dilation, spec.groups)
-    return sub, dict(p, C=p["K"], K=p["C"])
+    swapped = dict(p, C=p["K"], K=p["C"], S=p["O"])
+    dtype = np.float32 if itemsize == 4 else np.float64
+    x_shape = (p["N"], p["K"]) + tuple(p["O"])
+    w_shape = (p["C"], p["K"] // p["g"]) + tuple(spec.kernel_size)
+    names = [n for n in select.candidates("forward", sub, x_shape, w_shape, dtype)
+             if n != "winograd" or all(s == 1 for s in spec.stride)] or ["gemm"]
+
+    def seconds(name):
+        flops, nbytes = select._module(name).cost("forward", sub, swapped, itemsize)
+        return flops / select.GEMM_FLOPS + nbytes / select.COPY_BYTES
+
+    return select._module(min(names, key=seconds)), sub, swapped
+
+
+def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """The cheapest forward's cost on the swapped problem (``K`` gradient channels in,
+    ``C`` out; the same FLOPs; for GEMM im2col copies of ``K*prod(k)`` rows instead of
+    a col2im of ``C*prod(k)``), plus the strided write of each phase for stride > 1."""
+    mod, sub, swapped = _inner(spec, p, itemsize)
+    flops, nbytes = mod.cost("forward", sub, swapped, itemsize)
+    extra = 0 if all(s == 1 for s in spec.stride) else p["N"] * p["C"] * math.prod(p["S"]) * itemsize
+    return flops, nbytes + extra
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
-    """The GEMM forward's scratch on the swapped problem."""
-    sub, swapped = _swapped(spec, p)
-    return gemm.workspace("forward", sub, dict(swapped, S=p["O"]), dtype)
+    """The phases' forward scratch (the swapped problem), plus the result of one phase
+    for stride > 1 before it is written into place."""
+    mod, sub, swapped = _inner(spec, p, np.dtype(dtype).itemsize)
+    est = getattr(mod, "workspace", None)
+    own = 0 if all(s == 1 for s in spec.stride) else (
+        p["N"] * p["C"] * math.prod(p["S"]) * np.dtype(dtype).itemsize)
+    return (int(est("forward", sub, swapped, dtype)) if est else 0) + own
