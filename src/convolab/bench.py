@@ -145,24 +145,50 @@ def _convolab(case, x, w, b, gy, algorithm):
 
 
 def _naive_im2col(case, x, w):
-    """The straightforward NumPy im2col: pad, ``sliding_window_view``, ``tensordot``."""
+    """The straightforward NumPy im2col: pad, ``sliding_window_view``, ``tensordot``
+    (one per group for a grouped convolution; a transposed convolution as the forward
+    convolution of the stride-dilated, padded input with the flipped kernel)."""
     from numpy.lib.stride_tricks import sliding_window_view
 
-    if case.transposed or case.kw.get("groups", 1) != 1:
-        return None
     spec = case.spec()
     r = case.rank
-    out = spec.conv_out_shape(case.x[2:])
+    g = case.kw.get("groups", 1)
+    if case.transposed:
+        op = spec.output_padding or (0,) * r
+        ext = [d * (k - 1) for d, k in zip(spec.dilation, spec.kernel_size)]
+        pads = [(e - lo, e - hi + o) for e, (lo, hi), o in zip(ext, spec.padding, op)]
+        Cin, Kg = w.shape[:2]
+        wf = w.reshape((g, Cin // g, Kg) + w.shape[2:]).swapaxes(1, 2)
+        wf = wf.reshape((g * Kg, Cin // g) + w.shape[2:])[
+            (Ellipsis,) + (slice(None, None, -1),) * r]
+        stride, dil = (1,) * r, spec.dilation
+    else:
+        pads, wf, stride, dil = list(spec.padding), w, spec.stride, spec.dilation
+    eff = tuple(d * (k - 1) + 1 for d, k in zip(dil, spec.kernel_size))
 
     def fwd():
-        xp = np.pad(x, [(0, 0), (0, 0)] + list(spec.padding))
-        win = sliding_window_view(xp, spec.effective_kernel, axis=tuple(range(2, 2 + r)))
-        sl = tuple(slice(0, s * (o - 1) + 1, s) for s, o in zip(spec.stride, out))
-        sl += tuple(slice(None, None, d) for d in spec.dilation)
+        src = x
+        if case.transposed:
+            up = np.zeros(x.shape[:2] + tuple(s * (n - 1) + 1 for s, n in
+                                              zip(spec.stride, x.shape[2:])), x.dtype)
+            up[(Ellipsis,) + tuple(slice(None, None, s) for s in spec.stride)] = x
+            src = up
+        crop = tuple(slice(max(0, -lo), n - max(0, -hi)) for (lo, hi), n in
+                     zip(pads, src.shape[2:]))
+        xp = np.pad(src[(Ellipsis,) + crop],
+                    [(0, 0), (0, 0)] + [(max(0, lo), max(0, hi)) for lo, hi in pads])
+        out = tuple((n - e) // s + 1 for n, e, s in zip(xp.shape[2:], eff, stride))
+        win = sliding_window_view(xp, eff, axis=tuple(range(2, 2 + r)))
+        sl = tuple(slice(0, s * (o - 1) + 1, s) for s, o in zip(stride, out))
+        sl += tuple(slice(None, None, d) for d in dil)
         win = win[(slice(None), slice(None)) + sl]
-        y = np.tensordot(win, w, axes=([1] + list(range(2 + r, 2 + 2 * r)),
-                                       [1] + list(range(2, 2 + r))))
-        np.moveaxis(y, -1, 1)
+        Cg, Kg = win.shape[1] // g, wf.shape[0] // g
+        ys = [np.tensordot(win[:, j * Cg:(j + 1) * Cg], wf[j * Kg:(j + 1) * Kg],
+                           axes=([1] + list(range(2 + r, 2 + 2 * r)),
+                                 [1] + list(range(2, 2 + r))))
+              for j in range(g)]
+        y = ys[0] if g == 1 else np.concatenate(ys, axis=-1)
+        return np.moveaxis(y, -1, 1)
 
     return fwd
 
