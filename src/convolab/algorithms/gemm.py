@@ -224,14 +224,23 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         n, Pt = cols.shape[1:]
         cols = cols.reshape(g, Ckg, n * Pt)
         gyt = gyg[bs, :, :, _row_positions(rows, O)].transpose(1, 2, 0, 3).reshape(g, Kg, n * Pt)
+        # cols @ gy^T (C/g*kk rows) rather than gy @ cols^T (K/g rows): measured 8-43 %
+        # faster (medians) on the suite's conv3d, 1-D, 3x3 C64 and stem weight
+        # gradients; with K/g = 8 (32 groups) it was 13 % slower, so small K/g keep the
+        # other order
+        if Kg >= 16:
+            prod = np.matmul(cols, gyt.transpose(0, 2, 1))  # (g, Ckg, Kg)
+        else:
+            prod = np.matmul(gyt, cols.transpose(0, 2, 1)).transpose(0, 2, 1)
         acc = partial.get(threading.get_ident())
         if acc is None:
-            partial[threading.get_ident()] = np.matmul(gyt, cols.transpose(0, 2, 1))
+            partial[threading.get_ident()] = prod
         else:
-            acc += np.matmul(gyt, cols.transpose(0, 2, 1))
+            acc += prod
 
     run_tiles(run, plan)
-    gw = sum(partial.values()) if partial else np.zeros((g, Kg, Ckg), dtype=dtype)
+    gw = sum(partial.values()) if partial else np.zeros((g, Ckg, Kg), dtype=dtype)
+    gw = np.ascontiguousarray(gw.transpose(0, 2, 1))
     return gw.reshape((K, C // g) + tuple(spec.kernel_size))
 
 

@@ -31,19 +31,18 @@ import numpy as np
 
 from .. import select
 from ..spec import ConvSpec
-from . import gemm
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     return role == "input_grad"
 
 
-def _phase_plan(spec: ConvSpec, in_spatial, O):
+def _phase_plan(spec: ConvSpec, in_spatial):
     """Per dimension, per phase: ``(t0, step, taps, dil, first q, count, first gx index,
     left pad of gy)`` or None when no tap reaches the phase (or no position survives)."""
     plans = []
-    for n, k, s, d, (lo, _), o in zip(in_spatial, spec.kernel_size, spec.stride,
-                                       spec.dilation, spec.padding, O):
+    for n, k, s, d, (lo, _) in zip(in_spatial, spec.kernel_size, spec.stride,
+                                    spec.dilation, spec.padding):
         gcd = math.gcd(s, d)
         step, dil = s // gcd, d // gcd
         dim = []
@@ -79,7 +78,7 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     in_spatial = tuple(in_spatial)
     dtype = np.result_type(gy, w)
     wt = _flipped_transposed(w, g)
-    plans = _phase_plan(spec, in_spatial, O)
+    plans = _phase_plan(spec, in_spatial)
     full = all(p is not None for dim in plans for p in dim)
     gx = (np.empty if full else np.zeros)((N, C) + in_spatial, dtype=dtype)
     for combo in itertools.product(*plans):
@@ -141,7 +140,8 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     a col2im of ``C*prod(k)``), plus the strided write of each phase for stride > 1."""
     mod, sub, swapped = _inner(spec, p, itemsize)
     flops, nbytes = mod.cost("forward", sub, swapped, itemsize)
-    extra = 0 if all(s == 1 for s in spec.stride) else p["N"] * p["C"] * math.prod(p["S"]) * itemsize
+    strided = any(s != 1 for s in spec.stride)
+    extra = p["N"] * p["C"] * math.prod(p["S"]) * itemsize if strided else 0
     return flops, nbytes + extra
 
 
