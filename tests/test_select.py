@@ -146,3 +146,17 @@ def test_problem_sizes_of_each_role():
     q = select.problem("input_grad", spec, (2, 4, 5), (4, 3, 3))
     assert q["C"] == 3 and q["K"] == 4 and q["O"] == (5,) and q["S"] == (9,)
     assert select.direct_flops(spec, (2, 3, 9), (4, 3, 3)) == 2 * 2 * 4 * 3 * 3 * 5
+
+
+def test_the_automatic_choice_is_cached_per_shape_and_budget():
+    spec = _spec((3, 3), padding=1)
+    args = ("forward", spec, (16, 64, 56, 56), (64, 64, 3, 3), np.float32)
+    select._by_cost_model.cache_clear()
+    a = select.choose(*args)
+    b = select.choose(*args)
+    assert a is b and select._by_cost_model.cache_info().hits == 1
+    with cl.options(workspace_bytes=2**20):
+        select.choose(*args)  # another budget is another entry, not a stale hit
+    assert select._by_cost_model.cache_info().misses == 2
+    with cl.options(algorithm="direct"):
+        assert select.choose(*args).algorithm == "direct"  # forcing bypasses the cache

@@ -26,6 +26,7 @@ weight_grad, ``gy`` for input_grad; ``w_shape`` is always the weight's shape.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import time
@@ -62,6 +63,7 @@ def register(name: str, module: str, *, auto_rank: int | None = None) -> None:
     _REGISTRY[name] = module
     if auto_rank is not None and name not in _AUTO_ORDER:
         _AUTO_ORDER.insert(auto_rank, name)
+    _by_cost_model.cache_clear()
 
 
 def _module(name: str):
@@ -182,13 +184,25 @@ def choose(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
         if _applicable(_module(name), role, spec, x_shape, w_shape, dtype):
             return Choice(name, f"forced by options(algorithm={name!r})")
         return Choice("gemm", f"{name!r} does not handle {role} here; fell back to 'gemm'")
+    if opts.autotune:
+        names = candidates(role, spec, x_shape, w_shape, dtype)
+        if len(names) > 1:
+            return Choice(*_autotuned(role, spec, x_shape, w_shape, dtype, names))
+    return _by_cost_model(role, spec, tuple(x_shape), tuple(w_shape), dtype,
+                          opts.workspace_bytes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _by_cost_model(role, spec, x_shape, w_shape, dtype, workspace) -> Choice:
+    """The automatic choice, cached per (role, spec, shapes, dtype, workspace budget):
+    ranking the candidates costs ~0.1 ms, which a training loop of small convolutions
+    would pay on every call.  (``workspace`` is part of the key because the estimates
+    of tiled algorithms read the budget from the options.)"""
     names = candidates(role, spec, x_shape, w_shape, dtype)
     if not names:
         return Choice("gemm", "general fallback")
     if len(names) == 1:
         return Choice(names[0], f"the only applicable algorithm among {_AUTO_ORDER}")
-    if opts.autotune:
-        return Choice(*_autotuned(role, spec, x_shape, w_shape, dtype, names))
     est = {n: estimate_seconds(n, role, spec, x_shape, w_shape, dtype) for n in names}
     best = min(est, key=est.get)
     desc = ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in sorted(est.items(), key=lambda kv: kv[1]))
