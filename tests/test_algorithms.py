@@ -367,3 +367,27 @@ def test_polyphase_runs_a_large_kernel_input_gradient_on_the_blocked_fft():
     _, ref = _run(case, "direct")
     for a, r in zip(got, ref):
         assert rel_err(a, r) <= TOL64
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((2, 6, 5, 7), (6, 2, 4, 4), dict(stride=2, padding=1, groups=3)),  # DCGAN-style
+        ((2, 4, 6, 5), (4, 3, 2, 2), dict(stride=2)),  # U-Net-style upsampling
+        ((2, 4, 5, 6), (4, 2, 6, 3), dict(stride=(3, 3), padding=(4, 0),
+                                          output_padding=(2, 1))),
+        ((1, 3, 4, 3, 5), (3, 2, 2, 4, 2), dict(stride=(2, 2, 1), padding=(0, 3, 1))),
+    ],
+)
+def test_polyphase_runs_all_phases_as_one_forward(x_shape, w_shape, kwargs):
+    """Kernel sizes that are multiples of the stride: every phase reads the same window
+    of ``gy``, so the transposed convolution is a single forward convolution."""
+    from convolab.algorithms import polyphase
+
+    rank = len(x_shape) - 2
+    spec = make_spec(w_shape[2:], kwargs.get("stride", 1), kwargs.get("padding", 0), 1,
+                     kwargs.get("groups", 1), kwargs.get("output_padding"), transposed=True)
+    assert polyphase._unified(spec)
+    full = dict(stride=1, padding=0, dilation=1, groups=1, output_padding=0) | kwargs
+    case = ConvCase(True, rank, x_shape, w_shape, True, full)
+    _check_against_direct_and_torch(case, "polyphase")
