@@ -279,7 +279,7 @@ def _algorithms(case: Case, within: float = 4.0) -> list[str]:
     names = select.candidates(role, spec, case.x, case.w, dt)
     est = {n: select.estimate_seconds(n, role, spec, case.x, case.w, dt) for n in names}
     best = min(est.values(), default=0.0)
-    return [n for n in ("gemm", "winograd", "fft", "depthwise")
+    return [n for n in ("gemm", "winograd", "fft", "depthwise", "polyphase")
             if n in est and (n == "gemm" or est[n] <= within * best)]
 
 
