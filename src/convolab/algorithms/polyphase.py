@@ -20,6 +20,11 @@ followed by a col2im of ``prod(k)`` read-modify-write adds; FFT for a large kern
 overlap-save blocks instead of one transform of the whole signal).  Only the
 output positions that survive the crop of the padding are computed.  A phase that
 no tap reaches is zero.
+
+When every kernel size is a multiple of its stride (dilation 1: the 4x4 and 2x2
+stride-2 transposed convolutions of decoders), all phases read the same window
+``gy[q - j]``, ``j < k/s``, and become the output channels of *one* forward convolution,
+followed by one strided copy that interleaves them (:func:`_input_grad_unified`).
 """
 
 from __future__ import annotations
