@@ -79,7 +79,7 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     prods = 4 * L * N * C * K / g * 4
     moved = L * itemsize * 2 * (N * C + N * K) * 3
     e0, o0, s0 = spec.dilation[0] * (spec.kernel_size[0] - 1) + 1, p["O"][0], spec.stride[0]
-    first = 8 * e0 if role != "input_grad" and o0 * s0 > 16 * e0 else ext[0]
+    first = 8 * e0 if role != "input_grad" and _blocked(o0, s0, e0) else ext[0]
     freqs = (first // 2 + 1) * math.prod(ext[1:]) * g
     return 12 * ffts + prods, moved + freqs * 16e3
 
@@ -98,6 +98,21 @@ def _budget() -> int:
     from ..options import get_options
 
     return get_options().workspace_bytes
+
+
+def _blocked(o0: int, s0: int, e0: int) -> bool:
+    """Overlap-save along the first dimension once it spans more than 16 kernel extents."""
+    return o0 * s0 > 16 * e0
+
+
+def _blocks(o0: int, s0: int, e0: int, fast) -> tuple[int, int]:
+    """``(B, nb)``: blocks of ``B`` outputs (reading ``(B-1)*s0 + e0`` inputs, a
+    transform of about ``8 e0``) and how many cover ``o0`` outputs; one block when the
+    first dimension is short."""
+    if not _blocked(o0, s0, e0):
+        return o0, 1
+    B = max(1, (fast(8 * e0) - e0) // s0 + 1)
+    return B, -(-o0 // B)
 
 
 def _dilate(w: np.ndarray, spec: ConvSpec) -> np.ndarray:
@@ -153,12 +168,7 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
     _, _, fast = _fft()
     e = spec.effective_kernel
     s = spec.stride
-    # overlap-save along dim 0: blocks of B outputs read (B-1)*s + e0 inputs
-    B = O[0]
-    if O[0] * s[0] > 16 * e[0]:
-        L0 = fast(8 * e[0])
-        B = max(1, (L0 - e[0]) // s[0] + 1)
-    nb = -(-O[0] // B)
+    B, nb = _blocks(O[0], s[0], e[0], fast)
     ext = ((B - 1) * s[0] + e[0],) + tuple(
         si * (o - 1) + ei for si, o, ei in zip(s[1:], O[1:], e[1:]))
     L = tuple(fast(n) for n in ext)
@@ -249,10 +259,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     real = dtype.kind == "f"
     _, _, fast = _fft()
     s, e = spec.stride, spec.effective_kernel
-    B, nb = O[0], 1
-    if O[0] * s[0] > 16 * e[0]:
-        B = max(1, (fast(8 * e[0]) - e[0]) // s[0] + 1)
-        nb = -(-O[0] // B)
+    B, nb = _blocks(O[0], s[0], e[0], fast)
     seg = ((B - 1) * s[0] + e[0],) + tuple(si * (o - 1) + ei for si, o, ei in
                                           zip(s[1:], O[1:], e[1:]))
     L = tuple(fast(n) for n in seg)
