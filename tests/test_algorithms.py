@@ -391,3 +391,33 @@ def test_polyphase_runs_all_phases_as_one_forward(x_shape, w_shape, kwargs):
     full = dict(stride=1, padding=0, dilation=1, groups=1, output_padding=0) | kwargs
     case = ConvCase(True, rank, x_shape, w_shape, True, full)
     _check_against_direct_and_torch(case, "polyphase")
+
+
+@pytest.mark.parametrize("ws", [None, 4096])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((2, 3, 11, 9, 14), (4, 3, 3, 3, 2), dict(padding=1, stride=(2, 1, 1))),  # conv3d
+        ((2, 3, 10, 100), (5, 3, 3, 5), dict(padding=(1, 2), stride=(1, 1),
+                                             dilation=(1, 2))),
+        ((3, 2, 17, 200), (4, 2, 4, 7), dict(padding=3, stride=(3, 2))),  # stem-like
+        ((1, 4, 7, 9, 24), (2, 4, 2, 3, 3), dict(padding=(0, 1, 1), stride=(1, 2, 1))),
+    ],
+)
+def test_mec_forward_matches_direct(x_shape, w_shape, kwargs, ws):
+    """Rows of >= 96 output positions take the MEC lowering (columns over the last
+    dimensions, overlapping row blocks as the first); also in one-row workspace tiles."""
+    from convolab.algorithms import direct, gemm
+
+    spec = make_spec(w_shape[2:], kwargs.get("stride", 1), kwargs.get("padding", 0),
+                     kwargs.get("dilation", 1), 1)
+    O = spec.conv_out_shape(x_shape[2:])
+    assert gemm._mec(spec, O)
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    with cl.options(**({} if ws is None else dict(workspace_bytes=ws))):
+        got = gemm.forward(x, w, spec)
+        fewer = gemm.forward(x, w, spec, (O[0] - 1,) + O[1:])  # a transposed conv's rows
+    ref = direct.forward(x, w, spec)
+    assert rel_err(got, ref) <= TOL64
+    assert rel_err(fewer, ref[:, :, :-1]) <= TOL64

@@ -19,6 +19,7 @@ is a plain GEMM on the input, with no column copy at all.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -177,6 +178,8 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
     wm = _wmat(w, g)
     if _is_pointwise(spec, x.shape[2:], O):
         return np.matmul(wm, x.reshape(N, g, C // g, P)).reshape((N, K) + O)
+    if _mec(spec, O):
+        return _forward_mec(x, w, spec, O, dtype)
     y = np.empty((N, g, K // g, P), dtype=dtype)
     kk = int(np.prod(spec.kernel_size))
     xp = pad_spatial(x, spec.padding)
@@ -195,6 +198,71 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
 
     run_tiles(run, plan)
     return y.reshape((N, K) + O)
+
+
+# Positions per output row below which the row GEMMs of the MEC lowering get too short:
+# 3x3 stride 2 on 14 positions per row ran 1.6-1.9x slower than im2col, 3x3 on 56
+# positions 9-10 % slower; 112 (stem) and 256 (conv3d) ran 8-25 % faster.
+MEC_MIN_ROW = 96
+
+
+def _mec(spec: ConvSpec, O) -> bool:
+    """Lower only the last ``rank - 1`` dimensions (MEC, Cho & Brand 2017): rank >= 2,
+    one group, the first dimension undilated with more than one tap, and rows of at
+    least :data:`MEC_MIN_ROW` output positions."""
+    return (spec.rank >= 2 and spec.groups == 1 and spec.dilation[0] == 1
+            and spec.kernel_size[0] > 1 and math.prod(O[1:]) >= MEC_MIN_ROW)
+
+
+def _forward_mec(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
+    """The forward with columns over the last ``rank - 1`` dimensions only.
+
+    Every padded input row (first spatial dimension) ``h`` is lowered once into
+    ``L[h] (C*prod(k[1:]), prod(O[1:]))``; output row ``o`` needs input rows
+    ``o*s0 .. o*s0 + k0 - 1``, whose blocks lie next to each other in ``L``, so its
+    column matrix ``(k0*C*prod(k[1:]), prod(O[1:]))`` is a view and all rows of a tile
+    are one batched GEMM.  The copy is ``k0 / s0`` times smaller than im2col's.
+    Measured (float32 medians, ms, im2col -> MEC, interleaved): 7x7 s2 stem forward
+    23.7 -> 17.9 and fwd+bwd 63.5 -> 55.4; conv3d 3x3x3 C32 16^3 forward 15.6 -> 14.4 and
+    fwd+bwd 40.8 -> 31.4 (its polyphase input gradient is a forward too).
+    """
+    N, C = x.shape[:2]
+    K = w.shape[0]
+    k0, s0 = spec.kernel_size[0], spec.stride[0]
+    kr, Or = tuple(spec.kernel_size[1:]), tuple(O[1:])
+    rows_per = C * math.prod(kr)
+    Pr = math.prod(Or)
+    item = dtype.itemsize
+    wm = np.ascontiguousarray(np.moveaxis(w, 2, 1)).reshape(K, k0 * rows_per)
+    xp = pad_spatial(x, spec.padding)
+    y = np.empty((N, K, O[0], Pr), dtype=dtype)
+    # one output row of one sample needs s0 new lowered input rows (plus the k0 - s0 halo)
+    plan, _ = tiles(N, O, max(s0, 1) * rows_per * item)
+    most = max(((bs.stop - bs.start) * ((r.stop - r.start - 1) * s0 + k0)
+                for bs, r in plan), default=1)
+    bufs = Scratch(most * rows_per * Pr, dtype)
+    sp = xp.strides
+
+    def run(tile):
+        bs, rows = tile
+        n, nr = bs.stop - bs.start, rows.stop - rows.start
+        H = (nr - 1) * s0 + k0
+        xs = xp[bs, :, rows.start * s0: rows.start * s0 + H]  # (n, C, H, *P[1:])
+        win = as_strided(
+            xs, (n, H, C) + kr + Or,
+            (sp[0], sp[2], sp[1])
+            + tuple(sp[3 + i] * d for i, d in enumerate(spec.dilation[1:]))
+            + tuple(sp[3 + i] * st for i, st in enumerate(spec.stride[1:])),
+            writeable=False)
+        L = bufs.get()[: n * H * rows_per * Pr].reshape(win.shape)
+        np.copyto(L, win)
+        M = as_strided(L, (n, nr, k0 * rows_per, Pr),
+                       (H * rows_per * Pr * item, s0 * rows_per * Pr * item, Pr * item, item),
+                       writeable=False)
+        np.matmul(wm, M, out=y[bs, :, rows].transpose(0, 2, 1, 3))
+
+    run_tiles(run, plan)
+    return y.reshape((N, K) + tuple(O))
 
 
 def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
