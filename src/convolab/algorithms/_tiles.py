@@ -49,6 +49,14 @@ def input_rows(rows: slice, spec, dim: int = 0) -> slice:
     return slice(rows.start * s, (rows.stop - 1) * s + d * (k - 1) + 1)
 
 
+def grad_buffer_shape(spec, in_spatial, out_spatial) -> tuple[int, ...]:
+    """Spatial shape of a padded input-gradient buffer: the padded input, or more when
+    ``out_spatial`` positions reach past it (some transposed-conv output sizes)."""
+    need = (d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
+            zip(spec.kernel_size, spec.dilation, spec.stride, out_spatial))
+    return tuple(max(p, n) for p, n in zip(spec.padded_shape(in_spatial), need))
+
+
 def scratch(size: int, dtype) -> np.ndarray:
     """A flat scratch buffer, reused for every tile of one call."""
     return np.empty(max(1, size), dtype=dtype)

@@ -20,7 +20,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
 from ._threads import parallel_map
-from ._tiles import input_rows, tiles
+from ._tiles import grad_buffer_shape, input_rows, tiles
 from .direct import kernel_offsets, tap_slices
 
 _TILE_BYTES = 2**20  # a tile's input + output + temporary fit a Zen3 core's 512 KB L2 ~twice
@@ -228,9 +228,7 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     gyv = gy.reshape((N, C, m) + O)
     in_spatial = tuple(in_spatial)
     padded = spec.padded_shape(in_spatial)
-    need = tuple(d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
-                 zip(spec.kernel_size, spec.dilation, spec.stride, O))
-    buf_shape = tuple(max(p, n) for p, n in zip(padded, need))
+    buf_shape = grad_buffer_shape(spec, in_spatial, O)
     gxp = np.zeros((N, C) + buf_shape, dtype=dtype)
     taps = list(kernel_offsets(spec))
     plan, _ = tiles(N, O, C * (2 * m + 2) * dtype.itemsize, cache=_TILE_BYTES)

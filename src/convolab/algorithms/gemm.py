@@ -32,7 +32,7 @@ from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
 from ..options import get_options
 from ._threads import Scratch, run_tiles
-from ._tiles import CACHE_BYTES, input_rows, scratch, tiles
+from ._tiles import CACHE_BYTES, grad_buffer_shape, input_rows, scratch, tiles
 from .direct import kernel_offsets, tap_slices
 
 
@@ -69,9 +69,7 @@ def col2im(cols: np.ndarray, spec: ConvSpec, in_spatial, out_spatial) -> np.ndar
     C = cols.shape[1] // kk
     O = tuple(out_spatial)
     padded = spec.padded_shape(in_spatial)
-    need = tuple(d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
-                 zip(spec.kernel_size, spec.dilation, spec.stride, O))
-    buf_shape = tuple(max(p, n) for p, n in zip(padded, need))
+    buf_shape = grad_buffer_shape(spec, in_spatial, O)
     cv = cols.reshape((N, C) + tuple(spec.kernel_size) + O)
     if kk == 1 and all(s == 1 for s in spec.stride) and buf_shape == O:
         gxp = cv.reshape((N, C) + O)
@@ -112,9 +110,7 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     padded = N * C * int(np.prod(spec.padded_shape(p["S"]))) * item
     if role == "input_grad":
         O = tuple(p["O"])
-        need = tuple(d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
-                     zip(spec.kernel_size, spec.dilation, spec.stride, O))
-        buf_shape = tuple(max(a, b) for a, b in zip(spec.padded_shape(p["S"]), need))
+        buf_shape = grad_buffer_shape(spec, p["S"], O)
         Hs, _, _, Lf, _ = _phase_layout(spec, buf_shape, O)
         per_sample = ((C * kk + K) * Lf + C * int(np.prod(spec.stride)) * int(np.prod(Hs))) * item
         budget = get_options().workspace_bytes
@@ -357,10 +353,7 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     in_spatial = tuple(in_spatial)
     if _is_pointwise(spec, in_spatial, O):
         return np.matmul(wt, gyg).reshape((N, C) + in_spatial)
-    padded = spec.padded_shape(in_spatial)
-    need = tuple(d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
-                 zip(spec.kernel_size, spec.dilation, spec.stride, O))
-    buf_shape = tuple(max(p, n) for p, n in zip(padded, need))
+    buf_shape = grad_buffer_shape(spec, in_spatial, O)
     Hs, phases, offs, Lf, pst = _phase_layout(spec, buf_shape, O)
     S = spec.stride
     nph = int(np.prod(S))
@@ -409,9 +402,7 @@ def _input_grad_rows(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) 
     gyg = gy.reshape(N, g, K // g, P)
     in_spatial = tuple(in_spatial)
     padded = spec.padded_shape(in_spatial)
-    need = tuple(d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
-                 zip(spec.kernel_size, spec.dilation, spec.stride, O))
-    buf_shape = tuple(max(p, n) for p, n in zip(padded, need))
+    buf_shape = grad_buffer_shape(spec, in_spatial, O)
     gxp = np.zeros((N, C) + buf_shape, dtype=dtype)
     plan, most = tiles(N, O, C * kk * dtype.itemsize)
     buf = scratch(most * C * kk, dtype)
