@@ -109,20 +109,31 @@ def _input_grad_unified(gy, w, spec: ConvSpec, in_spatial) -> np.ndarray:
                                                                      slice(None)))]
     order = (0,) + tuple(4 + 2 * i for i in range(r)) + (2, 1) + tuple(3 + 2 * i for i in range(r))
     wall = np.ascontiguousarray(wv.transpose(order)).reshape((g * math.prod(s) * Cg, Kg) + J)
-    cut = tuple(slice(max(0, -lo), o - max(0, -hi)) for lo, hi, o in zip(lows, highs, O))
-    if any(c.stop <= c.start for c in cut):
+    y = _forward_padded(gy, wall, list(zip(lows, highs)), (1,) * r, g, Q)
+    if y is None:
         return np.zeros((N, g * Cg) + in_spatial, dtype=dtype)
-    src = gy[(slice(None), slice(None)) + cut]
-    sub = ConvSpec(J, (1,) * r, tuple((max(0, lo), max(0, hi)) for lo, hi in zip(lows, highs)),
-                   (1,) * r, g)
-    algo = select.choose("forward", sub, src.shape, wall.shape, dtype).module
-    y = algo.forward(src, wall, sub, Q)  # (N, g*prod(s)*Cg, *Q)
-    y = y.reshape((N, g) + s + (Cg,) + Q)
+    y = y.reshape((N, g) + s + (Cg,) + Q)  # from (N, g*prod(s)*Cg, *Q)
     order = (0, 1, 2 + r) + tuple(v for i in range(r) for v in (3 + r + i, 2 + i))
     full = y.transpose(order).reshape((N, g * Cg) + tuple(q * ss for q, ss in zip(Q, s)))
     crop = tuple(slice(lo - a * ss, lo - a * ss + n) for (lo, _), a, ss, n in
                  zip(spec.padding, qa, s, in_spatial))
     return np.ascontiguousarray(full[(slice(None), slice(None)) + crop])
+
+
+def _forward_padded(gy, wsub, pads, dilation, g, counts):
+    """The stride-1 correlation of ``gy``, padded by the signed ``(lo, hi)`` of ``pads``
+    (negative: cropped), with ``wsub``, giving ``counts`` positions, on the forward the
+    automatic choice picks; None when the crop leaves nothing of ``gy``."""
+    r = len(pads)
+    cut = tuple(slice(max(0, -lo), o - max(0, -hi)) for (lo, hi), o in zip(pads, gy.shape[2:]))
+    if any(c.stop <= c.start for c in cut):
+        return None
+    src = gy[(slice(None), slice(None)) + cut]
+    sub = ConvSpec(tuple(wsub.shape[2:]), (1,) * r,
+                   tuple((max(0, lo), max(0, hi)) for lo, hi in pads), tuple(dilation), g)
+    dtype = np.result_type(gy, wsub)
+    algo = select.choose("forward", sub, src.shape, wsub.shape, dtype).module
+    return algo.forward(src, wsub, sub, counts)
 
 
 def _flipped_transposed(w: np.ndarray, g: int) -> np.ndarray:
@@ -155,28 +166,14 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
         sub = np.ascontiguousarray(sub[(Ellipsis,) + (slice(None, None, -1),) * r])
         # gy padded by `left` on the low side and cropped/padded on the high side so that
         # the stride-1 correlation yields exactly `count` positions.
-        lows, highs, cut = [], [], []
-        for p, o in zip(combo, O):
-            _, _, J, dil, _, count, _, left = p
-            right = count + dil * (J - 1) - o - left
-            a, b = max(0, -left), o - max(0, -right)
-            cut.append(slice(a, max(a, b)))
-            lows.append(max(0, left))
-            highs.append(max(0, right))
-        src = gy[(slice(None), slice(None)) + tuple(cut)]
+        pads = [(p[7], p[5] + p[3] * (p[2] - 1) - o - p[7]) for p, o in zip(combo, O)]
+        counts = tuple(p[5] for p in combo)
+        y = _forward_padded(gy, sub, pads, tuple(p[3] for p in combo), g, counts)
+        if y is not None and full and all(s == 1 for s in spec.stride):
+            return y
         dst = gx[(slice(None), slice(None)) + tuple(slice(p[6], None, s)
                                                      for p, s in zip(combo, spec.stride))]
-        if any(c.stop <= c.start for c in cut):
-            dst[...] = 0
-            continue
-        sub_spec = ConvSpec(tuple(p[2] for p in combo), (1,) * r, tuple(zip(lows, highs)),
-                            tuple(p[3] for p in combo), g)
-        counts = tuple(p[5] for p in combo)
-        algo = select.choose("forward", sub_spec, src.shape, sub.shape, dtype).module
-        y = algo.forward(src, sub, sub_spec, counts)
-        if full and all(s == 1 for s in spec.stride):
-            return y
-        dst[...] = y
+        dst[...] = 0 if y is None else y
     return gx
 
 
