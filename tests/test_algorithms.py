@@ -41,14 +41,15 @@ TOL32 = 1e-4
 
 @st.composite
 def winograd_cases(draw):
-    """3-tap kernels, stride 1, dilation 1, one group: the configurations Winograd takes."""
-    rank = draw(st.sampled_from([1, 2]))
+    """3-tap kernels (in 3-D: 3x3 planes and any depth), stride 1, dilation 1, one group:
+    the configurations Winograd takes."""
+    rank = draw(st.sampled_from([1, 2, 3]))
     tr = draw(st.booleans())
     cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    size = tuple(draw(st.integers(1, 11)) for _ in range(rank))
+    size = tuple(draw(st.integers(1, 11 if rank < 3 else 7)) for _ in range(rank))
     pad = [(draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(rank)]
     n = draw(st.sampled_from([None, 1, 2]))
-    k = (3,) * rank
+    k = (3,) * rank if rank < 3 else (draw(st.integers(1, 4)), 3, 3)
     kw = dict(stride=1, padding=pad, dilation=1, groups=1)
     if tr:
         kw["output_padding"] = 0
@@ -293,6 +294,48 @@ def test_winograd_tiles_with_unequal_channels_and_ragged_edges(ws):
             out[algo] = (y, gx)
         for a, r in zip(out["winograd"], out["direct"]):
             assert rel_err(a, r) <= TOL64
+
+
+@pytest.mark.parametrize("ws", [1, 2**20])
+def test_winograd_3d_tiles_and_padded_depth(ws):
+    """The 3-D path: one output plane per tile (tiny budget) or several; depth pads that
+    leave some tiles reading only zeros, and pads larger than the kernel (the input
+    gradient's depth pad is then negative: a crop)."""
+    from convolab.algorithms import direct, winograd
+
+    rng = np.random.default_rng(7)
+    for k0, pad, S in [(3, (1, 1), (6, 5, 7)), (1, (3, 2), (2, 6, 6)), (4, (0, 3), (5, 4, 9)),
+                       (2, (3, 0), (3, 5, 5))]:
+        spec = make_spec((k0, 3, 3), 1, [pad, (1, 2), (0, 1)], 1, 1)
+        x = rng.standard_normal((2, 3) + S)
+        w = rng.standard_normal((4, 3, k0, 3, 3))
+        O = spec.conv_out_shape(S)
+        gy = rng.standard_normal((2, 4) + O)
+        with cl.options(workspace_bytes=ws):
+            got = (winograd.forward(x, w, spec), winograd.input_grad(gy, w, spec, S),
+                   winograd.weight_grad(x, gy, spec))
+        ref = (direct.forward(x, w, spec), direct.input_grad(gy, w, spec, S),
+               direct.weight_grad(x, gy, spec))
+        for a, r in zip(got, ref):
+            assert rel_err(a, r) <= TOL64, (k0, pad, S)
+
+
+def test_winograd_3d_float32_accuracy():
+    from convolab.algorithms import gemm, winograd
+
+    rng = np.random.default_rng(8)
+    spec = make_spec((3, 3, 3), 1, 1, 1, 1)
+    x, w = rng.standard_normal((2, 32, 9, 10, 11)), rng.standard_normal((32, 32, 3, 3, 3))
+    gy = rng.standard_normal((2, 32, 9, 10, 11))
+    f32 = [a.astype(np.float32) for a in (x, w, gy)]
+    got = (winograd.forward(f32[0], f32[1], spec),
+           winograd.input_grad(f32[2], f32[1], spec, x.shape[2:]),
+           winograd.weight_grad(f32[0], f32[2], spec))
+    ref = (gemm.forward(x, w, spec), gemm.input_grad(gy, w, spec, x.shape[2:]),
+           gemm.weight_grad(x, gy, spec))
+    for a, r in zip(got, ref):
+        assert a.dtype == np.float32
+        assert rel_err(a, r) <= TOL32
 
 
 def test_winograd_f34_is_the_valid_correlation_in_1d():

@@ -27,6 +27,9 @@ def _spec(k, stride=1, padding=0, groups=1):
         ((16, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "gemm"),
         ((16, 256, 28, 28), (256, 1, 3, 3), dict(padding=1, groups=256), "gemm"),
         ((4, 16, 16384), (16, 16, 63), dict(padding=31), "fft"),
+        # 3x3x3: Winograd on the planes, depth taps as GEMMs; measured 2.5x faster than GEMM
+        ((4, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), "winograd"),
+        ((2, 3, 32, 32, 32), (16, 3, 3, 3, 3), dict(padding=1), "gemm"),  # 3 channels
     ],
 )
 def test_cost_model_picks(x_shape, w_shape, kw, expected):
@@ -45,6 +48,7 @@ def test_cost_model_picks(x_shape, w_shape, kw, expected):
         ((16, 256, 14, 14), (256, 256, 3, 3), "winograd"),
         ((16, 512, 7, 7), (512, 512, 3, 3), "gemm"),  # per-tile (36, C, K) sums: 2x slower
         ((8, 16, 32, 32), (16, 16, 3, 3), "gemm"),  # few channels
+        ((4, 32, 16, 16, 16), (32, 32, 3, 3, 3), "winograd"),  # measured 2.1x faster
     ],
 )
 def test_cost_model_picks_weight_grad(x_shape, w_shape, expected):
@@ -60,7 +64,8 @@ def test_cost_model_picks_weight_grad(x_shape, w_shape, expected):
         # faster than w^T @ gy + col2im on these (depthwise: than the tap loop)
         ((16, 256, 28, 28), (256, 1, 3, 3), dict(padding=1, groups=256), "polyphase"),
         ((16, 256, 28, 28), (256, 8, 3, 3), dict(padding=1, groups=32), "polyphase"),
-        ((4, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), "polyphase"),
+        # 3x3x3 stride 1: Winograd's own input gradient (the same flipped-kernel forward)
+        ((4, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), "winograd"),
         ((32, 64, 1024), (64, 64, 7), dict(padding=3), "polyphase"),
         # C = 3 output rows: the swapped GEMM is far below peak (measured 5x slower)
         ((8, 64, 112, 112), (64, 3, 7, 7), dict(stride=2, padding=3), "gemm"),
