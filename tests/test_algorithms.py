@@ -464,3 +464,34 @@ def test_mec_forward_matches_direct(x_shape, w_shape, kwargs, ws):
     ref = direct.forward(x, w, spec)
     assert rel_err(got, ref) <= TOL64
     assert rel_err(fewer, ref[:, :, :-1]) <= TOL64
+
+
+@pytest.mark.parametrize("ws", [None, 64])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((2, 6, 20, 20), (6, 1, 3, 3), dict(padding=1, groups=6)),
+        ((3, 4, 18, 19), (6, 2, 3, 2), dict(padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2)),
+        ((2, 4, 5, 40, 41), (4, 2, 2, 3, 3), dict(padding=(0, 1, 2), groups=2)),
+    ],
+)
+def test_flat_forward_matches_direct(x_shape, w_shape, kwargs, ws):
+    """Stride 1 with short padded-row overhang takes the flat lowering (columns as runs of
+    the flattened padded planes); also in one-row tiles, on a non-contiguous input view and
+    with fewer output rows than the formula gives."""
+    from convolab.algorithms import direct, gemm
+
+    pad = kwargs["padding"]
+    spec = make_spec(w_shape[2:], 1, pad, kwargs.get("dilation", 1), kwargs.get("groups", 1))
+    rng = np.random.default_rng(9)
+    big = rng.standard_normal(x_shape[:2] + tuple(s + 3 for s in x_shape[2:]))
+    x = big[(Ellipsis,) + tuple(slice(1, 1 + s) for s in x_shape[2:])]  # a view
+    w = rng.standard_normal(w_shape)
+    O = spec.conv_out_shape(x_shape[2:])
+    assert gemm._flat(spec, x_shape[2:], O) and not gemm._mec(spec, O)
+    with cl.options(**({} if ws is None else dict(workspace_bytes=ws))):
+        got = gemm.forward(x, w, spec)
+        fewer = gemm.forward(x, w, spec, (O[0] - 1,) + O[1:])
+    ref = direct.forward(np.ascontiguousarray(x), w, spec)
+    assert rel_err(got, ref) <= TOL64
+    assert rel_err(fewer, ref[:, :, :-1]) <= TOL64

@@ -4,6 +4,8 @@ Shapes as in :mod:`convolab.algorithms.direct`.  The padded input is viewed as
 sliding windows ``(N, g, C/g, *k, *O)`` with :func:`numpy.lib.stride_tricks.as_strided`
 (no copy), then copied once into columns ``(N, g, C/g*prod(k), prod(O))`` and
 contracted with the weight ``(g, K/g, C/g*prod(k))`` by one batched BLAS matmul.
+At stride 1 the columns are contiguous runs of the flattened padded planes
+(:func:`_forward_flat`).
 
 Backward:
 * ``weight_grad``: ``gy @ cols^T`` summed over the batch (GEMMs).
@@ -179,6 +181,8 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
         return np.matmul(wm, x.reshape(N, g, C // g, P)).reshape((N, K) + O)
     if _mec(spec, O):
         return _forward_mec(x, w, spec, O, dtype)
+    if _flat(spec, x.shape[2:], O):
+        return _forward_flat(x, w, spec, O, dtype)
     y = np.empty((N, g, K // g, P), dtype=dtype)
     kk = int(np.prod(spec.kernel_size))
     xp = pad_spatial(x, spec.padding)
@@ -197,6 +201,73 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
 
     run_tiles(run, plan)
     return y.reshape((N, K) + O)
+
+
+# Most extra (garbage) columns the flat lowering may add, as a fraction of the outputs:
+# 3x3 C256 on 14x14 planes (16/14: 14 % extra) measured 24.2 -> 28.5 ms with it.
+FLAT_MAX_EXTRA = 0.1
+
+
+def _flat(spec: ConvSpec, in_spatial, O) -> bool:
+    """Stride 1, rank >= 2, and the padded rows at most :data:`FLAT_MAX_EXTRA` longer
+    than the output rows (see :func:`_forward_flat`)."""
+    if spec.rank < 2 or any(s != 1 for s in spec.stride) or 0 in O:
+        return False
+    P = spec.padded_shape(in_spatial)
+    return math.prod(P[1:]) <= (1 + FLAT_MAX_EXTRA) * math.prod(O[1:])
+
+
+def _forward_flat(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
+    """The stride-1 forward with columns taken from the flattened padded planes.
+
+    On the flattened padded plane, output ``o`` reads input ``f(o) + off_t`` with
+    ``f(o) = sum(o_i * pst_i)`` (``pst``: the padded plane's strides) and ``off_t`` the
+    tap's offset, so tap ``t``'s column row is one contiguous run of the plane: the
+    outputs laid out on the padded grid, the positions past each output row computed and
+    dropped (``prod(P[1:]) / prod(O[1:]) - 1`` extra, at most :data:`FLAT_MAX_EXTRA`).
+    Copying long runs instead of rows of ``O[-1]`` elements measured 2.2-2.7x faster
+    per column element (one sample, C256 28x28: 0.38 -> 0.14 ms); the depthwise and
+    32-group 3x3 forwards on one worker 11.8 -> 10.1 and 14.1 -> 12.2 ms (medians).  On
+    two workers the difference was within this machine's noise."""
+    N, C = x.shape[:2]
+    K, g = w.shape[0], spec.groups
+    kk = math.prod(spec.kernel_size)
+    item = dtype.itemsize
+    wm = _wmat(w, g)
+    # the runs need contiguous planes (without padding, pad_spatial returns x: maybe a view)
+    xp = np.ascontiguousarray(pad_spatial(x, spec.padding))
+    Pd = xp.shape[2:]
+    pst = [math.prod(Pd[i + 1:]) for i in range(len(Pd))]
+    offs = [d * p for d, p in zip(spec.dilation, pst)]
+    y = np.empty((N, K) + tuple(O), dtype=dtype)
+    extra = math.prod(Pd[1:]) / math.prod(O[1:])
+    plan, most = tiles(N, O, int((C * kk + K) * item * extra) + 1)
+    rest = sum((o - 1) * p for o, p in zip(O[1:], pst[1:])) + 1
+    span = max(((bs.stop - bs.start) * ((r.stop - r.start - 1) * pst[0] + rest)
+                for bs, r in plan), default=1)
+    bufs = Scratch(span * (C * kk + K), dtype)
+    sx = xp.strides
+
+    def run(tile):
+        bs, rows = tile
+        n, nr = bs.stop - bs.start, rows.stop - rows.start
+        Lt = (nr - 1) * pst[0] + rest
+        xt = xp[bs, :, rows.start:]  # the tile's rows start here (stride 1)
+        win = as_strided(xt, (n, C) + tuple(spec.kernel_size) + (Lt,),
+                         (sx[0], sx[1]) + tuple(o * item for o in offs) + (item,),
+                         writeable=False)
+        buf = bufs.get()
+        cols = buf[: n * C * kk * Lt].reshape(win.shape)
+        np.copyto(cols, win)
+        yf = buf[n * C * kk * Lt: n * (C * kk + K) * Lt].reshape(n, g, K // g, Lt)
+        np.matmul(wm, cols.reshape(n, g, C // g * kk, Lt), out=yf)
+        yv = as_strided(yf, (n, K, nr) + tuple(O[1:]),
+                        (yf.strides[0], Lt * item) + tuple(p * item for p in pst),
+                        writeable=False)
+        y[bs, :, rows] = yv
+
+    run_tiles(run, plan)
+    return y
 
 
 # Positions per output row below which the row GEMMs of the MEC lowering get too short:
