@@ -275,6 +275,54 @@ def test_several_gib_im2col_runs_in_a_256_mib_workspace(algorithm):
     assert rel_err(y, ref) <= TOL32
 
 
+def test_3d_planes_too_big_for_the_workspace_run_in_slabs():
+    """conv3d whose single plane of columns (16*27*96*96*4 B = 16 MiB) exceeds an 8 MiB
+    budget: GEMM runs slabs of plane rows, every role within the budget."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 16, 4, 96, 96), dtype=np.float32)
+    w = rng.standard_normal((16, 16, 3, 3, 3), dtype=np.float32)
+    budget = 8 * 2**20
+    tracemalloc.start()
+    try:
+        with cl.options(algorithm="gemm", workspace_bytes=budget):
+            y, pb = cl.vjp(cl.conv3d, x, w, padding=1)
+            gx, gw = pb(y)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    padded_copy = 16 * 6 * 98 * 98 * 4
+    assert peak <= budget + 2 * y.nbytes + gx.nbytes + 2 * padded_copy, peak / 2**20
+    xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+    yt = torch.nn.functional.conv3d(xt, wt, padding=1)
+    yt.backward(yt.detach())
+    for a, t in zip((y, gx, gw), (yt.detach(), xt.grad, wt.grad)):
+        assert rel_err(a, t.numpy()) <= TOL32
+
+
+@pytest.mark.parametrize("ws", [64, 3000])
+def test_gemm_3d_slabs_match_direct(ws):
+    """Slabs of plane rows with strides, dilation, groups and asymmetric padding."""
+    from convolab.algorithms import direct, gemm
+
+    rng = np.random.default_rng(12)
+    for k, st, d, pad, g in [((3, 3, 2), (1, 2, 1), (1, 1, 2), [(1, 0), (2, 1), (0, 2)], 1),
+                             ((2, 3, 3), (2, 1, 2), (2, 2, 1), [(0, 1), (1, 1), (1, 0)], 2)]:
+        spec = make_spec(k, st, pad, d, g)
+        S = (5, 11, 9)
+        x = rng.standard_normal((2, 4) + S)
+        w = rng.standard_normal((4, 4 // g) + k)
+        O = spec.conv_out_shape(S)
+        gy = rng.standard_normal((2, 4) + O)
+        with cl.options(workspace_bytes=ws):
+            assert gemm._plane_slabs(spec, O, 4 * int(np.prod(k)) * 8)
+            got = (gemm.forward(x, w, spec), gemm.weight_grad(x, gy, spec),
+                   gemm.input_grad(gy, w, spec, S))
+        ref = (direct.forward(x, w, spec), direct.weight_grad(x, gy, spec),
+               direct.input_grad(gy, w, spec, S))
+        for a, r in zip(got, ref):
+            assert rel_err(a, r) <= TOL64, (k, st, ws)
+
+
 @pytest.mark.parametrize("ws", [2**16, 2**30])
 def test_winograd_tiles_with_unequal_channels_and_ragged_edges(ws):
     """C != K (the per-tile buffers are sized by the larger), sizes not multiples of 4,
@@ -318,6 +366,15 @@ def test_winograd_3d_tiles_and_padded_depth(ws):
                direct.weight_grad(x, gy, spec))
         for a, r in zip(got, ref):
             assert rel_err(a, r) <= TOL64, (k0, pad, S)
+
+
+def test_winograd_3d_needs_its_planes_within_the_workspace():
+    spec = make_spec((3, 3, 3), 1, 1, 1, 1)
+    args = ("forward", spec, (1, 64, 4, 128, 128), (64, 64, 3, 3, 3), np.float32)
+    assert select.choose(*args).algorithm == "winograd"
+    with cl.options(workspace_bytes=64 * 2**20):  # a tile of 3 128x128 planes: ~80 MiB
+        assert "winograd" not in select.candidates(*args)
+        assert select.choose(*args).algorithm == "gemm"
 
 
 def test_winograd_3d_float32_accuracy():

@@ -24,6 +24,7 @@ dimensions and reads the first from overlapping blocks of lowered rows
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 
@@ -33,7 +34,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
 from ..options import get_options
-from ._threads import Scratch, run_tiles
+from ._threads import WORKERS, Scratch, run_tiles
 from ._tiles import CACHE_BYTES, grad_buffer_shape, input_rows, scratch, tiles
 from .direct import kernel_offsets, tap_slices
 
@@ -115,13 +116,40 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         buf_shape = grad_buffer_shape(spec, p["S"], O)
         Hs, _, _, Lf, _ = _phase_layout(spec, buf_shape, O)
         per_sample = ((C * kk + K) * Lf + C * int(np.prod(spec.stride)) * int(np.prod(Hs))) * item
-        budget = get_options().workspace_bytes
-        if per_sample <= budget:
-            return max(1, min(N, min(budget, CACHE_BYTES) // per_sample)) * per_sample
+        per_worker = get_options().workspace_bytes // WORKERS
+        if per_sample <= per_worker:
+            return WORKERS * max(1, min(N, min(per_worker, CACHE_BYTES) // per_sample)) * per_sample
     has_pad = any(lo or hi for lo, hi in spec.padding)
     per_pos = (C * kk + (K if role == "weight_grad" else 0)) * item
     _, most = tiles(N, p["O"], per_pos)
-    return (padded if has_pad or role == "input_grad" else 0) + most * C * kk * item
+    return (padded if has_pad or role == "input_grad" else 0) + WORKERS * most * C * kk * item
+
+
+def _plane_slabs(spec: ConvSpec, O, per_position: int):
+    """Slabs ``[(h0, h1), ...]`` of the second output dimension, or None.
+
+    Tiles hold at least one row of the first output dimension; in 3-D that row is a
+    whole plane, whose columns alone can exceed the workspace budget (C64 3x3x3 on a
+    128x128 plane: 113 MiB per worker).  Then the convolution runs slab by slab of
+    plane rows on the padded input, each slab's row within the tile limit of
+    :func:`convolab.algorithms._tiles.tiles` (the budget, at most the cache target)."""
+    if spec.rank < 3 or O[1] <= 1 or any(lo < 0 or hi < 0 for lo, hi in spec.padding):
+        return None
+    limit = min(get_options().workspace_bytes // WORKERS, CACHE_BYTES)  # as in tiles()
+    per_line = per_position * math.prod(O[2:])
+    if per_line * O[1] <= limit:
+        return None
+    rows = max(1, limit // max(1, per_line))
+    return [(h, min(O[1], h + rows)) for h in range(0, O[1], rows)]
+
+
+def _slab_rows(spec: ConvSpec, h0: int, h1: int) -> slice:
+    """Rows of the padded input (second spatial dimension) that output rows [h0, h1) read."""
+    return input_rows(slice(h0, h1), spec, dim=1)
+
+
+def _unpadded(spec: ConvSpec) -> ConvSpec:
+    return dataclasses.replace(spec, padding=((0, 0),) * spec.rank)
 
 
 def _wmat(w: np.ndarray, g: int) -> np.ndarray:
@@ -179,12 +207,20 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
     wm = _wmat(w, g)
     if _is_pointwise(spec, x.shape[2:], O):
         return np.matmul(wm, x.reshape(N, g, C // g, P)).reshape((N, K) + O)
+    kk = int(np.prod(spec.kernel_size))
+    slabs = _plane_slabs(spec, O, C * kk * dtype.itemsize)
+    if slabs:
+        xp, sp0 = pad_spatial(x, spec.padding), _unpadded(spec)
+        y = np.empty((N, K) + O, dtype=dtype)
+        for h0, h1 in slabs:
+            y[:, :, :, h0:h1] = forward(xp[:, :, :, _slab_rows(spec, h0, h1)], w, sp0,
+                                        (O[0], h1 - h0) + O[2:])
+        return y
     if _mec(spec, O):
         return _forward_mec(x, w, spec, O, dtype)
     if _flat(spec, x.shape[2:], O):
         return _forward_flat(x, w, spec, O, dtype)
     y = np.empty((N, g, K // g, P), dtype=dtype)
-    kk = int(np.prod(spec.kernel_size))
     xp = pad_spatial(x, spec.padding)
     plan, most = tiles(N, O, C * kk * dtype.itemsize)
     bufs = Scratch(most * C * kk, dtype)
@@ -351,6 +387,11 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         xs = x.reshape(N, g, C // g, P)
         gw = np.matmul(gyg, xs.transpose(0, 1, 3, 2)).sum(axis=0)
         return gw.reshape((K, C // g) + tuple(spec.kernel_size))
+    slabs = _plane_slabs(spec, O, (C * kk + K) * dtype.itemsize)
+    if slabs:
+        xp, sp0 = pad_spatial(x, spec.padding), _unpadded(spec)
+        return sum(weight_grad(xp[:, :, :, _slab_rows(spec, h0, h1)], gy[:, :, :, h0:h1], sp0)
+                   for h0, h1 in slabs)
     xp = pad_spatial(x, spec.padding)
     plan, most = tiles(N, O, (C * kk + K) * dtype.itemsize)
     bufs = Scratch(most * C * kk, dtype)
@@ -425,13 +466,23 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     if _is_pointwise(spec, in_spatial, O):
         return np.matmul(wt, gyg).reshape((N, C) + in_spatial)
     buf_shape = grad_buffer_shape(spec, in_spatial, O)
+    slabs = _plane_slabs(spec, O, (C * kk + K) * dtype.itemsize)
+    if slabs:  # each slab's gradient lands on its rows of the padded buffer (halos add)
+        sp0 = _unpadded(spec)
+        gxp = np.zeros((N, C) + buf_shape, dtype=dtype)
+        for h0, h1 in slabs:
+            rows = _slab_rows(spec, h0, h1)
+            sub = (buf_shape[0], rows.stop - rows.start) + tuple(buf_shape[2:])
+            gxp[:, :, :, rows] += input_grad(gy[:, :, :, h0:h1], w, sp0, sub)
+        crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(spec.padding, in_spatial))
+        return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop])
     Hs, phases, offs, Lf, pst = _phase_layout(spec, buf_shape, O)
     S = spec.stride
     nph = int(np.prod(S))
     per_sample = (C * kk + K) * Lf + C * nph * int(np.prod(Hs))
-    step = max(1, min(N, min(get_options().workspace_bytes, CACHE_BYTES)
-                      // max(1, per_sample * dtype.itemsize)))
-    if per_sample * dtype.itemsize > get_options().workspace_bytes:
+    per_worker = get_options().workspace_bytes // WORKERS
+    step = max(1, min(N, min(per_worker, CACHE_BYTES) // max(1, per_sample * dtype.itemsize)))
+    if per_sample * dtype.itemsize > per_worker:
         return _input_grad_rows(gy, w, spec, in_spatial)
     gx = np.empty((N, C) + in_spatial, dtype=dtype)
     bufs = Scratch(step * C * kk * Lf, dtype)

@@ -97,8 +97,21 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
         and all(d == 1 for d in spec.dilation)
         and spec.groups == 1
         and ((spec.rank in (1, 2) and all(ki == R for ki in k))
-             or (spec.rank == 3 and k[1:] == (R, R)))
+             or (spec.rank == 3 and k[1:] == (R, R)
+                 and _planes_fit(k[0], x_shape, w_shape, dtype)))
     )
+
+
+def _planes_fit(k0: int, x_shape, w_shape, dtype) -> bool:
+    """The 3-D path cannot split a plane: the ``k0`` planes one tile needs on every
+    worker must fit the workspace budget (otherwise GEMM, which tiles rows, runs)."""
+    ck = max(w_shape[0], w_shape[1])
+    plane = int(np.prod([s + 2 * M_OUT for s in x_shape[-2:]]))
+    a, m = ALPHA**2 / M_OUT**2, 1  # transformed values per output position: 2.25
+    # k0 padded planes, two transform buffers of k0 planes, the products of one plane,
+    # and the weight gradient's transformed gy (m + 2a per position)
+    per = k0 * ck * (m + 2 * a) + a * ck + (m + 2 * a) * ck
+    return WORKERS * per * plane * np.dtype(dtype).itemsize <= get_options().workspace_bytes
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
@@ -315,7 +328,7 @@ def _plan3(N: int, O, k0: int, per_position: int):
     input planes they read.  Returns the tiles, planes per tile and input planes per tile."""
     Do = O[0]
     per_plane = per_position * int(np.prod(O[1:]))
-    limit = min(CACHE_BYTES, get_options().workspace_bytes)
+    limit = min(CACHE_BYTES, get_options().workspace_bytes // WORKERS)
     nd = max(1, min(Do, limit // max(1, per_plane) - (k0 - 1)))
     plan = [(n, d0, min(Do, d0 + nd)) for n in range(N) for d0 in range(0, Do, nd)]
     return plan, nd, nd + k0 - 1
