@@ -305,9 +305,9 @@ def test_gemm_3d_slabs_match_direct(ws):
     from convolab.algorithms import direct, gemm
 
     rng = np.random.default_rng(12)
-    for k, st, d, pad, g in [((3, 3, 2), (1, 2, 1), (1, 1, 2), [(1, 0), (2, 1), (0, 2)], 1),
-                             ((2, 3, 3), (2, 1, 2), (2, 2, 1), [(0, 1), (1, 1), (1, 0)], 2)]:
-        spec = make_spec(k, st, pad, d, g)
+    for k, stride, d, pad, g in [((3, 3, 2), (1, 2, 1), (1, 1, 2), [(1, 0), (2, 1), (0, 2)], 1),
+                                 ((2, 3, 3), (2, 1, 2), (2, 2, 1), [(0, 1), (1, 1), (1, 0)], 2)]:
+        spec = make_spec(k, stride, pad, d, g)
         S = (5, 11, 9)
         x = rng.standard_normal((2, 4) + S)
         w = rng.standard_normal((4, 4 // g) + k)
@@ -320,7 +320,7 @@ def test_gemm_3d_slabs_match_direct(ws):
         ref = (direct.forward(x, w, spec), direct.weight_grad(x, gy, spec),
                direct.input_grad(gy, w, spec, S))
         for a, r in zip(got, ref):
-            assert rel_err(a, r) <= TOL64, (k, st, ws)
+            assert rel_err(a, r) <= TOL64, (k, stride, ws)
 
 
 @pytest.mark.parametrize("ws", [2**16, 2**30])

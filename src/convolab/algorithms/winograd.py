@@ -267,7 +267,6 @@ def _correlate3(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
     y = np.empty((N, K) + tuple(O), dtype=dtype)
     if y.size == 0:
         return y
-    Do = O[0]
     lo0 = pads[0][0]
     hw_pads = list(pads[1:])
     tg = tuple(-(-o // M_OUT) for o in O[1:])  # 2-D tiles per plane
@@ -295,8 +294,8 @@ def _correlate3(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
             Mx[...] = 0
         else:
             xn = x[n].swapaxes(0, 1)  # (D, C, H, W): the planes as a batch
-            V, A, B = _input_tiles(xn, hw_pads, slice(p0, p1), 0, tg, buf[: buf.size - a * K * t * nd],
-                                   size, bt)
+            V, _, _ = _input_tiles(xn, hw_pads, slice(p0, p1), 0, tg,
+                                   buf[: buf.size - a * K * t * nd], size, bt)
             V = V.reshape(a, C, (p1 - p0) * t)
             first = True
             for kd, e0, e1, v0 in _depth_blocks(k0, lo0, d0, d1, p0, p1):
