@@ -214,7 +214,6 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
     if y.size == 0:
         return y
     tgrid = tuple(-(-o // M_OUT) for o in O)  # tiles per dimension
-    rest = int(np.prod(tgrid[1:]))
     bt, at = BT.astype(dtype), AT.astype(dtype)
     a, m, CK = ALPHA**r, M_OUT**r, max(C, K)
     # U[xi] = (G w G^T)[xi] as (a, K, C)
@@ -222,9 +221,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
         # thread spinning on a core the tiles need (measured: every stage 2-3x slower)
         U = (_kron(G, r).astype(dtype) @ w.reshape(K * C, R**r).T).reshape(a, K, C)
     plan, _ = tiles(N, O, _per_position(r, C, K, dtype.itemsize))
-    tmax = max((b.stop - b.start) * -(-(rw.stop - rw.start) // M_OUT) for b, rw in plan) * rest
-    pmax = max((b.stop - b.start) * (-(-(rw.stop - rw.start) // M_OUT) * M_OUT + R - 1)
-               for b, rw in plan) * C * int(np.prod([t * M_OUT + R - 1 for t in tgrid[1:]]))
+    tmax, pmax = _tile_sizes(plan, tgrid, C)
     bufs = Scratch(pmax + 2 * a * CK * tmax, dtype)
     order = (r + 1, r) + tuple(v for i in range(r) for v in (r + 2 + i, i))
 
@@ -248,6 +245,16 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
 
     run_tiles(run, plan)
     return y
+
+
+def _tile_sizes(plan, tgrid, C: int) -> tuple[int, int]:
+    """Over the row tiles ``plan`` of an output with ``tgrid`` 4-long tiles per dimension:
+    the most 4^r output tiles in one tile, and the most padded-input values it copies."""
+    rest = int(np.prod(tgrid[1:]))
+    tmax = max((b.stop - b.start) * -(-(rw.stop - rw.start) // M_OUT) for b, rw in plan) * rest
+    pmax = max((b.stop - b.start) * (-(-(rw.stop - rw.start) // M_OUT) * M_OUT + R - 1)
+               for b, rw in plan) * C * int(np.prod([t * M_OUT + R - 1 for t in tgrid[1:]]))
+    return tmax, pmax
 
 
 def _correlate3(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
@@ -461,13 +468,10 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return _weight_grad3(x, gy, spec)
     pads = [(lo, o + R - 1 - s - lo) for (lo, _), s, o in zip(spec.padding, S, O)]
     tgrid = tuple(-(-o // M_OUT) for o in O)
-    rest = int(np.prod(tgrid[1:]))
     bt, am = BT.astype(dtype), AT.T.astype(dtype)  # am: 6x4, F(3, 4)'s data-side transform
     a, m, CK = ALPHA**r, M_OUT**r, max(C, K)
     plan = _wg_plan(N, O, C, K, dtype.itemsize)
-    tmax = max((b.stop - b.start) * -(-(rw.stop - rw.start) // M_OUT) for b, rw in plan) * rest
-    pmax = max((b.stop - b.start) * (-(-(rw.stop - rw.start) // M_OUT) * M_OUT + R - 1)
-               for b, rw in plan) * C * int(np.prod([t * M_OUT + R - 1 for t in tgrid[1:]]))
+    tmax, pmax = _tile_sizes(plan, tgrid, C)
     bufs = Scratch(pmax + 2 * a * CK * tmax + (m + 2 * a) * K * tmax, dtype)
     partial: dict[int, np.ndarray] = {}
 
