@@ -552,3 +552,23 @@ def test_flat_forward_matches_direct(x_shape, w_shape, kwargs, ws):
     ref = direct.forward(np.ascontiguousarray(x), w, spec)
     assert rel_err(got, ref) <= TOL64
     assert rel_err(fewer, ref[:, :, :-1]) <= TOL64
+
+
+@pytest.mark.parametrize("layout", ["flat", "slabs"])
+@settings(max_examples=30, deadline=None)
+@given(case=conv_cases(batch=2, ranks=(2, 3)))
+def test_gemm_lowerings_match_direct(layout, case):
+    """Every configuration through the flat stride-1 lowering (allowed any overhang), or
+    through plane-row slabs (a budget of a few bytes), forward and every gradient."""
+    from convolab.algorithms import gemm
+
+    _, ref = _run(case, "direct")
+    if layout == "flat":
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(gemm, "FLAT_MAX_EXTRA", 1e9)
+            _, got = _run(case, "gemm")
+    else:
+        with cl.options(workspace_bytes=16):
+            _, got = _run(case, "gemm")
+    for a, r in zip(got, ref):
+        assert rel_err(a, r) <= TOL64, (layout, case)
