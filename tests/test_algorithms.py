@@ -368,13 +368,32 @@ def test_winograd_3d_tiles_and_padded_depth(ws):
             assert rel_err(a, r) <= TOL64, (k0, pad, S)
 
 
-def test_winograd_3d_needs_its_planes_within_the_workspace():
+def test_winograd_3d_bands_of_rows_stay_within_the_workspace():
+    """Planes too big for the budget run in bands of 4-row multiples; a budget too small
+    for even one band leaves the layer to GEMM."""
     spec = make_spec((3, 3, 3), 1, 1, 1, 1)
-    args = ("forward", spec, (1, 64, 4, 128, 128), (64, 64, 3, 3, 3), np.float32)
-    assert select.choose(*args).algorithm == "winograd"
-    with cl.options(workspace_bytes=64 * 2**20):  # a tile of 3 128x128 planes: ~80 MiB
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1, 16, 3, 64, 64), dtype=np.float32)
+    w = rng.standard_normal((16, 16, 3, 3, 3), dtype=np.float32)
+    args = ("forward", spec, x.shape, w.shape, np.float32)
+    budget = 2 * 2**20  # one 3-plane tile of the whole 64x64 planes needs ~5 MiB
+    with cl.options(workspace_bytes=budget):
+        assert select.choose(*args).algorithm == "winograd"
+        tracemalloc.start()
+        try:
+            y, pb = cl.vjp(cl.conv3d, x, w, padding=1)
+            gx, gw = pb(y)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak <= budget + 2 * y.nbytes + gx.nbytes + 2 * 2**20, peak / 2**20
+    xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+    yt = torch.nn.functional.conv3d(xt, wt, padding=1)
+    yt.backward(yt.detach())
+    for a, t in zip((y, gx, gw), (yt.detach(), xt.grad, wt.grad)):
+        assert rel_err(a, t.numpy()) <= TOL32
+    with cl.options(workspace_bytes=2**16):
         assert "winograd" not in select.candidates(*args)
-        assert select.choose(*args).algorithm == "gemm"
 
 
 def test_winograd_3d_float32_accuracy():
