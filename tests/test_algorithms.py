@@ -41,8 +41,9 @@ TOL32 = 1e-4
 
 @st.composite
 def winograd_cases(draw):
-    """3-tap kernels (in 3-D: 3x3 planes and any depth), stride 1, dilation 1, one group:
-    the configurations Winograd takes."""
+    """3-tap kernels (in 3-D: 3x3 planes and any depth), stride 1, one group, dilation in
+    1-D and 2-D (as phases; the weight gradient falls back to GEMM there): the
+    configurations Winograd takes."""
     rank = draw(st.sampled_from([1, 2, 3]))
     tr = draw(st.booleans())
     cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 4))
@@ -50,10 +51,11 @@ def winograd_cases(draw):
     pad = [(draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(rank)]
     n = draw(st.sampled_from([None, 1, 2]))
     k = (3,) * rank if rank < 3 else (draw(st.integers(1, 4)), 3, 3)
-    kw = dict(stride=1, padding=pad, dilation=1, groups=1)
+    dil = tuple(draw(st.integers(1, 3)) for _ in range(rank)) if rank < 3 else (1,) * 3
+    kw = dict(stride=1, padding=pad, dilation=dil, groups=1)
     if tr:
         kw["output_padding"] = 0
-    spec = make_spec(k, 1, pad, 1, 1, kw.get("output_padding"), transposed=tr)
+    spec = make_spec(k, 1, pad, dil, 1, kw.get("output_padding"), transposed=tr)
     from hypothesis import assume
 
     assume(all(o >= 1 for o in spec.out_shape(size)))
@@ -591,3 +593,13 @@ def test_gemm_lowerings_match_direct(layout, case):
             _, got = _run(case, "gemm")
     for a, r in zip(got, ref):
         assert rel_err(a, r) <= TOL64, (layout, case)
+
+
+def test_pad_spatial_crops_negative_amounts():
+    from convolab.padding import pad_spatial
+
+    x = np.arange(2 * 5 * 6, dtype=float).reshape(2, 5, 6)
+    got = pad_spatial(x, [(-1, 2), (3, -2)])
+    assert got.shape == (2, 6, 7)
+    assert np.array_equal(got[:, :4, 3:], x[:, 1:, :4])
+    assert not got[:, 4:].any() and not got[:, :, :3].any()

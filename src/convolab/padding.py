@@ -21,7 +21,10 @@ def pad_spatial(
     x: np.ndarray, pairs: Sequence[tuple[int, int]], value: float = 0.0
 ) -> np.ndarray:
     """Pad the last ``len(pairs)`` dims of ``x`` by ``(lo, hi)`` each with ``value``
-    (zeros by default; no copy if there is nothing to pad)."""
+    (zeros by default; no copy if there is nothing to pad).  Negative amounts crop."""
+    if any(lo < 0 or hi < 0 for lo, hi in pairs):
+        x = crop_spatial(x, [(max(0, -lo), max(0, -hi)) for lo, hi in pairs])
+        pairs = [(max(0, lo), max(0, hi)) for lo, hi in pairs]
     if all(lo == 0 and hi == 0 for lo, hi in pairs):
         return x
     lead = x.ndim - len(pairs)

@@ -31,6 +31,13 @@ the kernel flipped and its channel axes swapped, so it reuses the forward.
 transformed by the forward's code and the sum over tiles done as one GEMM per point
 with the long tile axis inside (4x fewer multiplications than im2col + GEMM).
 
+Dilation ``d`` (1-D and 2-D, forward and input gradient; :func:`_dilated`): output phase
+``p`` (``y[p::d]``) is the undilated correlation of input phase ``p``, so the ``prod(d)``
+phases run as one batch, between a split and an interleaving copy.  Measured (float32,
+back to back, GEMM -> Winograd): 3x3 d2 C64 56x56 forward 34.6 -> 27.6 ms and C256 d4
+input gradient 57.7 -> 44.7; the dilated weight gradient ran 5-10 % slower than GEMM, so
+it stays on GEMM.
+
 3-D kernels ``(k0, 3, 3)`` (:func:`_correlate3`, :func:`_weight_grad3`): the planes of a
 sample are the batch of the 2-D transforms, each input plane is transformed once, and
 the ``k0`` depth taps are ``k0`` batched GEMMs on column blocks of consecutive planes
@@ -46,6 +53,7 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..padding import pad_spatial
 from ..spec import ConvSpec
 from ._threads import WORKERS, Scratch, _blas_single_thread, run_tiles
 from ._tiles import CACHE_BYTES, tiles
@@ -87,17 +95,19 @@ def _kron(mat: np.ndarray, r: int) -> np.ndarray:
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
-    """Stride 1, dilation 1, groups 1, and 3 taps per dimension in rank 1 or 2 (every
-    role); in rank 3, 3x3 in the last two dimensions and any depth (forward and input
-    gradient: the depth taps are summed as GEMMs on the 2-D transforms)."""
+    """Stride 1, groups 1, and 3 taps per dimension in rank 1 or 2 (every role; with
+    dilation the forward and input gradient only, as phases); in rank 3, undilated, 3x3
+    in the last two dimensions and any depth (the depth taps are summed as GEMMs on the
+    2-D transforms)."""
     k = spec.kernel_size
+    dilated = any(d > 1 for d in spec.dilation)
     return (
         role in ("forward", "input_grad", "weight_grad")
         and all(s == 1 for s in spec.stride)
-        and all(d == 1 for d in spec.dilation)
         and spec.groups == 1
+        and not (dilated and role == "weight_grad")
         and ((spec.rank in (1, 2) and all(ki == R for ki in k))
-             or (spec.rank == 3 and k[1:] == (R, R)
+             or (spec.rank == 3 and k[1:] == (R, R) and not dilated
                  and _planes_fit(k[0], x_shape, w_shape, dtype)))
     )
 
@@ -126,6 +136,12 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     flops = 2 * T * (r * a * ALPHA * C + a * C * K + out_macs * K)
     eff = min(1.0, K / 32) * min(1.0, C / 32)  # the a^r small GEMMs lose speed below that
     moved = T * itemsize * (a * C * 3 + a * K * 2 + m * K * 2)
+    if any(d > 1 for d in spec.dilation):
+        # the phase split of the input and the interleaving of the output, each written
+        # and read (measured, C64-C256, d 2-4: forward 0-25 % and input gradient 0-23 %
+        # faster than GEMM)
+        P = int(np.prod(spec.padded_shape(p["S"])))
+        moved += 2 * itemsize * (N * C * P + N * K * int(np.prod(p["O"])))
     # Fitted to interleaved medians (benchmarks/RESULTS.md, Winograd rework): the
     # memory-bound transform GEMMs and tile copies run ~1.6x slower than this count says.
     # The transformed weight (a K C) is read again by every tile; once it is bigger than
@@ -405,21 +421,57 @@ def _input_tiles(x, pads, bs, r0, tg, buf, size, bt):
     return V, A, B
 
 
+def _phase_split(a: np.ndarray, d, size) -> np.ndarray:
+    """``(N, C, *L)`` -> ``(prod(d) * N, C, *size)``: phase ``p`` (``a[..., p::d]``,
+    zero-filled to ``size``) as the ``p``-th block of samples."""
+    N, C = a.shape[:2]
+    nph = int(np.prod(d))
+    out = np.zeros((nph, N, C) + tuple(size), dtype=a.dtype)
+    for i, p in enumerate(np.ndindex(*d)):
+        src = a[(Ellipsis,) + tuple(slice(pi, None, di) for pi, di in zip(p, d))]
+        src = src[(Ellipsis,) + tuple(slice(0, n) for n in size)]
+        out[(i, Ellipsis) + tuple(slice(0, n) for n in src.shape[2:])] = src
+    return out.reshape((nph * N, C) + tuple(size))
+
+
+def _dilated(x: np.ndarray, w: np.ndarray, O, pads, d) -> np.ndarray:
+    """:func:`_correlate` with dilation ``d`` (rank 1-2): output phase ``p`` (``y[p::d]``)
+    is the undilated correlation of input phase ``p`` (``xp[p::d]``), so the ``prod(d)``
+    phases run as one batch of undilated Winograd, between two copies."""
+    N = x.shape[0]
+    xp = pad_spatial(x, pads)
+    Oph = tuple(-(-o // di) for o, di in zip(O, d))
+    Hph = tuple(o + R - 1 for o in Oph)
+    Y = _correlate(_phase_split(xp, d, Hph), w, Oph, [(0, 0)] * len(O))
+    K = Y.shape[1]
+    Y = Y.reshape((-1, N, K) + Oph)
+    y = np.empty((N, K) + tuple(O), dtype=Y.dtype)
+    for i, p in enumerate(np.ndindex(*d)):
+        dst = y[(Ellipsis,) + tuple(slice(pi, None, di) for pi, di in zip(p, d))]
+        dst[...] = Y[(i, Ellipsis) + tuple(slice(0, n) for n in dst.shape[2:])]
+    return y
+
+
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
+    if any(d > 1 for d in spec.dilation):
+        return _dilated(x, w, O, spec.padding, spec.dilation)
     return _correlate(x, w, O, spec.padding)
 
 
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
-    """gx[i] = sum_t gy[i + lo - t] w[t]: a correlation of gy padded by ``(2 - lo)`` on the
-    left with the flipped kernel (channels swapped)."""
+    """gx[i] = sum_t gy[i + lo - t d] w[t]: a correlation of gy padded by ``d (k - 1) - lo``
+    on the left with the flipped kernel (channels swapped), at the same dilation."""
     r = spec.rank
     O = gy.shape[2:]
     S = tuple(in_spatial)
-    pairs = [(k - 1 - lo, s + k - 1 - o - (k - 1 - lo))
-             for (lo, _), s, o, k in zip(spec.padding, S, O, spec.kernel_size)]
-    wf = w[(slice(None), slice(None)) + (slice(None, None, -1),) * r].swapaxes(0, 1)
-    return _correlate(gy, np.ascontiguousarray(wf), S, pairs)
+    pairs = [(d * (k - 1) - lo, s + d * (k - 1) - o - (d * (k - 1) - lo))
+             for (lo, _), s, o, k, d in zip(spec.padding, S, O, spec.kernel_size, spec.dilation)]
+    wf = np.ascontiguousarray(
+        w[(slice(None), slice(None)) + (slice(None, None, -1),) * r].swapaxes(0, 1))
+    if any(d > 1 for d in spec.dilation):
+        return _dilated(gy, wf, S, pairs, spec.dilation)
+    return _correlate(gy, wf, S, pairs)
 
 
 def _gy_tiles(gy, bs, r0, r1, tg, O_rest, buf, am) -> np.ndarray:
