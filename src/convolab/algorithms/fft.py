@@ -76,8 +76,13 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
            zip(spec.stride, p["O"], spec.dilation, spec.kernel_size)]
     L = math.prod(ext) * 1.3
     ffts = 2.5 * L * math.log2(max(L, 2)) * (N * C + N * K + K * C // g)
-    prods = 4 * L * N * C * K / g * 4
     moved = L * itemsize * 2 * (N * C + N * K) * 3
+    Cg, Kg = C // g, K // g
+    if ({"forward": Cg, "input_grad": Kg}.get(role) == 1
+            or (role == "weight_grad" and Cg == Kg == 1)):
+        # nothing to contract (depthwise): one broadcast product, no GEMMs, no copies
+        return 12 * ffts + 4 * L * N * C * K / g, moved
+    prods = 4 * L * N * C * K / g * 4
     e0, o0, s0 = spec.dilation[0] * (spec.kernel_size[0] - 1) + 1, p["O"][0], spec.stride[0]
     first = 8 * e0 if role != "input_grad" and _blocked(o0, s0, e0) else ext[0]
     freqs = (first // 2 + 1) * math.prod(ext[1:]) * g
@@ -151,6 +156,10 @@ def _contract(A: np.ndarray, B: np.ndarray, r: int) -> np.ndarray:
     loop without BLAS).  Callers fold samples and blocks into ``i``: one product per
     sample and frequency would be a matrix-vector product, ~40x below GEMM speed."""
     F = A.shape[3:]
+    if A.shape[2] == 1:  # nothing to sum (depthwise): one broadcast product, no GEMMs
+        return A * B
+    if A.shape[1] == 1 and B.shape[2] == 1:  # one dot product per group and frequency
+        return np.einsum("gj...,gj...->g...", A[:, 0], B[:, :, 0])[:, None, None]
     Fp = math.prod(F)
     At = np.ascontiguousarray(np.moveaxis(A.reshape(A.shape[:3] + (Fp,)), 3, 0))
     Bt = np.ascontiguousarray(np.moveaxis(B.reshape(B.shape[:3] + (Fp,)), 3, 0))

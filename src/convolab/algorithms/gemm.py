@@ -96,6 +96,12 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     kk = int(np.prod(spec.kernel_size))
     g, N, C, K = p["g"], p["N"], p["C"], p["K"]
     P = int(np.prod(p["O"]))
+    if g == C == K and kk > 1:
+        # depthwise: the 1 x kk products are memory-bound; fitted to forward medians
+        # (float32, 3x3 to 31x31, 28x28 to 56x56 planes): ~0.2 ns per column element plus
+        # ~2.6 ns per output (3x3 C256 14.1 ms, 7x7 C128 40.2, 13x13 113, 31x31 578)
+        moved = (1.6 * N * C * kk * P + 20.8 * N * K * P) * itemsize / 4
+        return 0.0, moved * (3 if role == "input_grad" else 1)
     flops = 2 * N * K * (C // g) * kk * P
     eff = (min(1.0, K / g / 32) * min(1.0, C / g * kk / 64)) ** 0.5
     pointwise = _is_pointwise(spec, p["S"], p["O"])
