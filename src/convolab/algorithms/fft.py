@@ -156,10 +156,6 @@ def _contract(A: np.ndarray, B: np.ndarray, r: int) -> np.ndarray:
     loop without BLAS).  Callers fold samples and blocks into ``i``: one product per
     sample and frequency would be a matrix-vector product, ~40x below GEMM speed."""
     F = A.shape[3:]
-    if A.shape[2] == 1:  # nothing to sum (depthwise): one broadcast product, no GEMMs
-        return A * B
-    if A.shape[1] == 1 and B.shape[2] == 1:  # one dot product per group and frequency
-        return np.einsum("gj...,gj...->g...", A[:, 0], B[:, :, 0])[:, None, None]
     Fp = math.prod(F)
     At = np.ascontiguousarray(np.moveaxis(A.reshape(A.shape[:3] + (Fp,)), 3, 0))
     Bt = np.ascontiguousarray(np.moveaxis(B.reshape(B.shape[:3] + (Fp,)), 3, 0))
@@ -205,12 +201,15 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
         blocks = blocks[(Ellipsis,) + tuple(slice(0, n_) for n_ in ext[1:])]
         X = _spectrum(blocks, L, r, real)  # (n, C, nbt, *F)
         F = X.shape[3:]
-        # samples and blocks are the rows of one GEMM per frequency and group
-        X = X.reshape((n, g, C // g, nbt) + F).transpose(
-            (1, 0, 3, 2) + tuple(range(4, 4 + r))).reshape((g, n * nbt, C // g) + F)
-        Y = _contract(X, Wc, r)  # (g, n*nbt, Kg, *F)
-        Y = Y.reshape((g, n, nbt, K // g) + F).transpose(
-            (1, 0, 3, 2) + tuple(range(4, 4 + r))).reshape((n, K, nbt) + F)
+        if g == C:  # depthwise: a broadcast product in place, no transposed copies
+            Y = (X.reshape((n, g, 1, nbt) + F) * Wc.reshape((1, g, K // g, 1) + F)
+                 ).reshape((n, K, nbt) + F)
+        else:  # samples and blocks are the rows of one GEMM per frequency and group
+            X = X.reshape((n, g, C // g, nbt) + F).transpose(
+                (1, 0, 3, 2) + tuple(range(4, 4 + r))).reshape((g, n * nbt, C // g) + F)
+            Y = _contract(X, Wc, r)  # (g, n*nbt, Kg, *F)
+            Y = Y.reshape((g, n, nbt, K // g) + F).transpose(
+                (1, 0, 3, 2) + tuple(range(4, 4 + r))).reshape((n, K, nbt) + F)
         yb = _inverse(Y, L, r, real)[(Ellipsis,) + keep]  # (n, K, nbt, B, ...)
         yb = yb.reshape((n, K, nbt * yb.shape[3]) + yb.shape[4:])
         o0, o1 = b0 * B, min(O[0], (b0 + nbt) * B)
@@ -244,8 +243,11 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
         up[(Ellipsis,) + tuple(slice(None, None, si) for si in s)] = gb
         G = _spectrum(up, L, r, real)
         F = G.shape[2:]
-        G = G.reshape((n, g, K // g) + F).swapaxes(0, 1)  # (g, n, Kg, *F)
-        X = _contract(G, Wf, r).swapaxes(0, 1)  # (n, g, Cg, *F)
+        if g == K:  # one gy channel per group: a broadcast product in place
+            X = G.reshape((n, g, 1) + F) * Wf.reshape((1, g, Cg) + F)  # (n, g, Cg, *F)
+        else:
+            G = G.reshape((n, g, K // g) + F).swapaxes(0, 1)  # (g, n, Kg, *F)
+            X = _contract(G, Wf, r).swapaxes(0, 1)  # (n, g, Cg, *F)
         full = _inverse(X.reshape((n, g * Cg) + F), L, r, real)
         gxp[(bs, slice(None)) + tuple(slice(0, m) for m in need)] = full[
             (Ellipsis,) + tuple(slice(0, m) for m in need)]
@@ -300,12 +302,15 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         Gc = _spectrum(ub, L, r, real, conj=True)  # (n, K, nb, *F)
         X = _spectrum(xb, L, r, real)  # (n, C, nb, *F)
         F = X.shape[3:]
-        # GW[g, Kg, Cg] = sum_{n, b} Gc[n, g, Kg, b] X[n, g, Cg, b]: one GEMM per frequency
-        Gt = Gc.reshape((n, g, K // g, nb) + F).transpose(
-            (1, 2, 0, 3) + tuple(range(4, 4 + r))).reshape((g, K // g, n * nb) + F)
-        Xt = X.reshape((n, g, C // g, nb) + F).transpose(
-            (1, 0, 3, 2) + tuple(range(4, 4 + r))).reshape((g, n * nb, C // g) + F)
-        part = _contract(Gt, Xt, r)  # (g, Kg, Cg, *F)
+        if g == C == K:  # depthwise: one dot product per channel and frequency, in place
+            part = np.einsum("ngb...,ngb...->g...", Gc, X)[:, None, None]
+        else:
+            # GW[g, Kg, Cg] = sum_{n, b} Gc[n, g, Kg, b] X[n, g, Cg, b]: one GEMM per frequency
+            Gt = Gc.reshape((n, g, K // g, nb) + F).transpose(
+                (1, 2, 0, 3) + tuple(range(4, 4 + r))).reshape((g, K // g, n * nb) + F)
+            Xt = X.reshape((n, g, C // g, nb) + F).transpose(
+                (1, 0, 3, 2) + tuple(range(4, 4 + r))).reshape((g, n * nb, C // g) + F)
+            part = _contract(Gt, Xt, r)  # (g, Kg, Cg, *F)
         gwf = part if gwf is None else gwf + part
     full = _inverse(gwf, L, r, real)
     taps = tuple(slice(0, ei, d) for ei, d in zip(e, spec.dilation))
