@@ -14,6 +14,7 @@ hit the L2 cache and both cores work.
 
 from __future__ import annotations
 
+import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -40,15 +41,15 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     weight gradient (14.3 vs 12.1 ms) and to the polyphase input gradient, a GEMM
     forward of the flipped kernel (30.0 vs 15.3 ms), so it is charged its full passes.
     """
-    kk = int(np.prod(spec.kernel_size))
-    moved = p["N"] * p["K"] * int(np.prod(p["O"])) * itemsize * kk * 3
+    kk = math.prod(spec.kernel_size)
+    moved = p["N"] * p["K"] * math.prod(p["O"]) * itemsize * kk * 3
     return 0.0, moved
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     """The padded input (or gradient) plus one temporary per tile and thread."""
     N, C = p["N"], p["C"]
     item = np.dtype(dtype).itemsize
-    return N * C * int(np.prod(spec.padded_shape(p["S"]))) * item + 2 * _TILE_BYTES
+    return N * C * math.prod(spec.padded_shape(p["S"])) * item + 2 * _TILE_BYTES
 
 
 def _wtaps(w: np.ndarray, C: int, r: int) -> np.ndarray:
@@ -63,7 +64,7 @@ def _bcast(wt: np.ndarray, r: int) -> np.ndarray:
 
 def _flat_taps(spec: ConvSpec, plane) -> list[int]:
     """Offsets of the kernel taps in a flattened padded plane (stride 1)."""
-    pst = [int(np.prod(plane[i + 1:])) for i in range(len(plane))]
+    pst = [math.prod(plane[i + 1:]) for i in range(len(plane))]
     return [sum(ti * d * p for ti, d, p in zip(t, spec.dilation, pst))
             for t in kernel_offsets(spec)]
 
@@ -72,13 +73,13 @@ def _flat_grid(a_flat: np.ndarray, plane, O) -> np.ndarray:
     """View of the ``O`` output positions inside a flat ``(..., Lf)`` array laid out on
     the padded plane's grid (the other positions are the ends of rows: garbage)."""
     item = a_flat.strides[-1]
-    pst = [int(np.prod(plane[i + 1:])) * item for i in range(len(plane))]
+    pst = [math.prod(plane[i + 1:]) * item for i in range(len(plane))]
     return as_strided(a_flat, a_flat.shape[:-1] + tuple(O), a_flat.strides[:-1] + tuple(pst),
                       writeable=a_flat.flags.writeable)
 
 
 def _flat_len(plane, O) -> int:
-    return sum((o - 1) * int(np.prod(plane[i + 1:])) for i, o in enumerate(O)) + 1
+    return sum((o - 1) * math.prod(plane[i + 1:]) for i, o in enumerate(O)) + 1
 
 
 def _stride1(spec: ConvSpec) -> bool:
@@ -123,7 +124,7 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
 def _forward_flat(x, w, spec, out_spatial):
     N, C = x.shape[:2]
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
-    wc = _wtaps(w, C, spec.rank).reshape(C, -1, int(np.prod(spec.kernel_size)))
+    wc = _wtaps(w, C, spec.rank).reshape(C, -1, math.prod(spec.kernel_size))
     m = wc.shape[1]
     dtype = np.result_type(x, w)
     xp = np.ascontiguousarray(pad_spatial(x, spec.padding))
@@ -163,7 +164,7 @@ def _input_grad_flat(gy, w, spec, in_spatial):
     N = gy.shape[0]
     C = spec.groups
     O = tuple(gy.shape[2:])
-    wc = _wtaps(w, C, spec.rank).reshape(C, -1, int(np.prod(spec.kernel_size)))
+    wc = _wtaps(w, C, spec.rank).reshape(C, -1, math.prod(spec.kernel_size))
     m = wc.shape[1]
     dtype = np.result_type(gy, w)
     gyv = gy.reshape((N, C, m) + O)

@@ -20,6 +20,7 @@ It is slow but obviously right, and every other algorithm is tested against it.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -96,7 +97,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     gyg = _grouped(gy, g)
     for t in kernel_offsets(spec):
         xs = _grouped(xp[(slice(None), slice(None)) + tap_slices(t, spec, O)], g)
-        P = int(np.prod(O))
+        P = math.prod(O)
         gw[(Ellipsis,) + t] = np.einsum(
             "njcp,njmp->jmc", xs.reshape(xs.shape[:3] + (P,)), gyg.reshape(gyg.shape[:3] + (P,))
         )

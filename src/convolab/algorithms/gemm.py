@@ -58,8 +58,8 @@ def im2col(x: np.ndarray, spec: ConvSpec, out_spatial, xp=None) -> np.ndarray:
     if xp is None:
         xp = pad_spatial(x, spec.padding)
     N, C = x.shape[:2]
-    kk = int(np.prod(spec.kernel_size))
-    P = int(np.prod(out_spatial))
+    kk = math.prod(spec.kernel_size)
+    P = math.prod(out_spatial)
     if kk == 1 and all(s == 1 for s in spec.stride) and xp.shape[2:] == tuple(out_spatial):
         return xp.reshape(N, C, P)  # 1x1, stride 1: the input is already the columns
     return windows(xp, spec, out_spatial).reshape(N, C * kk, P)
@@ -68,7 +68,7 @@ def im2col(x: np.ndarray, spec: ConvSpec, out_spatial, xp=None) -> np.ndarray:
 def col2im(cols: np.ndarray, spec: ConvSpec, in_spatial, out_spatial) -> np.ndarray:
     """Adjoint of :func:`im2col`: ``cols (N, C*prod(k), prod(O))`` -> ``(N, C, *in_spatial)``."""
     N = cols.shape[0]
-    kk = int(np.prod(spec.kernel_size))
+    kk = math.prod(spec.kernel_size)
     C = cols.shape[1] // kk
     O = tuple(out_spatial)
     padded = spec.padded_shape(in_spatial)
@@ -93,9 +93,9 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     inverse of a GEMM efficiency that falls off (as a square root, fitted to the
     32-group and depthwise cases) for K/g < 32 or C/g*prod(k) < 64.
     """
-    kk = int(np.prod(spec.kernel_size))
+    kk = math.prod(spec.kernel_size)
     g, N, C, K = p["g"], p["N"], p["C"], p["K"]
-    P = int(np.prod(p["O"]))
+    P = math.prod(p["O"])
     if g == C == K and kk > 1:
         # depthwise: the 1 x kk products are memory-bound; fitted to forward medians
         # (float32, 3x3 to 31x31, 28x28 to 56x56 planes): ~0.2 ns per column element plus
@@ -113,15 +113,15 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     """Scratch bytes: the padded input (or padded gradient) and one tile's column buffer."""
     if _is_pointwise(spec, p["S"], p["O"]):
         return 0
-    kk = int(np.prod(spec.kernel_size))
+    kk = math.prod(spec.kernel_size)
     N, C, K = p["N"], p["C"], p["K"]
     item = np.dtype(dtype).itemsize
-    padded = N * C * int(np.prod(spec.padded_shape(p["S"]))) * item
+    padded = N * C * math.prod(spec.padded_shape(p["S"])) * item
     if role == "input_grad":
         O = tuple(p["O"])
         buf_shape = grad_buffer_shape(spec, p["S"], O)
         Hs, _, _, Lf, _ = _phase_layout(spec, buf_shape, O)
-        per_sample = ((C * kk + K) * Lf + C * int(np.prod(spec.stride)) * int(np.prod(Hs))) * item
+        per_sample = ((C * kk + K) * Lf + C * math.prod(spec.stride) * math.prod(Hs)) * item
         per_worker = get_options().workspace_bytes // WORKERS
         if per_sample <= per_worker:
             return WORKERS * max(1, min(N, min(per_worker, CACHE_BYTES) // per_sample)) * per_sample
@@ -185,8 +185,8 @@ def _tile_cols(xp, spec, bs, rows, O, buf, *, batch_inner=False):
     win = windows(xt, spec, Ot)  # (n, C, *k, *Ot)
     n, C = win.shape[:2]
     r = spec.rank
-    kk = int(np.prod(spec.kernel_size))
-    Pt = int(np.prod(Ot))
+    kk = math.prod(spec.kernel_size)
+    Pt = math.prod(Ot)
     if batch_inner:
         win = win.transpose((1,) + tuple(range(2, 2 + r)) + (0,) + tuple(range(2 + r, 2 + 2 * r)))
         out = buf[: C * kk * n * Pt].reshape(win.shape)
@@ -198,7 +198,7 @@ def _tile_cols(xp, spec, bs, rows, O, buf, *, batch_inner=False):
 
 
 def _row_positions(rows: slice, O) -> slice:
-    P1 = int(np.prod(O[1:]))
+    P1 = math.prod(O[1:])
     return slice(rows.start * P1, rows.stop * P1)
 
 
@@ -208,12 +208,12 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
     N, C = x.shape[:2]
     K = w.shape[0]
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
-    P = int(np.prod(O))
+    P = math.prod(O)
     dtype = np.result_type(x, w)
     wm = _wmat(w, g)
     if _is_pointwise(spec, x.shape[2:], O):
         return np.matmul(wm, x.reshape(N, g, C // g, P)).reshape((N, K) + O)
-    kk = int(np.prod(spec.kernel_size))
+    kk = math.prod(spec.kernel_size)
     slabs = _plane_slabs(spec, O, C * kk * dtype.itemsize)
     if slabs:
         xp, sp0 = pad_spatial(x, spec.padding), _unpadded(spec)
@@ -384,9 +384,9 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     N, C = x.shape[:2]
     K = gy.shape[1]
     O = tuple(gy.shape[2:])
-    P = int(np.prod(O))
+    P = math.prod(O)
     dtype = np.result_type(x, gy)
-    kk = int(np.prod(spec.kernel_size))
+    kk = math.prod(spec.kernel_size)
     Kg, Ckg = K // g, C // g * kk
     gyg = gy.reshape(N, g, Kg, P)
     if _is_pointwise(spec, x.shape[2:], O):
@@ -440,7 +440,7 @@ def _phase_layout(spec: ConvSpec, buf_shape, O):
     """
     s, d = spec.stride, spec.dilation
     Hs = tuple(-(-b // si) for b, si in zip(buf_shape, s))
-    pst = [int(np.prod(Hs[i + 1:])) for i in range(len(Hs))]
+    pst = [math.prod(Hs[i + 1:]) for i in range(len(Hs))]
     phases, offs = [], []
     for t in kernel_offsets(spec):
         pos = [ti * di for ti, di in zip(t, d)]
@@ -463,8 +463,8 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     C = g * Cg
     r = spec.rank
     O = tuple(gy.shape[2:])
-    P = int(np.prod(O))
-    kk = int(np.prod(spec.kernel_size))
+    P = math.prod(O)
+    kk = math.prod(spec.kernel_size)
     dtype = np.result_type(gy, w)
     wt = _wmat(w, g).transpose(0, 2, 1)  # (g, C/g*kk, K/g)
     gyg = gy.reshape(N, g, K // g, P)
@@ -484,8 +484,8 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
         return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop])
     Hs, phases, offs, Lf, pst = _phase_layout(spec, buf_shape, O)
     S = spec.stride
-    nph = int(np.prod(S))
-    per_sample = (C * kk + K) * Lf + C * nph * int(np.prod(Hs))
+    nph = math.prod(S)
+    per_sample = (C * kk + K) * Lf + C * nph * math.prod(Hs)
     per_worker = get_options().workspace_bytes // WORKERS
     step = max(1, min(N, min(per_worker, CACHE_BYTES) // max(1, per_sample * dtype.itemsize)))
     if per_sample * dtype.itemsize > per_worker:
@@ -523,8 +523,8 @@ def _input_grad_rows(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) 
     Cg = w.shape[1]
     C = g * Cg
     O = tuple(gy.shape[2:])
-    P = int(np.prod(O))
-    kk = int(np.prod(spec.kernel_size))
+    P = math.prod(O)
+    kk = math.prod(spec.kernel_size)
     dtype = np.result_type(gy, w)
     wt = _wmat(w, g).transpose(0, 2, 1)  # (g, C/g*kk, K/g)
     gyg = gy.reshape(N, g, K // g, P)
@@ -539,7 +539,7 @@ def _input_grad_rows(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) 
         Ot = (rows.stop - rows.start,) + O[1:]
         gyt = gyg[bs, :, :, _row_positions(rows, O)]
         n = gyt.shape[0]
-        dcols = buf[: n * C * kk * int(np.prod(Ot))].reshape(n, g, Cg * kk, -1)
+        dcols = buf[: n * C * kk * math.prod(Ot)].reshape(n, g, Cg * kk, -1)
         np.matmul(wt, gyt, out=dcols)
         dv = dcols.reshape((n, C) + tuple(spec.kernel_size) + Ot)
         gt = gxp[bs, :, input_rows(rows, spec)]

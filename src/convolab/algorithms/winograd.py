@@ -48,6 +48,7 @@ GEMM -> Winograd): forward 12.8 -> 5.0, weight gradient 10.3 -> 4.9.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -130,7 +131,7 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     N, C, K = p["N"], p["C"], p["K"]
     if r == 3:
         return _cost3(role, spec, p, itemsize)
-    T = N * int(np.prod([-(-o // M_OUT) for o in p["O"]]))
+    T = N * math.prod([-(-o // M_OUT) for o in p["O"]])
     a, m = ALPHA**r, M_OUT**r
     out_macs = sum(M_OUT**s * ALPHA ** (r - s + 1) for s in range(1, r + 1))
     flops = 2 * T * (r * a * ALPHA * C + a * C * K + out_macs * K)
@@ -140,8 +141,8 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
         # the phase split of the input and the interleaving of the output, each written
         # and read (measured, C64-C256, d 2-4: forward 0-25 % and input gradient 0-23 %
         # faster than GEMM)
-        P = int(np.prod(spec.padded_shape(p["S"])))
-        moved += 2 * itemsize * (N * C * P + N * K * int(np.prod(p["O"])))
+        P = math.prod(spec.padded_shape(p["S"]))
+        moved += 2 * itemsize * (N * C * P + N * K * math.prod(p["O"]))
     # Fitted to interleaved medians (benchmarks/RESULTS.md, Winograd rework): the
     # memory-bound transform GEMMs and tile copies run ~1.6x slower than this count says.
     # The transformed weight (a K C) is read again by every tile; once it is bigger than
@@ -165,7 +166,7 @@ def _cost3(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, fl
     ``k0`` products per output tile (one per depth tap), with the 2-D path's factors."""
     N, C, K = p["N"], p["C"], p["K"]
     O, k0 = p["O"], spec.kernel_size[0]
-    t = int(np.prod([-(-o // M_OUT) for o in O[1:]]))
+    t = math.prod([-(-o // M_OUT) for o in O[1:]])
     T_out = N * O[0] * t
     T_in = N * min(p["S"][0], O[0] + k0 - 1) * t
     a, m = ALPHA**2, M_OUT**2
@@ -186,7 +187,7 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         per = _per_position(2, C, K, item) + (_per_position(2, 0, K, item)
                                               if role == "weight_grad" else 0)
         _, nd, npl, band = _plan3(p["N"], p["O"], k0, per)
-        return WORKERS * npl * per * band * int(np.prod(p["O"][2:]))
+        return WORKERS * npl * per * band * math.prod(p["O"][2:])
     _, most = tiles(p["N"], p["O"], _per_position(spec.rank, p["C"], p["K"], item))
     return WORKERS * most * _per_position(spec.rank, p["C"], p["K"], item)
 
@@ -246,7 +247,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
         r0, r1 = rows.start, rows.stop
         n = bs.stop - bs.start
         tg = (-(-(r1 - r0) // M_OUT),) + tgrid[1:]
-        T = n * int(np.prod(tg))
+        T = n * math.prod(tg)
         buf = bufs.get()
         V, A, B = _input_tiles(x, pads, bs, r0, tg, buf, a * CK * T, bt)
         F, G_ = (A, B) if r == 1 else (B, A)  # V is in A (2-D) or B (1-D)
@@ -266,10 +267,10 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
 def _tile_sizes(plan, tgrid, C: int) -> tuple[int, int]:
     """Over the row tiles ``plan`` of an output with ``tgrid`` 4-long tiles per dimension:
     the most 4^r output tiles in one tile, and the most padded-input values it copies."""
-    rest = int(np.prod(tgrid[1:]))
+    rest = math.prod(tgrid[1:])
     tmax = max((b.stop - b.start) * -(-(rw.stop - rw.start) // M_OUT) for b, rw in plan) * rest
     pmax = max((b.stop - b.start) * (-(-(rw.stop - rw.start) // M_OUT) * M_OUT + R - 1)
-               for b, rw in plan) * C * int(np.prod([t * M_OUT + R - 1 for t in tgrid[1:]]))
+               for b, rw in plan) * C * math.prod([t * M_OUT + R - 1 for t in tgrid[1:]])
     return tmax, pmax
 
 
@@ -302,7 +303,7 @@ def _correlate3(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
     plan, nd, npl, band = _plan3(N, O, k0, _per_position(2, C, K, dtype.itemsize))
     tgb = (-(-band // M_OUT), -(-O[2] // M_OUT))  # 2-D tiles of the largest band
     tmax = tgb[0] * tgb[1]
-    pplane = C * int(np.prod([tt * M_OUT + R - 1 for tt in tgb]))
+    pplane = C * math.prod([tt * M_OUT + R - 1 for tt in tgb])
     size = a * CK * tmax * npl
     bufs = Scratch(npl * pplane + 2 * size + a * K * tmax * nd, dtype)
     order = (3, 2, 4, 0, 5, 1)  # (m0, m1, K, planes, t0, t1) -> (planes, K, t0, m0, t1, m1)
@@ -354,12 +355,12 @@ def _plan3(N: int, O, k0: int, per_position: int):
     not fit, one plane per tile in bands of rows (a multiple of 4).  Returns the tiles,
     planes per tile, input planes per tile and rows per band."""
     Do, H = O[0], O[1]
-    per_plane = per_position * int(np.prod(O[1:]))
+    per_plane = per_position * math.prod(O[1:])
     limit = min(CACHE_BYTES, get_options().workspace_bytes // WORKERS)
     if k0 * per_plane <= limit or H <= M_OUT:
         nd, band = max(1, min(Do, limit // max(1, per_plane) - (k0 - 1))), H
     else:
-        per_rows = k0 * per_position * int(np.prod(O[2:])) * M_OUT
+        per_rows = k0 * per_position * math.prod(O[2:]) * M_OUT
         nd, band = 1, max(1, limit // max(1, per_rows)) * M_OUT
     plan = [(n, d0, min(Do, d0 + nd), r0, min(H, r0 + band))
             for n in range(N) for d0 in range(0, Do, nd) for r0 in range(0, H, band)]
@@ -389,9 +390,9 @@ def _input_tiles(x, pads, bs, r0, tg, buf, size, bt):
     S = x.shape[2:]
     a = ALPHA**r
     n = bs.stop - bs.start
-    T = n * int(np.prod(tg))
+    T = n * math.prod(tg)
     pshape = (n, C) + tuple(t * M_OUT + R - 1 for t in tg)
-    P = buf[: int(np.prod(pshape))].reshape(pshape)
+    P = buf[: math.prod(pshape)].reshape(pshape)
     src, dst = [], []
     for d in range(r):
         lo, hi = pads[d]
@@ -425,7 +426,7 @@ def _phase_split(a: np.ndarray, d, size) -> np.ndarray:
     """``(N, C, *L)`` -> ``(prod(d) * N, C, *size)``: phase ``p`` (``a[..., p::d]``,
     zero-filled to ``size``) as the ``p``-th block of samples."""
     N, C = a.shape[:2]
-    nph = int(np.prod(d))
+    nph = math.prod(d)
     out = np.zeros((nph, N, C) + tuple(size), dtype=a.dtype)
     for i, p in enumerate(np.ndindex(*d)):
         src = a[(Ellipsis,) + tuple(slice(pi, None, di) for pi, di in zip(p, d))]
@@ -483,7 +484,7 @@ def _gy_tiles(gy, bs, r0, r1, tg, O_rest, buf, am) -> np.ndarray:
     r = len(tg)
     K = gy.shape[1]
     n = bs.stop - bs.start
-    T = n * int(np.prod(tg))
+    T = n * math.prod(tg)
     a, m = ALPHA**r, M_OUT**r
     Gd = buf[: m * K * T].reshape((M_OUT,) * r + (K, n) + tuple(tg))
     G1 = buf[m * K * T: (m + a) * K * T]
@@ -542,7 +543,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         r0, r1 = rows.start, rows.stop
         n = bs.stop - bs.start
         tg = (-(-(r1 - r0) // M_OUT),) + tgrid[1:]
-        T = n * int(np.prod(tg))
+        T = n * math.prod(tg)
         buf = bufs.get()
         V, A, B = _input_tiles(x, pads, bs, r0, tg, buf, a * CK * T, bt)
         g0 = buf.size - (m + 2 * a) * K * tmax
@@ -583,7 +584,7 @@ def _weight_grad3(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
                                  + _per_position(2, 0, K, item))
     tgb = (-(-band // M_OUT), -(-O[2] // M_OUT))  # 2-D tiles of the largest band
     tmax = tgb[0] * tgb[1]
-    pplane = C * int(np.prod([tt * M_OUT + R - 1 for tt in tgb]))
+    pplane = C * math.prod([tt * M_OUT + R - 1 for tt in tgb])
     size = a * CK * tmax * npl
     gsize = (m + 2 * a) * K * tmax * nd
     bufs = Scratch(npl * pplane + 2 * size + gsize, dtype)
@@ -627,6 +628,6 @@ def _wg_plan(N: int, O, C: int, K: int, item: int) -> list:
     GEMMs' inner dimension long and the products few."""
     r = len(O)
     ppos = _per_position(r, C, K, item) + _per_position(r, 0, K, item)
-    total = N * int(np.prod(O)) * ppos
+    total = N * math.prod(O) * ppos
     cache = max(WG_CACHE, min(-(-total // WORKERS), 4 * ALPHA**r * C * K * item))
     return tiles(N, O, ppos, cache=cache)[0]

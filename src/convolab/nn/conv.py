@@ -97,7 +97,7 @@ class _ConvNd(Module):
             wshape = (in_channels, out_channels // groups) + self.kernel_size
         else:
             wshape = (out_channels, in_channels // groups) + self.kernel_size
-        fan_in = wshape[1] * int(np.prod(self.kernel_size))
+        fan_in = wshape[1] * math.prod(self.kernel_size)
         self.weight = Parameter(kaiming_uniform(gen, wshape, fan_in, self.dtype))
         if bias:
             self.bias = Parameter(kaiming_uniform(gen, (out_channels,), fan_in, self.dtype))

@@ -8,6 +8,8 @@ blocks back into ``(N, C, *output_size)``.  torch only does 2-D; here the rank i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..algorithms.gemm import col2im, im2col
@@ -70,18 +72,18 @@ def _fold_prepare(input, output_size, kernel_size, dilation, padding, stride):
         )
     unbatched = c.ndim == 2
     cb = c[None] if unbatched else c
-    kk = int(np.prod(spec.kernel_size))
+    kk = math.prod(spec.kernel_size)
     if cb.shape[1] % kk:
         raise ValueError(
             f"fold: input.shape[-2]={cb.shape[1]} must be divisible by the product of "
             f"kernel_size={spec.kernel_size} ({kk})"
         )
     O = spec.conv_out_shape(out)
-    if any(o <= 0 for o in O) or cb.shape[2] != int(np.prod(O)):
+    if any(o <= 0 for o in O) or cb.shape[2] != math.prod(O):
         raise ValueError(
             f"fold: output_size={out}, kernel_size={spec.kernel_size}, dilation="
             f"{spec.dilation}, padding={spec.padding}, stride={spec.stride} give {O} blocks "
-            f"(L={int(np.prod(O)) if all(o > 0 for o in O) else 0}), but input.shape[-1]="
+            f"(L={math.prod(O) if all(o > 0 for o in O) else 0}), but input.shape[-1]="
             f"{cb.shape[2]}; they must match"
         )
     return cb.astype(compute_dtype(dt), copy=False), spec, out, O, unbatched, dt
