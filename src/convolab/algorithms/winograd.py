@@ -243,11 +243,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
     order = (r + 1, r) + tuple(v for i in range(r) for v in (r + 2 + i, i))
 
     def run(tile):
-        bs, rows = tile
-        r0, r1 = rows.start, rows.stop
-        n = bs.stop - bs.start
-        tg = (-(-(r1 - r0) // M_OUT),) + tgrid[1:]
-        T = n * math.prod(tg)
+        bs, r0, r1, n, tg, T = _row_tile(tile, tgrid)
         buf = bufs.get()
         V, A, B = _input_tiles(x, pads, bs, r0, tg, buf, a * CK * T, bt)
         F, G_ = (A, B) if r == 1 else (B, A)  # V is in A (2-D) or B (1-D)
@@ -262,6 +258,25 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
 
     run_tiles(run, plan)
     return y
+
+
+def _row_tile(tile, tgrid):
+    """A 2-D/1-D row tile ``(samples, output rows)`` as ``(samples, r0, r1, n, tiles per
+    dimension, tiles in all)``."""
+    bs, rows = tile
+    n = bs.stop - bs.start
+    tg = (-(-(rows.stop - rows.start) // M_OUT),) + tuple(tgrid[1:])
+    return bs, rows.start, rows.stop, n, tg, n * math.prod(tg)
+
+
+def _band_geometry(band: int, O, C: int, CK: int, npl: int):
+    """Scratch geometry of the 3-D paths for bands of ``band`` output rows: the 2-D tiles
+    of the largest band, their count, one padded input plane's size and the size of each
+    of the two transform buffers (``npl`` planes)."""
+    tgb = (-(-band // M_OUT), -(-O[2] // M_OUT))
+    tmax = tgb[0] * tgb[1]
+    pplane = C * math.prod([tt * M_OUT + R - 1 for tt in tgb])
+    return tgb, tmax, pplane, ALPHA**2 * CK * tmax * npl
 
 
 def _tile_sizes(plan, tgrid, C: int) -> tuple[int, int]:
@@ -301,10 +316,7 @@ def _correlate3(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
     U = U.reshape(a, k0, K, C).transpose(1, 0, 2, 3)  # (k0, a, K, C)
     U = np.ascontiguousarray(U)
     plan, nd, npl, band = _plan3(N, O, k0, _per_position(2, C, K, dtype.itemsize))
-    tgb = (-(-band // M_OUT), -(-O[2] // M_OUT))  # 2-D tiles of the largest band
-    tmax = tgb[0] * tgb[1]
-    pplane = C * math.prod([tt * M_OUT + R - 1 for tt in tgb])
-    size = a * CK * tmax * npl
+    tgb, tmax, pplane, size = _band_geometry(band, O, C, CK, npl)
     bufs = Scratch(npl * pplane + 2 * size + a * K * tmax * nd, dtype)
     order = (3, 2, 4, 0, 5, 1)  # (m0, m1, K, planes, t0, t1) -> (planes, K, t0, m0, t1, m1)
 
@@ -539,11 +551,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     partial: dict[int, np.ndarray] = {}
 
     def run(tile):
-        bs, rows = tile
-        r0, r1 = rows.start, rows.stop
-        n = bs.stop - bs.start
-        tg = (-(-(r1 - r0) // M_OUT),) + tgrid[1:]
-        T = n * math.prod(tg)
+        bs, r0, r1, n, tg, T = _row_tile(tile, tgrid)
         buf = bufs.get()
         V, A, B = _input_tiles(x, pads, bs, r0, tg, buf, a * CK * T, bt)
         g0 = buf.size - (m + 2 * a) * K * tmax
@@ -582,10 +590,7 @@ def _weight_grad3(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     item = dtype.itemsize
     plan, nd, npl, band = _plan3(N, O, k0, _per_position(2, C, K, item)
                                  + _per_position(2, 0, K, item))
-    tgb = (-(-band // M_OUT), -(-O[2] // M_OUT))  # 2-D tiles of the largest band
-    tmax = tgb[0] * tgb[1]
-    pplane = C * math.prod([tt * M_OUT + R - 1 for tt in tgb])
-    size = a * CK * tmax * npl
+    tgb, tmax, pplane, size = _band_geometry(band, O, C, CK, npl)
     gsize = (m + 2 * a) * K * tmax * nd
     bufs = Scratch(npl * pplane + 2 * size + gsize, dtype)
     partial: dict[int, np.ndarray] = {}
