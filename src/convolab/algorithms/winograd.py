@@ -118,10 +118,10 @@ def _planes_fit(k0: int, x_shape, w_shape, dtype) -> bool:
     workspace budget on every worker (otherwise GEMM runs)."""
     ck = max(w_shape[0], w_shape[1])
     plane = (M_OUT + R - 1) * (x_shape[-1] + 2 * M_OUT)
-    a, m = ALPHA**2 / M_OUT**2, 1  # transformed values per output position: 2.25
-    # k0 padded planes, two transform buffers of k0 planes, the products of one plane,
-    # and the weight gradient's transformed gy (m + 2a per position)
-    per = k0 * ck * (m + 2 * a) + a * ck + (m + 2 * a) * ck
+    a = ALPHA**2 / M_OUT**2  # transformed values per output position: 2.25
+    # per position: k0 padded planes and two transform buffers of k0 planes (1 + 2a each),
+    # the products of one plane (a) and the weight gradient's transformed gy (1 + 2a)
+    per = ck * ((k0 + 1) * (1 + 2 * a) + a)
     return WORKERS * per * plane * np.dtype(dtype).itemsize <= get_options().workspace_bytes
 
 
