@@ -11,6 +11,7 @@ an output that sees only padding) FFT round-off of ~1e-17 is not a relative erro
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 
 import numpy as np
@@ -575,24 +576,60 @@ def test_flat_forward_matches_direct(x_shape, w_shape, kwargs, ws):
     assert rel_err(fewer, ref[:, :, :-1]) <= TOL64
 
 
-@pytest.mark.parametrize("layout", ["flat", "slabs"])
+@pytest.mark.parametrize("layout", ["flat", "slabs", "groups"])
 @settings(max_examples=30, deadline=None)
-@given(case=conv_cases(batch=2, ranks=(2, 3)))
+@given(case=conv_cases(batch=2, ranks=(2, 3), max_groups=4))
 def test_gemm_lowerings_match_direct(layout, case):
-    """Every configuration through the flat stride-1 lowering (allowed any overhang), or
-    through plane-row slabs (a budget of a few bytes), forward and every gradient."""
-    from convolab.algorithms import gemm
+    """Every configuration through the flat stride-1 lowering (allowed any overhang),
+    through plane-row slabs (a budget of a few bytes), or in tiles of one group and one
+    output row (a group tile target of one byte), forward and every gradient."""
+    from convolab.algorithms import _tiles, gemm
 
     _, ref = _run(case, "direct")
     if layout == "flat":
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(gemm, "FLAT_MAX_EXTRA", 1e9)
             _, got = _run(case, "gemm")
+    elif layout == "groups":
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_tiles, "GROUP_CACHE_BYTES", 1)
+            _, got = _run(case, "gemm")
     else:
         with cl.options(workspace_bytes=16):
             _, got = _run(case, "gemm")
     for a, r in zip(got, ref):
         assert rel_err(a, r) <= TOL64, (layout, case)
+
+
+def test_group_tiles_cover_every_sample_row_and_group_once():
+    from convolab.algorithms._tiles import group_tiles
+
+    for N, O, g, per in [(3, (7, 5), 32, 40), (2, (9,), 5, 10**6), (4, (6, 6), 256, 4)]:
+        plan, most, G = group_tiles(N, O, g, per)
+        seen = np.zeros((N, O[0], g), dtype=int)
+        for bs, rows, gs in plan:
+            seen[bs, rows, gs] += 1
+            assert (rows.stop - rows.start) * math.prod(O[1:]) * (bs.stop - bs.start) <= most
+            assert gs.stop - gs.start <= G
+        assert (seen == 1).all()
+        sizes = {gs.stop - gs.start for _, _, gs in plan}
+        assert max(sizes) - min(sizes) <= G // 2 + 1  # balanced chunks, not G + a remainder
+
+
+def test_parallel_map_keeps_order_and_reraises():
+    from convolab.algorithms import _threads
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_threads, "WORKERS", 2)
+        assert _threads.parallel_map(lambda i: i * i, range(50)) == [i * i for i in range(50)]
+
+        def boom(i):
+            if i == 7:
+                raise ValueError("tile 7")
+            return i
+
+        with pytest.raises(ValueError, match="tile 7"):
+            _threads.parallel_map(boom, range(20))
 
 
 def test_pad_spatial_crops_negative_amounts():

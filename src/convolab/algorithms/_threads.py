@@ -25,14 +25,39 @@ WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 
 def parallel_map(fn, items) -> list:
-    """``[fn(i) for i in items]``, spread over ``WORKERS`` threads when there are several."""
+    """``[fn(i) for i in items]``, spread over ``WORKERS`` threads when there are several.
+
+    Each worker pulls the next item from one shared iterator (``next`` on a range
+    iterator is atomic under the GIL), so a call costs ``WORKERS`` pool tasks, not one
+    future per item.  Measured (32-group 3x3 forward, tiles of 4 groups, 128 tiles of
+    ~0.1 ms, back to back): 13.0 -> 6.9 ms; the work still balances when one thread
+    starts late.  The first exception raised by ``fn`` is re-raised here.
+    """
     global _POOL
     items = list(items)
     if WORKERS == 1 or len(items) < 2:
         return [fn(i) for i in items]
     if _POOL is None:
         _POOL = ThreadPoolExecutor(WORKERS, thread_name_prefix="convolab")
-    return list(_POOL.map(fn, items))
+    results: list = [None] * len(items)
+    order = iter(range(len(items)))
+    failed: list[BaseException] = []
+
+    def worker() -> None:
+        for i in order:
+            if failed:
+                return
+            try:
+                results[i] = fn(items[i])
+            except BaseException as exc:  # re-raised in the caller
+                failed.append(exc)
+                return
+
+    for f in [_POOL.submit(worker) for _ in range(min(WORKERS, len(items)))]:
+        f.result()
+    if failed:
+        raise failed[0]
+    return results
 
 
 _CONTROLLER: object = None

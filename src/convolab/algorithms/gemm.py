@@ -35,7 +35,8 @@ from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
 from ..options import get_options
 from ._threads import WORKERS, Scratch, run_tiles
-from ._tiles import CACHE_BYTES, grad_buffer_shape, input_rows, scratch, tiles
+from ._tiles import (CACHE_BYTES, SMALL_GROUP, grad_buffer_shape, group_tiles, input_rows,
+                     scratch, tiles)
 from .direct import kernel_offsets, tap_slices
 
 
@@ -197,6 +198,16 @@ def _tile_cols(xp, spec, bs, rows, O, buf, *, batch_inner=False):
     return out.reshape(n, C * kk, Pt)
 
 
+def _plan(N: int, O, g: int, Kg: int, per_group_position: int):
+    """``(tiles, positions in the largest, groups per tile)``, tiles being ``(batch
+    slice, row slice, group slice)``: split by groups when groups are small
+    (:func:`convolab.algorithms._tiles.group_tiles`), else every tile holds all groups."""
+    if g > 1 and Kg < SMALL_GROUP:
+        return group_tiles(N, O, g, per_group_position)
+    plan, most = tiles(N, O, per_group_position * g)
+    return [(bs, rows, slice(0, g)) for bs, rows in plan], most, g
+
+
 def _row_positions(rows: slice, O) -> slice:
     P1 = math.prod(O[1:])
     return slice(rows.start * P1, rows.stop * P1)
@@ -228,18 +239,19 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
         return _forward_flat(x, w, spec, O, dtype)
     y = np.empty((N, g, K // g, P), dtype=dtype)
     xp = pad_spatial(x, spec.padding)
-    plan, most = tiles(N, O, C * kk * dtype.itemsize)
-    bufs = Scratch(most * C * kk, dtype)
+    Cg = C // g
+    plan, most, G = _plan(N, O, g, K // g, Cg * kk * dtype.itemsize)
+    bufs = Scratch(most * G * Cg * kk, dtype)
 
     def run(tile):
-        bs, rows = tile
-        cols = _tile_cols(xp, spec, bs, rows, O, bufs.get())
-        cols = cols.reshape(cols.shape[0], g, C // g * kk, -1)
+        bs, rows, gs = tile
+        cols = _tile_cols(xp[:, gs.start * Cg:gs.stop * Cg], spec, bs, rows, O, bufs.get())
+        cols = cols.reshape(cols.shape[0], gs.stop - gs.start, Cg * kk, -1)
         ps = _row_positions(rows, O)
         if ps.start == 0 and ps.stop == P:
-            np.matmul(wm, cols, out=y[bs])
+            np.matmul(wm[gs], cols, out=y[bs, gs])
         else:
-            y[bs, :, :, ps] = np.matmul(wm, cols)
+            y[bs, gs, :, ps] = np.matmul(wm[gs], cols)
 
     run_tiles(run, plan)
     return y.reshape((N, K) + O)
@@ -273,40 +285,40 @@ def _forward_flat(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
     two workers the difference was within this machine's noise."""
     N, C = x.shape[:2]
     K, g = w.shape[0], spec.groups
+    Cg, Kg = C // g, K // g
     kk = math.prod(spec.kernel_size)
     item = dtype.itemsize
     wm = _wmat(w, g)
-    # the runs need contiguous planes (without padding, pad_spatial returns x: maybe a view)
     xp = np.ascontiguousarray(pad_spatial(x, spec.padding))
     Pd = xp.shape[2:]
     pst = [math.prod(Pd[i + 1:]) for i in range(len(Pd))]
     offs = [d * p for d, p in zip(spec.dilation, pst)]
     y = np.empty((N, K) + tuple(O), dtype=dtype)
     extra = math.prod(Pd[1:]) / math.prod(O[1:])
-    plan, most = tiles(N, O, int((C * kk + K) * item * extra) + 1)
+    plan, _, G = _plan(N, O, g, Kg, int((Cg * kk + Kg) * item * extra) + 1)
     rest = sum((o - 1) * p for o, p in zip(O[1:], pst[1:])) + 1
     span = max(((bs.stop - bs.start) * ((r.stop - r.start - 1) * pst[0] + rest)
-                for bs, r in plan), default=1)
-    bufs = Scratch(span * (C * kk + K), dtype)
+                for bs, r, _ in plan), default=1)
+    bufs = Scratch(span * G * (Cg * kk + Kg), dtype)
     sx = xp.strides
 
     def run(tile):
-        bs, rows = tile
-        n, nr = bs.stop - bs.start, rows.stop - rows.start
+        bs, rows, gs = tile
+        n, nr, ng = bs.stop - bs.start, rows.stop - rows.start, gs.stop - gs.start
         Lt = (nr - 1) * pst[0] + rest
-        xt = xp[bs, :, rows.start:]  # the tile's rows start here (stride 1)
-        win = as_strided(xt, (n, C) + tuple(spec.kernel_size) + (Lt,),
+        xt = xp[bs, gs.start * Cg:gs.stop * Cg, rows.start:]  # the tile's rows start here
+        win = as_strided(xt, (n, ng * Cg) + tuple(spec.kernel_size) + (Lt,),
                          (sx[0], sx[1]) + tuple(o * item for o in offs) + (item,),
                          writeable=False)
         buf = bufs.get()
-        cols = buf[: n * C * kk * Lt].reshape(win.shape)
+        cols = buf[: n * ng * Cg * kk * Lt].reshape(win.shape)
         np.copyto(cols, win)
-        yf = buf[n * C * kk * Lt: n * (C * kk + K) * Lt].reshape(n, g, K // g, Lt)
-        np.matmul(wm, cols.reshape(n, g, C // g * kk, Lt), out=yf)
-        yv = as_strided(yf, (n, K, nr) + tuple(O[1:]),
+        yf = buf[n * ng * Cg * kk * Lt: n * ng * (Cg * kk + Kg) * Lt].reshape(n, ng, Kg, Lt)
+        np.matmul(wm[gs], cols.reshape(n, ng, Cg * kk, Lt), out=yf)
+        yv = as_strided(yf, (n, ng * Kg, nr) + tuple(O[1:]),
                         (yf.strides[0], Lt * item) + tuple(p * item for p in pst),
                         writeable=False)
-        y[bs, :, rows] = yv
+        y[bs, gs.start * Kg:gs.stop * Kg, rows] = yv
 
     run_tiles(run, plan)
     return y
@@ -399,16 +411,19 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return sum(weight_grad(xp[:, :, :, _slab_rows(spec, h0, h1)], gy[:, :, :, h0:h1], sp0)
                    for h0, h1 in slabs)
     xp = pad_spatial(x, spec.padding)
-    plan, most = tiles(N, O, (C * kk + K) * dtype.itemsize)
-    bufs = Scratch(most * C * kk, dtype)
+    Cg = C // g
+    plan, most, G = _plan(N, O, g, Kg, (Cg * kk + Kg) * dtype.itemsize)
+    bufs = Scratch(most * G * Cg * kk, dtype)
     partial: dict[int, np.ndarray] = {}
 
     def run(tile):
-        bs, rows = tile
-        cols = _tile_cols(xp, spec, bs, rows, O, bufs.get(), batch_inner=True)  # (C*kk, n, Pt)
+        bs, rows, gs = tile
+        ng = gs.stop - gs.start
+        cols = _tile_cols(xp[:, gs.start * Cg:gs.stop * Cg], spec, bs, rows, O, bufs.get(),
+                          batch_inner=True)  # (ng*Cg*kk, n, Pt)
         n, Pt = cols.shape[1:]
-        cols = cols.reshape(g, Ckg, n * Pt)
-        gyt = gyg[bs, :, :, _row_positions(rows, O)].transpose(1, 2, 0, 3).reshape(g, Kg, n * Pt)
+        cols = cols.reshape(ng, Ckg, n * Pt)
+        gyt = gyg[bs, gs, :, _row_positions(rows, O)].transpose(1, 2, 0, 3).reshape(ng, Kg, n * Pt)
         # cols @ gy^T (C/g*kk rows) rather than gy @ cols^T (K/g rows): measured 8-43 %
         # faster (medians) on the suite's conv3d, 1-D, 3x3 C64 and stem weight
         # gradients; with K/g = 8 (32 groups) it was 13 % slower, so small K/g keep the
@@ -419,9 +434,8 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
             prod = np.matmul(gyt, cols.transpose(0, 2, 1)).transpose(0, 2, 1)
         acc = partial.get(threading.get_ident())
         if acc is None:
-            partial[threading.get_ident()] = prod
-        else:
-            acc += prod
+            acc = partial[threading.get_ident()] = np.zeros((g, Ckg, Kg), dtype=prod.dtype)
+        acc[gs] += prod
 
     run_tiles(run, plan)
     gw = sum(partial.values()) if partial else np.zeros((g, Ckg, Kg), dtype=dtype)
