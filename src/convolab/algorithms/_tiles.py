@@ -34,6 +34,9 @@ def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: int | None = C
     per_sample = per_row * O[0]
     if per_sample <= limit:
         step = max(1, min(N, limit // per_sample))
+        if N > 1:
+            step = max(1, min(step, -(-N // WORKERS)))  # every worker gets a tile
+            step = -(-N // -(-N // step))  # balanced: 16 samples in 8 + 8, not 11 + 5
         out = [(slice(i, min(N, i + step)), slice(0, O[0])) for i in range(0, N, step)]
         return out, step * math.prod(O)
     rows = max(1, min(O[0], limit // per_row))

@@ -113,11 +113,25 @@ def _input_grad_unified(gy, w, spec: ConvSpec, in_spatial) -> np.ndarray:
     if y is None:
         return np.zeros((N, g * Cg) + in_spatial, dtype=dtype)
     y = y.reshape((N, g) + s + (Cg,) + Q)  # from (N, g*prod(s)*Cg, *Q)
-    order = (0, 1, 2 + r) + tuple(v for i in range(r) for v in (3 + r + i, 2 + i))
-    full = y.transpose(order).reshape((N, g * Cg) + tuple(q * ss for q, ss in zip(Q, s)))
-    crop = tuple(slice(lo - a * ss, lo - a * ss + n) for (lo, _), a, ss, n in
-                 zip(spec.padding, qa, s, in_spatial))
-    return np.ascontiguousarray(full[(slice(None), slice(None)) + crop])
+    # Phase phi holds full positions q*s + phi; gx[i] is full[i + c0], c0 = lo - qa*s.
+    # One strided copy per phase: the transposing copy of all phases at once (innermost
+    # stride = the channel block) measured 3.6 ms of a 16 ms 4x4 s2 forward, these 0.9.
+    gx = np.empty((N, g, Cg) + in_spatial, dtype=y.dtype)
+    c0 = [lo - a * ss for (lo, _), a, ss in zip(spec.padding, qa, s)]
+    for phi in itertools.product(*(range(ss) for ss in s)):
+        src, dst = [], []
+        for p, ss, c, q, n in zip(phi, s, c0, Q, in_spatial):
+            q0 = max(0, -(-(c - p) // ss))  # first q with q*s + p - c >= 0
+            q1 = min(q, -(-(n + c - p) // ss))  # past the last q with q*s + p - c < n
+            src.append(slice(q0, max(q0, q1)))
+            dst.append(slice(q0 * ss + p - c, None, ss))
+        if any(sl.stop <= sl.start for sl in src):
+            continue
+        dst = [slice(d.start, d.start + (sl.stop - sl.start - 1) * d.step + 1, d.step)
+               for d, sl in zip(dst, src)]
+        gx[(slice(None),) * 3 + tuple(dst)] = y[(slice(None), slice(None)) + phi + (slice(None),)
+                                                 + tuple(src)]
+    return gx.reshape((N, g * Cg) + in_spatial)
 
 
 def _forward_padded(gy, wsub, pads, dilation, g, counts):
