@@ -203,6 +203,16 @@ def test_errors_name_the_rule():
         ex.explain("conv_transpose1d", (1, 1, 3), kernel_size=1, padding_mode="reflect")
 
 
+def test_shapes_or_numbers_in_place_of_layers_are_type_errors():
+    """explain(x_shape, w_shape) used to run as a 'stack' of four int layers."""
+    with pytest.raises(TypeError, match=r"op=\(16, 256, 28, 28\) looks like a shape"):
+        ex.explain((16, 256, 28, 28), (256, 8, 3, 3))
+    with pytest.raises(TypeError, match=r"an array of shape \(2, 3\)"):
+        ex.explain(np.zeros((2, 3)), (1, 3, 8, 8))
+    with pytest.raises(TypeError, match="layer 1 is None"):
+        ex.explain(["k=3", None], (1, 3, 8, 8))
+
+
 class _FakeSequential:
     """Duck type: modules in ``_modules``, not iterable."""
 

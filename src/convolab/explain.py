@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -745,7 +746,23 @@ def explain(op: Any, input_shape: Any, *, out_channels: int | None = None,
         cfg = LayerConfig("conv", transposed, kernel_size, stride, padding, dilation, groups,
                           output_padding, out_channels, padding_mode, bias)
         return _explain_layer(cfg, shape, dtype, rank, None)
-    return _explain_stack([_layer_from(m) for m in _iter_layers(op)], shape, dtype)
+    if isinstance(op, np.ndarray) or (
+            isinstance(op, (list, tuple)) and op
+            and all(isinstance(v, numbers.Integral) for v in op)):
+        what = f"an array of shape {op.shape}" if isinstance(op, np.ndarray) else repr(op)
+        raise TypeError(
+            f"op={what} looks like a shape or an array, not an operation or a model: call "
+            "explain('conv2d', input_shape, out_channels=..., kernel_size=...) or pass "
+            "a model / list of layers")
+    cfgs = []
+    for i, m in enumerate(_iter_layers(op)):
+        if m is None or isinstance(m, (numbers.Number, np.ndarray, bytes)):
+            what = f"an array of shape {m.shape}" if isinstance(m, np.ndarray) else repr(m)
+            raise TypeError(f"layer {i} is {what} ({type(m).__name__}): a layer must be a "
+                            "conv or pooling layer, a module, a spec string like "
+                            "'k=3,s=2,p=1', a dict or a LayerConfig")
+        cfgs.append(_layer_from(m))
+    return _explain_stack(cfgs, shape, dtype)
 
 
 def _explain_stack(cfgs: list[LayerConfig], shape: tuple[int, ...], dtype,
