@@ -278,31 +278,35 @@ def test_several_gib_im2col_runs_in_a_256_mib_workspace(algorithm):
     assert rel_err(y, ref) <= TOL32
 
 
+def _gemm_vjp_within_budget(name, x, w, budget, padded_copy, **kw):
+    """fwd+bwd of ``cl.<name>`` on GEMM under ``budget``: the tracemalloc peak stays within
+    the budget plus the outputs and padded copies, and every result matches torch."""
+    tracemalloc.start()
+    try:
+        with cl.options(algorithm="gemm", workspace_bytes=budget):
+            y, pb = cl.vjp(getattr(cl, name), x, w, **kw)
+            gx, gw = pb(y)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= budget + 2 * y.nbytes + gx.nbytes + 2 * padded_copy, peak / 2**20
+    xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
+    yt = getattr(torch.nn.functional, name)(xt, wt, **kw)
+    yt.backward(yt.detach())
+    for a, t in zip((y, gx, gw), (yt.detach(), xt.grad, wt.grad)):
+        assert rel_err(a, t.numpy()) <= TOL32
+
+
 def test_grouped_tiles_stay_within_a_small_workspace():
     """A 32-group conv2d whose columns are 8 MiB per sample runs in tiles of a few groups
-    (and rows) under a 1 MiB budget, every role; the gradients match torch."""
+    (and rows) under a 1 MiB budget, every role."""
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 64, 48, 48), dtype=np.float32)
     w = rng.standard_normal((64, 2, 3, 3), dtype=np.float32)
     budget = 2**20
     cols_per_sample = 64 * 9 * 48 * 48 * 4
     assert cols_per_sample > 4 * budget
-    tracemalloc.start()
-    try:
-        with cl.options(algorithm="gemm", workspace_bytes=budget):
-            y, pb = cl.vjp(cl.conv2d, x, w, padding=1, groups=32)
-            gx, gw = pb(y)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    padded_copy = 2 * 64 * 50 * 50 * 4
-    assert peak <= budget + 2 * y.nbytes + gx.nbytes + 2 * padded_copy, peak / 2**20
-    xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
-    yt = torch.nn.functional.conv2d(xt, wt, padding=1, groups=32)
-    yt.backward(yt.detach())
-    assert rel_err(y, yt.detach().numpy()) <= TOL32
-    assert rel_err(gx, xt.grad.numpy()) <= TOL32
-    assert rel_err(gw, wt.grad.numpy()) <= TOL32
+    _gemm_vjp_within_budget("conv2d", x, w, budget, 2 * 64 * 50 * 50 * 4, padding=1, groups=32)
 
 
 def test_3d_planes_too_big_for_the_workspace_run_in_slabs():
@@ -311,22 +315,7 @@ def test_3d_planes_too_big_for_the_workspace_run_in_slabs():
     rng = np.random.default_rng(11)
     x = rng.standard_normal((1, 16, 4, 96, 96), dtype=np.float32)
     w = rng.standard_normal((16, 16, 3, 3, 3), dtype=np.float32)
-    budget = 8 * 2**20
-    tracemalloc.start()
-    try:
-        with cl.options(algorithm="gemm", workspace_bytes=budget):
-            y, pb = cl.vjp(cl.conv3d, x, w, padding=1)
-            gx, gw = pb(y)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    padded_copy = 16 * 6 * 98 * 98 * 4
-    assert peak <= budget + 2 * y.nbytes + gx.nbytes + 2 * padded_copy, peak / 2**20
-    xt, wt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(w).requires_grad_()
-    yt = torch.nn.functional.conv3d(xt, wt, padding=1)
-    yt.backward(yt.detach())
-    for a, t in zip((y, gx, gw), (yt.detach(), xt.grad, wt.grad)):
-        assert rel_err(a, t.numpy()) <= TOL32
+    _gemm_vjp_within_budget("conv3d", x, w, 8 * 2**20, 16 * 6 * 98 * 98 * 4, padding=1)
 
 
 @pytest.mark.parametrize("ws", [64, 3000])
