@@ -632,6 +632,44 @@ def test_group_tiles_cover_every_sample_row_and_group_once():
         assert max(sizes) - min(sizes) <= G // 2 + 1  # balanced chunks, not G + a remainder
 
 
+@pytest.mark.parametrize("algorithm, x_shape, w_shape, kwargs", [
+    ("gemm", (6, 8, 12, 12), (8, 2, 3, 3), dict(padding=1, groups=4)),
+    ("gemm", (5, 6, 40), (4, 6, 5), dict(stride=2)),
+    ("winograd", (5, 6, 13, 14), (4, 6, 3, 3), dict(padding=1)),
+    ("winograd", (3, 4, 6, 9, 10), (5, 4, 3, 3, 3), dict(padding=1)),
+])
+def test_weight_gradient_sums_do_not_depend_on_which_thread_ran_a_tile(
+        algorithm, x_shape, w_shape, kwargs):
+    """Tiles folded in tile order: running them in reverse (as a thread that starts late
+    would) gives the same bits, so repeated runs agree exactly."""
+    from convolab.algorithms import _threads
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    w = rng.standard_normal(w_shape, dtype=np.float32)
+    op = getattr(cl, f"conv{len(x_shape) - 2}d")
+
+    def weight_grad():
+        with cl.options(algorithm=algorithm, workspace_bytes=3000):
+            y, pb = cl.vjp(op, x, w, **kwargs)
+            return pb(y)[1]
+
+    def reversed_map(fn, items):
+        items = list(items)
+        out = [None] * len(items)
+        for i in reversed(range(len(items))):
+            out[i] = fn(items[i])
+        return out
+
+    first = weight_grad()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_threads, "WORKERS", 2)
+        mp.setattr(_threads, "parallel_map", reversed_map)
+        backwards = weight_grad()
+    assert np.array_equal(first, backwards)
+    assert np.array_equal(first, weight_grad())
+
+
 def test_parallel_map_keeps_order_and_reraises():
     from convolab.algorithms import _threads
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -34,7 +33,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
 from ..options import get_options
-from ._threads import WORKERS, Scratch, run_tiles
+from ._threads import WORKERS, Scratch, run_tiles, run_tiles_sum
 from ._tiles import (CACHE_BYTES, SMALL_GROUP, grad_buffer_shape, group_tiles, input_rows,
                      scratch, tiles)
 from .direct import kernel_offsets, tap_slices
@@ -414,8 +413,6 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     Cg = C // g
     plan, most, G = _plan(N, O, g, Kg, (Cg * kk + Kg) * dtype.itemsize)
     bufs = Scratch(most * G * Cg * kk, dtype)
-    partial: dict[int, np.ndarray] = {}
-
     def run(tile):
         bs, rows, gs = tile
         ng = gs.stop - gs.start
@@ -432,13 +429,9 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
             prod = np.matmul(cols, gyt.transpose(0, 2, 1))  # (g, Ckg, Kg)
         else:
             prod = np.matmul(gyt, cols.transpose(0, 2, 1)).transpose(0, 2, 1)
-        acc = partial.get(threading.get_ident())
-        if acc is None:
-            acc = partial[threading.get_ident()] = np.zeros((g, Ckg, Kg), dtype=prod.dtype)
-        acc[gs] += prod
+        return [(gs, prod)]
 
-    run_tiles(run, plan)
-    gw = sum(partial.values()) if partial else np.zeros((g, Ckg, Kg), dtype=dtype)
+    gw = run_tiles_sum(run, plan, np.zeros((g, Ckg, Kg), dtype=dtype))
     gw = np.ascontiguousarray(gw.transpose(0, 2, 1))
     return gw.reshape((K, C // g) + tuple(spec.kernel_size))
 

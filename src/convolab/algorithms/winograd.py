@@ -49,14 +49,13 @@ GEMM -> Winograd): forward 12.8 -> 5.0, weight gradient 10.3 -> 4.9.
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..padding import pad_spatial
 from ..spec import ConvSpec
-from ._threads import WORKERS, Scratch, _blas_single_thread, run_tiles
+from ._threads import WORKERS, Scratch, _blas_single_thread, run_tiles, run_tiles_sum
 from ._tiles import CACHE_BYTES, tiles
 from ..options import get_options
 
@@ -548,23 +547,15 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     plan = _wg_plan(N, O, C, K, dtype.itemsize)
     tmax, pmax = _tile_sizes(plan, tgrid, C)
     bufs = Scratch(pmax + 2 * a * CK * tmax + (m + 2 * a) * K * tmax, dtype)
-    partial: dict[int, np.ndarray] = {}
-
     def run(tile):
         bs, r0, r1, n, tg, T = _row_tile(tile, tgrid)
         buf = bufs.get()
         V, A, B = _input_tiles(x, pads, bs, r0, tg, buf, a * CK * T, bt)
         g0 = buf.size - (m + 2 * a) * K * tmax
         UgT = _gy_tiles(gy, bs, r0, r1, tg, O[1:], buf[g0: g0 + (m + 2 * a) * K * T], am)
-        key = threading.get_ident()
-        acc = partial.get(key)
-        if acc is None:  # a thread's first tile writes its sum (no zeroed buffer to fault in)
-            partial[key] = np.matmul(V.reshape(a, C, T), UgT)
-        else:
-            acc += np.matmul(V.reshape(a, C, T), UgT)
+        return [(Ellipsis, np.matmul(V.reshape(a, C, T), UgT))]
 
-    run_tiles(run, plan)
-    Msum = sum(partial.values())
+    Msum = run_tiles_sum(run, plan, np.zeros((a, C, K), dtype=dtype))
     with _blas_single_thread():
         gw = _kron(G, r).T.astype(dtype) @ Msum.reshape(a, C * K)  # (3^r, C K)
     gw = np.ascontiguousarray(gw.reshape(R**r, C, K).transpose(2, 1, 0))
@@ -593,14 +584,12 @@ def _weight_grad3(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     tgb, tmax, pplane, size = _band_geometry(band, O, C, CK, npl)
     gsize = (m + 2 * a) * K * tmax * nd
     bufs = Scratch(npl * pplane + 2 * size + gsize, dtype)
-    partial: dict[int, np.ndarray] = {}
-
     def run(tile):
         n, d0, d1, r0, r1 = tile
         p0, p1 = max(0, d0 - lo0), min(D, d1 - 1 - lo0 + k0)
         blocks = _depth_blocks(k0, lo0, d0, d1, p0, p1)
         if not blocks:
-            return
+            return []
         tg = (-(-(r1 - r0) // M_OUT), tgb[1])  # this band's 2-D tiles
         t = tg[0] * tg[1]
         buf = bufs.get()
@@ -610,17 +599,11 @@ def _weight_grad3(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         q = d1 - d0
         UgT = _gy_tiles(gy[n].swapaxes(0, 1), slice(d0, d1), r0, r1, tg, O[2:],
                         buf[buf.size - gsize:][: (m + 2 * a) * K * t * q], am)  # (a, q t, K)
-        acc = partial.get(threading.get_ident())
-        if acc is None:
-            acc = partial[threading.get_ident()] = np.zeros((k0, a, C, K), dtype=dtype)
-        for kd, e0, e1, v0 in blocks:
-            acc[kd] += np.matmul(V[:, :, v0 * t: (v0 + e1 - e0) * t],
-                                 UgT[:, (e0 - d0) * t: (e1 - d0) * t])
+        return [(kd, np.matmul(V[:, :, v0 * t: (v0 + e1 - e0) * t],
+                               UgT[:, (e0 - d0) * t: (e1 - d0) * t]))
+                for kd, e0, e1, v0 in blocks]
 
-    run_tiles(run, plan)
-    if not partial:
-        return np.zeros((K, C) + tuple(spec.kernel_size), dtype=dtype)
-    Msum = sum(partial.values())
+    Msum = run_tiles_sum(run, plan, np.zeros((k0, a, C, K), dtype=dtype))
     with _blas_single_thread():
         gw = _kron(G, 2).T.astype(dtype) @ Msum.reshape(k0, a, C * K)  # (k0, 9, C K)
     gw = np.ascontiguousarray(gw.reshape(k0, R * R, C, K).transpose(3, 2, 0, 1))
