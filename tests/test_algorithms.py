@@ -670,6 +670,39 @@ def test_weight_gradient_sums_do_not_depend_on_which_thread_ran_a_tile(
     assert np.array_equal(first, weight_grad())
 
 
+def test_concurrent_calls_leave_the_blas_thread_count_as_it_was():
+    """Convolutions from several threads at once: right results, and the process-wide
+    BLAS thread count restored afterwards (interleaved save/restore pairs used to leave
+    it at 1)."""
+    import threading
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((8, 16, 20, 20), dtype=np.float32)
+    w = rng.standard_normal((16, 16, 3, 3), dtype=np.float32)
+    ref = cl.conv2d(x, w, padding=1)
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    wrong = []
+
+    def work():
+        for _ in range(20):
+            if not np.array_equal(cl.conv2d(x, w, padding=1), ref):
+                wrong.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+    assert blas_threads() == before
+
+
 def test_parallel_map_keeps_order_and_reraises():
     from convolab.algorithms import _threads
 

@@ -79,14 +79,37 @@ def _controller():
     return _CONTROLLER or None
 
 
+_LIMIT_LOCK = threading.Lock()
+_LIMIT_USERS = 0
+_LIMITER: object = None
+
+
 @contextlib.contextmanager
 def _blas_single_thread():
+    """One BLAS thread while inside (yields False without threadpoolctl).
+
+    The BLAS thread count is process-wide, so concurrent and nested users share one
+    limit: the first to enter sets it, the last to leave restores the original.  Each
+    entering and restoring on its own, as before, could interleave (A saves 2 and sets 1,
+    B saves 1, A restores 2, B restores 1) and leave the whole process on one BLAS
+    thread after convolutions ran in several threads at once."""
+    global _LIMIT_USERS, _LIMITER
     ctl = _controller()
     if ctl is None:
         yield False
         return
-    with ctl.limit(limits=1, user_api="blas"):
+    with _LIMIT_LOCK:
+        if _LIMIT_USERS == 0:
+            _LIMITER = ctl.limit(limits=1, user_api="blas")
+        _LIMIT_USERS += 1
+    try:
         yield True
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT_USERS -= 1
+            if _LIMIT_USERS == 0:
+                _LIMITER.restore_original_limits()
+                _LIMITER = None
 
 
 def run_tiles(fn, items) -> list:
