@@ -703,6 +703,31 @@ def test_concurrent_calls_leave_the_blas_thread_count_as_it_was():
     assert blas_threads() == before
 
 
+@pytest.mark.parametrize("algorithm", ["gemm", "winograd", "polyphase", "fft"])
+def test_without_threadpoolctl_tiles_run_in_order_with_the_same_results(algorithm):
+    """threadpoolctl is optional (the "fast" extra): without it tiles run one at a time."""
+    from convolab.algorithms import _threads
+
+    info = cl.threading_info()
+    assert info["workers"] >= 1 and isinstance(info["threadpoolctl"], bool)
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((4, 6, 13, 12))
+    w = rng.standard_normal((6, 3, 3, 3))
+    kw = dict(padding=1, groups=2)
+
+    def fwd_bwd():
+        with cl.options(algorithm=algorithm, workspace_bytes=4000):
+            y, pb = cl.vjp(cl.conv2d, x, w, **kw)
+            return (y,) + tuple(pb(y))
+
+    threaded = fwd_bwd()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_threads, "_controller", lambda: None)
+        in_order = fwd_bwd()
+    for a, b in zip(threaded, in_order):
+        assert rel_err(a, b) <= TOL64
+
+
 def test_parallel_map_keeps_order_and_reraises():
     from convolab.algorithms import _threads
 

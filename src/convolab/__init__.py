@@ -1,6 +1,7 @@
 """convolab: N-dimensional convolutions and their gradients in NumPy, with PyTorch's semantics."""
 
 from . import grad
+from .algorithms._threads import threading_info
 from .autodiff import Grads, vjp
 from .draw import draw
 from .explain import explain
@@ -38,6 +39,7 @@ __all__ = [
     "conv_transpose2d",
     "conv_transpose3d",
     "conv_transpose_output_size",
+    "threading_info",
     "fold",
     "get_options",
     "grad",

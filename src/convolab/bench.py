@@ -359,6 +359,8 @@ def markdown(rows: list[dict], meta: dict, summ: dict) -> str:
         f"sgemm peak (NumPy, {meta['sgemm n']}^3 float32): "
         f"**{meta['sgemm GFLOP/s']:.0f} GFLOP/s**; "
         f"{meta['machine']}; NumPy {meta['numpy']}, PyTorch {meta.get('torch', 'absent')}; "
+        f"{meta.get('workers', '?')} tile workers"
+        f"{'' if meta.get('threadpoolctl', True) else ' (no threadpoolctl: tiles run in order)'}; "
         f"{meta['reps']} interleaved repetitions, medians.",
         "",
         "| case | auto | fwd ms | torch fwd ms | ratio fwd | GFLOP/s fwd (% peak) | "
@@ -422,8 +424,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--only={args.only!r} matches no case", flush=True)
             return 2
     peak = sgemm_peak()
+    from .algorithms._threads import threading_info
+
     meta = {"machine": machine(), "numpy": np.__version__, "sgemm n": 2048,
-            "sgemm GFLOP/s": peak / 1e9, "reps": reps, "load average": os.getloadavg()}
+            "sgemm GFLOP/s": peak / 1e9, "reps": reps, "load average": os.getloadavg(),
+            **threading_info()}
     try:
         import torch
 
