@@ -137,6 +137,14 @@ def test_options_reject_unknown_values():
         cl.set_options(algo="gemm")
     with pytest.raises(ValueError, match="workspace_bytes=0"):
         cl.set_options(workspace_bytes=0)
+    with pytest.raises(ValueError, match="workers=0 must be between 1 and 64"), \
+            cl.options(workers=0):
+        pass
+    with pytest.raises(TypeError, match="workers=2.5 must be an int or None"), \
+            cl.options(workers=2.5):
+        pass
+    with pytest.raises(TypeError, match="workers=True must be an int or None"):
+        cl.set_options(workers=True)
 
 
 @pytest.mark.parametrize(

@@ -61,3 +61,39 @@ def test_forced_algorithm_is_the_one_chosen():
         with cl.options(algorithm=name):
             c = select.choose("forward", spec, (1, 2, 8, 8), (4, 2, 3, 3), np.float64)
         assert c.algorithm == name
+
+
+def test_workers_option_runs_tiles_in_the_calling_thread_or_on_more_threads():
+    """options(workers=1) never touches the pool; more workers than cores still work;
+    results agree, and threading_info() reports the setting."""
+    from convolab.algorithms import _threads
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 8, 14, 14))
+    w = rng.standard_normal((8, 4, 3, 3))
+
+    def fwd_bwd():
+        with cl.options(workspace_bytes=20000):
+            y, pb = cl.vjp(cl.conv2d, x, w, padding=1, groups=2)
+            return (y,) + tuple(pb(y))
+
+    ref = fwd_bwd()
+
+    class NoPool:
+        def submit(self, *a, **k):
+            raise AssertionError("the pool was used with workers=1")
+
+    saved = _threads._POOL
+    _threads._POOL = NoPool()
+    try:
+        with cl.options(workers=1):
+            assert cl.threading_info()["workers"] == 1
+            one = fwd_bwd()
+    finally:
+        _threads._POOL = saved
+    with cl.options(workers=3):
+        assert cl.threading_info()["workers"] == 3
+        three = fwd_bwd()
+    for a, b, c in zip(ref, one, three):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12)

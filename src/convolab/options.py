@@ -1,4 +1,5 @@
-"""Process- and context-wide options: which algorithm runs, the workspace budget.
+"""Process- and context-wide options: which algorithm runs, the workspace budget, the
+number of worker threads.
 
 Backed by :mod:`contextvars`, so ``with convolab.options(...)`` is local to the
 current thread / async task and always restored, while :func:`set_options`
@@ -13,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from collections.abc import Iterator
 
 ALGORITHMS = ("auto", "direct", "gemm", "winograd", "fft", "depthwise", "polyphase")
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -21,11 +23,16 @@ class Options:
     ``workspace_bytes``: the most extra memory a fast path may allocate for its
     column buffers; work is chunked over the batch to stay within it.
     ``autotune``: time the applicable algorithms once per shape and cache the winner.
+    ``workers``: threads the fast paths split their tiles over (``None``: one per core,
+    at most 8).  With more than one, each tile's BLAS calls run on one thread; with 1,
+    tiles run in the calling thread and BLAS keeps its own thread count (set that with
+    threadpoolctl or ``OPENBLAS_NUM_THREADS`` to use a single core in all).
     """
 
     algorithm: str = "auto"
     workspace_bytes: int = 512 * 2**20
     autotune: bool = False
+    workers: int | None = None
 
 
 _DEFAULT = Options()
@@ -47,6 +54,12 @@ def _validated(base: Options, **changes: object) -> Options:
             raise ValueError(f"workspace_bytes={wb!r} must be a positive int")
     if "autotune" in changes and not isinstance(changes["autotune"], bool):
         raise TypeError(f"autotune={changes['autotune']!r} must be a bool")
+    if "workers" in changes and changes["workers"] is not None:
+        n = changes["workers"]
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"workers={n!r} must be an int or None (one per core)")
+        if not 1 <= n <= MAX_WORKERS:
+            raise ValueError(f"workers={n} must be between 1 and {MAX_WORKERS}")
     return replace(base, **changes)  # type: ignore[arg-type]
 
 

@@ -189,15 +189,15 @@ def choose(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
         if len(names) > 1:
             return Choice(*_autotuned(role, spec, x_shape, w_shape, dtype, names))
     return _by_cost_model(role, spec, tuple(x_shape), tuple(w_shape), dtype,
-                          opts.workspace_bytes)
+                          opts.workspace_bytes, opts.workers)
 
 
 @functools.lru_cache(maxsize=4096)
-def _by_cost_model(role, spec, x_shape, w_shape, dtype, workspace) -> Choice:
-    """The automatic choice, cached per (role, spec, shapes, dtype, workspace budget):
-    ranking the candidates costs ~0.1 ms, which a training loop of small convolutions
-    would pay on every call.  (``workspace`` is part of the key because the estimates
-    of tiled algorithms read the budget from the options.)"""
+def _by_cost_model(role, spec, x_shape, w_shape, dtype, workspace, workers) -> Choice:
+    """The automatic choice, cached per (role, spec, shapes, dtype, workspace budget,
+    workers): ranking the candidates costs ~0.1 ms, which a training loop of small
+    convolutions would pay on every call.  (``workspace`` and ``workers`` are part of
+    the key because the estimates of tiled algorithms read them from the options.)"""
     names = candidates(role, spec, x_shape, w_shape, dtype)
     if not names:
         return Choice("gemm", "general fallback")

@@ -1,7 +1,7 @@
 """A small thread pool for splitting tile work (copies, ufuncs, GEMMs) across cores.
 
 NumPy releases the GIL inside copies, ufunc loops and BLAS calls, so independent
-tiles run in parallel.  :func:`run_tiles` runs tiles on ``WORKERS`` threads with
+tiles run in parallel.  :func:`run_tiles` runs tiles on :func:`workers` threads with
 OpenBLAS limited to one thread each (through ``threadpoolctl`` when it is
 installed; without it, tiles run in order and BLAS keeps its own threads).  Measured
 on the shared 2-core machine: im2col + GEMM of the 3x3 / 7x7 / 1-D suite cases ran
@@ -20,25 +20,34 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..options import MAX_WORKERS, get_options
+
 _POOL: ThreadPoolExecutor | None = None
-WORKERS = max(1, min(8, os.cpu_count() or 1))
+WORKERS = max(1, min(8, os.cpu_count() or 1))  # the default: one per core, at most 8
+
+
+def workers() -> int:
+    """Tile threads in force here: ``options(workers=...)``, else :data:`WORKERS`."""
+    n = get_options().workers
+    return WORKERS if n is None else n
 
 
 def parallel_map(fn, items) -> list:
-    """``[fn(i) for i in items]``, spread over ``WORKERS`` threads when there are several.
+    """``[fn(i) for i in items]``, spread over :func:`workers` threads when there are several.
 
     Each worker pulls the next item from one shared iterator (``next`` on a range
-    iterator is atomic under the GIL), so a call costs ``WORKERS`` pool tasks, not one
+    iterator is atomic under the GIL), so a call costs one pool task per worker, not one
     future per item.  Measured (32-group 3x3 forward, tiles of 4 groups, 128 tiles of
     ~0.1 ms, back to back): 13.0 -> 6.9 ms; the work still balances when one thread
     starts late.  The first exception raised by ``fn`` is re-raised here.
     """
     global _POOL
     items = list(items)
-    if WORKERS == 1 or len(items) < 2:
+    n = workers()
+    if n == 1 or len(items) < 2:
         return [fn(i) for i in items]
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(WORKERS, thread_name_prefix="convolab")
+    if _POOL is None:  # threads start as tasks arrive: at most the most workers asked for
+        _POOL = ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="convolab")
     results: list = [None] * len(items)
     order = iter(range(len(items)))
     failed: list[BaseException] = []
@@ -53,7 +62,7 @@ def parallel_map(fn, items) -> list:
                 failed.append(exc)
                 return
 
-    for f in [_POOL.submit(worker) for _ in range(min(WORKERS, len(items)))]:
+    for f in [_POOL.submit(worker) for _ in range(min(n, len(items)))]:
         f.result()
     if failed:
         raise failed[0]
@@ -91,7 +100,7 @@ def threading_info() -> dict:
         have = False
     else:
         have = True
-    return {"workers": WORKERS, "threadpoolctl": have}
+    return {"workers": workers(), "threadpoolctl": have}
 
 
 _LIMIT_LOCK = threading.Lock()
@@ -130,7 +139,7 @@ def _blas_single_thread():
 def run_tiles(fn, items) -> list:
     """Run independent tiles ``fn(item)``; see the module docstring."""
     items = list(items)
-    if WORKERS == 1 or len(items) < 2:
+    if workers() == 1 or len(items) < 2:
         return [fn(i) for i in items]
     with _blas_single_thread() as ok:
         if not ok:

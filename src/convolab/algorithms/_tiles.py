@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from ..options import get_options
-from ._threads import WORKERS
+from ._threads import workers
 
 CACHE_BYTES = 8 * 2**20  # about a quarter of the 32 MB L3 of the machines we measured on
 
@@ -28,14 +28,14 @@ def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: int | None = C
     Returns ``(list of (slice, slice), positions in the largest tile)``.
     """
     O = tuple(out_spatial)
-    budget = get_options().workspace_bytes // WORKERS  # each worker holds one tile
+    budget = get_options().workspace_bytes // workers()  # each worker holds one tile
     limit = min(budget, cache) if cache else budget
     per_row = max(1, bytes_per_position * math.prod(O[1:]))
     per_sample = per_row * O[0]
     if per_sample <= limit:
         step = max(1, min(N, limit // per_sample))
         if N > 1:
-            step = max(1, min(step, -(-N // WORKERS)))  # every worker gets a tile
+            step = max(1, min(step, -(-N // workers())))  # every worker gets a tile
             step = -(-N // -(-N // step))  # balanced: 16 samples in 8 + 8, not 11 + 5
         out = [(slice(i, min(N, i + step)), slice(0, O[0])) for i in range(0, N, step)]
         return out, step * math.prod(O)

@@ -28,7 +28,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
-from ._threads import WORKERS
+from ._threads import workers
 from ._tiles import tiles
 
 
@@ -36,7 +36,7 @@ def _fft():
     try:
         import scipy.fft as sf
 
-        return sf, dict(workers=WORKERS), sf.next_fast_len
+        return sf, dict(workers=workers()), sf.next_fast_len
     except ImportError:  # pragma: no cover - SciPy is optional
         return np.fft, {}, _next_smooth
 

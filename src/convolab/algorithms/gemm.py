@@ -33,7 +33,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
 from ..options import get_options
-from ._threads import WORKERS, Scratch, run_tiles, run_tiles_sum
+from ._threads import Scratch, run_tiles, run_tiles_sum, workers
 from ._tiles import (CACHE_BYTES, SMALL_GROUP, grad_buffer_shape, group_tiles, input_rows,
                      scratch, tiles)
 from .direct import kernel_offsets, tap_slices
@@ -122,13 +122,14 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         buf_shape = grad_buffer_shape(spec, p["S"], O)
         Hs, _, _, Lf, _ = _phase_layout(spec, buf_shape, O)
         per_sample = ((C * kk + K) * Lf + C * math.prod(spec.stride) * math.prod(Hs)) * item
-        per_worker = get_options().workspace_bytes // WORKERS
+        nw = workers()
+        per_worker = get_options().workspace_bytes // nw
         if per_sample <= per_worker:
-            return WORKERS * max(1, min(N, min(per_worker, CACHE_BYTES) // per_sample)) * per_sample
+            return nw * max(1, min(N, min(per_worker, CACHE_BYTES) // per_sample)) * per_sample
     has_pad = any(lo or hi for lo, hi in spec.padding)
     per_pos = (C * kk + (K if role == "weight_grad" else 0)) * item
     _, most = tiles(N, p["O"], per_pos)
-    return (padded if has_pad or role == "input_grad" else 0) + WORKERS * most * C * kk * item
+    return (padded if has_pad or role == "input_grad" else 0) + workers() * most * C * kk * item
 
 
 def _plane_slabs(spec: ConvSpec, O, per_position: int):
@@ -141,7 +142,7 @@ def _plane_slabs(spec: ConvSpec, O, per_position: int):
     :func:`convolab.algorithms._tiles.tiles` (the budget, at most the cache target)."""
     if spec.rank < 3 or O[1] <= 1 or any(lo < 0 or hi < 0 for lo, hi in spec.padding):
         return None
-    limit = min(get_options().workspace_bytes // WORKERS, CACHE_BYTES)  # as in tiles()
+    limit = min(get_options().workspace_bytes // workers(), CACHE_BYTES)  # as in tiles()
     per_line = per_position * math.prod(O[2:])
     if per_line * O[1] <= limit:
         return None
@@ -493,7 +494,7 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     S = spec.stride
     nph = math.prod(S)
     per_sample = (C * kk + K) * Lf + C * nph * math.prod(Hs)
-    per_worker = get_options().workspace_bytes // WORKERS
+    per_worker = get_options().workspace_bytes // workers()
     step = max(1, min(N, min(per_worker, CACHE_BYTES) // max(1, per_sample * dtype.itemsize)))
     if per_sample * dtype.itemsize > per_worker:
         return _input_grad_rows(gy, w, spec, in_spatial)

@@ -55,7 +55,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import pad_spatial
 from ..spec import ConvSpec
-from ._threads import WORKERS, Scratch, _blas_single_thread, run_tiles, run_tiles_sum
+from ._threads import Scratch, _blas_single_thread, run_tiles, run_tiles_sum, workers
 from ._tiles import CACHE_BYTES, tiles
 from ..options import get_options
 
@@ -121,7 +121,7 @@ def _planes_fit(k0: int, x_shape, w_shape, dtype) -> bool:
     # per position: k0 padded planes and two transform buffers of k0 planes (1 + 2a each),
     # the products of one plane (a) and the weight gradient's transformed gy (1 + 2a)
     per = ck * ((k0 + 1) * (1 + 2 * a) + a)
-    return WORKERS * per * plane * np.dtype(dtype).itemsize <= get_options().workspace_bytes
+    return workers() * per * plane * np.dtype(dtype).itemsize <= get_options().workspace_bytes
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
@@ -186,9 +186,9 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         per = _per_position(2, C, K, item) + (_per_position(2, 0, K, item)
                                               if role == "weight_grad" else 0)
         _, nd, npl, band = _plan3(p["N"], p["O"], k0, per)
-        return WORKERS * npl * per * band * math.prod(p["O"][2:])
+        return workers() * npl * per * band * math.prod(p["O"][2:])
     _, most = tiles(p["N"], p["O"], _per_position(spec.rank, p["C"], p["K"], item))
-    return WORKERS * most * _per_position(spec.rank, p["C"], p["K"], item)
+    return workers() * most * _per_position(spec.rank, p["C"], p["K"], item)
 
 
 def _per_position(r: int, C: int, K: int, item: int) -> int:
@@ -367,7 +367,7 @@ def _plan3(N: int, O, k0: int, per_position: int):
     planes per tile, input planes per tile and rows per band."""
     Do, H = O[0], O[1]
     per_plane = per_position * math.prod(O[1:])
-    limit = min(CACHE_BYTES, get_options().workspace_bytes // WORKERS)
+    limit = min(CACHE_BYTES, get_options().workspace_bytes // workers())
     if k0 * per_plane <= limit or H <= M_OUT:
         nd, band = max(1, min(Do, limit // max(1, per_plane) - (k0 - 1))), H
     else:
@@ -617,5 +617,5 @@ def _wg_plan(N: int, O, C: int, K: int, item: int) -> list:
     r = len(O)
     ppos = _per_position(r, C, K, item) + _per_position(r, 0, K, item)
     total = N * math.prod(O) * ppos
-    cache = max(WG_CACHE, min(-(-total // WORKERS), 4 * ALPHA**r * C * K * item))
+    cache = max(WG_CACHE, min(-(-total // workers()), 4 * ALPHA**r * C * K * item))
     return tiles(N, O, ppos, cache=cache)[0]
