@@ -21,6 +21,12 @@ from ._threads import workers
 CACHE_BYTES = 8 * 2**20  # about a quarter of the 32 MB L3 of the machines we measured on
 
 
+def _balanced(total: int, most: int) -> int:
+    """The chunk size that splits ``total`` into as few chunks of at most ``most`` as
+    possible, all of nearly equal size (28 rows at most 27: 14 + 14, not 27 + 1)."""
+    return -(-total // -(-total // max(1, most)))
+
+
 def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: int | None = CACHE_BYTES):
     """Tiles covering ``N`` samples x ``out_spatial`` positions, and the largest tile's size.
 
@@ -28,19 +34,18 @@ def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: int | None = C
     Returns ``(list of (slice, slice), positions in the largest tile)``.
     """
     O = tuple(out_spatial)
-    budget = get_options().workspace_bytes // workers()  # each worker holds one tile
+    nw = workers()
+    budget = get_options().workspace_bytes // nw  # each worker holds one tile
     limit = min(budget, cache) if cache else budget
     per_row = max(1, bytes_per_position * math.prod(O[1:]))
     per_sample = per_row * O[0]
     if per_sample <= limit:
         step = max(1, min(N, limit // per_sample))
-        if N > 1:
-            step = max(1, min(step, -(-N // workers())))  # every worker gets a tile
-            step = -(-N // -(-N // step))  # balanced: 16 samples in 8 + 8, not 11 + 5
+        if N > 1:  # every worker gets a tile; 16 samples in 8 + 8, not 11 + 5
+            step = _balanced(N, min(step, -(-N // nw)))
         out = [(slice(i, min(N, i + step)), slice(0, O[0])) for i in range(0, N, step)]
         return out, step * math.prod(O)
-    rows = max(1, min(O[0], limit // per_row))
-    rows = -(-O[0] // -(-O[0] // rows))  # balanced: 28 rows in 14 + 14, not 27 + 1
+    rows = _balanced(O[0], min(O[0], limit // per_row))
     out = [
         (slice(n, n + 1), slice(a, min(O[0], a + rows)))
         for n in range(N)  # one sample per tile: the batch is a loop over chunks here
@@ -68,8 +73,7 @@ def group_tiles(N: int, out_spatial, groups: int, bytes_per_group_position: int)
     """
     O = tuple(out_spatial)
     per_sample = max(1, bytes_per_group_position * math.prod(O))
-    G = max(1, min(groups, GROUP_CACHE_BYTES // per_sample))
-    G = -(-groups // -(-groups // G))  # balanced: 32 groups in 16 + 16, not 24 + 8
+    G = _balanced(groups, min(groups, GROUP_CACHE_BYTES // per_sample))  # 16 + 16, not 24 + 8
     plan, most = tiles(N, O, bytes_per_group_position * G, cache=GROUP_CACHE_BYTES)
     out = [(bs, rows, slice(a, min(groups, a + G)))
            for bs, rows in plan for a in range(0, groups, G)]

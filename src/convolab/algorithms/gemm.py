@@ -117,19 +117,19 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     N, C, K = p["N"], p["C"], p["K"]
     item = np.dtype(dtype).itemsize
     padded = N * C * math.prod(spec.padded_shape(p["S"])) * item
+    nw = workers()
     if role == "input_grad":
         O = tuple(p["O"])
         buf_shape = grad_buffer_shape(spec, p["S"], O)
         Hs, _, _, Lf, _ = _phase_layout(spec, buf_shape, O)
         per_sample = ((C * kk + K) * Lf + C * math.prod(spec.stride) * math.prod(Hs)) * item
-        nw = workers()
         per_worker = get_options().workspace_bytes // nw
         if per_sample <= per_worker:
             return nw * max(1, min(N, min(per_worker, CACHE_BYTES) // per_sample)) * per_sample
     has_pad = any(lo or hi for lo, hi in spec.padding)
     per_pos = (C * kk + (K if role == "weight_grad" else 0)) * item
     _, most = tiles(N, p["O"], per_pos)
-    return (padded if has_pad or role == "input_grad" else 0) + workers() * most * C * kk * item
+    return (padded if has_pad or role == "input_grad" else 0) + nw * most * C * kk * item
 
 
 def _plane_slabs(spec: ConvSpec, O, per_position: int):
@@ -289,6 +289,7 @@ def _forward_flat(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
     kk = math.prod(spec.kernel_size)
     item = dtype.itemsize
     wm = _wmat(w, g)
+    # the runs need contiguous planes (without padding, pad_spatial returns x: maybe a view)
     xp = np.ascontiguousarray(pad_spatial(x, spec.padding))
     Pd = xp.shape[2:]
     pst = [math.prod(Pd[i + 1:]) for i in range(len(Pd))]
@@ -414,6 +415,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     Cg = C // g
     plan, most, G = _plan(N, O, g, Kg, (Cg * kk + Kg) * dtype.itemsize)
     bufs = Scratch(most * G * Cg * kk, dtype)
+
     def run(tile):
         bs, rows, gs = tile
         ng = gs.stop - gs.start

@@ -547,6 +547,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     plan = _wg_plan(N, O, C, K, dtype.itemsize)
     tmax, pmax = _tile_sizes(plan, tgrid, C)
     bufs = Scratch(pmax + 2 * a * CK * tmax + (m + 2 * a) * K * tmax, dtype)
+
     def run(tile):
         bs, r0, r1, n, tg, T = _row_tile(tile, tgrid)
         buf = bufs.get()
@@ -584,6 +585,7 @@ def _weight_grad3(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     tgb, tmax, pplane, size = _band_geometry(band, O, C, CK, npl)
     gsize = (m + 2 * a) * K * tmax * nd
     bufs = Scratch(npl * pplane + 2 * size + gsize, dtype)
+
     def run(tile):
         n, d0, d1, r0, r1 = tile
         p0, p1 = max(0, d0 - lo0), min(D, d1 - 1 - lo0 + k0)
