@@ -91,6 +91,31 @@ def test_float16_computed_in_float32(transposed):
     assert gx.dtype == gw.dtype == np.float16 and gb is None
 
 
+def test_big_endian_arrays_are_native_copies():
+    """Big-endian data (IDX, FITS files) mixes with native arrays, gives native results
+    (BLAS runs only on native arrays) and is not modified."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    ref = cl.conv2d(x, w, padding=1)
+    xb, wb = x.astype(">f4"), w.astype(">f4")
+    for args in ((xb, w), (x, wb), (xb, wb)):
+        y = cl.conv2d(*args, padding=1)
+        assert y.dtype == np.float32 and y.dtype.isnative
+        np.testing.assert_array_equal(y, ref)
+    out, pb = cl.vjp(cl.conv2d, xb, w, None, 1, 1)
+    gy = np.ones_like(out)
+    grads = pb(gy.astype(">f4"))
+    for g, r in zip(grads, pb(gy)):
+        assert g is None or (g.dtype.isnative and np.array_equal(g, r))
+    gx = cl.grad.conv2d_input(x.shape, wb, gy.astype(">f4"), padding=1)
+    np.testing.assert_array_equal(gx, cl.grad.conv2d_input(x.shape, w, gy, padding=1))
+    gw = cl.grad.conv2d_weight(xb, w.shape, gy.astype(">f4"), padding=1)
+    np.testing.assert_array_equal(gw, cl.grad.conv2d_weight(x, w.shape, gy, padding=1))
+    np.testing.assert_array_equal(cl.unfold(xb, 3), cl.unfold(x, 3))
+    assert xb.dtype == ">f4" and np.array_equal(xb, x)
+
+
 def test_same_padding_even_kernel_puts_extra_on_the_right():
     x = np.arange(6.0)[None, None]
     w = np.ones((1, 1, 2))

@@ -14,15 +14,22 @@ _SUPPORTED_NAMES = ", ".join(np.dtype(t).name for t in SUPPORTED)
 
 
 def as_array(name: str, value: object) -> np.ndarray:
-    """Accept ndarrays and array-likes (objects with ``__array__``, lists)."""
-    if isinstance(value, np.ndarray):
-        return value
-    if value is None or isinstance(value, (str, bytes, dict, set)):
-        raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
-    try:
-        return np.asarray(value)
-    except Exception as exc:  # pragma: no cover - defensive
-        raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}") from exc
+    """Accept ndarrays and array-likes (objects with ``__array__``, lists).
+
+    Arrays in the non-native byte order (big-endian ``>f4`` on x86, as read from IDX or
+    FITS files) are converted to a native copy: mixed byte orders are one dtype to the
+    user, and BLAS only runs on native arrays (NumPy's ``matmul`` falls back to a slow
+    loop otherwise)."""
+    if not isinstance(value, np.ndarray):
+        if value is None or isinstance(value, (str, bytes, dict, set)):
+            raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
+        try:
+            value = np.asarray(value)
+        except Exception as exc:  # pragma: no cover - defensive
+            raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}") from exc
+    if not value.dtype.isnative:
+        value = value.astype(value.dtype.newbyteorder("="))
+    return value
 
 
 def check_dtypes(**arrays: np.ndarray | None) -> np.dtype:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dtypes import as_array
 from .ops.conv import Prepared, grads, prepare
 
 
 def _check_grad_output(p: Prepared, grad_output, out_channels: int) -> np.ndarray:
-    gy = np.asarray(grad_output)
+    gy = as_array("grad_output", grad_output)
     expect = (p.x.shape[0], out_channels) + p.out_spatial
     expect = expect[1:] if p.unbatched else expect
     if gy.shape != expect:
@@ -29,7 +30,7 @@ def _stand_in(size, dtype) -> np.ndarray:
 
 def _input(rank):
     def fn(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
-        dtype = np.asarray(grad_output).dtype
+        dtype = as_array("grad_output", grad_output).dtype
         p = prepare(
             _stand_in(input_size, dtype),
             weight,
@@ -52,7 +53,7 @@ def _input(rank):
 
 def _weight(rank):
     def fn(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
-        x = np.asarray(input)
+        x = as_array("input", input)
         if len(weight_size) != rank + 2:
             raise ValueError(f"weight_size={tuple(weight_size)} must have {rank + 2} entries")
         p = prepare(
