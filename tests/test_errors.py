@@ -45,6 +45,9 @@ CONV_CASES = [
     (dict(bias=np.zeros(6, np.float32)), TypeError, "bias=float32"),
     (dict(input="abc"), TypeError, "input must be a NumPy array"),
     (dict(weight=np.zeros((6, 2, 0, 3))), ValueError, "kernel_size=(0, 3) must be positive"),
+    (dict(weight=np.zeros((0, 2, 3, 3))), ValueError, "weight.shape=(0, 2, 3, 3) has no channels"),
+    (dict(input=np.zeros((2, 0, 8, 8)), weight=np.zeros((6, 0, 3, 3))), ValueError,
+     "has no channels"),
 ]
 
 
@@ -72,6 +75,7 @@ TRANSPOSE_CASES = [
     (dict(groups=3), ValueError, "weight.shape[0]=4"),
     (dict(padding=5), ValueError, "must be positive"),
     (dict(bias=np.zeros(3)), ValueError, "bias.shape=(3,) must be (out_channels,) = (4,)"),
+    (dict(weight=np.zeros((4, 0, 3, 3))), ValueError, "has no channels"),
 ]
 
 

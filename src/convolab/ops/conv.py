@@ -83,6 +83,13 @@ def prepare(
         output_padding,
         transposed=transposed,
     )
+    if 0 in w.shape[:2]:
+        # torch rejects a weight without output channels; without input channels every
+        # algorithm would reshape empty channel blocks (and torch returns a wrong shape)
+        raise ValueError(
+            f"{what}: weight.shape={w.shape} has no channels; weight.shape[0] and "
+            "weight.shape[1] must be positive"
+        )
     unbatched = x.ndim == r + 1
     if unbatched:
         x = x[None]
