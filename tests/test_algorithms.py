@@ -744,6 +744,72 @@ def test_parallel_map_keeps_order_and_reraises():
             _threads.parallel_map(boom, range(20))
 
 
+def test_pool_workers_are_pinned_to_distinct_cpus_and_survive_errors():
+    import os
+    import threading
+
+    from convolab.algorithms import _threads
+
+    cpus = _threads._usable_cpus()
+    seen = {}
+    barrier = threading.Barrier(2, timeout=10)
+
+    def where(i):
+        if i < 2:
+            barrier.wait()  # two items, one on each worker
+        seen[threading.current_thread().name] = (
+            os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None)
+        return i
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_threads, "WORKERS", 2)
+        assert _threads.parallel_map(where, range(2)) == [0, 1]
+        masks = [seen[f"convolab-{i}"] for i in range(2)]
+        if len(cpus) >= 2 and masks[0] is not None:
+            assert masks == [{cpus[0]}, {cpus[1]}]
+
+        # a failing call leaves the workers alive for the next one
+        with pytest.raises(ZeroDivisionError):
+            _threads.parallel_map(lambda i: 1 // (i - 3), range(8))
+        assert _threads.parallel_map(lambda i: -i, range(9)) == [-i for i in range(9)]
+
+        # a map inside a tile runs in that tile's thread instead of waiting on busy workers
+        def outer(i):
+            return sum(_threads.parallel_map(lambda j: i * j, range(5)))
+
+        assert _threads.parallel_map(outer, range(6)) == [10 * i for i in range(6)]
+
+
+def test_a_forked_child_gets_its_own_workers():
+    """The parent's pool threads do not exist after fork(); a child that reused the
+    pool object used to wait for them forever."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    from convolab.algorithms import _threads
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_threads, "WORKERS", 2)
+        assert _threads.parallel_map(abs, range(-4, 4)) == [4, 3, 2, 1, 0, 1, 2, 3]
+        ctx = multiprocessing.get_context("fork")
+        q = ctx.Queue()
+        proc = ctx.Process(target=_child_parallel_map, args=(q,))
+        proc.start()
+        proc.join(30)
+        alive = proc.is_alive()
+        if alive:
+            proc.kill()
+        assert not alive and proc.exitcode == 0
+        assert q.get(timeout=5) == [i * i for i in range(8)]
+
+
+def _child_parallel_map(q):
+    from convolab.algorithms import _threads
+
+    q.put(_threads.parallel_map(lambda i: i * i, range(8)))
+
+
 def test_pad_spatial_crops_negative_amounts():
     from convolab.padding import pad_spatial
 

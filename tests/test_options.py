@@ -80,7 +80,7 @@ def test_workers_option_runs_tiles_in_the_calling_thread_or_on_more_threads():
     ref = fwd_bwd()
 
     class NoPool:
-        def submit(self, *a, **k):
+        def run(self, *a, **k):
             raise AssertionError("the pool was used with workers=1")
 
     saved = _threads._POOL

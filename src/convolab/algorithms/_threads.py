@@ -7,23 +7,35 @@ installed; without it, tiles run in order and BLAS keeps its own threads).  Meas
 on the shared 2-core machine: im2col + GEMM of the 3x3 / 7x7 / 1-D suite cases ran
 1.3-2.4x faster in median this way than one tile at a time with 2 BLAS threads,
 because the copies no longer leave a core idle and two single-threaded GEMMs do not
-wait on each other when the OS deschedules one thread.  Callers pass tiles that write
-disjoint memory (or return partial results to be summed).
+wait on each other when the OS deschedules one thread.  Each worker thread is pinned to
+its own CPU (:class:`_Pool`): unpinned, the scheduler often stacked both on one CPU for
+part of a call.  Callers pass tiles that write disjoint memory (or return partial
+results to be summed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..options import MAX_WORKERS, get_options
+from ..options import get_options
 
-_POOL: ThreadPoolExecutor | None = None
-WORKERS = max(1, min(8, os.cpu_count() or 1))  # the default: one per core, at most 8
+
+def _usable_cpus() -> list[int]:
+    """The CPUs this thread may run on (``taskset``, container cpusets), in order."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+# the default: one per usable core (not os.cpu_count(), which ignores taskset and
+# cpusets: 8 workers time-sharing the 2 CPUs of a container), at most 8
+WORKERS = max(1, min(8, len(_usable_cpus())))
 
 
 def workers() -> int:
@@ -32,22 +44,93 @@ def workers() -> int:
     return WORKERS if n is None else n
 
 
+class _Pool:
+    """Worker threads with one job queue each; worker ``i`` is pinned to the ``i``-th
+    usable CPU (while there are CPUs left for it).
+
+    Why pinned: the tile threads hand the GIL to each other many times per call, and
+    Linux's wake-up placement then often puts both on *one* CPU, where they take turns
+    in ~4 ms slices until the load balancer moves one away.  Seen with
+    ``sched_getcpu`` on the 1-D k7 forward after 0.2 s sleeps: 8 tiles of 3.4-4.2 ms on
+    CPUs 0 and 1 in 16.9-17.9 ms when pinned (six calls out of six); unpinned, both
+    threads on one CPU in four calls of six, tiles of 7.3-11.5 ms, 19.0-30.8 ms per call.
+    A shared queue cannot keep two pinned threads on two CPUs (two idle threads pinned
+    to the same CPU may take the jobs), hence one queue per worker.
+
+    The workers are daemon threads, started on first use; a forked child starts its
+    own (:func:`os.register_at_fork`)."""
+
+    def __init__(self) -> None:
+        self._queues: list[queue.SimpleQueue] = []
+        self._cpus = _usable_cpus()
+        self._lock = threading.Lock()
+
+    def _worker(self, q: queue.SimpleQueue, cpu: int | None) -> None:
+        if cpu is not None:  # not Linux, or not permitted: the worker stays unpinned
+            with contextlib.suppress(AttributeError, OSError):
+                os.sched_setaffinity(0, {cpu})
+        _LOCAL.in_pool = True
+        while True:
+            q.get()()
+
+    def run(self, n: int, job) -> None:
+        """Run ``job()`` on workers ``0 .. n-1``, wait for all of them, and re-raise the
+        first exception one raised."""
+        with self._lock:
+            while len(self._queues) < n:
+                i = len(self._queues)
+                q: queue.SimpleQueue = queue.SimpleQueue()
+                cpu = self._cpus[i] if i < len(self._cpus) else None
+                threading.Thread(target=self._worker, args=(q, cpu), daemon=True,
+                                 name=f"convolab-{i}").start()
+                self._queues.append(q)
+        done: queue.SimpleQueue = queue.SimpleQueue()
+
+        def wrapped() -> None:
+            try:
+                job()
+            except BaseException as exc:  # the worker thread lives on
+                done.put(exc)
+            else:
+                done.put(None)
+
+        for q in self._queues[:n]:
+            q.put(wrapped)
+        errors = [e for e in (done.get() for _ in range(n)) if e is not None]
+        if errors:
+            raise errors[0]
+
+
+_POOL: _Pool | None = None
+_LOCAL = threading.local()
+
+
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None  # the parent's worker threads do not exist in a forked child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def parallel_map(fn, items) -> list:
     """``[fn(i) for i in items]``, spread over :func:`workers` threads when there are several.
 
     Each worker pulls the next item from one shared iterator (``next`` on a range
-    iterator is atomic under the GIL), so a call costs one pool task per worker, not one
+    iterator is atomic under the GIL), so a call costs one pool job per worker, not one
     future per item.  Measured (32-group 3x3 forward, tiles of 4 groups, 128 tiles of
     ~0.1 ms, back to back): 13.0 -> 6.9 ms; the work still balances when one thread
-    starts late.  The first exception raised by ``fn`` is re-raised here.
+    starts late.  The first exception raised by ``fn`` is re-raised here.  Called from
+    inside a tile, it runs in that thread (the workers are busy with the outer call).
     """
     global _POOL
     items = list(items)
-    n = workers()
-    if n == 1 or len(items) < 2:
+    n = min(workers(), len(items))
+    if n <= 1 or getattr(_LOCAL, "in_pool", False):
         return [fn(i) for i in items]
-    if _POOL is None:  # threads start as tasks arrive: at most the most workers asked for
-        _POOL = ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="convolab")
+    if _POOL is None:
+        _POOL = _Pool()
     results: list = [None] * len(items)
     order = iter(range(len(items)))
     failed: list[BaseException] = []
@@ -62,8 +145,7 @@ def parallel_map(fn, items) -> list:
                 failed.append(exc)
                 return
 
-    for f in [_POOL.submit(worker) for _ in range(min(n, len(items)))]:
-        f.result()
+    _POOL.run(n, worker)
     if failed:
         raise failed[0]
     return results
