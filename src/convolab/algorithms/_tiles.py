@@ -54,8 +54,11 @@ def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: int | None = C
     return out, rows * math.prod(O[1:])
 
 
-# Tile target for small groups (see :func:`group_tiles`).
-GROUP_CACHE_BYTES = 2 * 2**20
+# Tile target for small groups (see :func:`group_tiles`).  It was 2 MiB until the tile
+# threads were pinned; then 4 MiB measured (float32 medians, 11 interleaved reps, fwd /
+# fwd+bwd ms): depthwise 8.3 -> 7.2 / 23.6 -> 21.6, 32 groups 9.3 -> 8.6 / 26.5 -> 26.0
+# (8 MiB: the same as 4).
+GROUP_CACHE_BYTES = 4 * 2**20
 # Groups with fewer output channels than this are tiled by groups.
 SMALL_GROUP = 16
 
@@ -66,10 +69,9 @@ def group_tiles(N: int, out_spatial, groups: int, bytes_per_group_position: int)
 
     With few output channels per group every group is its own small GEMM, so splitting
     a sample's groups over tiles keeps the GEMMs as they are while the tile's columns
-    stay within ~:data:`GROUP_CACHE_BYTES` (the 1 MiB L2 of each core plus a bit).
-    Measured (3x3 C256 28x28 N16, float32 forward, two workers, medians): 32 groups
-    13.2 ms in half-sample row tiles -> 7.8 ms in tiles of 16 groups; depthwise
-    10.5 -> 8.2 ms in tiles of 64 channels.
+    stay within ~:data:`GROUP_CACHE_BYTES`.  Measured (3x3 C256 28x28 N16, float32
+    forward, two workers, medians): 32 groups 13.2 ms in half-sample row tiles -> 7.8 ms
+    in tiles of 16 groups; depthwise 10.5 -> 8.2 ms in tiles of 64 channels.
     """
     O = tuple(out_spatial)
     per_sample = max(1, bytes_per_group_position * math.prod(O))

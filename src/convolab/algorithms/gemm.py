@@ -34,9 +34,17 @@ from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
 from ..options import get_options
 from ._threads import Scratch, run_tiles, run_tiles_sum, workers
-from ._tiles import (CACHE_BYTES, SMALL_GROUP, grad_buffer_shape, group_tiles, input_rows,
+from ._tiles import (SMALL_GROUP, grad_buffer_shape, group_tiles, input_rows,
                      scratch, tiles)
 from .direct import kernel_offsets, tap_slices
+
+# The GEMM path's tile target: half of :data:`convolab.algorithms._tiles.CACHE_BYTES`
+# (which Winograd keeps).  Measured once the tile threads were pinned (float32 medians,
+# 11 interleaved repetitions after 0.2 s sleeps, fwd / fwd+bwd ms, 8 -> 4 MiB): 1-D k7
+# 16.8 -> 15.8 / 50.0 -> 44.9, 3x3 s2 12.7 -> 12.4 / 47.0 -> 41.6, the 7x7 stem 17.8 ->
+# 15.5 / 53.9 -> 52.3, transposed 4x4 s2 8.4 -> 8.3 / 22.4 -> 20.7.  With 4 MiB for the
+# Winograd tiles too, its 3x3 C256 14x14 layer ran 1.4x slower.
+CACHE = 4 * 2**20
 
 
 def windows(xp: np.ndarray, spec: ConvSpec, out_spatial) -> np.ndarray:
@@ -125,10 +133,10 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         per_sample = ((C * kk + K) * Lf + C * math.prod(spec.stride) * math.prod(Hs)) * item
         per_worker = get_options().workspace_bytes // nw
         if per_sample <= per_worker:
-            return nw * max(1, min(N, min(per_worker, CACHE_BYTES) // per_sample)) * per_sample
+            return nw * max(1, min(N, min(per_worker, CACHE) // per_sample)) * per_sample
     has_pad = any(lo or hi for lo, hi in spec.padding)
     per_pos = (C * kk + (K if role == "weight_grad" else 0)) * item
-    _, most = tiles(N, p["O"], per_pos)
+    _, most = tiles(N, p["O"], per_pos, cache=CACHE)
     return (padded if has_pad or role == "input_grad" else 0) + nw * most * C * kk * item
 
 
@@ -142,7 +150,7 @@ def _plane_slabs(spec: ConvSpec, O, per_position: int):
     :func:`convolab.algorithms._tiles.tiles` (the budget, at most the cache target)."""
     if spec.rank < 3 or O[1] <= 1 or any(lo < 0 or hi < 0 for lo, hi in spec.padding):
         return None
-    limit = min(get_options().workspace_bytes // workers(), CACHE_BYTES)  # as in tiles()
+    limit = min(get_options().workspace_bytes // workers(), CACHE)  # as in tiles()
     per_line = per_position * math.prod(O[2:])
     if per_line * O[1] <= limit:
         return None
@@ -204,7 +212,7 @@ def _plan(N: int, O, g: int, Kg: int, per_group_position: int):
     (:func:`convolab.algorithms._tiles.group_tiles`), else every tile holds all groups."""
     if g > 1 and Kg < SMALL_GROUP:
         return group_tiles(N, O, g, per_group_position)
-    plan, most = tiles(N, O, per_group_position * g)
+    plan, most = tiles(N, O, per_group_position * g, cache=CACHE)
     return [(bs, rows, slice(0, g)) for bs, rows in plan], most, g
 
 
@@ -362,7 +370,7 @@ def _forward_mec(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
     xp = pad_spatial(x, spec.padding)
     y = np.empty((N, K, O[0], Pr), dtype=dtype)
     # one output row of one sample needs s0 new lowered input rows (plus the k0 - s0 halo)
-    plan, _ = tiles(N, O, max(s0, 1) * rows_per * item)
+    plan, _ = tiles(N, O, max(s0, 1) * rows_per * item, cache=CACHE)
     most = max(((bs.stop - bs.start) * ((r.stop - r.start - 1) * s0 + k0)
                 for bs, r in plan), default=1)
     bufs = Scratch(most * rows_per * Pr, dtype)
@@ -497,7 +505,7 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     nph = math.prod(S)
     per_sample = (C * kk + K) * Lf + C * nph * math.prod(Hs)
     per_worker = get_options().workspace_bytes // workers()
-    step = max(1, min(N, min(per_worker, CACHE_BYTES) // max(1, per_sample * dtype.itemsize)))
+    step = max(1, min(N, min(per_worker, CACHE) // max(1, per_sample * dtype.itemsize)))
     if per_sample * dtype.itemsize > per_worker:
         return _input_grad_rows(gy, w, spec, in_spatial)
     gx = np.empty((N, C) + in_spatial, dtype=dtype)
@@ -542,7 +550,7 @@ def _input_grad_rows(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) 
     padded = spec.padded_shape(in_spatial)
     buf_shape = grad_buffer_shape(spec, in_spatial, O)
     gxp = np.zeros((N, C) + buf_shape, dtype=dtype)
-    plan, most = tiles(N, O, C * kk * dtype.itemsize)
+    plan, most = tiles(N, O, C * kk * dtype.itemsize, cache=CACHE)
     buf = scratch(most * C * kk, dtype)
     taps = list(kernel_offsets(spec))
     for bs, rows in plan:
