@@ -23,10 +23,11 @@ class Options:
     ``workspace_bytes``: the most extra memory a fast path may allocate for its
     column buffers; work is chunked over the batch to stay within it.
     ``autotune``: time the applicable algorithms once per shape and cache the winner.
-    ``workers``: threads the fast paths split their tiles over (``None``: one per core,
-    at most 8).  With more than one, each tile's BLAS calls run on one thread; with 1,
-    tiles run in the calling thread and BLAS keeps its own thread count (set that with
-    threadpoolctl or ``OPENBLAS_NUM_THREADS`` to use a single core in all).
+    ``workers``: threads the fast paths split their tiles over (``None``: one per CPU
+    this process may use, at most 8; each is pinned to its own CPU).  With more than
+    one, each tile's BLAS calls run on one thread; with 1, tiles run in the calling
+    thread and BLAS keeps its own thread count (set that with threadpoolctl or
+    ``OPENBLAS_NUM_THREADS`` to use a single core in all).
     """
 
     algorithm: str = "auto"
@@ -57,7 +58,7 @@ def _validated(base: Options, **changes: object) -> Options:
     if "workers" in changes and changes["workers"] is not None:
         n = changes["workers"]
         if not isinstance(n, int) or isinstance(n, bool):
-            raise TypeError(f"workers={n!r} must be an int or None (one per core)")
+            raise TypeError(f"workers={n!r} must be an int or None (one per usable CPU)")
         if not 1 <= n <= MAX_WORKERS:
             raise ValueError(f"workers={n} must be between 1 and {MAX_WORKERS}")
     return replace(base, **changes)  # type: ignore[arg-type]

@@ -48,9 +48,10 @@ class _Pool:
     """Worker threads with one job queue each; worker ``i`` is pinned to the ``i``-th
     usable CPU (while there are CPUs left for it).
 
-    Why pinned: the tile threads hand the GIL to each other many times per call, and
-    Linux's wake-up placement then often puts both on *one* CPU, where they take turns
-    in ~4 ms slices until the load balancer moves one away.  Seen with
+    Why pinned: unpinned, Linux often put both tile threads on *one* CPU, where they
+    took turns in ~4 ms slices until the load balancer moved one away (likely because
+    they hand the GIL to each other many times per call, which looks to the wake-up
+    placement like a producer and its consumer).  Seen with
     ``sched_getcpu`` on the 1-D k7 forward after 0.2 s sleeps: 8 tiles of 3.4-4.2 ms on
     CPUs 0 and 1 in 16.9-17.9 ms when pinned (six calls out of six); unpinned, both
     threads on one CPU in four calls of six, tiles of 7.3-11.5 ms, 19.0-30.8 ms per call.
