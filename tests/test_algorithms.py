@@ -309,6 +309,24 @@ def test_grouped_tiles_stay_within_a_small_workspace():
     _gemm_vjp_within_budget("conv2d", x, w, budget, 2 * 64 * 50 * 50 * 4, padding=1, groups=32)
 
 
+@pytest.mark.parametrize("n,groups", [(1, 1), (3, 2)])
+def test_pointwise_tiles_by_samples_and_positions(n, groups):
+    """1x1 convolutions run as GEMM tiles on the workers: by samples, or by position
+    chunks of one sample when the workspace is small; every role against direct."""
+    rng = np.random.default_rng(5)
+    case_x = rng.standard_normal((n, 6, 17, 9))
+    case_w = rng.standard_normal((4, 6 // groups, 1, 1))
+    with cl.options(algorithm="direct"):
+        y, pb = cl.vjp(cl.conv2d, case_x, case_w, None, 1, 0, 1, groups)
+        ref = (y,) + tuple(pb(np.cos(y)))
+    for ws in (64, 2048, 2**29):
+        with cl.options(algorithm="gemm", workspace_bytes=ws):
+            y, pb = cl.vjp(cl.conv2d, case_x, case_w, None, 1, 0, 1, groups)
+            got = (y,) + tuple(pb(np.cos(y)))
+        for a, r in zip(got, ref):
+            assert (a is None and r is None) or rel_err(a, r) <= TOL64
+
+
 def test_3d_planes_too_big_for_the_workspace_run_in_slabs():
     """conv3d whose single plane of columns (16*27*96*96*4 B = 16 MiB) exceeds an 8 MiB
     budget: GEMM runs slabs of plane rows, every role within the budget."""
