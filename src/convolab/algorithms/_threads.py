@@ -103,16 +103,17 @@ class _Pool:
 
 
 _POOL: _Pool | None = None
+_POOL_LOCK = threading.Lock()
 _LOCAL = threading.local()
 
 
-def _forget_pool() -> None:
+def _pool() -> _Pool:
+    """The process's pool, made on first use (once, even when calls race)."""
     global _POOL
-    _POOL = None  # the parent's worker threads do not exist in a forked child
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = _Pool()
+        return _POOL
 
 
 def parallel_map(fn, items) -> list:
@@ -125,13 +126,11 @@ def parallel_map(fn, items) -> list:
     starts late.  The first exception raised by ``fn`` is re-raised here.  Called from
     inside a tile, it runs in that thread (the workers are busy with the outer call).
     """
-    global _POOL
     items = list(items)
     n = min(workers(), len(items))
     if n <= 1 or getattr(_LOCAL, "in_pool", False):
         return [fn(i) for i in items]
-    if _POOL is None:
-        _POOL = _Pool()
+    pool = _POOL if _POOL is not None else _pool()
     results: list = [None] * len(items)
     order = iter(range(len(items)))
     failed: list[BaseException] = []
@@ -146,7 +145,7 @@ def parallel_map(fn, items) -> list:
                 failed.append(exc)
                 return
 
-    _POOL.run(n, worker)
+    pool.run(n, worker)
     if failed:
         raise failed[0]
     return results
@@ -189,6 +188,18 @@ def threading_info() -> dict:
 _LIMIT_LOCK = threading.Lock()
 _LIMIT_USERS = 0
 _LIMITER: object = None
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has only the forking thread: the parent's pool threads, and any
+    other thread that held a lock or the BLAS limit at the fork, do not exist there."""
+    global _POOL, _POOL_LOCK, _LIMIT_LOCK, _LIMIT_USERS, _LIMITER
+    _POOL, _POOL_LOCK = None, threading.Lock()
+    _LIMIT_LOCK, _LIMIT_USERS, _LIMITER = threading.Lock(), 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
