@@ -219,8 +219,7 @@ def _plan(N: int, O, g: int, Kg: int, per_group_position: int):
 
 def _pointwise_plan(N: int, P: int, per_position: int) -> list:
     """Tiles ``(batch slice, position slice)`` of a 1x1 convolution's ``P`` positions."""
-    plan, _ = tiles(N, (P,), per_position, cache=CACHE)
-    return [(bs, rows) for bs, rows in plan]
+    return tiles(N, (P,), per_position, cache=CACHE)[0]
 
 
 def _pointwise_products(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
