@@ -30,7 +30,8 @@ def _stand_in(size, dtype) -> np.ndarray:
 
 def _input(rank):
     def fn(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
-        dtype = as_array("grad_output", grad_output).dtype
+        grad_output = as_array("grad_output", grad_output)  # native byte order, once
+        dtype = grad_output.dtype
         p = prepare(
             _stand_in(input_size, dtype),
             weight,
