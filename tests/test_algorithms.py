@@ -798,6 +798,23 @@ def test_pool_workers_are_pinned_to_distinct_cpus_and_survive_errors():
         assert _threads.parallel_map(outer, range(6)) == [10 * i for i in range(6)]
 
 
+@pytest.mark.parametrize("shape", [(7, 5, 3), (300, 200, 150), (1, 400, 300)])
+def test_threads_matmul_matches_numpy(shape):
+    """The Linear layer's matmul: in the calling thread when small, in row tiles when not,
+    on transposed (non-contiguous) operands too."""
+    from convolab.algorithms import _threads
+
+    m, k, n = shape
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((k, m)).T  # a transposed view, as in Linear's backward
+    b = rng.standard_normal((k, n))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_threads, "WORKERS", 2)
+        got = _threads.matmul(a, b)
+    assert got.shape == (m, n)
+    np.testing.assert_allclose(got, a @ b, rtol=1e-12, atol=1e-12)
+
+
 def test_a_forked_child_gets_its_own_workers():
     """The parent's pool threads do not exist after fork(); a child that reused the
     pool object used to wait for them forever."""

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..algorithms._threads import matmul
 from ..algorithms.direct import kernel_offsets, tap_slices
 from ..padding import pad_spatial
 from ..spec import ConvSpec, as_tuple, conv_output_size, make_spec
@@ -193,7 +194,8 @@ class Linear(Module):
                 f"Linear: input.shape={x.shape} must end in in_features={self.in_features}"
             )
         self._x = x
-        y = x @ self.weight.data.T
+        y = matmul(x.reshape(-1, self.in_features), self.weight.data.T)
+        y = y.reshape(x.shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y = y + self.bias.data
         return y
@@ -202,10 +204,11 @@ class Linear(Module):
         x = _need(self._x, "Linear")
         g = np.asarray(grad_out)
         g2 = g.reshape(-1, self.out_features)
-        self.weight.accumulate(g2.T @ x.reshape(-1, self.in_features))
+        self.weight.accumulate(matmul(g2.T, x.reshape(-1, self.in_features)))
         if self.bias is not None:
             self.bias.accumulate(g2.sum(axis=0))
-        return g @ self.weight.data
+        gx = matmul(g2, self.weight.data)
+        return gx.reshape(g.shape[:-1] + (self.in_features,))
 
     def extra_repr(self) -> str:
         return (
