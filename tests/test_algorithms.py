@@ -785,6 +785,8 @@ def test_pool_workers_are_pinned_to_distinct_cpus_and_survive_errors():
         masks = [seen[f"convolab-{i}"] for i in range(2)]
         if len(cpus) >= 2 and masks[0] is not None:
             assert masks == [{cpus[0]}, {cpus[1]}]
+            if cl.threading_info()["threadpoolctl"]:
+                assert cl.threading_info()["pinned_cpus"] == cpus[:2]
 
         # a failing call leaves the workers alive for the next one
         with pytest.raises(ZeroDivisionError):

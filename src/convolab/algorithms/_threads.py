@@ -171,8 +171,10 @@ def _controller():
 
 
 def threading_info() -> dict:
-    """How the fast paths use the cores: ``workers`` (tile threads) and ``threadpoolctl``
-    (whether tiles can run on them with one BLAS thread each).  Without threadpoolctl
+    """How the fast paths use the cores: ``workers`` (tile threads), ``threadpoolctl``
+    (whether tiles can run on them with one BLAS thread each) and ``pinned_cpus`` (the
+    CPUs those workers run on, one each; empty when tiles run in the calling thread or
+    the platform cannot pin threads).  Without threadpoolctl
     (``pip install 'convolab[fast]'``) tiles run one at a time on BLAS's own threads:
     measured 1.75-2.8x slower on Winograd 3x3 and 3-D layers and 1.2x on the 1-D k7
     layer, 0.8-0.9x on the 3x3 stride-2 and transposed layers (fwd and fwd+bwd medians)."""
@@ -182,7 +184,11 @@ def threading_info() -> dict:
         have = False
     else:
         have = True
-    return {"workers": workers(), "threadpoolctl": have}
+    n = workers()
+    pinned: list[int] = []
+    if have and n > 1 and hasattr(os, "sched_setaffinity"):
+        pinned = (_POOL._cpus if _POOL is not None else _usable_cpus())[:n]
+    return {"workers": n, "threadpoolctl": have, "pinned_cpus": pinned}
 
 
 _LIMIT_LOCK = threading.Lock()
