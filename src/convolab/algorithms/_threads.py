@@ -130,7 +130,7 @@ def parallel_map(fn, items) -> list:
     n = min(workers(), len(items))
     if n <= 1 or getattr(_LOCAL, "in_pool", False):
         return [fn(i) for i in items]
-    pool = _POOL if _POOL is not None else _pool()
+    pool = _pool()
     results: list = [None] * len(items)
     order = iter(range(len(items)))
     failed: list[BaseException] = []
