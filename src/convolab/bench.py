@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ops, select
+from .algorithms import _threads
 from .autodiff import vjp
 from .options import options
 from .spec import make_spec
@@ -225,7 +226,9 @@ def _torch(case, x, w, b, gy):
         import torch
     except ImportError:
         return None, None
-    torch.set_num_threads(os.cpu_count() or 1)
+    # as many threads as the CPUs this process may use (taskset, cpusets), like the
+    # tile workers; os.cpu_count() would count CPUs it cannot run on
+    torch.set_num_threads(len(_threads._usable_cpus()))
     F = torch.nn.functional
     fn = getattr(F, ("conv_transpose" if case.transposed else "conv") + f"{case.rank}d")
     xt, wt, bt, gyt = (torch.from_numpy(a) for a in (x, w, b, gy))
@@ -405,7 +408,7 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores"
+    return f"{model}, {len(_threads._usable_cpus())} cores"
 
 
 def main(argv: list[str] | None = None) -> int:
