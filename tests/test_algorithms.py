@@ -66,6 +66,28 @@ def winograd_cases(draw):
 
 
 @st.composite
+def winograd_long_cases(draw):
+    """1-D kernels of 4 to 9 taps, stride 1, undilated, one group (Winograd F(m, r)):
+    lengths around the 4- and 6-long output tiles, uneven paddings, transposed too."""
+    tr = draw(st.booleans())
+    cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    k = (draw(st.integers(4, 9)),)
+    size = (draw(st.integers(1, 40)),)
+    pad = [(draw(st.integers(0, k[0])), draw(st.integers(0, k[0])))]
+    n = draw(st.sampled_from([None, 1, 2]))
+    kw = dict(stride=1, padding=pad, dilation=1, groups=1)
+    if tr:
+        kw["output_padding"] = 0
+    spec = make_spec(k, 1, pad, 1, 1, kw.get("output_padding"), transposed=tr)
+    from hypothesis import assume
+
+    assume(all(o >= 1 for o in spec.out_shape(size)))
+    w_shape = ((cin, cout) if tr else (cout, cin)) + k
+    x_shape = ((cin,) if n is None else (n, cin)) + size
+    return ConvCase(tr, 1, x_shape, w_shape, draw(st.booleans()), kw)
+
+
+@st.composite
 def depthwise_cases(draw):
     """groups == in_channels, with a channel multiplier, any stride/dilation/padding."""
     rank = draw(st.sampled_from([1, 2, 3]))
@@ -139,6 +161,25 @@ def test_general_algorithms_match_direct_and_torch(algorithm, case):
 @given(case=winograd_cases())
 def test_winograd_matches_direct_and_torch(case):
     _check_against_direct_and_torch(case, "winograd")
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=winograd_long_cases())
+def test_winograd_long_1d_kernels_match_direct_and_torch(case):
+    """F(m, r) for 4-9 taps: forward and input gradient (the transposed forward) through
+    Winograd, the weight gradient through GEMM (its fallback)."""
+    _check_against_direct_and_torch(case, "winograd")
+
+
+@settings(max_examples=10, deadline=None)
+@given(case=winograd_long_cases(), ws=st.sampled_from([64, 4096]))
+def test_winograd_long_1d_kernels_in_tiny_tiles(case, ws):
+    """A budget of a few bytes cuts the output tiles of one sample over many tiles."""
+    _, ref = _run(case, "direct")
+    with cl.options(workspace_bytes=ws):
+        _, got = _run(case, "winograd")
+    for a, r in zip(got, ref):
+        assert rel_err(a, r) <= TOL64
 
 
 @settings(max_examples=30, deadline=None)
@@ -461,6 +502,56 @@ def test_winograd_f34_is_the_valid_correlation_in_1d():
     d, e = rng.standard_normal(6), rng.standard_normal(4)
     got = G.T @ ((AT.T @ e) * (BT @ d))
     assert np.allclose(got, np.correlate(d, e, "valid"), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("r", range(4, 10))
+def test_winograd_long_1d_matrices_compute_the_correlation(r):
+    """The Toom-Cook matrices of F(m, r) (built in rationals): y = A^T [(G g) * (B^T d)]
+    is the valid correlation of an ``a``-long d with an ``r``-long g."""
+    from convolab.algorithms.winograd1d import matrices, tile_outputs
+
+    at, g, bt = matrices(r)
+    m = tile_outputs(r)
+    assert at.shape == (m, m + r - 1) and g.shape == (m + r - 1, r)
+    rng = np.random.default_rng(r)
+    d, e = rng.standard_normal(m + r - 1), rng.standard_normal(r)
+    got = at @ ((g @ e) * (bt @ d))
+    assert np.allclose(got, np.correlate(d, e, "valid"), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("r", range(4, 10))
+def test_winograd_long_1d_float32_accuracy(r):
+    """float32 through F(m, r), 64 channels (sums long enough for the transforms' round
+    off to show): within 1e-4 of a float64 reference, forward and input gradient."""
+    from convolab.algorithms import gemm, winograd
+
+    rng = np.random.default_rng(20 + r)
+    spec = make_spec((r,), 1, r // 2, 1, 1)
+    x, w = rng.standard_normal((2, 64, 97)), rng.standard_normal((48, 64, r))
+    gy = rng.standard_normal((2, 48) + spec.conv_out_shape((97,)))
+    f32 = [a.astype(np.float32) for a in (x, w, gy)]
+    got = (winograd.forward(f32[0], f32[1], spec),
+           winograd.input_grad(f32[2], f32[1], spec, (97,)))
+    ref = (gemm.forward(x, w, spec), gemm.input_grad(gy, w, spec, (97,)))
+    for a, want in zip(got, ref):
+        assert a.dtype == np.float32
+        assert rel_err(a, want) <= TOL32
+
+
+def test_winograd_long_1d_is_chosen_where_it_measured_faster():
+    """The cost model sends the suite's 1-D 7-tap layer (forward and input gradient) to
+    F(6, 7), and leaves short signals and the weight gradient to the others (measured
+    with 2 workers)."""
+    spec = make_spec((7,), 1, 3, 1, 1)
+    with cl.options(workers=2):
+        for role in ("forward", "input_grad"):
+            assert select.choose(role, spec, (32, 64, 1024), (64, 64, 7),
+                                 np.float32).algorithm == "winograd"
+        assert "winograd" not in select.candidates("weight_grad", spec, (32, 64, 1024),
+                                                   (64, 64, 7), np.float32)
+        spec5 = make_spec((5,), 1, 2, 1, 1)
+        assert select.choose("forward", spec5, (128, 32, 40), (64, 32, 5),
+                             np.float32).algorithm == "gemm"
 
 
 @pytest.mark.parametrize("ws", [2**14, 2**16, 2**30])

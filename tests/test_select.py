@@ -31,6 +31,13 @@ def _spec(k, stride=1, padding=0, groups=1, dilation=1):
         ((16, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "winograd"),
         ((16, 16, 56, 56), (16, 16, 3, 3), dict(padding=1), "gemm"),  # few channels
         ((32, 64, 1024), (64, 64, 3), dict(padding=1), "gemm"),  # 1-D: measured a tie
+        # 1-D 5-9 taps: Winograd F(6, r) / F(4, r), measured 1.3-1.9x faster than GEMM ...
+        ((32, 64, 1024), (64, 64, 7), dict(padding=3), "winograd"),
+        ((32, 64, 1024), (64, 64, 5), dict(padding=2), "winograd"),
+        ((4, 32, 8192), (32, 32, 5), dict(padding=2), "winograd"),
+        # ... but not on 40-long signals (the tiles' halo: 1.9 vs 1.25 ms) or 8 channels
+        ((128, 32, 40), (64, 32, 5), dict(padding=2), "gemm"),
+        ((64, 8, 256), (16, 8, 7), dict(padding=3), "gemm"),
         ((16, 256, 28, 28), (128, 256, 1, 1), {}, "gemm"),
         ((16, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "gemm"),
         ((16, 256, 28, 28), (256, 1, 3, 3), dict(padding=1, groups=256), "gemm"),
@@ -84,7 +91,9 @@ def test_cost_model_picks_weight_grad(x_shape, w_shape, expected):
         ((16, 256, 28, 28), (256, 8, 3, 3), dict(padding=1, groups=32), "polyphase"),
         # 3x3x3 stride 1: Winograd's own input gradient (the same flipped-kernel forward)
         ((4, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), "winograd"),
-        ((32, 64, 1024), (64, 64, 7), dict(padding=3), "polyphase"),
+        # 1-D 7 taps: Winograd F(6, 7)'s own (measured 8.1-9.3 ms; GEMM forward of the
+        # flipped kernel 16.5, w^T @ gy + col2im 18.5-22.0)
+        ((32, 64, 1024), (64, 64, 7), dict(padding=3), "winograd"),
         # C = 3 output rows: the swapped GEMM is far below peak (measured 5x slower)
         ((8, 64, 112, 112), (64, 3, 7, 7), dict(stride=2, padding=3), "gemm"),
         # transposed 4x4 / 2x2 s2 forward: all phases as one GEMM forward (measured

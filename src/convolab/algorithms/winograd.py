@@ -55,6 +55,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import pad_spatial
 from ..spec import ConvSpec
+from . import winograd1d
 from ._threads import Scratch, _blas_single_thread, run_tiles, run_tiles_sum, workers
 from ._tiles import CACHE_BYTES, tiles
 from ..options import get_options
@@ -98,7 +99,10 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     """Stride 1, groups 1, and 3 taps per dimension in rank 1 or 2 (every role; with
     dilation the forward and input gradient only, as phases); in rank 3, undilated, 3x3
     in the last two dimensions and any depth (the depth taps are summed as GEMMs on the
-    2-D transforms)."""
+    2-D transforms).  1-D kernels of 4 to 9 taps run F(m, r) from
+    :mod:`convolab.algorithms.winograd1d` (forward and input gradient, undilated)."""
+    if winograd1d.handles(spec):
+        return winograd1d.applicable(role, spec, x_shape, w_shape, dtype)
     k = spec.kernel_size
     dilated = any(d > 1 for d in spec.dilation)
     return (
@@ -126,6 +130,8 @@ def _planes_fit(k0: int, x_shape, w_shape, dtype) -> bool:
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     """GEMM FLOPs of the separable transforms and the point-wise products; the copies."""
+    if winograd1d.handles(spec):
+        return winograd1d.cost(role, spec, p, itemsize)
     r = spec.rank
     N, C, K = p["N"], p["C"], p["K"]
     if r == 3:
@@ -180,6 +186,8 @@ def _cost3(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, fl
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     """Per-thread scratch of the largest tile (padded input tile, two transform buffers)."""
+    if winograd1d.handles(spec):
+        return winograd1d.workspace(role, spec, p, dtype)
     item = np.dtype(dtype).itemsize
     if spec.rank == 3:
         C, K, k0 = p["C"], p["K"], spec.kernel_size[0]
@@ -465,6 +473,8 @@ def _dilated(x: np.ndarray, w: np.ndarray, O, pads, d) -> np.ndarray:
 
 
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
+    if winograd1d.handles(spec):
+        return winograd1d.forward(x, w, spec, out_spatial)
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
     if any(d > 1 for d in spec.dilation):
         return _dilated(x, w, O, spec.padding, spec.dilation)
@@ -474,6 +484,8 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
     """gx[i] = sum_t gy[i + lo - t d] w[t]: a correlation of gy padded by ``d (k - 1) - lo``
     on the left with the flipped kernel (channels swapped), at the same dilation."""
+    if winograd1d.handles(spec):
+        return winograd1d.input_grad(gy, w, spec, in_spatial)
     r = spec.rank
     O = gy.shape[2:]
     S = tuple(in_spatial)

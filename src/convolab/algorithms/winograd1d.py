@@ -1,0 +1,227 @@
+"""Winograd minimal filtering F(m, r) for 1-D kernels of 4 to 9 taps (stride 1).
+
+Part of the ``winograd`` algorithm (:mod:`convolab.algorithms.winograd` hands 1-D
+kernels other than 3 taps to this module).  With ``m`` outputs per tile and
+``a = m + r - 1`` inputs per tile, one output tile of the correlation is::
+
+    y = A^T [ (G g) * (B^T d) ]
+
+so a tile costs ``a`` multiplications per output channel and input channel instead of
+``m r``: for 7 taps, F(6, 7) does 12 where the direct form does 42 (3.5x fewer).  The
+matrices come from the Toom-Cook construction on the interpolation points
+:data:`POINTS` (and infinity), computed exactly in rationals (:func:`matrices`): ``m``
+is 6 up to 7 taps and 4 for 8 and 9, so that ``a <= 12``.  With the points
+0, +-1, +-2, +-1/2, +-3/2, +-2/3 the float32 relative error stays around 1e-5 or
+below (tested against a float64 reference for every kernel size).
+
+Each tile of samples x output tiles (sized by the cache target and the workspace
+budget, run on the workers like every tiled path):
+
+1. copies its input span, zero-padded, into scratch and gathers the overlapping
+   ``a``-long windows into ``D (a, C, T)`` (one strided copy),
+2. ``V = B^T D``: one GEMM with an ``a``-long inner dimension,
+3. ``M[xi] = U[xi] (K, C) @ V[xi] (C, T)`` for the ``a`` points (batched GEMM), with
+   ``U = G w`` computed once per call,
+4. ``Y = M^T A`` written as ``(K, T, m)``, so that the output rows are contiguous runs,
+   and one copy into the output.
+
+Measured (float32, 2 workers, medians of interleaved calls, conv1d k7 N32 C64 L1024
+K64): 8.2 ms against 14.6 ms for im2col + GEMM (F(4, 7): 9.7 ms).
+
+``input_grad`` (stride 1) is the same correlation on the zero-padded gradient with the
+kernel flipped and its channel axes swapped.  The weight gradient stays on GEMM.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from fractions import Fraction
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..spec import ConvSpec
+from ._threads import Scratch, _blas_single_thread, run_tiles, workers
+from ._tiles import CACHE_BYTES, tiles
+
+# Finite interpolation points, in the order they are used (a - 1 of them for F(m, r)).
+POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2), Fraction(3, 2),
+          Fraction(-3, 2), Fraction(2, 3), Fraction(-2, 3))
+TAPS = range(4, 10)  # kernel sizes handled here (3 taps: winograd's F(4, 3))
+
+
+def tile_outputs(r: int) -> int:
+    """``m``, the outputs per tile for an ``r``-tap kernel: 6 up to 7 taps, else 4."""
+    return 6 if r <= 7 else 4
+
+
+@functools.cache
+def matrices(r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A^T (m, a), G (a, r), B^T (a, a))`` of F(m, r) as float64, built exactly.
+
+    ``A^T`` and ``G`` are the Vandermonde-type matrices of the Toom-Cook construction
+    (the point at infinity contributes the last column of ``A^T`` and the last row of
+    ``G``); ``B^T`` is then the unique solution of
+    ``sum_j A^T[i, j] G[j, k] B^T[j, l] = [l == i + k]``, solved in rationals and
+    checked exactly."""
+    m = tile_outputs(r)
+    a = m + r - 1
+    pts = [Fraction(p) for p in POINTS[: a - 1]]
+    at = [[p**i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g = [[p**k / math.prod(p - q for q in pts if q != p) for k in range(r)] for p in pts]
+    g.append([Fraction(int(k == r - 1)) for k in range(r)])
+    # column l of B^T solves coef @ b = e_l, coef[(i, k), j] = at[i][j] g[j][k]: the
+    # normal equations (a x a, exact) of that consistent overdetermined system
+    coef = [[at[i][j] * g[j][k] for j in range(a)] for i in range(m) for k in range(r)]
+    normal = [[sum(row[u] * row[v] for row in coef) for v in range(a)] for u in range(a)]
+    bt = [[Fraction(0)] * a for _ in range(a)]
+    for col in range(a):
+        rhs = [sum(row[u] for row, (i, k) in zip(coef, _pairs(m, r)) if i + k == col)
+               for u in range(a)]
+        for j, v in enumerate(_solve(normal, rhs)):
+            bt[j][col] = v
+    for (i, k), row in zip(_pairs(m, r), coef):
+        for col in range(a):
+            if sum(row[j] * bt[j][col] for j in range(a)) != int(col == i + k):
+                raise AssertionError(f"F({m}, {r}): the Toom-Cook matrices do not check")
+    return (np.array(at, dtype=np.float64), np.array(g, dtype=np.float64),
+            np.array(bt, dtype=np.float64))
+
+
+def _pairs(m: int, r: int) -> list[tuple[int, int]]:
+    return [(i, k) for i in range(m) for k in range(r)]
+
+
+def _solve(mat, rhs):
+    """Gauss-Jordan elimination in rationals (the system is small and regular)."""
+    n = len(rhs)
+    aug = [list(row) + [b] for row, b in zip(mat, rhs)]
+    for c in range(n):
+        piv = next(i for i in range(c, n) if aug[i][c] != 0)
+        aug[c], aug[piv] = aug[piv], aug[c]
+        p = aug[c][c]
+        aug[c] = [v / p for v in aug[c]]
+        for i in range(n):
+            if i != c and aug[i][c] != 0:
+                f = aug[i][c]
+                aug[i] = [v - f * u for v, u in zip(aug[i], aug[c])]
+    return [aug[i][n] for i in range(n)]
+
+
+def handles(spec: ConvSpec) -> bool:
+    """1-D kernels of 4 to 9 taps (the ones this module, not F(4, 3), would run)."""
+    return spec.rank == 1 and spec.kernel_size[0] in TAPS
+
+
+def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
+    """Forward and input gradient of undilated, ungrouped, stride-1 1-D convolutions
+    with 4 to 9 taps."""
+    return (role in ("forward", "input_grad") and handles(spec) and spec.stride == (1,)
+            and spec.dilation == (1,) and spec.groups == 1)
+
+
+def _per_tile(r: int, C: int, K: int, item: int) -> int:
+    """Scratch bytes per output tile: its share of the padded input (m C), the gathered
+    and the transformed windows (a C each), the products (a K) and the outputs (m K)."""
+    m = tile_outputs(r)
+    a = m + r - 1
+    return (m * C + 2 * a * C + a * K + m * K) * item
+
+
+def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """GEMM FLOPs of the transforms and the point-wise products, and the bytes they move.
+
+    Unscaled (the F(4, 3) path multiplies both by 1.6): fitted to interleaved medians of
+    the forward and input gradient on eight 1-D shapes (5-9 taps, 8-128 channels,
+    lengths 40-8192), where this path ran at 0.29-0.43 of its count and GEMM at
+    0.54-0.82 of its own; it is then picked wherever it measured faster, except for
+    16-channel layers (2.5 vs 2.7 ms), and left to GEMM for 40-long signals (1.9 vs
+    1.25 ms), where the ``a - m`` halo of every sample costs most."""
+    r = spec.kernel_size[0]
+    m = tile_outputs(r)
+    a = m + r - 1
+    N, C, K = p["N"], p["C"], p["K"]
+    T = N * -(-p["O"][0] // m)
+    flops = 2 * T * (a * a * C + a * C * K + a * m * K)
+    eff = min(1.0, K / 32) * min(1.0, C / 32)
+    moved = T * itemsize * (m * C + a * C * 3 + a * K * 2 + m * K * 2)
+    return flops / max(eff, 1e-3), moved
+
+
+def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
+    """Per-worker scratch of the largest tile, times the workers."""
+    r = spec.kernel_size[0]
+    per = _per_tile(r, p["C"], p["K"], np.dtype(dtype).itemsize)
+    m = tile_outputs(r)
+    _, most = tiles(p["N"], (-(-p["O"][0] // m),), per, cache=CACHE_BYTES)
+    return workers() * most * per
+
+
+def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int) -> np.ndarray:
+    """``y[n, k, o] = sum_{c, t} w[k, c, t] x[n, c, o + t - lo]`` for ``o < O``, with ``x``
+    read as zero outside ``[0, S)``."""
+    N, C, S = x.shape
+    K, _, r = w.shape
+    dtype = np.result_type(x, w)
+    y = np.empty((N, K, O), dtype=dtype)
+    if y.size == 0:
+        return y
+    m = tile_outputs(r)
+    a = m + r - 1
+    at, g, bt = matrices(r)
+    att, btd = np.ascontiguousarray(at.T.astype(dtype)), bt.astype(dtype)
+    with _blas_single_thread():  # see winograd._correlate: no spinning BLAS threads
+        U = np.matmul(g.astype(dtype), w.transpose(2, 0, 1).reshape(r, K * C))
+    U = U.reshape(a, K, C)
+    item = dtype.itemsize
+    per = _per_tile(r, C, K, item)
+    plan, most = tiles(N, (-(-O // m),), per, cache=CACHE_BYTES)
+    nmax = max(bs.stop - bs.start for bs, _ in plan)  # the halo: a - m more per sample
+    bufs = Scratch(most * per // item + nmax * (a - m) * C, dtype)
+
+    def run(tile):
+        bs, ts = tile
+        n = bs.stop - bs.start
+        t0, t1 = ts.start, ts.stop
+        T = n * (t1 - t0)
+        span = (t1 - t0) * m + a - m  # input positions the tile reads
+        s0 = t0 * m - lo
+        buf = bufs.get()
+        P = buf[: n * C * span].reshape(n, C, span)
+        c0, c1 = max(0, s0), max(max(0, s0), min(S, s0 + span))
+        P[:, :, : c0 - s0] = 0
+        P[:, :, c1 - s0:] = 0
+        P[:, :, c0 - s0: c1 - s0] = x[bs, :, c0:c1]
+        off = P.size
+        D = buf[off: off + a * C * T].reshape(a, C, n, t1 - t0)
+        np.copyto(D, as_strided(P, D.shape, (P.strides[2], P.strides[1], P.strides[0],
+                                             m * P.strides[2]), writeable=False))
+        off += D.size
+        V = buf[off: off + a * C * T].reshape(a, C * T)
+        np.matmul(btd, D.reshape(a, C * T), out=V)
+        off += V.size
+        M = buf[off: off + a * K * T].reshape(a, K, T)
+        np.matmul(U, V.reshape(a, C, T), out=M)
+        off += M.size
+        Y = buf[off: off + m * K * T].reshape(K * T, m)
+        np.matmul(M.reshape(a, K * T).T, att, out=Y)  # (K, n, tiles, m)
+        o0, o1 = t0 * m, min(O, t1 * m)
+        y[bs, :, o0:o1] = Y.reshape(K, n, (t1 - t0) * m)[:, :, : o1 - o0].transpose(1, 0, 2)
+
+    run_tiles(run, plan)
+    return y
+
+
+def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
+    O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
+    return _correlate(x, w, O[0], spec.padding[0][0])
+
+
+def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
+    """gx[i] = sum_t gy[i + lo - t] w[t]: the correlation of gy, read from ``k - 1 - lo``
+    positions before its start, with the flipped kernel (channels swapped)."""
+    r = spec.kernel_size[0]
+    lo = spec.padding[0][0]
+    wf = np.ascontiguousarray(w[:, :, ::-1].swapaxes(0, 1))
+    return _correlate(gy, wf, tuple(in_spatial)[0], r - 1 - lo)
