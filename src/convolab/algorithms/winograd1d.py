@@ -1,8 +1,10 @@
-"""Winograd minimal filtering F(m, r) for 1-D kernels of 4 to 9 taps (stride 1).
+"""Winograd minimal filtering F(m, r) for 1-D kernels of 3 to 9 taps (stride 1).
 
-Part of the ``winograd`` algorithm (:mod:`convolab.algorithms.winograd` hands 1-D
-kernels other than 3 taps to this module).  With ``m`` outputs per tile and
-``a = m + r - 1`` inputs per tile, one output tile of the correlation is::
+Part of the ``winograd`` algorithm: :mod:`convolab.algorithms.winograd` hands it the
+forward and input gradient of every 1-D kernel of 3 to 9 taps (the weight gradient of
+3 taps stays on its F(3, 4); longer kernels' weight gradients run on GEMM).  With ``m``
+outputs per tile and ``a = m + r - 1`` inputs per tile, one output tile of the
+correlation is::
 
     y = A^T [ (G g) * (B^T d) ]
 
@@ -25,11 +27,20 @@ budget, run on the workers like every tiled path):
 4. ``Y = M^T A`` written as ``(K, T, m)``, so that the output rows are contiguous runs,
    and one copy into the output.
 
-Measured (float32, 2 workers, medians of interleaved calls, conv1d k7 N32 C64 L1024
-K64): 8.2 ms against 14.6 ms for im2col + GEMM (F(4, 7): 9.7 ms).
+Dilation ``d``: the outputs of phase ``p`` (``o = p mod d``) are the undilated
+correlation of the inputs of that phase, so a tile holds ``m`` outputs of each of the
+``d`` phases, with the phase axis outside the long tile axis in the gather, and the
+output is written back one phase (a slice strided by ``d``) at a time.
+
+Measured (float32, 2 workers, medians of interleaved calls, forward, ms, GEMM -> this):
+conv1d k7 N32 C64 L1024 K64 16.4 -> 10.5 (F(4, 7): 9.7 where F(6, 7) took 8.2 in the
+same run), 5 taps 13.9 -> 9.2, 9 taps 22.1 -> 13.6, 3 taps 8.8 -> 7.2, 3 taps with
+dilation 4 (N16 L2048) 9.9 -> 8.6, 5 taps with dilation 2 11.9 -> 8.7; the old F(4, 3)
+path took 9.0 and 14.1 on the two 3-tap layers.  GEMM stays faster on 8-channel layers
+and short signals (the cost model, :func:`cost`).
 
 ``input_grad`` (stride 1) is the same correlation on the zero-padded gradient with the
-kernel flipped and its channel axes swapped.  The weight gradient stays on GEMM.
+kernel flipped and its channel axes swapped.
 """
 
 from __future__ import annotations
@@ -48,11 +59,12 @@ from ._tiles import CACHE_BYTES, tiles
 # Finite interpolation points, in the order they are used (a - 1 of them for F(m, r)).
 POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2), Fraction(3, 2),
           Fraction(-3, 2), Fraction(2, 3), Fraction(-2, 3))
-TAPS = range(4, 10)  # kernel sizes handled here (3 taps: winograd's F(4, 3))
+TAPS = range(3, 10)  # kernel sizes handled here (the weight gradient of 3 taps: F(3, 4))
 
 
 def tile_outputs(r: int) -> int:
-    """``m``, the outputs per tile for an ``r``-tap kernel: 6 up to 7 taps, else 4."""
+    """``m``, the outputs per tile for an ``r``-tap kernel: 6 up to 7 taps, else 4
+    (so that ``a = m + r - 1 <= 12``)."""
     return 6 if r <= 7 else 4
 
 
@@ -109,16 +121,19 @@ def _solve(mat, rhs):
     return [aug[i][n] for i in range(n)]
 
 
-def handles(spec: ConvSpec) -> bool:
-    """1-D kernels of 4 to 9 taps (the ones this module, not F(4, 3), would run)."""
-    return spec.rank == 1 and spec.kernel_size[0] in TAPS
+def handles(role: str, spec: ConvSpec) -> bool:
+    """Whether this module, not :mod:`~convolab.algorithms.winograd`'s F(4, 3), answers
+    for ``role``: 1-D kernels of 4 to 9 taps (every role: the weight gradient is then
+    not applicable), and the forward and input gradient of 3 taps."""
+    return (spec.rank == 1 and spec.kernel_size[0] in TAPS
+            and (spec.kernel_size[0] > 3 or role != "weight_grad"))
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
-    """Forward and input gradient of undilated, ungrouped, stride-1 1-D convolutions
-    with 4 to 9 taps."""
-    return (role in ("forward", "input_grad") and handles(spec) and spec.stride == (1,)
-            and spec.dilation == (1,) and spec.groups == 1)
+    """Forward and input gradient of ungrouped, stride-1 1-D convolutions with 3 to 9
+    taps, any dilation."""
+    return (role in ("forward", "input_grad") and handles(role, spec)
+            and spec.stride == (1,) and spec.groups == 1)
 
 
 def _per_tile(r: int, C: int, K: int, item: int) -> int:
@@ -130,37 +145,45 @@ def _per_tile(r: int, C: int, K: int, item: int) -> int:
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
-    """GEMM FLOPs of the transforms and the point-wise products, and the bytes they move.
-
-    Unscaled (the F(4, 3) path multiplies both by 1.6): fitted to interleaved medians of
-    the forward and input gradient on eight 1-D shapes (5-9 taps, 8-128 channels,
-    lengths 40-8192), where this path ran at 0.29-0.43 of its count and GEMM at
-    0.54-0.82 of its own; it is then picked wherever it measured faster, except for
-    16-channel layers (2.5 vs 2.7 ms), and left to GEMM for 40-long signals (1.9 vs
-    1.25 ms), where the ``a - m`` halo of every sample costs most."""
+    """GEMM FLOPs of the transforms and the point-wise products, and the bytes they move,
+    scaled by 0.6 and 0.5: fitted to interleaved forward medians against GEMM on sixteen
+    1-D shapes (3-9 taps, 8-256 channels, lengths 40-8192, dilation 1-8), where these
+    factors lose 0.2 ms in all by picking the slower of the two (a 40-long signal, 1.9
+    vs 1.7 ms, and a 3-tap 32-channel layer, 1.14 vs 1.10; unscaled counts lose 9.7 ms,
+    the F(4, 3) path's factors of 1.6 lose 30 ms).  The tiles' buffers stay in the cache, so their
+    bytes cost less than the main-memory copies of GEMM's columns."""
     r = spec.kernel_size[0]
     m = tile_outputs(r)
     a = m + r - 1
     N, C, K = p["N"], p["C"], p["K"]
-    T = N * -(-p["O"][0] // m)
+    d = spec.dilation[0]
+    T = N * -(-p["O"][0] // (m * d)) * d
     flops = 2 * T * (a * a * C + a * C * K + a * m * K)
     eff = min(1.0, K / 32) * min(1.0, C / 32)
     moved = T * itemsize * (m * C + a * C * 3 + a * K * 2 + m * K * 2)
-    return flops / max(eff, 1e-3), moved
+    if d > 1:
+        # the output is written back one phase at a time (strided by d)
+        moved += 4 * itemsize * (N * C * p["S"][0] + N * K * p["O"][0])
+    return 0.6 * flops / max(eff, 1e-3), 0.5 * moved
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     """Per-worker scratch of the largest tile, times the workers."""
     r = spec.kernel_size[0]
     per = _per_tile(r, p["C"], p["K"], np.dtype(dtype).itemsize)
-    m = tile_outputs(r)
-    _, most = tiles(p["N"], (-(-p["O"][0] // m),), per, cache=CACHE_BYTES)
-    return workers() * most * per
+    m, d = tile_outputs(r), spec.dilation[0]
+    _, most = tiles(p["N"], (-(-p["O"][0] // (m * d)),), per * d, cache=CACHE_BYTES)
+    return workers() * most * per * d
 
 
-def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int) -> np.ndarray:
-    """``y[n, k, o] = sum_{c, t} w[k, c, t] x[n, c, o + t - lo]`` for ``o < O``, with ``x``
-    read as zero outside ``[0, S)``."""
+def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int, d: int = 1) -> np.ndarray:
+    """``y[n, k, o] = sum_{c, t} w[k, c, t] x[n, c, o + d t - lo]`` for ``o < O``, with
+    ``x`` read as zero outside ``[0, S)``.
+
+    With dilation ``d`` the outputs of phase ``p`` (``o = p mod d``) are the undilated
+    correlation of the inputs of the same phase, so a tile is ``m`` consecutive outputs
+    of each of the ``d`` phases (``m d`` consecutive outputs), gathered as ``d`` windows
+    per point and written back interleaved: no phase split or merge of whole arrays."""
     N, C, S = x.shape
     K, _, r = w.shape
     dtype = np.result_type(x, w)
@@ -175,18 +198,19 @@ def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int) -> np.ndarray:
         U = np.matmul(g.astype(dtype), w.transpose(2, 0, 1).reshape(r, K * C))
     U = U.reshape(a, K, C)
     item = dtype.itemsize
-    per = _per_tile(r, C, K, item)
-    plan, most = tiles(N, (-(-O // m),), per, cache=CACHE_BYTES)
-    nmax = max(bs.stop - bs.start for bs, _ in plan)  # the halo: a - m more per sample
-    bufs = Scratch(most * per // item + nmax * (a - m) * C, dtype)
+    per = _per_tile(r, C, K, item) * d  # one tile: m outputs of each of the d phases
+    plan, most = tiles(N, (-(-O // (m * d)),), per, cache=CACHE_BYTES)
+    nmax = max(bs.stop - bs.start for bs, _ in plan)  # the halo: d (a - m) per sample
+    bufs = Scratch(most * per // item + nmax * d * (a - m) * C, dtype)
 
     def run(tile):
         bs, ts = tile
         n = bs.stop - bs.start
         t0, t1 = ts.start, ts.stop
-        T = n * (t1 - t0)
-        span = (t1 - t0) * m + a - m  # input positions the tile reads
-        s0 = t0 * m - lo
+        nt = t1 - t0
+        T = n * nt * d
+        span = d * (nt * m + a - m)  # input positions the tile reads
+        s0 = t0 * m * d - lo
         buf = bufs.get()
         P = buf[: n * C * span].reshape(n, C, span)
         c0, c1 = max(0, s0), max(max(0, s0), min(S, s0 + span))
@@ -194,9 +218,11 @@ def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int) -> np.ndarray:
         P[:, :, c1 - s0:] = 0
         P[:, :, c0 - s0: c1 - s0] = x[bs, :, c0:c1]
         off = P.size
-        D = buf[off: off + a * C * T].reshape(a, C, n, t1 - t0)
-        np.copyto(D, as_strided(P, D.shape, (P.strides[2], P.strides[1], P.strides[0],
-                                             m * P.strides[2]), writeable=False))
+        # D[xi, c, n, p, t] = P[n, c, d (t m + xi) + p] (the long tile axis inside)
+        D = buf[off: off + a * C * T].reshape(a, C, n, d, nt)
+        sp = P.strides
+        np.copyto(D, as_strided(P, D.shape, (d * sp[2], sp[1], sp[0], sp[2], m * d * sp[2]),
+                                writeable=False))
         off += D.size
         V = buf[off: off + a * C * T].reshape(a, C * T)
         np.matmul(btd, D.reshape(a, C * T), out=V)
@@ -205,9 +231,12 @@ def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int) -> np.ndarray:
         np.matmul(U, V.reshape(a, C, T), out=M)
         off += M.size
         Y = buf[off: off + m * K * T].reshape(K * T, m)
-        np.matmul(M.reshape(a, K * T).T, att, out=Y)  # (K, n, tiles, m)
-        o0, o1 = t0 * m, min(O, t1 * m)
-        y[bs, :, o0:o1] = Y.reshape(K, n, (t1 - t0) * m)[:, :, : o1 - o0].transpose(1, 0, 2)
+        np.matmul(M.reshape(a, K * T).T, att, out=Y)  # (K, n, p, t, i): o = d (t m + i) + p
+        Yo = Y.reshape(K, n, d, nt * m)
+        o0 = t0 * m * d
+        for ph in range(d):  # phase ph: outputs o0 + ph, o0 + ph + d, ...
+            cnt = len(range(o0 + ph, min(O, t1 * m * d), d))
+            y[bs, :, o0 + ph: o0 + ph + d * cnt: d] = Yo[:, :, ph, :cnt].transpose(1, 0, 2)
 
     run_tiles(run, plan)
     return y
@@ -215,13 +244,14 @@ def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int) -> np.ndarray:
 
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
-    return _correlate(x, w, O[0], spec.padding[0][0])
+    return _correlate(x, w, O[0], spec.padding[0][0], spec.dilation[0])
 
 
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
-    """gx[i] = sum_t gy[i + lo - t] w[t]: the correlation of gy, read from ``k - 1 - lo``
-    positions before its start, with the flipped kernel (channels swapped)."""
-    r = spec.kernel_size[0]
+    """gx[i] = sum_t gy[i + lo - t d] w[t]: the correlation of gy, read from
+    ``d (k - 1) - lo`` positions before its start, with the flipped kernel (channels
+    swapped), at the same dilation."""
+    r, d = spec.kernel_size[0], spec.dilation[0]
     lo = spec.padding[0][0]
     wf = np.ascontiguousarray(w[:, :, ::-1].swapaxes(0, 1))
-    return _correlate(gy, wf, tuple(in_spatial)[0], r - 1 - lo)
+    return _correlate(gy, wf, tuple(in_spatial)[0], d * (r - 1) - lo, d)
