@@ -167,8 +167,8 @@ def test_winograd_matches_direct_and_torch(case):
 @settings(max_examples=30, deadline=None)
 @given(case=winograd_long_cases())
 def test_winograd_long_1d_kernels_match_direct_and_torch(case):
-    """F(m, r) for 3-9 taps: forward and input gradient (the transposed forward) through
-    Winograd; the weight gradient through F(3, 4) (3 taps, undilated) or GEMM."""
+    """F(m, r) for 3-9 taps, every role: forward, input gradient (the transposed
+    forward) and weight gradient (F(r, m))."""
     _check_against_direct_and_torch(case, "winograd")
 
 
@@ -523,7 +523,7 @@ def test_winograd_long_1d_matrices_compute_the_correlation(r):
 @pytest.mark.parametrize("r, d", [(r, 1) for r in range(3, 10)] + [(3, 4), (7, 2)])
 def test_winograd_long_1d_float32_accuracy(r, d):
     """float32 through F(m, r), 64 channels (sums long enough for the transforms' round
-    off to show): within 1e-4 of a float64 reference, forward and input gradient."""
+    off to show): within 1e-4 of a float64 reference, every role."""
     from convolab.algorithms import gemm, winograd
 
     rng = np.random.default_rng(20 + r)
@@ -532,8 +532,10 @@ def test_winograd_long_1d_float32_accuracy(r, d):
     gy = rng.standard_normal((2, 48) + spec.conv_out_shape((97,)))
     f32 = [a.astype(np.float32) for a in (x, w, gy)]
     got = (winograd.forward(f32[0], f32[1], spec),
-           winograd.input_grad(f32[2], f32[1], spec, (97,)))
-    ref = (gemm.forward(x, w, spec), gemm.input_grad(gy, w, spec, (97,)))
+           winograd.input_grad(f32[2], f32[1], spec, (97,)),
+           winograd.weight_grad(f32[0], f32[2], spec))
+    ref = (gemm.forward(x, w, spec), gemm.input_grad(gy, w, spec, (97,)),
+           gemm.weight_grad(x, gy, spec))
     for a, want in zip(got, ref):
         assert a.dtype == np.float32
         assert rel_err(a, want) <= TOL32
@@ -541,15 +543,13 @@ def test_winograd_long_1d_float32_accuracy(r, d):
 
 def test_winograd_long_1d_is_chosen_where_it_measured_faster():
     """The cost model sends the suite's 1-D 7-tap layer (forward and input gradient) to
-    F(6, 7), and leaves 8-channel layers and the weight gradient to the others (measured
-    with 2 workers)."""
+    F(6, 7) in every role, and leaves 8-channel layers to GEMM (measured with 2
+    workers)."""
     spec = make_spec((7,), 1, 3, 1, 1)
     with cl.options(workers=2):
-        for role in ("forward", "input_grad"):
+        for role in ("forward", "input_grad", "weight_grad"):
             assert select.choose(role, spec, (32, 64, 1024), (64, 64, 7),
                                  np.float32).algorithm == "winograd"
-        assert "winograd" not in select.candidates("weight_grad", spec, (32, 64, 1024),
-                                                   (64, 64, 7), np.float32)
         spec8 = make_spec((7,), 1, 3, 1, 1)  # 8 channels: GEMM measured 1.20 vs 1.45 ms
         assert select.choose("forward", spec8, (64, 8, 256), (16, 8, 7),
                              np.float32).algorithm == "gemm"
@@ -748,6 +748,7 @@ def test_group_tiles_cover_every_sample_row_and_group_once():
     ("gemm", (5, 6, 40), (4, 6, 5), dict(stride=2)),
     ("winograd", (5, 6, 13, 14), (4, 6, 3, 3), dict(padding=1)),
     ("winograd", (3, 4, 6, 9, 10), (5, 4, 3, 3, 3), dict(padding=1)),
+    ("winograd", (5, 6, 90), (4, 6, 7), dict(padding=3, dilation=2)),
 ])
 def test_weight_gradient_sums_do_not_depend_on_which_thread_ran_a_tile(
         algorithm, x_shape, w_shape, kwargs):

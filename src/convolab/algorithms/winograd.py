@@ -1,8 +1,9 @@
 """Winograd minimal filtering F(4, 3) for 3x3 (2-D) and 3-tap (1-D) stride-1 convolutions.
 
-The forward and input gradient of 1-D kernels (3 to 9 taps) run F(6, r) / F(4, r) of
-:mod:`convolab.algorithms.winograd1d` (measured faster than this module's 1-D F(4, 3):
-7.2 vs 9.0 ms on the 3-tap C64 layer); the 1-D weight gradient of 3 taps runs here.
+1-D kernels (3 to 9 taps, every role) run F(6, r) / F(4, r) of
+:mod:`convolab.algorithms.winograd1d`, measured faster than this module's 1-D F(4, 3)
+and F(3, 4) on the 3-tap C64 layer (forward 7.2 vs 9.0 ms, weight gradient 9.8 vs
+13.8); the 1-D branches below are no longer reached through the algorithm's roles.
 
 Shapes as in :mod:`convolab.algorithms.direct`.  With ``m = 4`` outputs per tile and
 ``a = m + 3 - 1 = 6`` inputs per tile (Lavin & Gray 2016, interpolation points
@@ -103,8 +104,8 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     """Stride 1, groups 1, and 3 taps per dimension in rank 1 or 2 (every role; with
     dilation the forward and input gradient only, as phases); in rank 3, undilated, 3x3
     in the last two dimensions and any depth (the depth taps are summed as GEMMs on the
-    2-D transforms).  The forward and input gradient of 1-D kernels of 3 to 9 taps run
-    F(m, r) from :mod:`convolab.algorithms.winograd1d` (any dilation)."""
+    2-D transforms).  1-D kernels of 3 to 9 taps run F(m, r) from
+    :mod:`convolab.algorithms.winograd1d` (every role, any dilation)."""
     if winograd1d.handles(role, spec):
         return winograd1d.applicable(role, spec, x_shape, w_shape, dtype)
     k = spec.kernel_size
@@ -546,6 +547,8 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     GEMM per point ``M[xi] += Ugy[xi] (K, T) @ V[xi] (C, T)^T`` with the long tile axis
     inside (each thread keeps its own partial ``M``).  gy blocks past the output are
     zero.  ``O = gy.shape[2:]`` may be smaller than the formula gives (transposed conv)."""
+    if winograd1d.handles("weight_grad", spec):
+        return winograd1d.weight_grad(x, gy, spec)
     r = spec.rank
     N, C = x.shape[:2]
     S = x.shape[2:]
