@@ -541,6 +541,34 @@ def test_winograd_long_1d_float32_accuracy(r, d):
         assert rel_err(a, want) <= TOL32
 
 
+@pytest.mark.parametrize("role", ["forward", "input_grad", "weight_grad"])
+def test_winograd_long_1d_stays_within_the_workspace(role):
+    """Long signals under a small budget: the output tiles of one sample are cut so
+    that every worker's scratch fits, and the result is unchanged."""
+    from convolab.algorithms import gemm, winograd
+
+    spec = make_spec((7,), 1, 3, 2, 1)
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((2, 32, 30000), dtype=np.float32)
+    w = rng.standard_normal((32, 32, 7), dtype=np.float32)
+    gy = rng.standard_normal((2, 32) + spec.conv_out_shape((30000,)), dtype=np.float32)
+    args = {"forward": (x, w, spec), "input_grad": (gy, w, spec, (30000,)),
+            "weight_grad": (x, gy, spec)}[role]
+    budget = 2**20
+    with cl.options(workspace_bytes=budget):
+        tracemalloc.start()
+        try:
+            got = getattr(winograd, role)(*args)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    # the result, the flipped weight, U and the weight gradient's (a, K, C) products
+    assert peak <= budget + got.nbytes + 2**20, peak / 2**20
+    want = getattr(gemm, role)(*(a.astype(np.float64) if isinstance(a, np.ndarray) else a
+                                 for a in args))
+    assert rel_err(got, want) <= TOL32
+
+
 def test_winograd_long_1d_is_chosen_where_it_measured_faster():
     """The cost model sends the suite's 1-D 7-tap layer (forward and input gradient) to
     F(6, 7) in every role, and leaves 8-channel layers to GEMM (measured with 2

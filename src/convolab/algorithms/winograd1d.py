@@ -61,7 +61,7 @@ from ._tiles import CACHE_BYTES, tiles
 # Finite interpolation points, in the order they are used (a - 1 of them for F(m, r)).
 POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2), Fraction(3, 2),
           Fraction(-3, 2), Fraction(2, 3), Fraction(-2, 3))
-TAPS = range(3, 10)  # kernel sizes handled here (the weight gradient of 3 taps: F(3, 4))
+TAPS = range(3, 10)  # kernel sizes handled here (every role)
 
 
 def tile_outputs(r: int) -> int:
@@ -169,12 +169,20 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
-    """Per-worker scratch of the largest tile, times the workers."""
-    r = spec.kernel_size[0]
-    per = _per_tile(r, p["C"], p["K"], np.dtype(dtype).itemsize)
-    m, d = tile_outputs(r), spec.dilation[0]
-    _, most = tiles(p["N"], (-(-p["O"][0] // (m * d)),), per * d, cache=CACHE_BYTES)
-    return workers() * most * per * d
+    """Per-worker scratch of the largest tile, times the workers (the weight gradient:
+    its larger tiles, and one ``(a, K, C)`` product per worker)."""
+    r, d = spec.kernel_size[0], spec.dilation[0]
+    m = tile_outputs(r)
+    a = m + r - 1
+    item = np.dtype(dtype).itemsize
+    C, K = p["C"], p["K"]
+    halo = d * (a - m) * C * item * p["N"]
+    if role == "weight_grad":
+        _, most, per = _wg_plan(p["N"], p["O"][0], r, C, K, d, item)
+        return workers() * (most * per + a * K * C * item) + halo
+    per = _per_tile(r, C, K, item) * d
+    _, most = tiles(p["N"], (-(-p["O"][0] // (m * d)),), per, cache=CACHE_BYTES)
+    return workers() * most * per + halo
 
 
 def _input_tiles(x, bs, t0, t1, lo, d, m, btd, buf):
