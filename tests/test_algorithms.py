@@ -89,6 +89,28 @@ def winograd_long_cases(draw):
 
 
 @st.composite
+def winograd_2d_cases(draw):
+    """Square 4x4 and 5x5 kernels, stride 1, undilated, one group (Winograd F(4x4, r x r)):
+    planes around the 4x4 output tiles, uneven paddings, transposed too."""
+    tr = draw(st.booleans())
+    cin, cout = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    r = draw(st.sampled_from([4, 5]))
+    size = (draw(st.integers(1, 14)), draw(st.integers(1, 14)))
+    pad = [(draw(st.integers(0, r)), draw(st.integers(0, r))) for _ in range(2)]
+    n = draw(st.sampled_from([None, 1, 2]))
+    kw = dict(stride=1, padding=pad, dilation=1, groups=1)
+    if tr:
+        kw["output_padding"] = 0
+    spec = make_spec((r, r), 1, pad, 1, 1, kw.get("output_padding"), transposed=tr)
+    from hypothesis import assume
+
+    assume(all(o >= 1 for o in spec.out_shape(size)))
+    w_shape = ((cin, cout) if tr else (cout, cin)) + (r, r)
+    x_shape = ((cin,) if n is None else (n, cin)) + size
+    return ConvCase(tr, 2, x_shape, w_shape, draw(st.booleans()), kw)
+
+
+@st.composite
 def depthwise_cases(draw):
     """groups == in_channels, with a channel multiplier, any stride/dilation/padding."""
     rank = draw(st.sampled_from([1, 2, 3]))
@@ -181,6 +203,70 @@ def test_winograd_long_1d_kernels_in_tiny_tiles(case, ws):
         _, got = _run(case, "winograd")
     for a, r in zip(got, ref):
         assert rel_err(a, r) <= TOL64
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=winograd_2d_cases())
+def test_winograd_2d_4x4_5x5_match_direct_and_torch(case):
+    """F(4x4, r x r) for 4x4 and 5x5 kernels: forward and input gradient (the transposed
+    forward) through Winograd, the weight gradient through GEMM (its fallback)."""
+    _check_against_direct_and_torch(case, "winograd")
+
+
+@settings(max_examples=10, deadline=None)
+@given(case=winograd_2d_cases(), ws=st.sampled_from([4096, 2**16]))
+def test_winograd_2d_4x4_5x5_in_tiny_tiles(case, ws):
+    """A small budget cuts one sample into rows of 4x4 tiles (one row per tile at 4 KiB;
+    where even one row does not fit, the layer runs on GEMM)."""
+    _, ref = _run(case, "direct")
+    with cl.options(workspace_bytes=ws):
+        _, got = _run(case, "winograd")
+    for a, r in zip(got, ref):
+        assert rel_err(a, r) <= TOL64
+
+
+@pytest.mark.parametrize("r", [4, 5])
+def test_winograd_2d_float32_accuracy(r):
+    """float32 through F(4x4, r x r) with 64 channels: within 1e-4 of a float64
+    reference, forward and input gradient."""
+    from convolab.algorithms import gemm, winograd
+
+    rng = np.random.default_rng(40 + r)
+    spec = make_spec((r, r), 1, r // 2, 1, 1)
+    x, w = rng.standard_normal((2, 64, 19, 23)), rng.standard_normal((48, 64, r, r))
+    gy = rng.standard_normal((2, 48) + spec.conv_out_shape((19, 23)))
+    f32 = [a.astype(np.float32) for a in (x, w, gy)]
+    got = (winograd.forward(f32[0], f32[1], spec),
+           winograd.input_grad(f32[2], f32[1], spec, (19, 23)))
+    ref = (gemm.forward(x, w, spec), gemm.input_grad(gy, w, spec, (19, 23)))
+    for a, want in zip(got, ref):
+        assert a.dtype == np.float32
+        assert rel_err(a, want) <= TOL32
+
+
+def test_winograd_2d_stays_within_the_workspace():
+    """A big plane under a small budget runs in rows of 4x4 tiles, within the budget; a
+    budget too small for one row of tiles leaves the layer to GEMM."""
+    from convolab.algorithms import gemm, winograd
+
+    spec = make_spec((5, 5), 1, 2, 1, 1)
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((1, 16, 300, 300), dtype=np.float32)
+    w = rng.standard_normal((16, 16, 5, 5), dtype=np.float32)
+    with cl.options(workspace_bytes=2**20, workers=2):  # one row of tiles: ~1.3 MB
+        assert "winograd" not in select.candidates("forward", spec, x.shape, w.shape,
+                                                   np.float32)
+    budget = 4 * 2**20
+    with cl.options(workspace_bytes=budget, workers=2):
+        assert "winograd" in select.candidates("forward", spec, x.shape, w.shape, np.float32)
+        tracemalloc.start()
+        try:
+            got = winograd.forward(x, w, spec)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak <= budget + got.nbytes + 2**20, peak / 2**20
+    assert rel_err(got, gemm.forward(x.astype(np.float64), w.astype(np.float64), spec)) <= TOL32
 
 
 @settings(max_examples=30, deadline=None)
@@ -555,7 +641,7 @@ def test_winograd_long_1d_stays_within_the_workspace(role):
     args = {"forward": (x, w, spec), "input_grad": (gy, w, spec, (30000,)),
             "weight_grad": (x, gy, spec)}[role]
     budget = 2**20
-    with cl.options(workspace_bytes=budget):
+    with cl.options(workspace_bytes=budget, workers=2):  # 8 workers: GEMM (see below)
         tracemalloc.start()
         try:
             got = getattr(winograd, role)(*args)
@@ -567,6 +653,10 @@ def test_winograd_long_1d_stays_within_the_workspace(role):
     want = getattr(gemm, role)(*(a.astype(np.float64) if isinstance(a, np.ndarray) else a
                                  for a in args))
     assert rel_err(got, want) <= TOL32
+    if role == "weight_grad":  # each worker may hold 3 (a, K, C) products of 48 KiB
+        with cl.options(workspace_bytes=budget, workers=8):
+            assert "winograd" not in select.candidates(role, spec, x.shape, w.shape,
+                                                       np.float32)
 
 
 def test_winograd_long_1d_is_chosen_where_it_measured_faster():
@@ -780,8 +870,8 @@ def test_group_tiles_cover_every_sample_row_and_group_once():
 ])
 def test_weight_gradient_sums_do_not_depend_on_which_thread_ran_a_tile(
         algorithm, x_shape, w_shape, kwargs):
-    """Tiles folded in tile order: running them in reverse (as a thread that starts late
-    would) gives the same bits, so repeated runs agree exactly.  (For a given worker
+    """Tiles folded in tile order: the first tile finishing last (as when its thread is
+    descheduled) gives the same bits, so repeated runs agree exactly.  (For a given worker
     count: the tiles are sized by each worker's share of the workspace, so a machine
     with more CPUs may cut, and round, differently.)"""
     from convolab.algorithms import _threads
@@ -796,16 +886,29 @@ def test_weight_gradient_sums_do_not_depend_on_which_thread_ran_a_tile(
             y, pb = cl.vjp(op, x, w, **kwargs)
             return pb(y)[1]
 
-    def reversed_map(fn, items):
+    def late_map(fn, items):
+        """The first tile finishes last: another thread runs all the others first (as
+        far as the fold lets it run ahead)."""
+        import threading
+        import time
+
         items = list(items)
         out = [None] * len(items)
-        for i in reversed(range(len(items))):
+
+        def first():
+            time.sleep(0.05)
+            out[0] = fn(items[0])
+
+        t = threading.Thread(target=first)
+        t.start()
+        for i in range(1, len(items)):
             out[i] = fn(items[i])
+        t.join()
         return out
 
     first = weight_grad()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_threads, "parallel_map", reversed_map)
+        mp.setattr(_threads, "parallel_map", late_map)
         backwards = weight_grad()
     assert np.array_equal(first, backwards)
     assert np.array_equal(first, weight_grad())
@@ -921,6 +1024,43 @@ def test_pool_workers_are_pinned_to_distinct_cpus_and_survive_errors():
             return sum(_threads.parallel_map(lambda j: i * j, range(5)))
 
         assert _threads.parallel_map(outer, range(6)) == [10 * i for i in range(6)]
+
+
+def test_tile_sums_park_few_results_and_fail_cleanly():
+    """run_tiles_sum with a slow first tile: the other worker waits once it is 4 tiles
+    ahead instead of parking every result (40 of 1 MB here), and a failing tile ends the
+    call with its error instead of leaving the waiting worker stuck."""
+    import time
+
+    from convolab.algorithms import _threads
+
+    if not cl.threading_info()["threadpoolctl"]:
+        pytest.skip("tiles run in order without threadpoolctl")
+    size = 2**18  # float32: 1 MiB per result
+
+    def tile(i):
+        if i == 0:
+            time.sleep(0.3)
+        return [(Ellipsis, np.full(size, 1.0, dtype=np.float32))]
+
+    with cl.options(workers=2):
+        tracemalloc.start()
+        try:
+            acc = _threads.run_tiles_sum(tile, range(40), np.zeros(size, np.float32))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert (acc == 40).all()
+        assert peak <= 10 * 2**20, peak / 2**20
+
+        def bad(i):
+            if i == 0:
+                time.sleep(0.3)
+                raise ZeroDivisionError("tile 0")
+            return [(Ellipsis, np.ones(3))]
+
+        with pytest.raises(ZeroDivisionError, match="tile 0"):
+            _threads.run_tiles_sum(bad, range(40), np.zeros(3))
 
 
 @pytest.mark.parametrize("shape", [(7, 5, 3), (300, 200, 150), (1, 400, 300)])

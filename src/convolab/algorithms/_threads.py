@@ -256,23 +256,41 @@ def run_tiles_sum(fn, items, acc: np.ndarray) -> np.ndarray:
     per-thread partial sums (how the weight gradients were summed before) made them
     differ in the last bits from run to run (13-15 of 15 runs of a weight gradient
     differed bitwise from the first).  A result that finishes before an earlier tile
-    waits in a small buffer; tiles are handed out in order, so that is rarely more
-    than one per worker.  The adds run under a lock (they release the GIL).
+    waits in a small buffer; tiles are handed out in order, and a thread more than
+    ``2 * workers()`` tiles ahead of the fold waits for it, so the buffer stays small
+    (it counts against no workspace).  The adds run under a lock (they release the GIL).
     """
     items = list(items)
-    lock = threading.Lock()
+    cond = threading.Condition()
     pending: dict[int, list] = {}
     nxt = 0
+    failed = False
+    ahead = 2 * workers()
 
     def run(i: int) -> None:
-        nonlocal nxt
-        pairs = list(fn(items[i]))
-        with lock:
+        nonlocal nxt, failed
+        try:
+            pairs = list(fn(items[i]))
+        except BaseException:
+            with cond:  # wake the threads waiting for this tile's turn
+                failed = True
+                cond.notify_all()
+            raise
+        with cond:
+            # A thread far ahead of the fold waits with its one result instead of
+            # parking it: results pile up only ``ahead`` deep, whatever the scheduling
+            # (a descheduled thread once left ~80 weight-gradient products parked, 4 MiB
+            # over a 1 MiB workspace).  The tile ``nxt`` never waits, so this ends.
+            while i - nxt > ahead and not failed:
+                cond.wait()
+            if failed:
+                return
             pending[i] = pairs
             while nxt in pending:
                 for index, value in pending.pop(nxt):
                     acc[index] += value
                 nxt += 1
+            cond.notify_all()
 
     run_tiles(run, range(len(items)))
     return acc

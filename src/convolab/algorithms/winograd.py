@@ -4,6 +4,7 @@
 :mod:`convolab.algorithms.winograd1d`, measured faster than this module's 1-D F(4, 3)
 and F(3, 4) on the 3-tap C64 layer (forward 7.2 vs 9.0 ms, weight gradient 9.8 vs
 13.8); the 1-D branches below are no longer reached through the algorithm's roles.
+Square 4x4 and 5x5 kernels run F(4x4, r x r) of :mod:`convolab.algorithms.winograd2d`.
 
 Shapes as in :mod:`convolab.algorithms.direct`.  With ``m = 4`` outputs per tile and
 ``a = m + 3 - 1 = 6`` inputs per tile (Lavin & Gray 2016, interpolation points
@@ -60,7 +61,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import pad_spatial
 from ..spec import ConvSpec
-from . import winograd1d
+from . import winograd1d, winograd2d
 from ._threads import Scratch, _blas_single_thread, run_tiles, run_tiles_sum, workers
 from ._tiles import CACHE_BYTES, tiles
 from ..options import get_options
@@ -105,9 +106,13 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     dilation the forward and input gradient only, as phases); in rank 3, undilated, 3x3
     in the last two dimensions and any depth (the depth taps are summed as GEMMs on the
     2-D transforms).  1-D kernels of 3 to 9 taps run F(m, r) from
-    :mod:`convolab.algorithms.winograd1d` (every role, any dilation)."""
+    :mod:`convolab.algorithms.winograd1d` (every role, any dilation); square 4x4 and 5x5
+    kernels F(4x4, r x r) from :mod:`convolab.algorithms.winograd2d` (forward and input
+    gradient, undilated)."""
     if winograd1d.handles(role, spec):
         return winograd1d.applicable(role, spec, x_shape, w_shape, dtype)
+    if winograd2d.handles(role, spec):
+        return winograd2d.applicable(role, spec, x_shape, w_shape, dtype)
     k = spec.kernel_size
     dilated = any(d > 1 for d in spec.dilation)
     return (
@@ -137,6 +142,8 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     """GEMM FLOPs of the separable transforms and the point-wise products; the copies."""
     if winograd1d.handles(role, spec):
         return winograd1d.cost(role, spec, p, itemsize)
+    if winograd2d.handles(role, spec):
+        return winograd2d.cost(role, spec, p, itemsize)
     r = spec.rank
     N, C, K = p["N"], p["C"], p["K"]
     if r == 3:
@@ -193,6 +200,8 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     """Per-thread scratch of the largest tile (padded input tile, two transform buffers)."""
     if winograd1d.handles(role, spec):
         return winograd1d.workspace(role, spec, p, dtype)
+    if winograd2d.handles(role, spec):
+        return winograd2d.workspace(role, spec, p, dtype)
     item = np.dtype(dtype).itemsize
     if spec.rank == 3:
         C, K, k0 = p["C"], p["K"], spec.kernel_size[0]
@@ -480,6 +489,8 @@ def _dilated(x: np.ndarray, w: np.ndarray, O, pads, d) -> np.ndarray:
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
     if winograd1d.handles("forward", spec):
         return winograd1d.forward(x, w, spec, out_spatial)
+    if winograd2d.handles("forward", spec):
+        return winograd2d.forward(x, w, spec, out_spatial)
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
     if any(d > 1 for d in spec.dilation):
         return _dilated(x, w, O, spec.padding, spec.dilation)
@@ -491,6 +502,8 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     on the left with the flipped kernel (channels swapped), at the same dilation."""
     if winograd1d.handles("input_grad", spec):
         return winograd1d.input_grad(gy, w, spec, in_spatial)
+    if winograd2d.handles("input_grad", spec):
+        return winograd2d.input_grad(gy, w, spec, in_spatial)
     r = spec.rank
     O = gy.shape[2:]
     S = tuple(in_spatial)

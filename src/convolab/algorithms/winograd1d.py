@@ -54,6 +54,7 @@ from fractions import Fraction
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..options import get_options
 from ..spec import ConvSpec
 from ._threads import Scratch, _blas_single_thread, run_tiles, run_tiles_sum, workers
 from ._tiles import CACHE_BYTES, tiles
@@ -70,17 +71,25 @@ def tile_outputs(r: int) -> int:
     return 6 if r <= 7 else 4
 
 
-@functools.cache
 def matrices(r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(A^T (m, a), G (a, r), B^T (a, a))`` of F(m, r) as float64, built exactly.
+    """``(A^T (m, a), G (a, r), B^T (a, a))`` of this module's F(m, r), ``m =``
+    :func:`tile_outputs` ``(r)`` (see :func:`toom_cook`)."""
+    return toom_cook(tile_outputs(r), r)
+
+
+@functools.cache
+def toom_cook(m: int, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(A^T (m, a), G (a, r), B^T (a, a))`` of F(m, r) as float64, built exactly from
+    the first ``a - 1`` of :data:`POINTS` and infinity (``a = m + r - 1 <= 12``).
 
     ``A^T`` and ``G`` are the Vandermonde-type matrices of the Toom-Cook construction
     (the point at infinity contributes the last column of ``A^T`` and the last row of
     ``G``); ``B^T`` is then the unique solution of
     ``sum_j A^T[i, j] G[j, k] B^T[j, l] = [l == i + k]``, solved in rationals and
     checked exactly."""
-    m = tile_outputs(r)
     a = m + r - 1
+    if not 2 <= a <= len(POINTS) + 1 or m < 1 or r < 1:
+        raise ValueError(f"F({m}, {r}) needs 2 <= m + r - 1 <= {len(POINTS) + 1}")
     pts = [Fraction(p) for p in POINTS[: a - 1]]
     at = [[p**i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
     g = [[p**k / math.prod(p - q for q in pts if q != p) for k in range(r)] for p in pts]
@@ -131,8 +140,20 @@ def handles(role: str, spec: ConvSpec) -> bool:
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     """Every role of ungrouped, stride-1 1-D convolutions with 3 to 9 taps, any
-    dilation."""
-    return handles(role, spec) and spec.stride == (1,) and spec.groups == 1
+    dilation; the weight gradient only where every worker's share of the workspace
+    budget holds the ``(a, K, C)`` products it may keep (:data:`PRODUCTS_HELD`) and one
+    tile (otherwise GEMM runs it)."""
+    if not (handles(role, spec) and spec.stride == (1,) and spec.groups == 1):
+        return False
+    if role != "weight_grad":
+        return True
+    r, d = spec.kernel_size[0], spec.dilation[0]
+    m = tile_outputs(r)
+    a = m + r - 1
+    C, K, item = x_shape[1], w_shape[0], np.dtype(dtype).itemsize
+    tile = (_per_tile(r, C, K, item) + (m * K * 2 + a * K) * item) * d
+    need = PRODUCTS_HELD * a * K * C * item + tile
+    return workers() * need <= get_options().workspace_bytes
 
 
 def _per_tile(r: int, C: int, K: int, item: int) -> int:
@@ -179,7 +200,7 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     halo = d * (a - m) * C * item * p["N"]
     if role == "weight_grad":
         _, most, per = _wg_plan(p["N"], p["O"][0], r, C, K, d, item)
-        return workers() * (most * per + a * K * C * item) + halo
+        return workers() * (most * per + PRODUCTS_HELD * a * K * C * item) + halo
     per = _per_tile(r, C, K, item) * d
     _, most = tiles(p["N"], (-(-p["O"][0] // (m * d)),), per, cache=CACHE_BYTES)
     return workers() * most * per + halo
@@ -280,6 +301,7 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
 # Weight-gradient tiles: each ends in an (a, K, C) product added to the sum, so they are
 # made larger than the forward's (fewer products, longer GEMM inner dimensions).
 WG_CACHE = 2 * CACHE_BYTES
+PRODUCTS_HELD = 3  # per worker: its own, and two waiting to be folded (run_tiles_sum)
 
 
 def _wg_plan(N: int, O: int, r: int, C: int, K: int, d: int, item: int):
@@ -288,7 +310,10 @@ def _wg_plan(N: int, O: int, r: int, C: int, K: int, d: int, item: int):
     per = (_per_tile(r, C, K, item) + (m * K * 2 + a * K) * item) * d
     total = N * -(-O // (m * d)) * per
     cache = max(WG_CACHE, min(-(-total // workers()), 4 * a * C * K * item))
-    plan, most = tiles(N, (-(-O // (m * d)),), per, cache=cache)
+    # every worker also holds its tile's (a, K, C) product, and up to two more wait to
+    # be folded per worker (run_tiles_sum): those come out of its share of the budget
+    share = get_options().workspace_bytes // workers() - PRODUCTS_HELD * a * K * C * item
+    plan, most = tiles(N, (-(-O // (m * d)),), per, cache=max(1, min(cache, share)))
     return plan, most, per
 
 

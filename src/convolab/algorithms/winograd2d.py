@@ -1,0 +1,193 @@
+"""Winograd minimal filtering F(4x4, r x r) for square 2-D kernels of 4 and 5 taps.
+
+Part of the ``winograd`` algorithm (3x3 kernels run F(4x4, 3x3) in
+:mod:`convolab.algorithms.winograd`): the forward and input gradient of stride-1,
+undilated, ungrouped convolutions.  A 5x5 kernel takes ``8^2 = 64`` multiplications per
+16 outputs instead of 400.  Measured (float32 forward medians, ms, GEMM -> this): 5x5
+C64 28x28 N16 19.0-25.4 -> 9.4, 5x5 C32 56x56 N8 13.6-15.3 -> 7.6, 5x5 C16 32x32 N32
+7.1-8.0 -> 5.6, 4x4 C64 14x14 N16 4.5-5.9 -> 4.0-4.2.
+
+The 1-D matrices ``A^T, G, B^T`` come from the exact Toom-Cook construction of
+:func:`convolab.algorithms.winograd1d.toom_cook` (4 outputs per tile, ``a = r + 3``
+points), applied along both axes.  Each tile (samples x rows of 4x4 output tiles, every
+column), on the workers like every tiled path:
+
+1. pads its input rows into scratch and gathers the ``a x a`` windows into
+   ``D (a, a, C, T)`` (one strided copy),
+2. ``V = B^T D B`` as two GEMMs with ``a``-long inner dimensions,
+3. ``M[xi] = U[xi] (K, C) @ V[xi] (C, T)`` for the ``a^2`` points, ``U = G w G^T``,
+4. ``Y = A^T M A`` as two GEMMs, the second written with the output column innermost,
+   so that the copy into the output moves whole rows.
+
+Float32 error: about 1e-5 relative (max-abs over max), tested against a float64
+reference.  The weight gradient stays on GEMM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..options import get_options
+from ..spec import ConvSpec
+from ._threads import Scratch, _blas_single_thread, run_tiles, workers
+from ._tiles import CACHE_BYTES, tiles
+from .winograd1d import toom_cook
+
+M_OUT = 4
+# square kernels handled here (3x3: winograd.py's F(4x4, 3x3)).  Not 2x2: F(4x4, 2x2)
+# measured no faster than GEMM (4x4 s2 transposed layer's 2x2 forward, C128 -> 256 on
+# 16x16: 7.4-10.5 vs 7.2-9.0 ms) and 1.6-2.6x slower with 256 -> 512 channels on 8x8.
+TAPS = (4, 5)
+
+
+def handles(role: str, spec: ConvSpec) -> bool:
+    """Whether this module answers for ``role``: square 2-D kernels of 4 or 5 taps
+    (every role, so that the weight gradient is not applicable)."""
+    k = spec.kernel_size
+    return spec.rank == 2 and k[0] == k[1] and k[0] in TAPS
+
+
+def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
+    """Forward and input gradient of stride-1, undilated, ungrouped convolutions whose
+    smallest tile (one row of 4x4 output tiles of one sample) fits every worker's share
+    of the workspace budget (otherwise GEMM, whose rows are smaller, runs)."""
+    if not (role in ("forward", "input_grad") and handles(role, spec)
+            and spec.stride == (1, 1) and spec.dilation == (1, 1) and spec.groups == 1):
+        return False
+    r = spec.kernel_size[0]
+    if role == "forward":
+        C, K, width = x_shape[1], w_shape[0], spec.conv_out_shape(x_shape[2:])[1]
+    else:  # x_shape is gy; the output is the input of the convolution
+        C, K = x_shape[1], w_shape[1]
+        width = x_shape[3] + r - 1 - sum(spec.padding[1])
+    item = np.dtype(dtype).itemsize
+    tw = -(-max(width, 1) // M_OUT)
+    row = _per_tile(r, C, K, item) * tw + (M_OUT + r - 1) * (tw * M_OUT + r - 1) * C * item
+    return workers() * row <= get_options().workspace_bytes
+
+
+def _per_tile(r: int, C: int, K: int, item: int) -> int:
+    """Scratch bytes per 4x4 output tile: its share of the padded input (16 C), the
+    gathered and the half-transformed windows (a^2 C each), the products (a^2 K), the
+    half-transformed outputs (4 a K) and the outputs (16 K)."""
+    a = M_OUT + r - 1
+    return (M_OUT * M_OUT * C + 2 * a * a * C + a * a * K + M_OUT * a * K
+            + M_OUT * M_OUT * K) * item
+
+
+def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """GEMM FLOPs of the separable transforms and the point-wise products, and the bytes
+    they move, with the factors of :func:`convolab.algorithms.winograd1d.cost`."""
+    r = spec.kernel_size[0]
+    a, m = M_OUT + r - 1, M_OUT
+    N, C, K = p["N"], p["C"], p["K"]
+    O = p["O"]
+    T = N * -(-O[0] // m) * -(-O[1] // m)
+    flops = 2 * T * (2 * a * a * a * C + a * a * C * K + m * a * a * K + m * m * a * K)
+    eff = min(1.0, K / 32) * min(1.0, C / 32)
+    moved = T * itemsize * (m * m * C + a * a * C * 3 + a * a * K * 2 + m * m * K * 2)
+    return 0.6 * flops / max(eff, 1e-3), 0.5 * moved
+
+
+def _plan(N: int, O, r: int, C: int, K: int, item: int):
+    tw = -(-O[1] // M_OUT)
+    # one row of output tiles (its input rows are r - 1 columns wider than 4 tw)
+    per_row = _per_tile(r, C, K, item) * tw + M_OUT * (r - 1) * C * item
+    plan, most = tiles(N, (-(-O[0] // M_OUT),), per_row, cache=CACHE_BYTES)
+    halo = (r - 1) * (tw * M_OUT + r - 1) * C * item  # the r - 1 extra input rows
+    return plan, most, per_row, halo
+
+
+def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
+    """Per-worker scratch of the largest tile, times the workers."""
+    item = np.dtype(dtype).itemsize
+    r = spec.kernel_size[0]
+    plan, most, per_row, halo = _plan(p["N"], p["O"], r, p["C"], p["K"], item)
+    nmax = max((bs.stop - bs.start for bs, _ in plan), default=1)
+    return workers() * (most * per_row + nmax * halo)
+
+
+def _correlate(x: np.ndarray, w: np.ndarray, O, lows) -> np.ndarray:
+    """``y[n, k, o0, o1] = sum w[k, c, t0, t1] x[n, c, o0 + t0 - lo0, o1 + t1 - lo1]`` for
+    ``o < O``, with ``x`` read as zero outside its extent."""
+    N, C, S0, S1 = x.shape
+    K, r = w.shape[0], w.shape[2]
+    dtype = np.result_type(x, w)
+    y = np.empty((N, K) + tuple(O), dtype=dtype)
+    if y.size == 0:
+        return y
+    m = M_OUT
+    a = m + r - 1
+    at, g, bt = (t.astype(dtype) for t in toom_cook(m, r))
+    with _blas_single_thread():  # see winograd._correlate: no spinning BLAS threads
+        # U = G w G^T for every (k, c) as one GEMM: kron(G, G) (a^2, r^2) @ w (r^2, K C)
+        U = (np.kron(g, g) @ w.reshape(K * C, r * r).T).reshape(a * a, K, C)
+    ata = np.ascontiguousarray(at.T)  # (a, m)
+    item = dtype.itemsize
+    tw = -(-O[1] // m)
+    span_w = tw * m + r - 1
+    plan, most, per_row, halo = _plan(N, O, r, C, K, item)
+    nmax = max(bs.stop - bs.start for bs, _ in plan)
+    bufs = Scratch((most * per_row + nmax * halo) // item, dtype)
+    lo0, lo1 = lows
+    w0, w1 = max(0, -lo1), min(S1, span_w - lo1)  # input columns the tiles read
+
+    def run(tile):
+        bs, rows = tile
+        n = bs.stop - bs.start
+        t0, t1 = rows.start, rows.stop
+        nt = t1 - t0
+        T = n * nt * tw
+        span_h = nt * m + r - 1
+        s0 = t0 * m - lo0
+        buf = bufs.get()
+        P = buf[: n * C * span_h * span_w].reshape(n, C, span_h, span_w)
+        h0, h1 = max(0, s0), max(max(0, s0), min(S0, s0 + span_h))
+        P[:, :, : h0 - s0] = 0
+        P[:, :, h1 - s0:] = 0
+        P[:, :, h0 - s0: h1 - s0, : w0 + lo1] = 0
+        P[:, :, h0 - s0: h1 - s0, max(w0, w1) + lo1:] = 0
+        if w1 > w0:
+            P[:, :, h0 - s0: h1 - s0, w0 + lo1: w1 + lo1] = x[bs, :, h0:h1, w0:w1]
+        off = P.size
+        # D[i, j, c, n, u, v] = P[n, c, u m + i, v m + j]
+        D = buf[off: off + a * a * C * T].reshape(a, a, C, n, nt, tw)
+        sp = P.strides
+        np.copyto(D, as_strided(P, D.shape, (sp[2], sp[3], sp[1], sp[0], m * sp[2],
+                                             m * sp[3]), writeable=False))
+        off += D.size
+        Z = buf[off: off + a * a * C * T].reshape(a, a * C * T)
+        np.matmul(bt, D.reshape(a, a * C * T), out=Z)  # along i
+        V = D.reshape(a, a, C * T)  # D is no longer needed
+        np.matmul(bt, Z.reshape(a, a, C * T), out=V)  # along j: V[i', j']
+        off += Z.size
+        M = buf[off: off + a * a * K * T].reshape(a * a, K, T)
+        np.matmul(U, V.reshape(a * a, C, T), out=M)
+        off += M.size
+        Z2 = buf[off: off + m * a * K * T].reshape(m, a * K * T)
+        np.matmul(at, M.reshape(a, a * K * T), out=Z2)  # along i: (p, j, K T)
+        off += Z2.size
+        Y = buf[off: off + m * K * T * m].reshape(m, K * T, m)
+        np.matmul(Z2.reshape(m, a, K * T).transpose(0, 2, 1), ata, out=Y)  # (p, K, n, u, v, q)
+        Yv = Y.reshape(m, K, n, nt, tw, m).transpose(2, 1, 3, 0, 4, 5)
+        Yv = Yv.reshape(n, K, nt * m, tw * m)
+        r0, r1 = t0 * m, min(O[0], t1 * m)
+        y[bs, :, r0:r1] = Yv[:, :, : r1 - r0, : O[1]]
+
+    run_tiles(run, plan)
+    return y
+
+
+def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
+    O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
+    return _correlate(x, w, O, [lo for lo, _ in spec.padding])
+
+
+def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
+    """gx[i] = sum_t gy[i + lo - t] w[t]: the correlation of gy, read from ``k - 1 - lo``
+    positions before its start in each dimension, with the flipped kernel (channels
+    swapped)."""
+    r = spec.kernel_size[0]
+    wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].swapaxes(0, 1))
+    return _correlate(gy, wf, tuple(in_spatial), [r - 1 - lo for lo, _ in spec.padding])
