@@ -41,8 +41,12 @@ def _spec(k, stride=1, padding=0, groups=1, dilation=1):
         ((16, 64, 28, 28), (64, 64, 5, 5), dict(padding=2), "winograd"),  # 9.7 vs 20.1
         ((16, 256, 14, 14), (256, 256, 5, 5), dict(padding=2), "winograd"),  # 52 vs 84
         ((16, 64, 14, 14), (64, 64, 4, 4), dict(padding=((1, 2), (1, 2))), "winograd"),
-        # ... but not with 3 input channels (2.8 vs 2.05 ms); 2x2 is never Winograd
+        # ... but not with 3 input channels (2.8 vs 2.05 ms), nor where the transformed
+        # weight (64 x 512 x 512) is the work (N1 7x7: 39 vs 8.8), nor on one 8x8 plane
+        # (1.28 vs 0.64); 2x2 is never Winograd
         ((8, 3, 64, 64), (16, 3, 5, 5), dict(padding=2), "gemm"),
+        ((1, 512, 7, 7), (512, 512, 5, 5), dict(padding=2), "gemm"),
+        ((1, 64, 8, 8), (64, 64, 5, 5), dict(padding=2), "gemm"),
         ((16, 128, 16, 16), (256, 128, 2, 2), {}, "gemm"),
         ((16, 256, 28, 28), (128, 256, 1, 1), {}, "gemm"),
         ((16, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "gemm"),

@@ -184,6 +184,12 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     if d > 1:
         # the output is written back one phase at a time (strided by d)
         moved += 4 * itemsize * (N * C * p["S"][0] + N * K * p["O"][0])
+    if role != "weight_grad":
+        # the weight transform U = G w and U itself, read by every tile (winograd2d)
+        flops += 2 * 2 * a * r * K * C
+        plan = tiles(N, (-(-p["O"][0] // (m * d)),), _per_tile(r, C, K, itemsize) * d,
+                     cache=CACHE_BYTES)[0]
+        moved += a * K * C * itemsize * (1 + len(plan))
     # the weight gradient also gathers and transforms gy and writes an (a, K, C) product
     # per tile: its bytes fitted at 1.2 (sixteen shapes, 0.3 ms lost in all; at 0.5: 1.4)
     return 0.6 * flops / max(eff, 1e-3), (1.2 if role == "weight_grad" else 0.5) * moved

@@ -87,6 +87,12 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     flops = 2 * T * (2 * a * a * a * C + a * a * C * K + m * a * a * K + m * m * a * K)
     eff = min(1.0, K / 32) * min(1.0, C / 32)
     moved = T * itemsize * (m * m * C + a * a * C * 3 + a * a * K * 2 + m * m * K * 2)
+    # the weight transform U = G w G^T (one GEMM on one BLAS thread, counted twice) and
+    # U itself, written once and read by every tile: with 512 channels U is 64 MiB and
+    # decided the time (7x7 planes, N1: 39 ms against GEMM's 8.8)
+    ubytes = a * a * K * C * itemsize
+    flops += 2 * 2 * a * a * r * r * K * C
+    moved += ubytes * (1 + len(_plan(N, O, r, C, K, itemsize)[0]))
     return 0.6 * flops / max(eff, 1e-3), 0.5 * moved
 
 
