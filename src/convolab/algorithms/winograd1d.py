@@ -212,11 +212,20 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     return workers() * most * per + halo
 
 
-def _input_tiles(x, bs, t0, t1, lo, d, m, btd, buf):
-    """Steps 1-2 for output tiles ``[t0, t1)`` of samples ``bs``: the padded input span
-    into ``buf``, its ``a``-long windows gathered (``D[xi, c, n, p, t] =
+def _scratch(plan, most: int, per: int, d: int, a: int, m: int, C: int, dtype) -> Scratch:
+    """Per-worker scratch for the tiles of ``plan``: ``per`` bytes per output tile, and
+    the halo of ``d (a - m)`` input positions per sample."""
+    nmax = max(bs.stop - bs.start for bs, _ in plan)
+    return Scratch(most * per // dtype.itemsize + nmax * d * (a - m) * C, dtype)
+
+
+def _input_tiles(x, tile, lo, d, m, btd, buf):
+    """Steps 1-2 for ``tile`` (samples ``bs``, output tiles ``[t0, t1)``): the padded
+    input span into ``buf``, its ``a``-long windows gathered (``D[xi, c, n, p, t] =
     x[n, c, d (t m + xi) + p + t0 m d - lo]``, the long tile axis inside) and transformed.
-    Returns ``V (a, C T)`` and the offset in ``buf`` after it."""
+    Returns ``V (a, C T)``, the offset in ``buf`` after it and ``(bs, n, t0, t1, T)``."""
+    bs, ts = tile
+    t0, t1 = ts.start, ts.stop
     a = btd.shape[0]
     C, S = x.shape[1], x.shape[2]
     n, nt = bs.stop - bs.start, t1 - t0
@@ -236,7 +245,7 @@ def _input_tiles(x, bs, t0, t1, lo, d, m, btd, buf):
     off += D.size
     V = buf[off: off + a * C * T].reshape(a, C * T)
     np.matmul(btd, D.reshape(a, C * T), out=V)
-    return V, off + V.size
+    return V, off + V.size, (bs, n, t0, t1, T)
 
 
 def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int, d: int = 1) -> np.ndarray:
@@ -263,17 +272,12 @@ def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int, d: int = 1) -> np.
     item = dtype.itemsize
     per = _per_tile(r, C, K, item) * d  # one tile: m outputs of each of the d phases
     plan, most = tiles(N, (-(-O // (m * d)),), per, cache=CACHE_BYTES)
-    nmax = max(bs.stop - bs.start for bs, _ in plan)  # the halo: d (a - m) per sample
-    bufs = Scratch(most * per // item + nmax * d * (a - m) * C, dtype)
+    bufs = _scratch(plan, most, per, d, a, m, C, dtype)
 
     def run(tile):
-        bs, ts = tile
-        n = bs.stop - bs.start
-        t0, t1 = ts.start, ts.stop
-        nt = t1 - t0
-        T = n * nt * d
         buf = bufs.get()
-        V, off = _input_tiles(x, bs, t0, t1, lo, d, m, btd, buf)
+        V, off, (bs, n, t0, t1, T) = _input_tiles(x, tile, lo, d, m, btd, buf)
+        nt = t1 - t0
         M = buf[off: off + a * K * T].reshape(a, K, T)
         np.matmul(U, V.reshape(a, C, T), out=M)
         off += M.size
@@ -347,17 +351,12 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     am, btd = np.ascontiguousarray(at.T.astype(dtype)), bt.astype(dtype)  # am: (a, m)
     item = dtype.itemsize
     plan, most, per = _wg_plan(N, O, r, C, K, d, item)
-    nmax = max(bs.stop - bs.start for bs, _ in plan)
-    bufs = Scratch(most * per // item + nmax * d * (a - m) * C, dtype)
+    bufs = _scratch(plan, most, per, d, a, m, C, dtype)
 
     def run(tile):
-        bs, ts = tile
-        n = bs.stop - bs.start
-        t0, t1 = ts.start, ts.stop
-        nt = t1 - t0
-        T = n * nt * d
         buf = bufs.get()
-        V, off = _input_tiles(x, bs, t0, t1, lo, d, m, btd, buf)
+        V, off, (bs, n, t0, t1, T) = _input_tiles(x, tile, lo, d, m, btd, buf)
+        nt = t1 - t0
         # gy positions o0 .. o0 + nt m d, zero past O; Gy[i, k, n, p, t] = gy[d (t m + i) + p]
         o0, span = t0 * m * d, nt * m * d
         Pg = buf[off: off + n * K * span].reshape(n, K, span)
