@@ -94,6 +94,16 @@ AT = np.array([
 ], dtype=np.float64)
 
 
+def _sub(role: str, spec: ConvSpec):
+    """The module that runs ``role`` of ``spec`` instead of this one's F(4, 3), if any:
+    :mod:`~convolab.algorithms.winograd1d` (1-D, 3-9 taps) or
+    :mod:`~convolab.algorithms.winograd2d` (square 4x4 and 5x5 kernels)."""
+    for mod in (winograd1d, winograd2d):
+        if mod.handles(role, spec):
+            return mod
+    return None
+
+
 def _kron(mat: np.ndarray, r: int) -> np.ndarray:
     out = mat
     for _ in range(r - 1):
@@ -109,10 +119,8 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     :mod:`convolab.algorithms.winograd1d` (every role, any dilation); square 4x4 and 5x5
     kernels F(4x4, r x r) from :mod:`convolab.algorithms.winograd2d` (forward and input
     gradient, undilated)."""
-    if winograd1d.handles(role, spec):
-        return winograd1d.applicable(role, spec, x_shape, w_shape, dtype)
-    if winograd2d.handles(role, spec):
-        return winograd2d.applicable(role, spec, x_shape, w_shape, dtype)
+    if (sub := _sub(role, spec)) is not None:
+        return sub.applicable(role, spec, x_shape, w_shape, dtype)
     k = spec.kernel_size
     dilated = any(d > 1 for d in spec.dilation)
     return (
@@ -140,10 +148,8 @@ def _planes_fit(k0: int, x_shape, w_shape, dtype) -> bool:
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     """GEMM FLOPs of the separable transforms and the point-wise products; the copies."""
-    if winograd1d.handles(role, spec):
-        return winograd1d.cost(role, spec, p, itemsize)
-    if winograd2d.handles(role, spec):
-        return winograd2d.cost(role, spec, p, itemsize)
+    if (sub := _sub(role, spec)) is not None:
+        return sub.cost(role, spec, p, itemsize)
     r = spec.rank
     N, C, K = p["N"], p["C"], p["K"]
     if r == 3:
@@ -198,10 +204,8 @@ def _cost3(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, fl
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     """Per-thread scratch of the largest tile (padded input tile, two transform buffers)."""
-    if winograd1d.handles(role, spec):
-        return winograd1d.workspace(role, spec, p, dtype)
-    if winograd2d.handles(role, spec):
-        return winograd2d.workspace(role, spec, p, dtype)
+    if (sub := _sub(role, spec)) is not None:
+        return sub.workspace(role, spec, p, dtype)
     item = np.dtype(dtype).itemsize
     if spec.rank == 3:
         C, K, k0 = p["C"], p["K"], spec.kernel_size[0]
@@ -487,10 +491,8 @@ def _dilated(x: np.ndarray, w: np.ndarray, O, pads, d) -> np.ndarray:
 
 
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
-    if winograd1d.handles("forward", spec):
-        return winograd1d.forward(x, w, spec, out_spatial)
-    if winograd2d.handles("forward", spec):
-        return winograd2d.forward(x, w, spec, out_spatial)
+    if (sub := _sub("forward", spec)) is not None:
+        return sub.forward(x, w, spec, out_spatial)
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
     if any(d > 1 for d in spec.dilation):
         return _dilated(x, w, O, spec.padding, spec.dilation)
@@ -500,10 +502,8 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
     """gx[i] = sum_t gy[i + lo - t d] w[t]: a correlation of gy padded by ``d (k - 1) - lo``
     on the left with the flipped kernel (channels swapped), at the same dilation."""
-    if winograd1d.handles("input_grad", spec):
-        return winograd1d.input_grad(gy, w, spec, in_spatial)
-    if winograd2d.handles("input_grad", spec):
-        return winograd2d.input_grad(gy, w, spec, in_spatial)
+    if (sub := _sub("input_grad", spec)) is not None:
+        return sub.input_grad(gy, w, spec, in_spatial)
     r = spec.rank
     O = gy.shape[2:]
     S = tuple(in_spatial)
@@ -560,8 +560,8 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     GEMM per point ``M[xi] += Ugy[xi] (K, T) @ V[xi] (C, T)^T`` with the long tile axis
     inside (each thread keeps its own partial ``M``).  gy blocks past the output are
     zero.  ``O = gy.shape[2:]`` may be smaller than the formula gives (transposed conv)."""
-    if winograd1d.handles("weight_grad", spec):
-        return winograd1d.weight_grad(x, gy, spec)
+    if (sub := _sub("weight_grad", spec)) is not None:
+        return sub.weight_grad(x, gy, spec)
     r = spec.rank
     N, C = x.shape[:2]
     S = x.shape[2:]

@@ -42,18 +42,20 @@ TAPS = (4, 5)
 
 
 def handles(role: str, spec: ConvSpec) -> bool:
-    """Whether this module answers for ``role``: square 2-D kernels of 4 or 5 taps
-    (every role, so that the weight gradient is not applicable)."""
+    """Whether this module answers for ``role``: the forward and input gradient of square
+    2-D kernels of 4 or 5 taps (their weight gradient is not Winograd's: F(4x4, 3x3)'s
+    rules in :mod:`~convolab.algorithms.winograd` leave it to GEMM)."""
     k = spec.kernel_size
-    return spec.rank == 2 and k[0] == k[1] and k[0] in TAPS
+    return (role in ("forward", "input_grad") and spec.rank == 2 and k[0] == k[1]
+            and k[0] in TAPS)
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     """Forward and input gradient of stride-1, undilated, ungrouped convolutions whose
     smallest tile (one row of 4x4 output tiles of one sample) fits every worker's share
     of the workspace budget (otherwise GEMM, whose rows are smaller, runs)."""
-    if not (role in ("forward", "input_grad") and handles(role, spec)
-            and spec.stride == (1, 1) and spec.dilation == (1, 1) and spec.groups == 1):
+    if not (handles(role, spec) and spec.stride == (1, 1) and spec.dilation == (1, 1)
+            and spec.groups == 1):
         return False
     r = spec.kernel_size[0]
     if role == "forward":
