@@ -156,6 +156,41 @@ def test_nan_and_inf_propagate_like_torch():
         np.testing.assert_array_equal(np.isposinf(y), np.isposinf(ref))
 
 
+@pytest.mark.parametrize("algorithm", ["winograd", "fft", "auto"])
+@pytest.mark.parametrize("x_shape, w_shape, pad", [
+    ((2, 3, 30), (4, 3, 7), 3),                # 1-D F(6, 7)
+    ((2, 3, 12, 13), (4, 3, 3, 3), 1),         # 2-D F(4x4, 3x3)
+    ((2, 3, 12, 13), (4, 3, 5, 5), 2),         # 2-D F(4x4, 5x5)
+    ((1, 2, 6, 7, 8), (3, 2, 3, 3, 3), 1),     # 3-D, depth taps on the 2-D transforms
+])
+def test_nan_and_inf_propagate_like_torch_through_transforms(algorithm, x_shape, w_shape, pad):
+    """Winograd and FFT mix whole tiles (or signals): one NaN would spread over its tile,
+    and inf * 0 in a transform would turn inf into NaN.  Their results are recomputed
+    by GEMM when they hold a NaN or inf, so every role keeps PyTorch's pattern."""
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal(x_shape)
+    x.reshape(-1)[[3, 40]] = [np.nan, np.inf]
+    x.reshape(-1)[-5] = -np.inf
+    w = rng.standard_normal(w_shape)
+    r = len(x_shape) - 2
+    op = getattr(cl, f"conv{r}d")
+    top = getattr(torch.nn.functional, f"conv{r}d")
+    with cl.options(algorithm=algorithm):
+        y, pb = cl.vjp(op, x, w, padding=pad)
+        gy = np.ones_like(y)
+        gy.reshape(-1)[7] = np.nan
+        gx, gw = pb(gy)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    yt = top(xt, wt, padding=pad)
+    yt.backward(torch.tensor(gy))
+    for a, t in ((y, yt.detach()), (gx, xt.grad), (gw, wt.grad)):
+        t = t.numpy()
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(test(a), test(t))
+        fin = np.isfinite(t)
+        assert np.allclose(a[fin], t[fin], rtol=1e-9, atol=1e-9)
+
+
 def test_grad_module_matches_torch_nn_grad():
     import torch.nn.grad as tg
 

@@ -28,6 +28,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
+from ._finite import falls_back_to_gemm
 from ._threads import workers
 from ._tiles import tiles
 
@@ -163,6 +164,7 @@ def _contract(A: np.ndarray, B: np.ndarray, r: int) -> np.ndarray:
     return np.moveaxis(Ct, 0, 3).reshape(Ct.shape[1:] + F)
 
 
+@falls_back_to_gemm("forward")
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
     r, g = spec.rank, spec.groups
     N, C = x.shape[:2]
@@ -217,6 +219,7 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
     return y
 
 
+@falls_back_to_gemm("input_grad")
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
     r, g = spec.rank, spec.groups
     N, K = gy.shape[:2]
@@ -255,6 +258,7 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     return np.ascontiguousarray(crop_spatial(gxp, spec.padding))
 
 
+@falls_back_to_gemm("weight_grad")
 def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     """``GW[k, c] = sum_n conj(GYu[n, k]) X[n, c]`` per frequency, read at the taps.
 

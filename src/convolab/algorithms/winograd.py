@@ -61,6 +61,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import pad_spatial
 from ..spec import ConvSpec
+from ._finite import falls_back_to_gemm
 from . import winograd1d, winograd2d
 from ._threads import Scratch, _blas_single_thread, run_tiles, run_tiles_sum, workers
 from ._tiles import CACHE_BYTES, tiles
@@ -490,6 +491,7 @@ def _dilated(x: np.ndarray, w: np.ndarray, O, pads, d) -> np.ndarray:
     return y
 
 
+@falls_back_to_gemm("forward")
 def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
     if (sub := _sub("forward", spec)) is not None:
         return sub.forward(x, w, spec, out_spatial)
@@ -499,6 +501,7 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
     return _correlate(x, w, O, spec.padding)
 
 
+@falls_back_to_gemm("input_grad")
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
     """gx[i] = sum_t gy[i + lo - t d] w[t]: a correlation of gy padded by ``d (k - 1) - lo``
     on the left with the flipped kernel (channels swapped), at the same dilation."""
@@ -549,6 +552,7 @@ def _gy_tiles(gy, bs, r0, r1, tg, O_rest, buf, am) -> np.ndarray:
     return UgT
 
 
+@falls_back_to_gemm("weight_grad")
 def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     """gw[k, c, t] = sum_{n, i} gy[n, k, i] xp[n, c, i + t]: per 4-long (4x4) block of
     output positions a valid correlation of the 6-long input tile with the gy block, i.e.
