@@ -40,74 +40,55 @@ TOL64 = 1e-10
 TOL32 = 1e-4
 
 
+def _stride1_case(draw, k, size, pad, dil, max_channels=4):
+    """A stride-1, one-group case (transposed or not, batched or not) for kernel ``k``
+    on ``size`` with ``pad`` and dilation ``dil``; skipped when no output is left."""
+    from hypothesis import assume
+
+    tr = draw(st.booleans())
+    cin, cout = (draw(st.integers(1, max_channels)) for _ in range(2))
+    n = draw(st.sampled_from([None, 1, 2]))
+    kw = dict(stride=1, padding=pad, dilation=dil, groups=1)
+    if tr:
+        kw["output_padding"] = 0
+    spec = make_spec(k, 1, pad, dil, 1, kw.get("output_padding"), transposed=tr)
+    assume(all(o >= 1 for o in spec.out_shape(size)))
+    w_shape = ((cin, cout) if tr else (cout, cin)) + tuple(k)
+    x_shape = ((cin,) if n is None else (n, cin)) + tuple(size)
+    return ConvCase(tr, len(k), x_shape, w_shape, draw(st.booleans()), kw)
+
+
 @st.composite
 def winograd_cases(draw):
     """3-tap kernels (in 3-D: 3x3 planes and any depth), stride 1, one group, dilation in
     1-D and 2-D (as phases; the weight gradient falls back to GEMM there): the
     configurations Winograd takes."""
     rank = draw(st.sampled_from([1, 2, 3]))
-    tr = draw(st.booleans())
-    cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     size = tuple(draw(st.integers(1, 11 if rank < 3 else 7)) for _ in range(rank))
     pad = [(draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(rank)]
-    n = draw(st.sampled_from([None, 1, 2]))
     k = (3,) * rank if rank < 3 else (draw(st.integers(1, 4)), 3, 3)
     dil = tuple(draw(st.integers(1, 3)) for _ in range(rank)) if rank < 3 else (1,) * 3
-    kw = dict(stride=1, padding=pad, dilation=dil, groups=1)
-    if tr:
-        kw["output_padding"] = 0
-    spec = make_spec(k, 1, pad, dil, 1, kw.get("output_padding"), transposed=tr)
-    from hypothesis import assume
-
-    assume(all(o >= 1 for o in spec.out_shape(size)))
-    w_shape = ((cin, cout) if tr else (cout, cin)) + k
-    x_shape = ((cin,) if n is None else (n, cin)) + size
-    return ConvCase(tr, rank, x_shape, w_shape, draw(st.booleans()), kw)
+    return _stride1_case(draw, k, size, pad, dil)
 
 
 @st.composite
 def winograd_long_cases(draw):
     """1-D kernels of 3 to 9 taps, stride 1, one group, dilation 1-3 (Winograd F(m, r)):
     lengths around the 4- and 6-long output tiles, uneven paddings, transposed too."""
-    tr = draw(st.booleans())
-    cin, cout = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     k = (draw(st.integers(3, 9)),)
     size = (draw(st.integers(1, 40)),)
     pad = [(draw(st.integers(0, k[0])), draw(st.integers(0, k[0])))]
-    dil = draw(st.integers(1, 3))
-    n = draw(st.sampled_from([None, 1, 2]))
-    kw = dict(stride=1, padding=pad, dilation=dil, groups=1)
-    if tr:
-        kw["output_padding"] = 0
-    spec = make_spec(k, 1, pad, dil, 1, kw.get("output_padding"), transposed=tr)
-    from hypothesis import assume
-
-    assume(all(o >= 1 for o in spec.out_shape(size)))
-    w_shape = ((cin, cout) if tr else (cout, cin)) + k
-    x_shape = ((cin,) if n is None else (n, cin)) + size
-    return ConvCase(tr, 1, x_shape, w_shape, draw(st.booleans()), kw)
+    return _stride1_case(draw, k, size, pad, draw(st.integers(1, 3)))
 
 
 @st.composite
 def winograd_2d_cases(draw):
     """Square 4x4 and 5x5 kernels, stride 1, undilated, one group (Winograd F(4x4, r x r)):
     planes around the 4x4 output tiles, uneven paddings, transposed too."""
-    tr = draw(st.booleans())
-    cin, cout = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     r = draw(st.sampled_from([4, 5]))
     size = (draw(st.integers(1, 14)), draw(st.integers(1, 14)))
     pad = [(draw(st.integers(0, r)), draw(st.integers(0, r))) for _ in range(2)]
-    n = draw(st.sampled_from([None, 1, 2]))
-    kw = dict(stride=1, padding=pad, dilation=1, groups=1)
-    if tr:
-        kw["output_padding"] = 0
-    spec = make_spec((r, r), 1, pad, 1, 1, kw.get("output_padding"), transposed=tr)
-    from hypothesis import assume
-
-    assume(all(o >= 1 for o in spec.out_shape(size)))
-    w_shape = ((cin, cout) if tr else (cout, cin)) + (r, r)
-    x_shape = ((cin,) if n is None else (n, cin)) + size
-    return ConvCase(tr, 2, x_shape, w_shape, draw(st.booleans()), kw)
+    return _stride1_case(draw, (r, r), size, pad, 1, max_channels=3)
 
 
 @st.composite
