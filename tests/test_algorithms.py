@@ -189,8 +189,8 @@ def test_winograd_long_1d_kernels_in_tiny_tiles(case, ws):
 @settings(max_examples=30, deadline=None)
 @given(case=winograd_2d_cases())
 def test_winograd_2d_4x4_5x5_match_direct_and_torch(case):
-    """F(4x4, r x r) for 4x4 and 5x5 kernels: forward and input gradient (the transposed
-    forward) through Winograd, the weight gradient through GEMM (its fallback)."""
+    """F(4x4, r x r) for 4x4 and 5x5 kernels, every role: forward, input gradient (the
+    transposed forward) and weight gradient (F(r x r, 4x4))."""
     _check_against_direct_and_torch(case, "winograd")
 
 
@@ -209,7 +209,7 @@ def test_winograd_2d_4x4_5x5_in_tiny_tiles(case, ws):
 @pytest.mark.parametrize("r", [4, 5])
 def test_winograd_2d_float32_accuracy(r):
     """float32 through F(4x4, r x r) with 64 channels: within 1e-4 of a float64
-    reference, forward and input gradient."""
+    reference, every role."""
     from convolab.algorithms import gemm, winograd
 
     rng = np.random.default_rng(40 + r)
@@ -218,8 +218,10 @@ def test_winograd_2d_float32_accuracy(r):
     gy = rng.standard_normal((2, 48) + spec.conv_out_shape((19, 23)))
     f32 = [a.astype(np.float32) for a in (x, w, gy)]
     got = (winograd.forward(f32[0], f32[1], spec),
-           winograd.input_grad(f32[2], f32[1], spec, (19, 23)))
-    ref = (gemm.forward(x, w, spec), gemm.input_grad(gy, w, spec, (19, 23)))
+           winograd.input_grad(f32[2], f32[1], spec, (19, 23)),
+           winograd.weight_grad(f32[0], f32[2], spec))
+    ref = (gemm.forward(x, w, spec), gemm.input_grad(gy, w, spec, (19, 23)),
+           gemm.weight_grad(x, gy, spec))
     for a, want in zip(got, ref):
         assert a.dtype == np.float32
         assert rel_err(a, want) <= TOL32
@@ -248,6 +250,17 @@ def test_winograd_2d_stays_within_the_workspace():
             tracemalloc.stop()
     assert peak <= budget + got.nbytes + 2**20, peak / 2**20
     assert rel_err(got, gemm.forward(x.astype(np.float64), w.astype(np.float64), spec)) <= TOL32
+    gy = rng.standard_normal(got.shape, dtype=np.float32)  # the weight gradient too
+    with cl.options(workspace_bytes=budget, workers=2):
+        tracemalloc.start()
+        try:
+            gw = winograd.weight_grad(x, gy, spec)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak <= budget + 2**20, peak / 2**20
+    assert rel_err(gw, gemm.weight_grad(x.astype(np.float64), gy.astype(np.float64),
+                                        spec)) <= TOL32
 
 
 @settings(max_examples=30, deadline=None)
@@ -848,6 +861,7 @@ def test_group_tiles_cover_every_sample_row_and_group_once():
     ("winograd", (5, 6, 13, 14), (4, 6, 3, 3), dict(padding=1)),
     ("winograd", (3, 4, 6, 9, 10), (5, 4, 3, 3, 3), dict(padding=1)),
     ("winograd", (5, 6, 90), (4, 6, 7), dict(padding=3, dilation=2)),
+    ("winograd", (5, 6, 13, 14), (4, 6, 5, 5), dict(padding=2)),
 ])
 def test_weight_gradient_sums_do_not_depend_on_which_thread_ran_a_tile(
         algorithm, x_shape, w_shape, kwargs):

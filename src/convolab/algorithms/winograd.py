@@ -118,8 +118,8 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     in the last two dimensions and any depth (the depth taps are summed as GEMMs on the
     2-D transforms).  1-D kernels of 3 to 9 taps run F(m, r) from
     :mod:`convolab.algorithms.winograd1d` (every role, any dilation); square 4x4 and 5x5
-    kernels F(4x4, r x r) from :mod:`convolab.algorithms.winograd2d` (forward and input
-    gradient, undilated)."""
+    kernels F(4x4, r x r) from :mod:`convolab.algorithms.winograd2d` (every role,
+    undilated)."""
     if (sub := _sub(role, spec)) is not None:
         return sub.applicable(role, spec, x_shape, w_shape, dtype)
     k = spec.kernel_size

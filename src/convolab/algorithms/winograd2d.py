@@ -1,11 +1,12 @@
 """Winograd minimal filtering F(4x4, r x r) for square 2-D kernels of 4 and 5 taps.
 
 Part of the ``winograd`` algorithm (3x3 kernels run F(4x4, 3x3) in
-:mod:`convolab.algorithms.winograd`): the forward and input gradient of stride-1,
-undilated, ungrouped convolutions.  A 5x5 kernel takes ``8^2 = 64`` multiplications per
-16 outputs instead of 400.  Measured (float32 forward medians, ms, GEMM -> this): 5x5
-C64 28x28 N16 19.0-25.4 -> 9.4, 5x5 C32 56x56 N8 13.6-15.3 -> 7.6, 5x5 C16 32x32 N32
-7.1-8.0 -> 5.6, 4x4 C64 14x14 N16 4.5-5.9 -> 4.0-4.2.
+:mod:`convolab.algorithms.winograd`): every role of stride-1, undilated, ungrouped
+convolutions (the weight gradient as F(r x r, 4x4), :func:`weight_grad`).  A 5x5
+kernel takes ``8^2 = 64`` multiplications per 16 outputs instead of 400.  Measured
+(float32 forward medians, ms, GEMM -> this): 5x5 C64 28x28 N16 19.0-25.4 -> 9.4, 5x5
+C32 56x56 N8 13.6-15.3 -> 7.6, 5x5 C16 32x32 N32 7.1-8.0 -> 5.6, 4x4 C64 14x14 N16
+4.5-5.9 -> 4.0-4.2.
 
 The 1-D matrices ``A^T, G, B^T`` come from the exact Toom-Cook construction of
 :func:`convolab.algorithms.winograd1d.toom_cook` (4 outputs per tile, ``a = r + 3``
@@ -19,8 +20,12 @@ column), on the workers like every tiled path:
 4. ``Y = A^T M A`` as two GEMMs, the second written with the output column innermost,
    so that the copy into the output moves whole rows.
 
+Weight gradient, GEMM -> F(r x r, 4x4) (ms): 5x5 C64 28x28 18.6 -> 10.0, C256 14x14
+73 -> 38, C32 56x56 11.0 -> 6.0, 4x4 C64 14x14 4.6 -> 3.8; one 8x8 plane stays on GEMM
+(0.72 vs 1.34).
+
 Float32 error: about 1e-5 relative (max-abs over max), tested against a float64
-reference.  The weight gradient stays on GEMM.
+reference.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..options import get_options
 from ..spec import ConvSpec
-from ._threads import Scratch, _blas_single_thread, run_tiles, workers
+from ._threads import Scratch, _blas_single_thread, run_tiles, run_tiles_sum, workers
 from ._tiles import CACHE_BYTES, tiles
 from .winograd1d import toom_cook
 
@@ -42,30 +47,33 @@ TAPS = (4, 5)
 
 
 def handles(role: str, spec: ConvSpec) -> bool:
-    """Whether this module answers for ``role``: the forward and input gradient of square
-    2-D kernels of 4 or 5 taps (their weight gradient is not Winograd's: F(4x4, 3x3)'s
-    rules in :mod:`~convolab.algorithms.winograd` leave it to GEMM)."""
+    """Whether this module answers for ``role``: every role of square 2-D kernels of 4 or
+    5 taps."""
     k = spec.kernel_size
-    return (role in ("forward", "input_grad") and spec.rank == 2 and k[0] == k[1]
-            and k[0] in TAPS)
+    return spec.rank == 2 and k[0] == k[1] and k[0] in TAPS
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
-    """Forward and input gradient of stride-1, undilated, ungrouped convolutions whose
-    smallest tile (one row of 4x4 output tiles of one sample) fits every worker's share
-    of the workspace budget (otherwise GEMM, whose rows are smaller, runs)."""
+    """Every role of stride-1, undilated, ungrouped convolutions whose smallest tile (one
+    row of 4x4 output tiles of one sample; for the weight gradient with the products a
+    worker may hold) fits every worker's share of the workspace budget (otherwise GEMM,
+    whose rows are smaller, runs)."""
     if not (handles(role, spec) and spec.stride == (1, 1) and spec.dilation == (1, 1)
             and spec.groups == 1):
         return False
     r = spec.kernel_size[0]
-    if role == "forward":
-        C, K, width = x_shape[1], w_shape[0], spec.conv_out_shape(x_shape[2:])[1]
-    else:  # x_shape is gy; the output is the input of the convolution
+    item = np.dtype(dtype).itemsize
+    a = M_OUT + r - 1
+    if role == "input_grad":  # x_shape is gy; the output is the input of the convolution
         C, K = x_shape[1], w_shape[1]
         width = x_shape[3] + r - 1 - sum(spec.padding[1])
-    item = np.dtype(dtype).itemsize
+    else:
+        C, K, width = x_shape[1], w_shape[0], spec.conv_out_shape(x_shape[2:])[1]
     tw = -(-max(width, 1) // M_OUT)
     row = _per_tile(r, C, K, item) * tw + (M_OUT + r - 1) * (tw * M_OUT + r - 1) * C * item
+    if role == "weight_grad":
+        row += ((2 * M_OUT * M_OUT + a * M_OUT + a * a) * K * tw
+                + PRODUCTS_HELD * a * a * K * C) * item
     return workers() * row <= get_options().workspace_bytes
 
 
@@ -92,6 +100,12 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     # the weight transform U = G w G^T (one GEMM on one BLAS thread, counted twice) and
     # U itself, written once and read by every tile: with 512 channels U is 64 MiB and
     # decided the time (7x7 planes, N1: 39 ms against GEMM's 8.8)
+    if role == "weight_grad":
+        # no U; the gy tiles gathered and transformed, one (a^2, K, C) product per tile
+        # (bytes at 1.2, as fitted for the 1-D weight gradient)
+        plan = _wg_plan(N, O, r, C, K, itemsize)[0]
+        moved += itemsize * (T * (m * m * K * 2 + a * m * K * 2) + len(plan) * a * a * K * C)
+        return 0.6 * flops / max(eff, 1e-3), 1.2 * moved
     ubytes = a * a * K * C * itemsize
     flops += 2 * 2 * a * a * r * r * K * C
     moved += ubytes * (1 + len(_plan(N, O, r, C, K, itemsize)[0]))
@@ -116,10 +130,47 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     return workers() * (most * per_row + nmax * halo)
 
 
+def _input_tiles(x, tile, lows, tw: int, r: int, bt, buf):
+    """Steps 1-2 for ``tile`` (samples ``bs``, rows ``[t0, t1)`` of 4x4 output tiles,
+    ``tw`` tiles per row): the padded input rows into ``buf``, the ``a x a`` windows
+    gathered (``D[i, j, c, n, u, v] = P[n, c, 4 u + i, 4 v + j]``) and transformed.
+    Returns ``V (a, a, C T)``, the offset in ``buf`` after the scratch it used and
+    ``(bs, n, t0, t1, T)``."""
+    bs, rows = tile
+    N, C, S0, S1 = x.shape
+    m, a = M_OUT, bt.shape[0]
+    lo0, lo1 = lows
+    n, t0, t1 = bs.stop - bs.start, rows.start, rows.stop
+    nt = t1 - t0
+    T = n * nt * tw
+    span_h, span_w = nt * m + r - 1, tw * m + r - 1
+    w0, w1 = max(0, -lo1), min(S1, span_w - lo1)  # input columns the tiles read
+    s0 = t0 * m - lo0
+    P = buf[: n * C * span_h * span_w].reshape(n, C, span_h, span_w)
+    h0, h1 = max(0, s0), max(max(0, s0), min(S0, s0 + span_h))
+    P[:, :, : h0 - s0] = 0
+    P[:, :, h1 - s0:] = 0
+    P[:, :, h0 - s0: h1 - s0, : w0 + lo1] = 0
+    P[:, :, h0 - s0: h1 - s0, max(w0, w1) + lo1:] = 0
+    if w1 > w0:
+        P[:, :, h0 - s0: h1 - s0, w0 + lo1: w1 + lo1] = x[bs, :, h0:h1, w0:w1]
+    off = P.size
+    D = buf[off: off + a * a * C * T].reshape(a, a, C, n, nt, tw)
+    sp = P.strides
+    np.copyto(D, as_strided(P, D.shape, (sp[2], sp[3], sp[1], sp[0], m * sp[2],
+                                         m * sp[3]), writeable=False))
+    off += D.size
+    Z = buf[off: off + a * a * C * T].reshape(a, a * C * T)
+    np.matmul(bt, D.reshape(a, a * C * T), out=Z)  # along i
+    V = D.reshape(a, a, C * T)  # D is no longer needed
+    np.matmul(bt, Z.reshape(a, a, C * T), out=V)  # along j: V[i', j']
+    return V, off + Z.size, (bs, n, t0, t1, T)
+
+
 def _correlate(x: np.ndarray, w: np.ndarray, O, lows) -> np.ndarray:
     """``y[n, k, o0, o1] = sum w[k, c, t0, t1] x[n, c, o0 + t0 - lo0, o1 + t1 - lo1]`` for
     ``o < O``, with ``x`` read as zero outside its extent."""
-    N, C, S0, S1 = x.shape
+    N, C = x.shape[:2]
     K, r = w.shape[0], w.shape[2]
     dtype = np.result_type(x, w)
     y = np.empty((N, K) + tuple(O), dtype=dtype)
@@ -134,42 +185,14 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, lows) -> np.ndarray:
     ata = np.ascontiguousarray(at.T)  # (a, m)
     item = dtype.itemsize
     tw = -(-O[1] // m)
-    span_w = tw * m + r - 1
     plan, most, per_row, halo = _plan(N, O, r, C, K, item)
     nmax = max(bs.stop - bs.start for bs, _ in plan)
     bufs = Scratch((most * per_row + nmax * halo) // item, dtype)
-    lo0, lo1 = lows
-    w0, w1 = max(0, -lo1), min(S1, span_w - lo1)  # input columns the tiles read
 
     def run(tile):
-        bs, rows = tile
-        n = bs.stop - bs.start
-        t0, t1 = rows.start, rows.stop
-        nt = t1 - t0
-        T = n * nt * tw
-        span_h = nt * m + r - 1
-        s0 = t0 * m - lo0
         buf = bufs.get()
-        P = buf[: n * C * span_h * span_w].reshape(n, C, span_h, span_w)
-        h0, h1 = max(0, s0), max(max(0, s0), min(S0, s0 + span_h))
-        P[:, :, : h0 - s0] = 0
-        P[:, :, h1 - s0:] = 0
-        P[:, :, h0 - s0: h1 - s0, : w0 + lo1] = 0
-        P[:, :, h0 - s0: h1 - s0, max(w0, w1) + lo1:] = 0
-        if w1 > w0:
-            P[:, :, h0 - s0: h1 - s0, w0 + lo1: w1 + lo1] = x[bs, :, h0:h1, w0:w1]
-        off = P.size
-        # D[i, j, c, n, u, v] = P[n, c, u m + i, v m + j]
-        D = buf[off: off + a * a * C * T].reshape(a, a, C, n, nt, tw)
-        sp = P.strides
-        np.copyto(D, as_strided(P, D.shape, (sp[2], sp[3], sp[1], sp[0], m * sp[2],
-                                             m * sp[3]), writeable=False))
-        off += D.size
-        Z = buf[off: off + a * a * C * T].reshape(a, a * C * T)
-        np.matmul(bt, D.reshape(a, a * C * T), out=Z)  # along i
-        V = D.reshape(a, a, C * T)  # D is no longer needed
-        np.matmul(bt, Z.reshape(a, a, C * T), out=V)  # along j: V[i', j']
-        off += Z.size
+        V, off, (bs, n, t0, t1, T) = _input_tiles(x, tile, lows, tw, r, bt, buf)
+        nt = t1 - t0
         M = buf[off: off + a * a * K * T].reshape(a * a, K, T)
         np.matmul(U, V.reshape(a * a, C, T), out=M)
         off += M.size
@@ -199,3 +222,82 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     r = spec.kernel_size[0]
     wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].swapaxes(0, 1))
     return _correlate(gy, wf, tuple(in_spatial), [r - 1 - lo for lo, _ in spec.padding])
+
+
+# Weight-gradient tiles: each ends in an (a^2, K, C) product added to the sum, so they
+# are made larger than the forward's (fewer products, longer GEMM inner dimensions).
+WG_CACHE = 2 * CACHE_BYTES
+PRODUCTS_HELD = 3  # per worker: its own, and two waiting to be folded (run_tiles_sum)
+
+
+def _wg_plan(N: int, O, r: int, C: int, K: int, item: int):
+    """Tiles of the weight gradient: rows of 4x4 tiles sized like the forward's, plus the
+    gy buffers (its rows, gathered tiles, half and whole transforms), within the cache
+    target and what the workers' products leave of the workspace budget."""
+    a, m = M_OUT + r - 1, M_OUT
+    tw = -(-O[1] // m)
+    per_row = ((_per_tile(r, C, K, item) + (2 * m * m + a * m + a * a) * K * item) * tw
+               + M_OUT * (r - 1) * C * item)
+    total = N * -(-O[0] // m) * per_row
+    cache = max(WG_CACHE, min(-(-total // workers()), 4 * a * a * C * K * item))
+    share = get_options().workspace_bytes // workers() - PRODUCTS_HELD * a * a * K * C * item
+    plan, most = tiles(N, (-(-O[0] // m),), per_row, cache=max(1, min(cache, share)))
+    halo = (r - 1) * (tw * m + r - 1) * C * item
+    return plan, most, per_row, halo
+
+
+def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """gw[k, c, t0, t1] = sum gy[n, k, o0, o1] x[n, c, o0 + t0 - lo0, o1 + t1 - lo1]:
+    Winograd F(r x r, 4x4), the transpose of the forward's (``A`` and ``G`` swap roles)::
+
+        gw = G^T [ sum_tiles (A gy_tile A^T) * (B^T d_tile B) ] G
+
+    The input tiles are gathered and transformed as in the forward; the gy tiles (zero
+    past the output) by ``A`` on both axes; the sum over tiles is one GEMM per point with
+    the long tile axis inside, folded in tile order (:func:`~._threads.run_tiles_sum`).
+    ``gy.shape[2:]`` may be smaller than the formula gives (transposed convolution)."""
+    N, C = x.shape[:2]
+    K, O = gy.shape[1], tuple(gy.shape[2:])
+    r = spec.kernel_size[0]
+    dtype = np.result_type(x, gy)
+    if N == 0 or 0 in O:
+        return np.zeros((K, C, r, r), dtype=dtype)
+    m = M_OUT
+    a = m + r - 1
+    at, g, bt = (t.astype(dtype) for t in toom_cook(m, r))
+    am = np.ascontiguousarray(at.T)  # (a, m): A
+    item = dtype.itemsize
+    tw = -(-O[1] // m)
+    plan, most, per_row, halo = _wg_plan(N, O, r, C, K, item)
+    nmax = max(bs.stop - bs.start for bs, _ in plan)
+    bufs = Scratch((most * per_row + nmax * halo) // item, dtype)
+    lows = [lo for lo, _ in spec.padding]
+
+    def run(tile):
+        buf = bufs.get()
+        V, off, (bs, n, t0, t1, T) = _input_tiles(x, tile, lows, tw, r, bt, buf)
+        nt = t1 - t0
+        # gy rows of the tile, zero past O: Gy[i, j, k, n, u, v] = gy[4 u + i, 4 v + j]
+        Pg = buf[off: off + n * K * nt * m * tw * m].reshape(n, K, nt * m, tw * m)
+        h1 = min(O[0], t1 * m) - t0 * m
+        Pg[:, :, :h1, : O[1]] = gy[bs, :, t0 * m: t0 * m + h1]
+        Pg[:, :, h1:] = 0
+        Pg[:, :, :h1, O[1]:] = 0
+        off += Pg.size
+        Gy = buf[off: off + m * m * K * T].reshape(m, m, K, n, nt, tw)
+        sp = Pg.strides
+        np.copyto(Gy, as_strided(Pg, Gy.shape, (sp[2], sp[3], sp[1], sp[0], m * sp[2],
+                                                m * sp[3]), writeable=False))
+        off += Gy.size
+        Z = buf[off: off + a * m * K * T].reshape(a, m * K * T)
+        np.matmul(am, Gy.reshape(m, m * K * T), out=Z)  # along i
+        off += Z.size
+        Ug = buf[off: off + a * a * K * T].reshape(a, a, K * T)
+        np.matmul(am, Z.reshape(a, m, K * T), out=Ug)  # along j
+        return [(Ellipsis, np.matmul(Ug.reshape(a * a, K, T),
+                                     V.reshape(a * a, C, T).transpose(0, 2, 1)))]
+
+    Msum = run_tiles_sum(run, plan, np.zeros((a * a, K, C), dtype=dtype))
+    with _blas_single_thread():
+        gw = np.kron(g, g).T @ Msum.reshape(a * a, K * C)  # (r^2, K C)
+    return np.ascontiguousarray(gw.reshape(r, r, K, C).transpose(2, 3, 0, 1))
