@@ -124,6 +124,16 @@ def depthwise_cases(draw):
     return ConvCase(tr, rank, x_shape, w_shape, draw(st.booleans()), kw)
 
 
+def _traced(fn, *args):
+    """``fn(*args)`` and the tracemalloc peak of the call, in bytes."""
+    tracemalloc.start()
+    try:
+        out = fn(*args)
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def _fn(case: ConvCase):
     return getattr(cl, ("conv_transpose" if case.transposed else "conv") + f"{case.rank}d")
 
@@ -242,22 +252,12 @@ def test_winograd_2d_stays_within_the_workspace():
     budget = 4 * 2**20
     with cl.options(workspace_bytes=budget, workers=2):
         assert "winograd" in select.candidates("forward", spec, x.shape, w.shape, np.float32)
-        tracemalloc.start()
-        try:
-            got = winograd.forward(x, w, spec)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        got, peak = _traced(winograd.forward, x, w, spec)
     assert peak <= budget + got.nbytes + 2**20, peak / 2**20
     assert rel_err(got, gemm.forward(x.astype(np.float64), w.astype(np.float64), spec)) <= TOL32
     gy = rng.standard_normal(got.shape, dtype=np.float32)  # the weight gradient too
     with cl.options(workspace_bytes=budget, workers=2):
-        tracemalloc.start()
-        try:
-            gw = winograd.weight_grad(x, gy, spec)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        gw, peak = _traced(winograd.weight_grad, x, gy, spec)
     assert peak <= budget + 2**20, peak / 2**20
     assert rel_err(gw, gemm.weight_grad(x.astype(np.float64), gy.astype(np.float64),
                                         spec)) <= TOL32
@@ -636,12 +636,7 @@ def test_winograd_long_1d_stays_within_the_workspace(role):
             "weight_grad": (x, gy, spec)}[role]
     budget = 2**20
     with cl.options(workspace_bytes=budget, workers=2):  # 8 workers: GEMM (see below)
-        tracemalloc.start()
-        try:
-            got = getattr(winograd, role)(*args)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        got, peak = _traced(getattr(winograd, role), *args)
     # the result, the flipped weight, U and the weight gradient's (a, K, C) products
     assert peak <= budget + got.nbytes + 2**20, peak / 2**20
     want = getattr(gemm, role)(*(a.astype(np.float64) if isinstance(a, np.ndarray) else a

@@ -130,6 +130,15 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     return workers() * (most * per_row + nmax * halo)
 
 
+def _gather(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """``dst[i, j, c, n, u, v] = src[n, c, 4 u + i, 4 v + j]``: the overlapping windows
+    of the 4x4 output tiles, as one strided copy; returns ``dst``."""
+    sp = src.strides
+    np.copyto(dst, as_strided(src, dst.shape, (sp[2], sp[3], sp[1], sp[0], M_OUT * sp[2],
+                                               M_OUT * sp[3]), writeable=False))
+    return dst
+
+
 def _input_tiles(x, tile, lows, tw: int, r: int, bt, buf):
     """Steps 1-2 for ``tile`` (samples ``bs``, rows ``[t0, t1)`` of 4x4 output tiles,
     ``tw`` tiles per row): the padded input rows into ``buf``, the ``a x a`` windows
@@ -155,10 +164,7 @@ def _input_tiles(x, tile, lows, tw: int, r: int, bt, buf):
     if w1 > w0:
         P[:, :, h0 - s0: h1 - s0, w0 + lo1: w1 + lo1] = x[bs, :, h0:h1, w0:w1]
     off = P.size
-    D = buf[off: off + a * a * C * T].reshape(a, a, C, n, nt, tw)
-    sp = P.strides
-    np.copyto(D, as_strided(P, D.shape, (sp[2], sp[3], sp[1], sp[0], m * sp[2],
-                                         m * sp[3]), writeable=False))
+    D = _gather(P, buf[off: off + a * a * C * T].reshape(a, a, C, n, nt, tw))
     off += D.size
     Z = buf[off: off + a * a * C * T].reshape(a, a * C * T)
     np.matmul(bt, D.reshape(a, a * C * T), out=Z)  # along i
@@ -284,10 +290,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         Pg[:, :, h1:] = 0
         Pg[:, :, :h1, O[1]:] = 0
         off += Pg.size
-        Gy = buf[off: off + m * m * K * T].reshape(m, m, K, n, nt, tw)
-        sp = Pg.strides
-        np.copyto(Gy, as_strided(Pg, Gy.shape, (sp[2], sp[3], sp[1], sp[0], m * sp[2],
-                                                m * sp[3]), writeable=False))
+        Gy = _gather(Pg, buf[off: off + m * m * K * T].reshape(m, m, K, n, nt, tw))
         off += Gy.size
         Z = buf[off: off + a * m * K * T].reshape(a, m * K * T)
         np.matmul(am, Gy.reshape(m, m * K * T), out=Z)  # along i
