@@ -251,6 +251,12 @@ def run_tiles(fn, items) -> list:
         return parallel_map(fn, items)
 
 
+# run_tiles_sum: results that may wait to be folded, per worker, and so the results a
+# worker may hold at once (its own tile's and the waiting ones)
+PARKED_PER_WORKER = 2
+RESULTS_HELD_PER_WORKER = 1 + PARKED_PER_WORKER
+
+
 def run_tiles_sum(fn, items, acc: np.ndarray) -> np.ndarray:
     """``acc[index] += value`` for every ``(index, value)`` pair of every ``fn(item)``,
     with the tiles run by :func:`run_tiles` but folded into ``acc`` in the order of
@@ -261,15 +267,16 @@ def run_tiles_sum(fn, items, acc: np.ndarray) -> np.ndarray:
     differ in the last bits from run to run (13-15 of 15 runs of a weight gradient
     differed bitwise from the first).  A result that finishes before an earlier tile
     waits in a small buffer; tiles are handed out in order, and a thread more than
-    ``2 * workers()`` tiles ahead of the fold waits for it, so the buffer stays small
-    (it counts against no workspace).  The adds run under a lock (they release the GIL).
+    ``PARKED_PER_WORKER * workers()`` tiles ahead of the fold waits for it, so each
+    worker holds at most :data:`RESULTS_HELD_PER_WORKER` results (callers whose results
+    are big count them against the workspace).  The adds run under a lock (they release the GIL).
     """
     items = list(items)
     cond = threading.Condition()
     pending: dict[int, list] = {}
     nxt = 0
     failed = False
-    ahead = 2 * workers()
+    ahead = PARKED_PER_WORKER * workers()
 
     def run(i: int) -> None:
         nonlocal nxt, failed

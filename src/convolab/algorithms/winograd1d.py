@@ -56,8 +56,9 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..options import get_options
 from ..spec import ConvSpec
-from ._threads import Scratch, _blas_single_thread, run_tiles, run_tiles_sum, workers
-from ._tiles import CACHE_BYTES, tiles
+from ._threads import (RESULTS_HELD_PER_WORKER, Scratch, _blas_single_thread, run_tiles,
+                       run_tiles_sum, workers)
+from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, tiles
 
 # Finite interpolation points, in the order they are used (a - 1 of them for F(m, r)).
 POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2), Fraction(3, 2),
@@ -141,8 +142,8 @@ def handles(role: str, spec: ConvSpec) -> bool:
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     """Every role of ungrouped, stride-1 1-D convolutions with 3 to 9 taps, any
     dilation; the weight gradient only where every worker's share of the workspace
-    budget holds the ``(a, K, C)`` products it may keep (:data:`PRODUCTS_HELD`) and one
-    tile (otherwise GEMM runs it)."""
+    budget holds the ``(a, K, C)`` products it may keep
+    (:data:`~._threads.RESULTS_HELD_PER_WORKER`) and one tile (otherwise GEMM runs it)."""
     if not (handles(role, spec) and spec.stride == (1,) and spec.groups == 1):
         return False
     if role != "weight_grad":
@@ -151,8 +152,7 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     m = tile_outputs(r)
     a = m + r - 1
     C, K, item = x_shape[1], w_shape[0], np.dtype(dtype).itemsize
-    tile = (_per_tile(r, C, K, item) + (m * K * 2 + a * K) * item) * d
-    need = PRODUCTS_HELD * a * K * C * item + tile
+    need = RESULTS_HELD_PER_WORKER * a * K * C * item + _wg_per_tile(r, C, K, d, item)
     return workers() * need <= get_options().workspace_bytes
 
 
@@ -206,7 +206,7 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     halo = d * (a - m) * C * item * p["N"]
     if role == "weight_grad":
         _, most, per = _wg_plan(p["N"], p["O"][0], r, C, K, d, item)
-        return workers() * (most * per + PRODUCTS_HELD * a * K * C * item) + halo
+        return workers() * (most * per + RESULTS_HELD_PER_WORKER * a * K * C * item) + halo
     per = _per_tile(r, C, K, item) * d
     _, most = tiles(p["N"], (-(-p["O"][0] // (m * d)),), per, cache=CACHE_BYTES)
     return workers() * most * per + halo
@@ -308,21 +308,24 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     return _correlate(gy, wf, tuple(in_spatial)[0], d * (r - 1) - lo, d)
 
 
-# Weight-gradient tiles: each ends in an (a, K, C) product added to the sum, so they are
-# made larger than the forward's (fewer products, longer GEMM inner dimensions).
-WG_CACHE = 2 * CACHE_BYTES
-PRODUCTS_HELD = 3  # per worker: its own, and two waiting to be folded (run_tiles_sum)
+def _wg_per_tile(r: int, C: int, K: int, d: int, item: int) -> int:
+    """Scratch bytes per weight-gradient tile position: the forward's, plus the gy tiles
+    gathered and transformed."""
+    m = tile_outputs(r)
+    a = m + r - 1
+    return (_per_tile(r, C, K, item) + (m * K * 2 + a * K) * item) * d
 
 
 def _wg_plan(N: int, O: int, r: int, C: int, K: int, d: int, item: int):
     m = tile_outputs(r)
     a = m + r - 1
-    per = (_per_tile(r, C, K, item) + (m * K * 2 + a * K) * item) * d
+    per = _wg_per_tile(r, C, K, d, item)
     total = N * -(-O // (m * d)) * per
-    cache = max(WG_CACHE, min(-(-total // workers()), 4 * a * C * K * item))
-    # every worker also holds its tile's (a, K, C) product, and up to two more wait to
-    # be folded per worker (run_tiles_sum): those come out of its share of the budget
-    share = get_options().workspace_bytes // workers() - PRODUCTS_HELD * a * K * C * item
+    cache = max(WG_CACHE_BYTES, min(-(-total // workers()), 4 * a * C * K * item))
+    # every worker also holds (a, K, C) products (its tile's, and those waiting to be
+    # folded by run_tiles_sum): they come out of its share of the budget
+    share = (get_options().workspace_bytes // workers()
+             - RESULTS_HELD_PER_WORKER * a * K * C * item)
     plan, most = tiles(N, (-(-O // (m * d)),), per, cache=max(1, min(cache, share)))
     return plan, most, per
 

@@ -35,8 +35,9 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..options import get_options
 from ..spec import ConvSpec
-from ._threads import Scratch, _blas_single_thread, run_tiles, run_tiles_sum, workers
-from ._tiles import CACHE_BYTES, tiles
+from ._threads import (RESULTS_HELD_PER_WORKER, Scratch, _blas_single_thread, run_tiles,
+                       run_tiles_sum, workers)
+from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, tiles
 from .winograd1d import toom_cook
 
 M_OUT = 4
@@ -69,12 +70,13 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
         width = x_shape[3] + r - 1 - sum(spec.padding[1])
     else:
         C, K, width = x_shape[1], w_shape[0], spec.conv_out_shape(x_shape[2:])[1]
-    tw = -(-max(width, 1) // M_OUT)
-    row = _per_tile(r, C, K, item) * tw + (M_OUT + r - 1) * (tw * M_OUT + r - 1) * C * item
+    one_row = (1, (M_OUT, max(width, 1)), r, C, K, item)  # one sample, one row of tiles
     if role == "weight_grad":
-        row += ((2 * M_OUT * M_OUT + a * M_OUT + a * a) * K * tw
-                + PRODUCTS_HELD * a * a * K * C) * item
-    return workers() * row <= get_options().workspace_bytes
+        _, _, per_row, halo = _wg_plan(*one_row)
+        per_row += RESULTS_HELD_PER_WORKER * a * a * K * C * item
+    else:
+        _, _, per_row, halo = _plan(*one_row)
+    return workers() * (per_row + halo) <= get_options().workspace_bytes
 
 
 def _per_tile(r: int, C: int, K: int, item: int) -> int:
@@ -97,15 +99,15 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     flops = 2 * T * (2 * a * a * a * C + a * a * C * K + m * a * a * K + m * m * a * K)
     eff = min(1.0, K / 32) * min(1.0, C / 32)
     moved = T * itemsize * (m * m * C + a * a * C * 3 + a * a * K * 2 + m * m * K * 2)
-    # the weight transform U = G w G^T (one GEMM on one BLAS thread, counted twice) and
-    # U itself, written once and read by every tile: with 512 channels U is 64 MiB and
-    # decided the time (7x7 planes, N1: 39 ms against GEMM's 8.8)
     if role == "weight_grad":
         # no U; the gy tiles gathered and transformed, one (a^2, K, C) product per tile
         # (bytes at 1.2, as fitted for the 1-D weight gradient)
         plan = _wg_plan(N, O, r, C, K, itemsize)[0]
         moved += itemsize * (T * (m * m * K * 2 + a * m * K * 2) + len(plan) * a * a * K * C)
         return 0.6 * flops / max(eff, 1e-3), 1.2 * moved
+    # the weight transform U = G w G^T (one GEMM on one BLAS thread, counted twice) and
+    # U itself, written once and read by every tile: with 512 channels U is 64 MiB and
+    # decided the time (7x7 planes, N1: 39 ms against GEMM's 8.8)
     ubytes = a * a * K * C * itemsize
     flops += 2 * 2 * a * a * r * r * K * C
     moved += ubytes * (1 + len(_plan(N, O, r, C, K, itemsize)[0]))
@@ -122,12 +124,19 @@ def _plan(N: int, O, r: int, C: int, K: int, item: int):
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
-    """Per-worker scratch of the largest tile, times the workers."""
+    """Per-worker scratch of the largest tile, times the workers (the weight gradient:
+    its own tiles, and the ``(a^2, K, C)`` products a worker may hold)."""
     item = np.dtype(dtype).itemsize
     r = spec.kernel_size[0]
-    plan, most, per_row, halo = _plan(p["N"], p["O"], r, p["C"], p["K"], item)
+    args = (p["N"], p["O"], r, p["C"], p["K"], item)
+    if role == "weight_grad":
+        plan, most, per_row, halo = _wg_plan(*args)
+        a = M_OUT + r - 1
+        extra = RESULTS_HELD_PER_WORKER * a * a * p["K"] * p["C"] * item
+    else:
+        (plan, most, per_row, halo), extra = _plan(*args), 0
     nmax = max((bs.stop - bs.start for bs, _ in plan), default=1)
-    return workers() * (most * per_row + nmax * halo)
+    return workers() * (most * per_row + nmax * halo + extra)
 
 
 def _gather(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -230,12 +239,6 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     return _correlate(gy, wf, tuple(in_spatial), [r - 1 - lo for lo, _ in spec.padding])
 
 
-# Weight-gradient tiles: each ends in an (a^2, K, C) product added to the sum, so they
-# are made larger than the forward's (fewer products, longer GEMM inner dimensions).
-WG_CACHE = 2 * CACHE_BYTES
-PRODUCTS_HELD = 3  # per worker: its own, and two waiting to be folded (run_tiles_sum)
-
-
 def _wg_plan(N: int, O, r: int, C: int, K: int, item: int):
     """Tiles of the weight gradient: rows of 4x4 tiles sized like the forward's, plus the
     gy buffers (its rows, gathered tiles, half and whole transforms), within the cache
@@ -245,8 +248,9 @@ def _wg_plan(N: int, O, r: int, C: int, K: int, item: int):
     per_row = ((_per_tile(r, C, K, item) + (2 * m * m + a * m + a * a) * K * item) * tw
                + M_OUT * (r - 1) * C * item)
     total = N * -(-O[0] // m) * per_row
-    cache = max(WG_CACHE, min(-(-total // workers()), 4 * a * a * C * K * item))
-    share = get_options().workspace_bytes // workers() - PRODUCTS_HELD * a * a * K * C * item
+    cache = max(WG_CACHE_BYTES, min(-(-total // workers()), 4 * a * a * C * K * item))
+    share = (get_options().workspace_bytes // workers()
+             - RESULTS_HELD_PER_WORKER * a * a * K * C * item)
     plan, most = tiles(N, (-(-O[0] // m),), per_row, cache=max(1, min(cache, share)))
     halo = (r - 1) * (tw * m + r - 1) * C * item
     return plan, most, per_row, halo
