@@ -303,3 +303,35 @@ def test_complex64_keeps_its_dtype_and_matches_torch(algorithm):
     assert rel_err(out, ty.detach().numpy()) < 1e-5
     assert rel_err(gx, tx.grad.numpy()) < 1e-5
     assert rel_err(gw, tw.grad.numpy()) < 1e-5
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "fft", "winograd", "depthwise",
+                                       "polyphase", "auto"])
+@pytest.mark.parametrize("groups, stride", [(1, 1), (3, 1), (3, 2)])
+def test_non_finite_weights_propagate_like_torch_through_the_input_gradient(
+        algorithm, groups, stride):
+    """The input gradient (and the transposed conv's forward) adds the products of ``w``
+    and ``gy`` the convolution pairs; the fast paths also multiply ``w`` by zeros around
+    ``gy``, where ``inf * 0`` made NaN: a non-finite weight takes ``direct``'s sum."""
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((2, 3, 6, 7))
+    w = rng.standard_normal((6, 3 // groups, 3, 3))
+    w.reshape(-1)[[0, 5]] = [np.inf, np.nan]
+    w.reshape(-1)[-1] = -np.inf
+    kw = dict(padding=1, stride=stride, groups=groups)
+    with cl.options(algorithm=algorithm):
+        y, pb = cl.vjp(cl.conv2d, x, w, **kw)
+        gy = rng.standard_normal(y.shape)
+        gx, gw = pb(gy)
+        yt_ = cl.conv_transpose2d(x, w[:3].reshape(3, -1, 3, 3) if groups == 1 else w[:3], **kw)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, **kw)
+    yt.backward(torch.tensor(gy))
+    wT = torch.tensor(w[:3].reshape(3, -1, 3, 3) if groups == 1 else w[:3])
+    ytT = torch.nn.functional.conv_transpose2d(torch.tensor(x), wT, **kw)
+    for a, t in ((y, yt.detach()), (gx, xt.grad), (gw, wt.grad), (yt_, ytT)):
+        t = t.numpy()
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(test(a), test(t))
+        fin = np.isfinite(t)
+        assert np.allclose(a[fin], t[fin], rtol=1e-9, atol=1e-9)

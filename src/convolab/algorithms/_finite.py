@@ -9,6 +9,11 @@ an infinite output into NaN.  Such results are recomputed through ``gemm``
 inputs pay one check of each result (a maximum and a minimum: 0.36 ms on a 12.8 MB
 output; measured 56.5 -> 57.9 ms on the 3x3 C64 fwd+bwd, whose three results it
 checks).
+
+A non-finite *weight* needs more for the input gradient (and the transposed conv's
+forward): every fast path multiplies ``w`` by zeros there (the border of a padded or
+spread ``gy``), where ``inf * 0`` makes NaN that no product of the convolution makes.
+Those calls run on ``direct`` (:func:`convolab.ops.conv._input_grad`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import select
+from ..algorithms import direct
+from ..algorithms._finite import all_finite
 from ..dtypes import as_array, check_dtypes, compute_dtype
 from ..spec import ConvSpec, IntOrTuple, PaddingArg, make_spec
 
@@ -156,11 +158,23 @@ def _finish(y: np.ndarray, p: Prepared) -> np.ndarray:
     return y.astype(p.dtype, copy=False)
 
 
+def _input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
+    """The input-gradient role (also the transposed conv's forward) on the chosen algorithm.
+
+    A weight holding NaN or inf runs on ``direct``, which adds exactly the products of
+    ``w`` and ``gy`` that the convolution pairs, as PyTorch does.  The fast paths also
+    multiply ``w`` by zeros (the border of a padded or spread ``gy``), and ``inf * 0``
+    there made NaN where PyTorch's gradient is finite or infinite."""
+    if w.size and not all_finite(w):
+        return direct.input_grad(gy, w, spec, in_spatial)
+    algo = select.choose("input_grad", spec, gy.shape, w.shape, gy.dtype).module
+    return algo.input_grad(gy, w, spec, in_spatial)
+
+
 def _run_forward(p: Prepared) -> np.ndarray:
     x, w, spec = p.x, p.w, p.spec
     if spec.transposed:
-        algo = select.choose("input_grad", spec, x.shape, w.shape, x.dtype).module
-        y = algo.input_grad(x, w, spec, p.out_spatial)
+        y = _input_grad(x, w, spec, p.out_spatial)
     else:
         algo = select.choose("forward", spec, x.shape, w.shape, x.dtype).module
         y = algo.forward(x, w, spec)
@@ -190,8 +204,7 @@ def grads(
             gw = wg.weight_grad(gy, x, spec)
     else:
         if "input" in wanted:
-            ig = select.choose("input_grad", spec, gy.shape, w.shape, x.dtype).module
-            gx = ig.input_grad(gy, w, spec, spatial)
+            gx = _input_grad(gy, w, spec, spatial)
         if "weight" in wanted:
             wg = select.choose("weight_grad", spec, x.shape, w.shape, x.dtype).module
             gw = wg.weight_grad(x, gy, spec)
