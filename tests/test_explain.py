@@ -293,3 +293,13 @@ def test_cli_subprocess():
         capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "floor(5 / 2) + 1 = 3" in r.stdout
+
+
+def test_explain_says_when_the_backward_is_fused():
+    d = ex.explain("conv2d", "16x256x28x28", kernel_size=3, padding=1, groups=256).to_dict()
+    assert d["algorithm"]["backward"]["name"] == "fused"
+    assert 0 < d["bytes"]["workspace"]["backward"] <= 512 * 2**20
+    d = ex.explain("conv2d", "16x64x56x56", kernel_size=3, padding=1).to_dict()
+    assert d["algorithm"]["backward"]["name"] == "separate"
+    d = ex.explain("conv_transpose2d", "2x8x9x9", kernel_size=3).to_dict()
+    assert "backward" not in d["algorithm"]

@@ -64,6 +64,7 @@ def register(name: str, module: str, *, auto_rank: int | None = None) -> None:
     if auto_rank is not None and name not in _AUTO_ORDER:
         _AUTO_ORDER.insert(auto_rank, name)
     _by_cost_model.cache_clear()
+    _backward_by_cost_model.cache_clear()
 
 
 def _module(name: str):
@@ -127,13 +128,17 @@ def estimate_seconds(name: str, role: str, spec: ConvSpec, x_shape, w_shape, dty
     dtype = np.dtype(dtype)
     mod = _module(name)
     p = problem(role, spec, x_shape, w_shape)
-    rate = GEMM_FLOPS / (2 if dtype in (np.float64, np.complex64) else 1)
-    rate /= 4 if dtype == np.complex128 else 1
     if hasattr(mod, "cost"):
         flops, nbytes = mod.cost(role, spec, p, dtype.itemsize)
     else:
         flops, nbytes = direct_flops(spec, x_shape, w_shape, role), 0
-    return flops / rate + nbytes / COPY_BYTES
+    return flops / _gemm_rate(dtype) + nbytes / COPY_BYTES
+
+
+def _gemm_rate(dtype: np.dtype) -> float:
+    """GEMM FLOP/s of the cost model for ``dtype``."""
+    rate = GEMM_FLOPS / (2 if dtype in (np.float64, np.complex64) else 1)
+    return rate / (4 if dtype == np.complex128 else 1)
 
 
 def _autotuned(role, spec, x_shape, w_shape, dtype, names) -> tuple[str, str]:
@@ -164,6 +169,11 @@ def _time(name: str, role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> floa
     else:
         gy = rng.standard_normal((p["N"], p["K"]) + p["O"]).astype(dtype)
         call = lambda: fn(a, gy, spec)  # noqa: E731
+    return _best_of_two(call)
+
+
+def _best_of_two(call) -> float:
+    """Seconds of the faster of two calls after one warm-up."""
     best = math.inf
     for i in range(3):
         t0 = time.perf_counter()
@@ -207,6 +217,78 @@ def _by_cost_model(role, spec, x_shape, w_shape, dtype, workspace, workers) -> C
     best = min(est, key=est.get)
     desc = ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in sorted(est.items(), key=lambda kv: kv[1]))
     return Choice(best, f"cheapest by the cost model (estimated {desc})")
+
+
+def choose_backward(spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
+    """How a backward pass that needs both gradients runs: ``'fused'`` (both from one
+    column copy of the output gradient, :mod:`convolab.algorithms.fused`) or
+    ``'separate'`` (each gradient by its own :func:`choose`).
+
+    Fused runs only under the automatic choice: a forced ``options(algorithm=...)``
+    keeps every role on the forced algorithm.  The cost model compares its estimate with
+    the sum of the two gradients' estimates; with ``autotune`` both ways are timed once
+    per shape and the faster is cached."""
+    opts = get_options()
+    dtype = np.dtype(dtype)
+    if opts.algorithm != "auto":
+        return Choice("separate", f"forced by options(algorithm={opts.algorithm!r})")
+    from .algorithms import fused
+
+    if not fused.applicable(spec, x_shape, w_shape):
+        return Choice("separate", "fused needs a stride-1 convolution with padding >= 0 "
+                                  "and more than one tap")
+    gy_shape = (x_shape[0], w_shape[0]) + spec.conv_out_shape(x_shape[2:])
+    ig = choose("input_grad", spec, gy_shape, w_shape, dtype)
+    wg = choose("weight_grad", spec, tuple(x_shape), w_shape, dtype)
+    if "winograd" in (ig.algorithm, wg.algorithm):
+        # its transforms cut the FLOPs; measured faster than fused on every layer it
+        # takes in the suite (3x3 C64 56x56: 35.7 against 51.4 ms, 3x3 C256 14x14 44.7 /
+        # 60.6, conv3d 12.6 / 18.2, 1-D k7 18.6 / 25.3; the dilated 1-D k3 14.7 / 13.5)
+        return Choice("separate", f"{ig.algorithm} + {wg.algorithm}: Winograd needs "
+                                  "fewer FLOPs than the fused GEMMs")
+    if opts.autotune:
+        return _autotuned_backward(spec, tuple(x_shape), tuple(w_shape), dtype, ig, wg)
+    return _backward_by_cost_model(spec, tuple(x_shape), tuple(w_shape), dtype,
+                                   opts.workspace_bytes, opts.workers)
+
+
+@functools.lru_cache(maxsize=4096)
+def _backward_by_cost_model(spec, x_shape, w_shape, dtype, workspace, workers) -> Choice:
+    """Cached like :func:`_by_cost_model` (the options it reads are in the key)."""
+    from .algorithms import fused
+
+    gy_shape = (x_shape[0], w_shape[0]) + spec.conv_out_shape(x_shape[2:])
+    ig = choose("input_grad", spec, gy_shape, w_shape, dtype)
+    wg = choose("weight_grad", spec, x_shape, w_shape, dtype)
+    sep = (estimate_seconds(ig.algorithm, "input_grad", spec, gy_shape, w_shape, dtype)
+           + estimate_seconds(wg.algorithm, "weight_grad", spec, x_shape, w_shape, dtype))
+    flops, nbytes = fused.cost(spec, problem("weight_grad", spec, x_shape, w_shape),
+                               dtype.itemsize)
+    est = flops / _gemm_rate(dtype) + nbytes / COPY_BYTES
+    desc = (f"estimated fused {est * 1e3:.2f} ms, separate {sep * 1e3:.2f} ms "
+            f"({ig.algorithm} + {wg.algorithm})")
+    return Choice("fused" if est < sep else "separate", f"cheapest by the cost model ({desc})")
+
+
+def _autotuned_backward(spec, x_shape, w_shape, dtype, ig: Choice, wg: Choice) -> Choice:
+    key = ("backward", spec, x_shape, w_shape, dtype.str, get_options().workspace_bytes,
+           ig.algorithm, wg.algorithm)
+    if key not in _TUNED:
+        from .algorithms import fused
+
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal(w_shape).astype(dtype)
+        gy = rng.standard_normal((x_shape[0], w_shape[0]) + spec.conv_out_shape(x_shape[2:]))
+        gy = gy.astype(dtype)
+        calls = {"fused": lambda: fused.backward(x, gy, w, spec),
+                 "separate": lambda: (ig.module.input_grad(gy, w, spec, x_shape[2:]),
+                                      wg.module.weight_grad(x, gy, spec))}
+        times = {n: _best_of_two(c) for n, c in calls.items()}
+        _TUNED[key] = min(times, key=times.get)
+        desc = ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in times.items())
+        _TUNED_WHY[key] = f"autotuned: fastest of {desc} ({ig.algorithm} + {wg.algorithm})"
+    return Choice(_TUNED[key], _TUNED_WHY[key])
 
 
 def workspace_bytes(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> int:

@@ -6,6 +6,10 @@ the forward speeds up the backward too:
 * conv:            ``gx = conv_transpose(gy, w)``, ``gw = corr(x, gy)``, ``gb = sum(gy)``
 * conv_transpose:  ``gx = conv(gy, w)``,           ``gw = corr(gy, x)``, ``gb = sum(gy)``
 
+When a conv's backward needs both ``gx`` and ``gw``, :func:`convolab.select.choose_backward`
+may compute them together from one column copy of ``gy``
+(:mod:`convolab.algorithms.fused`).
+
 For complex dtypes the gradients follow torch's convention (conjugate Wirtinger):
 ``gx = conv_transpose(gy, conj(w))`` and ``gw = corr(conj(x), gy)``.
 """
@@ -19,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import select
-from ..algorithms import direct
+from ..algorithms import direct, fused
 from ..algorithms._finite import all_finite
 from ..dtypes import as_array, check_dtypes, compute_dtype
 from ..spec import ConvSpec, IntOrTuple, PaddingArg, make_spec
@@ -202,6 +206,10 @@ def grads(
         if "weight" in wanted:
             wg = select.choose("weight_grad", spec, gy.shape, w.shape, x.dtype).module
             gw = wg.weight_grad(gy, x, spec)
+    elif ("input" in wanted and "weight" in wanted
+          and select.choose_backward(spec, x.shape, w.shape, x.dtype).algorithm == "fused"
+          and all_finite(w)):
+        gx, gw = fused.backward(x, gy, w, spec)
     else:
         if "input" in wanted:
             gx = _input_grad(gy, w, spec, spatial)

@@ -1,0 +1,226 @@
+"""Both gradients of a stride-1 convolution from one column copy of ``gy``.
+
+Shapes as in :mod:`convolab.algorithms.direct`: x ``(N, C, *S)``, w ``(K, C/g, *k)``,
+gy ``(N, K, *O)``.  On the flattened padded input plane (strides ``pst``), output ``o``
+sits at ``l(o) = sum(o_i * pst_i)`` and reads input ``i = l(o) + off_t`` through tap
+``t``.  Put ``gy`` on that grid (zeros between its rows and around it) and take, for a
+run of input positions ``i``, the columns ``G[t, i] = gy_grid[i - off_t]``: one
+contiguous run of the grid per tap, as in GEMM's flat forward.  Then both gradients
+are products with the same columns::
+
+    gx[c, i] = sum_(k, t) w[k, c, t] * G[(k, t), i]     (g, C/g, K/g*kk) @ (g, K/g*kk, run)
+    gw[k, c, t] = sum_i G[(k, t), i] * xpad[c, i]       (g, K/g*kk, run) @ (g, run, C/g)
+
+where ``xpad`` is the zero-padded input on the same grid (its padding adds nothing).
+Computed separately, the input gradient (GEMM's col2im, or ``polyphase``: a forward of
+``gy`` with the flipped kernel) and the weight gradient (GEMM: columns of ``x``) each
+copy ``prod(k)`` times the data; here one copy serves both.  Measured (float32, medians
+of interleaved calls after 0.15 s sleeps, two workers): depthwise 3x3 C256 28x28 N16
+22.7 -> 12.0 ms, 32 groups 17.9 -> 13.7 ms.  It loses to Winograd, whose transforms cut
+the FLOPs (3x3 C64 56x56: 35.7 separately, 51.4 fused), so :func:`convolab.select.
+choose_backward` takes it only where both gradients would otherwise run through GEMM
+columns.
+
+Tiles: (samples, rows of the first input dimension, groups), each with its own slice
+of the gy grid (the tile's rows plus the kernel's reach), so nothing of the size of the
+data is allocated besides the two results.  NaN and inf: the products above multiply
+``x`` by the zeros around ``gy`` (and ``w`` by them), where the separate paths never
+pair them, so ``inf * 0`` would make NaNs PyTorch does not make; a non-finite ``w`` or
+weight gradient (which any non-finite ``x`` or ``gy`` makes non-finite) sends the call
+to the separate paths (for a non-finite ``w``, the input gradient to ``direct``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..options import get_options
+from ..spec import ConvSpec
+from ._finite import all_finite
+from ._threads import Scratch, run_tiles_sum, workers
+from ._tiles import SMALL_GROUP, group_tiles, tiles
+
+# the tile target of GEMM's forward (tiles of this size measured fastest there)
+from .gemm import CACHE
+
+
+def applicable(spec: ConvSpec, x_shape, w_shape) -> bool:
+    """A stride-1, non-transposed convolution with padding >= 0, a kernel of more than one
+    tap, and something to compute."""
+    return (
+        not spec.transposed
+        and all(s == 1 for s in spec.stride)
+        and all(lo >= 0 and hi >= 0 for lo, hi in spec.padding)
+        and math.prod(spec.kernel_size) > 1
+        and math.prod(x_shape) > 0
+        and all(o > 0 for o in spec.conv_out_shape(x_shape[2:]))
+        and w_shape[0] > 0
+    )
+
+
+def cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """(FLOPs at GEMM speed, bytes copied): GEMM's weight-gradient product twice, and half
+    its copies (one column copy, of ``gy``, where GEMM's two roles make two); for
+    depthwise layers, whose 1 x kk products GEMM's model prices as memory traffic, one
+    weight gradient's traffic.  Measured (float32, ms): depthwise 3x3 C256 28x28 9.5
+    (GEMM's weight gradient alone 10.7), 7x7 C32 56x56 40.8 (FFT's two gradients 81.9,
+    GEMM's 52.6)."""
+    from . import gemm
+
+    flops, moved = gemm.cost("weight_grad", spec, p, itemsize)
+    return (0.0, moved) if flops == 0 else (2 * flops, moved / 2)
+
+
+def _grid_view(a: np.ndarray, plane, shape, start: int) -> np.ndarray:
+    """View of the positions ``shape`` of a grid with the flattened strides of ``plane``,
+    starting at element ``start`` of ``a``'s last axis."""
+    item = a.strides[-1]
+    pst = [math.prod(plane[i + 1:]) * item for i in range(len(plane))]
+    return as_strided(a[..., start:], a.shape[:-1] + tuple(shape),
+                      a.strides[:-1] + tuple(pst), writeable=a.flags.writeable)
+
+
+def _geometry(spec: ConvSpec, S, O):
+    """Flat-grid numbers: plane strides, the largest tap offset, where the interior run
+    starts, one first-dimension row's run length, and one output row's run length."""
+    Pd = spec.padded_shape(S)
+    pst = [math.prod(Pd[i + 1:]) for i in range(len(Pd))]
+    offmax = sum((k - 1) * d * p for k, d, p in zip(spec.kernel_size, spec.dilation, pst))
+    i_lo = sum(lo * p for (lo, _), p in zip(spec.padding, pst))
+    rest = sum((s - 1) * p for s, p in zip(S[1:], pst[1:])) + 1
+    orow = sum((o - 1) * p for o, p in zip(O[1:], pst[1:])) + 1
+    return Pd, pst, offmax, i_lo, rest, orow
+
+
+def _gy_rows(J0: int, J1: int, pst0: int, orow: int, O0: int) -> tuple[int, int]:
+    """Output rows ``[a, b)`` whose grid runs meet the grid range ``[J0, J1)``."""
+    a = max(0, -(-(J0 - orow + 1) // pst0))
+    b = min(O0, (J1 - 1) // pst0 + 1)
+    return a, max(a, b)
+
+
+def workspace(spec: ConvSpec, p: dict, dtype) -> int:
+    """Scratch of every worker's tile: the gy grid slice, the columns, x and gx runs."""
+    item = np.dtype(dtype).itemsize
+    plan, per_tile = _plan(spec, p["N"], tuple(p["S"]), tuple(p["O"]), p["C"], p["K"], p["g"],
+                           item)
+    return min(workers(), len(plan)) * per_tile * item
+
+
+def _plan(spec: ConvSpec, N: int, S, O, C: int, K: int, g: int, item: int):
+    """Tiles ``(batch slice, input-row slice, group slice)`` and the scratch elements one
+    tile needs: planned like GEMM's tiles on the scratch per position, then re-planned
+    smaller while the tiles' reach into the gy grid (their halo) takes them past a
+    worker's share of the workspace."""
+    budget = get_options().workspace_bytes // workers()
+    per_position = _per_group_position(spec, S, O, C, K, g, item)
+    for _ in range(8):
+        plan, per_tile = _plan_once(spec, N, S, O, C, K, g, per_position)
+        one_row = all(r.stop - r.start == 1 and b.stop - b.start == 1 for b, r, _ in plan)
+        if per_tile * item <= budget or one_row:
+            break
+        per_position = int(per_position * per_tile * item / budget * 1.1) + 1
+    return plan, per_tile
+
+
+def _per_group_position(spec: ConvSpec, S, O, C: int, K: int, g: int, item: int) -> int:
+    """Scratch bytes per group and input position: columns, the gy grid, x and gx runs."""
+    Cg, Kg = C // g, K // g
+    pst0 = math.prod(spec.padded_shape(S)[1:])
+    extra = pst0 / max(1, math.prod(S[1:]))  # grid positions per input position
+    return int((Kg * math.prod(spec.kernel_size) + Kg + 2 * Cg) * item * extra) + 1
+
+
+def _plan_once(spec: ConvSpec, N: int, S, O, C: int, K: int, g: int, per_group_position: int):
+    Cg, Kg = C // g, K // g
+    kk = math.prod(spec.kernel_size)
+    _, pst, offmax, _, rest, _ = _geometry(spec, S, O)
+    if g > 1 and Kg < SMALL_GROUP:
+        plan, _, G = group_tiles(N, S, g, per_group_position)
+    else:
+        rows_plan, _ = tiles(N, S, per_group_position * g, cache=CACHE)
+        plan, G = [(bs, r, slice(0, g)) for bs, r in rows_plan], g
+    per_tile = 0
+    for bs, rows, _ in plan:
+        n, L = bs.stop - bs.start, (rows.stop - rows.start - 1) * pst[0] + rest
+        # the grid slice spans at most the columns' reach plus a row on either side
+        per_tile = max(per_tile,
+                       n * G * (Kg * (offmax + L + 3 * pst[0]) + Kg * kk * L + 2 * Cg * L))
+    return plan, per_tile
+
+
+def backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, spec: ConvSpec):
+    """``(grad_input, grad_weight)`` of ``conv(x, w)`` for the output gradient ``gy``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        gx, gw = _backward(x, gy, w, spec)
+    w_finite = all_finite(w)
+    if all_finite(gw) and w_finite:
+        return gx, gw
+    # the separate paths pair non-finite values as PyTorch does (a non-finite weight's
+    # input gradient only ``direct``: see convolab.ops.conv._input_grad)
+    from . import direct, gemm
+
+    ig = gemm if w_finite else direct
+    return ig.input_grad(gy, w, spec, x.shape[2:]), gemm.weight_grad(x, gy, spec)
+
+
+def _backward(x, gy, w, spec):
+    N, C = x.shape[:2]
+    S, O = tuple(x.shape[2:]), tuple(gy.shape[2:])
+    K, g = w.shape[0], spec.groups
+    Cg, Kg = C // g, K // g
+    k = tuple(spec.kernel_size)
+    kk = math.prod(k)
+    dtype = np.result_type(x, gy, w)
+    item = dtype.itemsize
+    Pd, pst, offmax, i_lo, rest, orow = _geometry(spec, S, O)
+    # w as (g, C/g, K/g*kk), the taps flipped: the columns below run the taps backwards
+    wr = np.ascontiguousarray(
+        w.reshape(g, Kg, Cg, kk)[..., ::-1].transpose(0, 2, 1, 3).reshape(g, Cg, Kg * kk))
+    gx = np.empty((N, C) + S, dtype=dtype)
+    plan, per_tile = _plan(spec, N, S, O, C, K, g, item)
+    bufs = Scratch(per_tile, dtype)
+    tap_strides = tuple(d * p * item for d, p in zip(spec.dilation, pst))
+
+    def run(tile):
+        bs, rows, gs = tile
+        n, ng, nr = bs.stop - bs.start, gs.stop - gs.start, rows.stop - rows.start
+        L = (nr - 1) * pst[0] + rest  # the tile's run of input positions on the grid
+        J0 = i_lo + rows.start * pst[0] - offmax  # gy-grid positions the columns read
+        J1 = J0 + offmax + L
+        a, b = _gy_rows(J0, J1, pst[0], orow, O[0])
+        B0 = min(J0, a * pst[0])
+        B1 = max(J1, (b - 1) * pst[0] + orow) if b > a else J1
+        buf = bufs.get()
+        used = n * ng * Kg * (B1 - B0)
+        grid = buf[:used].reshape(n, ng * Kg, B1 - B0)
+        grid[...] = 0
+        if b > a:
+            _grid_view(grid, Pd, (b - a,) + O[1:], a * pst[0] - B0)[...] = (
+                gy[bs, gs.start * Kg:gs.stop * Kg, a:b])
+        # columns (g, K/g, *k, n, L): tap t' (flipped order) reads grid[J0 + off_t' + i]
+        cols = buf[used:used + n * ng * Kg * kk * L].reshape((ng, Kg) + k + (n, L))
+        used += cols.size
+        sg = grid.strides
+        np.copyto(cols, as_strided(grid[..., J0 - B0:], cols.shape,
+                                   (Kg * sg[1], sg[1]) + tap_strides + (sg[0], item),
+                                   writeable=False))
+        cols = cols.reshape(ng, Kg * kk, n * L)
+        xr = buf[used:used + n * ng * Cg * L].reshape(ng, Cg, n, L)
+        used += xr.size
+        xr[...] = 0
+        St = (nr,) + S[1:]
+        _grid_view(xr.transpose(2, 0, 1, 3), Pd, St, 0)[...] = (
+            x[bs, gs.start * Cg:gs.stop * Cg, rows].reshape((n, ng, Cg) + St))
+        gxr = buf[used:used + n * ng * Cg * L].reshape(ng, Cg, n * L)
+        np.matmul(wr[gs], cols, out=gxr)
+        gx[bs, gs.start * Cg:gs.stop * Cg, rows] = _grid_view(
+            gxr.reshape(ng * Cg, n, L).transpose(1, 0, 2), Pd, St, 0)
+        return [(gs, np.matmul(cols, xr.reshape(ng, Cg, n * L).transpose(0, 2, 1)))]
+
+    gw = run_tiles_sum(run, plan, np.zeros((g, Kg * kk, Cg), dtype=dtype))
+    gw = gw.reshape(g, Kg, kk, Cg)[:, :, ::-1].transpose(0, 1, 3, 2)
+    return gx, np.ascontiguousarray(gw).reshape((K, Cg) + k)
