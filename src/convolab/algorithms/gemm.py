@@ -168,6 +168,22 @@ def _unpadded(spec: ConvSpec) -> ConvSpec:
     return dataclasses.replace(spec, padding=((0, 0),) * spec.rank)
 
 
+def pad_rows_into(x: np.ndarray, pairs, start: int, out: np.ndarray) -> np.ndarray:
+    """``out[...] = pad_spatial(x, pairs)[:, :, start:start + out.shape[2]]`` (zeros
+    outside ``x``; negative amounts crop), without padding the rows outside ``out``."""
+    out[...] = 0
+    src, dst = [], []
+    for d, ((lo, _), n, m) in enumerate(zip(pairs, x.shape[2:], out.shape[2:])):
+        a = start if d == 0 else 0  # padded coordinates of out's first element
+        p0, p1 = max(a, lo), min(a + m, lo + n)  # padded p holds x[p - lo]
+        if p1 <= p0:
+            return out
+        src.append(slice(p0 - lo, p1 - lo))
+        dst.append(slice(p0 - a, p1 - a))
+    out[(Ellipsis,) + tuple(dst)] = x[(Ellipsis,) + tuple(src)]
+    return out
+
+
 def _wmat(w: np.ndarray, g: int) -> np.ndarray:
     """(K, C/g, *k) -> (g, K/g, C/g*prod(k))."""
     K = w.shape[0]
@@ -327,29 +343,35 @@ def _forward_flat(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
     kk = math.prod(spec.kernel_size)
     item = dtype.itemsize
     wm = _wmat(w, g)
-    # the runs need contiguous planes (without padding, pad_spatial returns x: maybe a view)
-    xp = np.ascontiguousarray(pad_spatial(x, spec.padding))
-    Pd = xp.shape[2:]
+    Pd = spec.padded_shape(x.shape[2:])
     pst = [math.prod(Pd[i + 1:]) for i in range(len(Pd))]
     offs = [d * p for d, p in zip(spec.dilation, pst)]
     y = np.empty((N, K) + tuple(O), dtype=dtype)
     extra = math.prod(Pd[1:]) / math.prod(O[1:])
-    plan, _, G = _plan(N, O, g, Kg, int((Cg * kk + Kg) * item * extra) + 1)
+    plan, _, G = _plan(N, O, g, Kg, int((Cg * (kk + 1) + Kg) * item * extra) + 1)
     rest = sum((o - 1) * p for o, p in zip(O[1:], pst[1:])) + 1
+    reach = spec.dilation[0] * (spec.kernel_size[0] - 1)  # input rows past the output rows
     span = max(((bs.stop - bs.start) * ((r.stop - r.start - 1) * pst[0] + rest)
                 for bs, r, _ in plan), default=1)
-    bufs = Scratch(span * G * (Cg * kk + Kg), dtype)
-    sx = xp.strides
+    most_in = max(((bs.stop - bs.start) * (r.stop - r.start + reach) * pst[0]
+                   for bs, r, _ in plan), default=1)
+    bufs = Scratch(span * G * (Cg * kk + Kg) + most_in * G * Cg, dtype)
 
     def run(tile):
         bs, rows, gs = tile
         n, nr, ng = bs.stop - bs.start, rows.stop - rows.start, gs.stop - gs.start
         Lt = (nr - 1) * pst[0] + rest
-        xt = xp[bs, gs.start * Cg:gs.stop * Cg, rows.start:]  # the tile's rows start here
+        buf = bufs.get()
+        # the tile's rows of the padded input, padded here (in cache, on the workers)
+        # rather than the whole input before the tiles start
+        xt = buf[: n * ng * Cg * (nr + reach) * pst[0]].reshape(
+            (n, ng * Cg, nr + reach) + tuple(Pd[1:]))
+        pad_rows_into(x[bs, gs.start * Cg:gs.stop * Cg], spec.padding, rows.start, xt)
+        sx = xt.strides
         win = as_strided(xt, (n, ng * Cg) + tuple(spec.kernel_size) + (Lt,),
                          (sx[0], sx[1]) + tuple(o * item for o in offs) + (item,),
                          writeable=False)
-        buf = bufs.get()
+        buf = buf[xt.size:]
         cols = buf[: n * ng * Cg * kk * Lt].reshape(win.shape)
         np.copyto(cols, win)
         yf = buf[n * ng * Cg * kk * Lt: n * ng * (Cg * kk + Kg) * Lt].reshape(n, ng, Kg, Lt)
