@@ -42,7 +42,7 @@ def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: int | None = C
     budget = get_options().workspace_bytes // nw  # each worker holds one tile
     limit = min(budget, cache) if cache else budget
     per_row = max(1, bytes_per_position * math.prod(O[1:]))
-    per_sample = per_row * O[0]
+    per_sample = max(1, per_row * O[0])  # an empty output (explain's stride phases) too
     if per_sample <= limit:
         step = max(1, min(N, limit // per_sample))
         if N > 1:  # every worker gets a tile; 16 samples in 8 + 8, not 11 + 5
