@@ -62,16 +62,22 @@ def applicable(spec: ConvSpec, x_shape, w_shape) -> bool:
 
 
 def cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
-    """(FLOPs at GEMM speed, bytes copied): GEMM's weight-gradient product twice, and half
-    its copies (one column copy, of ``gy``, where GEMM's two roles make two); for
-    depthwise layers, whose 1 x kk products GEMM's model prices as memory traffic, one
-    weight gradient's traffic.  Measured (float32, ms): depthwise 3x3 C256 28x28 9.5
-    (GEMM's weight gradient alone 10.7), 7x7 C32 56x56 40.8 (FFT's two gradients 81.9,
-    GEMM's 52.6)."""
+    """(FLOPs at GEMM speed, bytes copied): GEMM's weight-gradient product twice, and one
+    column copy of ``gy`` (``K*prod(k)`` rows, where GEMM's weight gradient copies
+    ``C*prod(k)`` of ``x``: more when ``K > C``) plus the gy grid and the x and gx runs.
+    For depthwise layers, whose 1 x kk products GEMM's model prices as memory traffic,
+    one GEMM weight gradient's traffic.  Measured (float32, ms): depthwise 3x3 C256 28x28
+    9.5 (GEMM's weight gradient alone 10.7), 7x7 C32 56x56 40.8 (FFT's two gradients
+    81.9, GEMM's 52.6)."""
     from . import gemm
 
     flops, moved = gemm.cost("weight_grad", spec, p, itemsize)
-    return (0.0, moved) if flops == 0 else (2 * flops, moved / 2)
+    if flops == 0:
+        return 0.0, moved
+    N, C, K = p["N"], p["C"], p["K"]
+    S = tuple(p["S"])
+    grid = math.prod(spec.padded_shape(S)[1:]) * S[0]  # the grid positions of the input rows
+    return 2 * flops, N * grid * (K * math.prod(spec.kernel_size) + K + 2 * C) * itemsize
 
 
 def _grid_view(a: np.ndarray, plane, shape, start: int) -> np.ndarray:
