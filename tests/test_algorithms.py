@@ -1108,3 +1108,25 @@ def test_pad_spatial_crops_negative_amounts():
     assert got.shape == (2, 6, 7)
     assert np.array_equal(got[:, :4, 3:], x[:, 1:, :4])
     assert not got[:, 4:].any() and not got[:, :, :3].any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), rank=st.integers(1, 3))
+def test_pad_rows_into_matches_pad_spatial(data, rank):
+    """A tile's rows of the padded input (signed paddings: negative ones crop), written
+    into scratch that held garbage."""
+    from convolab.algorithms.gemm import pad_rows_into
+    from convolab.padding import pad_spatial
+
+    S = tuple(data.draw(st.integers(1, 5)) for _ in range(rank))
+    pairs = [(data.draw(st.integers(-2, 2)), data.draw(st.integers(-2, 2))) for _ in S]
+    x = np.random.default_rng(0).standard_normal((2, 3) + S)
+    full = pad_spatial(x, pairs)
+    from hypothesis import assume
+
+    assume(0 not in full.shape)
+    start = data.draw(st.integers(0, full.shape[2] - 1))
+    m = data.draw(st.integers(1, full.shape[2] - start))
+    out = np.full((2, 3, m) + full.shape[3:], np.nan)
+    pad_rows_into(x, pairs, start, out)
+    np.testing.assert_array_equal(out, full[:, :, start:start + m])
