@@ -184,3 +184,67 @@ def test_fused_stays_within_the_workspace():
     tx, tw = _torch_grads(x.astype(np.float64), w.astype(np.float64),
                           gy.astype(np.float64), spec)
     assert rel_err(gx, tx) <= TOL32 and rel_err(gw, tw) <= TOL32
+
+
+@st.composite
+def transposed_cases(draw):
+    """Transposed convolutions GEMM's plain im2col would run both gradients of."""
+    rank = draw(st.sampled_from([1, 2, 3]))
+    small = rank == 3
+    g = draw(st.integers(1, 3))
+    cg, kg = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    k = tuple(draw(st.integers(1, 2 if small else 4)) for _ in range(rank))
+    s = tuple(draw(st.integers(1, 3)) for _ in range(rank))
+    d = tuple(draw(st.integers(1, 2)) for _ in range(rank))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(rank))
+    op = tuple(draw(st.integers(0, max(a, b) - 1)) for a, b in zip(s, d))
+    spec = make_spec(k, s, pad, d, g, op, transposed=True)
+    size = tuple(draw(st.integers(1, 4 if small else 7)) for _ in range(rank))
+    assume(all(o >= 1 for o in spec.transpose_out_shape(size)))
+    x_shape, w_shape = (draw(st.integers(1, 3)), g * cg) + size, (g * cg, kg) + k
+    gy_shape = (x_shape[0], g * kg) + spec.transpose_out_shape(size)
+    assume(fused.applicable_transposed(spec, gy_shape, w_shape, size))
+    return spec, x_shape, w_shape, gy_shape
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=transposed_cases(), ws=st.sampled_from([64, 4096, 2**29]),
+       workers=st.integers(1, 3))
+def test_transposed_backward_from_shared_columns_matches_direct_and_torch(case, ws, workers):
+    spec, xs, wsh, gys = case
+    rng = np.random.default_rng(1)
+    x, w, gy = rng.standard_normal(xs), rng.standard_normal(wsh), rng.standard_normal(gys)
+    with cl.options(workspace_bytes=ws, workers=workers):
+        gx, gw = fused.forward_and_weight_grad(gy, w, x, spec, xs[2:])
+    assert rel_err(gx, direct.forward(gy, w, spec, out_spatial=xs[2:])) <= TOL64
+    assert rel_err(gw, direct.weight_grad(gy, x, spec)) <= TOL64
+    r = len(xs) - 2
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    pads = tuple(lo for lo, _ in spec.padding)
+    yt = getattr(torch.nn.functional, f"conv_transpose{r}d")(
+        xt, wt, stride=spec.stride, padding=pads, output_padding=spec.output_padding,
+        groups=spec.groups, dilation=spec.dilation)
+    assert yt.shape[2:] == gys[2:]
+    yt.backward(torch.tensor(gy))
+    assert rel_err(gx, xt.grad.numpy()) <= TOL64 and rel_err(gw, wt.grad.numpy()) <= TOL64
+
+
+def test_transposed_vjp_is_fused_and_keeps_the_bias_gradient():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 8, 7, 7))
+    w = rng.standard_normal((8, 4, 4, 4))
+    b = rng.standard_normal(4)
+    spec = make_spec((4, 4), 2, 1, 1, 1, 0, transposed=True)
+    ch = select.choose_backward(spec, x.shape, w.shape, x.dtype)
+    assert ch.algorithm == "fused", ch
+    y, pb = cl.vjp(cl.conv_transpose2d, x, w, b, stride=2, padding=1)
+    gy = rng.standard_normal(y.shape)
+    gx, gw, gb = pb(gy)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = torch.nn.functional.conv_transpose2d(xt, wt, bt, stride=2, padding=1)
+    yt.backward(torch.tensor(gy))
+    for a, t in ((y, yt.detach()), (gx, xt.grad), (gw, wt.grad), (gb, bt.grad)):
+        assert rel_err(a, t.numpy()) <= TOL64
+    stride1 = make_spec((3, 3), 1, 1, 1, 1, 0, transposed=True)  # Winograd's layer
+    ch = select.choose_backward(stride1, (16, 64, 56, 56), (64, 64, 3, 3), np.float32)
+    assert ch.algorithm == "separate" and "winograd" in ch.reason, ch

@@ -222,7 +222,9 @@ def _by_cost_model(role, spec, x_shape, w_shape, dtype, workspace, workers) -> C
 def choose_backward(spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
     """How a backward pass that needs both gradients runs: ``'fused'`` (both from one
     column copy of the output gradient, :mod:`convolab.algorithms.fused`) or
-    ``'separate'`` (each gradient by its own :func:`choose`).
+    ``'separate'`` (each gradient by its own :func:`choose`).  ``x_shape`` is the
+    input's shape (of the transposed convolution, for a transposed ``spec``: there
+    fused means GEMM for both gradients, see :func:`_transposed_backward`).
 
     Fused runs only under the automatic choice: a forced ``options(algorithm=...)``
     keeps every role on the forced algorithm.  The cost model compares its estimate with
@@ -234,6 +236,8 @@ def choose_backward(spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
         return Choice("separate", f"forced by options(algorithm={opts.algorithm!r})")
     from .algorithms import fused
 
+    if spec.transposed:
+        return _transposed_backward(spec, tuple(x_shape), tuple(w_shape), dtype)
     if not fused.applicable(spec, x_shape, w_shape):
         return Choice("separate", "fused needs a stride-1 convolution with padding >= 0 "
                                   "and more than one tap")
@@ -250,6 +254,24 @@ def choose_backward(spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
         return _autotuned_backward(spec, tuple(x_shape), tuple(w_shape), dtype, ig, wg)
     return _backward_by_cost_model(spec, tuple(x_shape), tuple(w_shape), dtype,
                                    opts.workspace_bytes, opts.workers)
+
+
+def _transposed_backward(spec, x_shape, w_shape, dtype) -> Choice:
+    """A transposed convolution's gradients are ``conv(gy, w)`` and ``corr(gy, x)``:
+    when GEMM's plain im2col runs both, the fused path copies gy's columns once for the
+    two products (the same GEMMs: it does strictly less)."""
+    from .algorithms import fused
+
+    gy_shape = (x_shape[0], w_shape[1] * spec.groups) + spec.transpose_out_shape(x_shape[2:])
+    fw = choose("forward", spec, gy_shape, w_shape, dtype)
+    wg = choose("weight_grad", spec, gy_shape, w_shape, dtype)
+    if (fw.algorithm, wg.algorithm) != ("gemm", "gemm"):
+        return Choice("separate", f"{fw.algorithm} + {wg.algorithm}: the fused path "
+                                  "shares GEMM's columns only")
+    if not fused.applicable_transposed(spec, gy_shape, w_shape, x_shape[2:]):
+        return Choice("separate", "GEMM runs a 1x1, flat, MEC or slab lowering here, "
+                                  "which the fused path does not")
+    return Choice("fused", "gemm + gemm on the same columns of gy: copied once")
 
 
 @functools.lru_cache(maxsize=4096)

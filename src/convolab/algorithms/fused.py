@@ -1,4 +1,6 @@
-"""Both gradients of a stride-1 convolution from one column copy of ``gy``.
+"""Both gradients of a convolution from one column copy: of ``gy`` for a stride-1
+convolution (:func:`backward`), of ``gy`` for a transposed convolution
+(:func:`forward_and_weight_grad`, at the end of the module).
 
 Shapes as in :mod:`convolab.algorithms.direct`: x ``(N, C, *S)``, w ``(K, C/g, *k)``,
 gy ``(N, K, *O)``.  On the flattened padded input plane (strides ``pst``), output ``o``
@@ -230,3 +232,74 @@ def _backward(x, gy, w, spec):
     gw = run_tiles_sum(run, plan, np.zeros((g, Kg * kk, Cg), dtype=dtype))
     gw = gw.reshape(g, Kg, kk, Cg)[:, :, ::-1].transpose(0, 1, 3, 2)
     return gx, np.ascontiguousarray(gw).reshape((K, Cg) + k)
+
+
+# ---------------------------------------------------------------------------
+# The transposed convolution's backward: one im2col of gy for both gradients.
+#
+# y = conv_transpose(x, w) has gx = conv(gy, w) and gw = corr(gy, x): both read the
+# columns of gy (GEMM's forward and its weight gradient each copy them), so the
+# columns are copied once and multiplied twice.
+
+
+def applicable_transposed(spec: ConvSpec, gy_shape, w_shape, out_spatial) -> bool:
+    """GEMM's general im2col path would run both gradients: not a 1x1 layer, not the
+    flat (stride 1) or MEC lowerings of the forward (faster than plain columns there),
+    not 3-D planes too big for one tile."""
+    from . import gemm
+
+    O = tuple(out_spatial)
+    C = gy_shape[1]
+    kk = math.prod(spec.kernel_size)
+    return (spec.transposed and math.prod(gy_shape) > 0 and math.prod(O) > 0
+            and w_shape[0] > 0
+            and not gemm._is_pointwise(spec, gy_shape[2:], O)
+            and not gemm._mec(spec, O) and not gemm._flat(spec, gy_shape[2:], O)
+            and not gemm._plane_slabs(spec, O, (C * kk + w_shape[1] * spec.groups) * 8))
+
+
+def forward_and_weight_grad(a: np.ndarray, w: np.ndarray, b: np.ndarray, spec: ConvSpec,
+                            out_spatial):
+    """``(conv(a, w), corr(a, b))`` with ``out_spatial`` outputs, from one copy of ``a``'s
+    columns per tile: for a transposed convolution's backward, ``a = gy`` and ``b = x``.
+    Tiles as GEMM's (samples, output rows, groups)."""
+    from . import gemm
+    from ..padding import pad_spatial
+
+    g = spec.groups
+    N, C = a.shape[:2]
+    K = w.shape[0]
+    O = tuple(out_spatial)
+    P = math.prod(O)
+    dtype = np.result_type(a, w, b)
+    item = dtype.itemsize
+    kk = math.prod(spec.kernel_size)
+    Cg, Kg = C // g, K // g
+    Ckg = Cg * kk
+    wm = gemm._wmat(w, g)
+    ap = pad_spatial(a, spec.padding)
+    bg = b.reshape(N, g, Kg, P)
+    y = np.empty((N, K, P), dtype=dtype)
+    plan, most, G = gemm._plan(N, O, g, Kg, (Ckg + Kg) * item)
+    bufs = Scratch(most * G * (Ckg + Kg), dtype)
+
+    def run(tile):
+        bs, rows, gs = tile
+        ng = gs.stop - gs.start
+        buf = bufs.get()
+        cols = gemm._tile_cols(ap[:, gs.start * Cg:gs.stop * Cg], spec, bs, rows, O, buf,
+                               batch_inner=True)  # (ng*Ckg, n, Pt)
+        n, Pt = cols.shape[1:]
+        cols = cols.reshape(ng, Ckg, n * Pt)
+        ps = gemm._row_positions(rows, O)
+        yt = buf[ng * Ckg * n * Pt: ng * (Ckg + Kg) * n * Pt].reshape(ng, Kg, n * Pt)
+        np.matmul(wm[gs], cols, out=yt)
+        y[bs, gs.start * Kg:gs.stop * Kg, ps] = yt.reshape(ng * Kg, n, Pt).transpose(1, 0, 2)
+        bt = bg[bs, gs, :, ps].transpose(1, 2, 0, 3).reshape(ng, Kg, n * Pt)
+        if Kg >= 16:  # the product order of GEMM's weight gradient (measured there)
+            return [(gs, np.matmul(cols, bt.transpose(0, 2, 1)))]
+        return [(gs, np.matmul(bt, cols.transpose(0, 2, 1)).transpose(0, 2, 1))]
+
+    gw = run_tiles_sum(run, plan, np.zeros((g, Ckg, Kg), dtype=dtype))
+    gw = np.ascontiguousarray(gw.transpose(0, 2, 1)).reshape((K, Cg) + tuple(spec.kernel_size))
+    return y.reshape((N, K) + O), gw

@@ -198,16 +198,19 @@ def grads(
     gy = gy.astype(x.dtype, copy=False)
     spatial = x.shape[2:]
     gx = gw = gb = None
+    both = "input" in wanted and "weight" in wanted
     if spec.transposed:
         # y = conv^T(x): gx = conv(gy), gw = corr(gy, x)
-        if "input" in wanted:
-            fwd = select.choose("forward", spec, gy.shape, w.shape, x.dtype).module
-            gx = fwd.forward(gy, w, spec, out_spatial=spatial)
-        if "weight" in wanted:
-            wg = select.choose("weight_grad", spec, gy.shape, w.shape, x.dtype).module
-            gw = wg.weight_grad(gy, x, spec)
-    elif ("input" in wanted and "weight" in wanted
-          and select.choose_backward(spec, x.shape, w.shape, x.dtype).algorithm == "fused"
+        if both and select.choose_backward(spec, x.shape, w.shape, x.dtype).algorithm == "fused":
+            gx, gw = fused.forward_and_weight_grad(gy, w, x, spec, spatial)
+        else:
+            if "input" in wanted:
+                fwd = select.choose("forward", spec, gy.shape, w.shape, x.dtype).module
+                gx = fwd.forward(gy, w, spec, out_spatial=spatial)
+            if "weight" in wanted:
+                wg = select.choose("weight_grad", spec, gy.shape, w.shape, x.dtype).module
+                gw = wg.weight_grad(gy, x, spec)
+    elif (both and select.choose_backward(spec, x.shape, w.shape, x.dtype).algorithm == "fused"
           and all_finite(w)):
         gx, gw = fused.backward(x, gy, w, spec)
     else:
