@@ -23,6 +23,12 @@ the FLOPs (3x3 C64 56x56: 35.7 separately, 51.4 fused), so :func:`convolab.selec
 choose_backward` takes it only where both gradients would otherwise run through GEMM
 columns.
 
+When the layer keeps its size after the first dimension (``O[1:] == S[1:]``, the usual
+"same" padding), input and output share one unpadded grid and :func:`_backward_same`
+takes the columns straight from ``gy``'s planes (:mod:`convolab.algorithms._samegrid`),
+multiplies ``x`` as it is and writes ``gx`` in place: depthwise 3x3 C256 9.5 -> 8.7 ms,
+2 groups C64 56x56 34.9 -> 26.5, depthwise 3x3 C32 112x112 19.8 -> 14.7.
+
 Tiles: (samples, rows of the first input dimension, groups), each with its own slice
 of the gy grid (the tile's rows plus the kernel's reach), so nothing of the size of the
 data is allocated besides the two results.  NaN and inf: the products above multiply
@@ -41,6 +47,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..options import get_options
 from ..spec import ConvSpec
+from . import _samegrid as samegrid
 from ._finite import all_finite
 from ._threads import Scratch, run_tiles_sum, workers
 from ._tiles import SMALL_GROUP, group_tiles, tiles
@@ -113,8 +120,12 @@ def _gy_rows(J0: int, J1: int, pst0: int, orow: int, O0: int) -> tuple[int, int]
 def workspace(spec: ConvSpec, p: dict, dtype) -> int:
     """Scratch of every worker's tile: the gy grid slice, the columns, x and gx runs."""
     item = np.dtype(dtype).itemsize
-    plan, per_tile = _plan(spec, p["N"], tuple(p["S"]), tuple(p["O"]), p["C"], p["K"], p["g"],
-                           item)
+    S, O = tuple(p["S"]), tuple(p["O"])
+    if samegrid.applicable(spec, S, O):
+        plan, per_tile = _plan_same(spec, p["N"], S, p["K"], p["g"], item,
+                                    samegrid.Grid(spec, S, sign=-1))
+    else:
+        plan, per_tile = _plan(spec, p["N"], S, O, p["C"], p["K"], p["g"], item)
     return min(workers(), len(plan)) * per_tile * item
 
 
@@ -163,7 +174,10 @@ def _plan_once(spec: ConvSpec, N: int, S, O, C: int, K: int, g: int, per_group_p
 def backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, spec: ConvSpec):
     """``(grad_input, grad_weight)`` of ``conv(x, w)`` for the output gradient ``gy``."""
     with np.errstate(invalid="ignore", over="ignore"):
-        gx, gw = _backward(x, gy, w, spec)
+        if samegrid.applicable(spec, x.shape[2:], gy.shape[2:]):
+            gx, gw = _backward_same(x, gy, w, spec)
+        else:
+            gx, gw = _backward(x, gy, w, spec)
     w_finite = all_finite(w)
     if all_finite(gw) and w_finite:
         return gx, gw
@@ -232,6 +246,73 @@ def _backward(x, gy, w, spec):
     gw = run_tiles_sum(run, plan, np.zeros((g, Kg * kk, Cg), dtype=dtype))
     gw = gw.reshape(g, Kg, kk, Cg)[:, :, ::-1].transpose(0, 1, 3, 2)
     return gx, np.ascontiguousarray(gw).reshape((K, Cg) + k)
+
+
+def _plan_same(spec: ConvSpec, N: int, S, K: int, g: int, item: int, grid):
+    """Tiles ``(batch slice, input-row slice, group slice)`` of :func:`_backward_same` and
+    the scratch elements one tile needs (its columns, and its run of gy with margins)."""
+    Kg = K // g
+    kk = math.prod(spec.kernel_size)
+    budget = get_options().workspace_bytes // workers()
+    per_group_position = (Kg * (kk + 1)) * item
+    for _ in range(8):  # re-planned smaller while the margins take a tile past the budget
+        if g > 1 and Kg < SMALL_GROUP:
+            plan, most, G = group_tiles(N, S, g, per_group_position)
+        else:
+            rows_plan, most = tiles(N, S, per_group_position * g, cache=CACHE)
+            plan, G = [(bs, r, slice(0, g)) for bs, r in rows_plan], g
+        nmax = max((bs.stop - bs.start for bs, _, _ in plan), default=1)
+        per_tile = most * G * Kg * (kk + 1) + nmax * G * Kg * sum(grid.margins())
+        one_row = all(r.stop - r.start == 1 and b.stop - b.start == 1 for b, r, _ in plan)
+        if per_tile * item <= budget or one_row:
+            break
+        per_group_position = int(per_group_position * per_tile * item / budget * 1.1) + 1
+    return plan, per_tile
+
+
+def _backward_same(x, gy, w, spec):
+    """:func:`_backward` for a layer that keeps its size after the first dimension: the
+    columns of ``gy`` are runs of its unpadded planes read backwards
+    (:mod:`convolab.algorithms._samegrid`), ``x`` multiplies them as it is, and ``gx``
+    is written in place, so neither the gy grid, nor the x runs, nor the gx scatter of
+    the padded-grid version are needed."""
+    N, C = x.shape[:2]
+    S, O = tuple(x.shape[2:]), tuple(gy.shape[2:])
+    K, g = w.shape[0], spec.groups
+    Cg, Kg = C // g, K // g
+    k = tuple(spec.kernel_size)
+    kk = math.prod(k)
+    dtype = np.result_type(x, gy, w)
+    item = dtype.itemsize
+    grid = samegrid.Grid(spec, S, sign=-1)
+    row, Sf, Of = grid.row, math.prod(S), math.prod(O)
+    wr = np.ascontiguousarray(w.reshape(g, Kg, Cg, kk).transpose(0, 2, 1, 3)).reshape(
+        g, Cg, Kg * kk)
+    xf = x.reshape(N, C, Sf)
+    gyf = gy.reshape(N, K, Of)
+    gx = np.empty((N, C, Sf), dtype=dtype)
+    plan, per_tile = _plan_same(spec, N, S, K, g, item, grid)
+    bufs = Scratch(per_tile, dtype)
+
+    def run(tile):
+        bs, rows, gs = tile
+        n, nr, ng = bs.stop - bs.start, rows.stop - rows.start, gs.stop - gs.start
+        L = nr * row
+        buf = bufs.get()
+        cols = buf[: n * ng * Kg * kk * L].reshape(n, ng * Kg, kk, L)
+        grid.columns(gyf[bs, gs.start * Kg:gs.stop * Kg], Of, rows.start, nr, cols,
+                     buf[cols.size:])
+        cols = cols.reshape(n, ng, Kg * kk, L)
+        ps = slice(rows.start * row, rows.stop * row)
+        out = gx[bs, gs.start * Cg:gs.stop * Cg, ps].reshape(n, ng, Cg, L)
+        np.matmul(wr[gs], cols, out=out)
+        xt = xf[bs, gs.start * Cg:gs.stop * Cg, ps].reshape(n, ng, Cg, L)
+        prod = np.matmul(cols, xt.transpose(0, 1, 3, 2))  # (n, ng, Kg*kk, Cg)
+        return [(gs, prod.sum(axis=0) if n > 1 else prod[0])]
+
+    gw = run_tiles_sum(run, plan, np.zeros((g, Kg * kk, Cg), dtype=dtype))
+    gw = gw.reshape(g, Kg, kk, Cg).transpose(0, 1, 3, 2)
+    return gx.reshape((N, C) + S), np.ascontiguousarray(gw).reshape((K, Cg) + k)
 
 
 # ---------------------------------------------------------------------------
