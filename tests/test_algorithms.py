@@ -1130,3 +1130,45 @@ def test_pad_rows_into_matches_pad_spatial(data, rank):
     out = np.full((2, 3, m) + full.shape[3:], np.nan)
     pad_rows_into(x, pairs, start, out)
     np.testing.assert_array_equal(out, full[:, :, start:start + m])
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), rank=st.integers(1, 3))
+def test_same_grid_columns_match_direct(data, rank):
+    """The unpadded-grid columns of a layer that keeps its size after the first dimension,
+    in row chunks of every size: forward (x's columns) and backward (gy's, read
+    backwards) against direct, into scratch that held NaN."""
+    from hypothesis import assume
+
+    from convolab.algorithms import _samegrid, direct
+
+    k = tuple(data.draw(st.integers(1, 3)) for _ in range(rank))
+    d = tuple(data.draw(st.integers(1, 2)) for _ in range(rank))
+    pad = [(data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))]
+    for i in range(1, rank):
+        lo = data.draw(st.integers(0, d[i] * (k[i] - 1)))
+        pad.append((lo, d[i] * (k[i] - 1) - lo))
+    S = tuple(data.draw(st.integers(1, 5)) for _ in range(rank))
+    spec = make_spec(k, 1, tuple(pad), d)
+    O = spec.conv_out_shape(S)
+    assume(_samegrid.applicable(spec, S, O))
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 2) + S), rng.standard_normal((1, 2) + k)
+    gy = rng.standard_normal((2, 1) + O)
+    kk, row = math.prod(k), math.prod(S[1:])
+    fwd, bwd = _samegrid.Grid(spec, S), _samegrid.Grid(spec, S, sign=-1)
+    y = np.empty((2, O[0] * row))
+    r0 = 0
+    while r0 < O[0]:
+        nr = data.draw(st.integers(1, O[0] - r0))
+        cols = np.full((2, 2, kk, nr * row), np.nan)
+        fwd.columns(x.reshape(2, 2, -1), math.prod(S), r0, nr, cols, np.full(10**4, np.nan))
+        y[:, r0 * row:(r0 + nr) * row] = np.einsum("cj,ncjl->nl", w[0].reshape(2, kk), cols)
+        r0 += nr
+    assert rel_err(y.reshape((2, 1) + O), direct.forward(x, w, spec)) <= TOL64
+    cols = np.full((2, 1, kk, S[0] * row), np.nan)
+    bwd.columns(gy.reshape(2, 1, -1), math.prod(O), 0, S[0], cols, np.full(10**4, np.nan))
+    gx = np.einsum("cj,njl->ncl", w[0].reshape(2, kk), cols[:, 0]).reshape(x.shape)
+    gw = np.einsum("njl,ncl->cj", cols[:, 0], x.reshape(2, 2, -1)).reshape(w.shape)
+    assert rel_err(gx, direct.input_grad(gy, w, spec, S)) <= TOL64
+    assert rel_err(gw, direct.weight_grad(x, gy, spec)) <= TOL64
