@@ -301,5 +301,7 @@ def test_explain_says_when_the_backward_is_fused():
     assert 0 < d["bytes"]["workspace"]["backward"] <= 512 * 2**20
     d = ex.explain("conv2d", "16x64x56x56", kernel_size=3, padding=1).to_dict()
     assert d["algorithm"]["backward"]["name"] == "separate"
-    d = ex.explain("conv_transpose2d", "2x8x9x9", kernel_size=3).to_dict()
-    assert "backward" not in d["algorithm"]
+    d = ex.explain("conv_transpose2d", "16x128x14x14", out_channels=64, kernel_size=4,
+                   stride=2, padding=1).to_dict()
+    assert d["algorithm"]["backward"]["name"] == "fused"
+    assert d["bytes"]["workspace"]["backward"] == d["bytes"]["workspace"]["weight_grad"]

@@ -629,14 +629,18 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
         # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
         ws[public], source = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
                                         S if cfg.transposed else out)
-    if not cfg.transposed:  # a backward pass that needs both gradients may fuse them
-        try:
-            ch = select.choose_backward(spec, x_shape, w_shape, cdt)
-        except (ImportError, ValueError) as exc:
-            ch = select.Choice("unknown", f"convolab.select.choose_backward failed: {exc}")
-        e.algorithm["backward"] = {"name": ch.algorithm, "reason": ch.reason,
-                                   "role": "input_grad + weight_grad"}
-        if ch.algorithm == "fused":
+    # a backward pass that needs both gradients may fuse them
+    try:
+        ch = select.choose_backward(spec, x_shape, w_shape, cdt)
+    except (ImportError, ValueError) as exc:
+        ch = select.Choice("unknown", f"convolab.select.choose_backward failed: {exc}")
+    e.algorithm["backward"] = {"name": ch.algorithm, "reason": ch.reason,
+                               "role": "forward + weight_grad of gy" if cfg.transposed
+                               else "input_grad + weight_grad"}
+    if ch.algorithm == "fused":
+        if cfg.transposed:  # GEMM's weight-gradient tiles, which now also do the forward
+            ws["backward"] = ws["weight_grad"]
+        else:
             from .algorithms import fused
 
             ws["backward"] = fused.workspace(
