@@ -27,6 +27,7 @@ dimensions and reads the first from overlapping blocks of lowered rows
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -573,6 +574,24 @@ def _phase_layout(spec: ConvSpec, buf_shape, O):
     return Hs, phases, offs, Lf, pst
 
 
+def _phase_copies(spec: ConvSpec, Hs, in_spatial) -> list:
+    """``(phase, source slices, gx slices)`` for every phase with positions inside the
+    crop: phase ``phi`` holds padded positions ``q*s + phi``, which are gx's
+    ``q*s + phi - lo``."""
+    dims = []
+    for s, (lo, _), n, h in zip(spec.stride, spec.padding, in_spatial, Hs):
+        dim = []
+        for phi in range(s):
+            q0 = max(0, -(-(lo - phi) // s))
+            q1 = min(h, -(-(lo + n - phi) // s))
+            if q1 > q0:
+                a = q0 * s + phi - lo
+                dim.append((phi, slice(q0, q1), slice(a, a + (q1 - q0 - 1) * s + 1, s)))
+        dims.append(dim)
+    return [(tuple(d[0] for d in combo), tuple(d[1] for d in combo),
+             tuple(d[2] for d in combo)) for combo in itertools.product(*dims)]
+
+
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
     """gx = conv_transpose(gy, w): gy (N, K, *O), w (K, C/g, *k) -> (N, C, *in_spatial).
 
@@ -584,7 +603,6 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     N, K = gy.shape[:2]
     Cg = w.shape[1]
     C = g * Cg
-    r = spec.rank
     O = tuple(gy.shape[2:])
     P = math.prod(O)
     kk = math.prod(spec.kernel_size)
@@ -616,7 +634,10 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     gx = np.empty((N, C) + in_spatial, dtype=dtype)
     bufs = Scratch(step * C * kk * Lf, dtype)
     item = dtype.itemsize
-    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(spec.padding, in_spatial))
+    phase_copies = _phase_copies(spec, Hs, in_spatial)
+    if sum(math.prod(sl.stop - sl.start for sl in src) for _, src, _ in phase_copies) < (
+            math.prod(in_spatial)):  # some positions no phase reaches: zeros
+        gx[...] = 0
 
     def run(i):
         bs = slice(i, min(N, i + step))
@@ -631,9 +652,11 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
         flat = ph.reshape((n, C) + tuple(S) + (-1,))
         for j, (p, off) in enumerate(zip(phases, offs)):
             flat[(slice(None), slice(None)) + p + (slice(off, off + Lf),)] += dv[:, :, j]
-        order = (0, 1) + tuple(v for a in range(r) for v in (2 + r + a, 2 + a))
-        full = ph.transpose(order).reshape((n, C) + tuple(h * si for h, si in zip(Hs, S)))
-        gx[bs] = full[(slice(None), slice(None)) + crop]
+        # each phase's positions that survive the crop, written straight into gx (one
+        # strided copy per phase; interleaving all phases first and then cropping was two
+        # full copies: 3.6 ms of a 22 ms 3x3 s2 input gradient on one worker)
+        for phi, src, dst in phase_copies:
+            gx[(bs, slice(None)) + dst] = ph[(slice(None), slice(None)) + phi + src]
 
     run_tiles(run, range(0, N, step))
     return gx
