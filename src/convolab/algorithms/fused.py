@@ -1,5 +1,5 @@
-"""Both gradients of a convolution from one column copy: of ``gy`` for a stride-1
-convolution (:func:`backward`), of ``gy`` for a transposed convolution
+"""Both gradients of a convolution from one column copy of the output gradient ``gy``:
+for a stride-1 convolution (:func:`backward`) and for a transposed convolution
 (:func:`forward_and_weight_grad`, at the end of the module).
 
 Shapes as in :mod:`convolab.algorithms.direct`: x ``(N, C, *S)``, w ``(K, C/g, *k)``,
@@ -50,10 +50,6 @@ from ..spec import ConvSpec
 from . import _samegrid as samegrid
 from ._finite import all_finite
 from ._threads import Scratch, run_tiles_sum, workers
-from ._tiles import SMALL_GROUP, group_tiles, tiles
-
-# the tile target of GEMM's forward (tiles of this size measured fastest there)
-from .gemm import CACHE
 
 
 def applicable(spec: ConvSpec, x_shape, w_shape) -> bool:
@@ -129,46 +125,43 @@ def workspace(spec: ConvSpec, p: dict, dtype) -> int:
     return min(workers(), len(plan)) * per_tile * item
 
 
-def _plan(spec: ConvSpec, N: int, S, O, C: int, K: int, g: int, item: int):
-    """Tiles ``(batch slice, input-row slice, group slice)`` and the scratch elements one
-    tile needs: planned like GEMM's tiles on the scratch per position, then re-planned
-    smaller while the tiles' reach into the gy grid (their halo) takes them past a
+def _fitted(N: int, S, g: int, Kg: int, per_group_position: int, item: int, scratch):
+    """Tiles ``(batch slice, input-row slice, group slice)`` as GEMM plans them for
+    ``per_group_position`` bytes, and the scratch elements of the biggest
+    (``scratch(plan, groups per tile)``), re-planned smaller while the part of a tile's
+    scratch that does not grow with its positions (its halo or margins) takes it past a
     worker's share of the workspace."""
+    from .gemm import _plan as gemm_plan
+
     budget = get_options().workspace_bytes // workers()
-    per_position = _per_group_position(spec, S, O, C, K, g, item)
     for _ in range(8):
-        plan, per_tile = _plan_once(spec, N, S, O, C, K, g, per_position)
+        plan, _, G = gemm_plan(N, S, g, Kg, per_group_position)
+        per_tile = scratch(plan, G)
         one_row = all(r.stop - r.start == 1 and b.stop - b.start == 1 for b, r, _ in plan)
         if per_tile * item <= budget or one_row:
             break
-        per_position = int(per_position * per_tile * item / budget * 1.1) + 1
+        per_group_position = int(per_group_position * per_tile * item / budget * 1.1) + 1
     return plan, per_tile
 
 
-def _per_group_position(spec: ConvSpec, S, O, C: int, K: int, g: int, item: int) -> int:
-    """Scratch bytes per group and input position: columns, the gy grid, x and gx runs."""
-    Cg, Kg = C // g, K // g
-    pst0 = math.prod(spec.padded_shape(S)[1:])
-    extra = pst0 / max(1, math.prod(S[1:]))  # grid positions per input position
-    return int((Kg * math.prod(spec.kernel_size) + Kg + 2 * Cg) * item * extra) + 1
-
-
-def _plan_once(spec: ConvSpec, N: int, S, O, C: int, K: int, g: int, per_group_position: int):
+def _plan(spec: ConvSpec, N: int, S, O, C: int, K: int, g: int, item: int):
+    """Tiles of :func:`_backward` and their scratch: the columns, the gy grid slice (the
+    tile's rows plus the kernel's reach), and the x and gx runs."""
     Cg, Kg = C // g, K // g
     kk = math.prod(spec.kernel_size)
     _, pst, offmax, _, rest, _ = _geometry(spec, S, O)
-    if g > 1 and Kg < SMALL_GROUP:
-        plan, _, G = group_tiles(N, S, g, per_group_position)
-    else:
-        rows_plan, _ = tiles(N, S, per_group_position * g, cache=CACHE)
-        plan, G = [(bs, r, slice(0, g)) for bs, r in rows_plan], g
-    per_tile = 0
-    for bs, rows, _ in plan:
-        n, L = bs.stop - bs.start, (rows.stop - rows.start - 1) * pst[0] + rest
-        # the grid slice spans at most the columns' reach plus a row on either side
-        per_tile = max(per_tile,
-                       n * G * (Kg * (offmax + L + 3 * pst[0]) + Kg * kk * L + 2 * Cg * L))
-    return plan, per_tile
+    extra = pst[0] / max(1, math.prod(S[1:]))  # grid positions per input position
+    per_group_position = int((Kg * kk + Kg + 2 * Cg) * item * extra) + 1
+
+    def scratch(plan, G):
+        most = 0
+        for bs, rows, _ in plan:
+            n, L = bs.stop - bs.start, (rows.stop - rows.start - 1) * pst[0] + rest
+            # the grid slice spans at most the columns' reach plus a row on either side
+            most = max(most, n * G * (Kg * (offmax + L + 3 * pst[0]) + Kg * kk * L + 2 * Cg * L))
+        return most
+
+    return _fitted(N, S, g, Kg, per_group_position, item, scratch)
 
 
 def backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, spec: ConvSpec):
@@ -249,25 +242,18 @@ def _backward(x, gy, w, spec):
 
 
 def _plan_same(spec: ConvSpec, N: int, S, K: int, g: int, item: int, grid):
-    """Tiles ``(batch slice, input-row slice, group slice)`` of :func:`_backward_same` and
-    the scratch elements one tile needs (its columns, and its run of gy with margins)."""
+    """Tiles of :func:`_backward_same` and their scratch: the columns, and the tile's run
+    of gy with its margins."""
     Kg = K // g
     kk = math.prod(spec.kernel_size)
-    budget = get_options().workspace_bytes // workers()
-    per_group_position = (Kg * (kk + 1)) * item
-    for _ in range(8):  # re-planned smaller while the margins take a tile past the budget
-        if g > 1 and Kg < SMALL_GROUP:
-            plan, most, G = group_tiles(N, S, g, per_group_position)
-        else:
-            rows_plan, most = tiles(N, S, per_group_position * g, cache=CACHE)
-            plan, G = [(bs, r, slice(0, g)) for bs, r in rows_plan], g
-        nmax = max((bs.stop - bs.start for bs, _, _ in plan), default=1)
-        per_tile = most * G * Kg * (kk + 1) + nmax * G * Kg * sum(grid.margins())
-        one_row = all(r.stop - r.start == 1 and b.stop - b.start == 1 for b, r, _ in plan)
-        if per_tile * item <= budget or one_row:
-            break
-        per_group_position = int(per_group_position * per_tile * item / budget * 1.1) + 1
-    return plan, per_tile
+    row = math.prod(S[1:])
+
+    def scratch(plan, G):
+        n = max((bs.stop - bs.start for bs, _, _ in plan), default=1)
+        rows = max((r.stop - r.start for _, r, _ in plan), default=1)
+        return n * G * Kg * (rows * row * (kk + 1) + sum(grid.margins()))
+
+    return _fitted(N, S, g, Kg, Kg * (kk + 1) * item, item, scratch)
 
 
 def _backward_same(x, gy, w, spec):
