@@ -49,6 +49,22 @@ class Grid:
         self.offs = [self.first + sum(t * st for t, st in zip(tap, self.step))
                      for tap in np.ndindex(*self.k)]
 
+    def scratch_size(self, n: int, c: int, nrows: int) -> int:
+        """Elements :meth:`tile_columns` needs for ``n x c`` planes and ``nrows`` rows:
+        the columns and the run with its margins."""
+        L = nrows * self.row
+        return n * c * ((len(self.offs) + 1) * L + sum(self.margins()))
+
+    def tile_columns(self, src: np.ndarray, length: int, rows: slice,
+                     buf: np.ndarray) -> np.ndarray:
+        """:meth:`columns` of the rows ``rows`` in the front of ``buf`` (the rest of it is
+        the scratch), as ``(n, c, kk, rows*row)``."""
+        n, c = src.shape[:2]
+        nr = rows.stop - rows.start
+        cols = buf[: n * c * len(self.offs) * nr * self.row].reshape(
+            n, c, len(self.offs), nr * self.row)
+        return self.columns(src, length, rows.start, nr, cols, buf[cols.size:])
+
     def margins(self) -> tuple[int, int]:
         """Elements read before the first and after the last position of a run."""
         return max(0, -min(self.offs)), max(0, max(self.offs))

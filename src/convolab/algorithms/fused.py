@@ -182,14 +182,17 @@ def backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, spec: ConvSpec):
     return ig.input_grad(gy, w, spec, x.shape[2:]), gemm.weight_grad(x, gy, spec)
 
 
-def _backward(x, gy, w, spec):
+def _sizes(x, gy, w, spec):
+    """``N, C, S, O, K, g, C/g, K/g, k, prod(k)`` and the result dtype of a backward."""
     N, C = x.shape[:2]
-    S, O = tuple(x.shape[2:]), tuple(gy.shape[2:])
     K, g = w.shape[0], spec.groups
-    Cg, Kg = C // g, K // g
     k = tuple(spec.kernel_size)
-    kk = math.prod(k)
-    dtype = np.result_type(x, gy, w)
+    return (N, C, tuple(x.shape[2:]), tuple(gy.shape[2:]), K, g, C // g, K // g, k,
+            math.prod(k), np.result_type(x, gy, w))
+
+
+def _backward(x, gy, w, spec):
+    N, C, S, O, K, g, Cg, Kg, k, kk, dtype = _sizes(x, gy, w, spec)
     item = dtype.itemsize
     Pd, pst, offmax, i_lo, rest, orow = _geometry(spec, S, O)
     # w as (g, C/g, K/g*kk), the taps flipped: the columns below run the taps backwards
@@ -246,12 +249,11 @@ def _plan_same(spec: ConvSpec, N: int, S, K: int, g: int, item: int, grid):
     of gy with its margins."""
     Kg = K // g
     kk = math.prod(spec.kernel_size)
-    row = math.prod(S[1:])
 
     def scratch(plan, G):
         n = max((bs.stop - bs.start for bs, _, _ in plan), default=1)
         rows = max((r.stop - r.start for _, r, _ in plan), default=1)
-        return n * G * Kg * (rows * row * (kk + 1) + sum(grid.margins()))
+        return grid.scratch_size(n, G * Kg, rows)
 
     return _fitted(N, S, g, Kg, Kg * (kk + 1) * item, item, scratch)
 
@@ -262,13 +264,7 @@ def _backward_same(x, gy, w, spec):
     (:mod:`convolab.algorithms._samegrid`), ``x`` multiplies them as it is, and ``gx``
     is written in place, so neither the gy grid, nor the x runs, nor the gx scatter of
     the padded-grid version are needed."""
-    N, C = x.shape[:2]
-    S, O = tuple(x.shape[2:]), tuple(gy.shape[2:])
-    K, g = w.shape[0], spec.groups
-    Cg, Kg = C // g, K // g
-    k = tuple(spec.kernel_size)
-    kk = math.prod(k)
-    dtype = np.result_type(x, gy, w)
+    N, C, S, O, K, g, Cg, Kg, k, kk, dtype = _sizes(x, gy, w, spec)
     item = dtype.itemsize
     grid = samegrid.Grid(spec, S, sign=-1)
     row, Sf, Of = grid.row, math.prod(S), math.prod(O)
@@ -282,12 +278,9 @@ def _backward_same(x, gy, w, spec):
 
     def run(tile):
         bs, rows, gs = tile
-        n, nr, ng = bs.stop - bs.start, rows.stop - rows.start, gs.stop - gs.start
-        L = nr * row
-        buf = bufs.get()
-        cols = buf[: n * ng * Kg * kk * L].reshape(n, ng * Kg, kk, L)
-        grid.columns(gyf[bs, gs.start * Kg:gs.stop * Kg], Of, rows.start, nr, cols,
-                     buf[cols.size:])
+        n, ng = bs.stop - bs.start, gs.stop - gs.start
+        L = (rows.stop - rows.start) * row
+        cols = grid.tile_columns(gyf[bs, gs.start * Kg:gs.stop * Kg], Of, rows, bufs.get())
         cols = cols.reshape(n, ng, Kg * kk, L)
         ps = slice(rows.start * row, rows.stop * row)
         out = gx[bs, gs.start * Cg:gs.stop * Cg, ps].reshape(n, ng, Cg, L)

@@ -413,18 +413,16 @@ def _forward_same(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
     wm = _wmat(w, g)
     xf = x.reshape(N, C, Sf)
     y = np.empty((N, K, math.prod(O)), dtype=dtype)
-    plan, most, G = _plan(N, O, g, Kg, Cg * (kk + 1) * dtype.itemsize)
-    nmax = max((bs.stop - bs.start for bs, _, _ in plan), default=1)
-    bufs = Scratch(most * G * Cg * (kk + 1) + nmax * G * Cg * sum(grid.margins()), dtype)
+    plan, _, G = _plan(N, O, g, Kg, Cg * (kk + 1) * dtype.itemsize)
+    bufs = Scratch(grid.scratch_size(max((b.stop - b.start for b, _, _ in plan), default=1),
+                                     G * Cg, max((r.stop - r.start for _, r, _ in plan),
+                                                 default=1)), dtype)
 
     def run(tile):
         bs, rows, gs = tile
-        n, nr, ng = bs.stop - bs.start, rows.stop - rows.start, gs.stop - gs.start
-        L = nr * row
-        buf = bufs.get()
-        cols = buf[: n * ng * Cg * kk * L].reshape(n, ng * Cg, kk, L)
-        grid.columns(xf[bs, gs.start * Cg:gs.stop * Cg], Sf, rows.start, nr, cols,
-                     buf[cols.size:])
+        n, ng = bs.stop - bs.start, gs.stop - gs.start
+        L = (rows.stop - rows.start) * row
+        cols = grid.tile_columns(xf[bs, gs.start * Cg:gs.stop * Cg], Sf, rows, bufs.get())
         out = y[bs, gs.start * Kg:gs.stop * Kg, rows.start * row:rows.stop * row]
         np.matmul(wm[gs], cols.reshape(n, ng, Cg * kk, L), out=out.reshape(n, ng, Kg, L))
 
