@@ -234,26 +234,35 @@ def choose_backward(spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
     dtype = np.dtype(dtype)
     if opts.algorithm != "auto":
         return Choice("separate", f"forced by options(algorithm={opts.algorithm!r})")
+    args = (spec, tuple(x_shape), tuple(w_shape), dtype)
+    if opts.autotune:
+        settled = _backward_settled(*args)
+        if isinstance(settled, Choice):
+            return settled
+        return _autotuned_backward(*args, *settled)
+    return _backward_by_cost_model(*args, opts.workspace_bytes, opts.workers)
+
+
+def _backward_settled(spec, x_shape, w_shape, dtype) -> Choice | tuple[Choice, Choice]:
+    """The backward's choice where no estimate or timing is needed; else the two
+    gradients' own choices, to be weighed against the fused path."""
     from .algorithms import fused
 
     if spec.transposed:
-        return _transposed_backward(spec, tuple(x_shape), tuple(w_shape), dtype)
+        return _transposed_backward(spec, x_shape, w_shape, dtype)
     if not fused.applicable(spec, x_shape, w_shape):
         return Choice("separate", "fused needs a stride-1 convolution with padding >= 0 "
                                   "and more than one tap")
     gy_shape = (x_shape[0], w_shape[0]) + spec.conv_out_shape(x_shape[2:])
     ig = choose("input_grad", spec, gy_shape, w_shape, dtype)
-    wg = choose("weight_grad", spec, tuple(x_shape), w_shape, dtype)
+    wg = choose("weight_grad", spec, x_shape, w_shape, dtype)
     if "winograd" in (ig.algorithm, wg.algorithm):
         # its transforms cut the FLOPs; measured faster than fused on every layer it
         # takes in the suite (3x3 C64 56x56: 35.7 against 51.4 ms, 3x3 C256 14x14 44.7 /
         # 60.6, conv3d 12.6 / 18.2, 1-D k7 18.6 / 25.3; the dilated 1-D k3 14.7 / 13.5)
         return Choice("separate", f"{ig.algorithm} + {wg.algorithm}: Winograd needs "
                                   "fewer FLOPs than the fused GEMMs")
-    if opts.autotune:
-        return _autotuned_backward(spec, tuple(x_shape), tuple(w_shape), dtype, ig, wg)
-    return _backward_by_cost_model(spec, tuple(x_shape), tuple(w_shape), dtype,
-                                   opts.workspace_bytes, opts.workers)
+    return ig, wg
 
 
 def _transposed_backward(spec, x_shape, w_shape, dtype) -> Choice:
@@ -276,12 +285,15 @@ def _transposed_backward(spec, x_shape, w_shape, dtype) -> Choice:
 
 @functools.lru_cache(maxsize=4096)
 def _backward_by_cost_model(spec, x_shape, w_shape, dtype, workspace, workers) -> Choice:
-    """Cached like :func:`_by_cost_model` (the options it reads are in the key)."""
+    """The automatic backward choice, cached like :func:`_by_cost_model` (a training loop
+    asks on every step; the options it reads are in the key)."""
     from .algorithms import fused
 
+    settled = _backward_settled(spec, x_shape, w_shape, dtype)
+    if isinstance(settled, Choice):
+        return settled
+    ig, wg = settled
     gy_shape = (x_shape[0], w_shape[0]) + spec.conv_out_shape(x_shape[2:])
-    ig = choose("input_grad", spec, gy_shape, w_shape, dtype)
-    wg = choose("weight_grad", spec, x_shape, w_shape, dtype)
     sep = (estimate_seconds(ig.algorithm, "input_grad", spec, gy_shape, w_shape, dtype)
            + estimate_seconds(wg.algorithm, "weight_grad", spec, x_shape, w_shape, dtype))
     flops, nbytes = fused.cost(spec, problem("weight_grad", spec, x_shape, w_shape),
