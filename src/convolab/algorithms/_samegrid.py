@@ -79,6 +79,8 @@ class Grid:
         run and its margins are copied first (zeros outside ``[0, length)``), so that one
         strided copy takes every tap's run."""
         L = nrows * self.row
+        if not out.flags.c_contiguous or out.shape[2:] != (len(self.offs), L):
+            raise ValueError(f"out must be C-contiguous (n, c, {len(self.offs)}, {L})")
         base = row0 * self.row
         before, after = self.margins()
         n, c = src.shape[:2]
@@ -96,7 +98,7 @@ class Grid:
         view = as_strided(buf[..., before + self.first:], (n, c) + self.k + (L,),
                           buf.strides[:2] + tuple(s * item for s in self.step) + (item,),
                           writeable=False)
-        np.copyto(out.reshape(view.shape), view)  # out is contiguous: a view
+        np.copyto(out.reshape(view.shape), view)  # a view: out is contiguous
         self._zero_wrapped(out, nrows)
         return out
 
