@@ -166,14 +166,15 @@ def _plan(spec: ConvSpec, N: int, S, O, C: int, K: int, g: int, item: int):
 
 def backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, spec: ConvSpec):
     """``(grad_input, grad_weight)`` of ``conv(x, w)`` for the output gradient ``gy``."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        if samegrid.applicable(spec, x.shape[2:], gy.shape[2:]):
-            gx, gw = _backward_same(x, gy, w, spec)
-        else:
-            gx, gw = _backward(x, gy, w, spec)
     w_finite = all_finite(w)
-    if all_finite(gw) and w_finite:
-        return gx, gw
+    if w_finite:
+        with np.errstate(invalid="ignore", over="ignore"):
+            if samegrid.applicable(spec, x.shape[2:], gy.shape[2:]):
+                gx, gw = _backward_same(x, gy, w, spec)
+            else:
+                gx, gw = _backward(x, gy, w, spec)
+        if all_finite(gw):
+            return gx, gw
     # the separate paths pair non-finite values as PyTorch does (a non-finite weight's
     # input gradient only ``direct``: see convolab.ops.conv._input_grad)
     from . import direct, gemm

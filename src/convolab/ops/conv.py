@@ -210,9 +210,8 @@ def grads(
             if "weight" in wanted:
                 wg = select.choose("weight_grad", spec, gy.shape, w.shape, x.dtype).module
                 gw = wg.weight_grad(gy, x, spec)
-    elif (both and select.choose_backward(spec, x.shape, w.shape, x.dtype).algorithm == "fused"
-          and all_finite(w)):
-        gx, gw = fused.backward(x, gy, w, spec)
+    elif both and select.choose_backward(spec, x.shape, w.shape, x.dtype).algorithm == "fused":
+        gx, gw = fused.backward(x, gy, w, spec)  # non-finite values: see its fallback
     else:
         if "input" in wanted:
             gx = _input_grad(gy, w, spec, spatial)
