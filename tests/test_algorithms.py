@@ -749,6 +749,47 @@ def test_polyphase_runs_all_phases_as_one_forward(x_shape, w_shape, kwargs):
     _check_against_direct_and_torch(case, "polyphase")
 
 
+@pytest.mark.parametrize("ws", [None, 20000])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((2, 4, 14, 21), (4, 3, 4, 4), dict(stride=2, padding=1)),
+        ((3, 6, 20, 20), (6, 2, 4, 4), dict(stride=2, padding=(2, 1), groups=3,
+                                            output_padding=(1, 0))),
+        ((2, 2, 3, 12, 22), (2, 3, 2, 4, 2), dict(stride=2, padding=(0, 1, 1))),
+        ((1, 32, 64, 64), (32, 2, 4, 4), dict(stride=2, padding=1, groups=16)),  # group tiles
+    ],
+)
+def test_polyphase_writes_the_phases_from_the_gemm_tiles(x_shape, w_shape, kwargs, bias, ws,
+                                                        monkeypatch):
+    """The single forward of the phases runs the GEMM's flat lowering, whose tiles hand
+    their blocks (with the bias added) straight to their strided places in the output;
+    with a small workspace the tiles are rows of one sample, or a few groups."""
+    from convolab.algorithms import gemm
+
+    stored = []
+    flat = gemm._forward_flat
+
+    def spy(x, w, spec, O, dtype, store=None, bias=None):
+        stored.append(store is not None)
+        return flat(x, w, spec, O, dtype, store, bias)
+
+    monkeypatch.setattr(gemm, "_forward_flat", spy)
+    full = dict(stride=1, padding=0, dilation=1, groups=1, output_padding=0) | kwargs
+    case = ConvCase(True, len(x_shape) - 2, x_shape, w_shape, bias, full)
+    with cl.options(workspace_bytes=ws or cl.get_options().workspace_bytes):
+        x, w, b = case.arrays(np.float64, 3)
+        with cl.options(algorithm="polyphase"):
+            got = cl.conv_transpose(x, w, b, **full)
+    assert stored and stored[0], "the phases did not run on the flat GEMM tiles"
+    with cl.options(algorithm="direct"):
+        ref = cl.conv_transpose(x, w, b, **full)
+    assert rel_err(got, ref) <= TOL64
+    t = [torch.tensor(a) if a is not None else None for a in (x, w, b)]
+    assert rel_err(got, torch_reference(case, *t).numpy()) <= TOL64
+
+
 @pytest.mark.parametrize("ws", [None, 4096])
 @pytest.mark.parametrize(
     "x_shape, w_shape, kwargs",
@@ -1172,3 +1213,50 @@ def test_same_grid_columns_match_direct(data, rank):
     gw = np.einsum("njl,ncl->cj", cols[:, 0], x.reshape(2, 2, -1)).reshape(w.shape)
     assert rel_err(gx, direct.input_grad(gy, w, spec, S)) <= TOL64
     assert rel_err(gw, direct.weight_grad(x, gy, spec)) <= TOL64
+
+
+@pytest.mark.parametrize("ws", [None, 3000])
+@pytest.mark.parametrize(
+    "algorithm, x_shape, w_shape, kwargs",
+    [
+        ("gemm", (2, 6, 9, 11), (4, 6, 1, 1), {}),  # one GEMM per tile, no columns
+        ("gemm", (2, 3, 6, 200), (4, 3, 3, 3), dict(padding=1, stride=(1, 2))),  # MEC
+        ("gemm", (2, 6, 9, 11), (6, 2, 3, 3), dict(padding=1, groups=3)),  # same size
+        ("gemm", (2, 4, 8, 30), (6, 4, 3, 3), {}),  # flat rows
+        ("gemm", (2, 4, 9, 11), (6, 2, 3, 2), dict(stride=2, padding=1, groups=2)),
+        ("gemm", (1, 2, 3, 40, 41), (3, 2, 2, 3, 3), dict(padding=(0, 1, 1), dilation=2)),
+        ("gemm", (1, 2, 3, 40, 41), (3, 2, 2, 3, 3), dict(padding=(0, 1, 1))),  # slabs
+        ("winograd", (2, 4, 10, 13), (5, 4, 3, 3), dict(padding=1)),
+        ("winograd", (2, 4, 10, 13), (5, 4, 3, 3), dict(padding=2, dilation=2)),
+        ("winograd", (2, 3, 5, 9, 10), (4, 3, 2, 3, 3), dict(padding=1)),
+        ("winograd", (2, 4, 40), (5, 4, 5), dict(padding=4, dilation=2)),
+        ("winograd", (2, 4, 11, 12), (5, 4, 5, 5), dict(padding=2)),
+    ],
+)
+def test_forward_adds_the_bias_in_its_tiles(algorithm, x_shape, w_shape, kwargs, ws):
+    """The GEMM and Winograd forwards take the bias and add it to each tile's outputs as
+    they are written (every lowering, also in small workspace tiles); an infinite bias
+    entry gives inf in its channel, as adding it afterwards does."""
+    from convolab.algorithms import direct
+
+    rank = len(x_shape) - 2
+    spec = make_spec(w_shape[2:], kwargs.get("stride", 1), kwargs.get("padding", 0),
+                     kwargs.get("dilation", 1), kwargs.get("groups", 1))
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0])
+    mod = select._module(algorithm)
+    assert mod.FORWARD_ADDS_BIAS
+    assert algorithm == "gemm" or mod.applicable("forward", spec, x_shape, w_shape, np.float64)
+    ref = direct.forward(x, w, spec) + b.reshape((-1,) + (1,) * rank)
+    with cl.options(**({} if ws is None else dict(workspace_bytes=ws))):
+        got = mod.forward(x, w, spec, bias=b)
+        b[1] = np.inf
+        inf = mod.forward(x, w, spec, bias=b)
+    assert rel_err(got, ref) <= TOL64
+    assert np.isposinf(inf[:, 1]).all()
+    assert rel_err(np.delete(inf, 1, axis=1), np.delete(ref, 1, axis=1)) <= TOL64
+    with cl.options(algorithm=algorithm):  # the public call routes the bias there
+        assert rel_err(cl.conv(x, w, np.where(np.isinf(b), 0.5, b), **kwargs),
+                       direct.forward(x, w, spec)
+                       + np.where(np.isinf(b), 0.5, b).reshape((-1,) + (1,) * rank)) <= TOL64

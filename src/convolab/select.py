@@ -7,7 +7,13 @@ functions with one signature per role:
 * ``input_grad(gy, w, spec, in_spatial) -> gx``   (also the transposed conv forward)
 * ``weight_grad(x, gy, spec) -> gw``
 
-and may provide ``applicable(role, spec, x_shape, w_shape, dtype) -> bool`` when it
+A module whose ``FORWARD_ADDS_BIAS`` is true (gemm, winograd) also takes
+``forward(..., bias=b)`` and adds the bias to each tile's outputs as they are written
+(one pass over the output less); one whose ``INPUT_GRAD_ADDS_BIAS`` is true (polyphase)
+takes ``input_grad(..., bias=b)`` for the transposed convolution's forward.  The others'
+results get the bias added afterwards (:func:`convolab.ops.conv._add_bias`).
+
+Modules may provide ``applicable(role, spec, x_shape, w_shape, dtype) -> bool`` when it
 only handles some configurations, and ``workspace(role, spec, problem, dtype)``
 (bytes of scratch memory it allocates beyond its result) and
 ``cost(role, spec, problem, itemsize) -> (flops, bytes)`` for the cost model, where

@@ -103,3 +103,19 @@ def grad_buffer_shape(spec, in_spatial, out_spatial) -> tuple[int, ...]:
 def scratch(size: int, dtype) -> np.ndarray:
     """A flat scratch buffer, reused for every tile of one call."""
     return np.empty(max(1, size), dtype=dtype)
+
+
+def put(dst: np.ndarray, src: np.ndarray, bias: np.ndarray | None = None) -> None:
+    """``dst[...] = src``, plus ``bias`` (broadcast) in the same pass if given: how a
+    forward adds the bias while a tile's result is in the cache, instead of a pass of
+    its own over the whole output afterwards."""
+    if bias is None:
+        dst[...] = src
+    else:
+        np.add(src, bias, out=dst)
+
+
+def add_bias(block: np.ndarray, bias: np.ndarray | None) -> None:
+    """``block += bias`` in place (nothing without a bias)."""
+    if bias is not None:
+        block += bias

@@ -38,8 +38,8 @@ from ..spec import ConvSpec
 from ..options import get_options
 from . import _samegrid as samegrid
 from ._threads import Scratch, run_tiles, run_tiles_sum, workers
-from ._tiles import (SMALL_GROUP, grad_buffer_shape, group_tiles, input_rows,
-                     scratch, tiles)
+from ._tiles import (SMALL_GROUP, add_bias, grad_buffer_shape, group_tiles, input_rows,
+                     put, scratch, tiles)
 from .direct import kernel_offsets, tap_slices
 
 # The GEMM path's tile target: half of :data:`convolab.algorithms._tiles.CACHE_BYTES`
@@ -247,7 +247,7 @@ def _pointwise_plan(N: int, P: int, per_position: int) -> list:
     return tiles(N, (P,), per_position, cache=CACHE)[0]
 
 
-def _pointwise_products(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
+def _pointwise_products(a: np.ndarray, b: np.ndarray, dtype, bias=None) -> np.ndarray:
     """``a (g, M, L) @ b (N, g, L, P)`` for a 1x1 convolution (or its input gradient), in
     tiles on the tile workers rather than as one matmul on BLAS's own threads.
 
@@ -256,7 +256,7 @@ def _pointwise_products(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
     returns and then compete with the pinned tile threads of the next convolution:
     after a 512^2 matmul, the 32-group 3x3 forward took 9.3 instead of 7.4 ms and the
     Winograd 3x3 C64 forward 22.3 instead of 15.3 (medians of 15).  In tiles, no BLAS
-    thread runs at all."""
+    thread runs at all.  ``bias`` ``(g, M, 1)`` is added to each tile's product."""
     N, g, L, P = b.shape
     out = np.empty((N, g, a.shape[1], P), dtype=dtype)
 
@@ -264,8 +264,9 @@ def _pointwise_products(a: np.ndarray, b: np.ndarray, dtype) -> np.ndarray:
         bs, ps = tile
         if ps.stop - ps.start == P:
             np.matmul(a, b[bs], out=out[bs])
+            add_bias(out[bs], bias)
         else:
-            out[bs, :, :, ps] = np.matmul(a, b[bs, :, :, ps])
+            put(out[bs, :, :, ps], np.matmul(a, b[bs, :, :, ps]), bias)
 
     run_tiles(run, _pointwise_plan(N, P, (L + a.shape[1]) * g * np.dtype(dtype).itemsize))
     return out
@@ -276,17 +277,44 @@ def _row_positions(rows: slice, O) -> slice:
     return slice(rows.start * P1, rows.stop * P1)
 
 
-def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
-    """y = conv(x, w): x (N, C, *S), w (K, C/g, *k) -> y (N, K, *O)."""
+# forward takes ``bias=`` and adds it in each tile (see convolab.ops.conv._run_forward)
+FORWARD_ADDS_BIAS = True
+
+
+def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None, *,
+            bias=None, store=None) -> np.ndarray | None:
+    """y = conv(x, w) (+ ``bias`` ``(K,)`` per channel, added in each tile while it is in
+    the cache): x (N, C, *S), w (K, C/g, *k) -> y (N, K, *O).
+
+    With ``store``, nothing is returned: ``store(samples, channels, rows, block)`` is
+    called with blocks ``(n, k, r, *O[1:])`` of ``y`` that together cover it once (slices
+    of the batch, the output channels and the first output dimension), possibly from
+    the tile workers at once.  The stride-1 flat lowering hands over each tile's block
+    while it is in the cache, in place of its own copy into ``y``; the other lowerings
+    hand over the whole ``y``.  A caller that lays the output out differently (the
+    polyphase interleave of a transposed convolution) so writes it once."""
+    O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
+    if store is not None and bias is not None:
+        raise ValueError("forward: store and bias cannot both be given")
+    y = _forward(x, w, spec, O, store, bias)
+    if store is not None and y is not None:  # a lowering that does not take ``store``
+        store(slice(0, y.shape[0]), slice(0, y.shape[1]), slice(0, O[0]), y)
+        return None
+    return y
+
+
+def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
+    """:func:`forward` by the lowering that suits the layer (None: ``store`` took it)."""
     g = spec.groups
     N, C = x.shape[:2]
     K = w.shape[0]
-    O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
     P = math.prod(O)
     dtype = np.result_type(x, w)
     wm = _wmat(w, g)
+    gb = None if bias is None else bias.reshape(g, K // g, 1)  # (group, channel, position)
     if _is_pointwise(spec, x.shape[2:], O):
-        return _pointwise_products(wm, x.reshape(N, g, C // g, P), dtype).reshape((N, K) + O)
+        return _pointwise_products(wm, x.reshape(N, g, C // g, P), dtype,
+                                   gb).reshape((N, K) + O)
     kk = math.prod(spec.kernel_size)
     slabs = _plane_slabs(spec, O, C * kk * dtype.itemsize)
     if slabs:
@@ -294,14 +322,14 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
         y = np.empty((N, K) + O, dtype=dtype)
         for h0, h1 in slabs:
             y[:, :, :, h0:h1] = forward(xp[:, :, :, _slab_rows(spec, h0, h1)], w, sp0,
-                                        (O[0], h1 - h0) + O[2:])
+                                        (O[0], h1 - h0) + O[2:], bias=bias)
         return y
     if _mec(spec, O):
-        return _forward_mec(x, w, spec, O, dtype)
+        return _forward_mec(x, w, spec, O, dtype, bias)
     if samegrid.applicable(spec, x.shape[2:], O):
-        return _forward_same(x, w, spec, O, dtype)
+        return _forward_same(x, w, spec, O, dtype, gb)
     if _flat(spec, x.shape[2:], O):
-        return _forward_flat(x, w, spec, O, dtype)
+        return _forward_flat(x, w, spec, O, dtype, store, gb)
     y = np.empty((N, g, K // g, P), dtype=dtype)
     xp = pad_spatial(x, spec.padding)
     Cg = C // g
@@ -313,10 +341,12 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
         cols = _tile_cols(xp[:, gs.start * Cg:gs.stop * Cg], spec, bs, rows, O, bufs.get())
         cols = cols.reshape(cols.shape[0], gs.stop - gs.start, Cg * kk, -1)
         ps = _row_positions(rows, O)
+        bg = None if gb is None else gb[gs]
         if ps.start == 0 and ps.stop == P:
             np.matmul(wm[gs], cols, out=y[bs, gs])
+            add_bias(y[bs, gs], bg)
         else:
-            y[bs, gs, :, ps] = np.matmul(wm[gs], cols)
+            put(y[bs, gs, :, ps], np.matmul(wm[gs], cols), bg)
 
     run_tiles(run, plan)
     return y.reshape((N, K) + O)
@@ -336,7 +366,7 @@ def _flat(spec: ConvSpec, in_spatial, O) -> bool:
     return math.prod(P[1:]) <= (1 + FLAT_MAX_EXTRA) * math.prod(O[1:])
 
 
-def _forward_flat(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
+def _forward_flat(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.ndarray | None:
     """The stride-1 forward with columns taken from the flattened padded planes.
 
     On the flattened padded plane, output ``o`` reads input ``f(o) + off_t`` with
@@ -347,7 +377,8 @@ def _forward_flat(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
     Copying long runs instead of rows of ``O[-1]`` elements measured 2.2-2.7x faster
     per column element (one sample, C256 28x28: 0.38 -> 0.14 ms); the depthwise and
     32-group 3x3 forwards on one worker 11.8 -> 10.1 and 14.1 -> 12.2 ms (medians).  On
-    two workers the difference was within this machine's noise."""
+    two workers the difference was within this machine's noise.  ``store``: see
+    :func:`forward`; ``gb``: the bias as ``(g, K/g, 1)``."""
     N, C = x.shape[:2]
     K, g = w.shape[0], spec.groups
     Cg, Kg = C // g, K // g
@@ -357,7 +388,7 @@ def _forward_flat(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
     Pd = spec.padded_shape(x.shape[2:])
     pst = [math.prod(Pd[i + 1:]) for i in range(len(Pd))]
     offs = [d * p for d, p in zip(spec.dilation, pst)]
-    y = np.empty((N, K) + tuple(O), dtype=dtype)
+    y = None if store is not None else np.empty((N, K) + tuple(O), dtype=dtype)
     extra = math.prod(Pd[1:]) / math.prod(O[1:])
     plan, _, G = _plan(N, O, g, Kg, int((Cg * (kk + 1) + Kg) * item * extra) + 1)
     rest = sum((o - 1) * p for o, p in zip(O[1:], pst[1:])) + 1
@@ -390,13 +421,17 @@ def _forward_flat(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
         yv = as_strided(yf, (n, ng * Kg, nr) + tuple(O[1:]),
                         (yf.strides[0], Lt * item) + tuple(p * item for p in pst),
                         writeable=False)
-        y[bs, gs.start * Kg:gs.stop * Kg, rows] = yv
+        if store is None:
+            put(y[bs, gs.start * Kg:gs.stop * Kg, rows], yv,
+                None if gb is None else gb[gs].reshape((-1,) + (1,) * len(O)))
+        else:
+            store(bs, slice(gs.start * Kg, gs.stop * Kg), rows, yv)
 
     run_tiles(run, plan)
     return y
 
 
-def _forward_same(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
+def _forward_same(x, w, spec: ConvSpec, O, dtype, gb=None) -> np.ndarray:
     """The stride-1 forward of a layer that keeps its size after the first dimension:
     columns are runs of the unpadded input (:mod:`convolab.algorithms._samegrid`), and
     the product is written straight into the output.  Against the flat lowering (which
@@ -425,6 +460,7 @@ def _forward_same(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
         cols = grid.tile_columns(xf[bs, gs.start * Cg:gs.stop * Cg], Sf, rows, bufs.get())
         out = y[bs, gs.start * Kg:gs.stop * Kg, rows.start * row:rows.stop * row]
         np.matmul(wm[gs], cols.reshape(n, ng, Cg * kk, L), out=out.reshape(n, ng, Kg, L))
+        add_bias(out.reshape(n, ng, Kg, L), None if gb is None else gb[gs])
 
     run_tiles(run, plan)
     return y.reshape((N, K) + tuple(O))
@@ -444,7 +480,7 @@ def _mec(spec: ConvSpec, O) -> bool:
             and spec.kernel_size[0] > 1 and math.prod(O[1:]) >= MEC_MIN_ROW)
 
 
-def _forward_mec(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
+def _forward_mec(x, w, spec: ConvSpec, O, dtype, bias=None) -> np.ndarray:
     """The forward with columns over the last ``rank - 1`` dimensions only.
 
     Every padded input row (first spatial dimension) ``h`` is lowered once into
@@ -490,6 +526,7 @@ def _forward_mec(x, w, spec: ConvSpec, O, dtype) -> np.ndarray:
                        (H * rows_per * Pr * item, s0 * rows_per * Pr * item, Pr * item, item),
                        writeable=False)
         np.matmul(wm, M, out=y[bs, :, rows].transpose(0, 2, 1, 3))
+        add_bias(y[bs, :, rows], None if bias is None else bias.reshape(-1, 1, 1))
 
     run_tiles(run, plan)
     return y.reshape((N, K) + tuple(O))

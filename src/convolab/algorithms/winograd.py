@@ -64,7 +64,7 @@ from ..spec import ConvSpec
 from ._finite import falls_back_to_gemm
 from . import winograd1d, winograd2d
 from ._threads import Scratch, _blas_single_thread, run_tiles, run_tiles_sum, workers
-from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, tiles
+from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, put, tiles
 from ..options import get_options
 
 M_OUT, R, ALPHA = 4, 3, 6
@@ -238,16 +238,17 @@ def _transform(mat: np.ndarray, src: np.ndarray, tmp: np.ndarray, out: np.ndarra
                      out=out.reshape(-1)[: p * p * rest].reshape(p, p, rest))
 
 
-def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
+def _correlate(x: np.ndarray, w: np.ndarray, O, pads, bias=None) -> np.ndarray:
     """Valid correlation of ``x (N, C, *S)`` zero-padded by ``pads`` (``(lo, hi)`` per
     spatial dimension; negative amounts crop) with a 3-tap kernel ``w (K, C, 3[, 3])``,
     giving ``(N, K, *O)`` where ``O = S + lo + hi - 2``.
 
     Each tile pads its own piece of the input into a per-thread scratch buffer, so the
-    input is read once from memory and every later pass stays in the cache."""
+    input is read once from memory and every later pass stays in the cache.  ``bias``
+    ``(K,)`` is added as the tile's outputs are copied into place."""
     r = len(O)
     if r == 3:
-        return _correlate3(x, w, O, pads)
+        return _correlate3(x, w, O, pads, bias)
     N, C = x.shape[:2]
     K = w.shape[0]
     dtype = np.result_type(x, w)
@@ -265,6 +266,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
     tmax, pmax = _tile_sizes(plan, tgrid, C)
     bufs = Scratch(pmax + 2 * a * CK * tmax, dtype)
     order = (r + 1, r) + tuple(v for i in range(r) for v in (r + 2 + i, i))
+    bv = None if bias is None else bias.reshape((K,) + (1,) * r)
 
     def run(tile):
         bs, r0, r1, n, tg, T = _row_tile(tile, tgrid)
@@ -278,7 +280,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
         # (m.., K, n, t..) -> (n, K, t0, m0, t1, m1, ...) -> (n, K, *tiles*m)
         Yt = Y.transpose(order).reshape((n, K) + tuple(t * M_OUT for t in tg))
         Oc = (r1 - r0,) + tuple(O[1:])
-        y[bs, :, r0:r1] = Yt[(Ellipsis,) + tuple(slice(0, o) for o in Oc)]
+        put(y[bs, :, r0:r1], Yt[(Ellipsis,) + tuple(slice(0, o) for o in Oc)], bv)
 
     run_tiles(run, plan)
     return y
@@ -313,7 +315,7 @@ def _tile_sizes(plan, tgrid, C: int) -> tuple[int, int]:
     return tmax, pmax
 
 
-def _correlate3(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
+def _correlate3(x: np.ndarray, w: np.ndarray, O, pads, bias=None) -> np.ndarray:
     """:func:`_correlate` in 3-D with a ``(k0, 3, 3)`` kernel: F(4x4, 3x3) on every depth
     plane, and the ``k0`` depth taps summed in the transformed domain.
 
@@ -378,7 +380,8 @@ def _correlate3(x: np.ndarray, w: np.ndarray, O, pads) -> np.ndarray:
         Yb = _transform(at, Mx, A2[: M_OUT * ALPHA * K * q * t], B2[: m * K * q * t], 2)
         Y = Yb.reshape((M_OUT, M_OUT, K, q) + tg)
         Yt = Y.transpose(order).reshape((q, K) + tuple(tt * M_OUT for tt in tg))
-        y[n].swapaxes(0, 1)[d0:d1, :, r0:r1] = Yt[:, :, : r1 - r0, : O[2]]
+        put(y[n].swapaxes(0, 1)[d0:d1, :, r0:r1], Yt[:, :, : r1 - r0, : O[2]],
+            None if bias is None else bias.reshape(K, 1, 1))
 
     run_tiles(run, plan)
     return y
@@ -471,7 +474,7 @@ def _phase_split(a: np.ndarray, d, size) -> np.ndarray:
     return out.reshape((nph * N, C) + tuple(size))
 
 
-def _dilated(x: np.ndarray, w: np.ndarray, O, pads, d) -> np.ndarray:
+def _dilated(x: np.ndarray, w: np.ndarray, O, pads, d, bias=None) -> np.ndarray:
     """:func:`_correlate` with dilation ``d`` (rank 1-2): output phase ``p`` (``y[p::d]``)
     is the undilated correlation of input phase ``p`` (``xp[p::d]``), so the ``prod(d)``
     phases run as one batch of undilated Winograd, between two copies."""
@@ -485,18 +488,24 @@ def _dilated(x: np.ndarray, w: np.ndarray, O, pads, d) -> np.ndarray:
     y = np.empty((N, K) + tuple(O), dtype=Y.dtype)
     for i, p in enumerate(np.ndindex(*d)):
         dst = y[(Ellipsis,) + tuple(slice(pi, None, di) for pi, di in zip(p, d))]
-        dst[...] = Y[(i, Ellipsis) + tuple(slice(0, n) for n in dst.shape[2:])]
+        put(dst, Y[(i, Ellipsis) + tuple(slice(0, n) for n in dst.shape[2:])],
+            None if bias is None else bias.reshape((K,) + (1,) * len(O)))
     return y
 
 
+# forward takes ``bias=`` and adds it in each tile (see convolab.ops.conv._run_forward)
+FORWARD_ADDS_BIAS = True
+
+
 @falls_back_to_gemm("forward")
-def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
+def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None, *,
+            bias=None) -> np.ndarray:
     if (sub := _sub("forward", spec)) is not None:
-        return sub.forward(x, w, spec, out_spatial)
+        return sub.forward(x, w, spec, out_spatial, bias=bias)
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
     if any(d > 1 for d in spec.dilation):
-        return _dilated(x, w, O, spec.padding, spec.dilation)
-    return _correlate(x, w, O, spec.padding)
+        return _dilated(x, w, O, spec.padding, spec.dilation, bias)
+    return _correlate(x, w, O, spec.padding, bias)
 
 
 @falls_back_to_gemm("input_grad")

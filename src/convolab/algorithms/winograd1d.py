@@ -58,7 +58,7 @@ from ..options import get_options
 from ..spec import ConvSpec
 from ._threads import (RESULTS_HELD_PER_WORKER, Scratch, _blas_single_thread, run_tiles,
                        run_tiles_sum, workers)
-from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, tiles
+from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, put, tiles
 
 # Finite interpolation points, in the order they are used (a - 1 of them for F(m, r)).
 POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2), Fraction(3, 2),
@@ -248,14 +248,16 @@ def _input_tiles(x, tile, lo, d, m, btd, buf):
     return V, off + V.size, (bs, n, t0, t1, T)
 
 
-def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int, d: int = 1) -> np.ndarray:
+def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int, d: int = 1,
+               bias=None) -> np.ndarray:
     """``y[n, k, o] = sum_{c, t} w[k, c, t] x[n, c, o + d t - lo]`` for ``o < O``, with
     ``x`` read as zero outside ``[0, S)``.
 
     With dilation ``d`` the outputs of phase ``p`` (``o = p mod d``) are the undilated
     correlation of the inputs of the same phase, so a tile is ``m`` consecutive outputs
     of each of the ``d`` phases (``m d`` consecutive outputs), gathered as ``d`` windows
-    per point and written back interleaved: no phase split or merge of whole arrays."""
+    per point and written back interleaved: no phase split or merge of whole arrays.
+    ``bias`` ``(K,)`` is added as they are written."""
     N, C, S = x.shape
     K, _, r = w.shape
     dtype = np.result_type(x, w)
@@ -273,6 +275,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int, d: int = 1) -> np.
     per = _per_tile(r, C, K, item) * d  # one tile: m outputs of each of the d phases
     plan, most = tiles(N, (-(-O // (m * d)),), per, cache=CACHE_BYTES)
     bufs = _scratch(plan, most, per, d, a, m, C, dtype)
+    bv = None if bias is None else bias.reshape(K, 1)
 
     def run(tile):
         buf = bufs.get()
@@ -287,15 +290,17 @@ def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int, d: int = 1) -> np.
         o0 = t0 * m * d
         for ph in range(d):  # phase ph: outputs o0 + ph, o0 + ph + d, ...
             cnt = len(range(o0 + ph, min(O, t1 * m * d), d))
-            y[bs, :, o0 + ph: o0 + ph + d * cnt: d] = Yo[:, :, ph, :cnt].transpose(1, 0, 2)
+            put(y[bs, :, o0 + ph: o0 + ph + d * cnt: d], Yo[:, :, ph, :cnt].transpose(1, 0, 2),
+                bv)
 
     run_tiles(run, plan)
     return y
 
 
-def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
+def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None, *,
+            bias=None) -> np.ndarray:
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
-    return _correlate(x, w, O[0], spec.padding[0][0], spec.dilation[0])
+    return _correlate(x, w, O[0], spec.padding[0][0], spec.dilation[0], bias)
 
 
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:

@@ -37,7 +37,7 @@ from ..options import get_options
 from ..spec import ConvSpec
 from ._threads import (RESULTS_HELD_PER_WORKER, Scratch, _blas_single_thread, run_tiles,
                        run_tiles_sum, workers)
-from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, tiles
+from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, put, tiles
 from .winograd1d import toom_cook
 
 M_OUT = 4
@@ -182,9 +182,10 @@ def _input_tiles(x, tile, lows, tw: int, r: int, bt, buf):
     return V, off + Z.size, (bs, n, t0, t1, T)
 
 
-def _correlate(x: np.ndarray, w: np.ndarray, O, lows) -> np.ndarray:
+def _correlate(x: np.ndarray, w: np.ndarray, O, lows, bias=None) -> np.ndarray:
     """``y[n, k, o0, o1] = sum w[k, c, t0, t1] x[n, c, o0 + t0 - lo0, o1 + t1 - lo1]`` for
-    ``o < O``, with ``x`` read as zero outside its extent."""
+    ``o < O``, with ``x`` read as zero outside its extent (plus ``bias`` ``(K,)``, added
+    as the tile's outputs are copied into place)."""
     N, C = x.shape[:2]
     K, r = w.shape[0], w.shape[2]
     dtype = np.result_type(x, w)
@@ -219,15 +220,17 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, lows) -> np.ndarray:
         Yv = Y.reshape(m, K, n, nt, tw, m).transpose(2, 1, 3, 0, 4, 5)
         Yv = Yv.reshape(n, K, nt * m, tw * m)
         r0, r1 = t0 * m, min(O[0], t1 * m)
-        y[bs, :, r0:r1] = Yv[:, :, : r1 - r0, : O[1]]
+        put(y[bs, :, r0:r1], Yv[:, :, : r1 - r0, : O[1]],
+            None if bias is None else bias.reshape(K, 1, 1))
 
     run_tiles(run, plan)
     return y
 
 
-def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> np.ndarray:
+def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None, *,
+            bias=None) -> np.ndarray:
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
-    return _correlate(x, w, O, [lo for lo, _ in spec.padding])
+    return _correlate(x, w, O, [lo for lo, _ in spec.padding], bias)
 
 
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:

@@ -162,27 +162,33 @@ def _finish(y: np.ndarray, p: Prepared) -> np.ndarray:
     return y.astype(p.dtype, copy=False)
 
 
-def _input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
-    """The input-gradient role (also the transposed conv's forward) on the chosen algorithm.
+def _input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial,
+                bias: np.ndarray | None = None) -> np.ndarray:
+    """The input-gradient role (also the transposed conv's forward) on the chosen
+    algorithm, plus ``bias`` per channel if given: inside the algorithm's tiles where it
+    takes one (``INPUT_GRAD_ADDS_BIAS``: polyphase), else as a pass of its own.
 
     A weight holding NaN or inf runs on ``direct``, which adds exactly the products of
     ``w`` and ``gy`` that the convolution pairs, as PyTorch does.  The fast paths also
     multiply ``w`` by zeros (the border of a padded or spread ``gy``), and ``inf * 0``
     there made NaN where PyTorch's gradient is finite or infinite."""
     if w.size and not all_finite(w):
-        return direct.input_grad(gy, w, spec, in_spatial)
+        return _add_bias(direct.input_grad(gy, w, spec, in_spatial), bias)
     algo = select.choose("input_grad", spec, gy.shape, w.shape, gy.dtype).module
-    return algo.input_grad(gy, w, spec, in_spatial)
+    if bias is not None and getattr(algo, "INPUT_GRAD_ADDS_BIAS", False):
+        return algo.input_grad(gy, w, spec, in_spatial, bias=bias)
+    return _add_bias(algo.input_grad(gy, w, spec, in_spatial), bias)
 
 
 def _run_forward(p: Prepared) -> np.ndarray:
     x, w, spec = p.x, p.w, p.spec
     if spec.transposed:
-        y = _input_grad(x, w, spec, p.out_spatial)
-    else:
-        algo = select.choose("forward", spec, x.shape, w.shape, x.dtype).module
-        y = algo.forward(x, w, spec)
-    return _add_bias(y, p.b)
+        return _input_grad(x, w, spec, p.out_spatial, p.b)
+    algo = select.choose("forward", spec, x.shape, w.shape, x.dtype).module
+    if p.b is not None and getattr(algo, "FORWARD_ADDS_BIAS", False):
+        # added in the tiles, while each is in the cache: a pass over the output less
+        return algo.forward(x, w, spec, bias=p.b)
+    return _add_bias(algo.forward(x, w, spec), p.b)
 
 
 def grads(
