@@ -209,6 +209,27 @@ def _is_pointwise(spec: ConvSpec, in_spatial, out_spatial) -> bool:
     )
 
 
+def _input_tile(x, spec: ConvSpec, bs: slice, chans: slice, rows: slice, buf):
+    """The padded input rows that output rows ``rows`` read, of samples ``bs`` and
+    channels ``chans``, padded into the front of ``buf`` (on the worker, in cache) rather
+    than the whole input padded before the tiles start: a pass less in the calling
+    thread.  Returns ``(tile, rest of buf)``; the tile's rows start at output row 0."""
+    ir = input_rows(rows, spec)
+    Pd = spec.padded_shape(x.shape[2:])
+    shape = (bs.stop - bs.start, chans.stop - chans.start, ir.stop - ir.start) + tuple(Pd[1:])
+    xt = buf[: math.prod(shape)].reshape(shape)
+    pad_rows_into(x[bs, chans], spec.padding, ir.start, xt)
+    return xt, buf[xt.size:]
+
+
+def _input_tile_size(plan, spec: ConvSpec, in_spatial, chans: int) -> int:
+    """Elements of the largest :func:`_input_tile` of ``plan`` (``(bs, rows, ...)`` tiles)."""
+    P1 = math.prod(spec.padded_shape(in_spatial)[1:])
+    return max(((t[0].stop - t[0].start) * chans * P1
+                * (input_rows(t[1], spec).stop - input_rows(t[1], spec).start)
+                for t in plan), default=1)
+
+
 def _tile_cols(xp, spec, bs, rows, O, buf, *, batch_inner=False):
     """Columns of one tile, copied into ``buf``.
 
@@ -331,14 +352,14 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     if _flat(spec, x.shape[2:], O):
         return _forward_flat(x, w, spec, O, dtype, store, gb)
     y = np.empty((N, g, K // g, P), dtype=dtype)
-    xp = pad_spatial(x, spec.padding)
     Cg = C // g
     plan, most, G = _plan(N, O, g, K // g, Cg * kk * dtype.itemsize)
-    bufs = Scratch(most * G * Cg * kk, dtype)
+    bufs = Scratch(most * G * Cg * kk + _input_tile_size(plan, spec, x.shape[2:], G * Cg), dtype)
 
     def run(tile):
         bs, rows, gs = tile
-        cols = _tile_cols(xp[:, gs.start * Cg:gs.stop * Cg], spec, bs, rows, O, bufs.get())
+        xt, buf = _input_tile(x, spec, bs, slice(gs.start * Cg, gs.stop * Cg), rows, bufs.get())
+        cols = _tile_cols(xt, spec, slice(None), slice(0, rows.stop - rows.start), O, buf)
         cols = cols.reshape(cols.shape[0], gs.stop - gs.start, Cg * kk, -1)
         ps = _row_positions(rows, O)
         bg = None if gb is None else gb[gs]
@@ -560,15 +581,15 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         xp, sp0 = pad_spatial(x, spec.padding), _unpadded(spec)
         return sum(weight_grad(xp[:, :, :, _slab_rows(spec, h0, h1)], gy[:, :, :, h0:h1], sp0)
                    for h0, h1 in slabs)
-    xp = pad_spatial(x, spec.padding)
     Cg = C // g
     plan, most, G = _plan(N, O, g, Kg, (Cg * kk + Kg) * dtype.itemsize)
-    bufs = Scratch(most * G * Cg * kk, dtype)
+    bufs = Scratch(most * G * Cg * kk + _input_tile_size(plan, spec, x.shape[2:], G * Cg), dtype)
 
     def run(tile):
         bs, rows, gs = tile
         ng = gs.stop - gs.start
-        cols = _tile_cols(xp[:, gs.start * Cg:gs.stop * Cg], spec, bs, rows, O, bufs.get(),
+        xt, buf = _input_tile(x, spec, bs, slice(gs.start * Cg, gs.stop * Cg), rows, bufs.get())
+        cols = _tile_cols(xt, spec, slice(None), slice(0, rows.stop - rows.start), O, buf,
                           batch_inner=True)  # (ng*Cg*kk, n, Pt)
         n, Pt = cols.shape[1:]
         cols = cols.reshape(ng, Ckg, n * Pt)
