@@ -16,9 +16,11 @@ Backward:
 Work is split into tiles (batch chunks, or rows of the first output dimension when
 one sample is too big) so that the column buffer stays within the ``workspace_bytes``
 option and, for speed, within the last-level cache; one scratch buffer is reused
-for every tile.  The input is padded once.  A 1x1, stride-1, unpadded convolution
-is a plain GEMM on the input, with no column copy at all (in tiles too, see
-:func:`_pointwise_products`).  When output rows are long
+for every tile.  In the forward and the weight gradient each tile pads the input rows
+it reads into its own scratch (the MEC lowering and the 3-D slabs pad the input once,
+as a whole).  A 1x1, stride-1, unpadded convolution is a plain GEMM on the input,
+with no column copy at all (in tiles too, see :func:`_pointwise_products`).  When
+output rows are long
 (>= :data:`MEC_MIN_ROW` positions) the forward lowers only the last ``rank - 1``
 dimensions and reads the first from overlapping blocks of lowered rows
 (:func:`_forward_mec`), which copies ``k0 / s0`` times less.
