@@ -191,6 +191,34 @@ def test_nan_and_inf_propagate_like_torch_through_transforms(algorithm, x_shape,
         assert np.allclose(a[fin], t[fin], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 7), (2, 5, 6, 7), (2, 3, 3, 4, 5), (0, 4, 6, 6)])
+def test_bias_gradient_matches_torch_with_nan_and_inf(shape):
+    """The bias gradient (a product with ones per sample and channel, then a sum over the
+    batch) keeps torch's values and its NaN/inf pattern: an inf in one channel, inf and
+    -inf in another (NaN), a NaN in a third; empty batches give zeros."""
+    rng = np.random.default_rng(11)
+    r = len(shape) - 2
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((shape[1] + 1, shape[1]) + (3,) * r)
+    b = rng.standard_normal(shape[1] + 1)
+    op = getattr(cl, f"conv{r}d")
+    y, pb = cl.vjp(op, x, w, b, padding=1)
+    gy = rng.standard_normal(y.shape)
+    if y.size:
+        gy[0, 0].reshape(-1)[1] = np.inf
+        gy[-1, 1].reshape(-1)[0] = np.inf
+        gy[0, 1].reshape(-1)[-1] = -np.inf
+        gy[-1, 2].reshape(-1)[2] = np.nan
+    gb = pb(gy)[2]
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    getattr(torch.nn.functional, f"conv{r}d")(xt, wt, bt, padding=1).backward(torch.tensor(gy))
+    ref = bt.grad.numpy()
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(gb), test(ref))
+    fin = np.isfinite(ref)
+    assert rel_err(gb[fin], ref[fin]) <= 1e-12
+
+
 def test_grad_module_matches_torch_nn_grad():
     import torch.nn.grad as tg
 
