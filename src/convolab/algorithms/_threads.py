@@ -313,28 +313,38 @@ MATMUL_TILE_FLOPS = 8e6
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a (M, K) @ b (K, N)`` without waking BLAS's own threads: rows of ``a`` in tiles
-    on the workers, or, for small products, in the calling thread, one BLAS thread each.
+    """``a (M, K) @ b (K, N)`` without waking BLAS's own threads: rows of ``a`` (or, when
+    ``N > M``, columns of ``b``) in tiles on the workers, or, for small products, in the
+    calling thread, one BLAS thread each.
 
     For code around the convolutions (the ``Linear`` layer).  A matmul on BLAS's threads
     leaves them spinning for a while after it returns, competing with the pinned tile
     threads of the next convolution: the demo's MNIST-1D network, whose only matmul is
     a 128 x 1280 x 10 ``Linear``, trained in 18.2-19.0 s with it single-threaded and
     23.0-24.5 s with it on two BLAS threads.  With ``workers=1`` (or without
-    threadpoolctl) it is a plain ``a @ b``."""
+    threadpoolctl) it is a plain ``a @ b``.
+
+    Also for the Winograd weight transforms, short and wide products such as ``(36, 9) @
+    (9, K*C)``: in the calling thread on one BLAS thread, ``U`` of a 256 -> 256 3x3 layer
+    took 1.9 ms, which the tiles of the convolution then waited for; split by columns
+    over the workers, each reads half of ``b``."""
     M, N = a.shape[0], b.shape[1]
     if workers() == 1 or _controller() is None:
         return a @ b
-    if 2.0 * M * N * a.shape[1] < MATMUL_TILE_FLOPS or M < 2:
+    if 2.0 * M * N * a.shape[1] < MATMUL_TILE_FLOPS or max(M, N) < 2:
         with _blas_single_thread():
             return a @ b
     out = np.empty((M, N), dtype=np.result_type(a, b))
-    step = -(-M // workers())
+    by_rows = M >= N
+    step = -(-(M if by_rows else N) // workers())
 
     def run(i: int) -> None:
-        np.matmul(a[i:i + step], b, out=out[i:i + step])
+        if by_rows:
+            np.matmul(a[i:i + step], b, out=out[i:i + step])
+        else:
+            np.matmul(a, b[:, i:i + step], out=out[:, i:i + step])
 
-    run_tiles(run, range(0, M, step))
+    run_tiles(run, range(0, M if by_rows else N, step))
     return out
 
 

@@ -56,8 +56,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..options import get_options
 from ..spec import ConvSpec
-from ._threads import (RESULTS_HELD_PER_WORKER, Scratch, _blas_single_thread, run_tiles,
-                       run_tiles_sum, workers)
+from ._threads import (RESULTS_HELD_PER_WORKER, Scratch, matmul, run_tiles, run_tiles_sum,
+                       workers)
 from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, put, tiles
 
 # Finite interpolation points, in the order they are used (a - 1 of them for F(m, r)).
@@ -268,8 +268,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int, d: int = 1,
     a = m + r - 1
     at, g, bt = matrices(r)
     att, btd = np.ascontiguousarray(at.T.astype(dtype)), bt.astype(dtype)
-    with _blas_single_thread():  # see winograd._correlate: no spinning BLAS threads
-        U = np.matmul(g.astype(dtype), w.transpose(2, 0, 1).reshape(r, K * C))
+    U = matmul(g.astype(dtype), w.transpose(2, 0, 1).reshape(r, K * C))  # see winograd
     U = U.reshape(a, K, C)
     item = dtype.itemsize
     per = _per_tile(r, C, K, item) * d  # one tile: m outputs of each of the d phases
@@ -382,6 +381,5 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return [(Ellipsis, np.matmul(Ug.reshape(a, K, T), V.reshape(a, C, T).transpose(0, 2, 1)))]
 
     Msum = run_tiles_sum(run, plan, np.zeros((a, K, C), dtype=dtype))
-    with _blas_single_thread():
-        gw = g.T.astype(dtype) @ Msum.reshape(a, K * C)  # (r, K C)
+    gw = matmul(g.T.astype(dtype), Msum.reshape(a, K * C))  # (r, K C)
     return np.ascontiguousarray(gw.reshape(r, K, C).transpose(1, 2, 0))

@@ -35,8 +35,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..options import get_options
 from ..spec import ConvSpec
-from ._threads import (RESULTS_HELD_PER_WORKER, Scratch, _blas_single_thread, run_tiles,
-                       run_tiles_sum, workers)
+from ._threads import (RESULTS_HELD_PER_WORKER, Scratch, matmul, run_tiles, run_tiles_sum,
+                       workers)
 from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, put, tiles
 from .winograd1d import toom_cook
 
@@ -195,9 +195,9 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, lows, bias=None) -> np.ndarray:
     m = M_OUT
     a = m + r - 1
     at, g, bt = (t.astype(dtype) for t in toom_cook(m, r))
-    with _blas_single_thread():  # see winograd._correlate: no spinning BLAS threads
-        # U = G w G^T for every (k, c) as one GEMM: kron(G, G) (a^2, r^2) @ w (r^2, K C)
-        U = (np.kron(g, g) @ w.reshape(K * C, r * r).T).reshape(a * a, K, C)
+    # U = G w G^T for every (k, c) as one GEMM: kron(G, G) (a^2, r^2) @ w (r^2, K C), on
+    # the tile workers (see winograd._correlate)
+    U = matmul(np.kron(g, g), w.reshape(K * C, r * r).T).reshape(a * a, K, C)
     ata = np.ascontiguousarray(at.T)  # (a, m)
     item = dtype.itemsize
     tw = -(-O[1] // m)
@@ -308,6 +308,5 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
                                      V.reshape(a * a, C, T).transpose(0, 2, 1)))]
 
     Msum = run_tiles_sum(run, plan, np.zeros((a * a, K, C), dtype=dtype))
-    with _blas_single_thread():
-        gw = np.kron(g, g).T @ Msum.reshape(a * a, K * C)  # (r^2, K C)
+    gw = matmul(np.kron(g, g).T, Msum.reshape(a * a, K * C))  # (r^2, K C)
     return np.ascontiguousarray(gw.reshape(r, r, K, C).transpose(2, 3, 0, 1))
