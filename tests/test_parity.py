@@ -10,6 +10,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convolab as cl
+from convolab import select
+from convolab.spec import make_spec
 
 from .strategies import conv_cases, rel_err, torch_reference
 
@@ -359,6 +361,52 @@ def test_non_finite_weights_propagate_like_torch_through_the_input_gradient(
     ytT = torch.nn.functional.conv_transpose2d(torch.tensor(x), wT, **kw)
     for a, t in ((y, yt.detach()), (gx, xt.grad), (gw, wt.grad), (yt_, ytT)):
         t = t.numpy()
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(test(a), test(t))
+        fin = np.isfinite(t)
+        assert np.allclose(a[fin], t[fin], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw, ws", [
+    ((3, 2, 40), (3, 2, 5), dict(padding=2), 20000),                      # 1-D F(m, 5)
+    ((3, 2, 60), (3, 2, 3), dict(padding=4, dilation=4), 20000),          # 1-D, dilated
+    ((3, 2, 18, 17), (3, 2, 3, 3), dict(padding=1), 20000),               # F(4x4, 3x3)
+    ((3, 2, 18, 17), (3, 2, 3, 3), dict(padding=2, dilation=2), 20000),   # 2-D, dilated
+    ((3, 2, 18, 17), (3, 2, 5, 5), dict(padding=2), None),                # F(4x4, 5x5)
+    ((3, 2, 5, 9, 10), (3, 2, 3, 3, 3), dict(padding=1), None),           # 3-D
+])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_winograd_tiles_check_their_own_blocks(x_shape, w_shape, kw, ws, bad, monkeypatch):
+    """The Winograd forward and input gradient check each tile's block of the result as
+    it is written (not the whole result afterwards); one non-finite input in one of
+    many small tiles still sends the call to GEMM, so PyTorch's pattern comes out."""
+    from convolab.algorithms import _finite
+
+    whole = []
+    real = _finite.all_finite
+    monkeypatch.setattr(_finite, "all_finite", lambda a: whole.append(a.shape) or real(a))
+    rng = np.random.default_rng(23)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    r = len(x_shape) - 2
+    op, top = getattr(cl, f"conv{r}d"), getattr(torch.nn.functional, f"conv{r}d")
+    spec = make_spec(w_shape[2:], 1, kw["padding"], kw.get("dilation", 1), 1)
+    budget = {} if ws is None else dict(workspace_bytes=ws)
+    with cl.options(algorithm="winograd", workers=2, **budget):
+        gy_shape = (x_shape[0], w_shape[0]) + x_shape[2:]  # "same" padding
+        for role, shape in (("forward", x_shape), ("input_grad", gy_shape)):
+            assert select.choose(role, spec, shape, w_shape, np.float64).algorithm == "winograd"
+        y, pb = cl.vjp(op, x, w, **kw)
+        assert np.isfinite(y).all()
+        assert not [s for s in whole if s == y.shape], "the forward checked its whole result"
+        x[(-1, 0) + tuple(n // 2 for n in x_shape[2:])] = bad
+        y, pb = cl.vjp(op, x, w, **kw)
+        gy = np.ones_like(y)
+        gy[(0, 1) + tuple(n // 3 for n in y.shape[2:])] = bad
+        gx, _ = pb(gy)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    yt = top(xt, wt, **kw)
+    yt.backward(torch.tensor(gy))
+    for a, t in ((y, yt.detach().numpy()), (gx, xt.grad.numpy())):
         for test in (np.isnan, np.isposinf, np.isneginf):
             np.testing.assert_array_equal(test(a), test(t))
         fin = np.isfinite(t)

@@ -61,7 +61,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import pad_spatial
 from ..spec import ConvSpec
-from ._finite import falls_back_to_gemm
+from ._finite import check_block, falls_back_to_gemm, tile_checks
 from . import winograd1d, winograd2d
 from ._threads import Scratch, _blas_single_thread, matmul, run_tiles, run_tiles_sum, workers
 from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, put, tiles
@@ -281,7 +281,9 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads, bias=None) -> np.ndarray:
         Yt = Y.transpose(order).reshape((n, K) + tuple(t * M_OUT for t in tg))
         Oc = (r1 - r0,) + tuple(O[1:])
         put(y[bs, :, r0:r1], Yt[(Ellipsis,) + tuple(slice(0, o) for o in Oc)], bv)
+        check_block(checks, y[bs, :, r0:r1])
 
+    checks = tile_checks(dtype)
     run_tiles(run, plan)
     return y
 
@@ -381,7 +383,9 @@ def _correlate3(x: np.ndarray, w: np.ndarray, O, pads, bias=None) -> np.ndarray:
         Yt = Y.transpose(order).reshape((q, K) + tuple(tt * M_OUT for tt in tg))
         put(y[n].swapaxes(0, 1)[d0:d1, :, r0:r1], Yt[:, :, : r1 - r0, : O[2]],
             None if bias is None else bias.reshape(K, 1, 1))
+        check_block(checks, y[n, :, d0:d1, r0:r1])
 
+    checks = tile_checks(dtype)
     run_tiles(run, plan)
     return y
 

@@ -58,6 +58,7 @@ from ..options import get_options
 from ..spec import ConvSpec
 from ._threads import (RESULTS_HELD_PER_WORKER, Scratch, matmul, run_tiles, run_tiles_sum,
                        workers)
+from ._finite import check_block, tile_checks
 from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, put, tiles
 
 # Finite interpolation points, in the order they are used (a - 1 of them for F(m, r)).
@@ -291,7 +292,9 @@ def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int, d: int = 1,
             cnt = len(range(o0 + ph, min(O, t1 * m * d), d))
             put(y[bs, :, o0 + ph: o0 + ph + d * cnt: d], Yo[:, :, ph, :cnt].transpose(1, 0, 2),
                 bv)
+        check_block(checks, y[bs, :, o0:min(O, t1 * m * d)])
 
+    checks = tile_checks(dtype)
     run_tiles(run, plan)
     return y
 

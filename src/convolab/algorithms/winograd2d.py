@@ -37,6 +37,7 @@ from ..options import get_options
 from ..spec import ConvSpec
 from ._threads import (RESULTS_HELD_PER_WORKER, Scratch, matmul, run_tiles, run_tiles_sum,
                        workers)
+from ._finite import check_block, tile_checks
 from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, put, tiles
 from .winograd1d import toom_cook
 
@@ -222,7 +223,9 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, lows, bias=None) -> np.ndarray:
         r0, r1 = t0 * m, min(O[0], t1 * m)
         put(y[bs, :, r0:r1], Yv[:, :, : r1 - r0, : O[1]],
             None if bias is None else bias.reshape(K, 1, 1))
+        check_block(checks, y[bs, :, r0:r1])
 
+    checks = tile_checks(dtype)
     run_tiles(run, plan)
     return y
 
