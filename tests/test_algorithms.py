@@ -792,6 +792,62 @@ def test_polyphase_writes_the_phases_from_the_gemm_tiles(x_shape, w_shape, kwarg
     assert rel_err(got, torch_reference(case, *t).numpy()) <= TOL64
 
 
+@pytest.mark.parametrize("ws", [None, 3000])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((3, 4, 6, 7), (4, 3, 2, 2), dict(stride=2)),
+        ((2, 6, 5, 4, 3), (6, 2, 2, 1, 3), dict(stride=(2, 1, 3), groups=3)),
+        ((2, 4, 9), (4, 5, 3), dict(stride=3)),
+    ],
+)
+def test_polyphase_writes_the_phases_from_the_1x1_tiles(x_shape, w_shape, kwargs, bias, ws,
+                                                       monkeypatch):
+    """Kernel = stride: the phases are one 1x1 product whose tiles (whole rows of the
+    output's first dimension; rows of one sample in a small workspace) hand their blocks
+    to the phase writer, as the flat lowering's do."""
+    from convolab.algorithms import gemm
+
+    stored = []
+    products = gemm._pointwise_products
+
+    def spy(a, b, dtype, bias=None, *, store=None, O=None):
+        stored.append(store is not None)
+        return products(a, b, dtype, bias, store=store, O=O)
+
+    monkeypatch.setattr(gemm, "_pointwise_products", spy)
+    full = dict(stride=1, padding=0, dilation=1, groups=1, output_padding=0) | kwargs
+    case = ConvCase(True, len(x_shape) - 2, x_shape, w_shape, bias, full)
+    with cl.options(workers=2, workspace_bytes=ws or cl.get_options().workspace_bytes):
+        x, w, b = case.arrays(np.float64, 5)
+        with cl.options(algorithm="polyphase"):
+            got = cl.conv_transpose(x, w, b, **full)
+    assert stored == [True], "the phases did not run on the 1x1 product tiles"
+    with cl.options(algorithm="direct"):
+        ref = cl.conv_transpose(x, w, b, **full)
+    assert rel_err(got, ref) <= TOL64
+    t = [torch.tensor(a) if a is not None else None for a in (x, w, b)]
+    assert rel_err(got, torch_reference(case, *t).numpy()) <= TOL64
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("N, most", [(16, 3), (16, 16), (5, 2), (1, 4), (7, 1), (3, 8)])
+def test_gemm_input_grad_batches_are_even(N, most, workers):
+    """The col2im tiles: at most ``most`` samples each, sizes within one of each other,
+    and a multiple of the workers in number where the batch allows."""
+    from convolab.algorithms import gemm
+
+    with cl.options(workers=workers):
+        parts = gemm._even_batches(N, most)
+    sizes = [p.stop - p.start for p in parts]
+    assert parts[0].start == 0 and parts[-1].stop == N
+    assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+    assert max(sizes) <= most and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    if len(parts) > 1 and workers <= N:
+        assert len(parts) % workers == 0 or len(parts) == N
+
+
 @pytest.mark.parametrize("ws", [None, 4096])
 @pytest.mark.parametrize(
     "x_shape, w_shape, kwargs",

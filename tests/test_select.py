@@ -111,11 +111,16 @@ def test_cost_model_picks_weight_grad(x_shape, w_shape, expected):
         ((32, 64, 1024), (64, 64, 7), dict(padding=3), "winograd"),
         # C = 3 output rows: the swapped GEMM is far below peak (measured 5x slower)
         ((8, 64, 112, 112), (64, 3, 7, 7), dict(stride=2, padding=3), "gemm"),
-        # transposed 4x4 / 2x2 s2 forward: all phases as one GEMM forward (measured
-        # 1.3-1.5x faster in median than w^T @ gy + col2im) ...
-        ((16, 128, 14, 14), (128, 64, 4, 4), dict(stride=2, padding=1), "polyphase"),
+        # transposed 4x4 / 2x2 s2 forward: all phases as one GEMM forward on large
+        # planes (32x32 -> 64x64: 37.3 vs 38.5 ms; N1 64x64: 2.95 vs 3.46) and for
+        # 2x2 (6.4 vs 6.5) ...
+        ((4, 256, 32, 32), (256, 128, 4, 4), dict(stride=2, padding=1), "polyphase"),
+        ((1, 64, 64, 64), (64, 32, 4, 4), dict(stride=2, padding=1), "polyphase"),
         ((16, 128, 28, 28), (128, 64, 2, 2), dict(stride=2), "polyphase"),
-        # ... except on small planes (8x8 -> 16x16: 1.3x slower)
+        # ... but w^T @ gy + col2im on 14x14 and smaller: the unified GEMM's flat grid
+        # computes 15 x 16 positions per phase for 14 x 14 (7.2 vs 7.9 ms; 8x8 -> 16x16:
+        # 4.6 vs 7.0)
+        ((16, 128, 14, 14), (128, 64, 4, 4), dict(stride=2, padding=1), "gemm"),
         ((8, 256, 8, 8), (256, 128, 4, 4), dict(stride=2, padding=1), "gemm"),
     ],
 )

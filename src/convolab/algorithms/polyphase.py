@@ -259,12 +259,14 @@ def _inner(spec: ConvSpec, p: dict, itemsize: int):
     and problem sizes standing for them (their FLOPs add up to the input gradient's;
     the unified case is exactly one forward convolution)."""
     if _unified(spec):
-        J = tuple(k // s for k, s in zip(spec.kernel_size, spec.stride))
-        Q = tuple(-(-n // s) for n, s in zip(p["S"], spec.stride))
-        sub = ConvSpec(J, (1,) * spec.rank, tuple((j - 1, j - 1) for j in J),
+        # gy (O positions) padded (or cropped) to give the Q phase positions that cover
+        # the crop, as _input_grad_unified runs it
+        J, _, Q, lows, highs = _unified_plan(spec, p["S"], p["O"])
+        sub = ConvSpec(J, (1,) * spec.rank, tuple((max(0, lo), max(0, hi)) for lo, hi in
+                                                  zip(lows, highs)),
                        (1,) * spec.rank, spec.groups)
         out = p["C"] * math.prod(spec.stride)
-        swapped = dict(p, C=p["K"], K=out, S=Q, O=Q)
+        swapped = dict(p, C=p["K"], K=out, S=tuple(p["O"]), O=Q)
         w_shape = (out, p["K"] // p["g"]) + J
     else:
         full = tuple(max(0, d * (k - 1) - lo) for d, k, (lo, _) in
