@@ -325,7 +325,6 @@ def forward_and_weight_grad(a: np.ndarray, w: np.ndarray, b: np.ndarray, spec: C
     columns per tile: for a transposed convolution's backward, ``a = gy`` and ``b = x``.
     Tiles as GEMM's (samples, output rows, groups)."""
     from . import gemm
-    from ..padding import pad_spatial
 
     g = spec.groups
     N, C = a.shape[:2]
@@ -338,18 +337,21 @@ def forward_and_weight_grad(a: np.ndarray, w: np.ndarray, b: np.ndarray, spec: C
     Cg, Kg = C // g, K // g
     Ckg = Cg * kk
     wm = gemm._wmat(w, g)
-    ap = pad_spatial(a, spec.padding)
     bg = b.reshape(N, g, Kg, P)
     y = np.empty((N, K, P), dtype=dtype)
     plan, most, G = gemm._plan(N, O, g, Kg, (Ckg + Kg) * item)
-    bufs = Scratch(most * G * (Ckg + Kg), dtype)
+    bufs = Scratch(most * G * (Ckg + Kg) + gemm._input_tile_size(plan, spec, a.shape[2:], G * Cg),
+                   dtype)
 
     def run(tile):
         bs, rows, gs = tile
         ng = gs.stop - gs.start
-        buf = bufs.get()
-        cols = gemm._tile_cols(ap[:, gs.start * Cg:gs.stop * Cg], spec, bs, rows, O, buf,
-                               batch_inner=True)  # (ng*Ckg, n, Pt)
+        # the tile pads its own rows of ``a`` (on the worker, in cache), as GEMM's forward
+        # does, instead of the whole of ``a`` padded in the calling thread first
+        at, buf = gemm._input_tile(a, spec, bs, slice(gs.start * Cg, gs.stop * Cg), rows,
+                                   bufs.get())
+        cols = gemm._tile_cols(at, spec, slice(None), slice(0, rows.stop - rows.start), O,
+                               buf, batch_inner=True)  # (ng*Ckg, n, Pt)
         n, Pt = cols.shape[1:]
         cols = cols.reshape(ng, Ckg, n * Pt)
         ps = gemm._row_positions(rows, O)
