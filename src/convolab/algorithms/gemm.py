@@ -17,8 +17,7 @@ Work is split into tiles (batch chunks, or rows of the first output dimension wh
 one sample is too big) so that the column buffer stays within the ``workspace_bytes``
 option and, for speed, within the last-level cache; one scratch buffer is reused
 for every tile.  In the forward and the weight gradient each tile pads the input rows
-it reads into its own scratch (the MEC lowering and the 3-D slabs pad the input once,
-as a whole).  A 1x1, stride-1, unpadded convolution is a plain GEMM on the input,
+it reads into its own scratch (the 3-D slabs pad the input once, as a whole).  A 1x1, stride-1, unpadded convolution is a plain GEMM on the input,
 with no column copy at all (in tiles too, see :func:`_pointwise_products`).  When
 output rows are long
 (>= :data:`MEC_MIN_ROW` positions) the forward lowers only the last ``rank - 1``
@@ -550,27 +549,28 @@ def _forward_mec(x, w, spec: ConvSpec, O, dtype, bias=None) -> np.ndarray:
     Pr = math.prod(Or)
     item = dtype.itemsize
     wm = np.ascontiguousarray(np.moveaxis(w, 2, 1)).reshape(K, k0 * rows_per)
-    xp = pad_spatial(x, spec.padding)
     y = np.empty((N, K, O[0], Pr), dtype=dtype)
     # one output row of one sample needs s0 new lowered input rows (plus the k0 - s0 halo)
     plan, _ = tiles(N, O, max(s0, 1) * rows_per * item, cache=CACHE)
     most = max(((bs.stop - bs.start) * ((r.stop - r.start - 1) * s0 + k0)
                 for bs, r in plan), default=1)
-    bufs = Scratch(most * rows_per * Pr, dtype)
-    sp = xp.strides
+    bufs = Scratch(most * rows_per * Pr + _input_tile_size(plan, spec, x.shape[2:], C), dtype)
 
     def run(tile):
         bs, rows = tile
         n, nr = bs.stop - bs.start, rows.stop - rows.start
         H = (nr - 1) * s0 + k0
-        xs = xp[bs, :, rows.start * s0: rows.start * s0 + H]  # (n, C, H, *P[1:])
+        # the tile's padded input rows (n, C, H, *P[1:]), padded here on the worker
+        # rather than the whole input padded first in the calling thread
+        xs, buf = _input_tile(x, spec, bs, slice(0, C), rows, bufs.get())
+        sp = xs.strides
         win = as_strided(
             xs, (n, H, C) + kr + Or,
             (sp[0], sp[2], sp[1])
             + tuple(sp[3 + i] * d for i, d in enumerate(spec.dilation[1:]))
             + tuple(sp[3 + i] * st for i, st in enumerate(spec.stride[1:])),
             writeable=False)
-        L = bufs.get()[: n * H * rows_per * Pr].reshape(win.shape)
+        L = buf[: n * H * rows_per * Pr].reshape(win.shape)
         np.copyto(L, win)
         M = as_strided(L, (n, nr, k0 * rows_per, Pr),
                        (H * rows_per * Pr * item, s0 * rows_per * Pr * item, Pr * item, item),
