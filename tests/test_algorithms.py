@@ -844,7 +844,7 @@ def test_gemm_input_grad_batches_are_even(N, most, workers):
     assert parts[0].start == 0 and parts[-1].stop == N
     assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
     assert max(sizes) <= most and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
-    if len(parts) > 1 and workers <= N:
+    if workers <= N and N > 1:
         assert len(parts) % workers == 0 or len(parts) == N
 
 

@@ -17,12 +17,12 @@ Work is split into tiles (batch chunks, or rows of the first output dimension wh
 one sample is too big) so that the column buffer stays within the ``workspace_bytes``
 option and, for speed, within the last-level cache; one scratch buffer is reused
 for every tile.  In the forward and the weight gradient each tile pads the input rows
-it reads into its own scratch (the 3-D slabs pad the input once, as a whole).  A 1x1, stride-1, unpadded convolution is a plain GEMM on the input,
-with no column copy at all (in tiles too, see :func:`_pointwise_products`).  When
-output rows are long
-(>= :data:`MEC_MIN_ROW` positions) the forward lowers only the last ``rank - 1``
-dimensions and reads the first from overlapping blocks of lowered rows
-(:func:`_forward_mec`), which copies ``k0 / s0`` times less.
+it reads into its own scratch (the 3-D slabs pad the input once, as a whole).  A 1x1,
+stride-1, unpadded convolution is a plain GEMM on the input, with no column copy at all
+(in tiles too, see :func:`_pointwise_products`).  When output rows are long (>=
+:data:`MEC_MIN_ROW` positions) the forward lowers only the last ``rank - 1`` dimensions
+and reads the first from overlapping blocks of lowered rows (:func:`_forward_mec`),
+which copies ``k0 / s0`` times less.
 """
 
 from __future__ import annotations
@@ -680,10 +680,14 @@ def _phase_copies(spec: ConvSpec, Hs, in_spatial) -> list:
 def _even_batches(N: int, most: int) -> list:
     """Batch slices of at most ``most`` samples, as many as a multiple of the workers
     and of sizes differing by one at most: 16 samples in at most 3 on two workers are
-    3+3+3+3+2+2, not 3+3+3+3+3+1, which left one worker 9 samples and the other 7."""
+    3+3+3+3+2+2, not 3+3+3+3+3+1, which left one worker 9 samples and the other 7.
+    A batch that fits one tile is split too, so that every worker gets a tile: a single
+    tile runs in the calling thread, where its product (now over all the samples at
+    once) is big enough for BLAS's own threads, which keep spinning after it and slowed
+    the convolutions that followed (the demo's training 19.4 -> 22.2 s)."""
     nw = workers()
     T = -(-N // max(1, most))
-    if T > 1 and nw > 1:
+    if N > 1 and nw > 1:
         T = min(N, -(-T // nw) * nw)
     return [slice(N * t // T, N * (t + 1) // T) for t in range(T)]
 
