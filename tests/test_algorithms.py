@@ -776,15 +776,21 @@ def test_polyphase_writes_the_phases_from_the_gemm_tiles(x_shape, w_shape, kwarg
         return flat(x, w, spec, O, dtype, store, bias)
 
     monkeypatch.setattr(gemm, "_forward_flat", spy)
+    _check_polyphase_transposed(x_shape, w_shape, kwargs, bias, ws, seed=3)
+    assert stored and stored[0], "the phases did not run on the flat GEMM tiles"
+
+
+def _check_polyphase_transposed(x_shape, w_shape, kwargs, bias, ws, seed):
+    """The transposed convolution forced through polyphase, on two workers (wherever this
+    runs: each worker's share of the budget decides the lowering; with 8, a 3-D case's
+    share of 20000 bytes sends it to plane slabs) and the workspace ``ws`` (None: the
+    default), against direct and torch."""
     full = dict(stride=1, padding=0, dilation=1, groups=1, output_padding=0) | kwargs
     case = ConvCase(True, len(x_shape) - 2, x_shape, w_shape, bias, full)
-    # two workers wherever this runs: each worker's share of the budget decides the
-    # lowering (with 8, the 3-D case's share of 20000 bytes sends it to plane slabs)
     with cl.options(workers=2, workspace_bytes=ws or cl.get_options().workspace_bytes):
-        x, w, b = case.arrays(np.float64, 3)
+        x, w, b = case.arrays(np.float64, seed)
         with cl.options(algorithm="polyphase"):
             got = cl.conv_transpose(x, w, b, **full)
-    assert stored and stored[0], "the phases did not run on the flat GEMM tiles"
     with cl.options(algorithm="direct"):
         ref = cl.conv_transpose(x, w, b, **full)
     assert rel_err(got, ref) <= TOL64
@@ -817,18 +823,8 @@ def test_polyphase_writes_the_phases_from_the_1x1_tiles(x_shape, w_shape, kwargs
         return products(a, b, dtype, bias, store=store, O=O)
 
     monkeypatch.setattr(gemm, "_pointwise_products", spy)
-    full = dict(stride=1, padding=0, dilation=1, groups=1, output_padding=0) | kwargs
-    case = ConvCase(True, len(x_shape) - 2, x_shape, w_shape, bias, full)
-    with cl.options(workers=2, workspace_bytes=ws or cl.get_options().workspace_bytes):
-        x, w, b = case.arrays(np.float64, 5)
-        with cl.options(algorithm="polyphase"):
-            got = cl.conv_transpose(x, w, b, **full)
+    _check_polyphase_transposed(x_shape, w_shape, kwargs, bias, ws, seed=5)
     assert stored == [True], "the phases did not run on the 1x1 product tiles"
-    with cl.options(algorithm="direct"):
-        ref = cl.conv_transpose(x, w, b, **full)
-    assert rel_err(got, ref) <= TOL64
-    t = [torch.tensor(a) if a is not None else None for a in (x, w, b)]
-    assert rel_err(got, torch_reference(case, *t).numpy()) <= TOL64
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
