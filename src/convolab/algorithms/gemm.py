@@ -697,7 +697,10 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
 
     ``dcols = w^T @ gy`` per tile, then a polyphase flat col2im (see :func:`_phase_layout`):
     ``gy`` is first spread onto the flat phase grid, so the GEMM writes ``dcols``
-    directly in the layout whose taps add as contiguous runs.
+    directly in the layout whose taps add as contiguous runs.  The tile's samples lie
+    side by side on that grid, so the product is one GEMM per group over all of them
+    (Lf-column GEMMs per sample ran 1.1x slower on the 4x4 stride-2 transposed layer's
+    14x14 planes; on 1-D ones of 513 columns the single product is 7 % slower).
     """
     g = spec.groups
     N, K = gy.shape[:2]
