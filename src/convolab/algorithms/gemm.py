@@ -697,11 +697,12 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
 
     ``dcols = w^T @ gy`` per tile, then a polyphase flat col2im (see :func:`_phase_layout`):
     ``gy`` is first spread onto the flat phase grid, so the GEMM writes ``dcols``
-    directly in the layout whose taps add as contiguous runs.  The tile's samples lie
-    side by side on that grid, so the product is one GEMM per group over all of them
-    (per sample, the GEMMs of the 4x4 stride-2 transposed layer's 14x14 planes took 8.8
-    against 8.4 ms on one worker; on 1-D planes of 513 columns the single product is
-    the slower one, 1.63 against 1.51 ms).
+    directly in the layout whose taps add as contiguous runs.  In 2-D and 3-D the tile's
+    samples lie side by side on that grid, so the product is one GEMM per group over all
+    of them (per sample, the GEMMs of the 4x4 stride-2 transposed layer's 14x14 planes
+    took 8.8 against 8.4 ms on one worker).  In 1-D each sample keeps its own product:
+    there the single one measured slower (1.63 against 1.51 ms on 513-column rows, and
+    its transposing spread 0.24 against 0.14).
     """
     g = spec.groups
     N, K = gy.shape[:2]
@@ -753,16 +754,29 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
         by_phase.setdefault(p, []).append((j, off))
     empty = [p for p in itertools.product(*(range(s) for s in S)) if p not in by_phase]
 
+    # 2-D and 3-D: the tile's samples side by side on the flat phase grid, so that the
+    # product is one GEMM per group over all of them; 1-D: one GEMM per sample (its rows
+    # are long already, and the transposing spread cost more than the wider GEMM gave)
+    inner = r > 1
+    spread = tuple(p * item for p in pst)
+
     def run(bs):
         n = bs.stop - bs.start
-        # gy spread onto the flat phase grid, samples side by side: one GEMM per group
-        # over every sample of the tile (per sample, the GEMMs were Lf columns wide)
-        grid = np.zeros((g, Kg, n, Lf), dtype=dtype)
-        as_strided(grid, (g, Kg, n) + O, grid.strides[:3] + tuple(p * item for p in pst))[
-            ...] = gyg[bs].reshape((n, g, Kg) + O).transpose((1, 2, 0) + tuple(range(3, 3 + r)))
-        dcols = bufs.get()[: C * kk * n * Lf].reshape(g, Cg * kk, n * Lf)
-        np.matmul(wt, grid.reshape(g, Kg, n * Lf), out=dcols)
-        dv = dcols.reshape(C, kk, n, Lf)
+        src = gyg[bs].reshape((n, g, Kg) + O)
+        dcols = bufs.get()[: C * kk * n * Lf]
+        if inner:
+            grid = np.zeros((g, Kg, n, Lf), dtype=dtype)
+            as_strided(grid, (g, Kg, n) + O, grid.strides[:3] + spread)[...] = src.transpose(
+                (1, 2, 0) + tuple(range(3, 3 + r)))
+            dcols = dcols.reshape(g, Cg * kk, n * Lf)
+            np.matmul(wt, grid.reshape(g, Kg, n * Lf), out=dcols)
+            dv = dcols.reshape(C, kk, n, Lf)
+        else:
+            grid = np.zeros((n, g, Kg, Lf), dtype=dtype)
+            as_strided(grid, (n, g, Kg) + O, grid.strides[:3] + spread)[...] = src
+            dcols = dcols.reshape(n, g, Cg * kk, Lf)
+            np.matmul(wt, grid, out=dcols)
+            dv = dcols.reshape(n, C, kk, Lf).transpose(1, 2, 0, 3)  # (C, kk, n, Lf)
         ph = np.empty((C, n) + tuple(S) + Hs, dtype=dtype)
         flat = ph.reshape((C, n) + tuple(S) + (nph_flat,))
         for p, taps in by_phase.items():
