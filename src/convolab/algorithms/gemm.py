@@ -762,18 +762,18 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
 
     def run(bs):
         n = bs.stop - bs.start
-        src = gyg[bs].reshape((n, g, Kg) + O)
+        gyt = gyg[bs].reshape((n, g, Kg) + O)
         dcols = bufs.get()[: C * kk * n * Lf]
         if inner:
             grid = np.zeros((g, Kg, n, Lf), dtype=dtype)
-            as_strided(grid, (g, Kg, n) + O, grid.strides[:3] + spread)[...] = src.transpose(
+            as_strided(grid, (g, Kg, n) + O, grid.strides[:3] + spread)[...] = gyt.transpose(
                 (1, 2, 0) + tuple(range(3, 3 + r)))
             dcols = dcols.reshape(g, Cg * kk, n * Lf)
             np.matmul(wt, grid.reshape(g, Kg, n * Lf), out=dcols)
             dv = dcols.reshape(C, kk, n, Lf)
         else:
             grid = np.zeros((n, g, Kg, Lf), dtype=dtype)
-            as_strided(grid, (n, g, Kg) + O, grid.strides[:3] + spread)[...] = src
+            as_strided(grid, (n, g, Kg) + O, grid.strides[:3] + spread)[...] = gyt
             dcols = dcols.reshape(n, g, Cg * kk, Lf)
             np.matmul(wt, grid, out=dcols)
             dv = dcols.reshape(n, C, kk, Lf).transpose(1, 2, 0, 3)  # (C, kk, n, Lf)
