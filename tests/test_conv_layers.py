@@ -160,3 +160,49 @@ def test_state_dict_order_and_round_trip_match_torch_for_a_network():
     m.load_state_dict({k: v.numpy() for k, v in t.state_dict().items()})
     for k, v in t.state_dict().items():
         np.testing.assert_array_equal(m.state_dict()[k], v.numpy())
+
+
+def test_layer_pickles_after_forward_and_reprs_like_torch():
+    import copy
+    import pickle
+
+    layer = nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect", seed=0)
+    x = np.ones((1, 1, 5, 5), np.float32)
+    y = layer(x)
+    again = pickle.loads(pickle.dumps(layer))
+    np.testing.assert_array_equal(again(x), y)
+    with pytest.raises(RuntimeError, match="before forward"):
+        copy.deepcopy(layer).backward(np.ones_like(y))  # a copy has no forward of its own
+    for cls, args, kw in [
+        ("Conv2d", (4, 16, 3), dict(padding=1)),
+        ("Conv2d", (4, 16, 3), dict(padding="same", padding_mode="reflect")),
+        ("Conv2d", (4, 16, 3), dict(padding=(0, 1), dilation=2, bias=False)),
+        ("Conv1d", (4, 8, 3), dict(groups=2)),
+        ("ConvTranspose2d", (3, 4, 3), dict(stride=2, output_padding=1)),
+    ]:
+        assert repr(getattr(nn, cls)(*args, **kw)) == repr(getattr(torch.nn, cls)(*args, **kw))
+
+
+def test_layer_dtype_argument():
+    assert nn.Conv1d(1, 1, 3, dtype=torch.float64).weight.dtype == np.float64
+    assert nn.Conv1d(1, 1, 3, dtype="float64").weight.dtype == np.float64
+    with pytest.raises(TypeError, match="dtype=int64 must be one of"):
+        nn.Conv2d(2, 3, 3, dtype=np.int64)
+    with pytest.raises(TypeError, match="is not a dtype"):
+        nn.Conv2d(2, 3, 3, dtype="nonsense")
+
+
+def test_transposed_output_size_follows_torch():
+    layer = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1)
+    x = np.ones((1, 2, 4, 4), np.float32)
+    assert layer(x, output_size=(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+    assert layer(x[0], output_size=(3, 7, 8)).shape == (3, 7, 8)  # unbatched: C + spatial
+    with pytest.raises(ValueError, match="must have 2 or 4 entries"):
+        layer(x, output_size=(3, 8, 8))
+    with pytest.raises(TypeError, match="must hold ints"):
+        layer(x, output_size=(8.9, 8.9))
+    with pytest.raises(TypeError, match="sequence of ints"):
+        layer(x, output_size="16")
+    dilated = nn.ConvTranspose1d(1, 1, 3, dilation=2)  # torch: output_padding < stride
+    with pytest.raises(ValueError, match="between 8 and 8"):
+        dilated(np.ones((1, 1, 4), np.float32), output_size=(9,))

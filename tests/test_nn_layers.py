@@ -359,3 +359,161 @@ def test_cross_entropy_spatial_and_errors():
         loss(z, t.astype(float))
     with pytest.raises(ValueError, match="target.shape"):
         loss(z, t[:, :2])
+
+
+# --------------------------------------------------------------------------- module rules
+
+
+def test_tied_parameter_is_listed_once_and_stepped_once():
+    """A Parameter shared by two layers: one entry in parameters(), one optimizer update,
+    the same trajectory as torch (which also removes duplicates)."""
+    from convolab.nn import optim
+
+    a = nn.Linear(2, 2, bias=False, dtype=np.float64, seed=0)
+    b = nn.Linear(2, 2, bias=False, dtype=np.float64, seed=1)
+    b.weight = a.weight
+    m = nn.Sequential(a, b)
+    assert len(m.parameters()) == 1 and m.num_parameters() == 4
+    assert sorted(m.state_dict()) == ["0.weight", "1.weight"]  # torch keeps both keys
+    ta = torch.nn.Linear(2, 2, bias=False, dtype=torch.float64)
+    tb = torch.nn.Linear(2, 2, bias=False, dtype=torch.float64)
+    ta.weight.data = torch.tensor(a.weight.data.copy())
+    tb.weight = ta.weight
+    tm = torch.nn.Sequential(ta, tb)
+    opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    topt = torch.optim.SGD(tm.parameters(), lr=0.1, momentum=0.9)
+    x = np.array([[1.0, 2.0]])
+    for _ in range(2):
+        y = m(x)
+        m.backward(np.ones_like(y))
+        opt.step()
+        opt.zero_grad()
+        ty = tm(torch.tensor(x))
+        ty.backward(torch.ones_like(ty))
+        topt.step()
+        topt.zero_grad()
+    assert rel(a.weight.data, t2n(ta.weight)) <= TOL
+    with pytest.raises(ValueError, match="more than once"):
+        optim.SGD([a.weight, b.weight], lr=0.1)
+
+
+def test_one_layer_instance_twice_refuses_backward():
+    lin = nn.Linear(2, 2, seed=0)
+    m = nn.Sequential(lin, nn.ReLU(), lin)
+    y = m(np.ones((1, 2), np.float32))  # inference is fine
+    with pytest.raises(ValueError, match="same Linear instance sits at '0' and '2'"):
+        m.backward(np.ones_like(y))
+
+
+def test_parameter_array_copy_semantics():
+    p = nn.Parameter(np.zeros(3))
+    a = np.array(p)
+    a[0] = 99.0
+    assert p.data[0] == 0.0
+    assert np.asarray(p) is p.data  # asarray may view, as for an ndarray
+    assert np.array(p, dtype=np.float32).dtype == np.float32
+    with pytest.raises(ValueError, match="without a copy"):
+        np.array(p, dtype=np.float32, copy=False)
+
+
+def test_buffers_keep_their_place_and_shape():
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean = np.full(3, 5.0, np.float32)
+    assert list(bn.state_dict()) == [
+        "weight", "bias", "running_mean", "running_var", "num_batches_tracked"
+    ]
+    good = {k: v.copy() for k, v in bn.state_dict().items()}
+    for key, bad in (("running_mean", np.zeros(5)), ("running_var", np.array(2.0))):
+        with pytest.raises(ValueError, match=f"{key} has shape"):
+            bn.load_state_dict({**good, key: bad})
+    assert bn.running_mean[0] == 5.0  # a rejected dict changes nothing
+    # torch fills in a counter missing from old checkpoints
+    old = {k: v for k, v in good.items() if k != "num_batches_tracked"}
+    bn.load_state_dict(old)
+    with pytest.raises(ValueError, match="unexpected keys"):
+        bn.load_state_dict({**good, "extra": np.zeros(1)})
+    with pytest.raises(ValueError, match="must be a bool"):
+        bn.train("no")
+
+
+def test_relu_passes_nan_like_torch():
+    x = np.array([np.nan, -1.0, 0.0, 2.0])
+    r = nn.ReLU()
+    y = r(x)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.relu(tx)
+    ty.backward(torch.ones(4))
+    np.testing.assert_array_equal(y, t2n(ty))
+    np.testing.assert_array_equal(r.backward(np.ones(4)), t2n(tx.grad))
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda: nn.ReLU(), np.ones((4, 3))),
+        (lambda: nn.SiLU(), np.ones((4, 3))),
+        (lambda: nn.GELU(), np.ones((4, 3))),
+        (lambda: nn.Dropout(0.5, seed=0), np.ones((4, 3))),
+        (lambda: nn.Identity(), np.ones((4, 3))),
+        (lambda: nn.Flatten(), np.ones((2, 3, 4))),
+        (lambda: nn.Linear(3, 5, dtype=np.float64), np.ones((4, 3))),
+        (lambda: nn.BatchNorm1d(3, dtype=np.float64), np.random.default_rng(0).random((4, 3))),
+        (lambda: nn.MaxPool2d(2), np.ones((1, 1, 4, 4))),
+        (lambda: nn.AvgPool1d(2), np.ones((2, 4))),
+        (lambda: nn.AdaptiveAvgPool2d(2), np.ones((1, 2, 4, 4))),
+    ],
+)
+def test_backward_checks_grad_shape_before_touching_grads(make, x):
+    layer = make()
+    y = layer(x)
+    bad = np.ones(y.shape[-1:] if y.ndim > 1 else (y.shape[0] + 1,))
+    with pytest.raises(ValueError, match=r"grad_out.shape=.* must equal the output's shape"):
+        layer.backward(bad)
+    assert all(p.grad is None for p in layer.parameters())
+    assert layer.backward(np.ones(y.shape)).shape == np.shape(x)
+
+
+def test_layers_refuse_mixed_dtypes_and_bad_arguments():
+    with pytest.raises(TypeError, match="dtypes must match"):
+        nn.Linear(3, 2)(np.ones((1, 3)))
+    with pytest.raises(TypeError, match="dtypes must match"):
+        nn.BatchNorm1d(3)(np.ones((2, 3)))
+    with pytest.raises(TypeError, match="momentum='a' must be a real number"):
+        nn.BatchNorm1d(3, momentum="a")
+    with pytest.raises(ValueError, match="start_dim=1 is out of range for a 1-D input"):
+        nn.Flatten()(np.ones(3))
+    with pytest.raises(ValueError, match="non-zero channel and spatial sizes"):
+        nn.AdaptiveAvgPool1d(2)(np.ones((1, 1, 0)))
+    with pytest.raises(RuntimeError, match="before forward"):
+        nn.Dropout().backward(np.ones(3))
+    bn = nn.BatchNorm1d(3, dtype=np.float64, bias=False)
+    tbn = torch.nn.BatchNorm1d(3, dtype=torch.float64, bias=False)
+    assert list(bn.state_dict()) == list(tbn.state_dict())
+    parity(bn, tbn, np.random.default_rng(1).standard_normal((5, 3)))
+
+
+def test_maxpool_all_minus_inf_window_sends_gradient_inside():
+    """A window of -inf values that reaches into the padding: torch gives its gradient to
+    the window's first element inside the input, never to the padding."""
+    x = np.array([[[-np.inf, -np.inf, 1.0, -np.inf, -np.inf]]])
+    for k, s, p, ceil in ((2, 2, 1, False), (3, 2, 1, True), (3, 1, 1, False)):
+        m = nn.MaxPool1d(k, s, p, ceil_mode=ceil)
+        tm = torch.nn.MaxPool1d(k, s, p, ceil_mode=ceil)
+        y = m(x)
+        tx = torch.tensor(x, requires_grad=True)
+        ty = tm(tx)
+        ty.backward(torch.ones_like(ty))
+        np.testing.assert_array_equal(y, t2n(ty))
+        np.testing.assert_array_equal(m.backward(np.ones(y.shape)), t2n(tx.grad))
+
+
+def test_cross_entropy_none_backward_needs_its_gradient():
+    loss = nn.CrossEntropyLoss(reduction="none")
+    loss(np.random.default_rng(0).standard_normal((4, 5)), np.array([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="reduction='none' returns one loss per element"):
+        loss.backward()
+    assert loss.backward(np.ones(4)).shape == (4, 5)
+    mean = nn.CrossEntropyLoss()
+    mean(np.zeros((2, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"grad.shape=\(3,\) must equal the loss's shape \(\)"):
+        mean.backward(np.ones(3))

@@ -125,3 +125,30 @@ def test_errors_and_zero_grad():
     s.step()
     with pytest.raises(ValueError, match="total_steps=2"):
         s.step()
+
+
+def test_hyper_parameters_are_checked():
+    p = Parameter(np.zeros(2))
+    with pytest.raises(TypeError, match="lr='a' must be a real number"):
+        optim.SGD([p], lr="a")
+    with pytest.raises(TypeError, match="betas=0.9 must be a pair"):
+        optim.Adam([p], betas=0.9)
+    q = Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match="more than once"):
+        optim.Adam([{"params": [p]}, {"params": [q, p]}])
+
+
+def test_one_cycle_takes_one_max_lr_per_group():
+    ps = [Parameter(np.zeros(2)), Parameter(np.zeros(3))]
+    tps = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    opt = optim.SGD([{"params": [ps[0]]}, {"params": [ps[1]]}], lr=0.1, momentum=0.9)
+    topt = torch.optim.SGD([{"params": [tps[0]]}, {"params": [tps[1]]}], lr=0.1, momentum=0.9)
+    s = optim.OneCycleLR(opt, max_lr=[1.0, 0.5], total_steps=10)
+    ts = torch.optim.lr_scheduler.OneCycleLR(topt, max_lr=[1.0, 0.5], total_steps=10)
+    for _ in range(9):
+        assert np.allclose(s.get_last_lr(), ts.get_last_lr(), rtol=1e-12)
+        topt.step()
+        s.step()
+        ts.step()
+    with pytest.raises(ValueError, match="max_lr has 3 entries"):
+        optim.OneCycleLR(opt, max_lr=[1.0, 0.5, 0.2], total_steps=10)

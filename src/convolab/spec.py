@@ -127,6 +127,18 @@ def conv_output_size(size: int, k: int, s: int, lo: int, hi: int, d: int) -> int
     return (size + lo + hi - d * (k - 1) - 1) // s + 1
 
 
+def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """Output length of a max/avg pooling along one dimension, as torch.
+
+    ``conv_output_size`` with padding ``p`` on both sides, rounding up with
+    ``ceil_mode``; a last window that would start in the right padding is dropped.
+    """
+    o = conv_output_size(size, k, s, p, p + (s - 1 if ceil_mode else 0), d)
+    if ceil_mode and (o - 1) * s >= size + p:
+        o -= 1
+    return o
+
+
 def conv_transpose_output_size(size: int, k: int, s: int, lo: int, hi: int, d: int, op: int) -> int:
     """Output length of a transposed convolution along one dimension.
 

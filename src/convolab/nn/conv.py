@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ..autodiff import vjp
+from ..dtypes import SUPPORTED
 from ..ops import conv as F
 from ..ops.pad import pad, pad_vjp
 from ..spec import as_tuple, make_spec
@@ -22,6 +23,19 @@ def make_rng(rng=None, seed=None) -> np.random.Generator:
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         return rng
     return np.random.default_rng(seed)
+
+
+def layer_dtype(name: str, dtype) -> np.dtype:
+    """A layer's ``dtype=`` argument as a NumPy dtype: None is float32; NumPy dtypes,
+    their names and torch dtypes (``torch.float64``) are accepted."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    if type(dtype).__module__ == "torch":  # torch.float64 -> 'float64', without importing torch
+        dtype = str(dtype).rpartition(".")[2]
+    try:
+        return np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{name}: dtype={dtype!r} is not a dtype") from exc
 
 
 def kaiming_uniform(rng, shape, fan_in, dtype):
@@ -78,7 +92,12 @@ class _ConvNd(Module):
         self.stride = as_tuple("stride", stride, r)
         self.dilation = as_tuple("dilation", dilation, r)
         self.groups = int(groups)
-        self.padding = padding if isinstance(padding, str) else padding
+        # torch keeps an int padding as a tuple, a string as given (per-side pairs too)
+        self.padding = (
+            (int(padding),) * r
+            if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool)
+            else padding
+        )
         self.padding_mode = padding_mode
         self.output_padding = as_tuple("output_padding", output_padding, r)
         # Validates stride/dilation/padding/output_padding now rather than at the first call.
@@ -91,7 +110,12 @@ class _ConvNd(Module):
             self.output_padding if self._transposed else None,
             transposed=self._transposed,
         )
-        self.dtype = np.dtype(np.float32 if dtype is None else dtype)
+        self.dtype = layer_dtype(name, dtype)
+        if self.dtype.type not in SUPPORTED:
+            raise TypeError(
+                f"{name}: dtype={self.dtype.name} must be one of "
+                f"{', '.join(np.dtype(t).name for t in SUPPORTED)}"
+            )
         gen = make_rng(rng, seed)
         if self._transposed:
             wshape = (in_channels, out_channels // groups) + self.kernel_size
@@ -105,19 +129,32 @@ class _ConvNd(Module):
             self.register_parameter("bias", None)
         self._pullbacks = None
 
+    def __getstate__(self):
+        # the pullbacks of the last forward are closures (not picklable) and only
+        # serve the next backward; a pickled or copied layer starts without them
+        state = self.__dict__.copy()
+        state["_pullbacks"] = None
+        return state
+
     def extra_repr(self) -> str:
+        # torch's format: defaults left out, strings unquoted
         s = (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding!r}"
+            f"stride={self.stride}"
         )
+        pad = self.padding
+        if isinstance(pad, str) or any(p != 0 for p in (pad if isinstance(pad, tuple) else [1])):
+            s += f", padding={pad}"
         if any(d != 1 for d in self.dilation):
             s += f", dilation={self.dilation}"
+        if self._transposed and any(p != 0 for p in self.output_padding):
+            s += f", output_padding={self.output_padding}"
         if self.groups != 1:
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
         if self.padding_mode != "zeros":
-            s += f", padding_mode={self.padding_mode!r}"
+            s += f", padding_mode={self.padding_mode}"
         return s
 
     def _bias_arr(self):
@@ -256,10 +293,21 @@ class _ConvT(_ConvNd):
         """torch's rule: pick output_padding so the output has ``output_size``."""
         if output_size is None:
             return self.output_padding
-        r = self._rank
-        size = tuple(int(s) for s in output_size)[-r:]
+        r, name = self._rank, type(self).__name__
+        lead = x.ndim - r  # 2 batched, 1 unbatched: torch also accepts those leading sizes
+        if isinstance(output_size, (str, bytes)) or not hasattr(output_size, "__len__"):
+            raise TypeError(f"{name}: output_size={output_size!r} must be a sequence of ints")
+        size = tuple(output_size)
+        if len(size) == r + lead:
+            size = size[lead:]
         if len(size) != r:
-            raise ValueError(f"output_size={output_size} must have at least {r} entries")
+            raise ValueError(
+                f"{name}: output_size={tuple(output_size)} must have {r} or {r + lead} entries"
+            )
+        for v in size:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{name}: output_size={tuple(output_size)} must hold ints")
+        size = tuple(int(v) for v in size)
         spatial = x.shape[-r:]
         zero = make_spec(
             self.kernel_size,
@@ -273,11 +321,11 @@ class _ConvT(_ConvNd):
         smallest = zero.transpose_out_shape(spatial)
         op = []
         for i, (want, lo) in enumerate(zip(size, smallest)):
-            hi = lo + max(self.stride[i], self.dilation[i]) - 1
+            hi = lo + self.stride[i] - 1  # torch's range (output_padding < stride)
             if not lo <= want <= hi:
                 raise ValueError(
-                    f"output_size={size} is not reachable: dimension {i} must be between "
-                    f"{lo} and {hi} for input size {spatial[i]}"
+                    f"{name}: output_size={size} is not reachable: dimension {i} must be "
+                    f"between {lo} and {hi} for input size {spatial[i]}"
                 )
             op.append(want - lo)
         return tuple(op)

@@ -22,8 +22,8 @@ import numpy as np
 from ..algorithms._threads import matmul
 from ..algorithms.direct import kernel_offsets, tap_slices
 from ..padding import pad_spatial
-from ..spec import ConvSpec, as_tuple, conv_output_size, make_spec
-from .conv import kaiming_uniform, make_rng
+from ..spec import ConvSpec, as_tuple, make_spec, pool_output_size
+from .conv import kaiming_uniform, layer_dtype, make_rng
 from .module import Module, Parameter
 
 __all__ = [
@@ -47,10 +47,15 @@ __all__ = [
 
 
 def _float_dtype(name: str, dtype) -> np.dtype:
-    dt = np.dtype(np.float32 if dtype is None else dtype)
+    dt = layer_dtype(name, dtype)
     if dt not in (np.float32, np.float64):
         raise TypeError(f"{name}: dtype={dt.name} must be float32 or float64")
     return dt
+
+
+def _real_arg(name: str, arg: str, v) -> None:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: {arg}={v!r} must be a real number")
 
 
 def _check_input(name: str, x, ranks: tuple[int, ...]) -> np.ndarray:
@@ -67,6 +72,25 @@ def _need(cache, name: str):
     if cache is None:
         raise RuntimeError(f"{name}.backward called before forward")
     return cache
+
+
+def _grad(name: str, grad_out, shape: tuple[int, ...]) -> np.ndarray:
+    """``grad_out`` as an array of the forward output's ``shape`` (never broadcast)."""
+    g = np.asarray(grad_out)
+    if g.shape != tuple(shape):
+        raise ValueError(
+            f"{name}.backward: grad_out.shape={g.shape} must equal the output's shape "
+            f"{tuple(shape)}"
+        )
+    return g
+
+
+def _same_dtype(name: str, x: np.ndarray, dtype: np.dtype) -> None:
+    if x.dtype != dtype:
+        raise TypeError(
+            f"{name}: input has dtype {x.dtype} but the layer's parameters are {dtype}; "
+            "dtypes must match (cast the input, or build the layer with dtype=...)"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -105,6 +129,7 @@ class Sequential(Module):
         return x
 
     def backward(self, grad_out):
+        _check_distinct(self)
         g = grad_out
         for m in reversed(self._modules.values()):
             g = m.backward(g)
@@ -115,12 +140,39 @@ class Sequential(Module):
         return "Sequential(\n" + "\n".join(lines) + "\n)"
 
 
+def _check_distinct(root: Module) -> None:
+    """A layer keeps only its last forward: one instance at two places of a model
+    would get the wrong input in its backward, so refuse that instead of guessing."""
+    where: dict[int, str] = {}
+
+    def walk(m: Module, path: str) -> None:
+        for n, c in m._modules.items():
+            p = f"{path}.{n}" if path else n
+            if id(c) in where:
+                raise ValueError(
+                    f"{type(root).__name__}.backward: the same {type(c).__name__} instance "
+                    f"sits at {where[id(c)]!r} and {p!r}; a layer keeps only its last "
+                    "forward, so it may appear once in a model that runs backward (to "
+                    "share weights, use two layers holding the same Parameter)"
+                )
+            where[id(c)] = p
+            walk(c, p)
+
+    walk(root, "")
+
+
 class Identity(Module):
+    def __init__(self, *args, **kwargs):  # torch's Identity ignores its arguments
+        super().__init__()
+        self._shape = None
+
     def forward(self, x):
-        return np.asarray(x)
+        x = np.asarray(x)
+        self._shape = x.shape
+        return x
 
     def backward(self, grad_out):
-        return np.asarray(grad_out)
+        return _grad("Identity", grad_out, _need(self._shape, "Identity"))
 
 
 class Flatten(Module):
@@ -133,6 +185,13 @@ class Flatten(Module):
 
     def forward(self, x):
         x = np.asarray(x)
+        n = max(x.ndim, 1)  # torch treats a 0-d input as 1-D here
+        for arg, v in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
+            if not -n <= v < n:
+                raise ValueError(
+                    f"Flatten: {arg}={v} is out of range for a {x.ndim}-D input "
+                    f"(must be in [{-n}, {n - 1}])"
+                )
         s = self.start_dim % x.ndim if x.ndim else 0
         e = self.end_dim % x.ndim if x.ndim else 0
         if s > e:
@@ -140,11 +199,13 @@ class Flatten(Module):
                 f"Flatten: start_dim={self.start_dim} must not come after end_dim="
                 f"{self.end_dim} for a {x.ndim}-D input"
             )
-        self._shape = x.shape
-        return x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1 :])
+        y = x.reshape(x.shape[:s] + (-1,) + x.shape[e + 1 :])
+        self._shape = (x.shape, y.shape)
+        return y
 
     def backward(self, grad_out):
-        return np.asarray(grad_out).reshape(_need(self._shape, "Flatten"))
+        xshape, yshape = _need(self._shape, "Flatten")
+        return _grad("Flatten", grad_out, yshape).reshape(xshape)
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
@@ -193,6 +254,7 @@ class Linear(Module):
             raise ValueError(
                 f"Linear: input.shape={x.shape} must end in in_features={self.in_features}"
             )
+        _same_dtype("Linear", x, self.weight.data.dtype)
         self._x = x
         y = matmul(x.reshape(-1, self.in_features), self.weight.data.T)
         y = y.reshape(x.shape[:-1] + (self.out_features,))
@@ -202,7 +264,7 @@ class Linear(Module):
 
     def backward(self, grad_out):
         x = _need(self._x, "Linear")
-        g = np.asarray(grad_out)
+        g = _grad("Linear", grad_out, x.shape[:-1] + (self.out_features,))
         g2 = g.reshape(-1, self.out_features)
         self.weight.accumulate(matmul(g2.T, x.reshape(-1, self.in_features)))
         if self.bias is not None:
@@ -222,7 +284,8 @@ class Linear(Module):
 
 
 class ReLU(Module):
-    """``max(x, 0)``; the gradient at 0 is 0, as in torch."""
+    """``max(x, 0)``; the gradient at 0 is 0, and NaN passes through (value and
+    gradient), as in torch."""
 
     def __init__(self, inplace: bool = False):
         super().__init__()
@@ -231,11 +294,13 @@ class ReLU(Module):
     def forward(self, x):
         x = np.asarray(x)
         self._mask = x > 0
+        if x.dtype.kind in "fc":
+            self._mask |= np.isnan(x)
         return np.where(self._mask, x, np.zeros((), x.dtype))
 
     def backward(self, grad_out):
         mask = _need(self._mask, "ReLU")
-        g = np.asarray(grad_out)
+        g = _grad("ReLU", grad_out, mask.shape)
         return np.where(mask, g, np.zeros((), g.dtype))
 
 
@@ -254,7 +319,7 @@ class SiLU(Module):
 
     def backward(self, grad_out):
         x, s = _need(self._cache, "SiLU")
-        return np.asarray(grad_out) * (s * (1 + x * (1 - s)))
+        return _grad("SiLU", grad_out, x.shape) * (s * (1 + x * (1 - s)))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -304,7 +369,7 @@ class GELU(Module):
 
     def backward(self, grad_out):
         x, c = _need(self._cache, "GELU")
-        g = np.asarray(grad_out)
+        g = _grad("GELU", grad_out, x.shape)
         if self.approximate == "tanh":
             dinner = self._K * (1 + 3 * 0.044715 * x * x)
             return g * (0.5 * (1 + c) + 0.5 * x * (1 - c * c) * dinner)
@@ -329,9 +394,11 @@ class Dropout(Module):
         self.p = float(p)
         self._rng = make_rng(rng, seed)
         self._scale = None
+        self._shape = None
 
     def forward(self, x):
         x = np.asarray(x)
+        self._shape = x.shape
         if not self.training or self.p == 0.0:
             self._scale = None
             return x
@@ -343,7 +410,7 @@ class Dropout(Module):
         return x * self._scale
 
     def backward(self, grad_out):
-        g = np.asarray(grad_out)
+        g = _grad("Dropout", grad_out, _need(self._shape, "Dropout"))
         return g if self._scale is None else g * self._scale
 
     def extra_repr(self) -> str:
@@ -355,15 +422,12 @@ class Dropout(Module):
 
 
 def _pool_out(spec: ConvSpec, x_spatial, ceil_mode: bool) -> tuple[int, ...]:
-    out = []
-    for n, k, s, (p, _), d in zip(
-        x_spatial, spec.kernel_size, spec.stride, spec.padding, spec.dilation
-    ):
-        o = conv_output_size(n, k, s, p, p + (s - 1 if ceil_mode else 0), d)
-        if ceil_mode and (o - 1) * s >= n + p:
-            o -= 1
-        out.append(o)
-    return tuple(out)
+    return tuple(
+        pool_output_size(n, k, s, p, d, ceil_mode)
+        for n, k, s, (p, _), d in zip(
+            x_spatial, spec.kernel_size, spec.stride, spec.padding, spec.dilation
+        )
+    )
 
 
 def _crop(xp: np.ndarray, pairs, spatial) -> np.ndarray:
@@ -427,6 +491,21 @@ class _PoolNd(Module):
         )
 
 
+def _first_inside(spec: ConvSpec, O) -> np.ndarray:
+    """Per output, the index (in ``kernel_offsets`` order) of the window's first tap
+    inside the input: where torch sends the gradient of a window whose in-bounds
+    values are all -inf (padding never takes it)."""
+    first = np.zeros((1,) * len(O), dtype=np.int32)
+    for ax, (o, k, s, (p, _), d) in enumerate(
+        zip(O, spec.kernel_size, spec.stride, spec.padding, spec.dilation)
+    ):
+        t = np.maximum(0, -((np.arange(o) * s - p) // d))  # ceil((p - o*s) / d), >= 0
+        shape = [1] * len(O)
+        shape[ax] = o
+        first = first * k + t.reshape(shape).astype(np.int32)
+    return first
+
+
 class _MaxPoolNd(_PoolNd):
     """Max over each window; padding counts as -inf.  The backward sends each
     output gradient to the first maximal element of its window (torch's choice)."""
@@ -444,6 +523,7 @@ class _MaxPoolNd(_PoolNd):
         xp = pad_spatial(xb, spec.padding, -np.inf)
         best = np.full(xb.shape[:2] + O, -np.inf, dtype=xb.dtype)
         arg = np.zeros(xb.shape[:2] + O, dtype=np.int32)
+        arg[...] = _first_inside(spec, O)
         pre = (slice(None), slice(None))
         for i, t in enumerate(kernel_offsets(spec)):
             v = xp[pre + tap_slices(t, spec, O)]
@@ -455,7 +535,7 @@ class _MaxPoolNd(_PoolNd):
 
     def backward(self, grad_out):
         spec, O, xshape, pshape, arg, unbatched = _need(self._cache, type(self).__name__)
-        g = np.asarray(grad_out)
+        g = _grad(type(self).__name__, grad_out, (xshape[1:2] if unbatched else xshape[:2]) + O)
         g = g[None] if unbatched else g
         gxp = np.zeros(pshape, dtype=g.dtype)
         zero = np.zeros((), g.dtype)
@@ -534,7 +614,7 @@ class _AvgPoolNd(_PoolNd):
 
     def backward(self, grad_out):
         spec, O, xshape, pshape, unbatched = _need(self._cache, type(self).__name__)
-        g = np.asarray(grad_out)
+        g = _grad(type(self).__name__, grad_out, (xshape[1:2] if unbatched else xshape[:2]) + O)
         g = g[None] if unbatched else g
         if self.divisor_override is not None:
             gs = g / g.dtype.type(self.divisor_override)
@@ -588,6 +668,11 @@ class _AdaptiveAvgPoolNd(Module):
         r = self._rank
         x = _check_input(type(self).__name__, x, (r + 1, r + 2))
         spatial = x.shape[-r:]
+        if 0 in x.shape[-r - 1 :]:
+            raise ValueError(
+                f"{type(self).__name__}: input.shape={x.shape} must have non-zero channel "
+                "and spatial sizes (as torch)"
+            )
         mats = [
             _adaptive_matrix(n, n if o is None else o, x.dtype)
             for n, o in zip(spatial, self.output_size)
@@ -595,13 +680,13 @@ class _AdaptiveAvgPoolNd(Module):
         y = x
         for ax, m in enumerate(mats):
             y = np.moveaxis(np.tensordot(y, m, axes=([x.ndim - r + ax], [1])), -1, x.ndim - r + ax)
-        self._cache = (mats, x.ndim)
+        self._cache = (mats, x.ndim, y.shape)
         return np.ascontiguousarray(y)
 
     def backward(self, grad_out):
-        mats, ndim = _need(self._cache, type(self).__name__)
+        mats, ndim, yshape = _need(self._cache, type(self).__name__)
         r = self._rank
-        g = np.asarray(grad_out)
+        g = _grad(type(self).__name__, grad_out, yshape)
         for ax, m in enumerate(mats):
             g = np.moveaxis(np.tensordot(g, m, axes=([ndim - r + ax], [0])), -1, ndim - r + ax)
         return np.ascontiguousarray(g)
@@ -634,19 +719,29 @@ class _BatchNorm(Module):
         track_running_stats: bool = True,
         device=None,
         dtype=None,
+        *,
+        bias: bool = True,
     ):
         super().__init__()
         name = type(self).__name__
         if not isinstance(num_features, (int, np.integer)) or num_features <= 0:
             raise ValueError(f"{name}: num_features={num_features!r} must be a positive int")
+        _real_arg(name, "eps", eps)
         if eps <= 0:
             raise ValueError(f"{name}: eps={eps!r} must be positive")
+        if momentum is not None:
+            _real_arg(name, "momentum", momentum)
+        if device not in (None, "cpu"):
+            raise ValueError(f"{name}: device={device!r}; convolab runs on the CPU only")
         dt = _float_dtype(name, dtype)
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         if affine:
             self.weight = Parameter(np.ones(num_features, dt))
-            self.bias = Parameter(np.zeros(num_features, dt))
+            if bias:
+                self.bias = Parameter(np.zeros(num_features, dt))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -664,6 +759,9 @@ class _BatchNorm(Module):
                 f"{name}: input.shape={x.shape} has {x.shape[1]} channels, expected "
                 f"num_features={self.num_features}"
             )
+        held = self.weight if self.weight is not None else getattr(self, "running_mean", None)
+        if held is not None:  # the dtype of what it holds now (a state dict may change it)
+            _same_dtype(name, x, np.asarray(held).dtype)
         axes = (0,) + tuple(range(2, x.ndim))
         shape = (1, -1) + (1,) * (x.ndim - 2)
         return x, axes, shape
@@ -690,7 +788,9 @@ class _BatchNorm(Module):
         xhat = xc * invstd.reshape(shape)
         y = xhat
         if self.affine:
-            y = xhat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+            y = xhat * self.weight.data.reshape(shape)
+            if self.bias is not None:
+                y = y + self.bias.data.reshape(shape)
         self._cache = (xhat, invstd, axes, shape, use_batch)
         return y
 
@@ -706,10 +806,11 @@ class _BatchNorm(Module):
 
     def backward(self, grad_out):
         xhat, invstd, axes, shape, use_batch = _need(self._cache, type(self).__name__)
-        g = np.asarray(grad_out)
+        g = _grad(type(self).__name__, grad_out, xhat.shape)
         if self.affine:
             self.weight.accumulate((g * xhat).sum(axis=axes))
-            self.bias.accumulate(g.sum(axis=axes))
+            if self.bias is not None:
+                self.bias.accumulate(g.sum(axis=axes))
             gxhat = g * self.weight.data.reshape(shape)
         else:
             gxhat = g

@@ -85,7 +85,20 @@ class CrossEntropyLoss(Module):
             g -= eps / C
         onehot = np.take_along_axis(g, t[:, None], axis=1) - (1 - eps)
         np.put_along_axis(g, t[:, None], onehot, axis=1)
-        grad = np.asarray(grad, dtype=logp.dtype)
+        grad = np.asarray(grad)
+        want = t.shape if self.reduction == "none" else ()
+        if grad.shape != want:
+            hint = (
+                " (reduction='none' returns one loss per element: backward needs their "
+                "gradient, torch's 'grad can be implicitly created only for scalar outputs')"
+                if self.reduction == "none" and grad.ndim == 0
+                else ""
+            )
+            raise ValueError(
+                f"CrossEntropyLoss.backward: grad.shape={grad.shape} must equal the loss's "
+                f"shape {want}{hint}"
+            )
+        grad = grad.astype(logp.dtype, copy=False)
         if self.reduction == "none":
             return g * grad[:, None]
         if self.reduction == "mean":

@@ -3,6 +3,12 @@
 A layer's ``forward(x)`` keeps what its ``backward(grad_out)`` needs;
 ``backward`` returns the gradient for the input and *accumulates* into each
 parameter's ``.grad``, as torch does.
+
+Because a layer keeps only its *last* forward, each layer instance may appear
+once in a model that is differentiated (``Sequential.backward`` raises when one
+instance sits at two places).  To share weights between two places, use two
+layers and assign one ``Parameter`` to both (``b.weight = a.weight``): their
+gradients add up in the shared ``.grad``, and ``parameters()`` lists it once.
 """
 
 from __future__ import annotations
@@ -11,6 +17,13 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 
 import numpy as np
+
+
+class StateDictError(KeyError, ValueError):
+    """A strict ``load_state_dict`` found missing or unexpected keys."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
 
 
 class Parameter:
@@ -23,9 +36,17 @@ class Parameter:
         self.grad: np.ndarray | None = None
 
     def __array__(self, dtype=None, copy=None):
-        if dtype is None:
+        # NumPy 2 passes copy=True for np.array(p) and trusts the result to be a copy.
+        if copy is False:
+            if dtype is not None and np.dtype(dtype) != self.data.dtype:
+                raise ValueError(
+                    f"Parameter: a {self.data.dtype} array cannot be viewed as "
+                    f"dtype={np.dtype(dtype)} without a copy (copy=False)"
+                )
             return self.data
-        return self.data.astype(dtype)
+        if dtype is None:
+            return self.data.copy() if copy else self.data
+        return self.data.astype(dtype, copy=bool(copy))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -64,6 +85,11 @@ class Module:
         params = self.__dict__.get("_parameters")
         if params is None:
             raise AttributeError("call Module.__init__() before assigning attributes")
+        # An array (or None) assigned to a buffer's name stays a buffer, as in torch.
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            self._buffers[name] = value  # same place in the state dict
+            object.__setattr__(self, name, value)
+            return
         for store in (self._parameters, self._modules, self._buffers):
             store.pop(name, None)
         if isinstance(value, Parameter):
@@ -89,11 +115,24 @@ class Module:
         self._buffers[name] = value
 
     # -- traversal -------------------------------------------------------
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+    def named_parameters(
+        self, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
+        """``(name, parameter)`` pairs; a parameter shared by several layers comes once
+        (under its first name), as in torch, so an optimizer steps it once."""
+        seen: set[int] = set()
+        for n, p in self._named_parameters_all(prefix):
+            if remove_duplicate:
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+            yield n, p
+
+    def _named_parameters_all(self, prefix: str) -> Iterator[tuple[str, Parameter]]:
         for n, p in self._parameters.items():
             yield prefix + n, p
         for mn, m in self._modules.items():
-            yield from m.named_parameters(prefix + mn + ".")
+            yield from m._named_parameters_all(prefix + mn + ".")
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
@@ -114,6 +153,9 @@ class Module:
             p.grad = None
 
     def train(self, mode: bool = True) -> Module:
+        if not isinstance(mode, (bool, np.bool_)):
+            raise ValueError(f"train: mode={mode!r} must be a bool")
+        mode = bool(mode)
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
@@ -142,22 +184,31 @@ class Module:
 
     def load_state_dict(self, state: Mapping[str, object], strict: bool = True) -> None:
         """Load arrays (NumPy, or anything ``np.asarray`` accepts, e.g. torch tensors)."""
-        own = dict(self.named_parameters())
-        bufs = {n for n, _ in self.named_buffers()}
-        missing = [k for k in list(own) + sorted(bufs) if k not in state]
+        own = dict(self._named_parameters_all(""))
+        bufs = dict(self.named_buffers())
+        # torch fills in a missing BatchNorm counter (checkpoints older than torch 0.4.1)
+        optional = {k for k in bufs if k.rpartition(".")[2] == "num_batches_tracked"}
+        missing = [k for k in list(own) + list(bufs) if k not in state and k not in optional]
         unexpected = [k for k in state if k not in own and k not in bufs]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+            raise StateDictError(
+                f"load_state_dict: missing keys {missing}, unexpected keys {unexpected} "
+                "(strict=True needs exactly the model's keys)"
+            )
+        # check every shape before changing anything, so a bad dict leaves the model intact
+        arrays = {}
         for k, v in state.items():
+            if k not in own and k not in bufs:
+                continue
             arr = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+            want = own[k].data.shape if k in own else np.shape(bufs[k])
+            if arr.shape != want:
+                raise ValueError(f"load_state_dict: {k} has shape {arr.shape}, expected {want}")
+            arrays[k] = arr
+        for k, arr in arrays.items():
             if k in own:
-                p = own[k]
-                if arr.shape != p.data.shape:
-                    raise ValueError(
-                        f"load_state_dict: {k} has shape {arr.shape}, expected {p.data.shape}"
-                    )
-                p.data = arr.astype(p.data.dtype, copy=True)
-            elif k in bufs:
+                own[k].data = arr.astype(own[k].data.dtype, copy=True)
+            else:
                 mod, _, name = k.rpartition(".")
                 target = self
                 for part in filter(None, mod.split(".")):

@@ -2,8 +2,9 @@
 
 Optimizers keep ``param_groups`` (a list of dicts holding ``params`` and the
 hyper-parameters) so a schedule can change ``lr`` (and momentum) between steps,
-as torch's schedulers do.  ``step()`` reads each parameter's ``.grad`` and updates
-``.data`` in place; parameters with ``grad is None`` are skipped.
+as torch's schedulers do.  ``step()`` reads each parameter's ``.grad`` and sets a
+new ``.data`` array (keep the Parameter, not its old ``.data``); parameters with
+``grad is None`` are skipped.  A parameter may appear once across all groups.
 """
 
 from __future__ import annotations
@@ -28,13 +29,26 @@ class Optimizer:
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.defaults = dict(defaults)
         self.param_groups: list[dict] = []
+        seen: set[int] = set()
         for g in groups:
+            if not isinstance(g, dict) or "params" not in g:
+                raise TypeError(
+                    f"{type(self).__name__}: params must be Parameters or dicts with a "
+                    f"'params' entry, got {g!r}"
+                )
             group = dict(self.defaults)
             group.update(g)
             group["params"] = list(group["params"])
             for p in group["params"]:
                 if not isinstance(p, Parameter):
                     raise TypeError(f"{type(self).__name__}: {p!r} is not a Parameter")
+                if id(p) in seen:
+                    # stepping one array twice per step would silently double its update
+                    raise ValueError(
+                        f"{type(self).__name__}: {p!r} appears more than once in the "
+                        "parameters; each parameter may be given once"
+                    )
+                seen.add(id(p))
             self.param_groups.append(group)
         self.state: dict[int, dict] = {}
 
@@ -58,6 +72,15 @@ def _check(name: str, cond: bool, what: str) -> None:
         raise ValueError(f"{name}: {what}")
 
 
+def _real(name: str, **values) -> None:
+    """TypeError unless every value is a real number (bools excluded)."""
+    for arg, v in values.items():
+        if isinstance(v, (bool, np.bool_)) or not isinstance(
+            v, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(f"{name}: {arg}={v!r} must be a real number")
+
+
 class SGD(Optimizer):
     """``g = grad + wd*p``; ``buf = momentum*buf + (1-dampening)*g`` (``buf = g`` at the
     first step); ``g = g + momentum*buf`` (nesterov) or ``buf``; ``p -= lr*g``."""
@@ -73,6 +96,7 @@ class SGD(Optimizer):
         *,
         maximize: bool = False,
     ):
+        _real("SGD", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
         _check("SGD", lr >= 0, f"lr={lr} must be non-negative")
         _check("SGD", momentum >= 0, f"momentum={momentum} must be non-negative")
         _check("SGD", weight_decay >= 0, f"weight_decay={weight_decay} must be non-negative")
@@ -133,11 +157,15 @@ class Adam(Optimizer):
         maximize: bool = False,
     ):
         name = type(self).__name__
+        _real(name, lr=lr, eps=eps, weight_decay=weight_decay)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{name}: betas={betas!r} must be a pair of numbers in [0, 1)")
+        _real(name, **{"betas[0]": betas[0], "betas[1]": betas[1]})
         _check(name, lr >= 0, f"lr={lr} must be non-negative")
         _check(name, eps >= 0, f"eps={eps} must be non-negative")
         _check(
             name,
-            len(betas) == 2 and all(0 <= b < 1 for b in betas),
+            all(0 <= b < 1 for b in betas),
             f"betas={betas} must be two numbers in [0, 1)",
         )
         _check(name, weight_decay >= 0, f"weight_decay={weight_decay} must be non-negative")
@@ -227,6 +255,7 @@ class CosineAnnealingLR(_Scheduler):
     """``lr_t = eta_min + (base_lr - eta_min) (1 + cos(pi t / T_max)) / 2`` (closed form)."""
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
+        _real("CosineAnnealingLR", T_max=T_max, eta_min=eta_min)
         _check("CosineAnnealingLR", T_max > 0, f"T_max={T_max} must be positive")
         self.T_max, self.eta_min = int(T_max), float(eta_min)
         super().__init__(optimizer)
@@ -249,7 +278,8 @@ class OneCycleLR(_Scheduler):
     """torch's one-cycle policy (two phases): lr rises from ``max_lr/div_factor`` to
     ``max_lr`` over ``pct_start`` of ``total_steps``, then anneals to
     ``initial_lr/final_div_factor``; momentum (SGD's ``momentum`` or Adam's ``beta1``)
-    cycles inversely between ``max_momentum`` and ``base_momentum``."""
+    cycles inversely between ``max_momentum`` and ``base_momentum``.  ``max_lr`` may be
+    one number or one per parameter group, as in torch."""
 
     def __init__(
         self,
@@ -265,6 +295,26 @@ class OneCycleLR(_Scheduler):
         final_div_factor: float = 1e4,
     ):
         name = "OneCycleLR"
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{name}: {optimizer!r} is not an Optimizer")
+        groups = optimizer.param_groups
+        max_lrs = list(max_lr) if isinstance(max_lr, (list, tuple)) else [max_lr] * len(groups)
+        if len(max_lrs) != len(groups):
+            raise ValueError(
+                f"{name}: max_lr has {len(max_lrs)} entries, the optimizer {len(groups)} "
+                "parameter groups"
+            )
+        for v in max_lrs:
+            _real(name, max_lr=v)
+        _real(
+            name,
+            total_steps=total_steps,
+            pct_start=pct_start,
+            div_factor=div_factor,
+            final_div_factor=final_div_factor,
+            base_momentum=base_momentum,
+            max_momentum=max_momentum,
+        )
         _check(name, total_steps > 0, f"total_steps={total_steps} must be positive")
         _check(name, 0 <= pct_start <= 1, f"pct_start={pct_start} must be in [0, 1]")
         _check(
@@ -286,9 +336,9 @@ class OneCycleLR(_Scheduler):
             (float(total_steps - 1), "max_lr", "min_lr", "base_momentum", "max_momentum"),
         ]
         self._use_beta1 = "betas" in optimizer.defaults
-        for g in optimizer.param_groups:
-            g["initial_lr"] = max_lr / div_factor
-            g["max_lr"] = max_lr
+        for g, top in zip(groups, max_lrs):
+            g["initial_lr"] = top / div_factor
+            g["max_lr"] = top
             g["min_lr"] = g["initial_lr"] / final_div_factor
             if cycle_momentum:
                 g["max_momentum"], g["base_momentum"] = max_momentum, base_momentum
