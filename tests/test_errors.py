@@ -200,3 +200,35 @@ def test_inputs_are_never_modified(algorithm):
         for a, b in zip(args, before):
             if isinstance(a, np.ndarray):
                 np.testing.assert_array_equal(a, b)
+
+
+def test_grad_functions_check_sizes_and_dtypes():
+    w, gy = np.ones((1, 1, 3)), np.ones((1, 1, 5))
+    with pytest.raises(TypeError, match=r"input_size=\(1, 1, 7.9\) must hold ints"):
+        cl.grad.conv1d_input((1, 1, 7.9), w, gy)
+    with pytest.raises(ValueError, match=r"input_size=\(1, 1, -7\) must be 3 .* non-negative"):
+        cl.grad.conv1d_input((1, 1, -7), w, gy)
+    with pytest.raises(TypeError, match="input_size=7 must be a sequence"):
+        cl.grad.conv1d_input(7, w, gy)
+    with pytest.raises(TypeError, match="weight_size=3 must be a sequence"):
+        cl.grad.conv1d_weight(np.ones((1, 1, 7)), 3, gy)
+    with pytest.raises(ValueError, match=r"weight_size=\(3, -2, 3\)"):
+        cl.grad.conv1d_weight(np.ones((1, 1, 7)), (3, -2, 3), gy)
+    with pytest.raises(TypeError, match="input=float32, grad_output=float64"):
+        cl.grad.conv1d_weight(np.ones((1, 1, 7), np.float32), (1, 1, 3), gy)
+    with pytest.raises(TypeError, match="dtypes must match"):
+        cl.grad.conv1d_weight(np.ones((1, 1, 7)), (1, 1, 3), gy + 1j)
+
+
+def test_complex_grad_for_a_real_output_is_refused():
+    y, pullback = cl.vjp(cl.conv1d, np.ones((1, 1, 7)), np.ones((1, 1, 3)))
+    with pytest.raises(TypeError, match="a real output needs a real grad_out"):
+        pullback(np.ones(y.shape) * 1j)
+
+
+def test_options_take_numpy_integers():
+    with cl.options(workspace_bytes=np.int64(2**20), workers=np.int64(1)):
+        assert cl.get_options().workspace_bytes == 2**20
+        assert type(cl.get_options().workers) is int
+    with pytest.raises(TypeError, match="workspace_bytes=1.5 must be an int"):
+        cl.options(workspace_bytes=1.5).__enter__()

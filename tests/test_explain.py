@@ -305,3 +305,21 @@ def test_explain_says_when_the_backward_is_fused():
                    stride=2, padding=1).to_dict()
     assert d["algorithm"]["backward"]["name"] == "fused"
     assert d["bytes"]["workspace"]["backward"] == d["bytes"]["workspace"]["weight_grad"]
+
+
+def test_model_explanation_follows_ceil_mode_nested_stacks_and_in_channels():
+    from convolab import nn
+
+    pools = ((nn.MaxPool2d(2, ceil_mode=True), 9), (nn.AvgPool2d(3, 2, 1, ceil_mode=True), 10))
+    for pool, n in pools:
+        m = nn.Sequential(nn.Conv2d(1, 4, 3, seed=0), pool)
+        e = cl.explain(m, (1, 1, n, n))
+        assert e.output_shape == m(np.zeros((1, 1, n, n), np.float32)).shape
+        assert "ceil(" in e.layers[1].formulas[0] and "ceil_mode=True" in e.layers[1].formula
+    inner = nn.Sequential(nn.Conv1d(1, 2, 3, seed=0), nn.ReLU())
+    m = nn.Sequential(inner, nn.Conv1d(2, 2, 3, stride=2, seed=0))
+    e = cl.explain(m, (1, 1, 12))
+    assert e.output_shape == m(np.zeros((1, 1, 12), np.float32)).shape
+    assert e.params == m.num_parameters() and len(e.layers) == 3
+    with pytest.raises(ValueError, match="has 4 channels but the layer's in_channels=3"):
+        cl.explain(nn.Conv2d(3, 8, 3, seed=0), (1, 4, 16, 16))

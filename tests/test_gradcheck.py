@@ -11,28 +11,47 @@ import convolab as cl
 from .strategies import conv_cases
 
 
-def test_gradcheck_catches_a_wrong_gradient():
-    # A checker that cannot fail proves nothing: break the weight gradient on purpose.
+@pytest.mark.parametrize("broken_arg", ["weight", "bias"])
+def test_gradcheck_catches_a_wrong_gradient(broken_arg):
+    # A checker that cannot fail proves nothing: break one gradient on purpose, and pass
+    # the arrays positionally and by keyword.
     from convolab.ops import conv as ops
 
     x = np.random.default_rng(0).standard_normal((1, 2, 5))
     w = np.random.default_rng(1).standard_normal((3, 2, 3))
+    b = np.random.default_rng(2).standard_normal(3)
     real = ops.VJPS[cl.conv1d]
 
     def broken(*a, **k):
         out, pb = real(*a, **k)
-        return out, lambda g: {**pb(g), "weight": 1.01 * pb(g)["weight"]}
+        return out, lambda g: {**pb(g), broken_arg: 1.01 * pb(g)[broken_arg]}
 
     ops.VJPS[cl.conv1d] = broken
     import convolab.autodiff as ad
 
     ad._VJPS[cl.conv1d] = broken
+    label = "argument 1" if broken_arg == "weight" else "argument 2"
     try:
-        with pytest.raises(AssertionError, match="argument 1"):
-            cl.gradcheck(cl.conv1d, x, w)
+        with pytest.raises(AssertionError, match=label):
+            cl.gradcheck(cl.conv1d, x, w, b)
+        with pytest.raises(AssertionError, match=f"argument '{broken_arg}'"):
+            cl.gradcheck(cl.conv1d, input=x, weight=w, bias=b)
+        mixed = "argument 1" if broken_arg == "weight" else "argument 'bias'"
+        with pytest.raises(AssertionError, match=mixed):
+            cl.gradcheck(cl.conv1d, x, w, bias=b)
     finally:
         ops.VJPS[cl.conv1d] = real
         ad._VJPS[cl.conv1d] = real
+
+
+def test_gradcheck_refuses_to_check_nothing():
+    x = np.random.default_rng(0).standard_normal((1, 2, 5))
+    with pytest.raises(ValueError, match="no NumPy array argument"):
+        cl.gradcheck(cl.conv1d, x.tolist(), np.ones((1, 2, 3)).tolist())
+    with pytest.raises(ValueError, match="directions=0 must be a positive int"):
+        cl.gradcheck(cl.conv1d, x, np.ones((1, 2, 3)), directions=0)
+    with pytest.raises(TypeError, match="argument 'input' is float32"):
+        cl.gradcheck(cl.conv1d, input=x.astype(np.float32), weight=np.ones((1, 2, 3), np.float32))
 
 
 @pytest.mark.parametrize("algorithm", ["direct", "gemm", "polyphase"])

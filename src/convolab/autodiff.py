@@ -32,6 +32,10 @@ def vjp(fn: Callable, *args: Any, **kwargs: Any):
 
     ``pullback(grad_out)`` returns :class:`Grads`: for ``conv2d(x, w, b)``,
     ``(grad_input, grad_weight, grad_bias)``.  ``grad_out`` must have ``out``'s shape.
+
+    The pullback keeps references to the arguments, not copies: change an input array
+    in place before calling it and the gradients follow the changed values (torch
+    would raise; copy first if you must).
     """
     impl = _VJPS.get(fn)
     if impl is None:
@@ -47,6 +51,12 @@ def vjp(fn: Callable, *args: Any, **kwargs: Any):
             raise ValueError(f"grad_out.shape={g.shape} must equal the output's shape {out.shape}")
         if not (np.issubdtype(g.dtype, np.number)):
             raise TypeError(f"grad_out has dtype {g.dtype}, expected a numeric array")
+        if np.iscomplexobj(g) and not np.iscomplexobj(out):
+            # casting would drop the imaginary part: a wrong gradient, not a conversion
+            raise TypeError(
+                f"grad_out has dtype {g.dtype} but the output is real ({out.dtype}); "
+                "a real output needs a real grad_out"
+            )
         grads = core(g.astype(out.dtype, copy=False))
         res = Grads(
             grads.get(n)

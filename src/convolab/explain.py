@@ -56,7 +56,7 @@ import numpy as np
 from . import select
 from .dtypes import compute_dtype
 from .options import get_options
-from .spec import ConvSpec, as_tuple, make_spec
+from .spec import ConvSpec, as_tuple, make_spec, pool_output_size
 
 __all__ = ["LayerConfig", "LayerExplanation", "StackExplanation", "explain", "main",
            "parse_layer", "read_positions"]
@@ -103,6 +103,8 @@ class LayerConfig:
     bias: bool = True
     name: str = ""
     module: Any = None  # the layer object, for kind 'other' (Flatten, Linear, ...)
+    in_channels: int | None = None  # a layer's own in_channels: the input must match
+    ceil_mode: bool = False  # pooling only: round the output size up, as torch
 
 
 _KEYS = {
@@ -196,13 +198,14 @@ def _layer_from(obj: Any) -> LayerConfig:
             "conv", transposed, tuple(obj.kernel_size), obj.stride, obj.padding, obj.dilation,
             obj.groups, getattr(obj, "output_padding", 0), obj.out_channels,
             getattr(obj, "padding_mode", "zeros"), getattr(obj, "bias", None) is not None, cls,
+            in_channels=int(obj.in_channels),
         )
     if hasattr(obj, "kernel_size"):
         k = obj.kernel_size
         stride = getattr(obj, "stride", None)
         return LayerConfig("pool", False, k, k if stride in (None, ()) else stride,
                            getattr(obj, "padding", 0), getattr(obj, "dilation", 1), name=cls,
-                           module=obj)
+                           module=obj, ceil_mode=bool(getattr(obj, "ceil_mode", False)))
     return LayerConfig("other", name=cls, module=obj)
 
 
@@ -222,8 +225,21 @@ def _other_layer(cfg: LayerConfig, shape: tuple[int, ...]) -> tuple[tuple[int, .
     return shape, "not a convolution: keeps the shape", True
 
 
+def _is_sequential(m: Any) -> bool:
+    return type(m).__name__ == "Sequential" and hasattr(m, "_modules")
+
+
 def _iter_layers(model: Any) -> list[Any]:
-    """Sequential (iterable, or duck-typed through ``_modules``), list, or a single layer."""
+    """Sequential (iterable, or duck-typed through ``_modules``), list, or a single layer;
+    a Sequential inside is read layer by layer (it runs its layers in order)."""
+    layers = _iter_top(model)
+    out: list[Any] = []
+    for m in layers:
+        out.extend(_iter_layers(m) if _is_sequential(m) else [m])
+    return out
+
+
+def _iter_top(model: Any) -> list[Any]:
     if isinstance(model, (list, tuple)):
         return list(model)
     mods = getattr(model, "_modules", None)
@@ -282,17 +298,26 @@ def _frac_json(x: Fraction) -> int | float:
     return int(x) if x.denominator == 1 else float(x)
 
 
-def _formula(spec: ConvSpec, i: int, n: int, out: int) -> str:
+def _formula(spec: ConvSpec, i: int, n: int, out: int, ceil: bool = False) -> str:
     k, s, (lo, hi), d = spec.kernel_size[i], spec.stride[i], spec.padding[i], spec.dilation[i]
     if spec.transposed:
         op = spec.output_padding[i] if spec.output_padding else 0
         return (f"({n} - 1)*{s} - {lo} - {hi} + {d}*({k} - 1) + {op} + 1 = {out}")
     num = n + lo + hi - d * (k - 1) - 1
+    if ceil:  # torch's pooling with ceil_mode=True
+        up = -(-num // s) + 1
+        text = (f"ceil(({n} + {lo} + {hi} - {d}*({k} - 1) - 1) / {s}) + 1 "
+                f"= ceil({num} / {s}) + 1 = {up}")
+        if up != out:
+            text += f"; that window would start in the right padding, so {out}"
+        return text
     return (f"floor(({n} + {lo} + {hi} - {d}*({k} - 1) - 1) / {s}) + 1 "
             f"= floor({num} / {s}) + 1 = {out}")
 
 
 FORMULA_CONV = "O = floor((S + pad_lo + pad_hi - dilation*(k - 1) - 1) / stride) + 1"
+FORMULA_CEIL = ("O = ceil((S + pad_lo + pad_hi - dilation*(k - 1) - 1) / stride) + 1, less 1 "
+                "if that last window would start in the right padding (ceil_mode=True)")
 FORMULA_TRANSPOSED = ("O = (S - 1)*stride - pad_lo - pad_hi + dilation*(k - 1) "
                       "+ output_padding + 1")
 
@@ -356,6 +381,14 @@ class LayerExplanation:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     name: str = ""
+    ceil_mode: bool = False  # a pooling layer that rounds its output size up
+
+    @property
+    def formula(self) -> str:
+        """The output-size formula, in symbols (the per-dimension ``formulas`` fill it in)."""
+        if self.spec is not None and self.spec.transposed:
+            return FORMULA_TRANSPOSED
+        return FORMULA_CEIL if self.ceil_mode else FORMULA_CONV
 
     def to_dict(self) -> dict[str, Any]:
         spec = self.spec
@@ -371,7 +404,7 @@ class LayerExplanation:
                 "dilation": list(spec.dilation), "groups": spec.groups,
                 "padding": [list(p) for p in spec.padding], "padding_mode": self.padding_mode,
                 "output_padding": list(spec.output_padding) if spec.transposed else None,
-                "formula": FORMULA_TRANSPOSED if spec.transposed else FORMULA_CONV,
+                "formula": self.formula,
                 "formulas": self.formulas,
             })
         d.update({
@@ -420,7 +453,7 @@ def _layer_lines(e: LayerExplanation) -> list[str]:
     if e.weight_shape is not None:
         lines.append(f"  weight {e.weight_shape}, bias {e.bias_shape}, groups {spec.groups}")
     lines.append("  output size, per spatial dimension:")
-    lines.append("    " + (FORMULA_TRANSPOSED if spec.transposed else FORMULA_CONV))
+    lines.append("    " + e.formula)
     lines += [f"    {n}: {f}" for n, f in zip(names, e.formulas)]
     pads = "  ".join(f"{n}: ({lo}, {hi})" for n, (lo, hi) in zip(names, spec.padding))
     lines.append(f"  padding applied (lo, hi): {pads}"
@@ -479,7 +512,12 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                          "only padding_mode='zeros' (as torch)")
     spec = make_spec(k, cfg.stride, cfg.padding, cfg.dilation, cfg.groups,
                      cfg.output_padding if cfg.transposed else None, transposed=cfg.transposed)
-    out = spec.out_shape(S)
+    ceil = cfg.kind == "pool" and cfg.ceil_mode
+    if ceil:
+        out = tuple(pool_output_size(n, k_, s_, lo, d_, True) for n, k_, s_, (lo, _), d_
+                    in zip(S, spec.kernel_size, spec.stride, spec.padding, spec.dilation))
+    else:
+        out = spec.out_shape(S)
     if any(o <= 0 for o in out):
         bad = [f"{n}: " + _formula(spec, i, S[i], out[i]) for i, n in enumerate(dim_names(r))
                if out[i] <= 0]
@@ -488,13 +526,16 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
     g = spec.groups
     K = C if cfg.out_channels is None else int(cfg.out_channels)
     if cfg.kind == "conv":
+        if cfg.in_channels is not None and cfg.in_channels != C:
+            raise ValueError(f"input_shape={tuple(input_shape)} has {C} channels but the "
+                             f"layer's in_channels={cfg.in_channels}")
         if C % g:
             raise ValueError(f"groups={g} must divide in_channels={C}")
         if K % g:
             raise ValueError(f"groups={g} must divide out_channels={K}")
     e = LayerExplanation(op_name, tuple(input_shape), (N, K) + out, spec, cfg.kind,
-                         padding_mode=cfg.padding_mode, name=cfg.name)
-    e.formulas = [_formula(spec, i, S[i], out[i]) for i in range(r)]
+                         padding_mode=cfg.padding_mode, name=cfg.name, ceil_mode=ceil)
+    e.formulas = [_formula(spec, i, S[i], out[i], ceil) for i in range(r)]
     names = dim_names(r)
     kk = int(np.prod(k))
     dt = np.dtype(dtype)
@@ -585,9 +626,6 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
             e.jump.append(jump[i] * s_)
 
     if cfg.kind == "pool":
-        if getattr(cfg.module, "ceil_mode", False):
-            e.warnings.append("ceil_mode=True is not modelled: sizes use floor (may be 1 "
-                              "smaller than the layer's)")
         e.flops = {"forward": N * C * int(np.prod(out)) * kk}
         e.bytes = {"input": N * C * int(np.prod(S)) * item,
                    "output": N * C * int(np.prod(out)) * item}

@@ -24,8 +24,22 @@ def _check_grad_output(p: Prepared, grad_output, out_channels: int) -> np.ndarra
     return gy
 
 
+def _size(arg: str, size, rank: int) -> tuple[int, ...]:
+    """A full shape given by the caller: rank + 2 (or rank + 1, unbatched) ints >= 0."""
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__"):
+        raise TypeError(f"{arg}={size!r} must be a sequence of ints (a full shape)")
+    size = tuple(size)
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) for v in size):
+        raise TypeError(f"{arg}={size} must hold ints")
+    if len(size) not in (rank + 1, rank + 2) or any(v < 0 for v in size):
+        raise ValueError(
+            f"{arg}={size} must be {rank + 2} (or {rank + 1}, unbatched) non-negative sizes"
+        )
+    return tuple(int(v) for v in size)
+
+
 def _stand_in(size, dtype) -> np.ndarray:
-    return np.broadcast_to(np.zeros((), dtype), tuple(int(s) for s in size))
+    return np.broadcast_to(np.zeros((), dtype), size)
 
 
 def _input(rank):
@@ -33,7 +47,7 @@ def _input(rank):
         grad_output = as_array("grad_output", grad_output)  # native byte order, once
         dtype = grad_output.dtype
         p = prepare(
-            _stand_in(input_size, dtype),
+            _stand_in(_size("input_size", input_size, rank), dtype),
             weight,
             None,
             stride,
@@ -55,8 +69,9 @@ def _input(rank):
 def _weight(rank):
     def fn(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
         x = as_array("input", input)
+        weight_size = _size("weight_size", weight_size, rank)
         if len(weight_size) != rank + 2:
-            raise ValueError(f"weight_size={tuple(weight_size)} must have {rank + 2} entries")
+            raise ValueError(f"weight_size={weight_size} must have {rank + 2} entries")
         p = prepare(
             x,
             _stand_in(weight_size, x.dtype),
@@ -69,7 +84,11 @@ def _weight(rank):
             rank=rank,
             what=f"conv{rank}d_weight",
         )
-        gy = _check_grad_output(p, grad_output, int(weight_size[0]))
+        gy = _check_grad_output(p, grad_output, weight_size[0])
+        if gy.dtype != x.dtype:
+            raise TypeError(
+                f"dtypes must match, got input={x.dtype.name}, grad_output={gy.dtype.name}"
+            )
         return grads(p, gy, ("weight",))["weight"]
 
     fn.__name__ = f"conv{rank}d_weight"

@@ -33,8 +33,10 @@ def gradcheck(
     seed: int = 0,
     **kwargs: Any,
 ) -> bool:
-    """Return True if every array argument's gradient matches finite differences;
-    raise ``AssertionError`` naming the argument otherwise.  Use float64 (or complex128).
+    """Return True if every array argument's gradient (positional or keyword) matches
+    finite differences; raise ``AssertionError`` naming the argument otherwise, and
+    ``ValueError`` when no argument is a NumPy array with a gradient.  Use float64 (or
+    complex128).
 
     The loss is ``<g, fn(...)>`` for a random ``g``, differenced along random directions
     ``v``: ``(L(a + eps v) - L(a - eps v)) / (2 eps)`` against ``<grad, v>``.  Besides
@@ -48,30 +50,54 @@ def gradcheck(
     g = _random_like(rng, out)
     grads = pullback(g)
 
-    def loss(call_args) -> tuple[float, float]:
+    def loss(call_args, call_kwargs) -> tuple[float, float]:
         """The loss and the sum of its terms' magnitudes."""
-        terms = np.conj(g) * fn(*call_args, **kwargs)
+        terms = np.conj(g) * fn(*call_args, **call_kwargs)
         return float(np.real(terms.sum())), float(np.abs(terms).sum())
 
+    # every array argument, positional or keyword: (label, its gradient, a call with it replaced)
+    checks = []
     for i, a in enumerate(args):
-        if not isinstance(a, np.ndarray) or grads[i] is None:
-            continue
+        if isinstance(a, np.ndarray) and grads[i] is not None:
+            checks.append((f"argument {i}", a, grads[i], _replace_arg(args, kwargs, i)))
+    for k, a in kwargs.items():
+        if isinstance(a, np.ndarray) and grads.by_name.get(k) is not None:
+            checks.append((f"argument {k!r}", a, grads.by_name[k], _replace_arg(args, kwargs, k)))
+    if not checks:
+        raise ValueError(
+            f"gradcheck: no NumPy array argument of {getattr(fn, '__name__', fn)} has a "
+            "gradient to check"
+        )
+    if not (isinstance(directions, (int, np.integer)) and directions >= 1):
+        raise ValueError(f"gradcheck: directions={directions!r} must be a positive int")
+    for label, a, _, _ in checks:
         if a.dtype not in (np.float64, np.complex128):
-            raise TypeError(f"gradcheck needs float64/complex128 arrays; argument {i} is {a.dtype}")
+            raise TypeError(f"gradcheck needs float64/complex128 arrays; {label} is {a.dtype}")
+    for label, a, grad, call_with in checks:
         for _ in range(directions):
             v = _random_like(rng, a)
-            plus = list(args)
-            minus = list(args)
-            plus[i] = a + eps * v
-            minus[i] = a - eps * v
-            (lp, sp), (lm, sm) = loss(plus), loss(minus)
+            (lp, sp), (lm, sm) = loss(*call_with(a + eps * v)), loss(*call_with(a - eps * v))
             numeric = (lp - lm) / (2 * eps)
             noise = 4 * np.finfo(a.dtype).eps / 2 * max(sp, sm) / eps
-            analytic = float(np.real(np.vdot(grads[i], v)))
+            analytic = float(np.real(np.vdot(grad, v)))
             tol = atol + rtol * max(abs(numeric), abs(analytic)) + noise
             if not abs(numeric - analytic) <= tol:
                 raise AssertionError(
-                    f"gradient of argument {i} of {getattr(fn, '__name__', fn)}: finite "
+                    f"gradient of {label} of {getattr(fn, '__name__', fn)}: finite "
                     f"differences give {numeric!r}, the VJP gives {analytic!r}"
                 )
     return True
+
+
+def _replace_arg(args: tuple, kwargs: dict, key: int | str):
+    """A function of a new value: the call's ``(args, kwargs)`` with ``key`` replaced."""
+
+    def call_with(value):
+        new_args, new_kwargs = list(args), dict(kwargs)
+        if isinstance(key, int):
+            new_args[key] = value
+        else:
+            new_kwargs[key] = value
+        return new_args, new_kwargs
+
+    return call_with

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass, fields, replace
 from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
 
 ALGORITHMS = ("auto", "direct", "gemm", "winograd", "fft", "depthwise", "polyphase")
 MAX_WORKERS = 64
@@ -42,6 +44,11 @@ _current: contextvars.ContextVar[Options | None] = contextvars.ContextVar(
 )
 
 
+def _plain_int(v: object) -> object:
+    """NumPy integers as Python ints (``2**20`` computed with NumPy is still a size)."""
+    return int(v) if isinstance(v, np.integer) else v
+
+
 def _validated(base: Options, **changes: object) -> Options:
     names = {f.name for f in fields(Options)}
     for key in changes:
@@ -49,10 +56,13 @@ def _validated(base: Options, **changes: object) -> Options:
             raise TypeError(f"unknown option {key!r}; known options are {sorted(names)}")
     if "algorithm" in changes and changes["algorithm"] not in ALGORITHMS:
         raise ValueError(f"algorithm={changes['algorithm']!r} is not one of {ALGORITHMS}")
+    changes = {k: _plain_int(v) for k, v in changes.items()}
     if "workspace_bytes" in changes:
         wb = changes["workspace_bytes"]
-        if not isinstance(wb, int) or isinstance(wb, bool) or wb <= 0:
-            raise ValueError(f"workspace_bytes={wb!r} must be a positive int")
+        if not isinstance(wb, int) or isinstance(wb, bool):
+            raise TypeError(f"workspace_bytes={wb!r} must be an int (bytes)")
+        if wb <= 0:
+            raise ValueError(f"workspace_bytes={wb!r} must be positive")
     if "autotune" in changes and not isinstance(changes["autotune"], bool):
         raise TypeError(f"autotune={changes['autotune']!r} must be a bool")
     if "workers" in changes and changes["workers"] is not None:
