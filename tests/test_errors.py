@@ -106,7 +106,9 @@ def test_groups_must_divide_transposed_in_channels():
         ((1, 1, 1, 1, 1, 1, 1, 1), "constant", "pads 4 dimensions but input has only 3"),
         ((1, 1, 1, 1, 1, 1, 1, 1), "reflect", "pads 4 dimensions"),
         ((1.5, 1), "constant", "pad[0]=1.5 must be an int"),
-        ((-2, -2), "constant", "would give a negative size"),
+        ((-2, -2), "constant", "a crop cannot exceed the size"),
+        ((-1, -2), "replicate", "leaves an output of size 0"),
+        ((0, -3), "reflect", "leaves an output of size 0"),
     ],
 )
 def test_pad_rejects(pad, mode, msg):
@@ -232,3 +234,91 @@ def test_options_take_numpy_integers():
         assert type(cl.get_options().workers) is int
     with pytest.raises(TypeError, match="workspace_bytes=1.5 must be an int"):
         cl.options(workspace_bytes=1.5).__enter__()
+
+
+def test_empty_inputs_follow_torch():
+    """Only the batch may be empty (torch's rule); an empty batch gives empty results."""
+    with pytest.raises(ValueError, match="has an empty spatial dimension"):
+        cl.conv_transpose2d(np.ones((1, 2, 0, 5)), np.ones((2, 3, 3, 3)))
+    with pytest.raises(ValueError, match="has an empty spatial dimension"):
+        cl.conv2d(np.ones((1, 2, 0, 5)), np.ones((3, 2, 1, 1)), padding=1)
+    with pytest.raises(ValueError, match="only the batch dimension may be empty"):
+        cl.unfold(np.ones((1, 0, 5, 5)), 3)
+    with pytest.raises(ValueError, match="only the batch dimension may be empty"):
+        cl.fold(np.ones((1, 0, 16)), 5, 2)
+    with pytest.raises(ValueError, match="replicate padding needs non-empty"):
+        cl.pad(np.ones((1, 1, 0)), (1, 1), "replicate")
+    assert cl.pad(np.ones((0, 1, 3)), (1, 1), "replicate").shape == (0, 1, 5)
+    assert cl.unfold(np.ones((0, 2, 5, 5)), 3).shape == (0, 18, 9)
+    with cl.options(algorithm="winograd"):  # dilated Winograd, an empty batch
+        assert cl.conv2d(np.zeros((0, 1, 6, 7)), np.ones((1, 1, 3, 3)), padding=1,
+                         dilation=2).shape == (0, 1, 4, 5)
+
+
+def test_messages_name_what_was_given():
+    with pytest.raises(ValueError, match=r"input.shape=\(1, 3, 2\)"):
+        cl.conv_transpose1d([[[1.0, 2.0]] * 3], np.ones((2, 1, 3)))  # a list input
+    with pytest.raises(ValueError, match=r"weight \(in, out/groups, 2 kernel dims\)"):
+        cl.conv_transpose2d(np.ones((1, 2, 5, 5)), np.ones((2, 3, 3)))
+    with pytest.raises(ValueError, match="stride=0 must be positive"):
+        cl.conv2d(np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), stride=np.array(0))
+    assert cl.conv2d(np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), stride=np.array(2)).shape == (
+        1, 1, 2, 2)
+
+
+def test_output_size_functions_check_their_arguments():
+    assert cl.conv_output_size(5, 3, 2, 1, 1, 1) == 3
+    assert cl.conv_transpose_output_size(3, 3, 2, 1, 1, 1, 1) == 6
+    for args, exc, msg in [
+        ((5, 3, 0, 0, 0, 1), ValueError, "s=0 must be >= 1"),
+        ((2, 5, 1, 0, 0, 1), ValueError, "effective kernel d\\*\\(k-1\\)\\+1 = 5"),
+        ((5, 3, 1, 0, 0, 0), ValueError, "d=0 must be >= 1"),
+        ((5, 3, 1.5, 0, 0, 1), TypeError, "s=1.5 must be an int"),
+    ]:
+        with pytest.raises(exc, match=msg):
+            cl.conv_output_size(*args)
+    with pytest.raises(ValueError, match="op=5 \\(output_padding\\) must be smaller"):
+        cl.conv_transpose_output_size(5, 3, 2, 0, 0, 1, 5)
+    with pytest.raises(ValueError, match="must be positive"):
+        cl.conv_transpose_output_size(5, 3, 2, 9, 9, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "dtype, value, exc, msg",
+    [
+        (np.int64, float("nan"), ValueError, "cannot be converted to the input's dtype int64"),
+        (np.uint8, -1, ValueError, "cannot be converted to the input's dtype uint8"),
+        (np.float32, 1e300, ValueError, "overflows the input's dtype float32"),
+        (np.float64, 1j, TypeError, "is complex but the input is float64"),
+        (np.str_, 0, TypeError, "pad takes numeric or bool arrays"),
+    ],
+)
+def test_pad_value_must_fit_the_dtype(dtype, value, exc, msg):
+    with pytest.raises(exc, match=msg):
+        cl.pad(np.ones((1, 2), dtype), (1, 1), value=value)
+
+
+def test_results_and_gradients_never_alias_arguments():
+    x = np.arange(8.0).reshape(1, 2, 2, 2)
+    before = x.copy()
+    cl.unfold(x, 1)[...] = 0  # a 1x1 unfold is the input, reshaped: it must be a copy
+    cl.fold(x.reshape(1, 2, 4), 2, 1)[...] = 0
+    np.testing.assert_array_equal(x, before)
+    calls = ((cl.pad, (x, (0, 0))), (cl.unfold, (x, 1)), (cl.fold, (x.reshape(1, 2, 4), 2, 1)))
+    for fn, args in calls:
+        y, pullback = cl.vjp(fn, *args)
+        g = np.ones_like(y)
+        assert not np.may_share_memory(pullback(g)[0], g)
+
+
+def test_strides_that_never_step_cost_nothing():
+    """A stride that moves no window (one output, or one transposed input) may be huge:
+    the result is the same as with a small one, on every path, at once."""
+    x, w = np.arange(4.0).reshape(1, 1, 4), np.arange(3.0).reshape(1, 1, 3)
+    for alg in ("auto", "gemm", "direct"):
+        with cl.options(algorithm=alg):
+            np.testing.assert_array_equal(cl.conv1d(x, w, stride=2**62), cl.conv1d(x, w, stride=9))
+            np.testing.assert_array_equal(
+                cl.conv_transpose1d(x[..., :1], w, stride=10**12), x[..., :1] * w)
+    y, pullback = cl.vjp(cl.conv_transpose1d, x[..., :1], w, None, 10**12)
+    np.testing.assert_array_equal(pullback(np.ones(y.shape))[1], np.zeros((1, 1, 3)))

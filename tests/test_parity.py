@@ -193,6 +193,27 @@ def test_nan_and_inf_propagate_like_torch_through_transforms(algorithm, x_shape,
         assert np.allclose(a[fin], t[fin], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_depthwise_weight_gradient_keeps_nan_in_its_taps(transposed):
+    """The flat depthwise weight gradient multiplies row ends by the zeros between gy's
+    rows; with a NaN there it would reach taps that never read it (0 * NaN)."""
+    x = np.ones((1, 2, 4, 5))
+    x[0, 0, 1, 0] = np.nan
+    x[0, 1, 2, 4] = np.inf
+    w = np.ones((2, 1, 3, 3))
+    op = cl.conv_transpose2d if transposed else cl.conv2d
+    top = torch.nn.functional.conv_transpose2d if transposed else torch.nn.functional.conv2d
+    with cl.options(algorithm="depthwise"):
+        y, pb = cl.vjp(op, x, w, None, 1, 1, *((0, 2) if transposed else (1, 2)))
+        gw = pb(np.ones_like(y))[1]
+    xt, wt = torch.tensor(x), torch.tensor(w, requires_grad=True)
+    yt = top(xt, wt, None, 1, 1, *((0, 2) if transposed else (1, 2)))
+    yt.backward(torch.ones_like(yt))
+    ref = wt.grad.numpy()
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(ref))
+    np.testing.assert_array_equal(gw[np.isfinite(ref)], ref[np.isfinite(ref)])
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 7), (2, 5, 6, 7), (2, 3, 3, 4, 5), (0, 4, 6, 6)])
 def test_bias_gradient_matches_torch_with_nan_and_inf(shape):
     """The bias gradient (a product with ones per sample and channel, then a sum over the

@@ -21,8 +21,9 @@ _SIGNATURES = {f: inspect.signature(f) for f in _VJPS}
 
 class Grads(tuple):
     """A tuple with one entry per positional argument of the call (``None`` where the
-    argument is not an array).  ``.by_name`` maps every array argument's name, positional
-    or keyword, to its gradient."""
+    argument takes no gradient: ``stride``, ``padding``, a ``bias`` of ``None``, ...).
+    ``.by_name`` maps every array argument's name, positional or keyword, to its
+    gradient."""
 
     by_name: dict[str, Any]
 
@@ -58,13 +59,8 @@ def vjp(fn: Callable, *args: Any, **kwargs: Any):
                 "a real output needs a real grad_out"
             )
         grads = core(g.astype(out.dtype, copy=False))
-        res = Grads(
-            grads.get(n)
-            if isinstance(bound.arguments[n], np.ndarray)
-            or hasattr(bound.arguments[n], "__array__")
-            else None
-            for n in pos_names
-        )
+        # the op's own gradients decide: an array-like given as a list gets its gradient
+        res = Grads(grads.get(n) for n in pos_names)
         res.by_name = {k: v for k, v in grads.items() if v is not None}
         return res
 

@@ -74,8 +74,18 @@ def _check_mode(mode: str, x: np.ndarray, pairs: list[tuple[int, int]]) -> None:
             f"or {nd + 2}-D (batched) input, got {x.ndim}-D"
         )
     sizes = x.shape[x.ndim - nd :]
+    if mode in ("reflect", "replicate") and 0 in x.shape[x.ndim - nd - 1 :]:
+        raise ValueError(
+            f"{mode} padding needs non-empty channel and padded dimensions (as torch; "
+            f"only a batch dimension may be empty), got input.shape={x.shape}"
+        )
     for dim, (n, (lo, hi)) in enumerate(zip(sizes, pairs), start=x.ndim - nd):
         m = n - max(-lo, 0) - max(-hi, 0)  # what is left after negative entries crop
+        if mode in ("reflect", "replicate") and n + lo + hi <= 0:
+            raise ValueError(
+                f"{mode} padding ({lo}, {hi}) on dimension {dim} of size {n} leaves an "
+                f"output of size {n + lo + hi}; it must be at least 1"
+            )
         if mode == "replicate":
             continue
         if mode == "circular" and m <= 0 and max(lo, 0) + max(hi, 0) > 0:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .options import get_options
-from .spec import ConvSpec, conv_transpose_output_size
+from .spec import ConvSpec, _conv_transpose_out
 
 ROLES = ("forward", "input_grad", "weight_grad")
 
@@ -109,7 +109,7 @@ def problem(role: str, spec: ConvSpec, x_shape, w_shape) -> dict:
         O = tuple(x_shape[2:])
         C = w_shape[1] * g
         S = tuple(
-            conv_transpose_output_size(o, k, s, lo, hi, d, 0)
+            _conv_transpose_out(o, k, s, lo, hi, d, 0)
             for o, k, s, (lo, hi), d in zip(O, spec.kernel_size, spec.stride, spec.padding,
                                             spec.dilation)
         )

@@ -29,6 +29,8 @@ def _check_int(name: str, value: object) -> int:
 
 def as_tuple(name: str, value: IntOrTuple, rank: int) -> tuple[int, ...]:
     """``3`` -> ``(3,)*rank``; a sequence must have exactly ``rank`` ints."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()  # np.array(2) is a scalar, not a sequence
     if isinstance(value, (list, tuple, np.ndarray)):
         vals = tuple(value)
         if len(vals) == 1 and rank != 1:
@@ -52,6 +54,8 @@ def _positive(name: str, vals: tuple[int, ...], given: object) -> tuple[int, ...
 
 def _fmt(given: object) -> str:
     """The value as the caller wrote it (lists and arrays shown as tuples)."""
+    if isinstance(given, np.ndarray) and given.ndim == 0:
+        given = given.item()
     if isinstance(given, (list, tuple, np.ndarray)):
         return str(tuple(int(v) if isinstance(v, numbers.Integral) else v for v in given))
     return repr(given)
@@ -119,12 +123,40 @@ def resolve_padding(
     return pairs
 
 
+def _conv_out(size: int, k: int, s: int, lo: int, hi: int, d: int) -> int:
+    """The formula of :func:`conv_output_size`, unchecked (<= 0: the kernel does not fit)."""
+    return (size + lo + hi - d * (k - 1) - 1) // s + 1
+
+
+def _conv_transpose_out(size: int, k: int, s: int, lo: int, hi: int, d: int, op: int) -> int:
+    """The formula of :func:`conv_transpose_output_size`, unchecked."""
+    return (size - 1) * s - lo - hi + d * (k - 1) + op + 1
+
+
+def _check_sizes(what: str, **values: object) -> dict[str, int]:
+    """Ints, each within its rule: ``size``, pads, ``op`` >= 0; ``k``, ``s``, ``d`` >= 1."""
+    out = {name: _check_int(name, v) for name, v in values.items()}
+    for name, v in out.items():
+        low = 1 if name in ("k", "s", "d") else 0
+        if v < low:
+            raise ValueError(f"{what}: {name}={v} must be >= {low}")
+    return out
+
+
 def conv_output_size(size: int, k: int, s: int, lo: int, hi: int, d: int) -> int:
     """Output length of a convolution along one dimension.
 
-    ``floor((size + lo + hi - d*(k-1) - 1) / s) + 1``
+    ``floor((size + lo + hi - d*(k-1) - 1) / s) + 1``; a ``ValueError`` when the
+    effective kernel ``d*(k-1) + 1`` does not fit in the padded input.
     """
-    return (size + lo + hi - d * (k - 1) - 1) // s + 1
+    a = _check_sizes("conv_output_size", size=size, k=k, s=s, lo=lo, hi=hi, d=d)
+    o = _conv_out(**a)
+    if o <= 0:
+        raise ValueError(
+            f"conv_output_size: the effective kernel d*(k-1)+1 = {a['d'] * (a['k'] - 1) + 1} "
+            f"is larger than the padded input size + lo + hi = {size + lo + hi}"
+        )
+    return o
 
 
 def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
@@ -133,7 +165,7 @@ def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool)
     ``conv_output_size`` with padding ``p`` on both sides, rounding up with
     ``ceil_mode``; a last window that would start in the right padding is dropped.
     """
-    o = conv_output_size(size, k, s, p, p + (s - 1 if ceil_mode else 0), d)
+    o = _conv_out(size, k, s, p, p + (s - 1 if ceil_mode else 0), d)
     if ceil_mode and (o - 1) * s >= size + p:
         o -= 1
     return o
@@ -142,9 +174,24 @@ def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool)
 def conv_transpose_output_size(size: int, k: int, s: int, lo: int, hi: int, d: int, op: int) -> int:
     """Output length of a transposed convolution along one dimension.
 
-    ``(size - 1)*s - lo - hi + d*(k-1) + output_padding + 1``
+    ``(size - 1)*s - lo - hi + d*(k-1) + output_padding + 1``; a ``ValueError`` for an
+    ``output_padding`` not below the stride or the dilation, or a size that is not positive.
     """
-    return (size - 1) * s - lo - hi + d * (k - 1) + op + 1
+    a = _check_sizes(
+        "conv_transpose_output_size", size=size, k=k, s=s, lo=lo, hi=hi, d=d, op=op
+    )
+    if a["op"] >= a["s"] and a["op"] >= a["d"]:
+        raise ValueError(
+            f"conv_transpose_output_size: op={op} (output_padding) must be smaller than "
+            f"either s={s} or d={d}"
+        )
+    o = _conv_transpose_out(**a)
+    if o <= 0:
+        raise ValueError(
+            f"conv_transpose_output_size: (size-1)*s - lo - hi + d*(k-1) + op + 1 = {o} "
+            "must be positive"
+        )
+    return o
 
 
 @dataclass(frozen=True)
@@ -175,7 +222,7 @@ class ConvSpec:
     def conv_out_shape(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """Spatial output shape of the forward convolution for input ``spatial``."""
         return tuple(
-            conv_output_size(n, k, s, lo, hi, d)
+            _conv_out(n, k, s, lo, hi, d)
             for n, k, s, (lo, hi), d in zip(
                 spatial, self.kernel_size, self.stride, self.padding, self.dilation
             )
@@ -184,7 +231,7 @@ class ConvSpec:
     def transpose_out_shape(self, spatial: Sequence[int]) -> tuple[int, ...]:
         op = self.output_padding or (0,) * self.rank
         return tuple(
-            conv_transpose_output_size(n, k, s, lo, hi, d, o)
+            _conv_transpose_out(n, k, s, lo, hi, d, o)
             for n, k, s, (lo, hi), d, o in zip(
                 spatial, self.kernel_size, self.stride, self.padding, self.dilation, op
             )

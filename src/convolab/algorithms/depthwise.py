@@ -20,6 +20,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
+from ._finite import all_finite
 from ._threads import parallel_map
 from ._tiles import grad_buffer_shape, input_rows, tiles
 from .direct import kernel_offsets, tap_slices
@@ -263,7 +264,9 @@ def _fits(spec: ConvSpec, O, in_spatial) -> bool:
 
 
 def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    if _stride1(spec) and _fits(spec, gy.shape[2:], x.shape[2:]):
+    # The flat path multiplies the row ends of x (values of the next row) by the zeros
+    # between gy's rows: 0 * NaN there would reach taps that never read the NaN.
+    if _stride1(spec) and _fits(spec, gy.shape[2:], x.shape[2:]) and all_finite(x):
         return _weight_grad_flat(x, gy, spec)
     N, C = x.shape[:2]
     r = spec.rank

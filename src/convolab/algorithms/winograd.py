@@ -487,7 +487,7 @@ def _dilated(x: np.ndarray, w: np.ndarray, O, pads, d, bias=None) -> np.ndarray:
     Hph = tuple(o + R - 1 for o in Oph)
     Y = _correlate(_phase_split(xp, d, Hph), w, Oph, [(0, 0)] * len(O))
     K = Y.shape[1]
-    Y = Y.reshape((-1, N, K) + Oph)
+    Y = Y.reshape((math.prod(d), N, K) + Oph)
     y = np.empty((N, K) + tuple(O), dtype=Y.dtype)
     for i, p in enumerate(np.ndindex(*d)):
         dst = y[(Ellipsis,) + tuple(slice(pi, None, di) for pi, di in zip(p, d))]

@@ -16,6 +16,7 @@ For complex dtypes the gradients follow torch's convention (conjugate Wirtinger)
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass
@@ -42,19 +43,47 @@ class Prepared:
     out_spatial: tuple[int, ...]
 
 
-def _rank_of(weight: np.ndarray, rank: int | None, what: str) -> int:
+def _rank_of(weight: np.ndarray, rank: int | None, what: str, transposed: bool) -> int:
+    layout = (
+        ("in_channels, out_channels/groups", "in, out/groups")
+        if transposed
+        else ("out_channels, in_channels/groups", "out, in/groups")
+    )
     if weight.ndim < 3:
         raise ValueError(
-            f"weight must have shape (out_channels, in_channels/groups, *kernel_size) with "
+            f"weight must have shape ({layout[0]}, *kernel_size) with "
             f"at least one spatial dimension; got weight.shape={weight.shape}"
         )
     r = weight.ndim - 2
     if rank is not None and r != rank:
         raise ValueError(
-            f"{what} expects a {rank + 2}-D weight (out, in/groups, {rank} kernel dims); "
+            f"{what} expects a {rank + 2}-D weight ({layout[1]}, {rank} kernel dims); "
             f"got weight.shape={weight.shape}"
         )
     return r
+
+
+def _idle_strides(spec: ConvSpec, spatial, out_spatial) -> ConvSpec:
+    """The same convolution with each stride that moves nothing made small.
+
+    A conv dimension with one output, or a transposed one with one input, never steps
+    by its stride, so any stride that still gives that size computes the same thing.
+    The fast paths build arrays and loops from the stride (views with ``stride`` as a
+    C long, one phase per residue of the stride), which a huge stride would overflow or
+    run for ages; there, ``min(stride, padded size)`` (conv) and ``output_padding + 1``
+    (transposed) keep the shapes and the result."""
+    new = list(spec.stride)
+    if spec.transposed:
+        for i, (n, s) in enumerate(zip(spatial, spec.stride)):
+            if n == 1:
+                new[i] = min(s, spec.output_padding[i] + 1)
+    else:
+        for i, (o, p) in enumerate(zip(out_spatial, spec.padded_shape(spatial))):
+            if o == 1:
+                new[i] = min(new[i], max(p, 1))
+    if tuple(new) == spec.stride:
+        return spec
+    return dataclasses.replace(spec, stride=tuple(new))
 
 
 def prepare(
@@ -76,7 +105,7 @@ def prepare(
     w = as_array("weight", weight)
     b = None if bias is None else as_array("bias", bias)
     dtype = check_dtypes(input=x, weight=w, bias=b)
-    r = _rank_of(w, rank, what)
+    r = _rank_of(w, rank, what, transposed)
     if x.ndim not in (r + 1, r + 2):
         raise ValueError(
             f"{what}: expected a {r + 1}-D (unbatched) or {r + 2}-D (batched) input for a "
@@ -107,7 +136,7 @@ def prepare(
         if w.shape[0] != C:
             raise ValueError(
                 f"{what}: weight.shape[0]={w.shape[0]} (in_channels) must equal the input's "
-                f"channels={C} (input.shape={tuple(input.shape)})"
+                f"channels={C} (input.shape={x.shape[1:] if unbatched else x.shape})"
             )
         if C % g:
             raise ValueError(f"groups={g} must divide in_channels={C}")
@@ -125,6 +154,12 @@ def prepare(
     if b is not None and b.shape != (out_channels,):
         raise ValueError(f"bias.shape={b.shape} must be (out_channels,) = ({out_channels},)")
     spatial = x.shape[2:]
+    if 0 in spatial and x.shape[0] and C:
+        raise ValueError(
+            f"{what}: input.shape={x.shape[1:] if unbatched else x.shape} has an empty "
+            "spatial dimension; as in torch, only an empty batch or zero channels may be "
+            "empty"
+        )
     out_spatial = spec.out_shape(spatial)
     if any(o <= 0 for o in out_spatial):
         if transposed:
@@ -140,6 +175,7 @@ def prepare(
             f"{spec.padded_shape(spatial)} (input {spatial}, padding {spec.padding}); "
             "the effective kernel size must not exceed the padded input size"
         )
+    spec = _idle_strides(spec, spatial, out_spatial)
     cdt = compute_dtype(dtype)
     return Prepared(
         x.astype(cdt, copy=False),

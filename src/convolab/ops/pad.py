@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
+import numpy as np
 
 from ..dtypes import as_array
 from ..padding import _check_mode, _pad_forward, pad_backward, parse_pad
@@ -11,8 +13,11 @@ from ..padding import _check_mode, _pad_forward, pad_backward, parse_pad
 
 def _prepare(input, pad, mode, value):
     x = as_array("input", input)
-    if x.dtype == object:
-        raise TypeError("input has dtype object, which is not supported")
+    if x.dtype.kind not in "biufc":
+        raise TypeError(
+            f"input has dtype {x.dtype}, which is not supported; pad takes numeric or bool "
+            "arrays"
+        )
     pairs = parse_pad(pad, x.ndim)
     _check_mode(mode, x, pairs)
     if value is None:
@@ -21,13 +26,38 @@ def _prepare(input, pad, mode, value):
         raise TypeError(f"value={value!r} must be a number")
     if mode != "constant" and value != 0:
         raise ValueError(f"value={value!r} is only meaningful with mode='constant', not {mode!r}")
+    _check_value(value, x.dtype)
     lead = x.ndim - len(pairs)
-    sizes = [n + lo + hi for n, (lo, hi) in zip(x.shape[lead:], pairs)]
-    if any(s < 0 for s in sizes):
-        raise ValueError(
-            f"pad={tuple(pad)} would give a negative size {tuple(sizes)} for input.shape={x.shape}"
-        )
+    for dim, (n, (lo, hi)) in enumerate(zip(x.shape[lead:], pairs), start=lead):
+        if max(-lo, 0) + max(-hi, 0) > n:
+            raise ValueError(
+                f"pad={tuple(pad)} crops {max(-lo, 0) + max(-hi, 0)} elements from dimension "
+                f"{dim} of size {n} (input.shape={x.shape}); a crop cannot exceed the size"
+            )
     return x, pairs
+
+
+def _check_value(value, dtype: np.dtype) -> None:
+    """The fill value must be representable in the input's dtype (as torch checks):
+    no NaN/inf or out-of-range value into integers, no overflow to inf, no imaginary
+    part dropped."""
+    if isinstance(value, (complex, np.complexfloating)):
+        if dtype.kind != "c" and value.imag != 0:
+            raise TypeError(f"value={value!r} is complex but the input is {dtype}")
+        value = value.real
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if not (math.isfinite(value) and info.min <= value <= info.max):
+            raise ValueError(
+                f"value={value!r} cannot be converted to the input's dtype {dtype} "
+                f"(range [{info.min}, {info.max}])"
+            )
+    elif dtype.kind in "fc":
+        big = float(np.finfo(dtype).max)
+        if math.isfinite(value) and abs(value) > big:
+            raise ValueError(
+                f"value={value!r} overflows the input's dtype {dtype} (largest {big:g})"
+            )
 
 
 def pad(input, pad, mode="constant", value=None):
@@ -44,7 +74,12 @@ def pad(input, pad, mode="constant", value=None):
 def pad_vjp(input, pad, mode="constant", value=None):
     x, pairs = _prepare(input, pad, mode, value)
     out = _pad_forward(x, pairs, mode, 0.0 if value is None else value)
-    return out, lambda g: {"input": pad_backward(g, x.shape, pairs, mode)}
+    def pullback(g):
+        gx = pad_backward(g, x.shape, pairs, mode)
+        # pad (0, 0) is the identity: its gradient must still not be grad_out itself
+        return {"input": gx.copy() if np.may_share_memory(gx, g) else gx}
+
+    return out, pullback
 
 
 VJPS = {pad: pad_vjp}

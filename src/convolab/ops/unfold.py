@@ -18,11 +18,28 @@ from ..spec import as_tuple, make_spec
 
 
 def _rank(kernel_size, output_size=None) -> int:
-    if isinstance(kernel_size, (tuple, list)):
-        return len(kernel_size)
-    if isinstance(output_size, (tuple, list)):
-        return len(output_size)
+    for v in (kernel_size, output_size):
+        if isinstance(v, (tuple, list)) or (isinstance(v, np.ndarray) and v.ndim == 1):
+            return len(v)
     return 2
+
+
+def _own(result: np.ndarray, *sources: np.ndarray) -> np.ndarray:
+    """``result``, copied if it may be a view of a caller's array (a 1x1 unfold, a fold
+    of one block per position and their gradients are the input itself, reshaped):
+    writing to a result must never change an input, as with torch."""
+    if any(np.may_share_memory(result, s) for s in sources):
+        return result.copy()
+    return result
+
+
+def _non_empty(what: str, a: np.ndarray, batched: bool) -> None:
+    """torch's rule: only the batch dimension may be empty."""
+    if 0 in a.shape[1 if batched else 0 :]:
+        raise ValueError(
+            f"{what}: input.shape={a.shape} has an empty dimension; as in torch, only the "
+            "batch dimension may be empty"
+        )
 
 
 def _spec(kernel_size, dilation, padding, stride, rank):
@@ -41,6 +58,7 @@ def _unfold_prepare(input, kernel_size, dilation, padding, stride):
         )
     spec = _spec(kernel_size, dilation, padding, stride, r)
     unbatched = x.ndim == r + 1
+    _non_empty("unfold", x, not unbatched)
     xb = x[None] if unbatched else x
     O = spec.conv_out_shape(xb.shape[2:])
     if any(o <= 0 for o in O):
@@ -56,7 +74,7 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
     """Extract sliding blocks: ``(N, C, *S)`` -> ``(N, C*prod(kernel_size), L)``."""
     xb, spec, O, unbatched, dt = _unfold_prepare(input, kernel_size, dilation, padding, stride)
     cols = np.ascontiguousarray(im2col(xb, spec, O))
-    return (cols[0] if unbatched else cols).astype(dt, copy=False)
+    return _own((cols[0] if unbatched else cols).astype(dt, copy=False), xb)
 
 
 def _fold_prepare(input, output_size, kernel_size, dilation, padding, stride):
@@ -71,6 +89,7 @@ def _fold_prepare(input, output_size, kernel_size, dilation, padding, stride):
             f"got input.shape={c.shape}"
         )
     unbatched = c.ndim == 2
+    _non_empty("fold", c, not unbatched)
     cb = c[None] if unbatched else c
     kk = math.prod(spec.kernel_size)
     if cb.shape[1] % kk:
@@ -95,18 +114,18 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
         input, output_size, kernel_size, dilation, padding, stride
     )
     y = col2im(cb, spec, out, O)
-    return (y[0] if unbatched else y).astype(dt, copy=False)
+    return _own((y[0] if unbatched else y).astype(dt, copy=False), cb)
 
 
 def unfold_vjp(input, kernel_size, dilation=1, padding=0, stride=1):
     xb, spec, O, unbatched, dt = _unfold_prepare(input, kernel_size, dilation, padding, stride)
     cols = np.ascontiguousarray(im2col(xb, spec, O))
-    out = (cols[0] if unbatched else cols).astype(dt, copy=False)
+    out = _own((cols[0] if unbatched else cols).astype(dt, copy=False), xb)
 
     def pullback(g):
-        g = g[None] if unbatched else g
-        gx = col2im(g.astype(xb.dtype, copy=False), spec, xb.shape[2:], O)
-        return {"input": (gx[0] if unbatched else gx).astype(dt, copy=False)}
+        gb = g[None] if unbatched else g
+        gx = col2im(gb.astype(xb.dtype, copy=False), spec, xb.shape[2:], O)
+        return {"input": _own((gx[0] if unbatched else gx).astype(dt, copy=False), g)}
 
     return out, pullback
 
@@ -116,12 +135,12 @@ def fold_vjp(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
         input, output_size, kernel_size, dilation, padding, stride
     )
     y = col2im(cb, spec, out_size, O)
-    out = (y[0] if unbatched else y).astype(dt, copy=False)
+    out = _own((y[0] if unbatched else y).astype(dt, copy=False), cb)
 
     def pullback(g):
-        g = g[None] if unbatched else g
-        gc = np.ascontiguousarray(im2col(g.astype(cb.dtype, copy=False), spec, O))
-        return {"input": (gc[0] if unbatched else gc).astype(dt, copy=False)}
+        gb = g[None] if unbatched else g
+        gc = np.ascontiguousarray(im2col(gb.astype(cb.dtype, copy=False), spec, O))
+        return {"input": _own((gc[0] if unbatched else gc).astype(dt, copy=False), g)}
 
     return out, pullback
 
