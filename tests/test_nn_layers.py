@@ -361,6 +361,28 @@ def test_cross_entropy_spatial_and_errors():
         loss(z, t[:, :2])
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ls", [0.0, 0.2])
+def test_cross_entropy_class_weights_and_ignore_index(reduction, ls):
+    """torch's weighted mean divides by the weights of the targets kept; ignored
+    elements add nothing and get no gradient."""
+    rng = np.random.default_rng(10)
+    z = rng.standard_normal((4, 5, 3)) * 2
+    t = rng.integers(0, 5, (4, 3))
+    t[0, 1] = t[2, 2] = 7  # ignored
+    w = rng.random(5) + 0.5
+    kw = dict(ignore_index=7, reduction=reduction, label_smoothing=ls)
+    loss = nn.CrossEntropyLoss(weight=w, **kw)
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.CrossEntropyLoss(weight=torch.tensor(w), **kw)(tz, torch.tensor(t))
+    assert rel(loss(z, t), t2n(tl)) <= TOL
+    g = rng.standard_normal(t.shape) if reduction == "none" else np.asarray(0.7)
+    tl.backward(torch.tensor(g))
+    assert rel(loss.backward(g), t2n(tz.grad)) <= TOL
+    with pytest.raises(ValueError, match=r"weight.shape=\(5,\) must be \(C,\) = \(4,\)"):
+        loss(z[:, :4], t % 4)
+
+
 # --------------------------------------------------------------------------- module rules
 
 

@@ -16,27 +16,68 @@ def log_softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 class CrossEntropyLoss(Module):
-    """``loss = reduce_i[ (1-eps) * -log p[i, y_i]  +  eps/C * sum_c -log p[i, c] ]``.
+    """Cross-entropy from logits with class-index targets, as ``torch.nn.CrossEntropyLoss``.
+
+    Per element ``i`` with target ``y`` (``w``: the class weights, 1 if not given;
+    ``eps``: ``label_smoothing``; ``C`` classes)::
+
+        loss_i = (1 - eps) * w[y] * -log p[i, y]  +  eps/C * sum_c w[c] * -log p[i, c]
+
+    and 0 where ``y == ignore_index``.  ``'mean'`` divides the sum by ``sum_i w[y_i]`` over
+    the elements not ignored (their count without weights), as torch does; ``'sum'``
+    adds; ``'none'`` returns ``loss_i``.
 
     ``forward(input, target)``: input ``(N, C)`` or ``(N, C, *d)`` logits, target ``(N,)``
     or ``(N, *d)`` integer class indices; returns the loss (a 0-d array for ``'mean'``
-    and ``'sum'``).  ``backward(grad=1.0)`` returns the gradient for the logits.
-    ``reduction`` is ``'mean'`` (default), ``'sum'`` or ``'none'``; ``label_smoothing``
-    is ``eps`` above.
+    and ``'sum'``).  ``backward(grad=1.0)`` returns the gradient for the logits
+    (``grad`` has the loss's shape).  Probability targets are not supported.
     """
 
-    def __init__(self, weight=None, reduction: str = "mean", label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        weight=None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ):
         super().__init__()
-        if weight is not None:
-            raise ValueError("CrossEntropyLoss: weight= (class weights) is not supported")
+        if size_average is not None or reduce is not None:
+            raise ValueError(
+                "CrossEntropyLoss: size_average= and reduce= are deprecated in torch; "
+                "use reduction='mean' | 'sum' | 'none'"
+            )
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(
                 f"CrossEntropyLoss: reduction={reduction!r} must be 'mean', 'sum' or 'none'"
+            )
+        if isinstance(label_smoothing, (bool, np.bool_)) or not isinstance(
+            label_smoothing, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(
+                f"CrossEntropyLoss: label_smoothing={label_smoothing!r} must be a number"
             )
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(
                 f"CrossEntropyLoss: label_smoothing={label_smoothing!r} must be in [0, 1]"
             )
+        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(
+            ignore_index, (int, np.integer)
+        ):
+            raise TypeError(f"CrossEntropyLoss: ignore_index={ignore_index!r} must be an int")
+        if weight is not None:
+            weight = np.array(
+                weight.detach().cpu().numpy() if hasattr(weight, "detach") else weight,
+                copy=True,
+            )
+            if weight.ndim != 1 or not np.issubdtype(weight.dtype, np.floating):
+                raise ValueError(
+                    f"CrossEntropyLoss: weight must be a 1-D float array of one weight per "
+                    f"class, got shape {weight.shape} and dtype {weight.dtype}"
+                )
+        self.weight = weight
+        self.ignore_index = int(ignore_index)
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
         self._cache = None
@@ -58,35 +99,54 @@ class CrossEntropyLoss(Module):
                 f"class dimension, {(z.shape[0],) + z.shape[2:]}"
             )
         C = z.shape[1]
-        if t.size and (t.min() < 0 or t.max() >= C):
+        w = self.weight
+        if w is not None:
+            if w.shape != (C,):
+                raise ValueError(
+                    f"CrossEntropyLoss: weight.shape={w.shape} must be (C,) = ({C},) for "
+                    f"input.shape={z.shape}"
+                )
+            if w.dtype != z.dtype:
+                raise TypeError(
+                    f"CrossEntropyLoss: weight has dtype {w.dtype} but input {z.dtype}; "
+                    "dtypes must match"
+                )
+        keep = t != self.ignore_index
+        tk = t[keep]
+        if tk.size and (tk.min() < 0 or tk.max() >= C):
             raise ValueError(
-                f"CrossEntropyLoss: target values must be in [0, {C}), got [{t.min()}, {t.max()}]"
+                f"CrossEntropyLoss: target values must be in [0, {C}) (or ignore_index="
+                f"{self.ignore_index}), got [{tk.min()}, {tk.max()}]"
             )
+        tt = np.where(keep, t, 0)[:, None]  # ignored elements read class 0, then count 0
         logp = log_softmax(z, axis=1)
-        nll = -np.take_along_axis(logp, t[:, None], axis=1)[:, 0]
         eps = self.label_smoothing
-        per = nll if eps == 0 else (1 - eps) * nll - (eps / C) * logp.sum(axis=1)
-        self._cache = (logp, t, per.size)
+        # a[i, c]: the coefficient of -log p[i, c] in loss_i
+        wy = (np.ones(t.shape, z.dtype) if w is None else w[tt[:, 0]]) * keep
+        a = np.zeros_like(logp)
+        np.put_along_axis(a, tt, ((1 - eps) * wy)[:, None], axis=1)
+        if eps:
+            wc = (np.ones(C, z.dtype) if w is None else w).reshape((1, C) + (1,) * (z.ndim - 2))
+            a += (eps / C) * wc * keep[:, None]
+        per = -(a * logp).sum(axis=1)
+        denom = wy.sum() if self.reduction == "mean" else None
+        self._cache = (logp, a, denom, t.shape)
         if self.reduction == "none":
             return per
         total = per.sum()
-        return np.asarray(total / per.size if self.reduction == "mean" else total)
+        if self.reduction == "sum":
+            return np.asarray(total)
+        with np.errstate(invalid="ignore", divide="ignore"):  # all ignored: NaN, as torch
+            return np.asarray(total / denom)
 
     def backward(self, grad=1.0):
         """Gradient of the loss for the logits, times ``grad`` (scalar, or per-element
         for ``reduction='none'``)."""
         if self._cache is None:
             raise RuntimeError("CrossEntropyLoss.backward called before forward")
-        logp, t, n = self._cache
-        C = logp.shape[1]
-        eps = self.label_smoothing
-        g = np.exp(logp)
-        if eps:
-            g -= eps / C
-        onehot = np.take_along_axis(g, t[:, None], axis=1) - (1 - eps)
-        np.put_along_axis(g, t[:, None], onehot, axis=1)
+        logp, a, denom, tshape = self._cache
         grad = np.asarray(grad)
-        want = t.shape if self.reduction == "none" else ()
+        want = tshape if self.reduction == "none" else ()
         if grad.shape != want:
             hint = (
                 " (reduction='none' returns one loss per element: backward needs their "
@@ -99,8 +159,11 @@ class CrossEntropyLoss(Module):
                 f"shape {want}{hint}"
             )
         grad = grad.astype(logp.dtype, copy=False)
+        # d/dz of -sum_c a_c log p_c = (sum_c a_c) p - a
+        g = a.sum(axis=1, keepdims=True) * np.exp(logp) - a
         if self.reduction == "none":
             return g * grad[:, None]
         if self.reduction == "mean":
-            grad = grad / n
+            with np.errstate(invalid="ignore", divide="ignore"):
+                grad = grad / denom
         return g * grad
