@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from convolab import cli
 
 
@@ -37,3 +39,42 @@ def test_bench_writes_its_tables(tmp_path):
     rows = json.loads((tmp_path / "bench.json").read_text())
     assert rows
     assert (tmp_path / "bench.csv").exists()
+
+
+def test_command_lines_fail_in_one_line(tmp_path):
+    """Bad arguments and unwritable outputs: a one-line error and exit code 2, before
+    any training or drawing starts."""
+    from convolab.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for argv in (
+        ["demo", "--quick", "--out", str(afile)],
+        ["demo", "--seed", "-1"],
+        ["demo", "--lr", "nan"],
+        ["demo", "--check-torch", "--epochs", "3"],
+        ["bench", "--reps", "-1"],
+        ["bench", "--out", str(afile / "sub")],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2, argv
+    for argv in (
+        ["draw", "conv2d", "-o", str(tmp_path / "missing" / "x.gif")],
+        ["draw", "conv2d", "--duration", "-100", "-o", str(tmp_path / "d.gif")],
+        ["draw", "conv2d", "-o", str(tmp_path / "x.png")],
+        ["draw", "conv1d", "--preset", "dilation", "-o", str(tmp_path / "p.gif")],
+        ["explain", "conv2d", "--input", "1x0x8x8", "--kernel-size", "3"],
+        ["explain", "conv2d", "--input", "1x3x8x8", "--kernel-size", "3", "--dtype", "int32"],
+        ["explain", "conv2d", "--input", "1x3x8x8", "--kernel-size", "3", "--padding", "a:b"],
+        ["explain", "conv2d", "--input", "1x3x8x8", "--stride", "2", "--layer", "k=3"],
+    ):
+        assert main(argv) == 2, argv
+
+
+def test_missing_optional_package_names_the_extra(monkeypatch, capsys, tmp_path):
+    from convolab.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # imported when a figure is drawn
+    assert main(["draw", "conv2d", "-o", str(tmp_path / "x.gif")]) == 2
+    assert "pip install 'convolab[viz]'" in capsys.readouterr().err

@@ -323,3 +323,23 @@ def test_model_explanation_follows_ceil_mode_nested_stacks_and_in_channels():
     assert e.params == m.num_parameters() and len(e.layers) == 3
     with pytest.raises(ValueError, match="has 4 channels but the layer's in_channels=3"):
         cl.explain(nn.Conv2d(3, 8, 3, seed=0), (1, 4, 16, 16))
+
+
+def test_explain_refuses_what_the_ops_refuse_and_counts_linear():
+    from convolab import nn
+
+    for shape, kw, msg in [
+        ((1, 0, 8, 8), {}, "channels and spatial sizes >= 1"),
+        ((1, 3, 0, 8), dict(padding=2), "channels and spatial sizes >= 1"),
+        ((-2, 3, 8, 8), {}, "batch must be >= 0"),
+        ((1, 3, 8, 8), dict(out_channels=0), "out_channels=0 must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            cl.explain("conv2d", shape, kernel_size=3, **kw)
+    with pytest.raises(TypeError, match="dtype=int32 is not supported"):
+        cl.explain("conv2d", (1, 3, 8, 8), kernel_size=3, dtype="int32")
+    pool = cl.explain("conv2d", (1, 3, 8, 8), layers=["k=2,type=pool"])
+    assert pool.output_shape == (1, 3, 4, 4)  # a pool's stride defaults to its kernel
+    m = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    e = cl.explain(m, (2, 3, 4))
+    assert e.flops["forward"] == 2 * 2 * 12 * 5 and e.flops["forward_bias"] == 2 * 5

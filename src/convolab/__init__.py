@@ -21,6 +21,8 @@ from .ops.unfold import fold, unfold
 from .options import Options, get_options, options, set_options
 from .spec import ConvSpec, conv_output_size, conv_transpose_output_size, make_spec
 
+from . import nn  # noqa: E402  (layers build on the ops above; convolab.nn as torch.nn)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "grad",
     "gradcheck",
     "make_spec",
+    "nn",
     "options",
     "pad",
     "set_options",

@@ -419,6 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
     ap.add_argument("--out", default="benchmarks", help="folder for bench.md/.csv/.json")
     args = ap.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        ap.error(f"--reps={args.reps} must be at least 1")
+    if args.sleep < 0:
+        ap.error(f"--sleep={args.sleep} must not be negative")
+    try:  # before the cases run, not after
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        ap.error(f"--out={args.out!r}: cannot create that folder ({exc.strerror})")
     reps = args.reps or (3 if args.quick else 5)
     cases = suite(args.quick)
     if args.only:

@@ -17,6 +17,13 @@ COMMANDS = {
 }
 
 
+# optional package -> the extra of pyproject.toml that installs it
+EXTRAS = {
+    "mnist1d": "demo", "sklearn": "demo", "tqdm": "demo", "threadpoolctl": "fast",
+    "matplotlib": "viz", "PIL": "viz", "scipy": "fft", "torch": "test",
+}
+
+
 def _usage() -> str:
     lines = ["usage: convolab <command> [options]", "", "commands:"]
     lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
@@ -35,14 +42,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         module = importlib.import_module(COMMANDS[cmd][0])
+        return int(module.main(rest) or 0)
     except ModuleNotFoundError as exc:
-        print(
-            f"convolab {cmd}: needs the optional package {exc.name!r}; "
-            f"install it with pip install 'convolab[...]' (see README)",
-            file=sys.stderr,
-        )
+        # the commands import their optional packages when they need them
+        top = (exc.name or "").partition(".")[0]
+        if top.startswith("convolab") or not top:
+            raise
+        extra = EXTRAS.get(top)
+        how = f"pip install 'convolab[{extra}]'" if extra else f"pip install {top}"
+        print(f"convolab {cmd}: needs the optional package {top!r}; install it with {how}",
+              file=sys.stderr)
         return 2
-    return int(module.main(rest) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

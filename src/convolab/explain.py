@@ -54,7 +54,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from . import select
-from .dtypes import compute_dtype
+from .dtypes import SUPPORTED, compute_dtype
 from .options import get_options
 from .spec import ConvSpec, as_tuple, make_spec, pool_output_size
 
@@ -119,7 +119,8 @@ _KEYS = {
 LAYER_SYNTAX = (
     "comma-separated key=value: k=kernel_size s=stride p=padding d=dilation g=groups "
     "c=out_channels opad=output_padding mode=padding_mode bias=0|1 "
-    "type=conv|conv_transpose|pool; several dimensions with 'x' (k=3x5); per-side padding "
+    "type=conv|conv_transpose|pool (a pool's stride defaults to its kernel size, as torch); "
+    "several dimensions with 'x' (k=3x5); per-side padding "
     "as lo:hi per dimension (p=0:1x1:1); p=same|valid|causal"
 )
 
@@ -145,9 +146,13 @@ def _parse_padding(text: str) -> Any:
         pairs = []
         for part in text.replace(",", "x").split("x"):
             lo, sep, hi = part.partition(":")
-            if not sep:
-                raise ValueError(f"padding={text!r}: per-side padding is lo:hi for every dim")
-            pairs.append((int(lo), int(hi)))
+            try:
+                if not sep:
+                    raise ValueError
+                pairs.append((int(lo), int(hi)))
+            except ValueError:
+                raise ValueError(f"padding={text!r}: per-side padding is lo:hi (two ints) for "
+                                 "every dimension, joined by 'x' (e.g. 0:1x1:1)") from None
         return tuple(pairs)
     return _parse_ints(text, "padding")
 
@@ -166,7 +171,10 @@ def parse_layer(text: str, default_transposed: bool = False) -> LayerConfig:
         elif name in ("kernel_size", "stride", "dilation", "output_padding"):
             kw[name] = _parse_ints(val, name)
         elif name in ("groups", "out_channels"):
-            kw[name] = int(val)
+            try:
+                kw[name] = int(val)
+            except ValueError:
+                raise ValueError(f"layer {text!r}: {name}={val!r} must be an int") from None
         elif name in ("bias", "transposed"):
             kw[name] = val.lower() in ("1", "true", "yes", "y")
         elif name == "type":
@@ -179,6 +187,8 @@ def parse_layer(text: str, default_transposed: bool = False) -> LayerConfig:
             kw[name] = val
     if kw.get("kernel_size") is None:
         raise ValueError(f"layer {text!r} needs a kernel size (k=...)")
+    if kw.get("kind") == "pool" and "stride" not in kw:
+        kw["stride"] = kw["kernel_size"]  # torch's pooling default
     return LayerConfig(**kw)
 
 
@@ -488,9 +498,17 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
         out_shape, note, spatial = _other_layer(cfg, tuple(input_shape))
         rf, jump, start = incoming if (incoming and spatial) else ([], [], [])
         params = getattr(cfg.module, "num_parameters", lambda: 0)()
-        return LayerExplanation(cfg.name or "layer", input_shape, out_shape, None, "other",
-                                params=int(params), receptive_field=list(rf), jump=list(jump),
-                                start=list(start), notes=[note], name=cfg.name)
+        e = LayerExplanation(cfg.name or "layer", input_shape, out_shape, None, "other",
+                             params=int(params), receptive_field=list(rf), jump=list(jump),
+                             start=list(start), notes=[note], name=cfg.name)
+        m = cfg.module
+        if hasattr(m, "in_features") and hasattr(m, "out_features"):  # Linear: one GEMM
+            rows = int(np.prod(input_shape[:-1]))
+            macs = rows * int(m.in_features) * int(m.out_features)
+            bias = rows * int(m.out_features) if getattr(m, "bias", None) is not None else 0
+            e.flops = {"forward": 2 * macs, "forward_bias": bias, "input_grad": 2 * macs,
+                       "weight_grad": 2 * macs, "bias_grad": bias, "total": 6 * macs + 2 * bias}
+        return e
     if len(input_shape) < 3:
         raise ValueError(f"input_shape={input_shape} must be (N, C, *spatial) with at least "
                          "one spatial dimension")
@@ -499,6 +517,19 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
         raise ValueError(f"input_shape={input_shape} has {r} spatial dimensions but the op is "
                          f"{rank}-D; give (N, C, *spatial) with {rank} spatial sizes")
     N, C, S = input_shape[0], input_shape[1], tuple(input_shape[2:])
+    if N < 0 or C < 1 or any(n < 1 for n in S):
+        raise ValueError(f"input_shape={tuple(input_shape)}: the batch must be >= 0 and the "
+                         "channels and spatial sizes >= 1 (as the ops; only the batch may be "
+                         "empty)")
+    if cfg.out_channels is not None and int(cfg.out_channels) < 1:
+        raise ValueError(f"out_channels={cfg.out_channels} must be positive")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype={dtype!r} is not a dtype") from None
+    if dt.type not in SUPPORTED:
+        raise TypeError(f"dtype={dt.name} is not supported; convolab computes in "
+                        f"{', '.join(np.dtype(t).name for t in SUPPORTED)}")
     if cfg.kernel_size is None:
         raise ValueError("kernel_size is required")
     k = as_tuple("kernel_size", cfg.kernel_size, r)
@@ -538,7 +569,6 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
     e.formulas = [_formula(spec, i, S[i], out[i], ceil) for i in range(r)]
     names = dim_names(r)
     kk = int(np.prod(k))
-    dt = np.dtype(dtype)
     item = dt.itemsize
 
     # Warnings ----------------------------------------------------------
@@ -869,9 +899,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.layer:
-            if args.kernel_size is not None:
-                raise ValueError("give either --kernel-size (one layer) or --layer (a stack), "
-                                 "not both")
+            single = {"--kernel-size": args.kernel_size is not None,
+                      "--out-channels": args.out_channels is not None,
+                      "--stride": args.stride != "1", "--padding": args.padding != "0",
+                      "--dilation": args.dilation != "1", "--groups": args.groups != 1,
+                      "--output-padding": args.output_padding != "0",
+                      "--padding-mode": args.padding_mode != "zeros",
+                      "--no-bias": args.no_bias}
+            given = [flag for flag, on in single.items() if on]
+            if given:
+                raise ValueError(f"{', '.join(given)} describe one layer; with --layer (a "
+                                 "stack) put them in each layer's spec (k=3,s=2,c=16,...)")
             res = explain(args.op, args.input, layers=args.layer, dtype=args.dtype)
         else:
             if args.kernel_size is None:

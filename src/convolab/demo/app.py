@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -76,8 +77,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _positive(p, name, v):
-    if v is not None and v <= 0:
-        p.error(f"--{name.replace('_', '-')}={v} must be positive")
+    if v is not None and not (math.isfinite(v) and v > 0):
+        p.error(f"--{name.replace('_', '-')}={v} must be positive (and finite)")
+
+
+def _out_dir(p, out: str) -> Path:
+    """The output folder, created now: a bad --out fails before the training, not after."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--out={out!r}: cannot create that folder ({exc.strerror})")
+    if not os.access(path, os.W_OK):
+        p.error(f"--out={out!r}: the folder is not writable")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     for name in ("epochs", "batch_size", "lr", "check_steps"):
         _positive(p, name, getattr(args, name))
+    if args.seed < 0:
+        p.error(f"--seed={args.seed} must be a non-negative integer")
+    if args.check_torch and args.epochs is not None:
+        p.error("--epochs does not apply to --check-torch, which runs --check-steps steps")
+    if args.check_steps is not None and not args.check_torch:
+        p.error("--check-steps applies only with --check-torch")
+    args.out = _out_dir(p, args.out)
     from . import data as data_mod
     from .train import Config
 
@@ -128,8 +148,7 @@ def _check(args, cfg, data) -> int:
         f"   ({r['seconds']:.1f} s: convolab {r['seconds_convolab']:.1f} s, "
         f"PyTorch {r['seconds_torch']:.1f} s)"
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out
     (out / "check_torch.json").write_text(json.dumps(r, indent=2) + "\n")
     return 0 if r["ok"] else 1
 
@@ -142,7 +161,7 @@ def _train(args, cfg, data, t_start) -> int:
     n_params = model.num_parameters()
     name = models.MODEL_NAMES[cfg.dataset]
     print(
-        f"model: {name}, {n_params:,} parameters; {cfg.epochs} epochs, batch "
+        f"model: {name}, {n_params:,} parameters; {_plural(cfg.epochs, 'epoch')}, batch "
         f"{cfg.batch_size}, AdamW + one-cycle (peak lr {cfg.lr}), float32, seed {cfg.seed}"
     )
     hist, pred, train_s = fit(model, data, cfg, progress=not args.no_progress)
@@ -150,8 +169,7 @@ def _train(args, cfg, data, t_start) -> int:
     acc = hist.test_acc[-1]
     cm = plots.confusion_matrix(data.y_test, pred, data.classes)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out
     title = f"{name} on {data.title}"
     plots.curves(hist, out / "curves.png", title)
     plots.kernels(
@@ -191,6 +209,10 @@ def _train(args, cfg, data, t_start) -> int:
     return 0
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def summary(r: dict) -> str:
     rows = [(f"{r['model']} (this run)", f"{100 * r['test_accuracy']:.1f}%")]
     rows += [(f"{k} (published)", f"{100 * v:.0f}%") for k, v in r["references"].items()]
@@ -201,7 +223,7 @@ def summary(r: dict) -> str:
     out += [
         line,
         f"wall time {r['wall_seconds']:.1f} s (training {r['train_seconds']:.1f} s), "
-        f"{r['parameters']:,} parameters, {r['config']['epochs']} epochs, "
+        f"{r['parameters']:,} parameters, {_plural(r['config']['epochs'], 'epoch')}, "
         f"{r['machine']['cpus']} CPUs",
         f"target >= {100 * r['target_accuracy']:.0f}%: "
         + ("met" if r["test_accuracy"] >= r["target_accuracy"] else "NOT met")

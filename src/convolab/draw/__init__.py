@@ -11,6 +11,7 @@ are computed by convolab itself (``conv``/``conv_transpose``/``vjp``).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -346,13 +347,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("op", nargs="?", default=None, choices=list(_OPS))
     p.add_argument("--preset", choices=list(PRESETS), help="one of the guide's figures")
     p.add_argument("--list-presets", action="store_true")
-    p.add_argument("--input-size", default="5", help="e.g. 5 or 5x7")
-    p.add_argument("--kernel-size", default="3")
-    p.add_argument("--stride", default="1")
-    p.add_argument("--padding", default="0",
-                   help="int, 1x2, same|valid|causal, or per side lo:hi per dim (0:1x1:1)")
-    p.add_argument("--dilation", default="1")
-    p.add_argument("--output-padding", default="0")
+    # geometry defaults are filled in by main (None here: a --preset must not meet them)
+    p.add_argument("--input-size", default=None, help="e.g. 5 or 5x7 (default 5)")
+    p.add_argument("--kernel-size", default=None, help="default 3")
+    p.add_argument("--stride", default=None, help="default 1")
+    p.add_argument("--padding", default=None,
+                   help="int, 1x2, same|valid|causal, or per side lo:hi per dim (0:1x1:1); "
+                        "default 0")
+    p.add_argument("--dilation", default=None, help="default 1")
+    p.add_argument("--output-padding", default=None, help="default 0")
     p.add_argument("--values", action="store_true", help="draw numbers computed by convolab")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backward", default=None, metavar="input:i,j|weight:a,b",
@@ -362,6 +365,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=int, default=72)
     p.add_argument("--duration", type=int, default=800, help="ms per frame")
     return p
+
+
+_GEOMETRY = {"input_size": "5", "kernel_size": "3", "stride": "1", "padding": "0",
+             "dilation": "1", "output_padding": "0"}
+
+
+def _check_cli(args) -> str | None:
+    """A one-line reason the command line cannot work, before any drawing."""
+    if args.preset is not None:
+        given = [f"--{n.replace('_', '-')}" for n in _GEOMETRY if getattr(args, n) is not None]
+        if args.op is not None and args.op != PRESETS[args.preset]["op"]:
+            given.insert(0, f"op {args.op}")
+        if given:
+            return (f"--preset {args.preset} sets the op and its geometry; drop "
+                    f"{', '.join(given)} (or leave out --preset)")
+    if args.duration < 0:
+        return f"--duration={args.duration} must be >= 0 (milliseconds per frame)"
+    if args.dpi <= 0:
+        return f"--dpi={args.dpi} must be positive"
+    if args.out and not args.out.lower().endswith(".gif"):
+        return f"-o {args.out}: the animation is a GIF, name it *.gif (--sheet writes a PNG)"
+    for path in (args.out, args.sheet):
+        parent = os.path.dirname(os.path.abspath(path)) if path else None
+        if parent and not os.path.isdir(parent):
+            return f"cannot write {path}: folder {parent} does not exist"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out and not args.sheet:
         print("convolab draw: give -o OUT.gif and/or --sheet OUT.png", file=sys.stderr)
         return 2
+    problem = _check_cli(args)
+    if problem:
+        print(f"convolab draw: {problem}", file=sys.stderr)
+        return 2
+    for name, default in _GEOMETRY.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     try:
         d = draw(args.op or "conv2d", _parse_ints(args.input_size, "input_size"),
                  _parse_ints(args.kernel_size, "kernel_size"),
@@ -388,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
                  sheet=args.sheet, dpi=args.dpi, duration_ms=args.duration)
     except (ValueError, TypeError) as exc:
         print(f"convolab draw: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"convolab draw: cannot write {exc.filename or 'the output'}: {exc.strerror}",
+              file=sys.stderr)
         return 2
     written = " and ".join(p for p in (args.out, args.sheet) if p)
     print(f"{d.title}\n{len(d.frames)} frames -> {written}")

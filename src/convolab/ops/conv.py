@@ -154,11 +154,10 @@ def prepare(
     if b is not None and b.shape != (out_channels,):
         raise ValueError(f"bias.shape={b.shape} must be (out_channels,) = ({out_channels},)")
     spatial = x.shape[2:]
-    if 0 in spatial and x.shape[0] and C:
+    if 0 in spatial and x.shape[0]:
         raise ValueError(
             f"{what}: input.shape={x.shape[1:] if unbatched else x.shape} has an empty "
-            "spatial dimension; as in torch, only an empty batch or zero channels may be "
-            "empty"
+            "spatial dimension; as in torch, only the batch may be empty"
         )
     out_spatial = spec.out_shape(spatial)
     if any(o <= 0 for o in out_spatial):
