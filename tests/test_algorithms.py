@@ -237,6 +237,57 @@ def test_winograd_2d_float32_accuracy(r):
         assert rel_err(a, want) <= TOL32
 
 
+@pytest.mark.parametrize("k", [3, 7, 9])
+def test_winograd_1d_hands_ill_conditioned_calls_to_gemm(k):
+    """A large offset in the input with taps that cancel (a derivative filter on raw
+    counts): the 1-D transforms' rounding would reach 1e-3 of the output, so their error
+    bound hands the call to GEMM; the same layer on centred data stays on Winograd."""
+    from convolab.algorithms import gemm, winograd
+
+    rng = np.random.default_rng(50 + k)
+    w = rng.standard_normal((16, 16, k))
+    w -= w.mean(axis=2, keepdims=True)
+    spec = make_spec((k,), 1, 0, 1, 1)
+    for offset, falls_back in ((1000.0, True), (0.0, False)):
+        x = rng.standard_normal((2, 16, 2048)) + offset
+        calls = []
+        real = gemm.forward
+
+        def spy(*a, _real=real, _calls=calls, **kw):
+            _calls.append(1)
+            return _real(*a, **kw)
+
+        gemm.forward = spy
+        try:
+            y = winograd.forward(x.astype(np.float32), w.astype(np.float32), spec)
+        finally:
+            gemm.forward = real
+        assert bool(calls) == falls_back, (offset, k)
+        assert rel_err(y, real(x, w, spec)) <= TOL32
+
+
+def test_fft_and_depthwise_are_chosen_only_within_the_workspace():
+    """FFT holds the weight's spectra and a padded input whole, the depthwise tap loop
+    the padded input: past the budget neither applies (a forced choice runs GEMM), and
+    what runs stays near the budget."""
+    rng = np.random.default_rng(60)
+    x = rng.standard_normal((4, 32, 64, 64), dtype=np.float32)
+    w = rng.standard_normal((32, 32, 15, 15), dtype=np.float32)
+    spec = make_spec((15, 15), 1, 7, 1, 1)
+    assert "fft" in select.candidates("forward", spec, x.shape, w.shape, np.float32)
+    budget = 16 * 2**20
+    with cl.options(workspace_bytes=budget):
+        assert "fft" not in select.candidates("forward", spec, x.shape, w.shape, np.float32)
+        y, peak = _traced(lambda: cl.conv2d(x, w, padding=7))
+    assert peak <= 2 * budget + y.nbytes, peak / 2**20
+    dw = make_spec((3, 3), 1, 1, 1, 64)
+    shape = (8, 64, 64, 64)
+    assert "depthwise" in select.candidates("forward", dw, shape, (64, 1, 3, 3), np.float32)
+    with cl.options(workspace_bytes=2**20):
+        assert "depthwise" not in select.candidates("forward", dw, shape, (64, 1, 3, 3),
+                                                    np.float32)
+
+
 def test_winograd_2d_stays_within_the_workspace():
     """A big plane under a small budget runs in rows of 4x4 tiles, within the budget; a
     budget too small for one row of tiles leaves the layer to GEMM."""

@@ -57,10 +57,23 @@ def tile_checks(dtype) -> list | None:
     return checks
 
 
-def check_block(checks: list | None, block: np.ndarray) -> None:
-    """Record whether ``block`` (any strides) is all finite, while it is in the cache."""
-    if checks is not None and block.size:
-        checks.append(bool(np.isfinite(block.max()) and np.isfinite(block.min())))
+def check_block(checks: list | None, block: np.ndarray, mags: list | None = None) -> None:
+    """Record whether ``block`` (any strides) is all finite, while it is in the cache;
+    with ``mags``, also its largest magnitude (for :func:`flag_inaccurate`'s callers)."""
+    if block.size and (checks is not None or mags is not None):
+        hi, lo = block.max(), block.min()
+        if checks is not None:
+            checks.append(bool(np.isfinite(hi) and np.isfinite(lo)))
+        if mags is not None:
+            mags.append(max(abs(hi), abs(lo)))
+
+
+def flag_inaccurate() -> None:
+    """For an algorithm running under :func:`falls_back_to_gemm`: its error bound says
+    the result would miss the accuracy convolab promises (float32 1e-4 relative to the
+    largest output, float64 1e-10), so the decorator recomputes it through GEMM."""
+    if getattr(_LOCAL, "checks", None) is not None:
+        _LOCAL.inaccurate = True
 
 
 def falls_back_to_gemm(role: str):
@@ -71,18 +84,19 @@ def falls_back_to_gemm(role: str):
     def wrap(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
-            saved = getattr(_LOCAL, "checks", None), getattr(_LOCAL, "claimed", False)
-            _LOCAL.checks, _LOCAL.claimed = [], False
+            saved = (getattr(_LOCAL, "checks", None), getattr(_LOCAL, "claimed", False),
+                     getattr(_LOCAL, "inaccurate", False))
+            _LOCAL.checks, _LOCAL.claimed, _LOCAL.inaccurate = [], False, False
             try:
                 # a non-finite input makes the transforms compute inf * 0 and inf - inf:
                 # no warning for values that are thrown away (GEMM, which keeps them, is
                 # silent)
                 with np.errstate(invalid="ignore", over="ignore"):
                     out = fn(*args, **kwargs)
-                checks, claimed = _LOCAL.checks, _LOCAL.claimed
+                checks, claimed, inaccurate = _LOCAL.checks, _LOCAL.claimed, _LOCAL.inaccurate
             finally:
-                _LOCAL.checks, _LOCAL.claimed = saved
-            if out.size and not (all(checks) if claimed else all_finite(out)):
+                _LOCAL.checks, _LOCAL.claimed, _LOCAL.inaccurate = saved
+            if inaccurate or (out.size and not (all(checks) if claimed else all_finite(out))):
                 from . import gemm
 
                 return getattr(gemm, role)(*args, **kwargs)

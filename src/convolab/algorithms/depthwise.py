@@ -29,9 +29,16 @@ _TILE_BYTES = 2**20  # a tile's input + output + temporary fit a Zen3 core's 512
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
-    """Only depthwise: one input channel per group (and a non-empty batch)."""
+    """Only depthwise: one input channel per group (and a non-empty batch), and its
+    :func:`workspace` (the whole padded input) within the budget."""
     C = x_shape[1] if role != "input_grad" else w_shape[1] * spec.groups
-    return spec.groups > 1 and spec.groups == C and w_shape[1] == 1 and x_shape[0] > 0
+    if not (spec.groups > 1 and spec.groups == C and w_shape[1] == 1 and x_shape[0] > 0):
+        return False
+    from .. import select  # select imports this module
+    from ..options import get_options
+
+    p = select.problem(role, spec, x_shape, w_shape)
+    return workspace(role, spec, p, dtype) <= get_options().workspace_bytes
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
@@ -45,6 +52,7 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     kk = math.prod(spec.kernel_size)
     moved = p["N"] * p["K"] * math.prod(p["O"]) * itemsize * kk * 3
     return 0.0, moved
+
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     """The padded input (or gradient) plus one temporary per tile and thread."""

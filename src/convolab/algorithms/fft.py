@@ -55,8 +55,15 @@ def _next_smooth(n: int) -> int:
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
-    """Real and complex dtypes; a non-empty batch (an empty one is GEMM's)."""
-    return np.dtype(dtype).kind in "fc" and x_shape[0] > 0
+    """Real and complex dtypes; a non-empty batch (an empty one is GEMM's); and the
+    memory it needs (:func:`workspace`) within the budget: the weight's spectra at the
+    transform size and a padded copy of the input are held whole, whatever the budget."""
+    if not (np.dtype(dtype).kind in "fc" and x_shape[0] > 0):
+        return False
+    from .. import select  # select imports this module
+
+    p = select.problem(role, spec, x_shape, w_shape)
+    return workspace(role, spec, p, dtype) <= _budget()
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
@@ -90,14 +97,47 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     return 12 * ffts + prods, moved + freqs * 16e3
 
 
+def _sizes(role: str, spec: ConvSpec, O) -> tuple[tuple[int, ...], int, int]:
+    """``(L, B, nb)``: the transform sizes, block length and block count the role's
+    function plans (the input gradient transforms whole signals: one block)."""
+    _, _, fast = _fft()
+    s, e = spec.stride, spec.effective_kernel
+    if role == "input_grad":
+        return tuple(fast(si * (o - 1) + ei) for si, o, ei in zip(s, O, e)), O[0], 1
+    B, nb = _blocks(O[0], s[0], e[0], fast)
+    ext = ((B - 1) * s[0] + e[0],) + tuple(si * (o - 1) + ei for si, o, ei in
+                                          zip(s[1:], O[1:], e[1:]))
+    return tuple(fast(n) for n in ext), B, nb
+
+
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
-    N, C, K = p["N"], p["C"], p["K"]
-    item = np.dtype(dtype).itemsize
-    ext = [s * (o - 1) + d * (k - 1) + 1 for s, o, d, k in
-           zip(spec.stride, p["O"], spec.dilation, spec.kernel_size)]
-    per_sample = math.prod(ext) * 1.3 * 2 * item * (C + 2 * K)
-    step = max(1, min(N, int(_budget() // max(per_sample, 1))))
-    return int(step * per_sample)
+    """Peak extra bytes of a call: what it holds whole (the weight's spectrum and its
+    frequency-major copy; a padded copy of the input, or for the input gradient the
+    padded result and its crop) plus its batch chunks (at least one sample, or one
+    block of the forward, however small the budget)."""
+    N, C, K, g = p["N"], p["C"], p["K"], p["g"]
+    dt = np.dtype(dtype)
+    item, real = dt.itemsize, dt.kind == "f"
+    L, _, nb = _sizes(role, spec, p["O"])
+    Lp = math.prod(L)
+    F = math.prod(L[:-1]) * (L[-1] // 2 + 1) if real else Lp
+    citem = 16 if _fft()[0] is np.fft else (2 * item if real else item)
+    spectra = 2 * K * (C // g) * F * citem
+    budget = _budget()
+    if role == "input_grad":
+        S = p["S"]
+        whole = 2 * N * C * math.prod(spec.padded_shape(S)) * item
+        per = Lp * 8 * (K + 2 * C)
+        chunk = max(1, min(N, budget // max(per, 1))) * per
+    elif role == "forward":
+        whole = N * C * math.prod(spec.padded_shape(p["S"])) * item
+        per = int(Lp * 16 * (C + 2 * K) / (2 if real else 1))  # one block, as planned
+        chunk = min(N * nb * per, max(per, budget // workers()))
+    else:
+        whole = N * C * math.prod(spec.padded_shape(p["S"])) * item + spectra // 2
+        per = Lp * nb * 8 * 2 * (C + K)
+        chunk = max(1, min(N, budget // max(per, 1))) * per
+    return int(spectra + whole + chunk)
 
 
 def _budget() -> int:
