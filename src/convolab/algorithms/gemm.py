@@ -17,7 +17,7 @@ Work is split into tiles (batch chunks, or rows of the first output dimension wh
 one sample is too big) so that the column buffer stays within the ``workspace_bytes``
 option and, for speed, within the last-level cache; one scratch buffer is reused
 for every tile.  In the forward and the weight gradient each tile pads the input rows
-it reads into its own scratch (the 3-D slabs pad the input once, as a whole).  A 1x1,
+it reads into its own scratch (the 3-D slabs pad each slab of rows).  A 1x1,
 stride-1, unpadded convolution is a plain GEMM on the input, with no column copy at all
 (in tiles too, see :func:`_pointwise_products`).  When output rows are long (>=
 :data:`MEC_MIN_ROW` positions) the forward lowers only the last ``rank - 1`` dimensions
@@ -174,6 +174,16 @@ def _plane_slabs(spec: ConvSpec, O, per_position: int):
 def _slab_rows(spec: ConvSpec, h0: int, h1: int) -> slice:
     """Rows of the padded input (second spatial dimension) that output rows [h0, h1) read."""
     return input_rows(slice(h0, h1), spec, dim=1)
+
+
+def _padded_slab(x: np.ndarray, spec: ConvSpec, h0: int, h1: int) -> np.ndarray:
+    """``pad_spatial(x, spec.padding)[:, :, :, _slab_rows(spec, h0, h1)]`` without padding
+    the rest of the input: the slab's own copy (or a view where it needs no padding)."""
+    rows = _slab_rows(spec, h0, h1)
+    lo1 = spec.padding[1][0]
+    pairs = list(spec.padding)
+    pairs[1] = (lo1 - rows.start, rows.stop - lo1 - x.shape[3])  # negative: crop
+    return pad_spatial(x, pairs)
 
 
 def _unpadded(spec: ConvSpec) -> ConvSpec:
@@ -367,10 +377,10 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     kk = math.prod(spec.kernel_size)
     slabs = _plane_slabs(spec, O, C * kk * dtype.itemsize)
     if slabs:
-        xp, sp0 = pad_spatial(x, spec.padding), _unpadded(spec)
+        sp0 = _unpadded(spec)
         y = np.empty((N, K) + O, dtype=dtype)
         for h0, h1 in slabs:
-            y[:, :, :, h0:h1] = forward(xp[:, :, :, _slab_rows(spec, h0, h1)], w, sp0,
+            y[:, :, :, h0:h1] = forward(_padded_slab(x, spec, h0, h1), w, sp0,
                                         (O[0], h1 - h0) + O[2:], bias=bias)
         return y
     if _mec(spec, O):
@@ -607,8 +617,8 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return gw.reshape((K, C // g) + tuple(spec.kernel_size))
     slabs = _plane_slabs(spec, O, (C * kk + K) * dtype.itemsize)
     if slabs:
-        xp, sp0 = pad_spatial(x, spec.padding), _unpadded(spec)
-        return sum(weight_grad(xp[:, :, :, _slab_rows(spec, h0, h1)], gy[:, :, :, h0:h1], sp0)
+        sp0 = _unpadded(spec)
+        return sum(weight_grad(_padded_slab(x, spec, h0, h1), gy[:, :, :, h0:h1], sp0)
                    for h0, h1 in slabs)
     Cg = C // g
     plan, most, G = _plan(N, O, g, Kg, (Cg * kk + Kg) * dtype.itemsize)
