@@ -139,7 +139,8 @@ class Module:
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
         for n, b in self._buffers.items():
-            yield prefix + n, b
+            if b is not None:  # a buffer set to None is not state (as torch)
+                yield prefix + n, b
         for mn, m in self._modules.items():
             yield from m.named_buffers(prefix + mn + ".")
 
@@ -178,7 +179,8 @@ class Module:
         for n, p in self._parameters.items():
             out[prefix + n] = p.data.copy()
         for n, b in self._buffers.items():
-            out[prefix + n] = np.array(b, copy=True)
+            if b is not None:
+                out[prefix + n] = np.array(b, copy=True)
         for mn, m in self._modules.items():
             m._collect_state(out, prefix + mn + ".")
 
