@@ -97,3 +97,73 @@ def test_workers_option_runs_tiles_in_the_calling_thread_or_on_more_threads():
     for a, b, c in zip(ref, one, three):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12)
+
+
+def test_blas_is_limited_from_any_thread():
+    """threadpoolctl lets one Python thread at a time set OpenBLAS's thread count; the
+    tiles must get one BLAS thread whichever thread calls, not only the first."""
+    import pytest
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from convolab.algorithms import _threads
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before or max(before) < 2:
+        pytest.skip("BLAS runs one thread here anyway")
+    cl.conv2d(np.ones((2, 4, 8, 8), np.float32), np.ones((4, 4, 3, 3), np.float32))
+    seen = []
+
+    def inside():
+        with _threads._blas_single_thread():
+            seen.append(blas_threads())
+
+    for _ in range(2):  # a new thread each time, after the main thread used convolab
+        t = threading.Thread(target=inside)
+        t.start()
+        t.join()
+    assert seen and all(max(s) == 1 for s in seen), seen
+    assert blas_threads() == before
+
+
+def test_worker_cpus_are_the_process_ones(monkeypatch):
+    import os
+
+    import pytest
+
+    from convolab.algorithms import _threads
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs and sched_setaffinity")
+    everything = _threads._usable_cpus()
+    got = []
+
+    def narrow():
+        os.sched_setaffinity(0, {everything[-1]})
+        got.append(_threads._usable_cpus())
+
+    t = threading.Thread(target=narrow)
+    t.start()
+    t.join()
+    assert got == [everything]
+
+
+def test_autotune_cache_is_bounded_and_keyed_by_workers(monkeypatch):
+    spec = make_spec((3, 3), 1, 1)
+    x_shape, w_shape = (1, 4, 8, 8), (4, 4, 3, 3)
+    select.clear_autotune_cache()
+    with cl.options(workers=1):
+        k1 = select._tune_key("forward", spec, x_shape, w_shape, "<f4")
+    with cl.options(workers=2):
+        k2 = select._tune_key("forward", spec, x_shape, w_shape, "<f4")
+    assert k1 != k2
+    monkeypatch.setattr(select, "AUTOTUNE_CACHE_SIZE", 3)
+    for n in range(1, 6):
+        with cl.options(autotune=True):
+            cl.conv2d(np.ones((n, 4, 8, 8), np.float32), np.ones((4, 4, 3, 3), np.float32))
+    assert 0 < len(select._TUNED) <= 3
+    select.clear_autotune_cache()
+    assert not select._TUNED

@@ -35,7 +35,9 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +63,37 @@ _AUTO_ORDER: list[str] = ["gemm", "depthwise", "winograd", "fft", "polyphase"]
 GEMM_FLOPS = 150e9
 COPY_BYTES = 8e9
 
-_TUNED: dict[tuple, str] = {}
+# Autotuned winners, (algorithm, why) per key, the least recently used dropped past
+# AUTOTUNE_CACHE_SIZE (a service sees ever new shapes); one lock for reads and writes,
+# since calls from several threads tune and read at once.
+AUTOTUNE_CACHE_SIZE = 4096
+_TUNED: OrderedDict[tuple, tuple[str, str]] = OrderedDict()
+_TUNED_LOCK = threading.Lock()
+
+
+def _tuned_get(key: tuple) -> tuple[str, str] | None:
+    with _TUNED_LOCK:
+        hit = _TUNED.get(key)
+        if hit is not None:
+            _TUNED.move_to_end(key)
+        return hit
+
+
+def _tuned_put(key: tuple, winner: str, why: str) -> tuple[str, str]:
+    with _TUNED_LOCK:
+        _TUNED[key] = (winner, why)
+        _TUNED.move_to_end(key)
+        while len(_TUNED) > AUTOTUNE_CACHE_SIZE:
+            _TUNED.popitem(last=False)
+        return winner, why
+
+
+def _tune_key(*parts) -> tuple:
+    """A cache key: the call's parts, and the options the candidates depend on (the
+    budget and the worker count decide which algorithms apply)."""
+    from .algorithms._threads import workers
+
+    return parts + (get_options().workspace_bytes, workers())
 
 
 def register(name: str, module: str, *, auto_rank: int | None = None) -> None:
@@ -148,17 +180,13 @@ def _gemm_rate(dtype: np.dtype) -> float:
 
 
 def _autotuned(role, spec, x_shape, w_shape, dtype, names) -> tuple[str, str]:
-    key = (role, spec, tuple(x_shape), tuple(w_shape), dtype.str,
-           get_options().workspace_bytes)
-    if key not in _TUNED:
-        times = {n: _time(n, role, spec, x_shape, w_shape, dtype) for n in names}
-        _TUNED[key] = min(times, key=times.get)
-        desc = ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in times.items())
-        _TUNED_WHY[key] = f"autotuned: fastest of {desc}"
-    return _TUNED[key], _TUNED_WHY[key]
-
-
-_TUNED_WHY: dict[tuple, str] = {}
+    key = _tune_key(role, spec, tuple(x_shape), tuple(w_shape), dtype.str)
+    hit = _tuned_get(key)
+    if hit is not None and hit[0] in names:
+        return hit
+    times = {n: _time(n, role, spec, x_shape, w_shape, dtype) for n in names}
+    desc = ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in times.items())
+    return _tuned_put(key, min(times, key=times.get), f"autotuned: fastest of {desc}")
 
 
 def _time(name: str, role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> float:
@@ -314,9 +342,9 @@ def _backward_by_cost_model(spec, x_shape, w_shape, dtype, workspace, workers) -
 
 
 def _autotuned_backward(spec, x_shape, w_shape, dtype, ig: Choice, wg: Choice) -> Choice:
-    key = ("backward", spec, x_shape, w_shape, dtype.str, get_options().workspace_bytes,
-           ig.algorithm, wg.algorithm)
-    if key not in _TUNED:
+    key = _tune_key("backward", spec, x_shape, w_shape, dtype.str, ig.algorithm, wg.algorithm)
+    hit = _tuned_get(key)
+    if hit is None:
         from .algorithms import fused
 
         rng = np.random.default_rng(0)
@@ -328,10 +356,10 @@ def _autotuned_backward(spec, x_shape, w_shape, dtype, ig: Choice, wg: Choice) -
                  "separate": lambda: (ig.module.input_grad(gy, w, spec, x_shape[2:]),
                                       wg.module.weight_grad(x, gy, spec))}
         times = {n: _best_of_two(c) for n, c in calls.items()}
-        _TUNED[key] = min(times, key=times.get)
         desc = ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in times.items())
-        _TUNED_WHY[key] = f"autotuned: fastest of {desc} ({ig.algorithm} + {wg.algorithm})"
-    return Choice(_TUNED[key], _TUNED_WHY[key])
+        hit = _tuned_put(key, min(times, key=times.get),
+                         f"autotuned: fastest of {desc} ({ig.algorithm} + {wg.algorithm})")
+    return Choice(*hit)
 
 
 def workspace_bytes(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> int:
@@ -346,5 +374,5 @@ def workspace_bytes(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> int:
 
 def clear_autotune_cache() -> None:
     """Forget every autotuned winner (e.g. after the machine's load changed)."""
-    _TUNED.clear()
-    _TUNED_WHY.clear()
+    with _TUNED_LOCK:
+        _TUNED.clear()
