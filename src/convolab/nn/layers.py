@@ -24,7 +24,7 @@ from ..algorithms.direct import kernel_offsets, tap_slices
 from ..padding import pad_spatial
 from ..spec import ConvSpec, as_tuple, make_spec, pool_output_size
 from .conv import kaiming_uniform, layer_dtype, make_rng
-from .module import Module, Parameter
+from .module import Module, Parameter, check_real
 
 __all__ = [
     "AdaptiveAvgPool1d",
@@ -51,11 +51,6 @@ def _float_dtype(name: str, dtype) -> np.dtype:
     if dt not in (np.float32, np.float64):
         raise TypeError(f"{name}: dtype={dt.name} must be float32 or float64")
     return dt
-
-
-def _real_arg(name: str, arg: str, v) -> None:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: {arg}={v!r} must be a real number")
 
 
 def _check_input(name: str, x, ranks: tuple[int, ...]) -> np.ndarray:
@@ -726,11 +721,11 @@ class _BatchNorm(Module):
         name = type(self).__name__
         if not isinstance(num_features, (int, np.integer)) or num_features <= 0:
             raise ValueError(f"{name}: num_features={num_features!r} must be a positive int")
-        _real_arg(name, "eps", eps)
+        check_real(name, eps=eps)
         if eps <= 0:
             raise ValueError(f"{name}: eps={eps!r} must be positive")
         if momentum is not None:
-            _real_arg(name, "momentum", momentum)
+            check_real(name, momentum=momentum)
         if device not in (None, "cpu"):
             raise ValueError(f"{name}: device={device!r}; convolab runs on the CPU only")
         dt = _float_dtype(name, dtype)

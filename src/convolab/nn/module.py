@@ -19,6 +19,15 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 
+def check_real(name: str, **values) -> None:
+    """TypeError unless every value is a real number (bools excluded)."""
+    for arg, v in values.items():
+        if isinstance(v, (bool, np.bool_)) or not isinstance(
+            v, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(f"{name}: {arg}={v!r} must be a real number")
+
+
 class StateDictError(KeyError, ValueError):
     """A strict ``load_state_dict`` found missing or unexpected keys."""
 

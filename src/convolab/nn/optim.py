@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .module import Parameter
+from .module import Parameter, check_real
 
 __all__ = ["SGD", "Adam", "AdamW", "CosineAnnealingLR", "OneCycleLR", "Optimizer"]
 
@@ -72,15 +72,6 @@ def _check(name: str, cond: bool, what: str) -> None:
         raise ValueError(f"{name}: {what}")
 
 
-def _real(name: str, **values) -> None:
-    """TypeError unless every value is a real number (bools excluded)."""
-    for arg, v in values.items():
-        if isinstance(v, (bool, np.bool_)) or not isinstance(
-            v, (int, float, np.integer, np.floating)
-        ):
-            raise TypeError(f"{name}: {arg}={v!r} must be a real number")
-
-
 class SGD(Optimizer):
     """``g = grad + wd*p``; ``buf = momentum*buf + (1-dampening)*g`` (``buf = g`` at the
     first step); ``g = g + momentum*buf`` (nesterov) or ``buf``; ``p -= lr*g``."""
@@ -96,7 +87,7 @@ class SGD(Optimizer):
         *,
         maximize: bool = False,
     ):
-        _real("SGD", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        check_real("SGD", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
         _check("SGD", lr >= 0, f"lr={lr} must be non-negative")
         _check("SGD", momentum >= 0, f"momentum={momentum} must be non-negative")
         _check("SGD", weight_decay >= 0, f"weight_decay={weight_decay} must be non-negative")
@@ -157,10 +148,10 @@ class Adam(Optimizer):
         maximize: bool = False,
     ):
         name = type(self).__name__
-        _real(name, lr=lr, eps=eps, weight_decay=weight_decay)
+        check_real(name, lr=lr, eps=eps, weight_decay=weight_decay)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{name}: betas={betas!r} must be a pair of numbers in [0, 1)")
-        _real(name, **{"betas[0]": betas[0], "betas[1]": betas[1]})
+        check_real(name, **{"betas[0]": betas[0], "betas[1]": betas[1]})
         _check(name, lr >= 0, f"lr={lr} must be non-negative")
         _check(name, eps >= 0, f"eps={eps} must be non-negative")
         _check(
@@ -255,7 +246,7 @@ class CosineAnnealingLR(_Scheduler):
     """``lr_t = eta_min + (base_lr - eta_min) (1 + cos(pi t / T_max)) / 2`` (closed form)."""
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
-        _real("CosineAnnealingLR", T_max=T_max, eta_min=eta_min)
+        check_real("CosineAnnealingLR", T_max=T_max, eta_min=eta_min)
         _check("CosineAnnealingLR", T_max > 0, f"T_max={T_max} must be positive")
         self.T_max, self.eta_min = int(T_max), float(eta_min)
         super().__init__(optimizer)
@@ -305,8 +296,8 @@ class OneCycleLR(_Scheduler):
                 "parameter groups"
             )
         for v in max_lrs:
-            _real(name, max_lr=v)
-        _real(
+            check_real(name, max_lr=v)
+        check_real(
             name,
             total_steps=total_steps,
             pct_start=pct_start,
