@@ -266,6 +266,39 @@ def test_winograd_1d_hands_ill_conditioned_calls_to_gemm(k):
         assert rel_err(y, real(x, w, spec)) <= TOL32
 
 
+def test_winograd_1d_keeps_ordinary_activations():
+    """The error estimate reads the input's RMS: heavy-tailed ReLU activations over many
+    channels (sparse large values, errors ~2e-5) stay on Winograd."""
+    from convolab.algorithms import gemm, winograd
+
+    rng = np.random.default_rng(52)
+    x = np.maximum(rng.standard_t(3, (2, 512, 256)), 0).astype(np.float32)
+    w = (rng.standard_normal((32, 512, 9)) / np.sqrt(512 * 9)).astype(np.float32)
+    spec = make_spec((9,), 1, 0, 1, 1)
+    calls = []
+    real = gemm.forward
+    gemm.forward = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    try:
+        y = winograd.forward(x, w, spec)
+    finally:
+        gemm.forward = real
+    assert not calls
+    assert rel_err(y, real(x.astype(np.float64), w.astype(np.float64), spec)) <= TOL32
+
+
+def test_gemm_slabs_in_the_padding_have_their_own_rows():
+    from convolab.algorithms import gemm
+
+    x = np.arange(64.0).reshape(1, 1, 2, 4, 8)
+    for pad in ((0, 7, 0), (1, 2, 1), (0, 0, 0)):
+        spec = make_spec((1, 1, 1), 1, pad)
+        whole = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+        for h0 in range(spec.conv_out_shape(x.shape[2:])[1]):
+            rows = gemm._slab_rows(spec, h0, h0 + 1)
+            np.testing.assert_array_equal(gemm._padded_slab(x, spec, h0, h0 + 1),
+                                          whole[:, :, :, rows])
+
+
 def test_fft_and_depthwise_are_chosen_only_within_the_workspace():
     """FFT holds the weight's spectra and a padded input whole, the depthwise tap loop
     the padded input: past the budget neither applies (a forced choice runs GEMM), and
@@ -280,6 +313,10 @@ def test_fft_and_depthwise_are_chosen_only_within_the_workspace():
         assert "fft" not in select.candidates("forward", spec, x.shape, w.shape, np.float32)
         y, peak = _traced(lambda: cl.conv2d(x, w, padding=7))
     assert peak <= 2 * budget + y.nbytes, peak / 2**20
+    big = make_spec((31, 31), 1, 15, 1, 128)  # 64 MiB of input: FFT still fits 512 MiB
+    for role in ("forward", "input_grad", "weight_grad"):
+        assert "fft" in select.candidates(role, big, (32, 128, 64, 64), (128, 1, 31, 31),
+                                          np.float32)
     dw = make_spec((3, 3), 1, 1, 1, 64)
     shape = (8, 64, 64, 64)
     assert "depthwise" in select.candidates("forward", dw, shape, (64, 1, 3, 3), np.float32)

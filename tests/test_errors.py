@@ -240,6 +240,11 @@ def test_empty_inputs_follow_torch():
     """Only the batch may be empty (torch's rule); an empty batch gives empty results."""
     with pytest.raises(ValueError, match="has an empty spatial dimension"):
         cl.conv_transpose2d(np.ones((1, 2, 0, 5)), np.ones((2, 3, 3, 3)))
+    # an empty batch may give an empty output dimension (transposed, as torch)
+    y, pullback = cl.vjp(cl.conv_transpose2d, np.zeros((0, 3, 0, 5)), np.ones((3, 4, 3, 3)),
+                         np.ones(4), 2, 1, 1)
+    gx, gw, gb = pullback(np.zeros(y.shape))[:3]
+    assert y.shape == (0, 4, 0, 10) and gx.shape == (0, 3, 0, 5) and not gw.any() and not gb.any()
     with pytest.raises(ValueError, match="has an empty spatial dimension"):
         cl.conv2d(np.ones((1, 2, 0, 5)), np.ones((3, 2, 1, 1)), padding=1)
     with pytest.raises(ValueError, match="only the batch dimension may be empty"):
@@ -290,6 +295,7 @@ def test_output_size_functions_check_their_arguments():
         (np.uint8, -1, ValueError, "cannot be converted to the input's dtype uint8"),
         (np.float32, 1e300, ValueError, "overflows the input's dtype float32"),
         (np.float64, 1j, TypeError, "is complex but the input is float64"),
+        (np.float64, 1 + 0j, TypeError, "is complex but the input is float64"),
         (np.str_, 0, TypeError, "pad takes numeric or bool arrays"),
     ],
 )
@@ -313,7 +319,8 @@ def test_results_and_gradients_never_alias_arguments():
 
 def test_strides_that_never_step_cost_nothing():
     """A stride that moves no window (one output, or one transposed input) may be huge:
-    the result is the same as with a small one, on every path, at once."""
+    the result is the same as with a small one, at once (auto, GEMM and direct here; the
+    parity tests' random configurations cover the other paths)."""
     x, w = np.arange(4.0).reshape(1, 1, 4), np.arange(3.0).reshape(1, 1, 3)
     for alg in ("auto", "gemm", "direct"):
         with cl.options(algorithm=alg):
@@ -322,3 +329,7 @@ def test_strides_that_never_step_cost_nothing():
                 cl.conv_transpose1d(x[..., :1], w, stride=10**12), x[..., :1] * w)
     y, pullback = cl.vjp(cl.conv_transpose1d, x[..., :1], w, None, 10**12)
     np.testing.assert_array_equal(pullback(np.ones(y.shape))[1], np.zeros((1, 1, 3)))
+
+
+def test_pad_takes_bool_values_as_torch():
+    np.testing.assert_array_equal(cl.pad(np.zeros((1, 2)), (1, 1), value=True), [[1, 0, 0, 1]])

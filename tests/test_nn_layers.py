@@ -539,3 +539,12 @@ def test_cross_entropy_none_backward_needs_its_gradient():
     mean(np.zeros((2, 3)), np.array([0, 1]))
     with pytest.raises(ValueError, match=r"grad.shape=\(3,\) must equal the loss's shape \(\)"):
         mean.backward(np.ones(3))
+
+
+def test_cross_entropy_with_every_target_ignored():
+    """No element counts: the mean is NaN (0 / 0, as torch) but the gradient is zero, so
+    an optimizer step after such a batch leaves the weights finite."""
+    z = np.array([[0.5, -0.2], [0.1, 0.3]])
+    loss = nn.CrossEntropyLoss(ignore_index=0)
+    assert np.isnan(loss(z, np.array([0, 0])))
+    np.testing.assert_array_equal(loss.backward(), np.zeros_like(z))

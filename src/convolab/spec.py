@@ -154,7 +154,7 @@ def conv_output_size(size: int, k: int, s: int, lo: int, hi: int, d: int) -> int
     if o <= 0:
         raise ValueError(
             f"conv_output_size: the effective kernel d*(k-1)+1 = {a['d'] * (a['k'] - 1) + 1} "
-            f"is larger than the padded input size + lo + hi = {size + lo + hi}"
+            f"is larger than the padded input, size + lo + hi = {size + lo + hi}"
         )
     return o
 

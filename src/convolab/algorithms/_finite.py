@@ -61,11 +61,12 @@ def check_block(checks: list | None, block: np.ndarray, mags: list | None = None
     """Record whether ``block`` (any strides) is all finite, while it is in the cache;
     with ``mags``, also its largest magnitude (for :func:`flag_inaccurate`'s callers)."""
     if block.size and (checks is not None or mags is not None):
-        hi, lo = block.max(), block.min()
+        hi, lo = block.max(), block.min()  # (complex: lexicographic, still NaN/inf-aware)
         if checks is not None:
             checks.append(bool(np.isfinite(hi) and np.isfinite(lo)))
         if mags is not None:
-            mags.append(max(abs(hi), abs(lo)))
+            mags.append(np.abs(block).max() if block.dtype.kind == "c"
+                        else max(abs(hi), abs(lo)))
 
 
 def flag_inaccurate() -> None:

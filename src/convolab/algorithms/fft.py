@@ -21,6 +21,7 @@ within the workspace budget.  Real and complex dtypes are both handled.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -79,6 +80,11 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
       multiply-add), charged 4x for the frequency-major copies around them;
     * every frequency is one BLAS call (~2 us each, charged as 16 KB of copying).
     """
+    if role == "input_grad" and (fwd := _as_forward(spec, p["S"], p["O"])) is not None:
+        # what input_grad runs; polyphase runs the same blocked forward and measured a
+        # little faster (k63 C16 L16384: 25.1 against 26.5 ms), so a tie goes to it
+        flops, moved = cost("forward", fwd, _swapped(p), itemsize)
+        return flops * 1.05, moved * 1.05
     N, C, K, g = p["N"], p["C"], p["K"], p["g"]
     ext = [s * (o - 1) + d * (k - 1) + 1 for s, o, d, k in
            zip(spec.stride, p["O"], spec.dilation, spec.kernel_size)]
@@ -110,11 +116,25 @@ def _sizes(role: str, spec: ConvSpec, O) -> tuple[tuple[int, ...], int, int]:
     return tuple(fast(n) for n in ext), B, nb
 
 
+def _swapped(p: dict) -> dict:
+    """The problem of :func:`_as_forward`'s correlation: gy in, the input gradient out."""
+    return dict(p, C=p["K"], K=p["C"], S=p["O"], O=p["S"])
+
+
+def _broadcast(role: str, C: int, K: int, g: int) -> bool:
+    """The role's channel sum is a broadcast product (depthwise): no GEMM per frequency,
+    so no frequency-major copies of the spectra."""
+    return {"forward": g == C, "input_grad": g == K}.get(role, g == C == K)
+
+
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
-    """Peak extra bytes of a call: what it holds whole (the weight's spectrum and its
-    frequency-major copy; a padded copy of the input, or for the input gradient the
-    padded result and its crop) plus its batch chunks (at least one sample, or one
-    block of the forward, however small the budget)."""
+    """Peak extra bytes of a call: what it holds whole (the weight's spectrum, and its
+    frequency-major copy unless the role is depthwise; a padded copy of the input, or
+    for the input gradient the padded gradient buffer; for the weight gradient the
+    summed spectra) plus its batch chunks, cut from what is left of the budget (at least
+    one sample, or one block of the forward)."""
+    if role == "input_grad" and (fwd := _as_forward(spec, p["S"], p["O"])) is not None:
+        return workspace("forward", fwd, _swapped(p), dtype)
     N, C, K, g = p["N"], p["C"], p["K"], p["g"]
     dt = np.dtype(dtype)
     item, real = dt.itemsize, dt.kind == "f"
@@ -122,22 +142,28 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     Lp = math.prod(L)
     F = math.prod(L[:-1]) * (L[-1] // 2 + 1) if real else Lp
     citem = 16 if _fft()[0] is np.fft else (2 * item if real else item)
-    spectra = 2 * K * (C // g) * F * citem
+    spectra = (1 if _broadcast(role, C, K, g) else 2) * K * (C // g) * F * citem
+    padded = N * C * math.prod(spec.padded_shape(p["S"])) * item
     budget = _budget()
-    if role == "input_grad":
-        S = p["S"]
-        whole = 2 * N * C * math.prod(spec.padded_shape(S)) * item
-        per = Lp * 8 * (K + 2 * C)
-        chunk = max(1, min(N, budget // max(per, 1))) * per
-    elif role == "forward":
-        whole = N * C * math.prod(spec.padded_shape(p["S"])) * item
-        per = int(Lp * 16 * (C + 2 * K) / (2 if real else 1))  # one block, as planned
-        chunk = min(N * nb * per, max(per, budget // workers()))
+    if role == "forward":
+        fixed = spectra + padded
+        per, units = int(Lp * 16 * (C + 2 * K) / (2 if real else 1)), N * nb
+        room = min(budget // workers(), budget - fixed)  # one tile at a time, as tiles()
     else:
-        whole = N * C * math.prod(spec.padded_shape(p["S"])) * item + spectra // 2
-        per = Lp * nb * 8 * 2 * (C + K)
-        chunk = max(1, min(N, budget // max(per, 1))) * per
-    return int(spectra + whole + chunk)
+        if role == "input_grad":
+            fixed = spectra + padded
+            per = Lp * 8 * (K + 2 * C)
+        else:
+            fixed = padded + 2 * K * (C // g) * F * citem  # the sum and each chunk's part
+            per = Lp * nb * 8 * 2 * (C + K)
+        units, room = N, budget - fixed
+    chunk = max(1, min(units, max(room, 0) // max(per, 1))) * per
+    return int(fixed + chunk)
+
+
+def _room(fixed: int) -> int:
+    """What the budget leaves for the batch chunks beside ``fixed`` bytes held whole."""
+    return max(1, _budget() - fixed)
 
 
 def _budget() -> int:
@@ -229,7 +255,8 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
     Wc = Wc.reshape((g, K // g) + Wc.shape[1:]).swapaxes(1, 2)  # (g, Cg, Kg, *F)
     y = np.empty((N, K) + O, dtype=dtype)
     per_block = int(math.prod(L) * 16 * (C + 2 * K) / (2 if real else 1))
-    plan, _ = tiles(N, (nb,), per_block, cache=None)
+    fixed = (0 if np.may_share_memory(xp, x) else xp.nbytes) + Wc.nbytes * (1 if g == C else 2)
+    plan, _ = tiles(N, (nb,), per_block, cache=_room(fixed))
     keep = (slice(0, (B - 1) * s[0] + 1, s[0]),) + tuple(
         slice(0, si * (o - 1) + 1, si) for si, o in zip(s[1:], O[1:]))
     for bs, brows in plan:
@@ -259,8 +286,40 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None) -> n
     return y
 
 
+def _as_forward(spec: ConvSpec, in_spatial, O) -> ConvSpec | None:
+    """At stride 1 the input gradient is a forward correlation of ``gy`` padded by
+    ``d (k - 1) - lo`` (and what makes the output ``in_spatial`` long) with the kernel
+    flipped and its channel axes swapped: that spec, or None (strided, or a padding the
+    flip would make negative).  Run so, it takes the forward's overlap-save blocks, whose
+    spectra are a few kernel lengths long, not the whole signal's (for a 511-tap kernel on
+    65536 positions: 540 MiB of weight spectra)."""
+    if any(s != 1 for s in spec.stride):
+        return None
+    pairs = []
+    for (lo, _), n, o, k, d in zip(spec.padding, in_spatial, O, spec.kernel_size,
+                                   spec.dilation):
+        a = d * (k - 1) - lo
+        b = n - o - a + d * (k - 1)
+        if a < 0 or b < 0:
+            return None
+        pairs.append((a, b))
+    return dataclasses.replace(spec, padding=tuple(pairs), output_padding=(),
+                               transposed=False)
+
+
+def _flipped(w: np.ndarray, g: int) -> np.ndarray:
+    """(K, C/g, *k) -> (C, K/g, *k): per group the channel axes swapped, the taps reversed."""
+    K, Cg = w.shape[:2]
+    k = w.shape[2:]
+    wg = w.reshape((g, K // g, Cg) + k).swapaxes(1, 2).reshape((g * Cg, K // g) + k)
+    return np.ascontiguousarray(wg[(slice(None), slice(None)) + (slice(None, None, -1),) * len(k)])
+
+
 @falls_back_to_gemm("input_grad")
 def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
+    fwd = _as_forward(spec, tuple(in_spatial), gy.shape[2:])
+    if fwd is not None:
+        return forward.__wrapped__(gy, _flipped(w, spec.groups), fwd, tuple(in_spatial))
     r, g = spec.rank, spec.groups
     N, K = gy.shape[:2]
     Cg = w.shape[1]
@@ -277,7 +336,8 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     buf = tuple(max(p, n) for p, n in zip(padded, need))
     gxp = np.zeros((N, g * Cg) + buf, dtype=dtype)
     per_sample = math.prod(L) * 8 * (K + 2 * g * Cg)
-    step = max(1, min(N, _budget() // max(per_sample, 1)))
+    fixed = Wf.nbytes * (1 if g == K else 2) + gxp.nbytes
+    step = max(1, min(N, _room(fixed) // max(per_sample, 1)))
     for i in range(0, N, step):
         bs = slice(i, min(N, i + step))
         gb = gy[bs]
@@ -326,7 +386,10 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         xp = pad_spatial(xp, [(0, n - m) for n, m in zip(ext, xp.shape[2:])])
     gwf = None
     per_sample = math.prod(L) * nb * 8 * 2 * (C + K)
-    step = max(1, min(N, _budget() // max(per_sample, 1)))
+    spec_bytes = K * (C // g) * math.prod(L[:-1]) * (L[-1] // 2 + 1 if real else L[-1]) * (
+        2 * np.dtype(dtype).itemsize if real else np.dtype(dtype).itemsize)
+    fixed = (0 if np.may_share_memory(xp, x) else xp.nbytes) + 2 * spec_bytes
+    step = max(1, min(N, _room(fixed) // max(per_sample, 1)))
     for i in range(0, N, step):
         bs = slice(i, min(N, i + step))
         n = xp[bs].shape[0]

@@ -180,10 +180,13 @@ def _padded_slab(x: np.ndarray, spec: ConvSpec, h0: int, h1: int) -> np.ndarray:
     """``pad_spatial(x, spec.padding)[:, :, :, _slab_rows(spec, h0, h1)]`` without padding
     the rest of the input: the slab's own copy (or a view where it needs no padding)."""
     rows = _slab_rows(spec, h0, h1)
-    lo1 = spec.padding[1][0]
+    lo1, n1 = spec.padding[1][0], x.shape[3]
+    first, last = max(rows.start, lo1), min(rows.stop, lo1 + n1)  # input rows, padded coords
+    if last <= first:  # the slab lies in the padding
+        first = last = rows.stop
     pairs = list(spec.padding)
-    pairs[1] = (lo1 - rows.start, rows.stop - lo1 - x.shape[3])  # negative: crop
-    return pad_spatial(x, pairs)
+    pairs[1] = (first - rows.start, rows.stop - last)
+    return pad_spatial(x[:, :, :, first - lo1:last - lo1], pairs)
 
 
 def _unpadded(spec: ConvSpec) -> ConvSpec:

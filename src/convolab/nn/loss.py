@@ -164,6 +164,6 @@ class CrossEntropyLoss(Module):
         if self.reduction == "none":
             return g * grad[:, None]
         if self.reduction == "mean":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                grad = grad / denom
+            # every target ignored: no element counts, so no gradient (torch: zeros)
+            grad = grad / denom if denom else np.zeros_like(grad)
         return g * grad

@@ -160,7 +160,9 @@ def prepare(
             "spatial dimension; as in torch, only the batch may be empty"
         )
     out_spatial = spec.out_shape(spatial)
-    if any(o <= 0 for o in out_spatial):
+    # torch gives an empty batch's transposed convolution an empty output dimension
+    empty_ok = transposed and x.shape[0] == 0 and all(o >= 0 for o in out_spatial)
+    if any(o <= 0 for o in out_spatial) and not empty_ok:
         if transposed:
             raise ValueError(
                 f"{what}: input spatial size {spatial} gives output size {out_spatial}; "
@@ -229,8 +231,14 @@ def _input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial,
     return _add_bias(algo.input_grad(gy, w, spec, in_spatial), bias)
 
 
+def _out_channels(p: Prepared) -> int:
+    return p.w.shape[1] * p.spec.groups if p.spec.transposed else p.w.shape[0]
+
+
 def _run_forward(p: Prepared) -> np.ndarray:
     x, w, spec = p.x, p.w, p.spec
+    if 0 in p.out_spatial:  # an empty batch's empty output (transposed, as torch)
+        return np.zeros((x.shape[0], _out_channels(p)) + p.out_spatial, dtype=x.dtype)
     if spec.transposed:
         return _input_grad(x, w, spec, p.out_spatial, p.b)
     algo = select.choose("forward", spec, x.shape, w.shape, x.dtype).module
@@ -254,6 +262,10 @@ def grads(
     spatial = x.shape[2:]
     gx = gw = gb = None
     both = "input" in wanted and "weight" in wanted
+    if 0 in p.out_spatial:  # nothing flowed through (an empty batch): zero gradients
+        gx, gw = np.zeros_like(x), np.zeros_like(w)
+        both = False
+        wanted = tuple(n for n in wanted if n == "bias")
     if spec.transposed:
         # y = conv^T(x): gx = conv(gy), gw = corr(gy, x)
         if both and select.choose_backward(spec, x.shape, w.shape, x.dtype).algorithm == "fused":

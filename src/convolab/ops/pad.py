@@ -22,7 +22,7 @@ def _prepare(input, pad, mode, value):
     _check_mode(mode, x, pairs)
     if value is None:
         value = 0.0
-    if not isinstance(value, numbers.Number) or isinstance(value, bool):
+    if not isinstance(value, (numbers.Number, np.bool_)):
         raise TypeError(f"value={value!r} must be a number")
     if mode != "constant" and value != 0:
         raise ValueError(f"value={value!r} is only meaningful with mode='constant', not {mode!r}")
@@ -42,7 +42,7 @@ def _check_value(value, dtype: np.dtype) -> None:
     no NaN/inf or out-of-range value into integers, no overflow to inf, no imaginary
     part dropped."""
     if isinstance(value, (complex, np.complexfloating)):
-        if dtype.kind != "c" and value.imag != 0:
+        if dtype.kind != "c":  # as torch, even with a zero imaginary part
             raise TypeError(f"value={value!r} is complex but the input is {dtype}")
         value = value.real
     if dtype.kind in "iu":
