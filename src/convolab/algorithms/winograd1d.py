@@ -15,7 +15,7 @@ is 6 up to 7 taps and 4 for 8 and 9, so that ``a <= 12``.  With the points
 0, +-1, +-2, +-1/2, +-3/2, +-2/3 the float32 relative error stays around 1e-5 or
 below (tested against a float64 reference for every kernel size) on centred data; a
 large common offset with taps that cancel reached 1e-3, so every call checks an error
-bound from the tiles' largest input and output and hands such calls to GEMM
+estimate from the tiles' input RMS and largest output and hands such calls to GEMM
 (:func:`_check_accuracy`).
 
 Each tile of samples x output tiles (sized by the cache target and the workspace
