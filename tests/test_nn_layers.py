@@ -548,3 +548,24 @@ def test_cross_entropy_with_every_target_ignored():
     loss = nn.CrossEntropyLoss(ignore_index=0)
     assert np.isnan(loss(z, np.array([0, 0])))
     np.testing.assert_array_equal(loss.backward(), np.zeros_like(z))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ls, weighted", [(0.0, False), (0.1, True)])
+def test_cross_entropy_probability_targets(reduction, ls, weighted):
+    """Soft labels (a float target of the input's shape), as torch: weights and label
+    smoothing apply, and the mean divides by the number of elements."""
+    rng = np.random.default_rng(11)
+    z = rng.standard_normal((4, 5, 3))
+    t = rng.random((4, 5, 3))
+    t /= t.sum(axis=1, keepdims=True)
+    w = rng.random(5) + 0.5 if weighted else None
+    kw = dict(reduction=reduction, label_smoothing=ls)
+    loss = nn.CrossEntropyLoss(weight=w, **kw)
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.CrossEntropyLoss(weight=None if w is None else torch.tensor(w), **kw)(
+        tz, torch.tensor(t))
+    assert rel(loss(z, t), t2n(tl)) <= TOL
+    g = rng.standard_normal((4, 3)) if reduction == "none" else np.asarray(1.3)
+    tl.backward(torch.tensor(g))
+    assert rel(loss.backward(g), t2n(tz.grad)) <= TOL

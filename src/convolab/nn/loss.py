@@ -30,7 +30,8 @@ class CrossEntropyLoss(Module):
     ``forward(input, target)``: input ``(N, C)`` or ``(N, C, *d)`` logits, target ``(N,)``
     or ``(N, *d)`` integer class indices; returns the loss (a 0-d array for ``'mean'``
     and ``'sum'``).  ``backward(grad=1.0)`` returns the gradient for the logits
-    (``grad`` has the loss's shape).  Probability targets are not supported.
+    (``grad`` has the loss's shape).  A float target of the input's shape holds class
+    probabilities (soft labels, as torch): see :meth:`_forward_probabilities`.
     """
 
     def __init__(
@@ -89,9 +90,12 @@ class CrossEntropyLoss(Module):
             raise ValueError(f"CrossEntropyLoss: input.shape={z.shape} must be (N, C, *d)")
         if not np.issubdtype(z.dtype, np.floating):
             raise TypeError(f"CrossEntropyLoss: input has dtype {z.dtype}, expected float")
+        if np.issubdtype(t.dtype, np.floating) and t.shape == z.shape:
+            return self._forward_probabilities(z, t)
         if not np.issubdtype(t.dtype, np.integer):
             raise TypeError(
-                f"CrossEntropyLoss: target has dtype {t.dtype}; expected integer class indices"
+                f"CrossEntropyLoss: target has dtype {t.dtype}; expected integer class "
+                "indices, or class probabilities of the input's shape"
             )
         if t.shape != (z.shape[0],) + z.shape[2:]:
             raise ValueError(
@@ -99,18 +103,7 @@ class CrossEntropyLoss(Module):
                 f"class dimension, {(z.shape[0],) + z.shape[2:]}"
             )
         C = z.shape[1]
-        w = self.weight
-        if w is not None:
-            if w.shape != (C,):
-                raise ValueError(
-                    f"CrossEntropyLoss: weight.shape={w.shape} must be (C,) = ({C},) for "
-                    f"input.shape={z.shape}"
-                )
-            if w.dtype != z.dtype:
-                raise TypeError(
-                    f"CrossEntropyLoss: weight has dtype {w.dtype} but input {z.dtype}; "
-                    "dtypes must match"
-                )
+        w = self._class_weights(z)
         keep = t != self.ignore_index
         tk = t[keep]
         if tk.size and (tk.min() < 0 or tk.max() >= C):
@@ -138,6 +131,48 @@ class CrossEntropyLoss(Module):
             return np.asarray(total)
         with np.errstate(invalid="ignore", divide="ignore"):  # all ignored: NaN, as torch
             return np.asarray(total / denom)
+
+    def _class_weights(self, z: np.ndarray) -> np.ndarray | None:
+        w, C = self.weight, z.shape[1]
+        if w is not None:
+            if w.shape != (C,):
+                raise ValueError(
+                    f"CrossEntropyLoss: weight.shape={w.shape} must be (C,) = ({C},) for "
+                    f"input.shape={z.shape}"
+                )
+            if w.dtype != z.dtype:
+                raise TypeError(
+                    f"CrossEntropyLoss: weight has dtype {w.dtype} but input {z.dtype}; "
+                    "dtypes must match"
+                )
+        return w
+
+    def _forward_probabilities(self, z: np.ndarray, t: np.ndarray):
+        """Soft targets (torch's probability form): ``loss_i = -sum_c w[c] t'[i, c] log
+        p[i, c]`` with ``t' = (1 - eps) t + eps/C``; ``'mean'`` divides by the number of
+        elements (not by weights), and ``ignore_index`` does not apply."""
+        if t.dtype != z.dtype:
+            raise TypeError(
+                f"CrossEntropyLoss: probability targets have dtype {t.dtype} but the input "
+                f"{z.dtype}; dtypes must match"
+            )
+        C = z.shape[1]
+        w = self._class_weights(z)
+        eps = self.label_smoothing
+        a = (1 - eps) * t + eps / C if eps else t.copy()
+        if w is not None:
+            a = a * w.reshape((1, C) + (1,) * (z.ndim - 2))
+        logp = log_softmax(z, axis=1)
+        per = -(a * logp).sum(axis=1)
+        n = per.size
+        self._cache = (logp, a, n if self.reduction == "mean" else None, per.shape)
+        if self.reduction == "none":
+            return per
+        total = per.sum()
+        if self.reduction == "sum":
+            return np.asarray(total)
+        with np.errstate(invalid="ignore", divide="ignore"):  # an empty batch: NaN, as torch
+            return np.asarray(total / n)
 
     def backward(self, grad=1.0):
         """Gradient of the loss for the logits, times ``grad`` (scalar, or per-element
