@@ -569,3 +569,19 @@ def test_cross_entropy_probability_targets(reduction, ls, weighted):
     g = rng.standard_normal((4, 3)) if reduction == "none" else np.asarray(1.3)
     tl.backward(torch.tensor(g))
     assert rel(loss.backward(g), t2n(tz.grad)) <= TOL
+
+
+def test_module_traversal_matches_torch():
+    inner = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU())
+    m = nn.Sequential(inner, nn.BatchNorm1d(2), inner)  # a shared submodule: listed once
+    tinner = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.ReLU())
+    tm = torch.nn.Sequential(tinner, torch.nn.BatchNorm1d(2), tinner)
+    assert [n for n, _ in m.named_modules()] == [n for n, _ in tm.named_modules()]
+    assert [n for n, _ in m.named_children()] == [n for n, _ in tm.named_children()]
+    assert len(list(m.modules())) == len(list(tm.modules())) == 5
+    assert len(m.buffers()) == len(list(tm.buffers())) == 3
+    seen = []
+    m.apply(lambda mod: seen.append(type(mod).__name__))
+    tseen = []
+    tm.apply(lambda mod: tseen.append(type(mod).__name__))
+    assert seen == tseen

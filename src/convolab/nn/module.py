@@ -153,10 +153,47 @@ class Module:
         for mn, m in self._modules.items():
             yield from m.named_buffers(prefix + mn + ".")
 
+    def buffers(self) -> list[np.ndarray]:
+        return [b for _, b in self.named_buffers()]
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """``(name, module)`` for this module (name ``prefix``, ``""`` at the top) and
+        every module below it, each instance once, as torch."""
+        seen: set[int] = set()
+
+        def walk(m: Module, name: str) -> Iterator[tuple[str, Module]]:
+            if id(m) in seen:
+                return
+            seen.add(id(m))
+            yield name, m
+            for n, c in m._modules.items():
+                yield from walk(c, f"{name}.{n}" if name else n)
+
+        yield from walk(self, prefix)
+
     def modules(self) -> Iterator[Module]:
-        yield self
-        for m in self._modules.values():
-            yield from m.modules()
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """The direct sub-modules, each instance once (as torch)."""
+        seen: set[int] = set()
+        for n, c in self._modules.items():
+            if id(c) not in seen:
+                seen.add(id(c))
+                yield n, c
+
+    def children(self) -> Iterator[Module]:
+        for _, c in self.named_children():
+            yield c
+
+    def apply(self, fn) -> Module:
+        """``fn(module)`` for every module below, then this one (torch's order, e.g. to
+        re-initialise weights); returns ``self``."""
+        for c in self.children():
+            c.apply(fn)
+        fn(self)
+        return self
 
     def zero_grad(self) -> None:
         for p in self.parameters():
