@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 SUPPORTED = (np.float16, np.float32, np.float64, np.complex64, np.complex128)
-_SUPPORTED_NAMES = ", ".join(np.dtype(t).name for t in SUPPORTED)
+SUPPORTED_NAMES = ", ".join(np.dtype(t).name for t in SUPPORTED)
 
 
 def as_array(name: str, value: object) -> np.ndarray:
@@ -39,7 +39,7 @@ def check_dtypes(**arrays: np.ndarray | None) -> np.dtype:
         if dt.type not in SUPPORTED:
             raise TypeError(
                 f"{name} has dtype {dt.name}, which is not supported; convolab computes in "
-                f"{_SUPPORTED_NAMES} (cast integer/bool data first, e.g. x.astype(np.float32))"
+                f"{SUPPORTED_NAMES} (cast integer/bool data first, e.g. x.astype(np.float32))"
             )
     dts = set(given.values())
     if len(dts) > 1:

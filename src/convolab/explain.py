@@ -54,7 +54,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from . import select
-from .dtypes import SUPPORTED, compute_dtype
+from .dtypes import SUPPORTED, SUPPORTED_NAMES, compute_dtype
 from .options import get_options
 from .spec import ConvSpec, as_tuple, make_spec, pool_output_size
 
@@ -529,7 +529,7 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
         raise TypeError(f"dtype={dtype!r} is not a dtype") from None
     if dt.type not in SUPPORTED:
         raise TypeError(f"dtype={dt.name} is not supported; convolab computes in "
-                        f"{', '.join(np.dtype(t).name for t in SUPPORTED)}")
+                        f"{SUPPORTED_NAMES}")
     if cfg.kernel_size is None:
         raise ValueError("kernel_size is required")
     k = as_tuple("kernel_size", cfg.kernel_size, r)

@@ -140,9 +140,8 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     item, real = dt.itemsize, dt.kind == "f"
     L, _, nb = _sizes(role, spec, p["O"])
     Lp = math.prod(L)
-    F = math.prod(L[:-1]) * (L[-1] // 2 + 1) if real else Lp
-    citem = 16 if _fft()[0] is np.fft else (2 * item if real else item)
-    spectra = (1 if _broadcast(role, C, K, g) else 2) * K * (C // g) * F * citem
+    one = _spectrum_bytes(K * (C // g), L, dt)  # the weight's spectrum
+    spectra = (1 if _broadcast(role, C, K, g) else 2) * one
     padded = N * C * math.prod(spec.padded_shape(p["S"])) * item
     budget = _budget()
     if role == "forward":
@@ -154,11 +153,21 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
             fixed = spectra + padded
             per = Lp * 8 * (K + 2 * C)
         else:
-            fixed = padded + 2 * K * (C // g) * F * citem  # the sum and each chunk's part
+            fixed = padded + 2 * one  # the sum and each chunk's part
             per = Lp * nb * 8 * 2 * (C + K)
         units, room = N, budget - fixed
     chunk = max(1, min(units, max(room, 0) // max(per, 1))) * per
     return int(fixed + chunk)
+
+
+def _spectrum_bytes(count: int, L, dtype) -> int:
+    """Bytes of ``count`` spectra at transform sizes ``L`` (half spectra for real data;
+    numpy.fft computes in complex128)."""
+    dt = np.dtype(dtype)
+    real = dt.kind == "f"
+    F = math.prod(L[:-1]) * (L[-1] // 2 + 1) if real else math.prod(L)
+    citem = 16 if _fft()[0] is np.fft else (2 * dt.itemsize if real else dt.itemsize)
+    return count * F * citem
 
 
 def _room(fixed: int) -> int:
@@ -386,9 +395,8 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         xp = pad_spatial(xp, [(0, n - m) for n, m in zip(ext, xp.shape[2:])])
     gwf = None
     per_sample = math.prod(L) * nb * 8 * 2 * (C + K)
-    spec_bytes = K * (C // g) * math.prod(L[:-1]) * (L[-1] // 2 + 1 if real else L[-1]) * (
-        2 * np.dtype(dtype).itemsize if real else np.dtype(dtype).itemsize)
-    fixed = (0 if np.may_share_memory(xp, x) else xp.nbytes) + 2 * spec_bytes
+    fixed = ((0 if np.may_share_memory(xp, x) else xp.nbytes)
+             + 2 * _spectrum_bytes(K * (C // g), L, dtype))
     step = max(1, min(N, _room(fixed) // max(per_sample, 1)))
     for i in range(0, N, step):
         bs = slice(i, min(N, i + step))

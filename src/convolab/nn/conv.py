@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..autodiff import vjp
-from ..dtypes import SUPPORTED
+from ..dtypes import SUPPORTED, SUPPORTED_NAMES
 from ..ops import conv as F
 from ..ops.pad import pad, pad_vjp
 from ..spec import as_tuple, make_spec
@@ -113,8 +113,7 @@ class _ConvNd(Module):
         self.dtype = layer_dtype(name, dtype)
         if self.dtype.type not in SUPPORTED:
             raise TypeError(
-                f"{name}: dtype={self.dtype.name} must be one of "
-                f"{', '.join(np.dtype(t).name for t in SUPPORTED)}"
+                f"{name}: dtype={self.dtype.name} must be one of {SUPPORTED_NAMES}"
             )
         gen = make_rng(rng, seed)
         if self._transposed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .module import Module
+from .module import Module, check_real
 
 __all__ = ["CrossEntropyLoss", "log_softmax"]
 
@@ -53,12 +53,7 @@ class CrossEntropyLoss(Module):
             raise ValueError(
                 f"CrossEntropyLoss: reduction={reduction!r} must be 'mean', 'sum' or 'none'"
             )
-        if isinstance(label_smoothing, (bool, np.bool_)) or not isinstance(
-            label_smoothing, (int, float, np.integer, np.floating)
-        ):
-            raise TypeError(
-                f"CrossEntropyLoss: label_smoothing={label_smoothing!r} must be a number"
-            )
+        check_real("CrossEntropyLoss", label_smoothing=label_smoothing)
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(
                 f"CrossEntropyLoss: label_smoothing={label_smoothing!r} must be in [0, 1]"
