@@ -171,6 +171,47 @@ def test_general_algorithms_match_direct_and_torch(algorithm, case):
     _check_against_direct_and_torch(case, algorithm)
 
 
+def _numpy_fft():
+    """The FFT backend of an install without SciPy: numpy.fft and 2-3-5-smooth lengths."""
+    from unittest import mock
+
+    from convolab.algorithms import fft
+    return mock.patch.object(fft, "_fft", lambda: (np.fft, {}, fft._next_smooth))
+
+
+@settings(max_examples=15, deadline=None)
+@given(case=conv_cases(batch=2))
+def test_fft_without_scipy_matches_direct_and_torch(case):
+    with _numpy_fft():
+        _check_against_direct_and_torch(case, "fft")
+
+
+def test_fft_without_scipy_in_float32_complex_and_tiny_budgets():
+    from convolab.algorithms import fft
+    assert [fft._next_smooth(n) for n in (1, 7, 11, 13, 97, 121, 1000)] == [
+        1, 8, 12, 15, 100, 125, 1000]
+    xs, ws, kw = CASES32["fft"]
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    with cl.options(algorithm="gemm"):
+        ref, pb = cl.vjp(cl.conv1d, x, w, **kw)
+        gy = rng.standard_normal(ref.shape)
+        ref_g = pb(gy)
+    with _numpy_fft(), cl.options(algorithm="fft"):
+        y, pb = cl.vjp(cl.conv1d, x.astype(np.float32), w.astype(np.float32), **kw)
+        g = pb(gy.astype(np.float32))
+        assert y.dtype == np.float32 and all(a.dtype == np.float32 for a in g)
+        for a, r in zip((y,) + tuple(g), (ref,) + tuple(ref_g)):
+            assert rel_err(a, r) <= TOL32
+        case = ConvCase(False, 2, (2, 4, 9, 9), (4, 4, 3, 3), True, dict(padding=1))
+        _, got = _run(case, "fft", dtype=np.complex128)
+        with cl.options(workspace_bytes=4096):
+            _, tiny = _run(case, "fft", dtype=np.complex128)
+    _, want = _run(case, "direct", dtype=np.complex128)
+    for a, b, r in zip(got, tiny, want):
+        assert rel_err(a, r) <= TOL64 and rel_err(b, r) <= TOL64
+
+
 @settings(max_examples=30, deadline=None)
 @given(case=winograd_cases())
 def test_winograd_matches_direct_and_torch(case):
