@@ -333,3 +333,36 @@ def test_strides_that_never_step_cost_nothing():
 
 def test_pad_takes_bool_values_as_torch():
     np.testing.assert_array_equal(cl.pad(np.zeros((1, 2)), (1, 1), value=True), [[1, 0, 0, 1]])
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+def test_masked_arrays_are_refused_and_array_subclasses_give_plain_arrays():
+    """A masked entry has no meaning in a convolution: refused, not read through the mask
+    (the operand layouts also broke some paths); np.matrix, memmap and other subclasses
+    are read as plain N-d arrays and every result is a plain ndarray."""
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((1, 2, 6, 6)), rng.standard_normal((3, 2, 3, 3))
+    xm = np.ma.masked_array(x, mask=np.zeros(x.shape, bool))
+    xm.mask[0, 1, 2, 2] = True
+    calls = [lambda: cl.conv2d(xm, w), lambda: cl.conv_transpose2d(xm, w.swapaxes(0, 1)),
+             lambda: cl.pad(xm, (1, 1), mode="reflect"), lambda: cl.unfold(xm, 3),
+             lambda: nn.Conv2d(2, 3, 3, dtype=np.float64)(xm), lambda: nn.ReLU()(xm),
+             lambda: cl.conv2d(x, np.ma.masked_array(w, mask=w > 1))]
+    for call in calls:
+        with pytest.raises(TypeError, match="masked array with .* masked entries"):
+            call()
+    y, pb = cl.vjp(cl.conv2d, x, w)
+    with pytest.raises(TypeError, match="grad_out is a masked array"):
+        pb(np.ma.masked_array(np.ones(y.shape), mask=y > 0))
+    # no entry masked: the stored values, as a plain array
+    assert type(cl.conv2d(np.ma.masked_array(x), w)) is np.ndarray
+    np.testing.assert_array_equal(cl.conv2d(np.ma.masked_array(x), w), cl.conv2d(x, w))
+    for sub in (np.ma.masked_array(x), x.view(type("Sub", (np.ndarray,), {}))):
+        for mode in ("reflect", "replicate", "circular", "constant"):
+            got = cl.pad(sub, (1, 2, 2, 1), mode=mode)
+            assert type(got) is np.ndarray
+            np.testing.assert_array_equal(got, cl.pad(x, (1, 2, 2, 1), mode=mode))
+    cols = rng.standard_normal((4, 9))
+    got = cl.fold(np.asmatrix(cols), output_size=(4, 4), kernel_size=2)
+    assert type(got) is np.ndarray
+    np.testing.assert_array_equal(got, cl.fold(cols, output_size=(4, 4), kernel_size=2))

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .dtypes import as_array
 from .ops import conv as _conv
 from .ops import pad as _pad
 from .ops import unfold as _unfold
@@ -47,7 +48,7 @@ def vjp(fn: Callable, *args: Any, **kwargs: Any):
     pos_names = list(bound.arguments)[: len(args)]
 
     def pullback(grad_out):
-        g = np.asarray(grad_out)
+        g = as_array("grad_out", grad_out)
         if g.shape != out.shape:
             raise ValueError(f"grad_out.shape={g.shape} must equal the output's shape {out.shape}")
         if not (np.issubdtype(g.dtype, np.number)):

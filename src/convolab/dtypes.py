@@ -14,12 +14,19 @@ SUPPORTED_NAMES = ", ".join(np.dtype(t).name for t in SUPPORTED)
 
 
 def as_array(name: str, value: object) -> np.ndarray:
-    """Accept ndarrays and array-likes (objects with ``__array__``, lists).
+    """Accept ndarrays and array-likes (objects with ``__array__``, lists) as a plain
+    ndarray (a view of a subclass such as ``np.matrix`` or ``np.memmap``; a masked array
+    with masked entries is refused, not silently read through its mask).
 
     Arrays in the non-native byte order (big-endian ``>f4`` on x86, as read from IDX or
     FITS files) are converted to a native copy: mixed byte orders are one dtype to the
     user, and BLAS only runs on native arrays (NumPy's ``matmul`` falls back to a slow
     loop otherwise)."""
+    if isinstance(value, np.ma.MaskedArray) and np.ma.getmaskarray(value).any():
+        raise TypeError(
+            f"{name} is a masked array with {int(np.ma.getmaskarray(value).sum())} masked "
+            "entries; a convolution has no rule for a missing value (torch neither): fill "
+            "them first (e.g. .filled(0)), or pass .data to use the stored values")
     if not isinstance(value, np.ndarray):
         if value is None or isinstance(value, (str, bytes, dict, set)):
             raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
@@ -27,6 +34,8 @@ def as_array(name: str, value: object) -> np.ndarray:
             value = np.asarray(value)
         except Exception as exc:  # pragma: no cover - defensive
             raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}") from exc
+    elif type(value) is not np.ndarray:  # np.matrix, memmap, MaskedArray (none masked), ...
+        value = np.asarray(value)  # a plain view: results are plain arrays, shapes N-D
     if not value.dtype.isnative:
         value = value.astype(value.dtype.newbyteorder("="))
     return value

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..autodiff import vjp
-from ..dtypes import SUPPORTED, SUPPORTED_NAMES
+from ..dtypes import SUPPORTED, SUPPORTED_NAMES, as_array
 from ..ops import conv as F
 from ..ops.pad import pad, pad_vjp
 from ..spec import as_tuple, make_spec
@@ -219,7 +219,7 @@ class _Conv(_ConvNd):
 
     def forward(self, input: np.ndarray) -> np.ndarray:
         fn = type(self)._fn
-        x = np.asarray(input)
+        x = as_array(f"{type(self).__name__}: input", input)
         pad_pb = None
         padding = self.padding
         if self.padding_mode != "zeros":
@@ -240,7 +240,7 @@ class _Conv(_ConvNd):
 
     def predict(self, input: np.ndarray) -> np.ndarray:
         """Forward without keeping anything for backward."""
-        x = np.asarray(input)
+        x = as_array(f"{type(self).__name__}: input", input)
         padding = self.padding
         if self.padding_mode != "zeros":
             x, padding = pad(x, self._torch_pad(), mode=self.padding_mode), 0
@@ -330,7 +330,7 @@ class _ConvT(_ConvNd):
         return tuple(op)
 
     def forward(self, input: np.ndarray, output_size=None) -> np.ndarray:
-        x = np.asarray(input)
+        x = as_array(f"{type(self).__name__}: input", input)
         op = self._output_padding(x, output_size)
         y, conv_pb = vjp(
             type(self)._fn,
@@ -347,7 +347,7 @@ class _ConvT(_ConvNd):
         return y
 
     def predict(self, input: np.ndarray, output_size=None) -> np.ndarray:
-        x = np.asarray(input)
+        x = as_array(f"{type(self).__name__}: input", input)
         return type(self)._fn(
             x,
             self.weight.data,

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..algorithms._threads import matmul
 from ..algorithms.direct import kernel_offsets, tap_slices
+from ..dtypes import as_array
 from ..padding import pad_spatial
 from ..spec import ConvSpec, as_tuple, make_spec, pool_output_size
 from .conv import kaiming_uniform, layer_dtype, make_rng
@@ -54,7 +55,7 @@ def _float_dtype(name: str, dtype) -> np.dtype:
 
 
 def _check_input(name: str, x, ranks: tuple[int, ...]) -> np.ndarray:
-    x = np.asarray(x)
+    x = as_array(f"{name}: input", x)
     if x.ndim not in ranks:
         want = " or ".join(f"{r}-D" for r in ranks)
         raise ValueError(f"{name}: expected a {want} input, got input.shape={x.shape}")
@@ -71,7 +72,7 @@ def _need(cache, name: str):
 
 def _grad(name: str, grad_out, shape: tuple[int, ...]) -> np.ndarray:
     """``grad_out`` as an array of the forward output's ``shape`` (never broadcast)."""
-    g = np.asarray(grad_out)
+    g = as_array(f"{name}.backward: grad_out", grad_out)
     if g.shape != tuple(shape):
         raise ValueError(
             f"{name}.backward: grad_out.shape={g.shape} must equal the output's shape "
@@ -179,7 +180,7 @@ class Flatten(Module):
         self._shape = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = as_array(f"{type(self).__name__}: input", x)
         n = max(x.ndim, 1)  # torch treats a 0-d input as 1-D here
         for arg, v in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
             if not -n <= v < n:
@@ -244,7 +245,7 @@ class Linear(Module):
         self._x = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = as_array(f"{type(self).__name__}: input", x)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"Linear: input.shape={x.shape} must end in in_features={self.in_features}"
@@ -287,7 +288,7 @@ class ReLU(Module):
         self._mask = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = as_array(f"{type(self).__name__}: input", x)
         self._mask = x > 0
         if x.dtype.kind in "fc":
             self._mask |= np.isnan(x)
@@ -307,7 +308,7 @@ class SiLU(Module):
         self._cache = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = as_array(f"{type(self).__name__}: input", x)
         s = _sigmoid(x)
         self._cache = (x, s)
         return x * s
@@ -353,7 +354,7 @@ class GELU(Module):
         self._cache = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = as_array(f"{type(self).__name__}: input", x)
         if self.approximate == "tanh":
             t = np.tanh(self._K * (x + 0.044715 * x**3))
             self._cache = (x, t)
@@ -392,7 +393,7 @@ class Dropout(Module):
         self._shape = None
 
     def forward(self, x):
-        x = np.asarray(x)
+        x = as_array(f"{type(self).__name__}: input", x)
         self._shape = x.shape
         if not self.training or self.p == 0.0:
             self._scale = None
