@@ -343,3 +343,168 @@ def test_explain_refuses_what_the_ops_refuse_and_counts_linear():
     m = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
     e = cl.explain(m, (2, 3, 4))
     assert e.flops["forward"] == 2 * 2 * 12 * 5 and e.flops["forward_bias"] == 2 * 5
+
+
+def test_layers_without_a_rule_are_run_for_their_shape_and_end_the_field():
+    """Upsample, ZeroPad2d, PixelShuffle, Unflatten, a block of one's own: explain used to
+    call them shape-keeping; it now runs a copy on zeros (state untouched) and stops the
+    receptive field there, and torch's parameters are counted."""
+    torch = pytest.importorskip("torch")
+    tnn = torch.nn
+    torch.manual_seed(0)
+
+    class Block(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = tnn.Conv2d(4, 8, 3, stride=2, padding=1)
+            self.bn = tnn.BatchNorm2d(8)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    for middle in (tnn.Upsample(scale_factor=2), tnn.ZeroPad2d(2), tnn.PixelShuffle(2),
+                   tnn.Unflatten(1, (2, 2)), Block()):
+        model = tnn.Sequential(tnn.Conv2d(3, 4, 3, padding=1), middle)
+        if not isinstance(middle, tnn.Unflatten):
+            model.append(tnn.Conv2d(model(torch.zeros(1, 3, 8, 8)).shape[1], 2, 3, padding=1))
+        with torch.no_grad():
+            want = tuple(model.eval()(torch.zeros(2, 3, 8, 8)).shape)
+        model.train()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        e = ex.explain(model, (2, 3, 8, 8))
+        assert e.output_shape == want, middle
+        assert e.params == sum(p.numel() for p in model.parameters())
+        assert e.layers[0].receptive_field and not e.layers[-1].receptive_field
+        assert e.to_dict()["receptive_field_layer"] == 0
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        assert model.training
+    e = ex.explain(tnn.Sequential(tnn.Conv2d(3, 4, 3), tnn.AdaptiveAvgPool2d(1),
+                                  tnn.Flatten(), tnn.Linear(4, 10)), (1, 3, 8, 8))
+    assert e.output_shape == (1, 10) and e.params == 3 * 4 * 9 + 4 + 50
+    with pytest.raises(ValueError, match="in_features=5"):
+        ex.explain([tnn.Conv2d(3, 4, 3), tnn.Flatten(), tnn.Linear(5, 10)], (1, 3, 3, 3))
+
+
+def test_the_receptive_field_is_not_restarted_after_an_adaptive_pool():
+    nn = cl.nn
+    model = nn.Sequential(nn.Conv1d(1, 2, 3, padding=1, seed=0), nn.AdaptiveAvgPool1d(8),
+                          nn.Conv1d(2, 2, 3, padding=1, seed=0))
+    e = ex.explain(model, (1, 1, 64))
+    assert [len(lay.receptive_field) for lay in e.layers] == [1, 0, 0]
+    d = e.to_dict()
+    assert d["receptive_field"] == [3] and d["receptive_field_layer"] == 0
+    assert any("not tracked" in n for n in e.layers[2].notes)
+
+
+def test_models_that_are_not_sequential_are_checked_by_running_them():
+    nn = cl.nn
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, stride=2, padding=1, seed=0)
+            self.b = nn.ReLU()
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    class Residual(Plain):
+        def forward(self, x):
+            y = self.b(self.a(x))
+            return np.concatenate([y, y], axis=1)
+
+    e = ex.explain(Plain(), (2, 3, 16, 16))
+    assert e.output_shape == (2, 8, 8, 8) and "registered" in str(e)
+    with pytest.raises(ValueError, match=r"gives \(2, 16, 8, 8\)"):
+        ex.explain(Residual(), (2, 3, 16, 16))
+    inner = ex.explain(nn.Sequential(Residual(), nn.Conv2d(16, 4, 1, seed=0)), (2, 3, 16, 16))
+    assert inner.output_shape == (2, 4, 8, 8)
+    with pytest.raises(ValueError, match="running a copy of it on zeros"):
+        ex.explain([nn.Conv2d(3, 4, 3, seed=0), lambda x: x[0, 0, 0, 0, 0]], (1, 3, 8, 8))
+
+
+def _traced(orig, tag, ran, depth):
+    def traced(*a, **k):
+        if depth[0] == 0:
+            ran.append(tag)
+        depth[0] += 1
+        try:
+            return orig(*a, **k)
+        finally:
+            depth[0] -= 1
+    return traced
+
+
+def test_explain_names_the_algorithms_that_actually_run(monkeypatch):
+    """padding_mode other than zeros (the layer pads first) and strides that never step
+    (the op makes them small) change the convolution that runs: explain asks about that
+    one.  Every algorithm's entry points are traced while the layer runs."""
+    from convolab import algorithms
+
+    ran = []
+    depth = [0]
+    for name in ("direct", "gemm", "winograd", "fft", "depthwise", "polyphase", "fused"):
+        mod = importlib.import_module(f"convolab.algorithms.{name}")
+        assert getattr(algorithms, name) is mod
+        for fn in ("forward", "input_grad", "weight_grad", "backward",
+                   "forward_and_weight_grad"):
+            if hasattr(mod, fn):
+                monkeypatch.setattr(mod, fn, _traced(getattr(mod, fn), (name, fn), ran, depth))
+    cases = [  # (layer, input shape)
+        (cl.nn.Conv2d(16, 8, 1, padding=2, dilation=(2, 1), padding_mode="replicate",
+                      seed=0), (2, 16, 20, 12)),
+        (cl.nn.Conv2d(16, 16, 3, padding=1, padding_mode="reflect", seed=0), (4, 16, 32, 32)),
+        (cl.nn.Conv1d(4, 4, 3, stride=4, seed=0), (2, 4, 3)),
+        (cl.nn.Conv1d(4, 4, 1, stride=2, seed=0), (2, 4, 1)),
+        (cl.nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1, seed=0), (2, 16, 1, 1)),
+    ]
+    for layer, shape in cases:
+        e = ex.explain(layer, shape).layers[0]
+        a = {role: v["name"] for role, v in e.algorithm.items()}
+        ran.clear()
+        y = layer(np.ones(shape, np.float32))
+        layer.backward(np.ones_like(y))
+        tr = e.spec.transposed
+        fwd = [(a["forward"], "input_grad" if tr else "forward")]
+        if a["backward"] == "fused":
+            bwd = [("fused", "forward_and_weight_grad" if tr else "backward")]
+        else:
+            bwd = [(a["input_grad"], "forward" if tr else "input_grad"),
+                   (a["weight_grad"], "weight_grad")]
+        assert ran == fwd + bwd, (layer, ran, fwd + bwd)
+
+
+def test_pooling_layer_specs_and_totals():
+    with pytest.raises(ValueError, match="keeps the channels and takes no out_channels=7"):
+        ex.explain("conv2d", (1, 3, 32, 32), layers=["type=pool,k=2,c=7"])
+    with pytest.raises(ValueError, match="at most half the kernel_size"):
+        ex.explain("conv2d", (1, 3, 32, 32), layers=["type=pool,k=2,p=2"])
+    with pytest.raises(ValueError, match="one int padding per dimension"):
+        ex.explain("conv2d", (1, 3, 32, 32), layers=["type=pool,k=3,p=same"])
+    e = ex.explain("conv2d", (1, 3, 32, 32), layers=["k=3,p=1,c=8", "type=pool,k=2"])
+    parts = e.layers[0].flops["total"] + e.layers[1].flops["forward"]
+    assert e.flops["total"] == parts and e.layers[1].flops["forward"] == 8 * 16 * 16 * 4
+
+
+def test_layer_spec_and_cli_refuse_what_they_cannot_mean(capsys):
+    with pytest.raises(ValueError, match="bias='maybe' must be one of"):
+        ex.parse_layer("k=3,bias=maybe")
+    with pytest.raises(ValueError, match="only transposed convolutions take an output_padding"):
+        ex.explain("conv2d", (1, 3, 8, 8), layers=["k=3,opad=1"])
+    with pytest.raises(ValueError, match="op is 1-D"):
+        ex.explain("conv2d", (1, 3, 8, 8), layers=["type=conv1d,k=3"])
+    assert ex.main(["conv2d", "--input", "1x3x8x8", "--kernel-size", "3",
+                    "--output-padding", "1"]) == 2
+    assert ex.main(["conv2d", "--input", "1x3x8x8", "--kernel-size", "3",
+                    "--padding", "foo"]) == 2
+    err = capsys.readouterr().err
+    assert "only transposed" in err and "same, valid, causal" in err
+
+
+def test_cli_into_a_closed_pipe_is_quiet():
+    # some 200 KiB of text: more than a pipe holds, so the write meets the closed pipe
+    cmd = (f"{sys.executable} -m convolab explain conv2d --input 1x3x64x64 "
+           + " ".join(["--layer k=1"] * 200) + " | head -1")
+    out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("stack of 200 layers"), out
+    assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import numbers
+import os
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -105,6 +106,7 @@ class LayerConfig:
     module: Any = None  # the layer object, for kind 'other' (Flatten, Linear, ...)
     in_channels: int | None = None  # a layer's own in_channels: the input must match
     ceil_mode: bool = False  # pooling only: round the output size up, as torch
+    rank: int | None = None  # spatial dimensions the layer takes (type=conv2d), if it says
 
 
 _KEYS = {
@@ -131,8 +133,10 @@ def _parse_ints(text: str, what: str) -> Any:
     try:
         vals = tuple(int(t) for t in parts)
     except ValueError:
+        also = (", same, valid, causal, or lo:hi per dimension (0:1x1:1)"
+                if what == "padding" else "")
         raise ValueError(
-            f"{what}={text!r} must be an int or ints joined by 'x' (e.g. 3x3)") from None
+            f"{what}={text!r} must be an int or ints joined by 'x' (e.g. 3x3){also}") from None
     if not vals:
         raise ValueError(f"{what}={text!r} is empty")
     return vals[0] if len(vals) == 1 else vals
@@ -157,6 +161,9 @@ def _parse_padding(text: str) -> Any:
     return _parse_ints(text, "padding")
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
+
+
 def parse_layer(text: str, default_transposed: bool = False) -> LayerConfig:
     """``"k=3,s=2,p=1"`` -> :class:`LayerConfig` (syntax: :data:`LAYER_SYNTAX`)."""
     kw: dict[str, Any] = {"transposed": default_transposed}
@@ -176,13 +183,17 @@ def parse_layer(text: str, default_transposed: bool = False) -> LayerConfig:
             except ValueError:
                 raise ValueError(f"layer {text!r}: {name}={val!r} must be an int") from None
         elif name in ("bias", "transposed"):
-            kw[name] = val.lower() in ("1", "true", "yes", "y")
+            if val.lower() not in _TRUE + _FALSE:
+                raise ValueError(f"layer {text!r}: {name}={val!r} must be one of "
+                                 f"{'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
+            kw[name] = val.lower() in _TRUE
         elif name == "type":
             if val not in ("conv", "conv_transpose", "pool") and val not in OPS:
                 raise ValueError(f"layer {text!r}: type={val!r} must be conv, "
                                  "conv_transpose or pool")
             kw["kind"] = "pool" if val == "pool" else "conv"
             kw["transposed"] = val.startswith("conv_transpose")
+            kw["rank"] = OPS[val][0] if val in OPS else None
         else:
             kw[name] = val
     if kw.get("kernel_size") is None:
@@ -210,7 +221,7 @@ def _layer_from(obj: Any) -> LayerConfig:
             getattr(obj, "padding_mode", "zeros"), getattr(obj, "bias", None) is not None, cls,
             in_channels=int(obj.in_channels),
         )
-    if hasattr(obj, "kernel_size"):
+    if cls in POOLS and hasattr(obj, "kernel_size"):
         k = obj.kernel_size
         stride = getattr(obj, "stride", None)
         return LayerConfig("pool", False, k, k if stride in (None, ()) else stride,
@@ -219,20 +230,92 @@ def _layer_from(obj: Any) -> LayerConfig:
     return LayerConfig("other", name=cls, module=obj)
 
 
-def _other_layer(cfg: LayerConfig, shape: tuple[int, ...]) -> tuple[tuple[int, ...], str, bool]:
-    """Output shape of a non-window layer, a note, and whether spatial tracking goes on."""
+# Layers that keep the shape and act on each position alone (their receptive field is
+# the incoming one).  Normalisation statistics are not counted, as is usual for RFs.
+POINTWISE = frozenset({
+    "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU",
+    "Mish", "Sigmoid", "Tanh", "Hardtanh", "Hardswish", "Hardsigmoid", "Softplus",
+    "Softsign", "Softshrink", "Hardshrink", "Tanhshrink", "Threshold", "LogSigmoid",
+    "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+    "FeatureAlphaDropout", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
+    "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+})
+POOLS = frozenset(f"{kind}Pool{r}d" for kind in ("Max", "Avg") for r in (1, 2, 3))
+
+
+def _params_of(m: Any) -> int:
+    """Parameter count of a convolab module (``num_parameters``) or a torch one."""
+    if hasattr(m, "num_parameters"):
+        return int(m.num_parameters())
+    if hasattr(m, "parameters"):
+        return int(sum(int(np.prod(tuple(p.shape))) for p in m.parameters()))
+    return 0
+
+
+def _probe(cfg: LayerConfig, shape: tuple[int, ...], dtype) -> tuple[int, ...]:
+    """The output shape of a layer explain has no rule for: a copy of it (so that running
+    statistics and the like stay as they are), in eval mode, run on zeros of one sample
+    of ``shape`` (the whole batch if the layer changes the batch size)."""
+    import copy
+
     m = cfg.module
-    if hasattr(m, "out_features"):
+    torch = sys.modules.get("torch")
+    is_torch = torch is not None and isinstance(m, torch.nn.Module)
+
+    def run(shp):
+        mm = copy.deepcopy(m)
+        if hasattr(mm, "eval"):
+            mm.eval()
+        if is_torch:
+            first = next(iter(mm.parameters()), None)
+            dt = torch.get_default_dtype() if first is None else first.dtype
+            with torch.no_grad():
+                return tuple(mm(torch.zeros(shp, dtype=dt)).shape)
+        first = next(iter(getattr(mm, "parameters", lambda: [])()), None)
+        dt = np.dtype(dtype) if first is None else np.asarray(first.data).dtype
+        return tuple(np.shape(mm(np.zeros(shp, dtype=dt))))
+
+    one = (min(shape[0], 1),) + tuple(shape[1:])
+    try:
+        out = run(one)
+        if out[:1] != one[:1]:  # the layer changes the batch: run it on all of it
+            out = run(tuple(shape))
+        elif shape[0] != one[0]:
+            out = (shape[0],) + out[1:]
+    except Exception as exc:
+        raise ValueError(
+            f"explain has no rule for {cfg.name}, and running a copy of it on zeros of shape "
+            f"{one} to find its output shape failed ({type(exc).__name__}: {exc})") from None
+    return out
+
+
+def _other_layer(cfg: LayerConfig, shape: tuple[int, ...], dtype,
+                 ) -> tuple[tuple[int, ...], str, bool]:
+    """Output shape of a non-window layer, a note, and whether the receptive field of the
+    incoming positions goes on through it unchanged."""
+    m = cfg.module
+    if hasattr(m, "out_features") and hasattr(m, "in_features"):
+        if shape[-1] != int(m.in_features):
+            raise ValueError(f"input_shape={shape}: the last dimension must be the layer's "
+                             f"in_features={m.in_features}")
         return shape[:-1] + (int(m.out_features),), "linear: last dimension -> out_features", False
     if cfg.name == "Flatten":
         a = getattr(m, "start_dim", 1) % len(shape)
         b = getattr(m, "end_dim", -1) % len(shape)
         flat = shape[:a] + (int(np.prod(shape[a:b + 1])),) + shape[b + 1:]
         return flat, "flatten: the spatial dimensions end here", False
-    if hasattr(m, "output_size"):
-        sp = tuple(n if o is None else int(o) for n, o in zip(shape[2:], m.output_size))
-        return shape[:2] + sp, "adaptive pooling: every output sees the whole input", False
-    return shape, "not a convolution: keeps the shape", True
+    if cfg.name.startswith("Adaptive") and hasattr(m, "output_size"):
+        size = m.output_size
+        if isinstance(size, numbers.Integral) or size is None:
+            size = (size,) * (len(shape) - 2)
+        sp = tuple(n if o is None else int(o) for n, o in zip(shape[2:], size))
+        return (shape[:2] + sp, "adaptive pooling: each output averages a bin of the input "
+                "(bins of unequal size); the receptive field is not tracked past it", False)
+    if cfg.name in POINTWISE:
+        return shape, "keeps the shape, each position on its own", True
+    out = _probe(cfg, shape, dtype)
+    return out, (f"explain has no rule for {cfg.name}: its output shape is that of running "
+                 "a copy of it on zeros; the receptive field is not tracked past it"), False
 
 
 def _is_sequential(m: Any) -> bool:
@@ -278,11 +361,14 @@ def read_positions(n: int, k: int, s: int, lo: int, d: int, out: int,
     Returns boolean masks ``(inputs_used (n,), outputs_reached (out,))``.
     """
     small, big = (n, out) if transposed else (out, n)
-    pos = (np.arange(small)[:, None] * s + np.arange(k)[None, :] * d - lo)
-    hit = (pos >= 0) & (pos < big)
     big_mask = np.zeros(big, bool)
-    big_mask[pos[hit]] = True
-    small_mask = hit.any(axis=1)
+    small_mask = np.zeros(small, bool)
+    for t in range(k):  # tap t links small index o to big index o*s + t*d - lo
+        off = t * d - lo
+        o0, o1 = max(0, -(off // s)), min(small - 1, (big - 1 - off) // s)
+        if o1 >= o0:
+            small_mask[o0:o1 + 1] = True
+            big_mask[o0 * s + off:o1 * s + off + 1:s] = True
     return (small_mask, big_mask) if transposed else (big_mask, small_mask)
 
 
@@ -392,6 +478,7 @@ class LayerExplanation:
     notes: list[str] = field(default_factory=list)
     name: str = ""
     ceil_mode: bool = False  # a pooling layer that rounds its output size up
+    tracks_rf: bool = True  # False: the receptive field is not followed past this layer
 
     @property
     def formula(self) -> str:
@@ -491,16 +578,41 @@ def _layer_lines(e: LayerExplanation) -> list[str]:
     return lines
 
 
+def _check_pool(cfg: LayerConfig, C: int, r: int) -> None:
+    """A pooling layer takes a kernel, stride, padding (at most half the kernel, as torch
+    and :class:`convolab.nn.MaxPool2d`), dilation and ceil_mode; nothing else."""
+    given = [f"{name}={value!r}" for name, value, default in (
+        ("out_channels", cfg.out_channels, None), ("groups", cfg.groups, 1),
+        ("padding_mode", cfg.padding_mode, "zeros"), ("transposed", cfg.transposed, False))
+        if value != default and not (name == "out_channels" and value == C)]
+    if given:
+        raise ValueError(f"a pooling layer keeps the channels and takes no {', '.join(given)}")
+    try:
+        if isinstance(cfg.padding, str):
+            raise TypeError
+        p = as_tuple("padding", cfg.padding, r)
+    except TypeError:
+        raise ValueError(f"padding={cfg.padding!r}: a pooling layer takes one int padding "
+                         "per dimension, applied on both sides (as torch)") from None
+    k = as_tuple("kernel_size", cfg.kernel_size, r)
+    if any(pi < 0 or pi > ki // 2 for pi, ki in zip(p, k)):
+        raise ValueError(f"padding={cfg.padding}: a pooling layer's padding must be "
+                         f"non-negative and at most half the kernel_size={cfg.kernel_size} "
+                         "(as torch)")
+
+
 def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                    rank: int | None, incoming: tuple[list, list, list] | None,
-                   ) -> LayerExplanation:
+                   lost: str | None = None) -> LayerExplanation:
+    """One layer; ``incoming``: the receptive field so far (None: start afresh), ``lost``:
+    why an earlier layer of the stack ended the tracking (then no receptive field)."""
     if cfg.kind == "other":
-        out_shape, note, spatial = _other_layer(cfg, tuple(input_shape))
+        out_shape, note, spatial = _other_layer(cfg, tuple(input_shape), dtype)
         rf, jump, start = incoming if (incoming and spatial) else ([], [], [])
-        params = getattr(cfg.module, "num_parameters", lambda: 0)()
         e = LayerExplanation(cfg.name or "layer", input_shape, out_shape, None, "other",
-                             params=int(params), receptive_field=list(rf), jump=list(jump),
-                             start=list(start), notes=[note], name=cfg.name)
+                             params=_params_of(cfg.module), receptive_field=list(rf),
+                             jump=list(jump), start=list(start), notes=[note], name=cfg.name,
+                             tracks_rf=spatial)
         m = cfg.module
         if hasattr(m, "in_features") and hasattr(m, "out_features"):  # Linear: one GEMM
             rows = int(np.prod(input_shape[:-1]))
@@ -513,6 +625,8 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
         raise ValueError(f"input_shape={input_shape} must be (N, C, *spatial) with at least "
                          "one spatial dimension")
     r = len(input_shape) - 2
+    if cfg.rank is not None and rank is None:
+        rank = cfg.rank
     if rank is not None and rank != r:
         raise ValueError(f"input_shape={input_shape} has {r} spatial dimensions but the op is "
                          f"{rank}-D; give (N, C, *spatial) with {rank} spatial sizes")
@@ -541,6 +655,11 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
     if cfg.transposed and cfg.padding_mode != "zeros":
         raise ValueError(f"padding_mode={cfg.padding_mode!r}: transposed convolutions support "
                          "only padding_mode='zeros' (as torch)")
+    if not cfg.transposed and any(as_tuple("output_padding", cfg.output_padding, r)):
+        raise ValueError(f"output_padding={cfg.output_padding}: only transposed convolutions "
+                         "take an output_padding")
+    if cfg.kind == "pool":
+        _check_pool(cfg, C, r)
     spec = make_spec(k, cfg.stride, cfg.padding, cfg.dilation, cfg.groups,
                      cfg.output_padding if cfg.transposed else None, transposed=cfg.transposed)
     ceil = cfg.kind == "pool" and cfg.ceil_mode
@@ -641,10 +760,18 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                 e.warnings.append(f"{n_}: circular padding ({lo}, {hi}) must be at most the "
                                   f"input size {sz}; this call will fail")
 
+    if cfg.padding_mode in ("reflect", "circular", "replicate") and lost is None:
+        e.notes.append(f"padding_mode={cfg.padding_mode!r}: the receptive field below holds "
+                       "for outputs away from the borders; a border output also reads the "
+                       "cells its padding copies (from the same edge, the far end for "
+                       "circular), outside that interval")
+
     # Receptive field ---------------------------------------------------
     rf, jump, start = incoming if incoming else ([Fraction(1)] * r, [Fraction(1)] * r,
                                                  [Fraction(0)] * r)
-    for i in range(r):
+    if lost is not None:
+        e.notes.append(f"receptive field: not tracked ({lost})")
+    for i in range(r if lost is None else 0):
         kd, s_, lo = spec.effective_kernel[i], spec.stride[i], spec.padding[i][0]
         if spec.transposed:
             e.receptive_field.append(rf[i] + Fraction(kd - 1, s_) * jump[i])
@@ -656,7 +783,8 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
             e.jump.append(jump[i] * s_)
 
     if cfg.kind == "pool":
-        e.flops = {"forward": N * C * int(np.prod(out)) * kk}
+        pool_flops = N * C * int(np.prod(out)) * kk
+        e.flops = {"forward": pool_flops, "total": pool_flops}
         e.bytes = {"input": N * C * int(np.prod(S)) * item,
                    "output": N * C * int(np.prod(out)) * item}
         return e
@@ -677,8 +805,17 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                "weight_grad": 2 * macs, "bias_grad": bias_flops,
                "total": 6 * macs + 2 * bias_flops}
     cdt = compute_dtype(dt)
-    x_shape = (N, C) + S
     y_shape = (N, K) + out
+    # the convolution the op runs: padded first (a padding_mode other than zeros, as the
+    # layers do) and with its idle strides made small (as convolab.ops.conv.prepare)
+    from .ops.conv import _idle_strides
+
+    S_run = S
+    if cfg.padding_mode != "zeros":
+        spec = make_spec(k, cfg.stride, 0, cfg.dilation, cfg.groups)
+        S_run = tuple(n + lo + hi for n, (lo, hi) in zip(S, e.spec.padding))
+    spec = _idle_strides(spec, S_run, out)
+    x_shape = (N, C) + S_run
     # The roles and argument shapes exactly as convolab.ops.conv asks select.choose.
     if cfg.transposed:
         roles = {"forward": ("input_grad", x_shape), "input_grad": ("forward", y_shape),
@@ -696,7 +833,7 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
         e.algorithm[public] = {"name": ch.algorithm, "reason": ch.reason, "role": role}
         # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
         ws[public], source = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
-                                        S if cfg.transposed else out)
+                                        S_run if cfg.transposed else out)
     # a backward pass that needs both gradients may fuse them
     try:
         ch = select.choose_backward(spec, x_shape, w_shape, cdt)
@@ -714,7 +851,7 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
             ws["backward"] = fused.workspace(
                 spec, select.problem("weight_grad", spec, x_shape, w_shape), cdt)
     e.bytes = {
-        "input": int(np.prod(x_shape)) * item, "output": int(np.prod(y_shape)) * item,
+        "input": N * C * int(np.prod(S)) * item, "output": int(np.prod(y_shape)) * item,
         "weight": (int(np.prod(w_shape)) + (K if cfg.bias else 0)) * item,
         "dtype": dt.name, "workspace": ws, "workspace_source": source,
     }
@@ -731,6 +868,7 @@ class StackExplanation:
 
     input_shape: tuple[int, ...]
     layers: list[LayerExplanation]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -759,6 +897,7 @@ class StackExplanation:
             "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
             "params": self.params, "flops": {**self.flops, "convention": FLOP_CONVENTION},
             "receptive_field": [_frac_json(x) for x in rf],
+            "receptive_field_layer": None if last is None else self.layers.index(last),
             "jump": [_frac_json(x) for x in (last.jump if last else [])],
             "start": [_frac_json(x) for x in (last.start if last else [])],
             "padding": [[list(p) for p in e.spec.padding] if e.spec else None
@@ -766,6 +905,7 @@ class StackExplanation:
             "algorithm": [e.algorithm for e in self.layers],
             "warnings": [f"layer {i}: {w}" for i, e in enumerate(self.layers)
                          for w in e.warnings],
+            "notes": list(self.notes),
             "layers": [e.to_dict() for e in self.layers],
         }
 
@@ -775,6 +915,7 @@ class StackExplanation:
     def __str__(self) -> str:
         lines = [f"stack of {len(self.layers)} layers: input {self.input_shape} -> output "
                  f"{self.output_shape}"]
+        lines += [f"  note: {n}" for n in self.notes]
         hdr = (f"  {'#':>2}  {'layer':<18} {'output shape':<22} {'params':>10} "
                f"{'fwd FLOPs':>14}  RF / jump / start (cumulative)")
         lines.append(hdr)
@@ -846,22 +987,53 @@ def explain(op: Any, input_shape: Any, *, out_channels: int | None = None,
                             "conv or pooling layer, a module, a spec string like "
                             "'k=3,s=2,p=1', a dict or a LayerConfig")
         cfgs.append(_layer_from(m))
-    return _explain_stack(cfgs, shape, dtype)
+    if not _is_custom(op):
+        return _explain_stack(cfgs, shape, dtype)
+    # a model that is not a Sequential: its sub-modules in the order they were registered
+    # are a guess at what its forward does; running a copy of it checks the guess
+    name = type(op).__name__
+    guess = (f"model={name} is not a Sequential, so explain reads its sub-modules in the "
+             "order they were registered")
+    try:
+        res = _explain_stack(cfgs, shape, dtype)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{guess}, and then {exc}; explain it part by part, or as a "
+                        "Sequential") from None
+    real = _probe(LayerConfig("other", name=name, module=op), shape, dtype)
+    if real != res.output_shape:
+        raise ValueError(f"{guess}: that gives the output shape {res.output_shape}, but "
+                         f"running a copy of the model on zeros gives {real}; its forward "
+                         "does more than run them in order (a residual, a reshape, ...): "
+                         "explain it part by part, or as a Sequential")
+    res.notes.append(f"{guess}; running a copy of the model on zeros gives the same output "
+                     "shape, but a forward that reuses or skips a layer would not show here")
+    return res
+
+
+def _is_custom(model: Any) -> bool:
+    """A callable module with sub-modules that is neither a Sequential nor a layer of its
+    own (a container that cannot run is read in order)."""
+    return (callable(model) and bool(getattr(model, "_modules", None))
+            and not _is_sequential(model)
+            and not isinstance(model, (list, tuple)) and not hasattr(model, "kernel_size"))
 
 
 def _explain_stack(cfgs: list[LayerConfig], shape: tuple[int, ...], dtype,
                    ) -> StackExplanation:
     out: list[LayerExplanation] = []
     incoming = None
+    lost = None  # once a layer ends the tracking, no later layer restarts it
     cur = shape
     for i, cfg in enumerate(cfgs):
         try:
-            e = _explain_layer(cfg, cur, dtype, None, incoming)
+            e = _explain_layer(cfg, cur, dtype, None, incoming, lost)
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"layer {i} ({cfg.name or cfg.kind}): {exc}") from None
         out.append(e)
         cur = e.output_shape
         incoming = (e.receptive_field, e.jump, e.start) if e.receptive_field else None
+        if not e.tracks_rf and lost is None:
+            lost = f"it ends at layer {i} ({e.name or e.op})"
     return StackExplanation(shape, out)
 
 
@@ -925,5 +1097,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"convolab explain: {exc}", file=sys.stderr)
         return 2
-    print(res.to_json(indent=2) if args.json else str(res))
+    try:
+        print(res.to_json(indent=2) if args.json else str(res), flush=True)
+    except BrokenPipeError:  # e.g. piped into head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
