@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 import convolab as cl
 from convolab import select
@@ -102,8 +103,6 @@ def test_workers_option_runs_tiles_in_the_calling_thread_or_on_more_threads():
 def test_blas_is_limited_from_any_thread():
     """threadpoolctl lets one Python thread at a time set OpenBLAS's thread count; the
     tiles must get one BLAS thread whichever thread calls, not only the first."""
-    import pytest
-
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from convolab.algorithms import _threads
 
@@ -132,7 +131,6 @@ def test_blas_is_limited_from_any_thread():
 def test_worker_cpus_are_the_process_ones(monkeypatch):
     import os
 
-    import pytest
 
     from convolab.algorithms import _threads
 
@@ -167,3 +165,37 @@ def test_autotune_cache_is_bounded_and_keyed_by_workers(monkeypatch):
     assert 0 < len(select._TUNED) <= 3
     select.clear_autotune_cache()
     assert not select._TUNED
+
+
+def test_transforms_false_keeps_every_output_accurate_next_to_a_loud_value():
+    """Winograd and FFT spread one loud sample's rounding over their tiles and blocks;
+    transforms=False keeps the automatic choice (and the choices inside polyphase,
+    fused and autotune) off them, per call and per cache entry."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 32, 20, 20)).astype(np.float32)
+    x[0, 3, 5, 5] = 1e6
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    spec = make_spec((3, 3), 1, 1, 1, 1)
+    assert select.choose("forward", spec, x.shape, w.shape, np.float32).algorithm == "winograd"
+    ref = cl.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
+    # output row 7 never reads input row 5, but shares its 4-row Winograd tile
+    far = (0, slice(None), 7)
+    loose = np.abs(cl.conv2d(x, w, padding=1) - ref)[far].max()
+    with cl.options(transforms=False):
+        assert select.choose("forward", spec, x.shape, w.shape, np.float32).algorithm == "gemm"
+        y, pb = cl.vjp(cl.conv2d, x, w, padding=1)
+        gx, gw = pb(np.ones_like(y))[:2]
+        long = make_spec((63,), 1, 31, 1, 1)
+        for role in ("forward", "input_grad", "weight_grad"):
+            names = select.candidates(role, long, (4, 16, 4096), (16, 16, 63), np.float32)
+            assert not {"winograd", "fft"} & set(names)
+        with cl.options(autotune=True):
+            a = select.choose("forward", spec, x.shape, w.shape, np.float32).algorithm
+            assert a not in ("winograd", "fft")
+    tight = np.abs(y - ref)[far].max()
+    assert tight < 1e-3 and loose > 0.1, (tight, loose)
+    assert np.isfinite(gx).all() and np.isfinite(gw).all()
+    # the cached automatic choice did not leak either way
+    assert select.choose("forward", spec, x.shape, w.shape, np.float32).algorithm == "winograd"
+    with pytest.raises(TypeError, match="transforms=1 must be a bool"):
+        cl.options(transforms=1).__enter__()

@@ -30,12 +30,18 @@ class Options:
     one, each tile's BLAS calls run on one thread; with 1, tiles run in the calling
     thread and BLAS keeps its own thread count (set that with threadpoolctl or
     ``OPENBLAS_NUM_THREADS`` to use a single core in all).
+    ``transforms``: with False, the automatic choice never takes Winograd or FFT, whose
+    transforms spread rounding error across a tile or a block: every output is then a
+    plain sum of its own products (im2col GEMM, the depthwise tap loop, polyphase,
+    fused), so an output next to a very loud input value is as accurate as PyTorch's.
+    A forced ``algorithm`` is unaffected.
     """
 
     algorithm: str = "auto"
     workspace_bytes: int = 512 * 2**20
     autotune: bool = False
     workers: int | None = None
+    transforms: bool = True
 
 
 _DEFAULT = Options()
@@ -63,8 +69,9 @@ def _validated(base: Options, **changes: object) -> Options:
             raise TypeError(f"workspace_bytes={wb!r} must be an int (bytes)")
         if wb <= 0:
             raise ValueError(f"workspace_bytes={wb!r} must be positive")
-    if "autotune" in changes and not isinstance(changes["autotune"], bool):
-        raise TypeError(f"autotune={changes['autotune']!r} must be a bool")
+    for flag in ("autotune", "transforms"):
+        if flag in changes and not isinstance(changes[flag], bool):
+            raise TypeError(f"{flag}={changes[flag]!r} must be a bool")
     if "workers" in changes and changes["workers"] is not None:
         n = changes["workers"]
         if not isinstance(n, int) or isinstance(n, bool):

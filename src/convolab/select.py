@@ -57,6 +57,8 @@ _REGISTRY: dict[str, str] = {
 }
 # Candidates of the automatic choice (direct is the reference: never picked by default).
 _AUTO_ORDER: list[str] = ["gemm", "depthwise", "winograd", "fft", "polyphase"]
+# the algorithms whose transforms spread rounding error (off with transforms=False)
+TRANSFORMS = ("winograd", "fft")
 
 # Rates of the cost model (the 2-core AVX2 machines of benchmarks/RESULTS.md):
 # float32 GEMM FLOP/s, single-core copy bytes/s.  float64 halves the GEMM rate.
@@ -90,10 +92,11 @@ def _tuned_put(key: tuple, winner: str, why: str) -> tuple[str, str]:
 
 def _tune_key(*parts) -> tuple:
     """A cache key: the call's parts, and the options the candidates depend on (the
-    budget and the worker count decide which algorithms apply)."""
+    budget, the worker count and transforms= decide which algorithms apply)."""
     from .algorithms._threads import workers
 
-    return parts + (get_options().workspace_bytes, workers())
+    opts = get_options()
+    return parts + (opts.workspace_bytes, workers(), opts.transforms)
 
 
 def register(name: str, module: str, *, auto_rank: int | None = None) -> None:
@@ -127,10 +130,12 @@ def _applicable(mod, role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool
 
 
 def candidates(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> list[str]:
-    """The automatic candidates that handle this role and configuration."""
+    """The automatic candidates that handle this role and configuration (without
+    Winograd and FFT under ``options(transforms=False)``)."""
     dtype = np.dtype(dtype)
-    return [n for n in _AUTO_ORDER
-            if _applicable(_module(n), role, spec, x_shape, w_shape, dtype)]
+    skip = () if get_options().transforms else TRANSFORMS
+    return [n for n in _AUTO_ORDER if n not in skip
+            and _applicable(_module(n), role, spec, x_shape, w_shape, dtype)]
 
 
 def problem(role: str, spec: ConvSpec, x_shape, w_shape) -> dict:
@@ -233,15 +238,16 @@ def choose(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
         if len(names) > 1:
             return Choice(*_autotuned(role, spec, x_shape, w_shape, dtype, names))
     return _by_cost_model(role, spec, tuple(x_shape), tuple(w_shape), dtype,
-                          opts.workspace_bytes, opts.workers)
+                          opts.workspace_bytes, opts.workers, opts.transforms)
 
 
 @functools.lru_cache(maxsize=4096)
-def _by_cost_model(role, spec, x_shape, w_shape, dtype, workspace, workers) -> Choice:
+def _by_cost_model(role, spec, x_shape, w_shape, dtype, workspace, workers,
+                   transforms) -> Choice:
     """The automatic choice, cached per (role, spec, shapes, dtype, workspace budget,
-    workers): ranking the candidates costs ~0.1 ms, which a training loop of small
-    convolutions would pay on every call.  (``workspace`` and ``workers`` are part of
-    the key because the estimates of tiled algorithms read them from the options.)"""
+    workers, transforms): ranking the candidates costs ~0.1 ms, which a training loop of
+    small convolutions would pay on every call.  (The options are part of the key
+    because the candidates and the estimates of tiled algorithms read them.)"""
     names = candidates(role, spec, x_shape, w_shape, dtype)
     if not names:
         return Choice("gemm", "general fallback")
@@ -274,7 +280,8 @@ def choose_backward(spec: ConvSpec, x_shape, w_shape, dtype) -> Choice:
         if isinstance(settled, Choice):
             return settled
         return _autotuned_backward(*args, *settled)
-    return _backward_by_cost_model(*args, opts.workspace_bytes, opts.workers)
+    return _backward_by_cost_model(*args, opts.workspace_bytes, opts.workers,
+                                   opts.transforms)
 
 
 def _backward_settled(spec, x_shape, w_shape, dtype) -> Choice | tuple[Choice, Choice]:
@@ -321,7 +328,8 @@ def _transposed_backward(spec, x_shape, w_shape, dtype) -> Choice:
 
 
 @functools.lru_cache(maxsize=4096)
-def _backward_by_cost_model(spec, x_shape, w_shape, dtype, workspace, workers) -> Choice:
+def _backward_by_cost_model(spec, x_shape, w_shape, dtype, workspace, workers,
+                            transforms) -> Choice:
     """The automatic backward choice, cached like :func:`_by_cost_model` (a training loop
     asks on every step; the options it reads are in the key)."""
     from .algorithms import fused
