@@ -120,8 +120,8 @@ def draw_configs(draw):
 def _try_draw(*args, **kw):
     try:
         return dr.draw(*args, **kw)
-    except ValueError as exc:
-        assert "must be positive" in str(exc)
+    except ValueError as exc:  # the kernel does not fit, or the drawing is too large
+        assert "must be positive" in str(exc) or "draw's limit" in str(exc)
         return None
 
 
@@ -207,3 +207,113 @@ def test_cli(tmp_path, capsys):
     assert dr.main(["conv2d", "--input-size", "2", "--kernel-size", "5", "-o",
                     str(out)]) == 2
     assert dr.main(["--preset", "dilation"]) == 2  # no output named
+
+
+def test_too_large_drawings_are_refused_before_drawing(tmp_path):
+    out = tmp_path / "big.gif"
+    with pytest.raises(ValueError, match=r"66x66 cells, more than draw's limit of 40"):
+        dr.draw("conv2d", 64, 3, 1, 1, out=str(out))  # 4096 frames of 24 MiB each
+    with pytest.raises(ValueError, match=r"784 frames .* limit of 256"):
+        dr.draw("conv2d", 30, 3, out=str(out))
+    with pytest.raises(ValueError, match=r"GiB of memory.*lower dpi"):
+        dr.draw(preset="padding_strides", out=str(out), dpi=5000)
+    assert not out.exists()
+    assert dr.main(["conv2d", "--input-size", "64", "-o", str(out)]) == 2
+    # the guide's largest figure is well inside the limits
+    dr.draw(preset="full_padding_no_strides", values=True).check_size(72)
+
+
+def test_padding_is_drawn_as_padding_next_to_inserted_zeros():
+    from convolab.draw.geometry import INPUT, PAD, ZERO
+    from convolab.draw.render import cell_kind
+
+    d = dr.draw(preset="padding_strides_odd_transposed")
+    rows, cols = (a.kinds for a in d.axes)
+    assert PAD in rows and ZERO in rows  # the case: padding along one axis, zero along the other
+    for r, c in itertools.product(rows, cols):
+        kind = cell_kind([r, c])
+        if PAD in (r, c):
+            assert kind == PAD
+        else:
+            assert kind == (INPUT if r == c == INPUT else ZERO)
+
+
+def test_weight_alone_draws_the_input_its_outputs_come_from():
+    d = dr.draw("conv1d", 4, 2, weight=[1.0, -1.0])
+    assert d.x is not None and list(d.weight) == [1.0, -1.0]
+    assert np.allclose(d.y, d.x[:-1] - d.x[1:])
+
+
+def test_preset_with_an_explicit_op_or_geometry_is_refused():
+    with pytest.raises(ValueError, match=r"sets the op and its geometry; drop op='conv1d', "
+                                         r"input_size=9"):
+        dr.draw("conv1d", input_size=9, preset="padding_strides")
+    with pytest.raises(ValueError, match=r"drop stride=1 \(or leave out preset\)"):
+        dr.draw(preset="dilation", stride=1)
+    assert dr.draw("conv2d", preset="dilation").op == "conv2d"  # the preset's own op is fine
+
+
+def test_outputs_and_duration_are_checked_before_anything_is_written(tmp_path):
+    gif, png = tmp_path / "a.gif", tmp_path / "a.png"
+    for kw, msg in [
+        (dict(out=str(png)), r"out=.* must end in \.gif"),
+        (dict(out=str(gif), sheet=str(tmp_path / "s.txt")), r"sheet=.* must end in \.png"),
+        (dict(out=str(gif), sheet=str(tmp_path / "no" / "s.png")), "does not exist"),
+        (dict(out=str(tmp_path)), r"must end in \.gif"),
+        (dict(out=str(gif), duration_ms=-5), r"duration_ms=-5 must be >= 0"),
+        (dict(out=str(gif), dpi=0), r"dpi=0 must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            dr.draw("conv1d", 3, 2, **kw)
+    (tmp_path / "d.gif").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        dr.draw("conv1d", 3, 2, out=str(tmp_path / "d.gif"))
+    with pytest.raises(TypeError, match="duration_ms"):
+        dr.draw("conv1d", 3, 2, duration_ms=0.5)
+    assert not gif.exists() and not png.exists()
+    assert dr.main(["conv1d", "--input-size", "3", "-o", str(gif), "--sheet",
+                    str(tmp_path / "s.txt")]) == 2
+    assert not gif.exists()
+
+
+def test_backward_caption_states_one_total():
+    # terms that cancel: the running sum is -5.55e-17, convolab.vjp gives 0
+    x = [-0.42, 0.3, 0.11, 0.57, -0.44, 1.14]
+    d = dr.draw("conv1d", 6, 3, 1, 1, x=x, weight=[-2.28, 0.35, 0.09], backward="weight:0")
+    last = d.frames[-1].caption
+    shown = last.split("->")[1].split("(")[0].strip()
+    assert shown == last.rsplit(" ", 1)[1] == "0"
+    assert not any("e-1" in f.caption for f in d.frames)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_values_are_refused(bad):
+    with pytest.raises(ValueError, match="x has NaN or inf"):
+        dr.draw("conv1d", 3, 2, x=[0.0, bad, 1.0])
+    with pytest.raises(ValueError, match="weight has NaN or inf"):
+        dr.draw("conv1d", 3, 2, weight=[bad, 1.0], backward="weight:0")
+    with pytest.raises(TypeError, match="x must hold real numbers"):
+        dr.draw("conv1d", 3, 2, x=["a", "b", "c"])
+
+
+def test_a_cell_no_term_reaches_is_still_marked():
+    d = dr.draw("conv1d", 5, 1, stride=2, backward="input:1")  # stride 2 skips x[1]
+    (f,) = d.frames
+    assert f.mark == [(1,)] and "no term reaches it" in f.caption
+    # a transposed conv whose padding crops x[0] off the canvas says so
+    d = dr.draw("conv_transpose1d", 4, 2, stride=2, padding=3, backward="input:0")
+    assert d.axes[0].canvas_of(0) is None
+    (f,) = d.frames
+    assert f.mark == [] and "cropped off the canvas" in f.caption
+
+
+def test_bad_seed_and_backward_name_the_argument():
+    with pytest.raises(ValueError, match=r"seed=-1 must be >= 0"):
+        dr.draw("conv1d", 3, 2, values=True, seed=-1)
+    with pytest.raises(ValueError, match=r"backward=\('input',\) must be 'input:i,j'"):
+        dr.draw("conv1d", 3, 2, backward=("input",))
+    with pytest.raises(TypeError, match=r"backward=5 must be 'input:i,j'"):
+        dr.draw("conv1d", 3, 2, backward=5)
+    with pytest.raises(TypeError, match="the cell must be ints"):
+        dr.draw("conv1d", 3, 2, backward=("input", 1.5))
+    assert dr.main(["conv1d", "--seed", "-1", "--values", "-o", "never.gif"]) == 2

@@ -129,9 +129,9 @@ LAYER_SYNTAX = (
 
 def _parse_ints(text: str, what: str) -> Any:
     """``'3'`` -> 3; ``'3x5'`` or ``'3,5'`` -> (3, 5)."""
-    parts = [t for t in text.replace(",", "x").split("x") if t != ""]
+    parts = text.replace(",", "x").split("x")
     try:
-        vals = tuple(int(t) for t in parts)
+        vals = tuple(int(t) for t in parts)  # '3x' or 'x3' has an empty part: refused
     except ValueError:
         also = (", same, valid, causal, or lo:hi per dimension (0:1x1:1)"
                 if what == "padding" else "")

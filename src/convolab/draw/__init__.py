@@ -11,6 +11,8 @@ are computed by convolab itself (``conv``/``conv_transpose``/``vjp``).
 from __future__ import annotations
 
 import argparse
+import math
+import numbers
 import os
 import sys
 from dataclasses import dataclass, field
@@ -18,17 +20,26 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import ConvSpec, as_tuple, make_spec
+from ..spec import ConvSpec, _check_int, as_tuple, make_spec
 from .geometry import (Axis, Frame, axes_of, forward_frames, input_grad_frames,
                        weight_grad_frames)
 
 __all__ = ["PRESETS", "Drawing", "draw", "main"]
+
+# Size limits.  Every frame is held in memory (RGB) until the GIF and the sheet are
+# written, and each costs a full matplotlib draw, so a drawing past these is refused
+# before anything is drawn.  The guide's figures need at most 49 frames on a 9x9 canvas.
+MAX_FRAMES = 256  # e.g. a 16x16 output
+MAX_CANVAS = 40  # cells per side of the (padded) input
+MAX_BYTES = 2**30  # all frames together, 3 bytes a pixel
 
 # Dumoulin & Visin, "A guide to convolution arithmetic for deep learning", figure files
 # (bin/generate_makefile of github.com/vdumoulin/conv_arithmetic): input size, kernel,
 # stride, padding (and dilation).  A transposed preset takes the direct one's output
 # as its input and gives back the direct one's input size (output_padding where the
 # direct convolution rounded down, as the guide's padding_strides_odd_transposed).
+# The guide has no figure for dilation_transposed: it is the same rule applied to
+# dilation, an extra.
 _DIRECT = {
     "no_padding_no_strides": dict(input_size=4, kernel_size=3, stride=1, padding=0),
     "arbitrary_padding_no_strides": dict(input_size=5, kernel_size=4, stride=1, padding=2),
@@ -98,11 +109,29 @@ class Drawing:
         cv[sel] = self.x[np.ix_(*[i[m] for i, m in zip(idx, ok)])]
         return cv
 
+    @property
+    def _show_kernel(self) -> bool:
+        return self.x is not None or self.mode != "forward"
+
+    def check_size(self, dpi: int = 72) -> None:
+        """Raise ValueError if rendering at ``dpi`` would pass :data:`MAX_BYTES`."""
+        from .render import layout  # no matplotlib needed
+
+        lay = layout(self.axes, self.title, self.subtitle, self._show_kernel)
+        w, h = int(lay.fig_w * dpi), int(lay.fig_h * dpi)
+        need = 3 * w * h * len(self.frames)
+        if need > MAX_BYTES:
+            raise ValueError(
+                f"{len(self.frames)} frames of {w}x{h} pixels at dpi={dpi} need "
+                f"{need / 2**30:.2f} GiB of memory, more than draw's limit of "
+                f"{MAX_BYTES / 2**30:.0f} GiB; lower dpi or draw a smaller input_size")
+
     def render(self, dpi: int = 72) -> list:
         """PIL images, one per frame (cached)."""
         if self._images is None:
             from .render import render
 
+            self.check_size(dpi)
             show_vals = self.x is not None
             out_vals = self.grad_output if self.mode != "forward" else self.y
             self._images = render(
@@ -111,7 +140,7 @@ class Drawing:
                 weight=self.weight if show_vals else None,
                 out_values=out_vals if show_vals else None,
                 out_label="grad_output" if self.mode != "forward" else "output",
-                show_kernel=show_vals or self.mode != "forward",
+                show_kernel=self._show_kernel,
                 kernel_label="kernel w (used flipped)" if self.spec.transposed else "kernel w",
                 dpi=dpi)
         return self._images
@@ -128,45 +157,84 @@ class Drawing:
         contact_sheet(self.render(dpi), path, columns, scale)
 
 
-def _parse_cell(text: Any, rank: int, what: str) -> tuple[int, ...]:
-    if isinstance(text, str):
+def _parse_cell(cell: Any, rank: int, backward: Any) -> tuple[int, ...]:
+    """The cell of ``backward`` (``'1,2'``, ``(1, 2)`` or ``1``) as ``rank`` ints."""
+    if isinstance(cell, str):
         try:
-            vals = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+            vals = tuple(int(v) for v in cell.replace("x", ",").split(",") if v.strip())
         except ValueError:
-            raise ValueError(f"{what}={text!r} must be comma-separated ints") from None
+            raise ValueError(f"backward={backward!r}: the cell must be comma-separated ints"
+                             ) from None
     else:
-        vals = tuple(int(v) for v in np.atleast_1d(text))
+        vals = tuple(cell) if isinstance(cell, (tuple, list, np.ndarray)) else (cell,)
+        if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral)
+               for v in vals):
+            raise TypeError(f"backward={backward!r}: the cell must be ints")
+        vals = tuple(int(v) for v in vals)
     if len(vals) != rank:
-        raise ValueError(f"{what}={text!r} must have {rank} index(es), one per spatial dim")
+        raise ValueError(f"backward={backward!r}: the cell must have {rank} index(es), "
+                         "one per spatial dim")
     return vals
 
 
-def draw(op: str = "conv2d", input_size: Any = 5, kernel_size: Any = 3, stride: Any = 1,
-         padding: Any = 0, dilation: Any = 1, output_padding: Any = 0, *,
-         preset: str | None = None, values: bool = False, x: Any = None, weight: Any = None,
-         seed: int = 0, backward: Any = None, out: str | None = None,
-         sheet: str | None = None, dpi: int = 72, duration_ms: int = 800) -> Drawing:
+_GEOMETRY = {"input_size": 5, "kernel_size": 3, "stride": 1, "padding": 0, "dilation": 1,
+             "output_padding": 0}  # the defaults when no preset is given
+
+
+def draw(op: str | None = None, input_size: Any = None, kernel_size: Any = None,
+         stride: Any = None, padding: Any = None, dilation: Any = None,
+         output_padding: Any = None, *, preset: str | None = None, values: bool = False,
+         x: Any = None, weight: Any = None, seed: int = 0, backward: Any = None,
+         out: str | None = None, sheet: str | None = None, dpi: int = 72,
+         duration_ms: int = 800) -> Drawing:
     """Build (and with ``out=``/``sheet=`` save) the animation of one convolution.
 
-    op: ``conv1d``, ``conv2d``, ``conv_transpose1d`` or ``conv_transpose2d``.
-    padding: anything ``convolab.conv`` accepts (int, tuple, per-side pairs,
-    ``'same'``/``'valid'``/``'causal'`` for convolutions).
-    preset: one of :data:`PRESETS` (the guide's file names); sets op and parameters.
-    values: draw numbers (random integers from ``seed``, or ``x`` / ``weight``);
-    outputs are computed with ``convolab.conv``/``conv_transpose``.
+    op: ``conv1d``, ``conv2d`` (the default), ``conv_transpose1d`` or ``conv_transpose2d``.
+    Geometry defaults: input_size 5, kernel_size 3, stride 1, padding 0, dilation 1,
+    output_padding 0.  padding: anything ``convolab.conv`` accepts (int, tuple,
+    per-side pairs, ``'same'``/``'valid'``/``'causal'`` for convolutions).
+    preset: one of :data:`PRESETS` (the guide's file names, plus
+    ``dilation_transposed``, which the guide does not draw); it sets op and geometry,
+    so giving them too is an error.
+    values: draw numbers (random integers from ``seed``, or ``x`` / ``weight``; giving
+    either draws both); outputs are computed with ``convolab.conv``/``conv_transpose``.
     backward: ``('input', (i, j))`` / ``'input:i,j'`` -- which outputs and weights sum
     into that input cell's gradient; ``('weight', (a, b))`` / ``'weight:a,b'`` -- which
     input/output pairs sum into that weight's gradient (values from ``convolab.vjp``).
-    out: GIF path; sheet: PNG contact-sheet path.
+    out: GIF path (``*.gif``); sheet: PNG contact-sheet path (``*.png``); both are
+    checked before anything is drawn.  A drawing with more than :data:`MAX_FRAMES`
+    frames, a canvas wider than :data:`MAX_CANVAS` cells or frames that would take more
+    than :data:`MAX_BYTES` of memory is refused.
     """
+    # Arguments that need no geometry first: a bad path fails before any drawing.
+    out = _check_path("out", out, ".gif", "the animation is a GIF; the contact sheet is the PNG")
+    sheet = _check_path("sheet", sheet, ".png", "the contact sheet is a PNG")
+    if _check_int("duration_ms", duration_ms) < 0:
+        raise ValueError(f"duration_ms={duration_ms} must be >= 0 (milliseconds per frame)")
+    if _check_int("dpi", dpi) <= 0:
+        raise ValueError(f"dpi={dpi} must be positive")
+    if _check_int("seed", seed) < 0:
+        raise ValueError(f"seed={seed} must be >= 0 (it seeds numpy's random generator)")
+
+    geometry = dict(input_size=input_size, kernel_size=kernel_size, stride=stride,
+                    padding=padding, dilation=dilation, output_padding=output_padding)
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"preset={preset!r} is not one of {list(PRESETS)}")
         p = PRESETS[preset]
-        op, input_size, kernel_size = p["op"], p["input_size"], p["kernel_size"]
-        stride, padding, dilation = p["stride"], p["padding"], p["dilation"]
-        output_padding = p["output_padding"]
-    if op not in _OPS:
+        given = [f"{n}={v!r}" for n, v in geometry.items() if v is not None]
+        if op is not None and op != p["op"]:
+            given.insert(0, f"op={op!r}")
+        if given:
+            raise ValueError(f"preset={preset!r} sets the op and its geometry; drop "
+                             f"{', '.join(given)} (or leave out preset)")
+        op = p["op"]
+        geometry = {n: p[n] for n in geometry}
+    else:
+        op = "conv2d" if op is None else op
+        geometry = {n: _GEOMETRY[n] if v is None else v for n, v in geometry.items()}
+    input_size, kernel_size, stride, padding, dilation, output_padding = geometry.values()
+    if not isinstance(op, str) or op not in _OPS:
         raise ValueError(f"op={op!r} must be one of {list(_OPS)} (draw shows 1-D and 2-D)")
     rank, transposed = _OPS[op]
     size = as_tuple("input_size", input_size, rank)
@@ -183,6 +251,17 @@ def draw(op: str = "conv2d", input_size: Any = 5, kernel_size: Any = 3, stride: 
                          f"padding={spec.padding}, dilation={spec.dilation} give output size "
                          f"{outsz}; it must be positive (see convolab explain)")
     axes = axes_of(spec, size)
+    canvas = tuple(a.length for a in axes)
+    if max(canvas) > MAX_CANVAS:
+        raise ValueError(f"{op}: the canvas (the input as the kernel sees it) is "
+                         f"{_dims(canvas)} cells, more than draw's limit of {MAX_CANVAS} per "
+                         "side; draw a smaller input_size (or less padding or dilation)")
+    one_frame_per_output = backward is None or _parse_backward(backward, rank)[0] == "weight"
+    if one_frame_per_output and math.prod(outsz) > MAX_FRAMES:  # checked before the frames
+        raise ValueError(f"{op}: output {_dims(outsz)} needs {math.prod(outsz)} frames "
+                         f"(one per output cell), more than draw's limit of {MAX_FRAMES}; "
+                         "draw a smaller input_size or "
+                         + ("stride" if transposed else "use a larger stride"))
 
     # Numbers.
     rng = np.random.default_rng(seed)
@@ -190,13 +269,9 @@ def draw(op: str = "conv2d", input_size: Any = 5, kernel_size: Any = 3, stride: 
     xv = wv = yv = None
     if want_values:
         xv = (rng.integers(0, 4, size=size).astype(np.float64) if x is None
-              else np.asarray(x, dtype=np.float64))
+              else _real_array("x", x, size, "input_size"))
         wv = (rng.integers(0, 3, size=k).astype(np.float64) if weight is None
-              else np.asarray(weight, dtype=np.float64))
-        if xv.shape != size:
-            raise ValueError(f"x.shape={xv.shape} must equal input_size={size}")
-        if wv.shape != k:
-            raise ValueError(f"weight.shape={wv.shape} must equal kernel_size={k}")
+              else _real_array("weight", weight, k, "kernel_size"))
         yv = _run(op, spec, xv, wv)
 
     title = (f"{op}: input {_dims(size)}  ->  output {_dims(outsz)}\n"
@@ -251,23 +326,39 @@ def draw(op: str = "conv2d", input_size: Any = 5, kernel_size: Any = 3, stride: 
             name, what = f"grad_w[{_idx(cell)}]", "x[cell] * grad_y[o]"
             cv = Drawing(op, spec, size, outsz, axes, [], "", "", x=xv).canvas_values
             terms = [(cv[f.cells[0][0]], gy[f.output]) for f in frames]
-        total = 0.0
-        for f, (a, b) in zip(frames, terms):
-            total += a * b
-            f.caption = (f"{name} += {what} = {_num(a)}*{_num(b)}  ->  {_num(total)}"
-                         f"    (term {len(f.done) + 1}/{len(frames)})")
-        if frames:
-            frames[-1].caption += f"; convolab.vjp gives {_num(grad)}"
-        else:
-            frames = [Frame(None, [], [], caption=f"{name} = 0: no term reaches it")]
+        products = [a * b for a, b in terms]
+        total = sum(products, 0.0)
         if not np.isclose(total, grad):  # the picture must agree with the library
             raise AssertionError(f"drawn sum {total} != convolab.vjp {grad}")
+        # Rounding noise of the running sum (1e-17 where the terms cancel) is shown as 0,
+        # and the last total shown is convolab.vjp's value, so the caption states one total.
+        tiny = 1e-12 * sum(abs(v) for v in products)
+        running = 0.0
+        for n, (f, (a, b), ab) in enumerate(zip(frames, terms, products), start=1):
+            running += ab
+            shown = grad if n == len(frames) else running
+            f.caption = (f"{name} += {what} = {_num(a)}*{_num(b)}  ->  {_num(shown, tiny)}"
+                         f"    (term {n}/{len(frames)})")
+        if frames:
+            frames[-1].caption += f"; convolab.vjp gives {_num(grad, tiny)}"
+        else:  # only an input cell can have no term: it is unread or cropped away
+            on_canvas = tuple(a.canvas_of(c) for a, c in zip(axes, cell))
+            if None in on_canvas:
+                frames = [Frame(None, [], [], caption=f"{name} = 0: the cell is cropped off "
+                                "the canvas, no term reaches it")]
+            else:
+                frames = [Frame(None, [], [], caption=f"{name} = 0: no term reaches it",
+                                mark=[on_canvas])]
         subtitle = (subtitle + "\n" if subtitle else "") + (
             f"backward: the terms of {name} (red); grad_y: random integers")
+    if len(frames) > MAX_FRAMES:
+        raise ValueError(f"{op}: {len(frames)} frames is more than draw's limit of "
+                         f"{MAX_FRAMES}; draw a smaller input_size or kernel_size")
 
     d = Drawing(op, spec, size, outsz, axes, frames, title, subtitle, mode,
-                xv if (values or x is not None or backward is not None) else None,
-                wv, yv, gy, grad, notes)
+                xv, wv, yv, gy, grad, notes)
+    if out or sheet:
+        d.check_size(dpi)  # before drawing anything
     if out:
         d.save(out, duration_ms, dpi)
     if sheet:
@@ -275,8 +366,46 @@ def draw(op: str = "conv2d", input_size: Any = 5, kernel_size: Any = 3, stride: 
     return d
 
 
-def _num(v) -> str:
+def _check_path(arg: str, path: Any, suffix: str, why: str) -> str | None:
+    """``path`` if it can be written as a ``suffix`` file, else a one-line error."""
+    if path is None or path == "":
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{arg}={path!r} must be a file path, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not path.lower().endswith(suffix):
+        raise ValueError(f"{arg}={path!r} must end in {suffix} ({why})")
+    if os.path.isdir(path):
+        raise ValueError(f"{arg}={path!r} is a folder; name a {suffix} file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{arg}={path!r}: folder {parent} does not exist")
+    return path
+
+
+def _real_array(arg: str, value: Any, shape: tuple[int, ...], size_arg: str) -> np.ndarray:
+    """``value`` as a float64 array of ``shape`` with finite entries, else a one-line error."""
+    try:
+        a = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        raise TypeError(f"{arg} must be an array of numbers (a ragged list is not)") from None
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{arg} must hold real numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if a.shape != shape:
+        raise ValueError(f"{arg}.shape={a.shape} must equal {size_arg}={shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{arg} has NaN or inf entries; draw shows finite numbers only")
+    return a
+
+
+def _num(v, tiny: float = 0.0) -> str:
+    """A caption number: an int if whole, else 3 significant digits; ``|v| <= tiny`` is 0."""
     v = float(v)
+    if abs(v) <= tiny:
+        return "0"
+    if not math.isfinite(v):
+        return str(v)  # 'nan', 'inf' (an output can overflow)
     return str(int(v)) if v == int(v) else f"{v:.3g}"
 
 
@@ -291,15 +420,20 @@ def _pads(spec: ConvSpec) -> str:
 
 
 def _parse_backward(backward: Any, rank: int) -> tuple[str, tuple[int, ...]]:
+    rule = "must be 'input:i,j', 'weight:a,b' or a pair (kind, cell)"
     if isinstance(backward, str):
         kind, sep, rest = backward.partition(":")
         if not sep:
-            raise ValueError(f"backward={backward!r} must be 'input:i,j' or 'weight:a,b'")
-    else:
+            raise ValueError(f"backward={backward!r} {rule}")
+    elif isinstance(backward, (tuple, list)):
+        if len(backward) != 2:
+            raise ValueError(f"backward={backward!r} {rule}")
         kind, rest = backward
+    else:
+        raise TypeError(f"backward={backward!r} {rule}, got {type(backward).__name__}")
     if kind not in ("input", "weight"):
         raise ValueError(f"backward={backward!r}: the kind must be 'input' or 'weight'")
-    return kind, _parse_cell(rest, rank, "backward")
+    return kind, _parse_cell(rest, rank, backward)
 
 
 def _call_args(op, spec):
@@ -345,9 +479,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Animate a 1-D/2-D convolution or transposed convolution in the style of "
                     "Dumoulin & Visin's guide (GIF, optional PNG contact sheet).")
     p.add_argument("op", nargs="?", default=None, choices=list(_OPS))
-    p.add_argument("--preset", choices=list(PRESETS), help="one of the guide's figures")
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="one of the guide's figures (dilation_transposed is an extra)")
     p.add_argument("--list-presets", action="store_true")
-    # geometry defaults are filled in by main (None here: a --preset must not meet them)
+    # geometry defaults are filled in by draw() (None here: a --preset must not meet them)
     p.add_argument("--input-size", default=None, help="e.g. 5 or 5x7 (default 5)")
     p.add_argument("--kernel-size", default=None, help="default 3")
     p.add_argument("--stride", default=None, help="default 1")
@@ -367,12 +502,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_GEOMETRY = {"input_size": "5", "kernel_size": "3", "stride": "1", "padding": "0",
-             "dilation": "1", "output_padding": "0"}
-
-
 def _check_cli(args) -> str | None:
-    """A one-line reason the command line cannot work, before any drawing."""
+    """A one-line reason the command line cannot work, before any drawing (draw() checks
+    the rest: paths, --duration, --dpi, --seed, before it draws)."""
     if args.preset is not None:
         given = [f"--{n.replace('_', '-')}" for n in _GEOMETRY if getattr(args, n) is not None]
         if args.op is not None and args.op != PRESETS[args.preset]["op"]:
@@ -380,17 +512,16 @@ def _check_cli(args) -> str | None:
         if given:
             return (f"--preset {args.preset} sets the op and its geometry; drop "
                     f"{', '.join(given)} (or leave out --preset)")
-    if args.duration < 0:
-        return f"--duration={args.duration} must be >= 0 (milliseconds per frame)"
-    if args.dpi <= 0:
-        return f"--dpi={args.dpi} must be positive"
-    if args.out and not args.out.lower().endswith(".gif"):
-        return f"-o {args.out}: the animation is a GIF, name it *.gif (--sheet writes a PNG)"
-    for path in (args.out, args.sheet):
-        parent = os.path.dirname(os.path.abspath(path)) if path else None
-        if parent and not os.path.isdir(parent):
-            return f"cannot write {path}: folder {parent} does not exist"
     return None
+
+
+def _as_flag(message: str, args) -> str:
+    """draw()'s ``duration_ms=-5 must ...`` as the command line says it: ``--duration=-5 ...``."""
+    name, sep, rest = message.partition("=")
+    name = {"duration_ms": "duration"}.get(name, name)
+    if sep and name != "op" and name in vars(args):
+        return f"--{name.replace('_', '-')}={rest}"
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,19 +542,22 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"convolab draw: {problem}", file=sys.stderr)
         return 2
-    for name, default in _GEOMETRY.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
     try:
-        d = draw(args.op or "conv2d", _parse_ints(args.input_size, "input_size"),
-                 _parse_ints(args.kernel_size, "kernel_size"),
-                 _parse_ints(args.stride, "stride"), _parse_padding(args.padding),
-                 _parse_ints(args.dilation, "dilation"),
-                 _parse_ints(args.output_padding, "output_padding"), preset=args.preset,
-                 values=args.values, seed=args.seed, backward=args.backward, out=args.out,
-                 sheet=args.sheet, dpi=args.dpi, duration_ms=args.duration)
+        # geometry not given stays None: draw() fills in the defaults (or the preset's)
+        geometry = {}
+        for name in _GEOMETRY:
+            text = getattr(args, name)
+            if text is None:
+                geometry[name] = None
+            elif name == "padding":
+                geometry[name] = _parse_padding(text)
+            else:
+                geometry[name] = _parse_ints(text, name)
+        d = draw(args.op, **geometry, preset=args.preset, values=args.values,
+                 seed=args.seed, backward=args.backward, out=args.out, sheet=args.sheet,
+                 dpi=args.dpi, duration_ms=args.duration)
     except (ValueError, TypeError) as exc:
-        print(f"convolab draw: {exc}", file=sys.stderr)
+        print(f"convolab draw: {_as_flag(str(exc), args)}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"convolab draw: cannot write {exc.filename or 'the output'}: {exc.strerror}",

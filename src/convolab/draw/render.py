@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +25,8 @@ CELL_IN = 0.42  # inches per cell
 
 
 def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return str(v)  # an output can overflow to inf
     if abs(v - round(v)) < 1e-9:
         return str(int(round(v)))
     return f"{v:.2g}"
@@ -41,23 +44,37 @@ def _rc(idx: tuple[int, ...]) -> tuple[int, int]:
     return (0, idx[0]) if len(idx) == 1 else (idx[0], idx[1])
 
 
-def render(axes: tuple[Axis, ...], frames: list[Frame], *, title: str, subtitle: str = "",
-           canvas_values: np.ndarray | None = None, weight: np.ndarray | None = None,
-           out_values: np.ndarray | None = None, out_label: str = "output",
-           show_kernel: bool = False, kernel_label: str = "kernel w", dpi: int = 72):
-    """Render every frame; returns a list of ``PIL.Image`` (RGB)."""
-    import matplotlib
+def cell_kind(kinds: list[str]) -> str:
+    """The kind of a canvas cell from its kind along each axis.  Padding along any axis
+    is padding (outside the zero-inserted input); otherwise a zero line along any axis
+    makes an inserted zero."""
+    if all(k == INPUT for k in kinds):
+        return INPUT
+    return PAD if PAD in kinds else ZERO
 
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.patches import Rectangle
-    from PIL import Image
 
+@dataclass(frozen=True)
+class Layout:
+    """Where the panels go, in cell units (y downwards), and the figure size in inches."""
+
+    cx: float  # canvas (top-left corner)
+    cy: float
+    ox: float  # output
+    oy: float
+    kx: float  # kernel panel
+    ky: float
+    width: float  # extent of the panels
+    height: float
+    top_pad: float  # room for the title and subtitle
+    bottom_pad: float  # room for the caption
+    fig_w: float
+    fig_h: float
+
+
+def layout(axes: tuple[Axis, ...], title: str, subtitle: str, show_kernel: bool) -> Layout:
+    """The picture's layout; needs no matplotlib (``draw`` uses it to size a drawing)."""
     (ch, cw), (oh, ow), (kh, kw) = _grid2(axes)
-    one_d = len(axes) == 1
-    # Layout in cell units, y downwards.
-    if one_d:
+    if len(axes) == 1:
         cx, cy = 0.0, 2.6
         ox, oy = 0.0, 0.0
         width = max(cw, ow)
@@ -82,6 +99,29 @@ def render(axes: tuple[Axis, ...], frames: list[Frame], *, title: str, subtitle:
     longest = max(len(t) for t in (title + "\n" + subtitle).split("\n"))
     fig_w = max((width + 1.0) * CELL_IN, 4.8, longest * 0.085 + 0.4)
     fig_h = (height + top_pad + bottom_pad) * CELL_IN
+    return Layout(cx, cy, ox, oy, kx, ky, width, height, top_pad, bottom_pad, fig_w, fig_h)
+
+
+def render(axes: tuple[Axis, ...], frames: list[Frame], *, title: str, subtitle: str = "",
+           canvas_values: np.ndarray | None = None, weight: np.ndarray | None = None,
+           out_values: np.ndarray | None = None, out_label: str = "output",
+           show_kernel: bool = False, kernel_label: str = "kernel w", dpi: int = 72):
+    """Render every frame; returns a list of ``PIL.Image`` (RGB)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.patches import Rectangle
+    from PIL import Image
+
+    (ch, cw), (oh, ow), (kh, kw) = _grid2(axes)
+    one_d = len(axes) == 1
+    lay = layout(axes, title, subtitle, show_kernel)
+    cx, cy, ox, oy, kx, ky = lay.cx, lay.cy, lay.ox, lay.oy, lay.kx, lay.ky
+    width, height, top_pad, bottom_pad = lay.width, lay.height, lay.top_pad, lay.bottom_pad
+    n_title = title.count("\n") + 1
+    fig_w, fig_h = lay.fig_w, lay.fig_h
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0, 0, 1, 1))
@@ -101,8 +141,7 @@ def render(axes: tuple[Axis, ...], frames: list[Frame], *, title: str, subtitle:
     kinds = [[None] * cw for _ in range(ch)]
     for idx in itertools.product(*(range(a.length) for a in axes)):
         r, c = _rc(idx)
-        ks = [a.kinds[i] for a, i in zip(axes, idx)]
-        kind = INPUT if all(k == INPUT for k in ks) else (ZERO if ZERO in ks else PAD)
+        kind = cell_kind([a.kinds[i] for a, i in zip(axes, idx)])
         kinds[r][c] = kind
         if kind == INPUT:
             face, edge, ls = BLUE, "#1d6fa8", "-"
