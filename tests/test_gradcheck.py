@@ -46,8 +46,10 @@ def test_gradcheck_catches_a_wrong_gradient(broken_arg):
 
 def test_gradcheck_refuses_to_check_nothing():
     x = np.random.default_rng(0).standard_normal((1, 2, 5))
+    # nested lists of numbers are checked as the arrays they stand for
+    assert cl.gradcheck(cl.conv1d, x.tolist(), np.ones((1, 2, 3)).tolist())
     with pytest.raises(ValueError, match="no NumPy array argument"):
-        cl.gradcheck(cl.conv1d, x.tolist(), np.ones((1, 2, 3)).tolist())
+        cl.gradcheck(cl.conv1d, x.astype(int), np.ones((1, 2, 3), int))
     with pytest.raises(ValueError, match="directions=0 must be a positive int"):
         cl.gradcheck(cl.conv1d, x, np.ones((1, 2, 3)), directions=0)
     with pytest.raises(TypeError, match="argument 'input' is float32"):
@@ -142,3 +144,88 @@ def test_rank4_conv_beyond_torch(transposed):
         for a, r in zip(gs, ref_grads):
             np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11)
     assert cl.gradcheck(fn, x, w, b, **kw)
+
+
+def _conv1d_vjp(transform):
+    """convolab's conv1d VJP with ``transform(grads) -> grads`` applied (a broken VJP)."""
+    def vjp(x, w, b=None):
+        out, pb = cl.vjp(cl.conv1d, x, w, b)
+        return out, lambda g: transform(list(pb(g)))
+    return vjp
+
+
+@pytest.mark.parametrize("broken, match", [
+    (lambda gs: [gs[0], gs[1], None], "argument 2 .'b'. of my_conv: the VJP gives none"),
+    (lambda gs: [gs[0], gs[1].transpose(2, 1, 0), gs[2]], r"shape \(3, 3, 4\)"),
+    (lambda gs: [gs[0], gs[1].ravel(), gs[2]], r"shape \(36,\)"),
+    (lambda gs: [gs[0] + 7j, gs[1], gs[2]], "complex128, the argument is .* float64"),
+    (lambda gs: [gs[0], gs[1].astype(np.float32), gs[2]], "float32, the argument"),
+    (lambda gs: [-gs[0], gs[1], gs[2]], "finite differences give"),
+    (lambda gs: [gs[0], 1.0001 * gs[1], gs[2]], "relative error"),
+])
+def test_gradcheck_takes_a_vjp_of_ones_own_and_catches_what_is_wrong_with_it(broken, match):
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 3, 7)), rng.standard_normal((4, 3, 3)), np.ones(4)
+
+    def my_conv(x, w, b=None):
+        return cl.conv1d(x, w, b)
+
+    assert cl.gradcheck(my_conv, x, w, b, vjp=_conv1d_vjp(lambda gs: gs))
+    with pytest.raises(AssertionError, match=match):
+        cl.gradcheck(my_conv, x, w, b, vjp=_conv1d_vjp(broken))
+
+
+@pytest.mark.parametrize("scales", [(1e10, 1, 1), (1e-12, 1e-12, 1e-12), (1, 1e-10, 1),
+                                    (1e-20, 1, 1), (1e15, 1, 1), (1, 1, 1e-30)])
+def test_gradcheck_means_the_same_at_any_scale(scales):
+    """The step follows the argument's size (and grows where the rest of the output
+    drowns this argument's part), the tolerance is relative: a wrong gradient fails and
+    a right one passes at scales where absolute steps and tolerances passed anything."""
+    rng = np.random.default_rng(1)
+    sx, sw, sb = scales
+    x = sx * rng.standard_normal((2, 3, 9))
+    w, b = sw * rng.standard_normal((4, 3, 3)), sb * rng.standard_normal(4)
+    assert cl.gradcheck(cl.conv1d, x, w, b)
+    for i in range(3):
+        with pytest.raises(AssertionError):
+            cl.gradcheck(cl.conv1d, x, w, b, vjp=_conv1d_vjp(
+                lambda gs, i=i: [-g if j == i else g for j, g in enumerate(gs)]))
+
+
+def test_gradcheck_compares_with_the_step_actually_taken():
+    """x = 1e4 + noise with a zero-sum kernel: a + eps v rounds, and the step taken, not
+    2 eps v, is what the loss moved by."""
+    rng = np.random.default_rng(2)
+    for offset in (1e2, 1e4, 1e6, 1e8):
+        x = offset + rng.standard_normal((1, 1, 64))
+        assert cl.gradcheck(cl.conv1d, x, np.array([[[1.0, -2.0, 1.0]]]))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_gradcheck_arguments_and_inputs_are_checked():
+    x, w = np.random.default_rng(0).standard_normal((1, 2, 5)), np.ones((3, 2, 3))
+    for kw, exc, msg in [(dict(eps=0), ValueError, "eps=0 must be finite and > 0"),
+                         (dict(eps=-1e-6), ValueError, "eps=-1e-06"),
+                         (dict(eps=float("nan")), ValueError, "eps=nan"),
+                         (dict(eps="1e-6"), TypeError, "eps='1e-6' must be a real number"),
+                         (dict(atol=float("nan")), ValueError, "atol=nan"),
+                         (dict(rtol=-1), ValueError, "rtol=-1"),
+                         (dict(directions=True), ValueError, "directions=True"),
+                         (dict(seed=-1), ValueError, "seed=-1 must be an int >= 0")]:
+        with pytest.raises(exc, match=msg):
+            cl.gradcheck(cl.conv1d, x, w, **kw)
+    bad = x.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="argument 0 .'input'. has NaN or inf"):
+        cl.gradcheck(cl.conv1d, bad, w)
+    with pytest.raises(ValueError, match="gives NaN or inf"):
+        cl.gradcheck(cl.conv1d, x, np.full((3, 2, 3), 1e308))
+    big_endian = x.astype(">f8")
+    assert cl.gradcheck(cl.conv1d, big_endian, w) and big_endian.dtype.byteorder == ">"
+    # a user function that is not linear: a larger step would not be exact, so a mismatch
+    # found there is inconclusive, not a verdict on the gradient
+    def square(a):
+        return a * a
+
+    a = np.full(4, 1e8) + np.arange(4)
+    assert cl.gradcheck(square, a, vjp=lambda a: (a * a, lambda g: (2 * a * g,)))

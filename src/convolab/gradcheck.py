@@ -2,18 +2,21 @@
 
 For a scalar ``L = Re(<g, f(a)>)`` with a random ``g``, the directional derivative of
 ``L`` along a random direction ``v`` must equal ``Re(<grad_a, v>)``, where ``grad_a``
-comes from ``convolab.vjp``. This is the convention torch uses for complex inputs
-too (the gradient is the conjugate Wirtinger derivative).
+comes from ``convolab.vjp`` (or a VJP of your own, ``vjp=``). This is the convention
+torch uses for complex inputs too (the gradient is the conjugate Wirtinger derivative).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Mapping
 from typing import Any
-from collections.abc import Callable
 
 import numpy as np
 
-from .autodiff import vjp
+from .autodiff import vjp as _convolab_vjp
 
 
 def _random_like(rng: np.random.Generator, a: np.ndarray) -> np.ndarray:
@@ -26,67 +29,216 @@ def _random_like(rng: np.random.Generator, a: np.ndarray) -> np.ndarray:
 def gradcheck(
     fn: Callable,
     *args: Any,
+    vjp: Callable | None = None,
     eps: float = 1e-6,
     rtol: float = 1e-6,
-    atol: float = 1e-9,
+    atol: float = 0.0,
     directions: int = 3,
     seed: int = 0,
     **kwargs: Any,
 ) -> bool:
     """Return True if every array argument's gradient (positional or keyword) matches
     finite differences; raise ``AssertionError`` naming the argument otherwise, and
-    ``ValueError`` when no argument is a NumPy array with a gradient.  Use float64 (or
-    complex128).
+    ``ValueError`` when no argument is a NumPy array with a gradient, or when the check
+    could not tell a right gradient from a wrong one.  Use float64 (or complex128).
 
-    The loss is ``<g, fn(...)>`` for a random ``g``, differenced along random directions
-    ``v``: ``(L(a + eps v) - L(a - eps v)) / (2 eps)`` against ``<grad, v>``.  Besides
-    ``atol + rtol * |value|``, the comparison allows for the rounding of the two losses,
-    ``4 u sum|g * fn(...)| / eps`` (``u``: the unit round-off): when the loss is a sum of
-    large terms that cancel, that noise, not the gradient, decides the last digits (a
-    loss of 3.1 made of terms summing to 1000 in absolute value differenced to 2e-8,
-    against the 1.3e-8 that ``atol + rtol`` alone allowed)."""
+    ``vjp``: the VJP under test, called as ``vjp(*args, **kwargs)`` and returning
+    ``(output, pullback)``; ``pullback(g)`` returns one gradient per positional argument
+    (None for one without), or a mapping from positions / keyword names to gradients.
+    Default: :func:`convolab.vjp` of ``fn``.
+
+    Every array argument of a floating dtype with at least one dimension must get a
+    gradient of its own shape and dtype.  The loss is ``<g, fn(...)>`` for a random ``g``,
+    differenced along random directions ``v`` with a step of ``eps`` times the argument's
+    RMS (so that the check means the same at any scale): ``L(a + h v) - L(a - h v)``
+    against ``<grad, (a + h v) - (a - h v)>``, the step actually taken after rounding
+    (at ``a = 1e4`` a step of ``1e-6`` rounds by ~1e-12 relative, which decided the
+    last digits).  The allowance is ``atol + rtol * |value|`` plus the rounding of the
+    two losses, ``4 u sum|g * fn(...)|`` (``u``: the unit round-off), and of the product
+    ``<grad, step>``: when the loss is a sum of large terms that cancel, that noise, not
+    the gradient, decides the last digits.  Where that allowance reaches a tenth of the
+    size of the gradient's own terms, the check could pass a wrong gradient and raises
+    ``ValueError`` ("inconclusive") instead of returning True."""
+    eps = _positive_float("eps", eps, allow_zero=False)
+    rtol = _positive_float("rtol", rtol)
+    atol = _positive_float("atol", atol)
+    if isinstance(directions, bool) or not isinstance(directions, numbers.Integral) or (
+            directions < 1):
+        raise ValueError(f"gradcheck: directions={directions!r} must be a positive int")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"gradcheck: seed={seed!r} must be an int >= 0")
+    name = getattr(fn, "__name__", repr(fn))
+    args, kwargs = _as_arrays(args), _as_arrays(kwargs)
+    labels = _labels(fn, len(args))
+    targets = [(i, a) for i, a in enumerate(args) if _differentiable(a)]
+    targets += [(k, a) for k, a in kwargs.items() if _differentiable(a)]
+    if not targets:
+        raise ValueError(f"gradcheck: no NumPy array argument of {name} has a gradient to "
+                         "check")
+    for key, a in targets:
+        if a.dtype not in (np.float64, np.complex128):
+            raise TypeError(f"gradcheck needs float64/complex128 arrays; {labels(key)} is "
+                            f"{a.dtype}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"gradcheck: {labels(key)} has NaN or inf entries; finite "
+                             "differences need finite values")
+
     rng = np.random.default_rng(seed)
-    out, pullback = vjp(fn, *args, **kwargs)
+    if vjp is None:
+        out, pullback = _convolab_vjp(fn, *args, **kwargs)
+    else:
+        out, pullback = vjp(*args, **kwargs)
+    out = np.asarray(out)
+    if not np.isfinite(out).all():
+        raise ValueError(f"gradcheck: {name} gives NaN or inf at these arguments; finite "
+                         "differences need finite values")
     g = _random_like(rng, out)
-    grads = pullback(g)
+    grads = _by_key(pullback(g), len(args))
 
     def loss(call_args, call_kwargs) -> tuple[float, float]:
         """The loss and the sum of its terms' magnitudes."""
         terms = np.conj(g) * fn(*call_args, **call_kwargs)
         return float(np.real(terms.sum())), float(np.abs(terms).sum())
 
-    # every array argument, positional or keyword: (label, its gradient, a call with it replaced)
-    checks = []
-    for i, a in enumerate(args):
-        if isinstance(a, np.ndarray) and grads[i] is not None:
-            checks.append((f"argument {i}", a, grads[i], _replace_arg(args, kwargs, i)))
-    for k, a in kwargs.items():
-        if isinstance(a, np.ndarray) and grads.by_name.get(k) is not None:
-            checks.append((f"argument {k!r}", a, grads.by_name[k], _replace_arg(args, kwargs, k)))
-    if not checks:
-        raise ValueError(
-            f"gradcheck: no NumPy array argument of {getattr(fn, '__name__', fn)} has a "
-            "gradient to check"
-        )
-    if not (isinstance(directions, (int, np.integer)) and directions >= 1):
-        raise ValueError(f"gradcheck: directions={directions!r} must be a positive int")
-    for label, a, _, _ in checks:
-        if a.dtype not in (np.float64, np.complex128):
-            raise TypeError(f"gradcheck needs float64/complex128 arrays; {label} is {a.dtype}")
-    for label, a, grad, call_with in checks:
-        for _ in range(directions):
+    for key, a in targets:
+        label = labels(key)
+        grad = grads.get(key)
+        if grad is None:
+            raise AssertionError(f"gradient of {label} of {name}: the VJP gives none")
+        grad = np.asarray(grad)
+        if grad.shape != a.shape or grad.dtype != a.dtype:
+            raise AssertionError(
+                f"gradient of {label} of {name}: the VJP gives shape {grad.shape} "
+                f"{grad.dtype}, the argument is {a.shape} {a.dtype}")
+        call_with = _replace_arg(args, kwargs, key)
+        big = float(np.abs(a).max()) if a.size else 0.0
+        rms = big * float(np.sqrt(np.mean(np.abs(a / big) ** 2))) if big > 0 else 0.0
+        h = eps * (rms if rms > 0 else 1.0)
+        for j in range(directions):
             v = _random_like(rng, a)
-            (lp, sp), (lm, sm) = loss(*call_with(a + eps * v)), loss(*call_with(a - eps * v))
-            numeric = (lp - lm) / (2 * eps)
-            noise = 4 * np.finfo(a.dtype).eps / 2 * max(sp, sm) / eps
-            analytic = float(np.real(np.vdot(grad, v)))
-            tol = atol + rtol * max(abs(numeric), abs(analytic)) + noise
+            # where the loss's rounding drowns this argument's part of it, a step large
+            # enough to lift it out (exact for convolab's ops, linear in each argument)
+            step = h
+            for _ in range(3):
+                numeric, analytic, tol, scale, allowed, terms = _directional(
+                    loss, call_with, a, v, step, grad, atol, rtol, label, name)
+                if not (scale > 0 and allowed > 0.1 * scale):
+                    break
+                step = max(10 * step, 100 * 4 * np.finfo(a.dtype).eps / 2 * terms / scale)
+            else:
+                raise ValueError(
+                    f"gradcheck: inconclusive for {label} of {name}: even at a step of "
+                    f"{step:.3g} the rounding of the loss allows {allowed:.3g}, as much as "
+                    f"the gradient's own terms ({scale:.3g}), so a wrong gradient could "
+                    "pass; check where this argument's part of the output is not so small "
+                    "against the rest (or with a smaller atol)")
             if not abs(numeric - analytic) <= tol:
-                raise AssertionError(
-                    f"gradient of {label} of {getattr(fn, '__name__', fn)}: finite "
-                    f"differences give {numeric!r}, the VJP gives {analytic!r}"
-                )
+                rel = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-300)
+                what = (f"gradient of {label} of {name}: finite differences give {numeric!r}, "
+                        f"the VJP gives {analytic!r} (relative error {rel:.3g}, allowed "
+                        f"{tol:.3g}; random direction {j} of seed={seed}")
+                if step > h and vjp is not None:  # a user function may not be linear:
+                    # half the step must give the same difference, else the larger step's
+                    # truncation error, not the gradient, may explain the mismatch
+                    half = _directional(loss, call_with, a, v, step / 2, grad, atol, rtol,
+                                        label, name)[0]
+                    if not abs(half - numeric) <= tol:
+                        raise ValueError(
+                            f"gradcheck: inconclusive: {what}, at a step of {step:.3g}, "
+                            f"where half the step gives {half!r}: the function is not linear "
+                            "at that scale, so the difference may not be the gradient's)")
+                raise AssertionError(what + ")")
     return True
+
+
+def _directional(loss, call_with, a, v, h, grad, atol, rtol, label, name):
+    """Finite difference and VJP along ``v`` with step ``h``: (numeric, analytic, the
+    allowed difference, the size of the gradient's terms, the part of the allowance that
+    does not scale with the value, the size of the loss's terms)."""
+    ap, am = a + h * v, a - h * v
+    (lp, sp), (lm, sm) = loss(*call_with(ap)), loss(*call_with(am))
+    if not all(map(math.isfinite, (lp, sp, lm, sm))):
+        raise ValueError(f"gradcheck: inconclusive for {label} of {name}: the loss "
+                         f"overflows at a step of {h:.3g} (values too large for finite "
+                         "differences)")
+    taken = ap - am  # 2 h v, after rounding
+    numeric = (lp - lm) / (2 * h)
+    analytic = float(np.real(np.vdot(grad, taken))) / (2 * h)
+    scale = float(np.abs(grad * taken).sum()) / (2 * h)  # the terms of <grad, step>
+    u = np.finfo(a.dtype).eps / 2
+    noise = 4 * u * max(sp, sm) / h + 4 * u * max(1.0, math.log2(max(a.size, 2))) * scale
+    tol = atol + rtol * max(abs(numeric), abs(analytic)) + noise
+    return numeric, analytic, tol, scale, atol + noise, max(sp, sm)
+
+
+def _positive_float(name: str, value: Any, allow_zero: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"gradcheck: {name}={value!r} must be a real number")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        rule = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"gradcheck: {name}={value!r} must be finite and {rule}")
+    return v
+
+
+def _differentiable(a: Any) -> bool:
+    """An argument that must get a gradient: a floating array with a dimension (a 0-d
+    array, like a pad value, may have none)."""
+    return isinstance(a, np.ndarray) and a.ndim >= 1 and a.dtype.kind in "fc"
+
+
+def _as_arrays(values):
+    """Nested lists of numbers as arrays (they are checked like arrays), native byte order;
+    everything else (ints, tuples of ints, strings) as it is."""
+    def one(v):
+        if isinstance(v, list):
+            try:
+                arr = np.asarray(v)
+            except ValueError:
+                return v
+            return arr if arr.dtype.kind in "fc" and arr.ndim >= 1 else v
+        if isinstance(v, np.ndarray) and not v.dtype.isnative:
+            return v.astype(v.dtype.newbyteorder("="))
+        if isinstance(v, np.ndarray) and type(v) is not np.ndarray:
+            return np.asarray(v)
+        return v
+    if isinstance(values, dict):
+        return {k: one(v) for k, v in values.items()}
+    return tuple(one(v) for v in values)
+
+
+def _labels(fn: Callable, n_args: int) -> Callable[[int | str], str]:
+    """``argument 1 ('weight')`` for a positional argument (its name from ``fn``'s
+    signature where it has one), ``argument 'bias'`` for a keyword."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][:n_args]
+
+    def label(key: int | str) -> str:
+        if isinstance(key, str):
+            return f"argument {key!r}"
+        return f"argument {key}" + (f" ({names[key]!r})" if key < len(names) else "")
+    return label
+
+
+def _by_key(grads: Any, n_args: int) -> dict:
+    """The pullback's result as ``{position or keyword name: gradient}``."""
+    if isinstance(grads, Mapping):
+        out = dict(grads)
+    elif isinstance(grads, (tuple, list)):
+        out = dict(enumerate(grads))
+    elif isinstance(grads, np.ndarray) and n_args == 1:
+        out = {0: grads}
+    else:
+        raise TypeError(f"gradcheck: the pullback returned {type(grads).__name__}; it must "
+                        "return one gradient per positional argument, or a mapping")
+    by_name = getattr(grads, "by_name", None)  # convolab.vjp's gradients, by keyword too
+    if by_name:
+        out.update(by_name)
+    return out
 
 
 def _replace_arg(args: tuple, kwargs: dict, key: int | str):
