@@ -33,3 +33,134 @@ def test_naive_im2col_baseline_matches_the_library(case):
     z = _naive_im2col(case, x, w)()
     assert z.shape == y.shape
     np.testing.assert_allclose(z, y, rtol=1e-10, atol=1e-10)
+
+
+# --- the command line and the written tables (tiny cases; never asserts times) ---
+
+import csv  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+
+from convolab import bench  # noqa: E402
+
+
+def _no_peak(*a, **k):
+    raise AssertionError("the GEMM peak was measured before the arguments were checked")
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_case_names_describe_the_shapes_that_run(quick):
+    for c in bench.suite(quick):
+        n = re.search(r"\bN(\d+)\b", c.name)
+        ch = re.search(r"\bC(\d+)\b", c.name)
+        assert n and int(n.group(1)) == c.x[0], (c.name, c.x)
+        assert ch and int(ch.group(1)) == c.x[1], (c.name, c.x)
+    if not quick:  # the names benchmarks/RESULTS.md and bench.csv refer to
+        assert "conv2d 3x3 N16 C64 56x56 K64" in [c.name for c in bench.suite()]
+    else:
+        assert "conv2d 3x3 N4 C64 56x56 K64" in [c.name for c in bench.suite(True)]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "1e10", "x"])
+def test_bad_sleep_is_refused_before_anything_runs(value, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "gemm_peak", _no_peak)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--quick", "--only", "1x1", f"--sleep={value}", "--out", str(out)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--sleep" in err and ("finite" in err or "not a number" in err), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--only", "zzz"], "matches no case"),
+        (["--only", ""], "empty"),
+        (["--only", "  "], "empty"),
+        (["--quick", "--only", "N16"], "full suite"),  # quick names carry the quick batch
+    ],
+)
+def test_nothing_to_do_is_an_error_that_creates_nothing(argv, words, tmp_path, monkeypatch,
+                                                        capsys):
+    monkeypatch.setattr(bench, "gemm_peak", _no_peak)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        bench.main(argv + ["--out", str(out)])
+    assert info.value.code == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    assert "error: --only" in cap.err and words in cap.err
+    assert not out.exists()
+
+
+def _strict_json(text):
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_summary_without_torch_has_no_inf_or_nan():
+    rows = [{"dtype": "float32", "speedup vs numpy im2col fwd": 3.0},
+            {"dtype": "float64", "speedup vs numpy im2col fwd": 2.0}]
+    s = bench.summary(rows)
+    assert s["min ratio fwd (f32)"] is None and s["geomean ratio fwd+bwd (f32)"] is None
+    assert s["min speedup vs numpy im2col fwd"] == 2.0
+    json.dumps(s, allow_nan=False)
+    assert all(v is None for v in bench.summary([]).values())
+
+
+def test_tables_without_torch_and_with_a_float64_row(tmp_path, monkeypatch, capsys):
+    """A run without PyTorch writes strict JSON (null), n/a in Markdown and CSV, and
+    measures float64 rows against the dgemm peak, which the Markdown names."""
+    cases = [Case("tiny conv1d N2 C3 L16 K4", (2, 3, 16), (4, 3, 3), dict(padding=1)),
+             Case("tiny f64 conv2d s2 N1 C2 6x6 K3", (1, 2, 6, 6), (3, 2, 3, 3),
+                  dict(stride=2), dtype="float64")]  # stride 2: no SciPy contender
+    peaks = {"float32": 1e12, "float64": 4e11}
+    monkeypatch.setattr(bench, "suite", lambda quick=False: [Case(**vars(c)) for c in cases])
+    monkeypatch.setattr(bench, "gemm_peak", lambda dtype="float32", *a, **k: peaks[dtype])
+    monkeypatch.setattr(bench, "_torch", lambda *a: (None, None))
+    assert bench.main(["--reps", "1", "--sleep", "0", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+
+    data = _strict_json((tmp_path / "bench.json").read_text())
+    assert data["summary"]["min ratio fwd (f32)"] is None
+    assert data["meta"]["dgemm GFLOP/s"] == pytest.approx(400)
+    f32, f64 = data["rows"]
+    assert (f32["peak"], f64["peak"]) == ("sgemm", "dgemm")
+    for r, p in ((f32, peaks["float32"]), (f64, peaks["float64"])):
+        assert r["peak frac fwd"] == pytest.approx(r["gflops fwd"] * 1e9 / p)
+        assert r["peak frac fwd+bwd"] == pytest.approx(r["gflops fwd+bwd"] * 1e9 / p)
+
+    md = (tmp_path / "bench.md").read_text()
+    assert "dgemm peak" in md and "% of dgemm)" in md
+    assert "nan" not in md.lower().replace("n/a", "") and "inf" not in md.lower()
+    f64_line = next(line for line in md.splitlines() if line.startswith("| tiny f64"))
+    assert "n/a" in f64_line and "of dgemm" in f64_line
+    assert "- min ratio fwd (f32): n/a" in md
+
+    with open(tmp_path / "bench.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["case"] for r in table] == [c.name for c in cases]
+    assert "ratio fwd" not in table[0]  # no PyTorch in any row: no such column
+    assert table[0]["scipy fwd ms"] != "n/a" and table[1]["scipy fwd ms"] == "n/a"
+    assert not any(v.lower() in ("nan", "inf", "") for r in table for v in r.values())
+
+
+def test_quick_suite_without_float64_measures_no_dgemm(tmp_path, monkeypatch, capsys):
+    asked = []
+
+    def peak(dtype="float32", *a, **k):
+        asked.append(dtype)
+        return 1e12
+
+    monkeypatch.setattr(bench, "gemm_peak", peak)
+    monkeypatch.setattr(bench, "suite", lambda quick=False: [
+        Case("tiny N1 C2 L8 K2", (1, 2, 8), (2, 2, 3))])
+    assert bench.main(["--reps", "1", "--sleep", "0", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert asked == ["float32"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "dgemm" not in md and "sgemm (float32) peak" in md

@@ -6,8 +6,10 @@ automatic choice and of each applicable algorithm, PyTorch CPU in the same proce
 ``tensordot``) and SciPy for forward where it applies.  Contenders are interleaved
 with ~0.2 s sleeps (OpenBLAS threads spin for ~0.1 s after a call and would slow the
 next contender); medians are reported, with the ratio to PyTorch, effective GFLOP/s
-(direct-convolution FLOPs / time; fwd+bwd counts 3x) against the sgemm peak measured
-at the start, and the tracemalloc peak of one convolab fwd+bwd.
+(direct-convolution FLOPs / time; fwd+bwd counts 3x) against the GEMM peak measured
+at the start (sgemm for float32 rows, dgemm for float64 rows), and the tracemalloc peak
+of one convolab fwd+bwd.  Values that do not exist (no PyTorch: no ratios) are ``null``
+in ``bench.json`` and ``n/a`` in ``bench.md`` / ``bench.csv``.
 
 Writes ``bench.md``, ``bench.csv`` and ``bench.json`` into ``--out`` (default
 ``benchmarks/``).  Tests never assert times; run this by hand.
@@ -21,6 +23,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 import tracemalloc
 from dataclasses import dataclass, field
@@ -91,6 +94,8 @@ def suite(quick: bool = False) -> list[Case]:
         cases = [cases[i] for i in keep]
         for c in cases:
             c.x = (max(1, c.x[0] // 4),) + c.x[1:]
+            # the name describes the shape that runs: "N16" becomes "N4"
+            c.name = re.sub(r"\bN\d+\b", f"N{c.x[0]}", c.name)
     return cases
 
 
@@ -101,8 +106,14 @@ def flops(case: Case) -> int:
     return select.direct_flops(case.spec(), case.x, case.w, role)
 
 
-def sgemm_peak(n: int = 2048, reps: int = 5) -> float:
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+PEAK_N = 2048
+#: the GEMM whose peak a row's "% peak" is measured against, by the row's dtype
+PEAK_KIND = {"float32": "sgemm", "float64": "dgemm"}
+
+
+def gemm_peak(dtype="float32", n: int = PEAK_N, reps: int = 5) -> float:
+    """FLOP/s of NumPy's ``n``-square matrix product in ``dtype`` (median of ``reps``)."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
     b = a.T.copy()
     a @ b
     ts = []
@@ -111,6 +122,10 @@ def sgemm_peak(n: int = 2048, reps: int = 5) -> float:
         a @ b
         ts.append(time.perf_counter() - t0)
     return 2 * n**3 / float(np.median(ts))
+
+
+def sgemm_peak(n: int = PEAK_N, reps: int = 5) -> float:
+    return gemm_peak("float32", n, reps)
 
 
 def _fn(case: Case):
@@ -286,7 +301,14 @@ def _algorithms(case: Case, within: float = 4.0) -> list[str]:
             if n in est and (n == "gemm" or est[n] <= within * best)]
 
 
-def run_case(case: Case, peak: float, reps: int, sleep: float, log=print) -> dict:
+def run_case(case: Case, peak, reps: int, sleep: float, log=print) -> dict:
+    """Time one case.  ``peak``: FLOP/s, either one number (the sgemm peak, used for
+    every dtype) or a mapping ``{dtype: peak}`` such as ``{"float32": sgemm,
+    "float64": dgemm}``; the row records which one its "% peak" uses."""
+    if isinstance(peak, dict):
+        peak_kind, peak = PEAK_KIND.get(case.dtype, case.dtype), peak[case.dtype]
+    else:
+        peak_kind = "sgemm"
     x, w, b, gy = _arrays(case)
     contenders: dict = {}
     tf, tfb = _torch(case, x, w, b, gy)
@@ -307,6 +329,7 @@ def run_case(case: Case, peak: float, reps: int, sleep: float, log=print) -> dic
     role = "input_grad" if case.transposed else "forward"
     choice = select.choose(role, spec, case.x, case.w, np.dtype(case.dtype))
     row = dict(case=case.name, dtype=case.dtype, gflop=fl / 1e9, auto=choice.algorithm,
+               peak=peak_kind, **{"peak GFLOP/s": peak / 1e9},
                times_ms={k: v * 1e3 for k, v in med.items()},
                best_ms={k: v * 1e3 for k, v in best.items()})
     for kind, mult in (("fwd", 1), ("fwd+bwd", 3)):
@@ -325,22 +348,39 @@ def run_case(case: Case, peak: float, reps: int, sleep: float, log=print) -> dic
     return row
 
 
+NA = "n/a"  # a value that does not exist (no PyTorch: no ratio), in Markdown and CSV
+
+
+def _fmt(v, spec: str, suffix: str = "") -> str:
+    """``v`` formatted, or ``n/a`` where it does not exist (None, NaN, inf)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return NA
+    return format(v, spec) + suffix
+
+
 def _line(row: dict) -> str:
     t = row["times_ms"]
-    rf = row.get("ratio fwd", float("nan"))
-    rb = row.get("ratio fwd+bwd", float("nan"))
     return (f"{row['case']:<44} auto={row['auto']:<9} fwd {t['auto fwd']:8.1f} ms "
-            f"(torch {t.get('torch fwd', float('nan')):7.1f}, x{rf:.2f})  fwd+bwd "
-            f"{t['auto fwd+bwd']:8.1f} ms (torch {t.get('torch fwd+bwd', float('nan')):7.1f}, "
-            f"x{rb:.2f})")
+            f"(torch {_fmt(t.get('torch fwd'), '7.1f')}, "
+            f"x{_fmt(row.get('ratio fwd'), '.2f')})  fwd+bwd "
+            f"{t['auto fwd+bwd']:8.1f} ms (torch {_fmt(t.get('torch fwd+bwd'), '7.1f')}, "
+            f"x{_fmt(row.get('ratio fwd+bwd'), '.2f')})")
 
 
-def _geomean(vals) -> float:
+def _geomean(vals) -> float | None:
+    """Geometric mean of the positive finite values; None when there are none."""
     vals = [v for v in vals if v and v > 0 and math.isfinite(v)]
-    return float(math.exp(sum(math.log(v) for v in vals) / len(vals))) if vals else float("nan")
+    return float(math.exp(sum(math.log(v) for v in vals) / len(vals))) if vals else None
+
+
+def _min(rows: list[dict], key: str) -> float | None:
+    """Smallest ``key`` over the rows that have it; None when no row has it."""
+    return min((r[key] for r in rows if r.get(key) is not None), default=None)
 
 
 def summary(rows: list[dict]) -> dict:
+    """Geomeans and minima of the ratios (float32 rows) and of the im2col speedup (all
+    rows); a value that does not exist (no PyTorch, no rows) is None."""
     f32 = [r for r in rows if r["dtype"] == "float32"]
     return {
         "geomean ratio fwd (f32)": _geomean(r.get("ratio fwd") for r in f32),
@@ -348,19 +388,26 @@ def summary(rows: list[dict]) -> dict:
         "geomean best-of-reps ratio fwd (f32)": _geomean(r.get("best ratio fwd") for r in f32),
         "geomean best-of-reps ratio fwd+bwd (f32)": _geomean(
             r.get("best ratio fwd+bwd") for r in f32),
-        "min ratio fwd (f32)": min((r.get("ratio fwd", math.inf) for r in f32), default=None),
-        "min ratio fwd+bwd (f32)": min((r.get("ratio fwd+bwd", math.inf) for r in f32),
-                                       default=None),
-        "min speedup vs numpy im2col fwd": min(
-            (r["speedup vs numpy im2col fwd"] for r in rows
-             if "speedup vs numpy im2col fwd" in r), default=None),
+        "min ratio fwd (f32)": _min(f32, "ratio fwd"),
+        "min ratio fwd+bwd (f32)": _min(f32, "ratio fwd+bwd"),
+        "min speedup vs numpy im2col fwd": _min(rows, "speedup vs numpy im2col fwd"),
     }
 
 
+def _peak_cell(r: dict, kind: str) -> str:
+    pk = r.get("peak", "sgemm")
+    of = "" if pk == "sgemm" else f" of {pk}"
+    return f"{r[f'gflops {kind}']:.0f} ({_fmt(100 * r[f'peak frac {kind}'], '.0f')}%{of})"
+
+
 def markdown(rows: list[dict], meta: dict, summ: dict) -> str:
+    peaks = (f"sgemm peak (NumPy, {meta['sgemm n']}^3 float32): "
+             f"**{meta['sgemm GFLOP/s']:.0f} GFLOP/s**; ")
+    if "dgemm GFLOP/s" in meta:
+        peaks += (f"dgemm peak (NumPy, {meta['dgemm n']}^3 float64): "
+                  f"**{meta['dgemm GFLOP/s']:.0f} GFLOP/s**; ")
     lines = [
-        f"sgemm peak (NumPy, {meta['sgemm n']}^3 float32): "
-        f"**{meta['sgemm GFLOP/s']:.0f} GFLOP/s**; "
+        peaks +
         f"{meta['machine']}; NumPy {meta['numpy']}, PyTorch {meta.get('torch', 'absent')}; "
         f"{meta.get('workers', '?')} tile workers"
         f"{'' if meta.get('threadpoolctl', True) else ' (no threadpoolctl: tiles run in order)'}; "
@@ -372,7 +419,6 @@ def markdown(rows: list[dict], meta: dict, summ: dict) -> str:
         "other algorithms fwd / fwd+bwd ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    nan = float("nan")
     for r in rows:
         t = r["times_ms"]
         others = []
@@ -382,20 +428,47 @@ def markdown(rows: list[dict], meta: dict, summ: dict) -> str:
                 fb = t.get(f"{base} fwd+bwd")
                 others.append(f"{base} {t[k]:.1f}" + (f" / {fb:.1f}" if fb else ""))
         lines.append(
-            f"| {r['case']} | {r['auto']} | {t['auto fwd']:.1f} | {t.get('torch fwd', nan):.1f} | "
-            f"{r.get('ratio fwd', nan):.2f} | "
-            f"{r['gflops fwd']:.0f} ({100 * r['peak frac fwd']:.0f}%) | "
-            f"{t['auto fwd+bwd']:.1f} | {t.get('torch fwd+bwd', nan):.1f} | "
-            f"{r.get('ratio fwd+bwd', nan):.2f} | {r['gflops fwd+bwd']:.0f} "
-            f"({100 * r['peak frac fwd+bwd']:.0f}%) | "
-            f"{r.get('best ratio fwd', nan):.2f} / {r.get('best ratio fwd+bwd', nan):.2f} | "
-            f"{r.get('speedup vs numpy im2col fwd', nan):.1f}x | "
+            f"| {r['case']} | {r['auto']} | {t['auto fwd']:.1f} | "
+            f"{_fmt(t.get('torch fwd'), '.1f')} | {_fmt(r.get('ratio fwd'), '.2f')} | "
+            f"{_peak_cell(r, 'fwd')} | "
+            f"{t['auto fwd+bwd']:.1f} | {_fmt(t.get('torch fwd+bwd'), '.1f')} | "
+            f"{_fmt(r.get('ratio fwd+bwd'), '.2f')} | {_peak_cell(r, 'fwd+bwd')} | "
+            f"{_fmt(r.get('best ratio fwd'), '.2f')} / "
+            f"{_fmt(r.get('best ratio fwd+bwd'), '.2f')} | "
+            f"{_fmt(r.get('speedup vs numpy im2col fwd'), '.1f', 'x')} | "
             f"{r['tracemalloc peak MiB']:.0f} ({r['input MiB']:.0f}) | {'; '.join(others)} |"
         )
-    lines += ["", "Ratios are PyTorch time / convolab time (> 1: convolab faster).", ""]
-    lines += [f"- {k}: {v:.2f}" if isinstance(v, float) else f"- {k}: {v}"
+    lines += ["", "Ratios are PyTorch time / convolab time (> 1: convolab faster)."]
+    kinds = sorted({r.get("peak", "sgemm") for r in rows})
+    if kinds == ["sgemm"]:
+        lines.append("% peak: effective GFLOP/s against the sgemm (float32) peak.")
+    else:
+        lines.append("% peak: effective GFLOP/s against the sgemm (float32) peak, or, where "
+                     "the cell says so (\"of dgemm\"), against the dgemm (float64) peak.")
+    if any(v is None for v in summ.values()) or any("ratio fwd" not in r for r in rows):
+        lines.append(f"{NA}: the value does not exist (no PyTorch timing for the ratios, "
+                     "or no float32 row for the f32 summaries).")
+    lines.append("")
+    lines += [f"- {k}: {_fmt(v, '.2f')}" if v is None or isinstance(v, float) else f"- {k}: {v}"
               for k, v in summ.items()]
     return "\n".join(lines) + "\n"
+
+
+def _json_safe(v):
+    """``v`` with every NaN/inf float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def _csv_cell(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return NA
+    return v
 
 
 def machine() -> str:
@@ -411,43 +484,70 @@ def machine() -> str:
     return f"{model}, {len(_threads._usable_cpus())} cores"
 
 
+MAX_SLEEP = 60.0
+
+
+def _sleep_seconds(text: str) -> float:
+    """``--sleep``: a finite number of seconds from 0 to ``MAX_SLEEP`` (``time.sleep``
+    refuses NaN and overflows on inf or ~1e10, after the peak has been measured)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(v) and 0 <= v <= MAX_SLEEP):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: must be a finite number of seconds from 0 to {MAX_SLEEP:g}")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="convolab bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a few cases at a quarter of the batch")
+    ap.add_argument("--quick", action="store_true",
+                    help="a few cases at a quarter of the batch (names give that batch)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, quick 3)")
-    ap.add_argument("--sleep", type=float, default=0.2, help="seconds to sleep before each call")
+    ap.add_argument("--sleep", type=_sleep_seconds, default=0.2,
+                    help=f"seconds to sleep before each call (0 to {MAX_SLEEP:g})")
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
     ap.add_argument("--out", default="benchmarks", help="folder for bench.md/.csv/.json")
     args = ap.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         ap.error(f"--reps={args.reps} must be at least 1")
-    if args.sleep < 0:
-        ap.error(f"--sleep={args.sleep} must not be negative")
+    # every "nothing to do" refusal comes before anything is created or measured
+    cases = suite(args.quick)
+    if args.only is not None:
+        if not args.only.strip():
+            ap.error(f"--only={args.only!r} is empty (it would select every case)")
+        cases = [c for c in cases if args.only in c.name]
+        if not cases:
+            full = [c for c in suite() if args.only in c.name] if args.quick else []
+            ap.error(f"--only={args.only!r} matches no case"
+                     + (f" of the --quick suite (whose names give its batch size); "
+                        f"{len(full)} of the full suite" if full else ""))
     try:  # before the cases run, not after
         os.makedirs(args.out, exist_ok=True)
     except OSError as exc:
         ap.error(f"--out={args.out!r}: cannot create that folder ({exc.strerror})")
     reps = args.reps or (3 if args.quick else 5)
-    cases = suite(args.quick)
-    if args.only:
-        cases = [c for c in cases if args.only in c.name]
-        if not cases:
-            print(f"--only={args.only!r} matches no case", flush=True)
-            return 2
-    peak = sgemm_peak()
+    peaks = {"float32": sgemm_peak()}
     from .algorithms._threads import threading_info
 
-    meta = {"machine": machine(), "numpy": np.__version__, "sgemm n": 2048,
-            "sgemm GFLOP/s": peak / 1e9, "reps": reps, "load average": os.getloadavg(),
-            **threading_info()}
+    meta = {"machine": machine(), "numpy": np.__version__, "sgemm n": PEAK_N,
+            "sgemm GFLOP/s": peaks["float32"] / 1e9}
+    if any(c.dtype == "float64" for c in cases):  # only paid when float64 rows run
+        peaks["float64"] = gemm_peak("float64", PEAK_N, reps=3)
+        meta.update({"dgemm n": PEAK_N, "dgemm GFLOP/s": peaks["float64"] / 1e9})
+    for dt in {c.dtype for c in cases} - set(peaks):  # pragma: no cover (not in the suite)
+        peaks[dt] = gemm_peak(dt, PEAK_N, reps=3)
+    meta.update({"reps": reps, "load average": os.getloadavg(), **threading_info()})
     try:
         import torch
 
         meta["torch"] = torch.__version__
     except ImportError:
         pass
-    print(f"sgemm peak {peak / 1e9:.0f} GFLOP/s on {meta['machine']}", flush=True)
-    rows = [run_case(c, peak, reps, args.sleep, log=lambda s: print(s, flush=True))
+    print("; ".join(f"{PEAK_KIND.get(dt, dt)} peak {p / 1e9:.0f} GFLOP/s"
+                    for dt, p in peaks.items()) + f" on {meta['machine']}", flush=True)
+    rows = [run_case(c, peaks, reps, args.sleep, log=lambda s: print(s, flush=True))
             for c in cases]
     meta["load average after"] = os.getloadavg()
     summ = summary(rows)
@@ -456,14 +556,16 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(md)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
-        json.dump({"meta": meta, "summary": summ, "rows": rows}, f, indent=1)
+        json.dump(_json_safe({"meta": meta, "summary": summ, "rows": rows}), f, indent=1,
+                  allow_nan=False)
     keys = sorted({k for r in rows for k in r if k not in ("times_ms", "best_ms")})
     tkeys = sorted({k for r in rows for k in r["times_ms"]})
     with open(os.path.join(args.out, "bench.csv"), "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(keys + [f"{k} ms" for k in tkeys])
         for r in rows:
-            wr.writerow([r.get(k, "") for k in keys] + [r["times_ms"].get(k, "") for k in tkeys])
+            wr.writerow([_csv_cell(r.get(k)) for k in keys]
+                        + [_csv_cell(r["times_ms"].get(k)) for k in tkeys])
     print(md)
     return 0
 
