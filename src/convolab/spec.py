@@ -75,7 +75,9 @@ def resolve_padding(
     (JAX style, a convolab extension); ``'valid'`` (none); ``'same'`` (output size
     equals input size, stride 1 only; total ``d*(k-1)`` with the odd element on the
     right, as torch does); ``'causal'`` (all ``d*(k-1)`` on the left, as Keras;
-    a convolab extension).  Strings are accepted by convolutions only.
+    a convolab extension).  Strings are rejected for transposed convolutions;
+    ``unfold`` and ``fold`` also accept them (a convolab extension: torch's
+    ``F.unfold``/``F.fold`` take ints only).
     """
     rank = len(kernel_size)
     if isinstance(padding, str):

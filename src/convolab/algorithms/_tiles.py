@@ -93,8 +93,9 @@ def input_rows(rows: slice, spec, dim: int = 0) -> slice:
 
 
 def grad_buffer_shape(spec, in_spatial, out_spatial) -> tuple[int, ...]:
-    """Spatial shape of a padded input-gradient buffer: the padded input, or more when
-    ``out_spatial`` positions reach past it (some transposed-conv output sizes)."""
+    """Spatial shape of a padded input-gradient buffer: the padded input.  (Defensive:
+    for every ``out_spatial`` that conv and conv_transpose produce, the windows end
+    within it; a transposed conv's are ``output_padding`` short of its end.)"""
     need = (d * (k - 1) + s * (o - 1) + 1 for k, d, s, o in
             zip(spec.kernel_size, spec.dilation, spec.stride, out_spatial))
     return tuple(max(p, n) for p, n in zip(spec.padded_shape(in_spatial), need))

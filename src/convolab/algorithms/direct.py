@@ -68,22 +68,17 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     g = spec.groups
     N, K, Cg = gy.shape[0], w.shape[0], w.shape[1]
     O = gy.shape[2:]
+    # The windows of O outputs end within the padded input (for a transposed conv with
+    # output_padding >= stride, O is smaller than the conv formula gives for in_spatial,
+    # and they stop short of its end)
     padded = spec.padded_shape(in_spatial)
-    # The windows may reach past the padded input when O is larger than the
-    # conv formula gives (transposed conv with output_padding >= stride).
-    need = tuple(
-        d * (k - 1) + s * (o - 1) + 1
-        for k, d, s, o in zip(spec.kernel_size, spec.dilation, spec.stride, O)
-    )
-    buf_shape = tuple(max(p, n) for p, n in zip(padded, need))
-    gxp = np.zeros((N, g, Cg) + buf_shape, dtype=np.result_type(gy, w))
+    gxp = np.zeros((N, g, Cg) + padded, dtype=np.result_type(gy, w))
     wg = w.reshape(g, K // g, *w.shape[1:])
     gyg = _grouped(gy, g)
     for t in kernel_offsets(spec):
         sl = (Ellipsis,) + tap_slices(t, spec, O)
         gxp[sl] += np.einsum("njm...,jmc->njc...", gyg, wg[(Ellipsis,) + t])
-    gxp = gxp.reshape((N, g * Cg) + buf_shape)
-    gxp = gxp[(Ellipsis,) + tuple(slice(0, p) for p in padded)]
+    gxp = gxp.reshape((N, g * Cg) + padded)
     return np.ascontiguousarray(crop_spatial(gxp, spec.padding))
 
 

@@ -4,7 +4,8 @@ Gradients are written as other convolutions (as JAX does), so every fast path of
 the forward speeds up the backward too:
 
 * conv:            ``gx = conv_transpose(gy, w)``, ``gw = corr(x, gy)``, ``gb = sum(gy)``
-* conv_transpose:  ``gx = conv(gy, w)``,           ``gw = corr(gy, x)``, ``gb = sum(gy)``
+* conv_transpose:  ``gx = conv(gy, w)`` (its first ``S`` positions), ``gw = corr(gy, x)``,
+  ``gb = sum(gy)``
 
 When a conv's backward needs both ``gx`` and ``gw``, :func:`convolab.select.choose_backward`
 may compute them together from one column copy of ``gy``

@@ -3,7 +3,8 @@
 ``unfold(x)``: ``(N, C, *S)`` -> ``(N, C*prod(k), L)`` with ``L = prod(O)``, the
 columns that the GEMM path multiplies by the weight.  ``fold`` sums overlapping
 blocks back into ``(N, C, *output_size)``.  torch only does 2-D; here the rank is
-``len(kernel_size)`` when it is a tuple, and 2 (torch's) when it is an int.
+``len(kernel_size)`` when it is a sequence; for an int ``kernel_size`` it is
+``len(output_size)`` (``fold``, when that is a sequence), else 2 (torch's).
 """
 
 from __future__ import annotations
