@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ pytest.importorskip("matplotlib")
 
 from convolab.demo import main  # noqa: E402
 from convolab.demo import data as demo_data  # noqa: E402
-from convolab.demo import models  # noqa: E402
+from convolab.demo import models, plots, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,12 @@ def test_quick_run_writes_files(tmp_path, capsys):
     assert r["test_accuracy"] > 0.3  # chance is 0.1
     assert r["parameters"] == models.build("mnist1d").num_parameters()
     assert np.asarray(r["confusion_matrix"]).sum() == 1000
+    assert r["diverged"] is False and r["diverged_at"] is None
+    m = r["machine"]
+    assert m["workers"] >= 1 and m["usable_cpus"] == len(os.sched_getaffinity(0))
     text = capsys.readouterr().out
     assert "human expert (published)" in text and "wall time" in text
+    assert f"on {m['usable_cpus']} usable CPU" in text
 
 
 def test_quick_digits_run(tmp_path):
@@ -89,3 +95,106 @@ def test_bad_options_exit_with_message(capsys):
     assert "--epochs=0 must be positive" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--dataset", "cifar"])
+    for argv, msg in (
+        (["--out", ""], "--out='': give a folder name"),
+        (["--workers", "0"], "--workers=0 must be positive"),
+        (["--workers", "65"], "--workers=65 must be at most 64"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2 and msg in capsys.readouterr().err, argv
+
+
+def _strict_json(path):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_diverging_run_stops_writes_what_it_can_and_exits_1(tmp_path, capsys, monkeypatch, mnist1d):
+    """--lr 1000 makes the loss NaN within the epoch: no traceback, no accuracy from NaN
+    logits, strict run.json with where it happened, one line on stderr, status 1."""
+    monkeypatch.setattr(demo_data, "load", lambda name: mnist1d)
+    out = tmp_path / "lr1000"
+    assert main(["--lr", "1000", "--epochs", "1", "--no-progress", "--out", str(out)]) == 1
+    r = _strict_json(out / "run.json")
+    assert r["diverged"] is True and r["test_accuracy"] is None and r["train_accuracy"] is None
+    at = r["diverged_at"]
+    assert at["epoch"] == 1 and 1 <= at["step"] <= 32 and at["loss"] is None
+    assert r["history"]["epoch"] == [] and r["confusion_matrix"] is None
+    assert (out / "kernels.png").stat().st_size > 0
+    assert not (out / "confusion.png").exists() and not (out / "curves.png").exists()
+    cap = capsys.readouterr()
+    line = f"training diverged at step {at['step']} (loss nan); try a smaller --lr"
+    assert cap.err.strip().splitlines() == [line]  # no traceback, no overflow warnings
+    assert "diverged" in cap.out and "NOT met" in cap.out
+
+
+def test_divergence_found_by_the_evaluation(tmp_path, monkeypatch):
+    """Non-finite test logits after an epoch: that epoch's test values are null, the
+    finished epochs are kept and plotted, and no confusion matrix is drawn."""
+    calls = []
+
+    def evaluate(*args, **kw):
+        calls.append(1)
+        return (math.nan, math.nan, None) if len(calls) == 2 else real(*args, **kw)
+
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    out = tmp_path / "d"
+    argv = ["--dataset", "digits", "--epochs", "3", "--no-progress", "--out", str(out)]
+    assert main(argv) == 1
+    r = _strict_json(out / "run.json")
+    assert r["diverged_at"]["phase"] == "test" and r["diverged_at"]["epoch"] == 2
+    h = r["history"]
+    assert h["epoch"] == [1, 2] and h["test_acc"][1] is None and h["test_loss"][1] is None
+    assert h["test_acc"][0] > 0.1 and r["test_accuracy"] is None
+    assert (out / "curves.png").exists() and not (out / "confusion.png").exists()
+
+
+def test_plots_tolerate_nan(tmp_path):
+    w = np.full((4, 1, 5), np.nan)
+    w[0, 0, 0] = np.inf
+    plots.kernels(w, tmp_path / "k.png", "nan kernels")
+    h = train.History([1, 2], [1.0, 0.5], [0.5, 0.6], [1.0, math.nan], [0.4, math.nan], [1, 2])
+    plots.curves(h, tmp_path / "c.png", "nan curves")
+    assert (tmp_path / "k.png").exists() and (tmp_path / "c.png").exists()
+
+
+def test_ctrl_c_closes_up_and_removes_only_its_own_empty_folder(tmp_path, capsys, monkeypatch):
+    real, calls = train.train_step, []
+
+    def step(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train, "train_step", step)
+    new = tmp_path / "new" / "run"
+    argv = ["--dataset", "digits", "--epochs", "1", "--no-progress", "--out"]
+    assert main([*argv, str(new)]) == 130
+    assert not (tmp_path / "new").exists()  # created by the run, left empty: removed
+    err = capsys.readouterr().err
+    assert "interrupted at epoch 1/1, step 2/22; nothing written" in err
+    assert "Traceback" not in err
+    calls.clear()
+    old = tmp_path / "old"
+    old.mkdir()
+    assert main([*argv, str(old)]) == 130
+    assert old.is_dir()  # there before the run: kept
+
+
+def test_piped_progress_is_one_line_per_epoch_and_workers_are_recorded(tmp_path, capsys):
+    """stderr is not a terminal here: no tqdm redraws, one line per epoch; --workers 1
+    runs (and is recorded as) one tile worker."""
+    out = tmp_path / "w1"
+    assert main(["--dataset", "digits", "--epochs", "2", "--workers", "1", "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "\r" not in cap.err
+    lines = [ln for ln in cap.err.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"]
+    r = _strict_json(out / "run.json")
+    assert r["machine"]["workers"] == 1
+    assert "1 tile worker on" in cap.out

@@ -2,8 +2,10 @@
 
 * MNIST-1D: a small temporal-convolution network.  Dilations 1, 2, 4 grow the
   receptive field to 17 samples at full resolution, a stride-2 convolution halves
-  the length, one more dilated layer sees 41 input samples (the whole sequence),
-  and a linear read-out keeps the position information.
+  the length (19 samples), and one more dilated layer sees 27 of the 40 input
+  samples (receptive fields 5 / 9 / 17 / 19 / 27, as ``convolab.explain`` reports).
+  No single output sees the whole sequence: the linear read-out over all 20
+  positions combines them and keeps the position information.
 * digits: three 3x3 Conv2d layers with one 2x2 max pool.
 
 Every convolution is followed by BatchNorm and ReLU (so it carries no bias).

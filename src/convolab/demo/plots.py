@@ -17,6 +17,15 @@ def _plt():
     return plt
 
 
+def _finite_or(reduce, values, fallback: float) -> float:
+    """``reduce(values)`` ignoring NaN (``np.nanmin``/``np.nanmax``), or ``fallback`` when
+    that is not finite (no values, all NaN, or an infinity): matplotlib refuses NaN or
+    infinite axis limits, and a run that diverged leaves such values behind."""
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(reduce(a)) if a.size else fallback
+
+
 def curves(hist, path: Path, title: str) -> None:
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
@@ -36,8 +45,14 @@ def curves(hist, path: Path, title: str) -> None:
     b.plot(hist.epoch, 100 * np.asarray(hist.test_acc), label="test", marker=mark)
     b.set_xlabel("epoch")
     b.set_ylabel("accuracy (%)")
-    b.set_ylim(max(0, 100 * min(hist.test_acc + hist.train_acc) - 5), 100.5)
-    b.set_title(f"accuracy (final test {100 * hist.test_acc[-1]:.1f}%)")
+    low = _finite_or(np.nanmin, hist.test_acc + hist.train_acc, 0.0)
+    b.set_ylim(max(0, 100 * low - 5), 100.5)
+    final = hist.test_acc[-1]
+    b.set_title(
+        f"accuracy (final test {100 * final:.1f}%)"
+        if math.isfinite(final)
+        else "accuracy (no final test value: diverged)"
+    )
     b.grid(alpha=0.3)
     b.legend()
     fig.suptitle(title)
@@ -55,7 +70,7 @@ def kernels(weight: np.ndarray, path: Path, title: str) -> None:
     cols = min(16, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + 0.6), squeeze=False)
-    lim = np.abs(w).max() or 1.0
+    lim = _finite_or(np.nanmax, np.abs(w), 0.0) or 1.0  # NaN weights: empty panels
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
