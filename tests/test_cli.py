@@ -78,3 +78,22 @@ def test_missing_optional_package_names_the_extra(monkeypatch, capsys, tmp_path)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # imported when a figure is drawn
     assert main(["draw", "conv2d", "-o", str(tmp_path / "x.gif")]) == 2
     assert "pip install 'convolab[viz]'" in capsys.readouterr().err
+
+
+def test_a_command_names_its_own_extra(monkeypatch, capsys):
+    """demo needs matplotlib too, but [viz] alone would still miss mnist1d: each command
+    names the extra that installs all it needs."""
+    import importlib
+
+    real = importlib.import_module
+
+    def missing(name, *a, **k):
+        if name in ("convolab.demo", "convolab.draw"):
+            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    assert cli.main(["demo", "--quick"]) == 2
+    assert "pip install 'convolab[demo]'" in capsys.readouterr().err
+    assert cli.main(["draw", "conv2d"]) == 2
+    assert "pip install 'convolab[viz]'" in capsys.readouterr().err

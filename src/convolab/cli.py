@@ -24,6 +24,12 @@ EXTRAS = {
 }
 
 
+# a command -> the extra that installs everything it needs, and what each extra holds
+COMMAND_EXTRAS = {"demo": "demo", "draw": "viz"}
+_EXTRA_PACKAGES = {"demo": ("mnist1d", "sklearn", "tqdm", "matplotlib", "threadpoolctl"),
+                   "viz": ("matplotlib", "PIL")}
+
+
 def _usage() -> str:
     lines = ["usage: convolab <command> [options]", "", "commands:"]
     lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
@@ -48,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         top = (exc.name or "").partition(".")[0]
         if top.startswith("convolab") or not top:
             raise
-        extra = EXTRAS.get(top)
+        # the command's own extra where it has one (demo's holds matplotlib too)
+        extra = COMMAND_EXTRAS.get(cmd) if top in _EXTRA_PACKAGES.get(
+            COMMAND_EXTRAS.get(cmd), ()) else EXTRAS.get(top)
         how = f"pip install 'convolab[{extra}]'" if extra else f"pip install {top}"
         print(f"convolab {cmd}: needs the optional package {top!r}; install it with {how}",
               file=sys.stderr)
