@@ -508,3 +508,17 @@ def test_cli_into_a_closed_pipe_is_quiet():
     out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("stack of 200 layers"), out
     assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr
+
+
+def test_containers_that_cannot_run_are_read_in_order():
+    torch = pytest.importorskip("torch")
+    tnn = torch.nn
+    layers = tnn.ModuleList([tnn.Conv2d(3, 8, 3), tnn.ReLU(), tnn.Conv2d(8, 8, 3)])
+    e = ex.explain(layers, (1, 3, 16, 16))
+    assert e.output_shape == (1, 8, 12, 12) and any("not checked" in n for n in e.notes)
+
+    class MySequential(tnn.Sequential):
+        pass
+
+    e = ex.explain(MySequential(tnn.Conv2d(3, 8, 3), tnn.ReLU()), (1, 3, 16, 16))
+    assert e.output_shape == (1, 8, 14, 14) and not e.notes

@@ -176,7 +176,7 @@ def test_gradcheck_takes_a_vjp_of_ones_own_and_catches_what_is_wrong_with_it(bro
 
 
 @pytest.mark.parametrize("scales", [(1e10, 1, 1), (1e-12, 1e-12, 1e-12), (1, 1e-10, 1),
-                                    (1e-20, 1, 1), (1e15, 1, 1), (1, 1, 1e-30)])
+                                    (1e-20, 1, 1), (1e15, 1, 1), (1, 1, 1e-30), (1e-30, 1, 1)])
 def test_gradcheck_means_the_same_at_any_scale(scales):
     """The step follows the argument's size (and grows where the rest of the output
     drowns this argument's part), the tolerance is relative: a wrong gradient fails and
@@ -186,10 +186,19 @@ def test_gradcheck_means_the_same_at_any_scale(scales):
     x = sx * rng.standard_normal((2, 3, 9))
     w, b = sw * rng.standard_normal((4, 3, 3)), sb * rng.standard_normal(4)
     assert cl.gradcheck(cl.conv1d, x, w, b)
-    for i in range(3):
-        with pytest.raises(AssertionError):
-            cl.gradcheck(cl.conv1d, x, w, b, vjp=_conv1d_vjp(
-                lambda gs, i=i: [-g if j == i else g for j, g in enumerate(gs)]))
+    for wrong in (np.negative, np.zeros_like):  # a zero VJP must not stall the step
+        for i in range(3):
+            with pytest.raises(AssertionError):
+                cl.gradcheck(cl.conv1d, x, w, b, vjp=_conv1d_vjp(
+                    lambda gs, i=i, f=wrong: [f(g) if j == i else g for j, g in enumerate(gs)]))
+
+
+def test_gradcheck_confirms_a_true_zero_gradient():
+    """Nothing moves at any step: with a zero weight the input gradient is zero, which the
+    check confirms at a huge step instead of calling it inconclusive."""
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((2, 3, 9)), np.zeros((4, 3, 3))
+    assert cl.gradcheck(cl.conv1d, x, w, np.ones(4))
 
 
 def test_gradcheck_compares_with_the_step_actually_taken():

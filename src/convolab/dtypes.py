@@ -22,6 +22,8 @@ def as_array(name: str, value: object) -> np.ndarray:
     FITS files) are converted to a native copy: mixed byte orders are one dtype to the
     user, and BLAS only runs on native arrays (NumPy's ``matmul`` falls back to a slow
     loop otherwise)."""
+    if type(value) is np.ndarray:  # the common case first: every op call comes here
+        return value if value.dtype.isnative else value.astype(value.dtype.newbyteorder("="))
     if isinstance(value, np.ma.MaskedArray) and np.ma.getmaskarray(value).any():
         raise TypeError(
             f"{name} is a masked array with {int(np.ma.getmaskarray(value).sum())} masked "

@@ -319,7 +319,9 @@ def _other_layer(cfg: LayerConfig, shape: tuple[int, ...], dtype,
 
 
 def _is_sequential(m: Any) -> bool:
-    return type(m).__name__ == "Sequential" and hasattr(m, "_modules")
+    """A Sequential (torch's, convolab's, a subclass of either, or a duck type of that
+    name): it runs its sub-modules in order."""
+    return hasattr(m, "_modules") and any(c.__name__ == "Sequential" for c in type(m).__mro__)
 
 
 def _iter_layers(model: Any) -> list[Any]:
@@ -999,7 +1001,12 @@ def explain(op: Any, input_shape: Any, *, out_channels: int | None = None,
     except (ValueError, TypeError) as exc:
         raise type(exc)(f"{guess}, and then {exc}; explain it part by part, or as a "
                         "Sequential") from None
-    real = _probe(LayerConfig("other", name=name, module=op), shape, dtype)
+    try:
+        real = _probe(LayerConfig("other", name=name, module=op), shape, dtype)
+    except ValueError as exc:  # a ModuleList, or a forward that needs more arguments
+        res.notes.append(f"{guess}; running a copy of it to check that failed ({exc}), "
+                         "so the order is not checked")
+        return res
     if real != res.output_shape:
         raise ValueError(f"{guess}: that gives the output shape {res.output_shape}, but "
                          f"running a copy of the model on zeros gives {real}; its forward "

@@ -84,6 +84,7 @@ def gradcheck(
                              "differences need finite values")
 
     rng = np.random.default_rng(seed)
+    biggest = max(float(np.abs(a).max()) if a.size else 0.0 for _, a in targets)
     if vjp is None:
         out, pullback = _convolab_vjp(fn, *args, **kwargs)
     else:
@@ -114,24 +115,32 @@ def gradcheck(
         big = float(np.abs(a).max()) if a.size else 0.0
         rms = big * float(np.sqrt(np.mean(np.abs(a / big) ** 2))) if big > 0 else 0.0
         h = eps * (rms if rms > 0 else 1.0)
+        flat = _flat_step(biggest)
         for j in range(directions):
             v = _random_like(rng, a)
             # where the loss's rounding drowns this argument's part of it, a step large
-            # enough to lift it out (exact for convolab's ops, linear in each argument)
+            # enough to lift it out (exact for convolab's ops, linear in each argument).
+            # The signal is the larger of the VJP's terms and the measured difference, so
+            # a VJP that wrongly gives zero cannot stop the step from growing.
             step = h
-            for _ in range(3):
+            for _ in range(MAX_STEPS):
                 numeric, analytic, tol, scale, allowed, terms = _directional(
                     loss, call_with, a, v, step, grad, atol, rtol, label, name)
-                if not (scale > 0 and allowed > 0.1 * scale):
-                    break
-                step = max(10 * step, 100 * 4 * np.finfo(a.dtype).eps / 2 * terms / scale)
+                signal = max(scale, abs(numeric))
+                if allowed <= 0.1 * signal or (signal == 0 and step >= flat):
+                    break  # conclusive, or no change at all even at a huge step: zero
+                tried = step
+                if signal == 0:  # nothing moved: try the huge step at once
+                    step = max(10 * step, flat)
+                else:
+                    step = max(10 * step, 4 * np.finfo(a.dtype).eps / 2 * terms / signal * 100)
             else:
                 raise ValueError(
                     f"gradcheck: inconclusive for {label} of {name}: even at a step of "
-                    f"{step:.3g} the rounding of the loss allows {allowed:.3g}, as much as "
-                    f"the gradient's own terms ({scale:.3g}), so a wrong gradient could "
-                    "pass; check where this argument's part of the output is not so small "
-                    "against the rest (or with a smaller atol)")
+                    f"{tried:.3g} the rounding of the loss allows {allowed:.3g}, as much as "
+                    f"the gradient ({signal:.3g}), so a wrong gradient could pass; check "
+                    "where this argument's part of the output is not so small against the "
+                    "rest (or with a smaller atol)")
             if not abs(numeric - analytic) <= tol:
                 rel = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-300)
                 what = (f"gradient of {label} of {name}: finite differences give {numeric!r}, "
@@ -151,10 +160,23 @@ def gradcheck(
     return True
 
 
+# at most this many steps per direction, each larger than the last
+MAX_STEPS = 12
+
+
+def _flat_step(biggest: float) -> float:
+    """A step so large (1e50 times the largest value of any argument) that an output
+    still exactly unchanged does not depend on the argument at all: an argument whose
+    part of the output is tiny next to the rest moves nothing at smaller steps (x*1e-30
+    next to a bias of 1), and a VJP that wrongly gives zero must not pass there."""
+    return 1e50 * max(1.0, biggest)
+
+
 def _directional(loss, call_with, a, v, h, grad, atol, rtol, label, name):
     """Finite difference and VJP along ``v`` with step ``h``: (numeric, analytic, the
     allowed difference, the size of the gradient's terms, the part of the allowance that
     does not scale with the value, the size of the loss's terms)."""
+    h = float(h)
     ap, am = a + h * v, a - h * v
     (lp, sp), (lm, sm) = loss(*call_with(ap)), loss(*call_with(am))
     if not all(map(math.isfinite, (lp, sp, lm, sm))):
@@ -162,7 +184,7 @@ def _directional(loss, call_with, a, v, h, grad, atol, rtol, label, name):
                          f"overflows at a step of {h:.3g} (values too large for finite "
                          "differences)")
     taken = ap - am  # 2 h v, after rounding
-    numeric = (lp - lm) / (2 * h)
+    numeric = float((lp - lm) / (2 * h))
     analytic = float(np.real(np.vdot(grad, taken))) / (2 * h)
     scale = float(np.abs(grad * taken).sum()) / (2 * h)  # the terms of <grad, step>
     u = np.finfo(a.dtype).eps / 2

@@ -302,6 +302,7 @@ def _train(args, cfg, data, t_start, written: list[Path]) -> int:
             "workers": threads["workers"],
             "usable_cpus": _usable_cpus(),
             "cpu_count": os.cpu_count(),
+            "cpus": os.cpu_count(),  # the key earlier versions wrote (= cpu_count)
             "threadpoolctl": threads["threadpoolctl"],
             "python": platform.python_version(),
             "numpy": np.__version__,
