@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import platform
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import ops, select
+from . import _records, ops, select
 from .algorithms import _threads
 from .autodiff import vjp
 from .options import options
@@ -454,17 +453,6 @@ def markdown(rows: list[dict], meta: dict, summ: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _json_safe(v):
-    """``v`` with every NaN/inf float replaced by None (JSON has no NaN or Infinity)."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
-
-
 def _csv_cell(v):
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return NA
@@ -556,8 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out, "bench.md"), "w") as f:
         f.write(md)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
-        json.dump(_json_safe({"meta": meta, "summary": summ, "rows": rows}), f, indent=1,
-                  allow_nan=False)
+        f.write(_records.dumps({"meta": meta, "summary": summ, "rows": rows}, indent=1))
     keys = sorted({k for r in rows for k in r if k not in ("times_ms", "best_ms")})
     tkeys = sorted({k for r in rows for k in r["times_ms"]})
     with open(os.path.join(args.out, "bench.csv"), "w", newline="") as f:

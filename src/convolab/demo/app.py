@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import platform
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _records
 from .data import DATASETS
 
 # Greydanus & Kobak, "Scaling down deep learning" (MNIST-1D), test accuracy.
@@ -213,7 +213,7 @@ def _check(args, cfg, data, written: list[Path]) -> int:
         f"PyTorch {r['seconds_torch']:.1f} s)"
     )
     path = args.out / "check_torch.json"
-    path.write_text(json.dumps(_json_safe(r), indent=2, allow_nan=False) + "\n")
+    path.write_text(_records.dumps(r, indent=2) + "\n")
     written.append(path)
     return 0 if r["ok"] else 1
 
@@ -224,19 +224,6 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
-
-
-def _json_safe(v):
-    """NaN and infinities as null (strict JSON has no token for them)."""
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(v) else None
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
 
 
 def _train(args, cfg, data, t_start, written: list[Path]) -> int:
@@ -309,7 +296,7 @@ def _train(args, cfg, data, t_start, written: list[Path]) -> int:
             "platform": platform.platform(),
         },
     }
-    (out / "run.json").write_text(json.dumps(_json_safe(record), indent=2, allow_nan=False) + "\n")
+    (out / "run.json").write_text(_records.dumps(record, indent=2) + "\n")
     written.append(out / "run.json")
     print(summary(record))
     print("wrote " + ", ".join(map(str, written)))
