@@ -982,6 +982,10 @@ def test_gemm_input_grad_batches_are_even(N, most, workers):
                                              dilation=(1, 2))),
         ((3, 2, 17, 200), (4, 2, 4, 7), dict(padding=3, stride=(3, 2))),  # stem-like
         ((1, 4, 7, 9, 24), (2, 4, 2, 3, 3), dict(padding=(0, 1, 1), stride=(1, 2, 1))),
+        # dilation in the inner dimensions of a 3-D kernel (a mutant using the last
+        # dimension's dilation for all of them survived every other test)
+        ((2, 3, 6, 9, 24), (4, 3, 2, 3, 3), dict(padding=(0, 1, 1), dilation=(1, 2, 1))),
+        ((2, 3, 6, 9, 24), (4, 3, 2, 3, 3), dict(padding=(0, 1, 1), dilation=(1, 2, 3))),
     ],
 )
 def test_mec_forward_matches_direct(x_shape, w_shape, kwargs, ws):
@@ -1443,3 +1447,48 @@ def test_forward_adds_the_bias_in_its_tiles(algorithm, x_shape, w_shape, kwargs,
         assert rel_err(cl.conv(x, w, np.where(np.isinf(b), 0.5, b), **kwargs),
                        direct.forward(x, w, spec)
                        + np.where(np.isinf(b), 0.5, b).reshape((-1,) + (1,) * rank)) <= TOL64
+
+
+# Mutation testing of the suite (twelfth pass) found bugs in branches only some
+# configurations reach; the cases below reach them.
+
+
+@pytest.mark.parametrize("n", [3, 5])
+@pytest.mark.parametrize("m", [1, 2])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_depthwise_uneven_batch_chunks(n, m, transposed, monkeypatch):
+    """The depthwise tap loop's chunks come from a fixed tile target, not the workspace
+    option: shrunk to 2 samples, 3 or 5 samples leave a shorter last chunk, for the
+    forward and both gradients."""
+    from convolab.algorithms import depthwise
+
+    C, size = 4, (7, 7)
+    Lf = (size[0] - 1) * (size[1] + 2) + size[1]
+    kw = dict(stride=(1, 1), padding=1, dilation=(1, 1), groups=C)
+    if transposed:
+        kw["output_padding"] = (0, 0)
+    w_shape = (C, m, 3, 3) if transposed else (C * m, 1, 3, 3)
+    case = ConvCase(transposed, 2, (n, C) + size, w_shape, True, kw)
+    monkeypatch.setattr(depthwise, "_TILE_BYTES", 2 * C * (m + 2) * Lf * 8)
+    _check_against_direct_and_torch(case, "depthwise")
+
+
+@pytest.mark.parametrize("mult", [3, 4])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_multiplier_above_two(mult, stride):
+    """depthwise_cases draws multipliers 1-2; a stride-1 input gradient summing only two
+    of the multiplier's outputs passed them."""
+    case = ConvCase(False, 2, (2, 3, 9, 8), (3 * mult, 1, 3, 3), True,
+                    dict(stride=stride, padding=1, dilation=1, groups=3))
+    _check_against_direct_and_torch(case, "depthwise")
+
+
+@pytest.mark.parametrize("algorithm", ["gemm", "fft", "polyphase", "auto"])
+@pytest.mark.parametrize("kw", [dict(stride=(2, 2), padding=1), dict(stride=(1, 1), padding=1),
+                                dict(stride=(1, 1), padding=0)])
+def test_many_channels_per_group(algorithm, kw):
+    """GEMM's weight gradient takes another product order from 16 output channels per
+    group; conv_cases gives at most 3, so groups > 1 never reached it."""
+    case = ConvCase(False, 2, (2, 4, 8, 8), (32, 2, 3, 3), True,
+                    dict(kw, dilation=(1, 1), groups=2))
+    _check_against_direct_and_torch(case, algorithm)

@@ -206,3 +206,28 @@ def test_transposed_output_size_follows_torch():
     dilated = nn.ConvTranspose1d(1, 1, 3, dilation=2)  # torch: output_padding < stride
     with pytest.raises(ValueError, match="between 8 and 8"):
         dilated(np.ones((1, 1, 4), np.float32), output_size=(9,))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_padding_mode_with_uneven_same_padding_matches_torch(mode, rank):
+    """An even kernel with padding='same' pads (1, 2): with a padding_mode the layer pads
+    first, and swapping the two sides passed every symmetric test."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3) + (7,) * rank)
+    layer = getattr(nn, f"Conv{rank}d")(3, 4, 4, padding="same", padding_mode=mode,
+                                        dtype=np.float64)
+    ref = getattr(torch.nn, f"Conv{rank}d")(3, 4, 4, padding="same",
+                                            padding_mode=mode).double()
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(layer.weight.data))
+        ref.bias.copy_(torch.tensor(layer.bias.data))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = ref(xt)
+    y = layer(x)
+    assert rel_err(y, yt.detach().numpy()) <= 1e-10
+    gy = rng.standard_normal(y.shape)
+    gx = layer.backward(gy)
+    yt.backward(torch.tensor(gy))
+    assert rel_err(gx, xt.grad.numpy()) <= 1e-10
+    assert rel_err(layer.weight.grad, ref.weight.grad.numpy()) <= 1e-10

@@ -256,3 +256,20 @@ def test_transposed_vjp_is_fused_and_keeps_the_bias_gradient():
     stride1 = make_spec((3, 3), 1, 1, 1, 1, 0, transposed=True)  # Winograd's layer
     ch = select.choose_backward(stride1, (16, 64, 56, 56), (64, 64, 3, 3), np.float32)
     assert ch.algorithm == "separate" and "winograd" in ch.reason, ch
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_transposed_backward_with_many_channels_per_group(stride):
+    """From 16 output channels per group the weight gradient takes GEMM's other product
+    order; transposed_cases give at most 3 per group (mutation testing's find)."""
+    spec = make_spec((3, 3), stride, 1, 1, 2, 0, transposed=True)
+    # 2 groups of 16 inputs -> 3 outputs each: the forward conv(gy, w) that the weight
+    # gradient pairs with has 16 output channels per group
+    xs, wsh = (2, 32, 5, 5), (32, 3, 3, 3)
+    gys = (2, 6) + spec.transpose_out_shape(xs[2:])
+    assert fused.applicable_transposed(spec, gys, wsh, xs[2:])
+    rng = np.random.default_rng(2)
+    x, w, gy = rng.standard_normal(xs), rng.standard_normal(wsh), rng.standard_normal(gys)
+    gx, gw = fused.forward_and_weight_grad(gy, w, x, spec, xs[2:])
+    assert rel_err(gx, direct.forward(gy, w, spec, out_spatial=xs[2:])) <= TOL64
+    assert rel_err(gw, direct.weight_grad(gy, x, spec)) <= TOL64
