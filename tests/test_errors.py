@@ -366,3 +366,10 @@ def test_masked_arrays_are_refused_and_array_subclasses_give_plain_arrays():
     got = cl.fold(np.asmatrix(cols), output_size=(4, 4), kernel_size=2)
     assert type(got) is np.ndarray
     np.testing.assert_array_equal(got, cl.fold(cols, output_size=(4, 4), kernel_size=2))
+
+
+# Mutation testing: (kills P3: value= with a non-constant mode is refused, as torch)
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_pad_value_only_with_constant_mode(mode):
+    with pytest.raises(ValueError, match="only meaningful with mode='constant'"):
+        cl.pad(np.zeros((1, 2, 3)), (1, 1), mode=mode, value=1.5)

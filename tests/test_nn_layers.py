@@ -588,3 +588,94 @@ def test_module_traversal_matches_torch():
     tseen = []
     tm.apply(lambda mod: tseen.append(type(mod).__name__))
     assert seen == tseen
+
+
+# Mutation testing: (kills L4: MaxPool propagates NaN and sends it the gradient,
+# as torch)
+@pytest.mark.parametrize("pad", [0, 1])
+def test_maxpool_passes_nan_like_torch(pad):
+    x = np.array([[[1.0, np.nan, 3.0, 0.5, 2.0, -1.0, np.nan]]])
+    layer, tlayer = nn.MaxPool1d(2, 2, pad), torch.nn.MaxPool1d(2, 2, pad)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tlayer(tx)
+    ty.backward(torch.ones_like(ty))
+    y = layer(x)
+    np.testing.assert_array_equal(y, t2n(ty))
+    np.testing.assert_array_equal(layer.backward(np.ones_like(y)), tx.grad.numpy())
+
+
+# Mutation testing: (kills MO5: load_state_dict keeps each buffer's dtype, as
+# torch copies into the existing tensor; a float32 torch state into a float64 layer)
+def test_load_state_dict_keeps_buffer_dtypes():
+    t = torch.nn.BatchNorm1d(3, affine=False)  # float32
+    t(torch.randn(8, 3))
+    bn = nn.BatchNorm1d(3, affine=False, dtype=np.float64)
+    bn.load_state_dict(t.state_dict())
+    assert {k: v.dtype for k, v in bn.state_dict().items()} == {
+        "running_mean": np.float64, "running_var": np.float64, "num_batches_tracked": np.int64}
+    t64 = torch.nn.BatchNorm1d(3, affine=False).double()
+    t64.load_state_dict(t.state_dict())
+    bn.eval()
+    t64.eval()
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    assert rel(bn(x), t2n(t64(torch.tensor(x)))) <= TOL
+
+
+# Mutation testing: (kills L16: with dilation, an all -inf window's gradient goes
+# to its first tap inside the input, ceil((p - o*s) / d), as torch)
+def test_maxpool_all_minus_inf_window_with_dilation_sends_gradient_inside():
+    x = np.full((1, 1, 7), -np.inf)
+    for k, s, p, d in ((4, 1, 2, 2), (5, 2, 2, 2), (4, 2, 2, 3)):
+        m, tm = nn.MaxPool1d(k, s, p, d), torch.nn.MaxPool1d(k, s, p, d)
+        y = m(x)
+        tx = torch.tensor(x, requires_grad=True)
+        ty = tm(tx)
+        ty.backward(torch.ones_like(ty))
+        np.testing.assert_array_equal(y, t2n(ty))
+        np.testing.assert_array_equal(m.backward(np.ones(y.shape)), t2n(tx.grad))
+
+
+# Mutation testing: (kills MO7: load_state_dict(strict=False) loads the keys that
+# match and skips missing and unexpected ones, as torch)
+def test_load_state_dict_non_strict_loads_what_matches():
+    t = torch.nn.Linear(3, 2).double()
+    m = nn.Linear(3, 2, dtype=np.float64)
+    bias = m.bias.data.copy()
+    sd = {"weight": t.state_dict()["weight"], "extra": torch.zeros(1)}
+    with pytest.raises(KeyError, match="missing keys"):
+        m.load_state_dict(sd)
+    m.load_state_dict(sd, strict=False)
+    np.testing.assert_array_equal(m.weight.data, t2n(t.weight))
+    np.testing.assert_array_equal(m.bias.data, bias)
+
+
+# Mutation testing: (kills LO6: the default ignore_index is -100, as torch)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_default_ignore_index_is_minus_100(reduction):
+    z = np.random.default_rng(0).standard_normal((4, 3))
+    t = np.array([0, -100, 2, 1])
+    loss = nn.CrossEntropyLoss(reduction=reduction)
+    assert loss.ignore_index == -100
+    out = loss(z, t)
+    tz = torch.tensor(z, requires_grad=True)
+    ty = torch.nn.CrossEntropyLoss(reduction=reduction)(tz, torch.tensor(t))
+    assert rel(out, t2n(ty)) <= TOL
+    g = np.ones(np.shape(out))
+    ty.backward(torch.tensor(g))
+    assert rel(loss.backward(g), t2n(tz.grad)) <= TOL
+    with pytest.raises(ValueError, match="target values must be in"):
+        nn.CrossEntropyLoss()(z, np.array([0, -1, 2, 1]))
+
+
+def test_train_and_eval_reach_every_sub_module():
+    """Mutation testing: train() setting only the top module was caught by a demo test
+    alone."""
+    inner = nn.Sequential(nn.BatchNorm1d(2), nn.Dropout(0.5))
+    model = nn.Sequential(nn.Linear(3, 2), inner)
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    model.eval()
+    np.testing.assert_array_equal(model(x), model(x))  # dropout off, running stats used

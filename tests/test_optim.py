@@ -152,3 +152,43 @@ def test_one_cycle_takes_one_max_lr_per_group():
         ts.step()
     with pytest.raises(ValueError, match="max_lr has 3 entries"):
         optim.OneCycleLR(opt, max_lr=[1.0, 0.5, 0.2], total_steps=10)
+
+
+# Mutation testing: (kills O10: Adam/AdamW honour maximize=True, as torch; could also
+# be two more entries of test_adam_matches_torch's kw list)
+@pytest.mark.parametrize(
+    "cls,tcls", [(optim.Adam, torch.optim.Adam), (optim.AdamW, torch.optim.AdamW)]
+)
+@pytest.mark.parametrize(
+    "kw", [dict(lr=0.01, maximize=True),
+           dict(lr=0.01, weight_decay=0.1, amsgrad=True, maximize=True)]
+)
+def test_adam_maximize_matches_torch(cls, tcls, kw):
+    run_both(lambda p: cls(p, **kw), lambda p: tcls(p, **kw))
+
+
+# Mutation testing: (kills O11: a parameter group's own lr/momentum/betas override
+# the optimizer's defaults, as torch)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, ps: m.SGD([{"params": [ps[0]], "lr": 0.5, "momentum": 0.9},
+                             {"params": [ps[1]]}], lr=0.1),
+        lambda m, ps: m.Adam([{"params": [ps[0]], "lr": 0.05, "betas": (0.5, 0.9)},
+                              {"params": [ps[1]], "weight_decay": 0.1}], lr=0.01),
+    ],
+)
+def test_parameter_groups_override_the_defaults(make):
+    run_both(lambda p: make(optim, p), lambda p: make(torch.optim, p))
+
+
+# Mutation testing: (kills O13: CosineAnnealingLR past T_max follows the cosine back
+# up, as torch, instead of staying at eta_min)
+def test_cosine_schedule_past_t_max_matches_torch():
+    run_both(
+        lambda p: optim.SGD(p, lr=0.1),
+        lambda p: torch.optim.SGD(p, lr=0.1),
+        lambda o: optim.CosineAnnealingLR(o, T_max=4, eta_min=0.001),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=4, eta_min=0.001),
+        steps=11,
+    )

@@ -110,10 +110,11 @@ def test_blas_is_limited_from_any_thread():
         return [i["num_threads"] for i in threadpoolctl.threadpool_info()
                 if i["user_api"] == "blas"]
 
+    # a first call loads every BLAS it uses (SciPy's own OpenBLAS too), then count
+    cl.conv2d(np.ones((2, 4, 8, 8), np.float32), np.ones((4, 4, 3, 3), np.float32))
     before = blas_threads()
     if not before or max(before) < 2:
         pytest.skip("BLAS runs one thread here anyway")
-    cl.conv2d(np.ones((2, 4, 8, 8), np.float32), np.ones((4, 4, 3, 3), np.float32))
     seen = []
 
     def inside():
@@ -199,3 +200,48 @@ def test_transforms_false_keeps_every_output_accurate_next_to_a_loud_value():
     assert select.choose("forward", spec, x.shape, w.shape, np.float32).algorithm == "winograd"
     with pytest.raises(TypeError, match="transforms=1 must be a bool"):
         cl.options(transforms=1).__enter__()
+
+
+# Mutation testing: (kills OP1: workers=MAX_WORKERS is allowed, one more is not)
+def test_workers_bounds_are_inclusive():
+    from convolab.options import MAX_WORKERS
+
+    with cl.options(workers=MAX_WORKERS) as o:
+        assert o.workers == MAX_WORKERS
+    with cl.options(workers=1) as o:
+        assert o.workers == 1
+    for bad in (0, MAX_WORKERS + 1):
+        with pytest.raises(ValueError, match="must be between 1 and"), cl.options(workers=bad):
+            pass
+
+
+# Mutation testing: (kills SE1: the autotune cache is keyed by transforms=, so a
+# winner tuned without Winograd/FFT is not reused where they are candidates)
+def test_autotune_cache_is_keyed_by_transforms(monkeypatch):
+    spec = make_spec((3, 3), 1, 1, 1, 8)  # depthwise 3x3: gemm, depthwise (+ fft)
+    xs, ws = (2, 8, 12, 12), (8, 1, 3, 3)
+    select.clear_autotune_cache()
+    timed = []
+    real_time = select._time
+    monkeypatch.setattr(select, "_time", lambda name, *a: timed.append(name) or real_time(name, *a))
+    with cl.options(autotune=True, transforms=False, workers=2):
+        assert select.choose("forward", spec, xs, ws, np.float32).reason.startswith("autotuned")
+    assert "fft" not in timed
+    with cl.options(autotune=True, transforms=True, workers=2):
+        assert "fft" in select.candidates("forward", spec, xs, ws, np.float32)
+        select.choose("forward", spec, xs, ws, np.float32)
+    assert "fft" in timed  # the transforms=True choice timed its own candidates
+    select.clear_autotune_cache()
+
+
+# Mutation testing: (kills SE3: the autotune cache drops the least recently used
+# winner, keeps the newest, and a read refreshes an entry)
+def test_autotune_cache_drops_the_least_recently_used(monkeypatch):
+    monkeypatch.setattr(select, "AUTOTUNE_CACHE_SIZE", 2)
+    select.clear_autotune_cache()
+    select._tuned_put(("k", 1), "gemm", "test")
+    select._tuned_put(("k", 2), "gemm", "test")
+    assert select._tuned_get(("k", 1)) is not None  # now ("k", 2) is the oldest
+    select._tuned_put(("k", 3), "gemm", "test")
+    assert list(select._TUNED) == [("k", 1), ("k", 3)]
+    select.clear_autotune_cache()

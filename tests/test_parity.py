@@ -447,3 +447,28 @@ def test_circular_pad_with_a_negative_side_matches_torch(pad):
     g = rng.standard_normal(out.shape)
     (tg,) = torch.autograd.grad(ty, [tx], torch.tensor(g))
     np.testing.assert_allclose(pb(g)[0], tg.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# Mutation testing: (kills S5: a one-entry stride/padding/dilation sequence is
+# broadcast to every spatial dimension, as torch)
+def test_one_entry_sequences_broadcast_to_every_dimension_like_torch():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 7, 7))
+    w = rng.standard_normal((3, 2, 3, 3))
+    kw = dict(stride=(2,), padding=[1], dilation=(1,))
+    ref = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), **kw).numpy()
+    out = cl.conv2d(x, w, **kw)
+    assert out.shape == ref.shape == (1, 3, 4, 4)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+# Mutation testing: (kills U1: fold with an int kernel_size takes its rank from a
+# sequence output_size; checked against torch's 2-D fold with a height of 1)
+def test_fold_int_kernel_takes_its_rank_from_output_size():
+    rng = np.random.default_rng(0)
+    cols = rng.standard_normal((2, 9, 8))  # C=3, k=3, L=8 blocks of a length-10 signal
+    out = cl.fold(cols, output_size=(10,), kernel_size=3)
+    ref = torch.nn.functional.fold(torch.tensor(cols), (1, 10), kernel_size=(1, 3)).numpy()
+    assert out.shape == (2, 3, 10)
+    np.testing.assert_allclose(out, ref[:, :, 0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(out, cl.fold(cols, output_size=(10,), kernel_size=(3,)))

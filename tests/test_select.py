@@ -219,3 +219,20 @@ def test_the_automatic_choice_is_cached_per_shape_and_budget():
     assert select._by_cost_model.cache_info().misses == 2
     with cl.options(algorithm="direct"):
         assert select.choose(*args).algorithm == "direct"  # forcing bypasses the cache
+
+
+# Mutation testing: (kills SE4: autotune times nothing where one algorithm applies)
+def test_autotune_does_not_time_a_single_candidate(monkeypatch):
+    select.clear_autotune_cache()
+    spec = make_spec((1, 1), 1, 0)
+    xs, ws = (2, 8, 12, 12), (8, 8, 1, 1)
+
+    def no_timing(*a):
+        raise AssertionError("timed a configuration with a single candidate")
+
+    monkeypatch.setattr(select, "_time", no_timing)
+    with cl.options(autotune=True, transforms=False, workers=2):
+        assert select.candidates("forward", spec, xs, ws, np.float32) == ["gemm"]
+        c = select.choose("forward", spec, xs, ws, np.float32)
+    assert c.algorithm == "gemm" and not c.reason.startswith("autotuned")
+    select.clear_autotune_cache()
