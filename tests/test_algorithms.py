@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -1492,3 +1493,51 @@ def test_many_channels_per_group(algorithm, kw):
     case = ConvCase(False, 2, (2, 4, 8, 8), (32, 2, 3, 3), True,
                     dict(kw, dilation=(1, 1), groups=2))
     _check_against_direct_and_torch(case, algorithm)
+
+
+# Mutation testing, round 3.
+
+
+def test_parallel_map_runs_tiles_under_the_callers_errstate():
+    """The workers apply the caller's np.errstate: 'raise' raises FloatingPointError
+    from a tile, 'ignore' keeps the tiles silent."""
+    from convolab.algorithms import _threads
+
+    def tile(i):
+        return np.ones(3) / np.zeros(3)  # divide by zero in every tile
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_threads, "WORKERS", 2)
+        with np.errstate(divide="raise"), pytest.raises(FloatingPointError):
+            _threads.parallel_map(tile, range(8))
+        with warnings.catch_warnings(), np.errstate(divide="ignore"):
+            warnings.simplefilter("error")  # a RuntimeWarning from a worker fails here
+            out = _threads.parallel_map(tile, range(8))
+        assert len(out) == 8 and all(np.isinf(o).all() for o in out)
+
+
+@pytest.mark.parametrize("k", [3, 7, 9])
+def test_winograd_1d_complex64_ill_conditioned_calls_stay_accurate(k):
+    """complex64 has the float32 promise (1e-4 relative): a large offset with taps that
+    cancel must be handed to GEMM as for float32, not computed at ~1e-3."""
+    from convolab.algorithms import gemm, winograd
+
+    rng = np.random.default_rng(50 + k)
+    w = rng.standard_normal((16, 16, k)) + 1j * rng.standard_normal((16, 16, k))
+    w -= w.mean(axis=2, keepdims=True)
+    x = rng.standard_normal((2, 16, 2048)) + 1j * rng.standard_normal((2, 16, 2048)) + 1000.0
+    spec = make_spec((k,), 1, 0, 1, 1)
+    y = winograd.forward(x.astype(np.complex64), w.astype(np.complex64), spec)
+    assert y.dtype == np.complex64
+    assert rel_err(y, gemm.forward(x, w, spec)) <= TOL32
+
+
+@pytest.mark.parametrize("dil", [(1, 2), (2, 1), (1, 3, 2)])
+def test_depthwise_stride1_dilation_differs_per_dimension(dil):
+    """depthwise_cases draw one dilation for all dimensions: the flat taps using the
+    first dimension's for every one passed them."""
+    r = len(dil)
+    size = (9, 11) if r == 2 else (5, 6, 9)
+    case = ConvCase(False, r, (2, 3) + size, (6, 1) + (3,) * r, True,
+                    dict(stride=1, padding=1, dilation=dil, groups=3))
+    _check_against_direct_and_torch(case, "depthwise")

@@ -472,3 +472,26 @@ def test_fold_int_kernel_takes_its_rank_from_output_size():
     assert out.shape == (2, 3, 10)
     np.testing.assert_allclose(out, ref[:, :, 0], rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(out, cl.fold(cols, output_size=(10,), kernel_size=(3,)))
+
+
+# Mutation testing, round 3: all_finite must see -inf.
+@pytest.mark.parametrize("algorithm", ["depthwise", "auto"])
+def test_negative_infinity_at_a_row_end_stays_in_its_taps(algorithm):
+    """-inf (no NaN, no +inf) at the end of a row: the depthwise flat weight gradient
+    would multiply it by the zeros between gy's rows (NaN at taps that never read it),
+    so all_finite must see -inf and take the general path, as torch gives."""
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 5))
+    x[0, 0, 1, 4] = -np.inf
+    w = np.random.default_rng(1).standard_normal((2, 1, 3, 3))
+    gy = np.random.default_rng(2).standard_normal((1, 2, 3, 3))
+    with cl.options(algorithm=algorithm):
+        _, pullback = cl.vjp(cl.conv2d, x, w, None, groups=2)
+        gw = pullback(gy)[1]
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    torch.nn.functional.conv2d(xt, wt, groups=2).backward(torch.tensor(gy))
+    ref = wt.grad.numpy()
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(gw), np.isinf(ref))
+    fin = np.isfinite(ref)
+    assert rel_err(gw[fin], ref[fin]) <= 1e-10
