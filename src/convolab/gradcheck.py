@@ -62,25 +62,15 @@ def gradcheck(
     the gradient, decides the last digits.  Where that allowance reaches a tenth of the
     size of the gradient's own terms, the check could pass a wrong gradient and raises
     ``ValueError`` ("inconclusive") instead of returning True."""
+    settings = (eps, rtol, atol, directions, seed)
     if vjp is None:
         with options(transforms=False):
-            return _gradcheck(fn, *args, eps=eps, rtol=rtol, atol=atol,
-                              directions=directions, seed=seed, **kwargs)
-    return _gradcheck(fn, *args, vjp=vjp, eps=eps, rtol=rtol, atol=atol,
-                      directions=directions, seed=seed, **kwargs)
+            return _gradcheck(fn, args, kwargs, None, *settings)
+    return _gradcheck(fn, args, kwargs, vjp, *settings)
 
 
-def _gradcheck(
-    fn: Callable,
-    *args: Any,
-    vjp: Callable | None = None,
-    eps: float = 1e-6,
-    rtol: float = 1e-6,
-    atol: float = 0.0,
-    directions: int = 3,
-    seed: int = 0,
-    **kwargs: Any,
-) -> bool:
+def _gradcheck(fn: Callable, args: tuple, kwargs: dict, vjp: Callable | None, eps, rtol,
+               atol, directions, seed) -> bool:
     """:func:`gradcheck` itself (under the options it chose)."""
     eps = _positive_float("eps", eps, allow_zero=False)
     rtol = _positive_float("rtol", rtol)
