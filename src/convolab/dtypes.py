@@ -29,15 +29,12 @@ def as_array(name: str, value: object) -> np.ndarray:
             f"{name} is a masked array with {int(np.ma.getmaskarray(value).sum())} masked "
             "entries; a convolution has no rule for a missing value (torch neither): fill "
             "them first (e.g. .filled(0)), or pass .data to use the stored values")
-    if not isinstance(value, np.ndarray):
-        if value is None or isinstance(value, (str, bytes, dict, set)):
-            raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
-        try:
-            value = np.asarray(value)
-        except Exception as exc:  # pragma: no cover - defensive
-            raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}") from exc
-    elif type(value) is not np.ndarray:  # np.matrix, memmap, MaskedArray (none masked), ...
-        value = np.asarray(value)  # a plain view: results are plain arrays, shapes N-D
+    if value is None or isinstance(value, (str, bytes, dict, set)):
+        raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
+    try:  # lists, __array__ objects; np.matrix, memmap, ... as a plain N-d view
+        value = np.asarray(value)
+    except Exception as exc:  # pragma: no cover - defensive
+        raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}") from exc
     if not value.dtype.isnative:
         value = value.astype(value.dtype.newbyteorder("="))
     return value
