@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -256,3 +257,122 @@ def test_autotune_cache_drops_the_least_recently_used(monkeypatch):
     select._tuned_put(("k", 3), "gemm", "test")
     assert list(select._TUNED) == [("k", 1), ("k", 3)]
     select.clear_autotune_cache()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_results_do_not_depend_on_the_process_blas_thread_count(workers):
+    """Every call runs its products on one BLAS thread: OpenBLAS rounds differently on
+    1 and 2 threads, and ``workers=1`` calls used to leave their GEMMs to BLAS's own
+    threads, so their bits changed whenever another thread's call (or the program) set
+    the count (a concurrency audit: 188 of 200 calls of this layer beside another)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(0)
+    cases = [
+        (cl.conv1d, (2, 8, 2000), (8, 8, 63), dict(padding=31)),
+        (cl.conv2d, (4, 16, 24, 24), (32, 16, 3, 3), dict(stride=2, padding=1)),
+        (cl.conv_transpose2d, (4, 16, 12, 12), (16, 8, 4, 4), dict(stride=2, padding=1)),
+    ]
+    for fn, xs, ws, kw in cases:
+        x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+        gy = rng.standard_normal(fn(x, w, **kw).shape)
+        runs = []
+        for blas in (1, 2):
+            with threadpoolctl.threadpool_limits(blas, user_api="blas"), \
+                    cl.options(algorithm="gemm", workers=workers):
+                y, pb = cl.vjp(fn, x, w, None, **kw)
+                runs.append((y, *pb(gy)[:2]))
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_call_keeps_the_options_it_started_with(monkeypatch):
+    """A ``set_options`` from another thread in the middle of a call does not reach it:
+    the algorithm chosen under one default was tiled under another (a result neither
+    default gives)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16, 300)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 7)).astype(np.float32)
+    first = dict(workers=2, workspace_bytes=512 * 2**20)
+    second = dict(workers=3, workspace_bytes=2**14)
+    before = cl.get_options()
+    choose = select.choose
+
+    def choose_then_another_thread_sets_options(*args):
+        choice = choose(*args)
+        t = threading.Thread(target=cl.set_options, kwargs=second)
+        t.start()
+        t.join()
+        return choice
+
+    try:
+        cl.set_options(**first)
+        alone = cl.conv1d(x, w, padding=3)
+        monkeypatch.setattr(select, "choose", choose_then_another_thread_sets_options)
+        cl.set_options(**first)
+        raced = cl.conv1d(x, w, padding=3)
+    finally:
+        cl.set_options(workers=before.workers, workspace_bytes=before.workspace_bytes)
+    np.testing.assert_array_equal(raced, alone)
+
+
+def test_set_options_from_two_threads_keeps_both_changes(monkeypatch):
+    options_module = sys.modules["convolab.options"]
+    validated = options_module._validated
+
+    def slow(*args, **kwargs):  # widen the window between reading and writing
+        out = validated(*args, **kwargs)
+        time.sleep(0.02)
+        return out
+
+    before = cl.get_options()
+    monkeypatch.setattr(options_module, "_validated", slow)
+    try:
+        ts = [threading.Thread(target=cl.set_options, kwargs=kw)
+              for kw in (dict(workers=1), dict(workspace_bytes=2**20))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        now = cl.get_options()
+        assert (now.workers, now.workspace_bytes) == (1, 2**20)
+    finally:
+        monkeypatch.undo()
+        cl.set_options(workers=before.workers, workspace_bytes=before.workspace_bytes)
+
+
+def test_threads_autotuning_the_same_call_time_it_once_and_agree(monkeypatch):
+    """Threads that miss the autotune cache together wait for one timing and use its
+    winner (each used to time the candidates itself and run its own winner)."""
+    timed = []
+    time_one = select._time
+
+    def slow_time(name, *args):
+        timed.append(name)
+        time.sleep(0.02)
+        return time_one(name, *args)
+
+    monkeypatch.setattr(select, "_time", slow_time)
+    select.clear_autotune_cache()
+    x = np.random.default_rng(0).standard_normal((4, 16, 300)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((16, 16, 7)).astype(np.float32)
+    go = threading.Barrier(4)
+    outs = []
+
+    def call():
+        go.wait()
+        with cl.options(autotune=True, workers=2):
+            outs.append(cl.conv1d(x, w, padding=3))
+
+    ts = [threading.Thread(target=call) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    try:
+        assert len(timed) == len(set(timed)), timed  # each candidate timed once
+        with cl.options(autotune=True, workers=2):
+            after = cl.conv1d(x, w, padding=3)
+        for y in outs:
+            np.testing.assert_array_equal(y, after)
+    finally:
+        select.clear_autotune_cache()

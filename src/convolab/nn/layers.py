@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..algorithms._threads import matmul
+from ..algorithms._threads import _blas_single_thread, matmul
 from ..algorithms.direct import kernel_offsets, tap_slices
 from ..dtypes import as_array
 from ..padding import pad_spatial
@@ -674,8 +674,10 @@ class _AdaptiveAvgPoolNd(Module):
             for n, o in zip(spatial, self.output_size)
         ]
         y = x
-        for ax, m in enumerate(mats):
-            y = np.moveaxis(np.tensordot(y, m, axes=([x.ndim - r + ax], [1])), -1, x.ndim - r + ax)
+        with _blas_single_thread():  # one BLAS thread, as in the convolutions
+            for ax, m in enumerate(mats):
+                y = np.tensordot(y, m, axes=([x.ndim - r + ax], [1]))
+                y = np.moveaxis(y, -1, x.ndim - r + ax)
         self._cache = (mats, x.ndim, y.shape)
         return np.ascontiguousarray(y)
 
@@ -683,8 +685,9 @@ class _AdaptiveAvgPoolNd(Module):
         mats, ndim, yshape = _need(self._cache, type(self).__name__)
         r = self._rank
         g = _grad(type(self).__name__, grad_out, yshape)
-        for ax, m in enumerate(mats):
-            g = np.moveaxis(np.tensordot(g, m, axes=([ndim - r + ax], [0])), -1, ndim - r + ax)
+        with _blas_single_thread():
+            for ax, m in enumerate(mats):
+                g = np.moveaxis(np.tensordot(g, m, axes=([ndim - r + ax], [0])), -1, ndim - r + ax)
         return np.ascontiguousarray(g)
 
     def extra_repr(self) -> str:

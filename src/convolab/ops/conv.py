@@ -18,6 +18,7 @@ For complex dtypes the gradients follow torch's convention (conjugate Wirtinger)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from ..algorithms import direct, fused
 from ..algorithms._finite import all_finite
 from ..algorithms._threads import _blas_single_thread
 from ..dtypes import as_array, check_dtypes, compute_dtype
+from ..options import held
 from ..spec import ConvSpec, IntOrTuple, PaddingArg, make_spec
 
 
@@ -236,6 +238,21 @@ def _out_channels(p: Prepared) -> int:
     return p.w.shape[1] * p.spec.groups if p.spec.transposed else p.w.shape[0]
 
 
+def _one_call(fn):
+    """Runs ``fn`` as one call: the options in force at its start held for all of it
+    (:func:`convolab.options.held`) and BLAS on one thread throughout
+    (:func:`convolab.algorithms._threads._blas_single_thread`), so that its result does not
+    depend on what other threads do meanwhile."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with held(), _blas_single_thread():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@_one_call
 def _run_forward(p: Prepared) -> np.ndarray:
     x, w, spec = p.x, p.w, p.spec
     if 0 in p.out_spatial:  # an empty batch's empty output (transposed, as torch)
@@ -249,6 +266,7 @@ def _run_forward(p: Prepared) -> np.ndarray:
     return _add_bias(algo.forward(x, w, spec), p.b)
 
 
+@_one_call
 def grads(
     p: Prepared, gy: np.ndarray, wanted: tuple[str, ...] = ("input", "weight", "bias")
 ) -> dict[str, np.ndarray | None]:
