@@ -317,3 +317,42 @@ def test_bad_seed_and_backward_name_the_argument():
     with pytest.raises(TypeError, match="the cell must be ints"):
         dr.draw("conv1d", 3, 2, backward=("input", 1.5))
     assert dr.main(["conv1d", "--seed", "-1", "--values", "-o", "never.gif"]) == 2
+
+
+def test_drawing_save_and_sheet_check_their_paths_and_keep_an_old_file(tmp_path, monkeypatch):
+    """Drawing.save / contact_sheet check the path as draw(out=, sheet=) does (a .png
+    given to save failed inside PIL, a .gif given to contact_sheet was written as a GIF),
+    and a save that fails leaves an existing file whole (it was cut to 189 bytes)."""
+    from convolab.draw import render
+
+    d = dr.draw("conv1d", 3, 2)
+    for call, path, msg in [
+        (d.save, tmp_path / "x.png", r"path=.* must end in \.gif"),
+        (d.save, tmp_path / "x.jpg", r"path=.* must end in \.gif"),
+        (d.save, "", "name a .gif file"),
+        (d.contact_sheet, tmp_path / "x.gif", r"path=.* must end in \.png"),
+        (d.contact_sheet, tmp_path / "no" / "x.png", "does not exist"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            call(str(path))
+    for kw, msg in [(dict(columns=0), "columns=0 must be positive"),
+                    (dict(scale=float("nan")), "scale=nan must be a positive number"),
+                    (dict(dpi=0), "dpi=0 must be positive")]:
+        with pytest.raises(ValueError, match=msg):
+            d.contact_sheet(str(tmp_path / "s.png"), **kw)
+    assert list(tmp_path.iterdir()) == []
+
+    gif = tmp_path / "old.gif"
+    d.save(str(gif))
+    old = gif.read_bytes()
+
+    def broken(images, path, duration_ms=800):
+        with open(path, "wb") as f:
+            f.write(b"GIF89a")  # a start, then the encoder fails
+        raise OSError("disk full")
+
+    monkeypatch.setattr(render, "save_gif", broken)
+    with pytest.raises(OSError, match="disk full"):
+        d.save(str(gif))
+    assert gif.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["old.gif"]  # no partial file left

@@ -34,7 +34,6 @@ CONV_CASES = [
     (dict(padding=[(1, 2, 3), (0, 0)]), ValueError, "per-side padding must be 2 pairs"),
     (dict(padding="full"), ValueError, "padding='full' is not a known padding string"),
     (dict(padding="same", stride=2), ValueError, "not supported for strided convolutions"),
-    (dict(padding="causal", stride=2), ValueError, "not supported for strided convolutions"),
     (dict(weight=np.zeros((6, 2, 9, 3))), ValueError, "larger than the padded input"),
     (dict(weight=np.zeros((6, 2, 3, 3)), dilation=5), ValueError, "larger than the padded input"),
     (dict(bias=np.zeros(5)), ValueError, "bias.shape=(5,) must be (out_channels,) = (6,)"),
@@ -273,6 +272,10 @@ def test_messages_name_what_was_given():
 
 def test_output_size_functions_check_their_arguments():
     assert cl.conv_output_size(5, 3, 2, 1, 1, 1) == 3
+    # defaults: stride 1, no padding, hi = lo, dilation 1, output_padding 0
+    assert cl.conv_output_size(32, 3) == 30 and cl.conv_output_size(32, 3, 2, 1) == 16
+    assert cl.conv_output_size(32, 3, 2, 1, 0) == 16 and cl.conv_output_size(32, 3, d=2) == 28
+    assert cl.conv_transpose_output_size(16, 4, 2, 1) == 32
     assert cl.conv_transpose_output_size(3, 3, 2, 1, 1, 1, 1) == 6
     for args, exc, msg in [
         ((5, 3, 0, 0, 0, 1), ValueError, "s=0 must be >= 1"),

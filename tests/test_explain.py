@@ -522,3 +522,30 @@ def test_containers_that_cannot_run_are_read_in_order():
 
     e = ex.explain(MySequential(tnn.Conv2d(3, 8, 3), tnn.ReLU()), (1, 3, 16, 16))
     assert e.output_shape == (1, 8, 14, 14) and not e.notes
+
+
+def test_stack_dicts_take_the_spec_keys_and_defaults():
+    """A dict layer reads like a spec string: short or long keys, the same defaults (a
+    pool's stride is its kernel size; a dict with 'kind' used to give stride 1)."""
+    forms = ["k=2,type=pool", {"k": 2, "type": "pool"}, {"kernel_size": 2, "type": "pool"},
+             {"kernel_size": 2, "kind": "pool"}, {"k": "2", "type": "pool"}]
+    for form in forms:
+        e = cl.explain("conv1d", (1, 1, 8), layers=[form])
+        assert e.to_dict()["output_shape"] == [1, 1, 4], form
+    e = cl.explain("conv_transpose1d", (1, 1, 8), layers=[{"k": 4, "s": 2, "p": 1}])
+    assert e.to_dict()["output_shape"] == [1, 1, 16]  # the op's default: transposed
+    for bad, msg in [({"k": 3, "q": 1}, "'q' is not a known key"),
+                     ({"k": 3, "c": 2.5}, "out_channels=2.5 must be an int"),
+                     ({"k": 3, "bias": "maybe"}, "bias='maybe' must be one of"),
+                     ({"k": 3, "kind": "other"}, "kind='other' must be conv or pool"),
+                     ({"s": 2}, "needs a kernel size")]:
+        with pytest.raises(ValueError, match=msg):
+            cl.explain("conv1d", (1, 1, 8), layers=[bad])
+
+
+def test_stack_notes_gather_every_layers_notes():
+    d = cl.explain("conv1d", (1, 4, 16), layers=["k=3,s=2,p=1", "k=3,p=1,mode=circular"]
+                   ).to_dict()
+    layer_notes = [f"layer {i}: {n}" for i, lay in enumerate(d["layers"]) for n in lay["notes"]]
+    assert layer_notes and all(n in d["notes"] for n in layer_notes)
+    assert any(n.startswith("layer 1: padding_mode='circular'") for n in d["notes"])

@@ -238,3 +238,20 @@ def test_gradcheck_arguments_and_inputs_are_checked():
 
     a = np.full(4, 1e8) + np.arange(4)
     assert cl.gradcheck(square, a, vjp=lambda a: (a * a, lambda g: (2 * a * g,)))
+
+
+def test_a_user_vjp_must_keep_the_contract():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 8)), rng.standard_normal((4, 3, 3))
+
+    def f(a, b):
+        return cl.conv1d(a, b)
+
+    def extra(a, b):
+        y, pb = cl.vjp(cl.conv1d, a, b)
+        return y, lambda g: (*pb(g), np.zeros(3))
+
+    with pytest.raises(TypeError, match=r"must return \(output, pullback\)"):
+        cl.gradcheck(f, x, w, vjp=lambda a, b: cl.vjp(cl.conv1d, a, b)[1])
+    with pytest.raises(TypeError, match="returned 3 gradients for 2 positional"):
+        cl.gradcheck(f, x, w, vjp=extra)

@@ -495,3 +495,14 @@ def test_negative_infinity_at_a_row_end_stays_in_its_taps(algorithm):
     np.testing.assert_array_equal(np.isinf(gw), np.isinf(ref))
     fin = np.isfinite(ref)
     assert rel_err(gw[fin], ref[fin]) <= 1e-10
+
+
+def test_causal_padding_takes_a_stride_as_keras():
+    """Keras pads d*(k-1) on the left whatever the stride (it was refused with the
+    message of 'same', whose output could not keep the input size)."""
+    x = np.arange(1.0, 9.0)[None, None]
+    w = np.ones((1, 1, 3))
+    y = cl.conv1d(x, w, padding="causal", stride=2)
+    # y[i] = x[2i] + x[2i-1] + x[2i-2]: inputs up to 2i only
+    np.testing.assert_allclose(y[0, 0], [1, 6, 12, 18], rtol=1e-12)
+    np.testing.assert_array_equal(y, cl.conv1d(x, w, padding=[(2, 0)], stride=2))

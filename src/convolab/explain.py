@@ -166,38 +166,65 @@ _TRUE, _FALSE = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
 
 def parse_layer(text: str, default_transposed: bool = False) -> LayerConfig:
     """``"k=3,s=2,p=1"`` -> :class:`LayerConfig` (syntax: :data:`LAYER_SYNTAX`)."""
-    kw: dict[str, Any] = {"transposed": default_transposed}
+    items: dict[str, Any] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         key, sep, val = item.partition("=")
         if not sep or key.strip() not in _KEYS:
             raise ValueError(f"layer {text!r}: {item!r} is not key=value with a known key; "
                              f"syntax: {LAYER_SYNTAX}")
-        name, val = _KEYS[key.strip()], val.strip()
+        items[key.strip()] = val.strip()
+    return _layer_config(items, f"layer {text!r}", default_transposed)
+
+
+# LayerConfig's own field names, accepted in a dict beside the spec keys of _KEYS
+_FIELDS = ("kind", "in_channels", "ceil_mode", "rank")
+
+
+def _layer_config(items: dict, where: str, default_transposed: bool = False) -> LayerConfig:
+    """A :class:`LayerConfig` from spec keys (``k``, ``kernel_size``, ``type``, ...) and
+    values, given as the strings of the spec syntax or as Python values (a dict), with
+    the same defaults either way (a pool's stride is its kernel size)."""
+    kw: dict[str, Any] = {"transposed": default_transposed}
+    for key, val in items.items():
+        if not isinstance(key, str) or (key not in _KEYS and key not in _FIELDS):
+            raise ValueError(f"{where}: {key!r} is not a known key; syntax: {LAYER_SYNTAX}")
+        name = _KEYS.get(key, key)
+        text = val.strip() if isinstance(val, str) else None
         if name == "padding":
-            kw[name] = _parse_padding(val)
+            kw[name] = _parse_padding(text) if text is not None else val
         elif name in ("kernel_size", "stride", "dilation", "output_padding"):
-            kw[name] = _parse_ints(val, name)
-        elif name in ("groups", "out_channels"):
+            kw[name] = _parse_ints(text, name) if text is not None else val
+        elif name in ("groups", "out_channels", "in_channels", "rank"):
             try:
+                if text is None and not isinstance(val, numbers.Integral) or isinstance(val, bool):
+                    raise ValueError
                 kw[name] = int(val)
             except ValueError:
-                raise ValueError(f"layer {text!r}: {name}={val!r} must be an int") from None
-        elif name in ("bias", "transposed"):
-            if val.lower() not in _TRUE + _FALSE:
-                raise ValueError(f"layer {text!r}: {name}={val!r} must be one of "
+                raise ValueError(f"{where}: {name}={val!r} must be an int") from None
+        elif name in ("bias", "transposed", "ceil_mode"):
+            if isinstance(val, (bool, np.bool_)):
+                kw[name] = bool(val)
+            elif text is None or text.lower() not in _TRUE + _FALSE:
+                raise ValueError(f"{where}: {name}={val!r} must be one of "
                                  f"{'/'.join(_TRUE)} or {'/'.join(_FALSE)}")
-            kw[name] = val.lower() in _TRUE
+            else:
+                kw[name] = text.lower() in _TRUE
         elif name == "type":
             if val not in ("conv", "conv_transpose", "pool") and val not in OPS:
-                raise ValueError(f"layer {text!r}: type={val!r} must be conv, "
+                raise ValueError(f"{where}: type={val!r} must be conv, "
                                  "conv_transpose or pool")
             kw["kind"] = "pool" if val == "pool" else "conv"
             kw["transposed"] = val.startswith("conv_transpose")
             kw["rank"] = OPS[val][0] if val in OPS else None
+        elif name == "kind":
+            if val not in ("conv", "pool"):
+                raise ValueError(f"{where}: kind={val!r} must be conv or pool "
+                                 "(type=conv_transpose for a transposed one)")
+            kw[name] = val
         else:
             kw[name] = val
     if kw.get("kernel_size") is None:
-        raise ValueError(f"layer {text!r} needs a kernel size (k=...)")
+        raise ValueError(f"{where} needs a kernel size (k=...)")
     if kw.get("kind") == "pool" and "stride" not in kw:
         kw["stride"] = kw["kernel_size"]  # torch's pooling default
     return LayerConfig(**kw)
@@ -210,7 +237,7 @@ def _layer_from(obj: Any) -> LayerConfig:
     if isinstance(obj, str):
         return parse_layer(obj)
     if isinstance(obj, dict):
-        return LayerConfig(**obj)
+        return _layer_config(obj, f"layer {obj!r}")
     cls = type(obj).__name__
     if hasattr(obj, "kernel_size") and hasattr(obj, "weight") and hasattr(obj, "in_channels"):
         transposed = bool(getattr(obj, "_transposed", False) or getattr(obj, "transposed", False)
@@ -702,7 +729,7 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                     "(as torch); the output is shifted by half a cell relative to the input")
     if isinstance(cfg.padding, str) and cfg.padding == "causal":
         e.notes.append("padding='causal': all dilation*(k-1) padding on the low side, so "
-                       "output t sees only inputs <= t")
+                       "output t sees only inputs <= t*stride")
     for i in range(r):
         lo = spec.padding[i][0]
         used_in, reached = read_positions(S[i], k[i], spec.stride[i], lo, spec.dilation[i],
@@ -907,7 +934,8 @@ class StackExplanation:
             "algorithm": [e.algorithm for e in self.layers],
             "warnings": [f"layer {i}: {w}" for i, e in enumerate(self.layers)
                          for w in e.warnings],
-            "notes": list(self.notes),
+            "notes": list(self.notes) + [f"layer {i}: {n}" for i, e in enumerate(self.layers)
+                                         for n in e.notes],
             "layers": [e.to_dict() for e in self.layers],
         }
 
@@ -967,8 +995,9 @@ def explain(op: Any, input_shape: Any, *, out_channels: int | None = None,
             raise ValueError(f"op={op!r} must be one of {sorted(OPS)}")
         rank, transposed = OPS[op]
         if layers is not None:
-            cfgs = [parse_layer(lay, transposed) if isinstance(lay, str) else _layer_from(lay)
-                    for lay in layers]
+            cfgs = [parse_layer(lay, transposed) if isinstance(lay, str)
+                    else _layer_config(lay, f"layer {lay!r}", transposed)
+                    if isinstance(lay, dict) else _layer_from(lay) for lay in layers]
             return _explain_stack(cfgs, shape, dtype)
         cfg = LayerConfig("conv", transposed, kernel_size, stride, padding, dilation, groups,
                           output_padding, out_channels, padding_mode, bias)

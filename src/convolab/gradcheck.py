@@ -101,7 +101,12 @@ def _gradcheck(fn: Callable, args: tuple, kwargs: dict, vjp: Callable | None, ep
     if vjp is None:
         out, pullback = _convolab_vjp(fn, *args, **kwargs)
     else:
-        out, pullback = vjp(*args, **kwargs)
+        got = vjp(*args, **kwargs)
+        if not (isinstance(got, (tuple, list)) and len(got) == 2 and callable(got[1])):
+            raise TypeError(f"gradcheck: vjp(*args, **kwargs) returned {type(got).__name__}; it "
+                            "must return (output, pullback), pullback a function of the output "
+                            "gradient (as convolab.vjp)")
+        out, pullback = got
     out = np.asarray(out)
     if not np.isfinite(out).all():
         raise ValueError(f"gradcheck: {name} gives NaN or inf at these arguments; finite "
@@ -270,6 +275,10 @@ def _by_key(grads: Any, n_args: int) -> dict:
     if isinstance(grads, Mapping):
         out = dict(grads)
     elif isinstance(grads, (tuple, list)):
+        if len(grads) > n_args:
+            raise TypeError(f"gradcheck: the pullback returned {len(grads)} gradients for "
+                            f"{n_args} positional argument(s); it must return one per "
+                            "positional argument (None where there is none)")
         out = dict(enumerate(grads))
     elif isinstance(grads, np.ndarray) and n_args == 1:
         out = {0: grads}

@@ -74,9 +74,10 @@ def resolve_padding(
     Forms: an int; a tuple of ints (symmetric per dim); ``[(lo, hi), ...]`` per side
     (JAX style, a convolab extension); ``'valid'`` (none); ``'same'`` (output size
     equals input size, stride 1 only; total ``d*(k-1)`` with the odd element on the
-    right, as torch does); ``'causal'`` (all ``d*(k-1)`` on the left, as Keras;
-    a convolab extension).  Strings are rejected for transposed convolutions;
-    ``unfold`` and ``fold`` also accept them (a convolab extension: torch's
+    right, as torch does); ``'causal'`` (all ``d*(k-1)`` on the left, as Keras, any
+    stride: output ``i`` sees inputs up to ``i*stride``; a convolab extension).
+    Strings are rejected for transposed convolutions; ``unfold`` and ``fold`` also
+    accept them (a convolab extension: torch's
     ``F.unfold``/``F.fold`` take ints only).
     """
     rank = len(kernel_size)
@@ -89,7 +90,7 @@ def resolve_padding(
         if padding == "valid":
             return ((0, 0),) * rank
         if padding in ("same", "causal"):
-            if any(s != 1 for s in stride):
+            if padding == "same" and any(s != 1 for s in stride):
                 raise ValueError(
                     f"padding={padding!r} is not supported for strided convolutions "
                     f"(stride={stride}); the output could not keep the input size"
@@ -145,12 +146,16 @@ def _check_sizes(what: str, **values: object) -> dict[str, int]:
     return out
 
 
-def conv_output_size(size: int, k: int, s: int, lo: int, hi: int, d: int) -> int:
-    """Output length of a convolution along one dimension.
+def conv_output_size(size: int, k: int, s: int = 1, lo: int = 0, hi: int | None = None,
+                     d: int = 1) -> int:
+    """Output length of a convolution along one dimension: input ``size``, kernel ``k``,
+    stride ``s``, padding ``lo`` / ``hi`` on the low / high side (``hi`` defaults to
+    ``lo``), dilation ``d``.
 
     ``floor((size + lo + hi - d*(k-1) - 1) / s) + 1``; a ``ValueError`` when the
     effective kernel ``d*(k-1) + 1`` does not fit in the padded input.
     """
+    hi = lo if hi is None else hi
     a = _check_sizes("conv_output_size", size=size, k=k, s=s, lo=lo, hi=hi, d=d)
     o = _conv_out(**a)
     if o <= 0:
@@ -173,12 +178,15 @@ def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool)
     return o
 
 
-def conv_transpose_output_size(size: int, k: int, s: int, lo: int, hi: int, d: int, op: int) -> int:
-    """Output length of a transposed convolution along one dimension.
+def conv_transpose_output_size(size: int, k: int, s: int = 1, lo: int = 0,
+                               hi: int | None = None, d: int = 1, op: int = 0) -> int:
+    """Output length of a transposed convolution along one dimension: as
+    :func:`conv_output_size`, plus ``op``, the output_padding.
 
-    ``(size - 1)*s - lo - hi + d*(k-1) + output_padding + 1``; a ``ValueError`` for an
-    ``output_padding`` not below the stride or the dilation, or a size that is not positive.
+    ``(size - 1)*s - lo - hi + d*(k-1) + op + 1``; a ``ValueError`` for an ``op`` not
+    below the stride or the dilation, or a size that is not positive.
     """
+    hi = lo if hi is None else hi
     a = _check_sizes(
         "conv_transpose_output_size", size=size, k=k, s=s, lo=lo, hi=hi, d=d, op=op
     )

@@ -178,12 +178,15 @@ def _controller():
 
 def threading_info() -> dict:
     """How the fast paths use the cores: ``workers`` (tile threads), ``threadpoolctl``
-    (whether tiles can run on them with one BLAS thread each) and ``pinned_cpus`` (the
-    CPUs those workers run on, one each; empty when tiles run in the calling thread or
+    (whether tiles with BLAS calls can run on them, one BLAS thread each),
+    ``blas_tiles_parallel`` (whether they do: both of the above), and ``pinned_cpus`` (the
+    CPUs the workers run on, one each; empty when tiles run in the calling thread or
     the platform cannot pin threads).  Without threadpoolctl
-    (``pip install 'convolab[fast]'``) tiles run one at a time on BLAS's own threads:
-    measured 1.75-2.8x slower on Winograd 3x3 and 3-D layers and 1.2x on the 1-D k7
-    layer, 0.8-0.9x on the 3x3 stride-2 and transposed layers (fwd and fwd+bwd medians)."""
+    (``pip install 'convolab[fast]'``) tiles with BLAS calls run one at a time on BLAS's
+    own threads (only element-wise tiles, such as the depthwise tap loop's, use the
+    workers): measured 1.75-2.8x slower on Winograd 3x3 and 3-D layers and 1.2x on the
+    1-D k7 layer, 0.8-0.9x on the 3x3 stride-2 and transposed layers (fwd and fwd+bwd
+    medians)."""
     try:
         import threadpoolctl  # noqa: F401
     except ImportError:
@@ -192,9 +195,10 @@ def threading_info() -> dict:
         have = True
     n = workers()
     pinned: list[int] = []
-    if have and n > 1 and hasattr(os, "sched_setaffinity"):
+    if n > 1 and hasattr(os, "sched_setaffinity"):
         pinned = (_POOL._cpus if _POOL is not None else _usable_cpus())[:n]
-    return {"workers": n, "threadpoolctl": have, "pinned_cpus": pinned}
+    return {"workers": n, "threadpoolctl": have, "blas_tiles_parallel": have and n > 1,
+            "pinned_cpus": pinned}
 
 
 _LIMIT_LOCK = threading.Lock()

@@ -11,6 +11,7 @@ are computed by convolab itself (``conv``/``conv_transpose``/``vjp``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import numbers
 import os
@@ -146,15 +147,39 @@ class Drawing:
         return self._images
 
     def save(self, path: str, duration_ms: int = 800, dpi: int = 72) -> None:
+        """The animation as a GIF at ``path`` (``*.gif``, checked first; an existing file
+        is replaced only once the new one is written)."""
         from .render import save_gif
 
-        save_gif(self.render(dpi), path, duration_ms)
+        path = _required_path("path", path, ".gif", "save writes the animated GIF; "
+                              "contact_sheet writes the PNG")
+        if _check_int("duration_ms", duration_ms) < 0:
+            raise ValueError(f"duration_ms={duration_ms} must be >= 0 (milliseconds per frame)")
+        self._check_dpi(dpi)
+        images = self.render(dpi)
+        _write_replacing(path, lambda f: save_gif(images, f, duration_ms))
 
     def contact_sheet(self, path: str, columns: int | None = None, scale: float = 1.0,
                       dpi: int = 72) -> None:
+        """Every frame on one PNG at ``path`` (``*.png``, checked first; an existing file
+        is replaced only once the new one is written)."""
         from .render import contact_sheet
 
-        contact_sheet(self.render(dpi), path, columns, scale)
+        path = _required_path("path", path, ".png", "the contact sheet is a PNG; save "
+                              "writes the GIF")
+        if columns is not None and _check_int("columns", columns) <= 0:
+            raise ValueError(f"columns={columns} must be positive (or None for a square sheet)")
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (
+                math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale={scale!r} must be a positive number")
+        self._check_dpi(dpi)
+        images = self.render(dpi)
+        _write_replacing(path, lambda f: contact_sheet(images, f, columns, scale))
+
+    def _check_dpi(self, dpi: int) -> None:
+        if _check_int("dpi", dpi) <= 0:
+            raise ValueError(f"dpi={dpi} must be positive")
+        self.check_size(dpi)
 
 
 def _parse_cell(cell: Any, rank: int, backward: Any) -> tuple[int, ...]:
@@ -381,6 +406,32 @@ def _check_path(arg: str, path: Any, suffix: str, why: str) -> str | None:
     if not os.path.isdir(parent):
         raise ValueError(f"{arg}={path!r}: folder {parent} does not exist")
     return path
+
+
+def _required_path(arg: str, path: Any, suffix: str, why: str) -> str:
+    """:func:`_check_path` for a path that must be given."""
+    checked = _check_path(arg, path, suffix, why)
+    if checked is None:
+        raise ValueError(f"{arg}={path!r}: name a {suffix} file")
+    return checked
+
+
+def _write_replacing(path: str, write) -> None:
+    """``write(f)`` to a new file beside ``path``, then moved over it: a save that fails
+    halfway (a full disk, an error while encoding) leaves an existing file as it was."""
+    import uuid
+
+    folder, name = os.path.split(os.path.abspath(path))
+    # the file's own kind last (the writer reads it), made by the writer (the usual
+    # permissions, which a mkstemp file would not have)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{os.path.splitext(name)[1]}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def _real_array(arg: str, value: Any, shape: tuple[int, ...], size_arg: str) -> np.ndarray:
