@@ -506,3 +506,21 @@ def test_causal_padding_takes_a_stride_as_keras():
     # y[i] = x[2i] + x[2i-1] + x[2i-2]: inputs up to 2i only
     np.testing.assert_allclose(y[0, 0], [1, 6, 12, 18], rtol=1e-12)
     np.testing.assert_array_equal(y, cl.conv1d(x, w, padding=[(2, 0)], stride=2))
+
+
+def test_complex_weight_views_in_transposed_convolutions():
+    """The non-finite check viewed a complex array's parts side by side, which a strided
+    weight (w[..., ::2]) cannot: conv_transpose raised (109 of 100,831 fuzzed cases)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 6)) + 1j * rng.standard_normal((2, 2, 6))
+    w = (rng.standard_normal((2, 3, 6)) + 1j * rng.standard_normal((2, 3, 6)))[..., ::2]
+    assert not w.flags.c_contiguous
+    y, pb = cl.vjp(cl.conv_transpose1d, x, w, None, stride=2)
+    gx, gw = pb(np.ones_like(y))[:2]
+    xt, wt = (torch.tensor(a, requires_grad=True) for a in (x, np.ascontiguousarray(w)))
+    yt = torch.nn.functional.conv_transpose1d(xt, wt, stride=2)
+    yt.backward(torch.ones_like(yt))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-12, atol=1e-12)

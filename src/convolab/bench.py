@@ -489,7 +489,8 @@ def _sleep_seconds(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="convolab bench", description=__doc__.split("\n")[0].replace("``", ""))
+    ap = argparse.ArgumentParser(prog="convolab bench",
+                                 description=__doc__.split("\n")[0].replace("``", ""))
     ap.add_argument("--quick", action="store_true",
                     help="a few cases at a quarter of the batch (names give that batch)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, quick 3)")

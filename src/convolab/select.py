@@ -151,8 +151,13 @@ def problem(role: str, spec: ConvSpec, x_shape, w_shape) -> dict:
         N, K = x_shape[0], x_shape[1]
         O = tuple(x_shape[2:])
         C = w_shape[1] * g
+        # the smallest input size whose output is O: the transposed size without
+        # output_padding, raised to 1 and to what the kernel needs where the padding is
+        # large (it came out at -1 for k=3, stride 3, padding 2 on a length-1 input, and
+        # autotune's timing of the input gradient failed); the true size can be larger
+        # by up to the output_padding, which the cost model does not need
         S = tuple(
-            _conv_transpose_out(o, k, s, lo, hi, d, 0)
+            max(_conv_transpose_out(o, k, s, lo, hi, d, 0), 1, d * (k - 1) + 1 - lo - hi)
             for o, k, s, (lo, hi), d in zip(O, spec.kernel_size, spec.stride, spec.padding,
                                             spec.dilation)
         )
