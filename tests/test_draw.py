@@ -356,3 +356,19 @@ def test_drawing_save_and_sheet_check_their_paths_and_keep_an_old_file(tmp_path,
         d.save(str(gif))
     assert gif.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["old.gif"]  # no partial file left
+
+
+def test_drawing_save_writes_through_a_link_and_keeps_the_file_mode(tmp_path):
+    import os
+    import stat
+
+    d = dr.draw("conv1d", 3, 2)
+    real = tmp_path / "real.gif"
+    d.save(str(real))
+    os.chmod(real, 0o640)
+    link = tmp_path / "link.gif"
+    link.symlink_to(real)
+    before = real.read_bytes()
+    dr.draw("conv1d", 4, 2).save(str(link))
+    assert link.is_symlink() and real.read_bytes() != before
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o640

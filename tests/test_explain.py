@@ -532,6 +532,11 @@ def test_stack_dicts_take_the_spec_keys_and_defaults():
     for form in forms:
         e = cl.explain("conv1d", (1, 1, 8), layers=[form])
         assert e.to_dict()["output_shape"] == [1, 1, 4], form
+    for flags in ({"bias": 0}, {"bias": np.int64(1)}, {"ceil_mode": 0, "type": "pool"}):
+        e = cl.explain("conv1d", (1, 1, 8), layers=[{"k": 2, **flags}])
+        assert e.to_dict()["output_shape"][-1] in (4, 7), flags  # ints 0 / 1 as flags
+    with pytest.raises(ValueError, match="type=.* must be conv"):
+        cl.explain("conv1d", (1, 1, 8), layers=[{"k": 2, "type": ["pool"]}])
     e = cl.explain("conv_transpose1d", (1, 1, 8), layers=[{"k": 4, "s": 2, "p": 1}])
     assert e.to_dict()["output_shape"] == [1, 1, 16]  # the op's default: transposed
     for bad, msg in [({"k": 3, "q": 1}, "'q' is not a known key"),

@@ -376,3 +376,69 @@ def test_threads_autotuning_the_same_call_time_it_once_and_agree(monkeypatch):
             np.testing.assert_array_equal(y, after)
     finally:
         select.clear_autotune_cache()
+
+
+def _forked(child) -> int:
+    """Exit status of ``child()`` run in a forked child (-1: it hung for 20 s)."""
+    import os
+    import signal
+
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            signal.alarm(20)
+            code = 0 if child() else 2
+        finally:
+            os._exit(code)
+    for _ in range(250):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return -1
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+def test_a_child_forked_while_another_thread_tunes_or_limits_blas_is_whole():
+    """Locks and limits held by a thread that does not exist in a forked child: the
+    autotune lock made the child's first autotuned call wait for ever, and a fork during
+    a call left the child's BLAS on one thread for good (a review of this pass)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from convolab.algorithms import _threads
+
+    x, w = np.ones((1, 2, 8, 8), np.float32), np.ones((2, 2, 3, 3), np.float32)
+    cl.conv2d(x, w)
+    probe = ("import json, numpy, threadpoolctl; print(json.dumps([i['filepath'] for i in "
+             "threadpoolctl.threadpool_info() if i['user_api'] == 'blas']))")
+    numpy_blas = set(json.loads(subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout))
+
+    def counts():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["filepath"] in numpy_blas]
+
+    before = counts()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with select._TUNING_LOCK, _threads._blas_single_thread():
+            holding.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    holding.wait(10)
+    try:
+        def child():
+            with cl.options(autotune=True):
+                cl.conv2d(x, w, padding=1)
+            return counts() == before
+
+        assert _forked(child) == 0
+    finally:
+        release.set()
+        t.join()
+    assert counts() == before

@@ -202,7 +202,8 @@ def _layer_config(items: dict, where: str, default_transposed: bool = False) -> 
             except ValueError:
                 raise ValueError(f"{where}: {name}={val!r} must be an int") from None
         elif name in ("bias", "transposed", "ceil_mode"):
-            if isinstance(val, (bool, np.bool_)):
+            if isinstance(val, (bool, np.bool_)) or (
+                    isinstance(val, numbers.Integral) and val in (0, 1)):
                 kw[name] = bool(val)
             elif text is None or text.lower() not in _TRUE + _FALSE:
                 raise ValueError(f"{where}: {name}={val!r} must be one of "
@@ -210,7 +211,8 @@ def _layer_config(items: dict, where: str, default_transposed: bool = False) -> 
             else:
                 kw[name] = text.lower() in _TRUE
         elif name == "type":
-            if val not in ("conv", "conv_transpose", "pool") and val not in OPS:
+            if not isinstance(val, str) or (
+                    val not in ("conv", "conv_transpose", "pool") and val not in OPS):
                 raise ValueError(f"{where}: type={val!r} must be conv, "
                                  "conv_transpose or pool")
             kw["kind"] = "pool" if val == "pool" else "conv"

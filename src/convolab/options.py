@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
@@ -88,6 +89,8 @@ def get_options() -> Options:
 
 
 _SET_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a child forked while another thread held it
+    os.register_at_fork(after_in_child=lambda: globals().update(_SET_LOCK=threading.Lock()))
 
 
 def set_options(**changes: object) -> Options:

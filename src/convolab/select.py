@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -77,6 +78,17 @@ _TUNED_LOCK = threading.Lock()
 # call ran another algorithm than the same call right after).  Re-entrant: a candidate
 # timed may itself ask for a choice.
 _TUNING_LOCK = threading.RLock()
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while another thread tuned (or read the cache) would wait for
+    that thread's lock for ever: it does not exist there."""
+    global _TUNED_LOCK, _TUNING_LOCK
+    _TUNED_LOCK, _TUNING_LOCK = threading.Lock(), threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _tuned_get(key: tuple) -> tuple[str, str] | None:

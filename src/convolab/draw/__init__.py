@@ -419,15 +419,19 @@ def _required_path(arg: str, path: Any, suffix: str, why: str) -> str:
 def _write_replacing(path: str, write) -> None:
     """``write(f)`` to a new file beside ``path``, then moved over it: a save that fails
     halfway (a full disk, an error while encoding) leaves an existing file as it was."""
+    import shutil
     import uuid
 
-    folder, name = os.path.split(os.path.abspath(path))
+    target = os.path.realpath(path)  # through a link: the file it names is replaced
+    folder, name = os.path.split(target)
     # the file's own kind last (the writer reads it), made by the writer (the usual
     # permissions, which a mkstemp file would not have)
     tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{os.path.splitext(name)[1]}")
     try:
         write(tmp)
-        os.replace(tmp, path)
+        if os.path.exists(target):
+            shutil.copymode(target, tmp)  # an existing file keeps its permissions
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
