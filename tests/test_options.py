@@ -104,25 +104,27 @@ def test_workers_option_runs_tiles_in_the_calling_thread_or_on_more_threads():
         np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12)
 
 
+def _numpy_blas_threads(threadpoolctl):
+    """A function giving the thread counts of the BLAS that NumPy's own products call:
+    the ones loaded by importing NumPy alone.  Another one loaded later (SciPy's
+    OpenBLAS, after convolab's controller was made) is not in the controller's list and
+    keeps its threads, which is harmless: the tiles' products are NumPy's (a test that
+    counted every BLAS failed on a 16-core machine as [[1, 16], [1, 16]])."""
+    probe = ("import json, numpy, threadpoolctl; print(json.dumps([i['filepath'] for i in "
+             "threadpoolctl.threadpool_info() if i['user_api'] == 'blas']))")
+    numpy_blas = set(json.loads(subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout))
+    return lambda: [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                    if i["user_api"] == "blas" and i["filepath"] in numpy_blas]
+
+
 def test_blas_is_limited_from_any_thread():
     """threadpoolctl lets one Python thread at a time set OpenBLAS's thread count; the
     tiles must get one BLAS thread whichever thread calls, not only the first."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from convolab.algorithms import _threads
 
-    # the BLAS that NumPy's own products call: the ones loaded by importing NumPy alone.
-    # Another one loaded later (SciPy's OpenBLAS, after the controller was made) is not
-    # in the controller's list and keeps its threads, which is harmless: the tiles'
-    # products are NumPy's (seen failing on a 16-core machine as [[1, 16], [1, 16]])
-    probe = ("import json, numpy, threadpoolctl; print(json.dumps([i['filepath'] for i in "
-             "threadpoolctl.threadpool_info() if i['user_api'] == 'blas']))")
-    numpy_blas = set(json.loads(subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout))
-
-    def blas_threads():
-        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
-                if i["user_api"] == "blas" and i["filepath"] in numpy_blas]
-
+    blas_threads = _numpy_blas_threads(threadpoolctl)
     cl.conv2d(np.ones((2, 4, 8, 8), np.float32), np.ones((4, 4, 3, 3), np.float32))
     before = blas_threads()
     if not before or max(before) < 2:
@@ -411,15 +413,7 @@ def test_a_child_forked_while_another_thread_tunes_or_limits_blas_is_whole():
 
     x, w = np.ones((1, 2, 8, 8), np.float32), np.ones((2, 2, 3, 3), np.float32)
     cl.conv2d(x, w)
-    probe = ("import json, numpy, threadpoolctl; print(json.dumps([i['filepath'] for i in "
-             "threadpoolctl.threadpool_info() if i['user_api'] == 'blas']))")
-    numpy_blas = set(json.loads(subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout))
-
-    def counts():
-        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
-                if i["filepath"] in numpy_blas]
-
+    counts = _numpy_blas_threads(threadpoolctl)
     before = counts()
     holding, release = threading.Event(), threading.Event()
 
