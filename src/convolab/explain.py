@@ -195,12 +195,16 @@ def _layer_config(items: dict, where: str, default_transposed: bool = False) -> 
         elif name in ("kernel_size", "stride", "dilation", "output_padding"):
             kw[name] = _parse_ints(text, name) if text is not None else val
         elif name in ("groups", "out_channels", "in_channels", "rank"):
-            try:
-                if text is None and not isinstance(val, numbers.Integral) or isinstance(val, bool):
-                    raise ValueError
+            bad = ValueError(f"{where}: {name}={val!r} must be an int")
+            if text is not None:
+                try:
+                    kw[name] = int(text)
+                except ValueError:
+                    raise bad from None
+            elif isinstance(val, numbers.Integral) and not isinstance(val, (bool, np.bool_)):
                 kw[name] = int(val)
-            except ValueError:
-                raise ValueError(f"{where}: {name}={val!r} must be an int") from None
+            else:
+                raise bad
         elif name in ("bias", "transposed", "ceil_mode"):
             if isinstance(val, (bool, np.bool_)) or (
                     isinstance(val, numbers.Integral) and val in (0, 1)):
@@ -232,14 +236,15 @@ def _layer_config(items: dict, where: str, default_transposed: bool = False) -> 
     return LayerConfig(**kw)
 
 
-def _layer_from(obj: Any) -> LayerConfig:
-    """A LayerConfig, dict, spec string, convolab/torch conv or pooling layer, or other."""
+def _layer_from(obj: Any, default_transposed: bool = False) -> LayerConfig:
+    """A LayerConfig, dict, spec string, convolab/torch conv or pooling layer, or other
+    (strings and dicts transposed by default when ``default_transposed``)."""
     if isinstance(obj, LayerConfig):
         return obj
     if isinstance(obj, str):
-        return parse_layer(obj)
+        return parse_layer(obj, default_transposed)
     if isinstance(obj, dict):
-        return _layer_config(obj, f"layer {obj!r}")
+        return _layer_config(obj, f"layer {obj!r}", default_transposed)
     cls = type(obj).__name__
     if hasattr(obj, "kernel_size") and hasattr(obj, "weight") and hasattr(obj, "in_channels"):
         transposed = bool(getattr(obj, "_transposed", False) or getattr(obj, "transposed", False)
@@ -997,9 +1002,7 @@ def explain(op: Any, input_shape: Any, *, out_channels: int | None = None,
             raise ValueError(f"op={op!r} must be one of {sorted(OPS)}")
         rank, transposed = OPS[op]
         if layers is not None:
-            cfgs = [parse_layer(lay, transposed) if isinstance(lay, str)
-                    else _layer_config(lay, f"layer {lay!r}", transposed)
-                    if isinstance(lay, dict) else _layer_from(lay) for lay in layers]
+            cfgs = [_layer_from(lay, transposed) for lay in layers]
             return _explain_stack(cfgs, shape, dtype)
         cfg = LayerConfig("conv", transposed, kernel_size, stride, padding, dilation, groups,
                           output_padding, out_channels, padding_mode, bias)

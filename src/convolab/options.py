@@ -89,8 +89,16 @@ def get_options() -> Options:
 
 
 _SET_LOCK = threading.Lock()
-if hasattr(os, "register_at_fork"):  # a child forked while another thread held it
-    os.register_at_fork(after_in_child=lambda: globals().update(_SET_LOCK=threading.Lock()))
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while another thread held the lock would wait for it for ever."""
+    global _SET_LOCK
+    _SET_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def set_options(**changes: object) -> Options:
