@@ -8,13 +8,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import grad as _grad
 from .dtypes import as_array
 from .ops import conv as _conv
 from .ops import pad as _pad
 from .ops import unfold as _unfold
 
 _VJPS: dict[Callable, Callable] = {}
-for _m in (_conv, _unfold, _pad):
+for _m in (_conv, _unfold, _pad, _grad):
     _VJPS.update(_m.VJPS)
 # inspect.signature costs ~40 us a call: computed once per public op
 _SIGNATURES = {f: inspect.signature(f) for f in _VJPS}

@@ -5,6 +5,17 @@
 ``weight_size`` are full shapes, e.g. ``(N, C_in, H, W)`` and ``(C_out, C_in/g, kh, kw)``.
 They validate like ``conv`` (with a zero-cost stand-in for the array that is given by its
 size) and compute only the gradient asked for.
+
+Each has a VJP (:func:`convolab.vjp`), so a backward pass written with them can itself be
+differentiated (double backward: gradient penalties, Hessian-vector products).  Both are
+linear in each array argument; with ``y = conv(x, w)``::
+
+    gx = conv_input(x.shape, w, gy):   d<v, gx>/dw  = conv_weight(v, w.shape, gy)
+                                       d<v, gx>/dgy = conv(v, w)
+    gw = conv_weight(x, w.shape, gy):  d<V, gw>/dx  = conv_input(x.shape, V, gy)
+                                       d<V, gw>/dgy = conv(x, V)
+
+(complex arrays too: these are the adjoints under ``Re<a, b>``, torch's convention).
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dtypes import as_array
-from .ops.conv import Prepared, grads, prepare
+from .ops.conv import Prepared, conv1d, conv2d, conv3d, grads, prepare
 
 
 def _check_grad_output(p: Prepared, grad_output, out_channels: int) -> np.ndarray:
@@ -98,6 +109,49 @@ def _weight(rank):
 
 conv1d_input, conv2d_input, conv3d_input = (_input(r) for r in (1, 2, 3))
 conv1d_weight, conv2d_weight, conv3d_weight = (_weight(r) for r in (1, 2, 3))
+
+_CONV = {1: conv1d, 2: conv2d, 3: conv3d}
+_INPUT = {1: conv1d_input, 2: conv2d_input, 3: conv3d_input}
+_WEIGHT = {1: conv1d_weight, 2: conv2d_weight, 3: conv3d_weight}
+
+
+def _input_vjp(rank):
+    def vjp_impl(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
+        w = as_array("weight", weight)
+        gy = as_array("grad_output", grad_output)
+        settings = (stride, padding, dilation, groups)
+        out = _INPUT[rank](input_size, w, gy, *settings)
+
+        def pullback(v):
+            return {
+                "weight": _WEIGHT[rank](v, w.shape, gy, *settings),
+                "grad_output": _CONV[rank](v, w, None, *settings),
+            }
+
+        return out, pullback
+
+    return vjp_impl
+
+
+def _weight_vjp(rank):
+    def vjp_impl(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
+        x = as_array("input", input)
+        gy = as_array("grad_output", grad_output)
+        settings = (stride, padding, dilation, groups)
+        out = _WEIGHT[rank](x, weight_size, gy, *settings)
+
+        def pullback(v):
+            return {
+                "input": _INPUT[rank](x.shape, v, gy, *settings),
+                "grad_output": _CONV[rank](x, v, None, *settings),
+            }
+
+        return out, pullback
+
+    return vjp_impl
+
+
+VJPS = {_INPUT[r]: _input_vjp(r) for r in _INPUT} | {_WEIGHT[r]: _weight_vjp(r) for r in _WEIGHT}
 
 __all__ = [
     "conv1d_input",
