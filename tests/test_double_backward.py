@@ -142,3 +142,27 @@ def test_the_pullback_checks_its_cotangent():
     gx, pb = cl.vjp(grad.conv2d_input, (1, 2, 4, 4), np.ones((3, 2, 3, 3)), np.ones((1, 3, 2, 2)))
     with pytest.raises(ValueError, match="grad_out.shape"):
         pb(np.ones((1, 2, 4, 5)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=conv_cases(ranks=(1, 2, 3), transposed=True, batch=2))
+def test_transposed_backward_is_a_conv_and_a_weight_gradient(case):
+    """The README's claim: conv_transpose's gradients are conv(gy, w) and
+    conv_weight(gy, w.shape, x) (complex: with conjugates), so double backward covers
+    transposed layers too."""
+    x, w, _ = case.arrays(np.complex128, seed=6)
+    y, pb = cl.vjp(cl.conv_transpose, x, w, None, **case.kwargs)
+    rng = np.random.default_rng(7)
+    gy = rng.standard_normal(y.shape) + 1j * rng.standard_normal(y.shape)
+    g = pb(gy)
+    kw = {k: v for k, v in case.kwargs.items() if k != "output_padding"}
+    _, fw = _fns(case.rank)
+    gx = cl.conv(gy, w.conj(), **kw)
+    # an output_padding of the stride or more (a dilation allows it) adds positions that
+    # no input reached: gx is then longer than x, and x takes zeros there
+    extra = [(0, o - n) for o, n in zip(gx.shape[2:], x.shape[2:])]
+    assert rel_err(gx[(...,) + tuple(slice(n) for n in x.shape[2:])], g[0]) <= 1e-12
+    xz = np.pad(x, [(0, 0)] * 2 + extra)
+    assert rel_err(fw(gy.conj(), w.shape, xz.conj(), **kw), g[1]) <= 1e-12
+    if all(o < s for o, s in zip(case.kwargs["output_padding"], case.kwargs["stride"])):
+        assert gx.shape == x.shape
