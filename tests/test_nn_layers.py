@@ -669,3 +669,117 @@ def test_train_and_eval_reach_every_sub_module():
     x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
     model.eval()
     np.testing.assert_array_equal(model(x), model(x))  # dropout off, running stats used
+
+
+# -- torch's names and forms (the parity audit of the fourteenth pass) ---------------
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (nn.Linear(4, 3, seed=0), (2, 4)),
+        (nn.BatchNorm2d(3), (2, 3, 4, 4)),
+        (nn.MaxPool1d(2), (1, 2, 6)),
+        (nn.AvgPool2d(2), (1, 2, 4, 4)),
+        (nn.AdaptiveAvgPool2d(2), (1, 2, 4, 4)),
+        (nn.Dropout(0.5), (3, 4)),
+        (nn.ReLU(), (3,)),
+        (nn.SiLU(), (3,)),
+        (nn.GELU(), (3,)),
+        (nn.Flatten(), (2, 3, 4)),
+        (nn.Identity(), (2,)),
+        (nn.Sequential(nn.Linear(4, 2, seed=1), nn.ReLU()), (3, 4)),
+    ],
+)
+def test_every_layer_takes_its_input_by_torchs_keyword(layer, shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    layer.eval()
+    np.testing.assert_array_equal(layer(input=x), layer(x))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("soft", [False, True])
+def test_cross_entropy_of_one_unbatched_sample(reduction, soft):
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal(5)
+    t = rng.dirichlet(np.ones(5)) if soft else np.array(3)
+    w = rng.random(5)
+    loss = nn.CrossEntropyLoss(weight=w, reduction=reduction, label_smoothing=0.1)
+    out = loss(z, t)
+    g = loss.backward(np.asarray(0.7))
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.CrossEntropyLoss(
+        weight=torch.tensor(w), reduction=reduction, label_smoothing=0.1
+    )(tz, torch.tensor(t))
+    tl.backward(torch.tensor(0.7, dtype=torch.float64))
+    assert out.shape == tuple(tl.shape) == () and g.shape == z.shape
+    assert rel(out, t2n(tl)) <= TOL and rel(g, tz.grad.numpy()) <= TOL
+    with pytest.raises(ValueError, match=r"must be \(\) \(a class index\)"):
+        loss(z, np.array([1, 2]))
+
+
+def test_cross_entropy_refuses_ignore_index_for_probabilities():
+    rng = np.random.default_rng(2)
+    z, p = rng.standard_normal((3, 4)), rng.dirichlet(np.ones(4), 3)
+    with pytest.raises(ValueError, match="ignore_index=2 does not apply to class probabilities"):
+        nn.CrossEntropyLoss(ignore_index=2)(z, p)
+    nn.CrossEntropyLoss(ignore_index=2)(z, np.array([0, 2, 1]))  # indices: fine
+
+
+def test_devices_torch_accepts_for_the_cpu():
+    for device in (None, "cpu", "cpu:0", torch.device("cpu"), torch.device("cpu", 0)):
+        nn.Linear(2, 2, device=device)
+        nn.Conv1d(1, 1, 1, device=device)
+        nn.BatchNorm1d(2, device=device)
+    for device in ("cuda", "cpu:", "cpu:x", "gpu", torch.device("meta")):
+        with pytest.raises(ValueError, match="CPU only"):
+            nn.Linear(2, 2, device=device)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: nn.Conv2d(3, 4, 3, seed=0), lambda: nn.ConvTranspose1d(4, 6, 2, groups=2),
+             lambda: nn.Linear(5, 3, seed=0)]
+)
+def test_reset_parameters_draws_again_in_place(make):
+    layer = make()
+    w, b = layer.weight.data, layer.bias.data
+    w0, b0 = w.copy(), b.copy()
+    layer.reset_parameters()
+    assert layer.weight.data is w and layer.bias.data is b  # optimizers keep what they hold
+    assert (w != w0).all() and (b != b0).all()
+    bound = 1 / np.sqrt(w[0].size)  # fan_in: weight.shape[1] * prod(kernel)
+    assert np.abs(w).max() <= bound and np.abs(b).max() <= bound
+
+
+def test_batchnorm_reset_parameters_and_running_stats():
+    bn = nn.BatchNorm1d(3, dtype=np.float64)
+    bn(np.random.default_rng(0).standard_normal((4, 3)) + 5)
+    bn.weight.data[...] = 2
+    bn.reset_running_stats()
+    assert (bn.running_mean == 0).all() and (bn.running_var == 1).all()
+    assert bn.num_batches_tracked == 0 and (bn.weight.data == 2).all()
+    bn.reset_parameters()
+    assert (bn.weight.data == 1).all() and (bn.bias.data == 0).all()
+
+
+def test_load_state_dict_returns_the_keys_it_did_not_match():
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, seed=0), nn.BatchNorm2d(3))
+    tm = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
+    for strict, drop, extra in [(True, None, None), (False, "0.bias", "x")]:
+        sd = m.state_dict()
+        tsd = tm.state_dict()
+        if drop:
+            del sd[drop], tsd[drop]
+            sd[extra], tsd[extra] = np.ones(1), torch.ones(1)
+        ours, theirs = m.load_state_dict(sd, strict=strict), tm.load_state_dict(tsd, strict)
+        assert ours.missing_keys == theirs.missing_keys
+        assert ours.unexpected_keys == theirs.unexpected_keys
+
+
+def test_reprs_and_attributes_as_torch():
+    assert "dilation=(2, 2)" in repr(nn.MaxPool2d(3, 1, dilation=2))
+    assert "dilation" not in repr(nn.AvgPool2d(3))
+    for padding, rank in (([1], 1), ([2, 1], 2), ([1], 2)):
+        ours = getattr(nn, f"Conv{rank}d")(2, 2, 3, padding=padding).padding
+        assert ours == getattr(torch.nn, f"Conv{rank}d")(2, 2, 3, padding=padding).padding
+    assert nn.Conv1d(2, 2, 3, padding=[(1, 2)]).padding == ((1, 2),)

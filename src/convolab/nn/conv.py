@@ -11,7 +11,7 @@ from ..dtypes import SUPPORTED, SUPPORTED_NAMES, as_array
 from ..ops import conv as F
 from ..ops.pad import pad, pad_vjp
 from ..spec import as_tuple, make_spec
-from .module import Module, Parameter
+from .module import Module, Parameter, check_device
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -85,19 +85,19 @@ class _ConvNd(Module):
             raise ValueError(
                 f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}"
             )
-        if device not in (None, "cpu"):
-            raise ValueError(f"{name}: device={device!r}; convolab runs on the CPU only")
+        check_device(name, device)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = as_tuple("kernel_size", kernel_size, r)
         self.stride = as_tuple("stride", stride, r)
         self.dilation = as_tuple("dilation", dilation, r)
         self.groups = int(groups)
-        # torch keeps an int padding as a tuple, a string as given (per-side pairs too)
-        self.padding = (
-            (int(padding),) * r
-            if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool)
-            else padding
-        )
+        # torch keeps an int padding as a tuple, a list as a tuple, a string as given
+        if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+            self.padding = (int(padding),) * r
+        elif isinstance(padding, list):  # per-side pairs too: [(1, 2)] -> ((1, 2),)
+            self.padding = tuple(tuple(p) if isinstance(p, list) else p for p in padding)
+        else:
+            self.padding = padding
         self.padding_mode = padding_mode
         self.output_padding = as_tuple("output_padding", output_padding, r)
         # Validates stride/dilation/padding/output_padding now rather than at the first call.
@@ -115,18 +115,28 @@ class _ConvNd(Module):
             raise TypeError(
                 f"{name}: dtype={self.dtype.name} must be one of {SUPPORTED_NAMES}"
             )
-        gen = make_rng(rng, seed)
+        self._rng = make_rng(rng, seed)
         if self._transposed:
             wshape = (in_channels, out_channels // groups) + self.kernel_size
         else:
             wshape = (out_channels, in_channels // groups) + self.kernel_size
-        fan_in = wshape[1] * math.prod(self.kernel_size)
-        self.weight = Parameter(kaiming_uniform(gen, wshape, fan_in, self.dtype))
+        self.weight = Parameter(np.empty(wshape, self.dtype))
         if bias:
-            self.bias = Parameter(kaiming_uniform(gen, (out_channels,), fan_in, self.dtype))
+            self.bias = Parameter(np.empty((out_channels,), self.dtype))
         else:
             self.register_parameter("bias", None)
+        self.reset_parameters()
         self._pullbacks = None
+
+    def reset_parameters(self) -> None:
+        """Draw the weight and bias again (in place), as torch's default initialisation,
+        from the layer's generator (``rng``/``seed``): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        w = self.weight.data
+        fan_in = w.shape[1] * math.prod(w.shape[2:])
+        w[...] = kaiming_uniform(self._rng, w.shape, fan_in, w.dtype)
+        if self.bias is not None:
+            b = self.bias.data
+            b[...] = kaiming_uniform(self._rng, b.shape, fan_in, b.dtype)
 
     def __getstate__(self):
         # the pullbacks of the last forward are closures (not picklable) and only

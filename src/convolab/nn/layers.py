@@ -25,7 +25,7 @@ from ..dtypes import as_array
 from ..padding import pad_spatial
 from ..spec import ConvSpec, as_tuple, make_spec, pool_output_size
 from .conv import kaiming_uniform, layer_dtype, make_rng
-from .module import Module, Parameter, check_real
+from .module import Module, Parameter, check_device, check_real
 
 __all__ = [
     "AdaptiveAvgPool1d",
@@ -119,7 +119,8 @@ class Sequential(Module):
             return Sequential(*mods[i])
         return mods[i]
 
-    def forward(self, x):
+    def forward(self, input):
+        x = input
         for m in self._modules.values():
             x = m(x)
         return x
@@ -162,8 +163,8 @@ class Identity(Module):
         super().__init__()
         self._shape = None
 
-    def forward(self, x):
-        x = np.asarray(x)
+    def forward(self, input):
+        x = np.asarray(input)
         self._shape = x.shape
         return x
 
@@ -179,8 +180,8 @@ class Flatten(Module):
         self.start_dim, self.end_dim = int(start_dim), int(end_dim)
         self._shape = None
 
-    def forward(self, x):
-        x = as_array(f"{type(self).__name__}: input", x)
+    def forward(self, input):
+        x = as_array(f"{type(self).__name__}: input", input)
         n = max(x.ndim, 1)  # torch treats a 0-d input as 1-D here
         for arg, v in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
             if not -n <= v < n:
@@ -232,20 +233,29 @@ class Linear(Module):
         for arg, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Linear: {arg}={v!r} must be a positive int")
-        if device not in (None, "cpu"):
-            raise ValueError(f"Linear: device={device!r}; convolab runs on the CPU only")
+        check_device("Linear", device)
         self.in_features, self.out_features = int(in_features), int(out_features)
         dt = _float_dtype("Linear", dtype)
-        gen = make_rng(rng, seed)
-        self.weight = Parameter(kaiming_uniform(gen, (out_features, in_features), in_features, dt))
+        self._rng = make_rng(rng, seed)
+        self.weight = Parameter(np.empty((out_features, in_features), dt))
         if bias:
-            self.bias = Parameter(kaiming_uniform(gen, (out_features,), in_features, dt))
+            self.bias = Parameter(np.empty((out_features,), dt))
         else:
             self.register_parameter("bias", None)
+        self.reset_parameters()
         self._x = None
 
-    def forward(self, x):
-        x = as_array(f"{type(self).__name__}: input", x)
+    def reset_parameters(self) -> None:
+        """Draw the weight and bias again (in place) from the layer's generator, as
+        torch's default: U(-1/sqrt(in_features), 1/sqrt(in_features))."""
+        w = self.weight.data
+        w[...] = kaiming_uniform(self._rng, w.shape, self.in_features, w.dtype)
+        if self.bias is not None:
+            b = self.bias.data
+            b[...] = kaiming_uniform(self._rng, b.shape, self.in_features, b.dtype)
+
+    def forward(self, input):
+        x = as_array(f"{type(self).__name__}: input", input)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"Linear: input.shape={x.shape} must end in in_features={self.in_features}"
@@ -287,8 +297,8 @@ class ReLU(Module):
         super().__init__()
         self._mask = None
 
-    def forward(self, x):
-        x = as_array(f"{type(self).__name__}: input", x)
+    def forward(self, input):
+        x = as_array(f"{type(self).__name__}: input", input)
         self._mask = x > 0
         if x.dtype.kind in "fc":
             self._mask |= np.isnan(x)
@@ -307,8 +317,8 @@ class SiLU(Module):
         super().__init__()
         self._cache = None
 
-    def forward(self, x):
-        x = as_array(f"{type(self).__name__}: input", x)
+    def forward(self, input):
+        x = as_array(f"{type(self).__name__}: input", input)
         s = _sigmoid(x)
         self._cache = (x, s)
         return x * s
@@ -353,8 +363,8 @@ class GELU(Module):
         self.approximate = approximate
         self._cache = None
 
-    def forward(self, x):
-        x = as_array(f"{type(self).__name__}: input", x)
+    def forward(self, input):
+        x = as_array(f"{type(self).__name__}: input", input)
         if self.approximate == "tanh":
             t = np.tanh(self._K * (x + 0.044715 * x**3))
             self._cache = (x, t)
@@ -392,8 +402,8 @@ class Dropout(Module):
         self._scale = None
         self._shape = None
 
-    def forward(self, x):
-        x = as_array(f"{type(self).__name__}: input", x)
+    def forward(self, input):
+        x = as_array(f"{type(self).__name__}: input", input)
         self._shape = x.shape
         if not self.training or self.p == 0.0:
             self._scale = None
@@ -506,6 +516,12 @@ class _MaxPoolNd(_PoolNd):
     """Max over each window; padding counts as -inf.  The backward sends each
     output gradient to the first maximal element of its window (torch's choice)."""
 
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
+
     def __init__(
         self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False
     ):
@@ -513,8 +529,8 @@ class _MaxPoolNd(_PoolNd):
             raise ValueError(f"{type(self).__name__}: return_indices=True is not supported")
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
 
-    def forward(self, x):
-        xb, unbatched = self._batched(x)
+    def forward(self, input):
+        xb, unbatched = self._batched(input)
         spec, O = self._geometry(xb.shape[2:])
         xp = pad_spatial(xb, spec.padding, -np.inf)
         best = np.full(xb.shape[:2] + O, -np.inf, dtype=xb.dtype)
@@ -591,8 +607,8 @@ class _AvgPoolNd(_PoolNd):
             return np.asarray(1.0 / self.divisor_override, dtype=dtype)
         return (1.0 / _avg_divisors(spec, spatial, O, self.count_include_pad)).astype(dtype)
 
-    def forward(self, x):
-        xb, unbatched = self._batched(x)
+    def forward(self, input):
+        xb, unbatched = self._batched(input)
         spec, O = self._geometry(xb.shape[2:])
         xp = pad_spatial(xb, spec.padding, 0)
         total = np.zeros(xb.shape[:2] + O, dtype=xb.dtype)
@@ -660,9 +676,9 @@ class _AdaptiveAvgPoolNd(Module):
         self.output_size = vals
         self._cache = None
 
-    def forward(self, x):
+    def forward(self, input):
         r = self._rank
-        x = _check_input(type(self).__name__, x, (r + 1, r + 2))
+        x = _check_input(type(self).__name__, input, (r + 1, r + 2))
         spatial = x.shape[-r:]
         if 0 in x.shape[-r - 1 :]:
             raise ValueError(
@@ -730,8 +746,7 @@ class _BatchNorm(Module):
             raise ValueError(f"{name}: eps={eps!r} must be positive")
         if momentum is not None:
             check_real(name, momentum=momentum)
-        if device not in (None, "cpu"):
-            raise ValueError(f"{name}: device={device!r}; convolab runs on the CPU only")
+        check_device(name, device)
         dt = _float_dtype(name, dtype)
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
         self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
@@ -750,6 +765,21 @@ class _BatchNorm(Module):
             self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
         self._cache = None
 
+    def reset_running_stats(self) -> None:
+        """Running mean 0, variance 1, no batches tracked (in place), as torch."""
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def reset_parameters(self) -> None:
+        """The running statistics reset, and the affine weight 1 and bias 0, as torch."""
+        self.reset_running_stats()
+        if self.weight is not None:
+            self.weight.data[...] = 1
+        if self.bias is not None:
+            self.bias.data[...] = 0
+
     def _axes_shape(self, x):
         name = type(self).__name__
         x = _check_input(name, x, self._ranks)
@@ -765,8 +795,8 @@ class _BatchNorm(Module):
         shape = (1, -1) + (1,) * (x.ndim - 2)
         return x, axes, shape
 
-    def forward(self, x):
-        x, axes, shape = self._axes_shape(x)
+    def forward(self, input):
+        x, axes, shape = self._axes_shape(input)
         use_batch = self.training or not self.track_running_stats
         if use_batch:
             m = x.size // x.shape[1]

@@ -28,10 +28,11 @@ class CrossEntropyLoss(Module):
     adds; ``'none'`` returns ``loss_i``.
 
     ``forward(input, target)``: input ``(N, C)`` or ``(N, C, *d)`` logits, target ``(N,)``
-    or ``(N, *d)`` integer class indices; returns the loss (a 0-d array for ``'mean'``
-    and ``'sum'``).  ``backward(grad=1.0)`` returns the gradient for the logits
-    (``grad`` has the loss's shape).  A float target of the input's shape holds class
-    probabilities (soft labels, as torch): see :meth:`_forward_probabilities`.
+    or ``(N, *d)`` integer class indices (unbatched: input ``(C,)``, target ``()``);
+    returns the loss (a 0-d array for ``'mean'`` and ``'sum'``).  ``backward(grad=1.0)``
+    returns the gradient for the logits (``grad`` has the loss's shape).  A float target
+    of the input's shape holds class probabilities (soft labels, as torch): see
+    :meth:`_forward_probabilities`.
     """
 
     def __init__(
@@ -77,14 +78,26 @@ class CrossEntropyLoss(Module):
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
         self._cache = None
+        self._unbatched = False
 
     def forward(self, input, target):
         z = np.asarray(input)
         t = np.asarray(target)
-        if z.ndim < 2:
-            raise ValueError(f"CrossEntropyLoss: input.shape={z.shape} must be (N, C, *d)")
+        if z.ndim < 1:
+            raise ValueError(
+                f"CrossEntropyLoss: input.shape={z.shape} must be (N, C, *d), or (C,) "
+                "unbatched"
+            )
         if not np.issubdtype(z.dtype, np.floating):
             raise TypeError(f"CrossEntropyLoss: input has dtype {z.dtype}, expected float")
+        self._unbatched = z.ndim == 1
+        if self._unbatched:  # one sample, as torch: target () or (C,) probabilities
+            if t.shape not in ((), z.shape):
+                raise ValueError(
+                    f"CrossEntropyLoss: target.shape={t.shape} must be () (a class index) "
+                    f"or {z.shape} (class probabilities) for an unbatched input.shape={z.shape}"
+                )
+            z, t = z[None], t[None]
         if np.issubdtype(t.dtype, np.floating) and t.shape == z.shape:
             return self._forward_probabilities(z, t)
         if not np.issubdtype(t.dtype, np.integer):
@@ -120,7 +133,7 @@ class CrossEntropyLoss(Module):
         denom = wy.sum() if self.reduction == "mean" else None
         self._cache = (logp, a, denom, t.shape)
         if self.reduction == "none":
-            return per
+            return per[0] if self._unbatched else per
         total = per.sum()
         if self.reduction == "sum":
             return np.asarray(total)
@@ -146,6 +159,11 @@ class CrossEntropyLoss(Module):
         """Soft targets (torch's probability form): ``loss_i = -sum_c w[c] t'[i, c] log
         p[i, c]`` with ``t' = (1 - eps) t + eps/C``; ``'mean'`` divides by the number of
         elements (not by weights), and ``ignore_index`` does not apply."""
+        if self.ignore_index != -100:
+            raise ValueError(
+                f"CrossEntropyLoss: ignore_index={self.ignore_index} does not apply to class "
+                "probabilities (float targets); torch refuses it too"
+            )
         if t.dtype != z.dtype:
             raise TypeError(
                 f"CrossEntropyLoss: probability targets have dtype {t.dtype} but the input "
@@ -162,7 +180,7 @@ class CrossEntropyLoss(Module):
         n = per.size
         self._cache = (logp, a, n if self.reduction == "mean" else None, per.shape)
         if self.reduction == "none":
-            return per
+            return per[0] if self._unbatched else per
         total = per.sum()
         if self.reduction == "sum":
             return np.asarray(total)
@@ -176,7 +194,8 @@ class CrossEntropyLoss(Module):
             raise RuntimeError("CrossEntropyLoss.backward called before forward")
         logp, a, denom, tshape = self._cache
         grad = np.asarray(grad)
-        want = tshape if self.reduction == "none" else ()
+        unbatched = self._unbatched
+        want = (tshape[1:] if unbatched else tshape) if self.reduction == "none" else ()
         if grad.shape != want:
             hint = (
                 " (reduction='none' returns one loss per element: backward needs their "
@@ -192,8 +211,10 @@ class CrossEntropyLoss(Module):
         # d/dz of -sum_c a_c log p_c = (sum_c a_c) p - a
         g = a.sum(axis=1, keepdims=True) * np.exp(logp) - a
         if self.reduction == "none":
-            return g * grad[:, None]
-        if self.reduction == "mean":
-            # every target ignored: no element counts, so no gradient (torch: zeros)
-            grad = grad / denom if denom else np.zeros_like(grad)
-        return g * grad
+            g = g * (grad[None] if unbatched else grad)[:, None]
+        else:
+            if self.reduction == "mean":
+                # every target ignored: no element counts, so no gradient (torch: zeros)
+                grad = grad / denom if denom else np.zeros_like(grad)
+            g = g * grad
+        return g[0] if unbatched else g

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +27,24 @@ def check_real(name: str, **values) -> None:
             v, (int, float, np.integer, np.floating)
         ):
             raise TypeError(f"{name}: {arg}={v!r} must be a real number")
+
+
+def check_device(name: str, device) -> None:
+    """ValueError unless ``device`` names the CPU: None, ``'cpu'``, ``'cpu:N'``, or an
+    object that prints as one (``torch.device('cpu')``), as torch's constructors take."""
+    if device is None:
+        return
+    text = device if isinstance(device, str) else str(device)
+    kind, _, index = text.partition(":")
+    if kind != "cpu" or (index and not index.isdigit()) or text.endswith(":"):
+        raise ValueError(f"{name}: device={device!r}; convolab runs on the CPU only")
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` did not match, as torch's return value."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 class StateDictError(KeyError, ValueError):
@@ -230,8 +249,11 @@ class Module:
         for mn, m in self._modules.items():
             m._collect_state(out, prefix + mn + ".")
 
-    def load_state_dict(self, state: Mapping[str, object], strict: bool = True) -> None:
-        """Load arrays (NumPy, or anything ``np.asarray`` accepts, e.g. torch tensors)."""
+    def load_state_dict(self, state: Mapping[str, object], strict: bool = True):
+        """Load arrays (NumPy, or anything ``np.asarray`` accepts, e.g. torch tensors).
+
+        Returns ``(missing_keys, unexpected_keys)`` as torch (a named tuple; both empty
+        under ``strict=True``, which raises :class:`StateDictError` instead)."""
         own = dict(self._named_parameters_all(""))
         bufs = dict(self.named_buffers())
         # torch fills in a missing BatchNorm counter (checkpoints older than torch 0.4.1)
@@ -263,6 +285,7 @@ class Module:
                     target = target._modules[part]
                 old = target._buffers[name]
                 target._set_buffer(name, np.array(arr, dtype=np.asarray(old).dtype, copy=True))
+        return IncompatibleKeys(missing, unexpected)
 
     # -- calling ---------------------------------------------------------
     def __call__(self, *args, **kwargs):
