@@ -135,6 +135,61 @@ def test_vjp_rejects_unknown_function_and_bad_grad_shape():
         pb(np.zeros((1,)))
 
 
+def test_a_pullback_of_an_integer_pad_refuses_rather_than_truncate():
+    out, pb = cl.vjp(cl.pad, np.arange(6).reshape(1, 2, 3), (1, 1), mode="replicate")
+    np.testing.assert_array_equal(out[0, 0], [0, 0, 1, 2, 2])  # the forward is fine
+    with pytest.raises(TypeError, match="only float and complex inputs have gradients"):
+        pb(np.full(out.shape, 0.7))
+    _, pb = cl.vjp(cl.pad, np.ones((2, 3), bool), (1, 0))
+    with pytest.raises(TypeError, match="dtype bool"):
+        pb(np.ones((2, 4)))
+
+
+def test_a_pullback_keeps_neither_the_output_nor_what_it_does_not_need():
+    """torch saves a conv's input and weight, im2col/col2im/pad only sizes: an engine that
+    frees activations must get their memory back."""
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8))
+    out, pb = cl.vjp(cl.conv2d, x, rng.standard_normal((4, 3, 3, 3)), padding=1)
+    ref = weakref.ref(out)
+    del out
+    gc.collect()
+    assert ref() is None
+    for fn, args in [(cl.unfold, (3,)), (cl.pad, ((1, 2),)), (cl.fold, ((5, 5), 2))]:
+        a = x.reshape(2, 12, 16).copy() if fn is cl.fold else x.copy()
+        ref, shape = weakref.ref(a), a.shape
+        out, pb = cl.vjp(fn, a, *args)
+        del a
+        gc.collect()
+        assert ref() is None, fn.__name__
+        assert pb(np.ones_like(out))[0].shape == shape
+    # float16 is computed in float32; the pullback keeps the float16 arrays
+    import tracemalloc
+
+    x16 = rng.standard_normal((8, 16, 32, 32)).astype(np.float16)
+    w16 = rng.standard_normal((4, 16, 1, 1)).astype(np.float16)
+    tracemalloc.start()
+    try:
+        out, pb = cl.vjp(cl.conv2d, x16, w16)
+        del out
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 1.5 * x16.nbytes  # a float16 copy, not float32 (2x)
+    out = cl.conv2d(x16, w16)
+    g = pb(np.ones_like(out))
+    ref32 = cl.vjp(cl.conv2d, x16.astype(np.float32), w16.astype(np.float32))[1](
+        np.ones(out.shape, np.float32)
+    )
+    for a, b in zip(g[:2], ref32[:2]):
+        assert a.dtype == np.float16
+        np.testing.assert_array_equal(a, b.astype(np.float16))
+
+
 def test_options_reject_unknown_values():
     with pytest.raises(ValueError, match="algorithm='fastest'"), cl.options(algorithm="fastest"):
         pass

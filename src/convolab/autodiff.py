@@ -48,20 +48,27 @@ def vjp(fn: Callable, *args: Any, **kwargs: Any):
     bound = _SIGNATURES[fn].bind(*args, **kwargs)
     out, core = impl(*args, **kwargs)
     pos_names = list(bound.arguments)[: len(args)]
+    # the pullback needs only these: holding ``out`` would keep it alive (torch does not)
+    shape, dtype = out.shape, out.dtype
 
     def pullback(grad_out):
+        if dtype.kind not in "fc":
+            raise TypeError(
+                f"{fn.__name__}: the output has dtype {dtype} (from an integer or bool "
+                "input): only float and complex inputs have gradients, as in torch"
+            )
         g = as_array("grad_out", grad_out)
-        if g.shape != out.shape:
-            raise ValueError(f"grad_out.shape={g.shape} must equal the output's shape {out.shape}")
+        if g.shape != shape:
+            raise ValueError(f"grad_out.shape={g.shape} must equal the output's shape {shape}")
         if not (np.issubdtype(g.dtype, np.number)):
             raise TypeError(f"grad_out has dtype {g.dtype}, expected a numeric array")
-        if np.iscomplexobj(g) and not np.iscomplexobj(out):
+        if np.iscomplexobj(g) and dtype.kind != "c":
             # casting would drop the imaginary part: a wrong gradient, not a conversion
             raise TypeError(
-                f"grad_out has dtype {g.dtype} but the output is real ({out.dtype}); "
+                f"grad_out has dtype {g.dtype} but the output is real ({dtype}); "
                 "a real output needs a real grad_out"
             )
-        grads = core(g.astype(out.dtype, copy=False))
+        grads = core(g.astype(dtype, copy=False))
         # the op's own gradients decide: an array-like given as a list gets its gradient
         res = Grads(grads.get(n) for n in pos_names)
         res.by_name = {k: v for k, v in grads.items() if v is not None}

@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Callable
 
 import numpy as np
@@ -273,6 +273,8 @@ def grads(
     """Gradients of a prepared call for the output gradient ``gy`` (caller's layout);
     only the ``wanted`` ones are computed."""
     x, w, spec = p.x, p.w, p.spec
+    if x.dtype == np.float16:  # a pullback keeps float16 arrays: compute in float32
+        x, w = x.astype(np.float32), w.astype(np.float32)
     if np.iscomplexobj(x):
         x, w = np.conj(x), np.conj(w)
     if p.unbatched:
@@ -367,6 +369,9 @@ def _vjp_of(fn, transposed: bool, rank, what):
         bound.apply_defaults()
         p = _prepared(transposed, rank, what, bound.arguments)
         out = _finish(_run_forward(p), p)
+        if p.x.dtype != p.dtype:  # float16 computed in float32: keep the half-size arrays
+            p = replace(p, x=p.x.astype(p.dtype), w=p.w.astype(p.dtype),
+                        b=None if p.b is None else p.b.astype(p.dtype))  # fmt: skip
         return out, lambda gy: grads(p, gy)
 
     return vjp_impl

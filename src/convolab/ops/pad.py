@@ -74,8 +74,10 @@ def pad(input, pad, mode="constant", value=None):
 def pad_vjp(input, pad, mode="constant", value=None):
     x, pairs = _prepare(input, pad, mode, value)
     out = _pad_forward(x, pairs, mode, 0.0 if value is None else value)
+    shape = x.shape  # not x: the pullback would keep it alive
+
     def pullback(g):
-        gx = pad_backward(g, x.shape, pairs, mode)
+        gx = pad_backward(g, shape, pairs, mode)
         # pad (0, 0) is the identity: its gradient must still not be grad_out itself
         return {"input": gx.copy() if np.may_share_memory(gx, g) else gx}
 

@@ -122,10 +122,11 @@ def unfold_vjp(input, kernel_size, dilation=1, padding=0, stride=1):
     xb, spec, O, unbatched, dt = _unfold_prepare(input, kernel_size, dilation, padding, stride)
     cols = np.ascontiguousarray(im2col(xb, spec, O))
     out = _own((cols[0] if unbatched else cols).astype(dt, copy=False), xb)
+    spatial, cdt = xb.shape[2:], xb.dtype  # not xb: the pullback would keep it alive
 
     def pullback(g):
         gb = g[None] if unbatched else g
-        gx = col2im(gb.astype(xb.dtype, copy=False), spec, xb.shape[2:], O)
+        gx = col2im(gb.astype(cdt, copy=False), spec, spatial, O)
         return {"input": _own((gx[0] if unbatched else gx).astype(dt, copy=False), g)}
 
     return out, pullback
@@ -137,10 +138,11 @@ def fold_vjp(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     )
     y = col2im(cb, spec, out_size, O)
     out = _own((y[0] if unbatched else y).astype(dt, copy=False), cb)
+    cdt = cb.dtype  # not cb: the pullback would keep it alive
 
     def pullback(g):
         gb = g[None] if unbatched else g
-        gc = np.ascontiguousarray(im2col(gb.astype(cb.dtype, copy=False), spec, O))
+        gc = np.ascontiguousarray(im2col(gb.astype(cdt, copy=False), spec, O))
         return {"input": _own((gc[0] if unbatched else gc).astype(dt, copy=False), g)}
 
     return out, pullback
