@@ -10,7 +10,20 @@ from convolab.nn import Parameter, optim
 torch = pytest.importorskip("torch")
 
 
-def run_both(make, tmake, sched=None, tsched=None, steps=12, seed=0):
+def same_groups(opt, topt):
+    """lr, momentum and betas of every parameter group agree with torch's."""
+    for g, tg in zip(opt.param_groups, topt.param_groups, strict=True):
+        for k in ("lr", "momentum", "betas"):
+            if k in g or k in tg:
+                np.testing.assert_allclose(g[k], tg[k], rtol=1e-13, atol=0, err_msg=k)
+
+
+def run_both(
+    make, tmake, sched=None, tsched=None, steps=12, seed=0, resume_at=None, resume=None
+):
+    """Step convolab's and torch's optimizers (and schedules) side by side; at step
+    ``resume_at`` replace both schedules with ``resume(module, optimizer, last_epoch)``,
+    a schedule resumed from the running one's ``last_epoch``."""
     rng = np.random.default_rng(seed)
     shapes = [(3, 4), (5,)]
     init = [rng.standard_normal(s) for s in shapes]
@@ -19,7 +32,17 @@ def run_both(make, tmake, sched=None, tsched=None, steps=12, seed=0):
     opt, topt = make(ps), tmake(tps)
     s = sched(opt) if sched else None
     ts = tsched(topt) if tsched else None
-    for _ in range(steps):
+    if s:
+        assert np.allclose(s.get_last_lr(), ts.get_last_lr(), rtol=1e-13, atol=0)
+        same_groups(opt, topt)
+    for i in range(steps):
+        if i == resume_at:
+            assert s.last_epoch == ts.last_epoch
+            s = resume(optim, opt, s.last_epoch)
+            ts = resume(torch.optim.lr_scheduler, topt, ts.last_epoch)
+            assert s.last_epoch == ts.last_epoch
+            assert np.allclose(s.get_last_lr(), ts.get_last_lr(), rtol=1e-13, atol=0)
+            same_groups(opt, topt)
         grads = [rng.standard_normal(sh) for sh in shapes]
         for p, tp, g in zip(ps, tps, grads):
             p.grad = g.copy()
@@ -30,6 +53,7 @@ def run_both(make, tmake, sched=None, tsched=None, steps=12, seed=0):
             s.step()
             ts.step()
             assert np.allclose(s.get_last_lr(), ts.get_last_lr(), rtol=1e-13, atol=0)
+            same_groups(opt, topt)
         for p, tp in zip(ps, tps):
             np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
 
@@ -192,3 +216,261 @@ def test_cosine_schedule_past_t_max_matches_torch():
         lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=4, eta_min=0.001),
         steps=11,
     )
+
+
+# ---------------------------------------------------------------------------
+# torch 2.13 parity: signatures, Adam's decoupled_weight_decay, OneCycleLR's
+# epochs/steps_per_epoch/three_phase/per-group momenta, and resuming (last_epoch).
+
+SIGNATURE_PAIRS = [
+    (optim.SGD, torch.optim.SGD),
+    (optim.Adam, torch.optim.Adam),
+    (optim.AdamW, torch.optim.AdamW),
+    (optim.CosineAnnealingLR, torch.optim.lr_scheduler.CosineAnnealingLR),
+    (optim.OneCycleLR, torch.optim.lr_scheduler.OneCycleLR),
+]
+
+
+@pytest.mark.parametrize("cls,tcls", SIGNATURE_PAIRS, ids=lambda c: c.__name__)
+def test_signatures_match_torch(cls, tcls):
+    """The same positional parameters in the same order with the same defaults, and
+    every keyword-only one torch's too (torch's foreach/fused/capturable/differentiable
+    select kernels and have no NumPy counterpart)."""
+    import inspect
+
+    def split(c):
+        ps = list(inspect.signature(c.__init__).parameters.values())[1:]
+        pos = [(p.name, p.default) for p in ps if p.kind is p.POSITIONAL_OR_KEYWORD]
+        kw = {p.name: p.default for p in ps if p.kind is p.KEYWORD_ONLY}
+        return pos, kw
+
+    (pos, kw), (tpos, tkw) = split(cls), split(tcls)
+    assert pos == tpos
+    assert {k: tkw.get(k, "absent in torch") for k in kw} == kw
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        dict(lr=0.01, weight_decay=0.05, amsgrad=True, decoupled_weight_decay=True),
+        dict(lr=0.01, weight_decay=0.1, maximize=True, decoupled_weight_decay=True),
+        dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=False),
+    ],
+)
+def test_adam_decoupled_weight_decay_matches_torch(kw):
+    run_both(lambda p: optim.Adam(p, **kw), lambda p: torch.optim.Adam(p, **kw))
+    if kw["decoupled_weight_decay"]:  # and is AdamW's trajectory
+        akw = {k: v for k, v in kw.items() if k != "decoupled_weight_decay"}
+        run_both(lambda p: optim.Adam(p, **kw), lambda p: torch.optim.AdamW(p, **akw))
+
+
+def test_adam_decoupled_weight_decay_per_group_matches_torch():
+    def make(m, ps):
+        return m.Adam(
+            [{"params": [ps[0]], "decoupled_weight_decay": True}, {"params": [ps[1]]}],
+            lr=0.01,
+            weight_decay=0.2,
+        )
+
+    run_both(lambda p: make(optim, p), lambda p: make(torch.optim, p))
+    with pytest.raises(TypeError, match="decoupled_weight_decay"):
+        optim.AdamW([Parameter(np.zeros(2))], decoupled_weight_decay=False)
+
+
+def _sgd(m):
+    return lambda p: m.SGD(p, lr=0.1, momentum=0.9)
+
+
+def _adamw(m):
+    return lambda p: m.AdamW(p, lr=0.01)
+
+
+@pytest.mark.parametrize("make", [_sgd, _adamw], ids=["sgd", "adamw"])
+@pytest.mark.parametrize(
+    "args,kw",
+    [
+        ((None, 4, 5), dict()),  # torch's positions: total_steps, epochs, steps_per_epoch
+        ((), dict(epochs=3, steps_per_epoch=7, pct_start=0.4)),
+        ((20,), dict(three_phase=True)),
+        ((20,), dict(three_phase=True, anneal_strategy="linear", pct_start=0.35)),
+        ((21,), dict(three_phase=True, cycle_momentum=False, div_factor=5.0)),
+        ((20,), dict(base_momentum=0.8, max_momentum=0.9, final_div_factor=100.0)),
+    ],
+)
+def test_one_cycle_new_parameters_match_torch(make, args, kw):
+    total = args[0] if args and args[0] else kw.get("epochs", 4) * kw.get("steps_per_epoch", 5)
+    run_both(
+        make(optim),
+        make(torch.optim),
+        lambda o: optim.OneCycleLR(o, 0.05, *args, **kw),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.05, *args, **kw),
+        steps=total,
+    )
+
+
+def test_one_cycle_total_steps_takes_precedence_as_in_torch():
+    p = Parameter(np.zeros(2))
+    s = optim.OneCycleLR(optim.SGD([p], lr=0.1, momentum=0.9), 0.5, 20, 1, 3)
+    assert s.total_steps == 20
+
+
+@pytest.mark.parametrize("three_phase", [False, True])
+def test_one_cycle_momenta_per_group_match_torch(three_phase):
+    def make(m, ps):
+        return m.SGD([{"params": [ps[0]]}, {"params": [ps[1]], "lr": 0.2}], lr=0.1, momentum=0.9)
+
+    def sched(m, o):
+        return m.OneCycleLR(
+            o,
+            [0.1, 0.3],
+            12,
+            base_momentum=[0.8, 0.7],
+            max_momentum=(0.95, 0.9),
+            three_phase=three_phase,
+        )
+
+    run_both(
+        lambda p: make(optim, p),
+        lambda p: make(torch.optim, p),
+        lambda o: sched(optim, o),
+        lambda o: sched(torch.optim.lr_scheduler, o),
+        steps=12,
+    )
+
+
+@pytest.mark.parametrize("make", [_sgd, _adamw], ids=["sgd", "adamw"])
+@pytest.mark.parametrize("three_phase", [False, True])
+@pytest.mark.parametrize("resume_at", [0, 5])
+def test_one_cycle_resumes_as_torch(make, three_phase, resume_at):
+    """A schedule built with last_epoch=k on the resumed run's optimizer continues from
+    the groups' stored entries (the new max_lr/div_factor are not used, as in torch)."""
+    run_both(
+        make(optim),
+        make(torch.optim),
+        lambda o: optim.OneCycleLR(o, 0.05, 16, three_phase=three_phase),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.05, 16, three_phase=three_phase),
+        steps=15,
+        resume_at=resume_at,
+        resume=lambda m, o, k: m.OneCycleLR(
+            o, 9.0, 16, div_factor=3.0, three_phase=three_phase, last_epoch=k
+        ),
+    )
+
+
+@pytest.mark.parametrize("resume_at", [0, 3, 6])
+def test_cosine_resumes_as_torch(resume_at):
+    run_both(
+        _sgd(optim),
+        _sgd(torch.optim),
+        lambda o: optim.CosineAnnealingLR(o, T_max=5, eta_min=0.01),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=5, eta_min=0.01),
+        steps=14,
+        resume_at=resume_at,
+        resume=lambda m, o, k: m.CosineAnnealingLR(o, 5, 0.01, last_epoch=k),
+    )
+
+
+def test_cosine_starts_from_the_current_lr_as_torch():
+    """A second schedule on the same optimizer keeps the first one's initial_lr as its
+    base, and its first step keeps the current lr (torch's recursive form)."""
+    run_both(
+        _sgd(optim),
+        _sgd(torch.optim),
+        lambda o: optim.CosineAnnealingLR(o, T_max=4),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=4),
+        steps=12,
+        resume_at=3,
+        resume=lambda m, o, k: m.CosineAnnealingLR(o, T_max=3.5, eta_min=0.02),
+    )
+
+
+def test_resuming_needs_the_resumed_param_groups():
+    p = Parameter(np.zeros(2))
+    with pytest.raises(KeyError, match="last_epoch=3 resumes.*no 'initial_lr'"):
+        optim.CosineAnnealingLR(optim.SGD([p], lr=0.1), 10, last_epoch=3)
+    o = optim.SGD([p], lr=0.1, momentum=0.9)
+    o.param_groups[0]["initial_lr"] = 0.1
+    with pytest.raises(ValueError, match="no 'max_lr', 'min_lr', 'max_momentum'"):
+        optim.OneCycleLR(o, 0.5, 10, last_epoch=3)
+    for m in (optim, torch.optim.lr_scheduler):  # torch raises a KeyError too
+        tp = torch.nn.Parameter(torch.zeros(2))
+        o = (optim.SGD([p], lr=0.1) if m is optim else torch.optim.SGD([tp], lr=0.1))
+        with pytest.raises(KeyError):
+            m.OneCycleLR(o, 0.5, 10, last_epoch=3)
+
+
+@pytest.mark.parametrize(
+    "kw,exc,msg",
+    [
+        (dict(), ValueError, "give total_steps, or both epochs and steps_per_epoch"),
+        (dict(epochs=3), ValueError, "steps_per_epoch=None"),
+        (dict(epochs=0, steps_per_epoch=3), ValueError, "epochs=0 must be an integer >= 1"),
+        (dict(epochs=2, steps_per_epoch=2.0), ValueError, "steps_per_epoch=2.0 must be"),
+        (dict(total_steps=2.5), ValueError, "total_steps=2.5 must be an integer >= 1"),
+        (dict(total_steps="9"), TypeError, "total_steps='9' must be an integer"),
+        (dict(total_steps=True), TypeError, "total_steps=True must be an integer"),
+        # the old fourth position, pct_start, now lands on epochs (as in torch, which
+        # would silently ignore it): refused rather than ignored
+        (dict(total_steps=20, epochs=0.3), ValueError, "epochs=0.3 must be"),
+        (dict(total_steps=9, last_epoch=-2), ValueError, "last_epoch=-2 must be an integer >= -1"),
+        (dict(total_steps=9, last_epoch=1.0), ValueError, "last_epoch=1.0 must be an integer"),
+        (dict(total_steps=9, max_momentum=[0.9, 0.8]), ValueError, "max_momentum has 2 entries"),
+        (dict(total_steps=9, base_momentum="a"), TypeError, "base_momentum='a' must be a real"),
+        (dict(total_steps=9, pct_start=1.5), ValueError, r"pct_start=1.5 must be in \[0, 1\]"),
+    ],
+)
+def test_one_cycle_argument_errors(kw, exc, msg):
+    o = optim.SGD([Parameter(np.zeros(2))], lr=0.1, momentum=0.9)
+    with pytest.raises(exc, match=msg):
+        optim.OneCycleLR(o, 0.5, **kw)
+
+
+def test_one_cycle_empty_phase_is_a_value_error_where_torch_divides_by_zero():
+    tp = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ZeroDivisionError):
+        torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD([tp], lr=0.1), 0.5, 10, pct_start=0.1)
+    o = optim.SGD([Parameter(np.zeros(2))], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"phase 1 .*pct_start=0.1, total_steps=10"):
+        optim.OneCycleLR(o, 0.5, 10, pct_start=0.1)
+    s = optim.OneCycleLR(o, 0.5, 4, pct_start=1.0)  # torch fails on the 4th step too
+    for _ in range(3):
+        s.step()
+    with pytest.raises(ValueError, match="phase 2"):
+        s.step()
+
+
+def test_one_cycle_needs_momentum_to_cycle():
+    class Plain(optim.Optimizer):
+        def __init__(self, params, lr=0.1):
+            super().__init__(params, dict(lr=lr))
+
+    o = Plain([Parameter(np.zeros(2))])
+    with pytest.raises(ValueError, match="cycle_momentum=True needs .* Plain has neither"):
+        optim.OneCycleLR(o, 0.5, 10)
+    s = optim.OneCycleLR(o, 0.5, 10, cycle_momentum=False)
+    assert s.get_last_lr() == [pytest.approx(0.5 / 25, rel=1e-14)]
+
+
+def test_cosine_argument_errors():
+    o = optim.SGD([Parameter(np.zeros(2))], lr=0.1)
+    with pytest.raises(ValueError, match="T_max=0 must be positive"):
+        optim.CosineAnnealingLR(o, 0)
+    with pytest.raises(ValueError, match="last_epoch=-3 must be an integer >= -1"):
+        optim.CosineAnnealingLR(o, 5, last_epoch=-3)
+    with pytest.raises(TypeError, match="last_epoch='1' must be an integer"):
+        optim.CosineAnnealingLR(o, 5, 0.0, "1")
+
+
+@pytest.mark.parametrize("cls,tcls", [(optim.SGD, torch.optim.SGD), (optim.Adam, torch.optim.Adam)])
+@pytest.mark.parametrize("lr", [np.float64(0.01), np.float32(0.25), np.int64(1)])
+def test_numpy_scalar_lr_matches_torch(cls, tcls, lr):
+    """torch takes the same NumPy scalar (and, like convolab, computes Adam's step size in
+    its precision: an np.float32 lr gives float32-rounded steps in both)."""
+    run_both(lambda p: cls(p, lr=lr), lambda p: tcls(p, lr=lr))
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+def test_array_lr_is_a_clear_type_error(cls):
+    with pytest.raises(TypeError, match=r"lr=array\(0.1\) is a NumPy array.*float\(lr\)"):
+        cls([Parameter(np.zeros(2))], lr=np.array(0.1))

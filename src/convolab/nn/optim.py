@@ -72,6 +72,29 @@ def _check(name: str, cond: bool, what: str) -> None:
         raise ValueError(f"{name}: {what}")
 
 
+def _real(name: str, **values) -> None:
+    """``check_real``, with a hint for NumPy arrays (a 0-d array is not a number here:
+    torch's tensor ``lr`` lives on in place, a copied float would not)."""
+    for arg, v in values.items():
+        if isinstance(v, np.ndarray):
+            raise TypeError(
+                f"{name}: {arg}={v!r} is a NumPy array; it must be a real number "
+                f"(a Python or NumPy scalar: pass float({arg}) for a 0-d array)"
+            )
+    check_real(name, **values)
+
+
+def _int(name: str, arg: str, v, low: int) -> None:
+    """An integer ``>= low`` (bools refused); a non-integral number is a ValueError, as
+    in torch's ``OneCycleLR``, anything else a TypeError."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        _check(name, v >= low, f"{arg}={v!r} must be an integer >= {low}")
+        return
+    if isinstance(v, (float, np.floating)):
+        raise ValueError(f"{name}: {arg}={v!r} must be an integer >= {low}")
+    raise TypeError(f"{name}: {arg}={v!r} must be an integer >= {low}")
+
+
 class SGD(Optimizer):
     """``g = grad + wd*p``; ``buf = momentum*buf + (1-dampening)*g`` (``buf = g`` at the
     first step); ``g = g + momentum*buf`` (nesterov) or ``buf``; ``p -= lr*g``."""
@@ -87,7 +110,7 @@ class SGD(Optimizer):
         *,
         maximize: bool = False,
     ):
-        check_real("SGD", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        _real("SGD", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
         _check("SGD", lr >= 0, f"lr={lr} must be non-negative")
         _check("SGD", momentum >= 0, f"momentum={momentum} must be non-negative")
         _check("SGD", weight_decay >= 0, f"weight_decay={weight_decay} must be non-negative")
@@ -127,14 +150,12 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """torch's Adam (``decoupled=False``) and AdamW (``decoupled=True``)::
+    """torch's Adam; ``decoupled_weight_decay=True`` (a group entry, as in torch) is AdamW::
 
-    p *= 1 - lr*wd                      (AdamW)      g = grad + wd*p   (Adam)
+    p *= 1 - lr*wd  (decoupled)              g = grad + wd*p   (otherwise)
     m = m + (1-b1)(g - m);  v = b2 v + (1-b2) g^2;   (amsgrad: vmax = max(vmax, v))
     p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
     """
-
-    _decoupled = False
 
     def __init__(
         self,
@@ -146,12 +167,13 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         *,
         maximize: bool = False,
+        decoupled_weight_decay: bool = False,
     ):
         name = type(self).__name__
-        check_real(name, lr=lr, eps=eps, weight_decay=weight_decay)
+        _real(name, lr=lr, eps=eps, weight_decay=weight_decay)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{name}: betas={betas!r} must be a pair of numbers in [0, 1)")
-        check_real(name, **{"betas[0]": betas[0], "betas[1]": betas[1]})
+        _real(name, **{"betas[0]": betas[0], "betas[1]": betas[1]})
         _check(name, lr >= 0, f"lr={lr} must be non-negative")
         _check(name, eps >= 0, f"eps={eps} must be non-negative")
         _check(
@@ -169,6 +191,7 @@ class Adam(Optimizer):
                 weight_decay=weight_decay,
                 amsgrad=amsgrad,
                 maximize=maximize,
+                decoupled_weight_decay=decoupled_weight_decay,
             ),
         )
 
@@ -177,7 +200,7 @@ class Adam(Optimizer):
             lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
             g = -p.grad if group["maximize"] else p.grad
             data = p.data
-            if wd and self._decoupled:
+            if wd and group["decoupled_weight_decay"]:
                 data = data * (1 - lr * wd)
             elif wd:
                 g = g + wd * data
@@ -199,8 +222,8 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    __doc__ = Adam.__doc__
-    _decoupled = True
+    """``Adam(..., decoupled_weight_decay=True)`` with ``weight_decay=1e-2`` by default; like
+    torch's AdamW it takes no ``decoupled_weight_decay`` argument."""
 
     def __init__(
         self,
@@ -213,48 +236,108 @@ class AdamW(Adam):
         *,
         maximize: bool = False,
     ):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=True,
+        )
 
 
 # ---------------------------------------------------------------------------
 # Schedules: call ``step()`` once after each ``optimizer.step()``.
 
 
+class _ResumeError(KeyError, ValueError):
+    """A schedule resumed (``last_epoch != -1``) on param groups that lack its entries;
+    a KeyError as in torch, and a ValueError as convolab's argument errors are."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
 class _Scheduler:
-    def __init__(self, optimizer: Optimizer):
+    """torch's ``LRScheduler``: ``last_epoch=-1`` starts a schedule (each group's
+    ``initial_lr`` is set to its ``lr`` unless present) and the constructor takes the
+    first step (to ``last_epoch = 0``); ``last_epoch=k`` resumes one, needs the groups'
+    ``initial_lr`` (and the schedule's other entries) from the run that is resumed, and
+    takes one step, to ``last_epoch = k + 1``, as torch does."""
+
+    _needs: tuple[str, ...] = ("initial_lr",)
+
+    def __init__(self, optimizer: Optimizer, last_epoch: int = -1):
+        name = type(self).__name__
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"{type(self).__name__}: {optimizer!r} is not an Optimizer")
+            raise TypeError(f"{name}: {optimizer!r} is not an Optimizer")
+        _int(name, "last_epoch", last_epoch, -1)
         self.optimizer = optimizer
-        for g in optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
+        if last_epoch == -1:
+            for g in optimizer.param_groups:
+                g.setdefault("initial_lr", g["lr"])
+        else:
+            for i, g in enumerate(optimizer.param_groups):
+                missing = [k for k in self._needs if k not in g]
+                if missing:
+                    raise _ResumeError(
+                        f"{name}: last_epoch={last_epoch} resumes a schedule, but "
+                        f"param_groups[{i}] has no {', '.join(map(repr, missing))}; resuming "
+                        "needs the param groups of the optimizer the schedule ran on (pass "
+                        "last_epoch=-1 to start a schedule)"
+                    )
         self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        self.last_epoch = -1
-        self.step()
+        self.last_epoch = int(last_epoch)
+        self._initial = True
+        try:
+            self.step()
+        finally:
+            self._initial = False
 
     def get_last_lr(self) -> list[float]:
-        return [g["lr"] for g in self.optimizer.param_groups]
+        """The learning rates the last ``step()`` set (a copy, as torch's)."""
+        return list(self._last_lr)
 
     def step(self) -> None:
         self.last_epoch += 1
-        self._apply(self.last_epoch)
+        lrs = self._get_lr()
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = lr
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
-    def _apply(self, t: int) -> None:  # pragma: no cover - abstract
+    def _get_lr(self) -> list[float]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
 class CosineAnnealingLR(_Scheduler):
-    """``lr_t = eta_min + (base_lr - eta_min) (1 + cos(pi t / T_max)) / 2`` (closed form)."""
+    """torch's recursive form, which is ``lr_t = eta_min + (base_lr - eta_min)
+    (1 + cos(pi t / T_max)) / 2`` while nothing else changes ``lr``: each step scales
+    ``lr - eta_min`` by the ratio of consecutive cosine terms (adding the increment where
+    that ratio's denominator is 0, at ``t = T_max + 1 (mod 2 T_max)``).  The first step
+    (from the constructor) keeps the groups' current ``lr``, as torch's does."""
 
-    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
-        check_real("CosineAnnealingLR", T_max=T_max, eta_min=eta_min)
+    def __init__(
+        self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1
+    ):
+        _real("CosineAnnealingLR", T_max=T_max, eta_min=eta_min)
         _check("CosineAnnealingLR", T_max > 0, f"T_max={T_max} must be positive")
-        self.T_max, self.eta_min = int(T_max), float(eta_min)
-        super().__init__(optimizer)
+        self.T_max, self.eta_min = T_max, eta_min
+        super().__init__(optimizer, last_epoch)
 
-    def _apply(self, t: int) -> None:
-        c = (1 + math.cos(math.pi * t / self.T_max)) / 2
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = self.eta_min + (base - self.eta_min) * c
+    def _get_lr(self) -> list[float]:
+        groups = self.optimizer.param_groups
+        if self._initial:
+            return [g["lr"] for g in groups]
+        t, T, eta = self.last_epoch, self.T_max, self.eta_min
+        if (t - 1 - T) % (2 * T) == 0:
+            return [
+                g["lr"] + (base - eta) * (1 - math.cos(math.pi / T)) / 2
+                for g, base in zip(groups, self.base_lrs)
+            ]
+        ratio = (1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T))
+        return [ratio * (g["lr"] - eta) + eta for g in groups]
 
 
 def _anneal_cos(start: float, end: float, pct: float) -> float:
@@ -265,76 +348,127 @@ def _anneal_linear(start: float, end: float, pct: float) -> float:
     return (end - start) * pct + start
 
 
+def _per_group(name: str, arg: str, value, groups: list) -> list:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * len(groups)
+    if len(values) != len(groups):
+        raise ValueError(
+            f"{name}: {arg} has {len(values)} entries, the optimizer {len(groups)} "
+            f"parameter groups; give one {arg} or one per group"
+        )
+    for v in values:
+        _real(name, **{arg: v})
+    return values
+
+
 class OneCycleLR(_Scheduler):
-    """torch's one-cycle policy (two phases): lr rises from ``max_lr/div_factor`` to
-    ``max_lr`` over ``pct_start`` of ``total_steps``, then anneals to
-    ``initial_lr/final_div_factor``; momentum (SGD's ``momentum`` or Adam's ``beta1``)
-    cycles inversely between ``max_momentum`` and ``base_momentum``.  ``max_lr`` may be
-    one number or one per parameter group, as in torch."""
+    """torch's one-cycle policy.  Two phases (default): lr rises from
+    ``initial_lr = max_lr/div_factor`` to ``max_lr`` over ``pct_start`` of the steps, then
+    anneals to ``min_lr = initial_lr/final_div_factor``.  ``three_phase=True``: up to
+    ``max_lr``, back down to ``initial_lr`` over as many steps, then to ``min_lr``.
+    Momentum (SGD's ``momentum`` or Adam's ``beta1``) cycles inversely between
+    ``max_momentum`` and ``base_momentum``.  ``max_lr``, ``base_momentum`` and
+    ``max_momentum`` may be one number or one per parameter group.
+
+    The cycle has ``total_steps`` steps or, when that is None, ``epochs *
+    steps_per_epoch`` (torch's precedence: a given ``total_steps`` wins).  Unlike torch,
+    a given ``epochs`` or ``steps_per_epoch`` must be a positive integer even when
+    ``total_steps`` wins, so a ``pct_start`` passed in the fourth position (where it was
+    before these arguments existed) is an error rather than silently ignored.
+
+    ``last_epoch=k`` resumes after ``k + 1`` schedule steps: the groups' ``initial_lr``,
+    ``max_lr``, ``min_lr`` (and ``max_momentum``, ``base_momentum`` when cycling momentum)
+    from the resumed run are used, not ``max_lr``/``div_factor``/... given here."""
 
     def __init__(
         self,
         optimizer: Optimizer,
-        max_lr: float,
-        total_steps: int,
+        max_lr: float | list[float],
+        total_steps: int | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
         pct_start: float = 0.3,
         anneal_strategy: str = "cos",
         cycle_momentum: bool = True,
-        base_momentum: float = 0.85,
-        max_momentum: float = 0.95,
+        base_momentum: float | list[float] = 0.85,
+        max_momentum: float | list[float] = 0.95,
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        last_epoch: int = -1,
     ):
         name = "OneCycleLR"
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{name}: {optimizer!r} is not an Optimizer")
-        groups = optimizer.param_groups
-        max_lrs = list(max_lr) if isinstance(max_lr, (list, tuple)) else [max_lr] * len(groups)
-        if len(max_lrs) != len(groups):
+        if epochs is not None:
+            _int(name, "epochs", epochs, 1)
+        if steps_per_epoch is not None:
+            _int(name, "steps_per_epoch", steps_per_epoch, 1)
+        if total_steps is not None:
+            _int(name, "total_steps", total_steps, 1)
+        elif epochs is None or steps_per_epoch is None:
             raise ValueError(
-                f"{name}: max_lr has {len(max_lrs)} entries, the optimizer {len(groups)} "
-                "parameter groups"
+                f"{name}: give total_steps, or both epochs and steps_per_epoch (got "
+                f"total_steps=None, epochs={epochs!r}, steps_per_epoch={steps_per_epoch!r})"
             )
-        for v in max_lrs:
-            check_real(name, max_lr=v)
-        check_real(
+        else:
+            total_steps = epochs * steps_per_epoch
+        self.total_steps = total_steps = int(total_steps)
+        groups = optimizer.param_groups
+        max_lrs = _per_group(name, "max_lr", max_lr, groups)
+        _real(
             name,
-            total_steps=total_steps,
             pct_start=pct_start,
             div_factor=div_factor,
             final_div_factor=final_div_factor,
-            base_momentum=base_momentum,
-            max_momentum=max_momentum,
         )
-        _check(name, total_steps > 0, f"total_steps={total_steps} must be positive")
         _check(name, 0 <= pct_start <= 1, f"pct_start={pct_start} must be in [0, 1]")
         _check(
             name,
             anneal_strategy in ("cos", "linear"),
             f"anneal_strategy={anneal_strategy!r} must be 'cos' or 'linear'",
         )
-        self.total_steps = int(total_steps)
         self._anneal = _anneal_cos if anneal_strategy == "cos" else _anneal_linear
         self.cycle_momentum = cycle_momentum
-        self._phases = [
-            (
-                float(pct_start * total_steps) - 1,
-                "initial_lr",
-                "max_lr",
-                "max_momentum",
-                "base_momentum",
-            ),
-            (float(total_steps - 1), "max_lr", "min_lr", "base_momentum", "max_momentum"),
-        ]
-        self._use_beta1 = "betas" in optimizer.defaults
-        for g, top in zip(groups, max_lrs):
-            g["initial_lr"] = top / div_factor
-            g["max_lr"] = top
-            g["min_lr"] = g["initial_lr"] / final_div_factor
-            if cycle_momentum:
-                g["max_momentum"], g["base_momentum"] = max_momentum, base_momentum
-                self._set_momentum(g, max_momentum)
-        super().__init__(optimizer)
+        self._pct_start = pct_start
+        up = float(pct_start * total_steps) - 1
+        if three_phase:
+            self._phases = [
+                (up, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                (
+                    float(2 * pct_start * total_steps) - 2,
+                    "max_lr",
+                    "initial_lr",
+                    "base_momentum",
+                    "max_momentum",
+                ),
+                (float(total_steps - 1), "initial_lr", "min_lr", "max_momentum", "max_momentum"),
+            ]
+        else:
+            self._phases = [
+                (up, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                (float(total_steps - 1), "max_lr", "min_lr", "base_momentum", "max_momentum"),
+            ]
+        self._needs = ("initial_lr", "max_lr", "min_lr")
+        if cycle_momentum:
+            _check(
+                name,
+                "momentum" in optimizer.defaults or "betas" in optimizer.defaults,
+                f"cycle_momentum=True needs an optimizer with momentum or betas, and "
+                f"{type(optimizer).__name__} has neither",
+            )
+            self._use_beta1 = "betas" in optimizer.defaults
+            max_moms = _per_group(name, "max_momentum", max_momentum, groups)
+            base_moms = _per_group(name, "base_momentum", base_momentum, groups)
+            self._needs += ("max_momentum", "base_momentum")
+        if last_epoch == -1:
+            for i, (g, top) in enumerate(zip(groups, max_lrs)):
+                g["initial_lr"] = top / div_factor
+                g["max_lr"] = top
+                g["min_lr"] = g["initial_lr"] / final_div_factor
+                if cycle_momentum:
+                    g["max_momentum"], g["base_momentum"] = max_moms[i], base_moms[i]
+                    self._set_momentum(g, max_moms[i])
+        super().__init__(optimizer, last_epoch)
 
     def _set_momentum(self, g: dict, m: float) -> None:
         if self._use_beta1:
@@ -342,18 +476,28 @@ class OneCycleLR(_Scheduler):
         else:
             g["momentum"] = m
 
-    def _apply(self, t: int) -> None:
+    def _get_lr(self) -> list[float]:
+        t = self.last_epoch
         if t > self.total_steps:
             raise ValueError(
                 f"OneCycleLR: stepped {t} times, more than total_steps={self.total_steps}"
             )
+        lrs = []
         for g in self.optimizer.param_groups:
             start = 0.0
             for i, (end, lr0, lr1, m0, m1) in enumerate(self._phases):
                 if t <= end or i == len(self._phases) - 1:
+                    if end == start:  # torch divides by zero here
+                        raise ValueError(
+                            f"OneCycleLR: step {t} falls in phase {i + 1} of the schedule, "
+                            f"which starts and ends at step {end:g} (pct_start="
+                            f"{self._pct_start}, total_steps={self.total_steps}); the "
+                            "phases must not be empty: change pct_start or total_steps"
+                        )
                     pct = (t - start) / (end - start)
-                    g["lr"] = self._anneal(g[lr0], g[lr1], pct)
+                    lrs.append(self._anneal(g[lr0], g[lr1], pct))
                     if self.cycle_momentum:
                         self._set_momentum(g, self._anneal(g[m0], g[m1], pct))
                     break
                 start = end
+        return lrs
