@@ -308,6 +308,35 @@ def test_winograd_1d_hands_ill_conditioned_calls_to_gemm(k):
         assert rel_err(y, real(x, w, spec)) <= TOL32
 
 
+@pytest.mark.parametrize("k", [8, 9])
+def test_winograd_1d_weight_gradient_hands_ill_conditioned_calls_to_gemm(k):
+    """An offset in the output gradient (a loss with a mean term; in a transposed layer,
+    an offset input, which takes gy's place) makes the point sums large where the taps
+    cancel: the weight gradient reached 1.6e-4 through Winograd, so its error estimate
+    hands it to GEMM; centred and ReLU gradients stay on Winograd, within the promise."""
+    from convolab.algorithms import gemm, winograd
+
+    rng = np.random.default_rng(70 + k)
+    spec = make_spec((k,), 1, 0, 1, 1)
+    x = rng.standard_normal((2, 64, 1024 + k - 1))
+    g0 = rng.standard_normal((2, 64, 1024))
+    for gy, falls_back in ((g0 + 30, True), (g0, False), (np.maximum(g0, 0), False)):
+        calls = []
+        real = gemm.weight_grad
+
+        def spy(*a, _real=real, _calls=calls, **kw):
+            _calls.append(1)
+            return _real(*a, **kw)
+
+        gemm.weight_grad = spy
+        try:
+            gw = winograd.weight_grad(x.astype(np.float32), gy.astype(np.float32), spec)
+        finally:
+            gemm.weight_grad = real
+        assert bool(calls) == falls_back, (k, falls_back)
+        assert rel_err(gw, real(x, gy, spec)) <= TOL32
+
+
 def test_winograd_1d_keeps_ordinary_activations():
     """The error estimate reads the input's RMS: heavy-tailed ReLU activations over many
     channels (sparse large values, errors ~2e-5) stay on Winograd."""
