@@ -524,3 +524,23 @@ def test_complex_weight_views_in_transposed_convolutions():
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_vjp_of_a_partial_binds_settings_once():
+    """Engines often bind a layer's settings with functools.partial: the tuple has one
+    entry per positional argument given to vjp, ``by_name`` has every array's."""
+    import functools
+
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
+    y, pb = cl.vjp(cl.conv2d, x, w, padding=1, stride=2)
+    want = pb(np.ones_like(y))
+    y1, pb1 = cl.vjp(functools.partial(cl.conv2d, padding=1, stride=2), x, w)
+    g = pb1(np.ones_like(y1))
+    assert len(g) == 2 and all(np.array_equal(a, b) for a, b in zip(g, want[:2]))
+    _, pb2 = cl.vjp(functools.partial(cl.conv2d, x, padding=1), w, stride=2)
+    g = pb2(np.ones_like(y))
+    assert len(g) == 1 and np.array_equal(g[0], want[1])
+    assert np.array_equal(g.by_name["input"], want[0])
+    with pytest.raises(TypeError, match="no gradient is defined"):
+        cl.vjp(functools.partial(np.sum), x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 from collections.abc import Callable
@@ -40,14 +41,23 @@ def vjp(fn: Callable, *args: Any, **kwargs: Any):
     change such an input array in place before calling it and the gradients follow the
     changed values (torch would raise; copy first if you must).  float16 arrays and
     array-likes (lists) are converted once, so later changes to them are not seen.
+
+    ``fn`` may be a ``functools.partial`` of a known function (settings bound once,
+    ``partial(conv2d, padding=1)``); the tuple then has one entry per positional
+    argument given here, and ``.by_name`` has the bound arrays' gradients too.
     """
+    bound_first = 0
+    while isinstance(fn, functools.partial) and fn.func is not fn:
+        args, kwargs = fn.args + args, {**fn.keywords, **kwargs}
+        bound_first += len(fn.args)
+        fn = fn.func
     impl = _VJPS.get(fn)
     if impl is None:
         known = sorted(f.__name__ for f in _VJPS)
         raise TypeError(f"vjp: no gradient is defined for {fn!r}; known functions: {known}")
     bound = _SIGNATURES[fn].bind(*args, **kwargs)
     out, core = impl(*args, **kwargs)
-    pos_names = list(bound.arguments)[: len(args)]
+    pos_names = list(bound.arguments)[bound_first: len(args)]
     # the pullback needs only these: holding ``out`` would keep it alive (torch does not)
     shape, dtype = out.shape, out.dtype
 
