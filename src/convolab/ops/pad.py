@@ -65,7 +65,9 @@ def pad(input, pad, mode="constant", value=None):
 
     Modes: ``constant`` (with ``value``; negative entries crop), ``reflect`` (mirror
     without repeating the edge; each pad < that dimension's size), ``replicate``
-    (repeat the edge), ``circular`` (wrap around; each pad <= size).
+    (repeat the edge), ``circular`` (wrap around; each pad <= size).  A circular pad
+    wider than what the negative entries leave wraps around again (periodically);
+    torch refuses some of these and returns uninitialised values for others.
     """
     x, pairs = _prepare(input, pad, mode, value)
     return _pad_forward(x, pairs, mode, 0.0 if value is None else value)
