@@ -544,3 +544,24 @@ def test_vjp_of_a_partial_binds_settings_once():
     assert np.array_equal(g.by_name["input"], want[0])
     with pytest.raises(TypeError, match="no gradient is defined"):
         cl.vjp(functools.partial(np.sum), x)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "depthwise", "winograd", "fft"])
+def test_non_finite_values_propagate_silently_whatever_the_algorithm(algorithm):
+    """inf * 0 gives NaN without a RuntimeWarning (or a FloatingPointError under the
+    caller's errstate), as in torch and as BLAS does: the algorithm must not decide."""
+    import warnings
+
+    x = np.ones((1, 4, 6, 6))
+    x[0, 1, 2, 3] = np.inf
+    w = np.zeros((4, 1, 3, 3))
+    w[2, 0, 1, 1] = np.inf
+    with warnings.catch_warnings(), np.errstate(all="raise"), cl.options(algorithm=algorithm):
+        warnings.simplefilter("error")
+        y, pb = cl.vjp(cl.conv2d, x, w, padding=1, groups=4)
+        g = pb(np.ones_like(y))
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    ref = torch.nn.functional.conv2d(tx, tw, padding=1, groups=4)
+    ref.backward(torch.ones_like(ref))
+    for a, b in zip((y, g[0], g[1]), (ref, tx.grad, tw.grad)):
+        np.testing.assert_array_equal(a, b.detach().numpy())  # NaN, inf and values alike

@@ -242,11 +242,13 @@ def _one_call(fn):
     """Runs ``fn`` as one call: the options in force at its start held for all of it
     (:func:`convolab.options.held`) and BLAS on one thread throughout
     (:func:`convolab.algorithms._threads._blas_single_thread`), so that its result does not
-    depend on what other threads do meanwhile."""
+    depend on what other threads do meanwhile.  NaN and inf propagate silently, as in
+    torch and whichever algorithm runs: NumPy's ufuncs (the depthwise and direct tap
+    loops) would warn of ``inf * 0``, or raise under ``np.errstate``, where BLAS does not."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        with held(), _blas_single_thread():
+        with held(), _blas_single_thread(), np.errstate(invalid="ignore", over="ignore"):
             return fn(*args, **kwargs)
 
     return run
