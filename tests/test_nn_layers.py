@@ -783,3 +783,20 @@ def test_reprs_and_attributes_as_torch():
         ours = getattr(nn, f"Conv{rank}d")(2, 2, 3, padding=padding).padding
         assert ours == getattr(torch.nn, f"Conv{rank}d")(2, 2, 3, padding=padding).padding
     assert nn.Conv1d(2, 2, 3, padding=[(1, 2)]).padding == ((1, 2),)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # torch's
+@pytest.mark.parametrize("features", [(0, 3), (3, 0), (0, 0)])
+def test_linear_with_no_features_as_torch(features):
+    layer = nn.Linear(*features, dtype=np.float64, seed=0)
+    t = torch.nn.Linear(*features, dtype=torch.float64)
+    x = np.random.default_rng(0).standard_normal((2, 5, features[0]))
+    parity(layer, t, x)
+
+
+def test_pool_stride_empty_means_the_kernel_size():
+    x = np.random.default_rng(0).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    for stride in ([], ()):
+        for cls in ("MaxPool2d", "AvgPool2d"):
+            ours, theirs = getattr(nn, cls)(2, stride), getattr(torch.nn, cls)(2, stride)
+            np.testing.assert_allclose(ours(x), theirs(torch.tensor(x)).numpy(), rtol=1e-6)

@@ -231,8 +231,9 @@ class Linear(Module):
     ):
         super().__init__()
         for arg, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"Linear: {arg}={v!r} must be a positive int")
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"Linear: {arg}={v!r} must be a non-negative int (torch "
+                                 "allows 0: an empty weight)")
         check_device("Linear", device)
         self.in_features, self.out_features = int(in_features), int(out_features)
         dt = _float_dtype("Linear", dtype)
@@ -262,7 +263,8 @@ class Linear(Module):
             )
         _same_dtype("Linear", x, self.weight.data.dtype)
         self._x = x
-        y = matmul(x.reshape(-1, self.in_features), self.weight.data.T)
+        rows = math.prod(x.shape[:-1])  # not -1: a 0-feature input has size 0
+        y = matmul(x.reshape(rows, self.in_features), self.weight.data.T)
         y = y.reshape(x.shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y = y + self.bias.data
@@ -271,8 +273,9 @@ class Linear(Module):
     def backward(self, grad_out):
         x = _need(self._x, "Linear")
         g = _grad("Linear", grad_out, x.shape[:-1] + (self.out_features,))
-        g2 = g.reshape(-1, self.out_features)
-        self.weight.accumulate(matmul(g2.T, x.reshape(-1, self.in_features)))
+        rows = math.prod(x.shape[:-1])
+        g2 = g.reshape(rows, self.out_features)
+        self.weight.accumulate(matmul(g2.T, x.reshape(rows, self.in_features)))
         if self.bias is not None:
             self.bias.accumulate(g2.sum(axis=0))
         gx = matmul(g2, self.weight.data)
@@ -447,7 +450,9 @@ class _PoolNd(Module):
         super().__init__()
         r, name = self._rank, type(self).__name__
         self.kernel_size = as_tuple("kernel_size", kernel_size, r)
-        self.stride = self.kernel_size if stride is None else as_tuple("stride", stride, r)
+        # torch: None, and an empty list or tuple, mean the kernel size
+        default = stride is None or (isinstance(stride, (list, tuple)) and not stride)
+        self.stride = self.kernel_size if default else as_tuple("stride", stride, r)
         self.padding = as_tuple("padding", padding, r)
         self.dilation = as_tuple("dilation", dilation, r)
         self.ceil_mode = bool(ceil_mode)
