@@ -41,7 +41,8 @@ def gradcheck(
     """Return True if every array argument's gradient (positional or keyword) matches
     finite differences; raise ``AssertionError`` naming the argument otherwise, and
     ``ValueError`` when no argument is a NumPy array with a gradient, or when the check
-    could not tell a right gradient from a wrong one.  Use float64 (or complex128).
+    could not tell a right gradient from a wrong one.  Arrays must be float64 or
+    complex128 (``TypeError`` otherwise: float32 rounding would hide a wrong gradient).
 
     ``vjp``: the VJP under test, called as ``vjp(*args, **kwargs)`` and returning
     ``(output, pullback)``; ``pullback(g)`` returns one gradient per positional argument

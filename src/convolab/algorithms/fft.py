@@ -14,9 +14,10 @@ and the channel sum at every frequency is a batched matrix product:
 
 The forward cuts a long first dimension into overlapping blocks of about ``8 e``
 positions (overlap-save) viewed with strides, so one batched FFT covers every block
-with no loop.  FFTs use :mod:`scipy.fft` with all cores when SciPy is installed
-(imported lazily), else :mod:`numpy.fft`.  Work is chunked over the batch to stay
-within the workspace budget.  Real and complex dtypes are both handled.
+with no loop.  FFTs use :mod:`scipy.fft` on as many threads as there are tile workers
+(``options(workers=)``) when SciPy is installed (imported lazily), else
+:mod:`numpy.fft`.  Work is chunked over the batch to stay within the workspace budget.
+Real and complex dtypes are both handled.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ each in two per-thread scratch buffers that every step reads from and writes to 
    whole, so it is read from memory once and the later passes stay in the cache),
 2. gather the overlapping input tiles into ``D (a^r, C, T)`` (one strided copy),
 3. ``V = (B^T x B^T) D`` one axis at a time: two GEMMs with 6-long inner dimensions
-   (864 multiply-adds per tile and channel instead of 2592 for ``kron(B^T, B^T)``),
+   (432 multiply-adds per tile and channel instead of 1296 for ``kron(B^T, B^T)``),
 4. ``M[xi] = U[xi] (K, C) @ V[xi] (C, T)`` for the ``a^r`` points (batched GEMM), with
    ``U = (G x G) w`` computed once per call,
 5. ``Y = (A^T x A^T) M`` (again separable) and one strided copy into the output.
@@ -41,8 +41,8 @@ Dilation ``d`` (1-D and 2-D, forward and input gradient; :func:`_dilated`): outp
 ``p`` (``y[p::d]``) is the undilated correlation of input phase ``p``, so the ``prod(d)``
 phases run as one batch, between a split and an interleaving copy.  Measured (float32,
 back to back, GEMM -> Winograd): 3x3 d2 C64 56x56 forward 34.6 -> 27.6 ms and C256 d4
-input gradient 57.7 -> 44.7; the dilated weight gradient ran 5-10 % slower than GEMM, so
-it stays on GEMM.
+input gradient 57.7 -> 44.7; the dilated 2-D weight gradient ran 5-10 % slower than GEMM,
+so it stays on GEMM (1-D kernels take every role at any dilation: :mod:`.winograd1d`).
 
 3-D kernels ``(k0, 3, 3)`` (:func:`_correlate3`, :func:`_weight_grad3`): the planes of a
 sample are the batch of the 2-D transforms, each input plane is transformed once, and
@@ -111,8 +111,8 @@ def _kron(mat: np.ndarray, r: int) -> np.ndarray:
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
-    """Stride 1, groups 1, and 3 taps per dimension in rank 1 or 2 (every role; with
-    dilation the forward and input gradient only, as phases); in rank 3, undilated, 3x3
+    """Stride 1, groups 1, and 3 taps per dimension in rank 2 (every role; with dilation
+    the forward and input gradient only, as phases); in rank 3, undilated, 3x3
     in the last two dimensions and any depth (the depth taps are summed as GEMMs on the
     2-D transforms).  1-D kernels of 3 to 9 taps run F(m, r) from
     :mod:`convolab.algorithms.winograd1d` (every role, any dilation); square 4x4 and 5x5
@@ -224,7 +224,7 @@ def _per_position(r: int, C: int, K: int, item: int) -> int:
 
 def _transform(mat: np.ndarray, src: np.ndarray, tmp: np.ndarray, out: np.ndarray, r: int):
     """``kron(mat, mat)`` (2-D) or ``mat`` (1-D) applied to the leading ``q**r`` rows of
-    ``src``, one axis at a time (two GEMMs with 6-long inner dimensions: 864 instead of 2592
+    ``src``, one axis at a time (two GEMMs with 6-long inner dimensions: 432 instead of 1296
     multiply-adds per tile and channel for the input transform, measured 1.5-2x faster)."""
     p, q = mat.shape
     if r == 1:  # the result lands in ``tmp``

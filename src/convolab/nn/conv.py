@@ -373,9 +373,12 @@ class _ConvT(_ConvNd):
 def _layer(base, rank, fn, name):
     cls = type(name, (base,), {"_rank": rank, "_fn": fn})
     cls.__module__ = "convolab.nn"
+    call = "forward(input, output_size=None)" if base is _ConvT else "forward(input)"
     cls.__doc__ = (
         f"{name}: as torch.nn.{name}; ``rng``/``seed`` seed the default "
-        "initialisation; ``forward(x)``/``backward(grad_out)``."
+        f"initialisation (``reset_parameters()`` draws again); ``{call}``, then "
+        "``backward(grad_out)`` returns the input's gradient and adds into "
+        "``weight.grad`` / ``bias.grad``."
     )
     return cls
 

@@ -159,6 +159,9 @@ def _check_distinct(root: Module) -> None:
 
 
 class Identity(Module):
+    """Returns its input (as an array), as ``torch.nn.Identity``; its arguments are
+    ignored, as torch's."""
+
     def __init__(self, *args, **kwargs):  # torch's Identity ignores its arguments
         super().__init__()
         self._shape = None
@@ -173,7 +176,8 @@ class Identity(Module):
 
 
 class Flatten(Module):
-    """``(N, *dims) -> (N, prod(dims[start_dim-1:end_dim]), ...)`` as ``torch.nn.Flatten``."""
+    """Flatten the dimensions ``start_dim`` to ``end_dim`` (both included; default 1 to
+    -1) into one, as ``torch.nn.Flatten``: ``(2, 3, 4, 5) -> (2, 60)``."""
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
@@ -867,9 +871,14 @@ def _rank_cls(base, rank, name, doc, **extra):
     return cls
 
 
-MaxPool1d = _rank_cls(_MaxPoolNd, 1, "MaxPool1d", "As torch.nn.MaxPool1d. " + _MaxPoolNd.__doc__)
-MaxPool2d = _rank_cls(_MaxPoolNd, 2, "MaxPool2d", "As torch.nn.MaxPool2d. " + _MaxPoolNd.__doc__)
-AvgPool1d = _rank_cls(_AvgPoolNd, 1, "AvgPool1d", "As torch.nn.AvgPool1d. " + _AvgPoolNd.__doc__)
+_NO_INDICES = "  ``return_indices=True`` is not supported (a ValueError)."
+MaxPool1d = _rank_cls(_MaxPoolNd, 1, "MaxPool1d",
+                      "As torch.nn.MaxPool1d. " + _MaxPoolNd.__doc__ + _NO_INDICES)
+MaxPool2d = _rank_cls(_MaxPoolNd, 2, "MaxPool2d",
+                      "As torch.nn.MaxPool2d. " + _MaxPoolNd.__doc__ + _NO_INDICES)
+AvgPool1d = _rank_cls(_AvgPoolNd, 1, "AvgPool1d",
+                      "As torch.nn.AvgPool1d (``divisor_override`` is a convolab extension "
+                      "here: torch's AvgPool1d has none). " + _AvgPoolNd.__doc__)
 AvgPool2d = _rank_cls(_AvgPoolNd, 2, "AvgPool2d", "As torch.nn.AvgPool2d. " + _AvgPoolNd.__doc__)
 AdaptiveAvgPool1d = _rank_cls(
     _AdaptiveAvgPoolNd,

@@ -31,8 +31,9 @@ class CrossEntropyLoss(Module):
     or ``(N, *d)`` integer class indices (unbatched: input ``(C,)``, target ``()``);
     returns the loss (a 0-d array for ``'mean'`` and ``'sum'``).  ``backward(grad=1.0)``
     returns the gradient for the logits (``grad`` has the loss's shape).  A float target
-    of the input's shape holds class probabilities (soft labels, as torch): see
-    :meth:`_forward_probabilities`.
+    of the input's shape holds class probabilities (soft labels, as torch):
+    ``loss_i = -sum_c w[c] t'[i, c] log p[i, c]`` with ``t' = (1 - eps) t + eps/C``;
+    ``'mean'`` divides by the number of elements, and ``ignore_index`` must stay -100.
     """
 
     def __init__(

@@ -72,7 +72,9 @@ def _unfold_prepare(input, kernel_size, dilation, padding, stride):
 
 
 def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
-    """Extract sliding blocks: ``(N, C, *S)`` -> ``(N, C*prod(kernel_size), L)``."""
+    """Extract sliding blocks: ``(N, C, *S)`` (or unbatched ``(C, *S)``) ->
+    ``(N, C*prod(kernel_size), L)``.  The rank is ``len(kernel_size)``; an int
+    ``kernel_size`` means 2-D, as torch."""
     xb, spec, O, unbatched, dt = _unfold_prepare(input, kernel_size, dilation, padding, stride)
     cols = np.ascontiguousarray(im2col(xb, spec, O))
     return _own((cols[0] if unbatched else cols).astype(dt, copy=False), xb)
@@ -110,7 +112,9 @@ def _fold_prepare(input, output_size, kernel_size, dilation, padding, stride):
 
 
 def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
-    """Sum sliding blocks back: ``(N, C*prod(k), L)`` -> ``(N, C, *output_size)``."""
+    """Sum sliding blocks back: ``(N, C*prod(k), L)`` (or unbatched) -> ``(N, C,
+    *output_size)``.  The rank is ``len(kernel_size)``, or for an int ``kernel_size``
+    ``len(output_size)``; both ints mean 2-D, as torch."""
     cb, spec, out, O, unbatched, dt = _fold_prepare(
         input, output_size, kernel_size, dilation, padding, stride
     )
