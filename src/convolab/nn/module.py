@@ -135,6 +135,7 @@ class Module:
             self._parameters[name] = value
 
     def register_buffer(self, name: str, value: np.ndarray) -> None:
+        """An array kept in the state dict but not trained (BatchNorm's running statistics)."""
         object.__setattr__(self, name, value)
         self._buffers[name] = value
 
@@ -163,9 +164,11 @@ class Module:
             yield from m._named_parameters_all(prefix + mn + ".")
 
     def parameters(self) -> list[Parameter]:
+        """Every trainable :class:`Parameter`, this module's and its children's, each once."""
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        """``(dotted name, array)`` for every buffer, as in the state dict."""
         for n, b in self._buffers.items():
             if b is not None:  # a buffer set to None is not state (as torch)
                 yield prefix + n, b
@@ -173,6 +176,7 @@ class Module:
             yield from m.named_buffers(prefix + mn + ".")
 
     def buffers(self) -> list[np.ndarray]:
+        """Every buffer's array, in state-dict order."""
         return [b for _, b in self.named_buffers()]
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
@@ -191,6 +195,7 @@ class Module:
         yield from walk(self, prefix)
 
     def modules(self) -> Iterator[Module]:
+        """This module and every sub-module, depth first, each once."""
         for _, m in self.named_modules():
             yield m
 
@@ -203,6 +208,7 @@ class Module:
                 yield n, c
 
     def children(self) -> Iterator[Module]:
+        """The direct sub-modules, each once."""
         for _, c in self.named_children():
             yield c
 
@@ -215,10 +221,12 @@ class Module:
         return self
 
     def zero_grad(self) -> None:
+        """Set every parameter's ``.grad`` to None (torch's default, ``set_to_none=True``)."""
         for p in self.parameters():
             p.grad = None
 
     def train(self, mode: bool = True) -> Module:
+        """Training mode (batch statistics, dropout) for this module and every sub-module."""
         if not isinstance(mode, (bool, np.bool_)):
             raise ValueError(f"train: mode={mode!r} must be a bool")
         mode = bool(mode)
@@ -227,9 +235,11 @@ class Module:
         return self
 
     def eval(self) -> Module:
+        """``train(False)``: running statistics, no dropout."""
         return self.train(False)
 
     def num_parameters(self) -> int:
+        """The number of trainable values."""
         return sum(p.size for p in self.parameters())
 
     # -- state -----------------------------------------------------------

@@ -53,6 +53,7 @@ class Optimizer:
         self.state: dict[int, dict] = {}
 
     def zero_grad(self) -> None:
+        """Set every parameter's ``.grad`` to None, as torch's default."""
         for g in self.param_groups:
             for p in g["params"]:
                 p.grad = None
@@ -133,6 +134,7 @@ class SGD(Optimizer):
         )
 
     def step(self) -> None:
+        """One update of every parameter that has a ``.grad`` (others are skipped)."""
         for group, p, state in self._params():
             g = -p.grad if group["maximize"] else p.grad
             if group["weight_decay"]:
@@ -196,6 +198,7 @@ class Adam(Optimizer):
         )
 
     def step(self) -> None:
+        """One update of every parameter that has a ``.grad`` (others are skipped)."""
         for group, p, state in self._params():
             lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
             g = -p.grad if group["maximize"] else p.grad
@@ -301,6 +304,7 @@ class _Scheduler:
         return list(self._last_lr)
 
     def step(self) -> None:
+        """Advance the schedule one step and set each group's learning rate."""
         self.last_epoch += 1
         lrs = self._get_lr()
         for g, lr in zip(self.optimizer.param_groups, lrs):
