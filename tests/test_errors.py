@@ -431,3 +431,56 @@ def test_masked_arrays_are_refused_and_array_subclasses_give_plain_arrays():
 def test_pad_value_only_with_constant_mode(mode):
     with pytest.raises(ValueError, match="only meaningful with mode='constant'"):
         cl.pad(np.zeros((1, 2, 3)), (1, 1), mode=mode, value=1.5)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda x, w: cl.conv2d(x, w, padding=2**31), "gives an output of shape"),
+        (lambda x, w: cl.conv2d(x, w, padding=2**63), "gives an output of shape"),
+        (lambda x, w: cl.conv2d(x, w, padding=(10**12, 1)), "padding="),
+        (lambda x, w: cl.conv_transpose2d(x, w, stride=2**63), "stride="),
+        (lambda x, w: cl.conv_transpose2d(x, w, dilation=2**63), "dilation="),
+        (lambda x, w: cl.unfold(x, 2, padding=(2**40, 0)), "gives columns of shape"),
+        (lambda x, w: cl.pad(x, (2**62, 0)), "pad=\\(4611686018427387904, 0\\)"),
+        (lambda x, w: cl.fold(np.ones((1, 16, 1)), (2**40, 2**40), 2, stride=2**40),
+         "a padded output"),
+        (lambda x, w: cl.grad.conv2d_input((1, 4, 4, 2**62), w, np.ones((1, 4, 2, 2))),
+         "input_size="),
+    ],
+)
+def test_sizes_no_machine_could_hold_fail_at_once_naming_the_arguments(call, match):
+    """padding=2**31 used to plan a billion tiles (minutes), 2**63 overflowed a view's
+    strides: every array a call needs is checked against the machine's memory first."""
+    import time
+
+    from convolab._limits import TooLarge
+
+    x, w = np.ones((2, 4, 6, 6)), np.ones((4, 4, 3, 3))
+    start = time.perf_counter()
+    with pytest.raises(TooLarge, match=match) as info:
+        call(x, w)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, MemoryError)
+    assert "more than this machine's memory" in str(info.value)
+    assert time.perf_counter() - start < 5  # not a benchmark: a hang's guard
+
+
+def test_huge_strides_that_move_nothing_still_work():
+    x = np.random.default_rng(0).standard_normal((2, 4, 6, 6))
+    np.testing.assert_array_equal(cl.unfold(x, 2, stride=2**63), cl.unfold(x, 2, stride=6))
+    w = np.ones((4, 4, 3, 3))
+    np.testing.assert_array_equal(cl.conv2d(x, w, stride=2**63), cl.conv2d(x, w, stride=4))
+
+
+def test_more_argument_forms_get_clear_errors():
+    x = np.ones((1, 2, 4, 4))
+    with pytest.raises(TypeError, match="pad=array\\(2\\) must be a sequence of ints"):
+        cl.pad(x, np.array(2))
+    with pytest.raises(TypeError, match="input_size=array\\(2\\) must be a sequence"):
+        cl.grad.conv2d_input(np.array(2), np.ones((1, 2, 3, 3)), np.ones((1, 1, 2, 2)))
+    with pytest.raises(ValueError, match="kernel_size=\\(\\) must have one entry"):
+        cl.fold(np.ones((1, 4, 9)), (6, 6), kernel_size=())
+    with pytest.raises(ValueError, match="algorithm=array"):
+        cl.set_options(algorithm=np.array(["auto", "gemm"]))
+    with pytest.raises(TypeError, match="stride=np.timedelta64\\(2\\) must be an int"):
+        cl.conv1d(np.ones((1, 1, 8)), np.ones((1, 1, 3)), stride=np.timedelta64(2))

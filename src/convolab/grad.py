@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._limits import check_size
 from .dtypes import as_array
 from .ops.conv import Prepared, conv1d, conv2d, conv3d, grads, prepare
 
@@ -37,7 +38,7 @@ def _check_grad_output(p: Prepared, grad_output, out_channels: int) -> np.ndarra
 
 def _size(arg: str, size, rank: int) -> tuple[int, ...]:
     """A full shape given by the caller: rank + 2 (or rank + 1, unbatched) ints >= 0."""
-    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__"):
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or np.ndim(size) != 1:
         raise TypeError(f"{arg}={size!r} must be a sequence of ints (a full shape)")
     size = tuple(size)
     if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) for v in size):
@@ -57,8 +58,11 @@ def _input(rank):
     def fn(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
         grad_output = as_array("grad_output", grad_output)  # native byte order, once
         dtype = grad_output.dtype
+        size = _size("input_size", input_size, rank)
+        check_size(f"conv{rank}d_input", "the input gradient", size, dtype,
+                   f"input_size={size}")
         p = prepare(
-            _stand_in(_size("input_size", input_size, rank), dtype),
+            _stand_in(size, dtype),
             weight,
             None,
             stride,

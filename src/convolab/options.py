@@ -61,7 +61,8 @@ def _validated(base: Options, **changes: object) -> Options:
     for key in changes:
         if key not in names:
             raise TypeError(f"unknown option {key!r}; known options are {sorted(names)}")
-    if "algorithm" in changes and changes["algorithm"] not in ALGORITHMS:
+    if "algorithm" in changes and (not isinstance(changes["algorithm"], str)
+                                   or changes["algorithm"] not in ALGORITHMS):
         raise ValueError(f"algorithm={changes['algorithm']!r} is not one of {ALGORITHMS}")
     changes = {k: _plain_int(v) for k, v in changes.items()}
     if "workspace_bytes" in changes:

@@ -45,7 +45,7 @@ def crop_spatial(x: np.ndarray, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
 
 def parse_pad(pad: Sequence[int], ndim: int) -> list[tuple[int, int]]:
     """torch's flat ``pad`` -> per-dimension ``(lo, hi)`` for the last dims, first dim first."""
-    if isinstance(pad, (str, bytes)) or not hasattr(pad, "__len__"):
+    if isinstance(pad, (str, bytes)) or not hasattr(pad, "__len__") or np.ndim(pad) != 1:
         raise TypeError(f"pad={pad!r} must be a sequence of ints (last dimension first)")
     vals = [_check_int(f"pad[{i}]", p) for i, p in enumerate(pad)]
     if len(vals) % 2:

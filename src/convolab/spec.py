@@ -22,7 +22,9 @@ PADDING_STRINGS = ("valid", "same", "causal")
 
 
 def _check_int(name: str, value: object) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if isinstance(value, (bool, np.bool_, np.timedelta64)) or not isinstance(
+        value, numbers.Integral
+    ):
         raise TypeError(f"{name}={value!r} must be an int, got {type(value).__name__}")
     return int(value)
 

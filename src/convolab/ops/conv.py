@@ -29,6 +29,7 @@ import numpy as np
 from .. import select
 from ..algorithms import direct, fused
 from ..algorithms._finite import all_finite
+from .._limits import check_size
 from ..algorithms._threads import _blas_single_thread
 from ..dtypes import as_array, check_dtypes, compute_dtype
 from ..options import held
@@ -179,8 +180,14 @@ def prepare(
             f"{spec.padded_shape(spatial)} (input {spatial}, padding {spec.padding}); "
             "the effective kernel size must not exceed the padded input size"
         )
-    spec = _idle_strides(spec, spatial, out_spatial)
     cdt = compute_dtype(dtype)
+    settings = (f"stride={spec.stride}, padding={spec.padding}, dilation={spec.dilation}"
+                + (f", output_padding={spec.output_padding}" if transposed else ""))
+    check_size(what, "an output", (x.shape[0], out_channels) + out_spatial, cdt,
+               f"input.shape={x.shape} with {settings}")
+    check_size(what, "a padded input", x.shape[:2] + spec.padded_shape(spatial), cdt,
+               f"padding={spec.padding}")
+    spec = _idle_strides(spec, spatial, out_spatial)
     return Prepared(
         x.astype(cdt, copy=False),
         w.astype(cdt, copy=False),

@@ -7,6 +7,8 @@ import numbers
 
 import numpy as np
 
+from .._limits import check_size
+
 from ..dtypes import as_array
 from ..padding import _check_mode, _pad_forward, pad_backward, parse_pad
 
@@ -28,6 +30,8 @@ def _prepare(input, pad, mode, value):
         raise ValueError(f"value={value!r} is only meaningful with mode='constant', not {mode!r}")
     _check_value(value, x.dtype)
     lead = x.ndim - len(pairs)
+    out = x.shape[:lead] + tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[lead:], pairs))
+    check_size("pad", "an output", out, x.dtype, f"pad={tuple(pad)}")
     for dim, (n, (lo, hi)) in enumerate(zip(x.shape[lead:], pairs), start=lead):
         if max(-lo, 0) + max(-hi, 0) > n:
             raise ValueError(

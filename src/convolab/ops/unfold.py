@@ -13,12 +13,17 @@ import math
 
 import numpy as np
 
+from .._limits import check_size
 from ..algorithms.gemm import col2im, im2col
 from ..dtypes import as_array, check_dtypes, compute_dtype
 from ..spec import as_tuple, make_spec
+from .conv import _idle_strides
 
 
 def _rank(kernel_size, output_size=None) -> int:
+    if isinstance(kernel_size, (tuple, list, np.ndarray)) and np.size(kernel_size) == 0:
+        raise ValueError(f"kernel_size={kernel_size!r} must have one entry per spatial "
+                         "dimension, at least one")
     for v in (kernel_size, output_size):
         if isinstance(v, (tuple, list)) or (isinstance(v, np.ndarray) and v.ndim == 1):
             return len(v)
@@ -68,7 +73,14 @@ def _unfold_prepare(input, kernel_size, dilation, padding, stride):
             f"dilation={spec.dilation}, padding={spec.padding}, stride={spec.stride} gives "
             f"{O} sliding blocks; every dimension must have at least one"
         )
-    return xb.astype(compute_dtype(dt), copy=False), spec, O, unbatched, dt
+    cdt = compute_dtype(dt)
+    N, C = xb.shape[:2]
+    settings = f"padding={spec.padding}, stride={spec.stride}, dilation={spec.dilation}"
+    check_size("unfold", "columns", (N, C * math.prod(spec.kernel_size), math.prod(O)), cdt,
+               settings)
+    check_size("unfold", "a padded input", (N, C) + spec.padded_shape(xb.shape[2:]), cdt,
+               f"padding={spec.padding}")
+    return xb.astype(cdt, copy=False), _idle_strides(spec, xb.shape[2:], O), O, unbatched, dt
 
 
 def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
@@ -108,7 +120,10 @@ def _fold_prepare(input, output_size, kernel_size, dilation, padding, stride):
             f"(L={math.prod(O) if all(o > 0 for o in O) else 0}), but input.shape[-1]="
             f"{cb.shape[2]}; they must match"
         )
-    return cb.astype(compute_dtype(dt), copy=False), spec, out, O, unbatched, dt
+    cdt = compute_dtype(dt)
+    check_size("fold", "a padded output", (cb.shape[0], cb.shape[1] // kk)
+               + spec.padded_shape(out), cdt, f"output_size={out}, padding={spec.padding}")
+    return cb.astype(cdt, copy=False), _idle_strides(spec, out, O), out, O, unbatched, dt
 
 
 def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):

@@ -1,0 +1,52 @@
+"""Refuse, at once and clearly, arrays that a call could never allocate.
+
+A huge stride, padding or size (``padding=2**31``) asks for an output or a padded
+input of terabytes or more: NumPy would fail late (after the cost model had planned a
+billion tiles), with an ``OverflowError`` from a view's strides, or not at all until
+the machine runs out of memory.  :func:`check_size` compares the bytes with the
+machine's physical memory first and raises :class:`TooLarge` naming the arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["TooLarge", "check_size", "physical_memory"]
+
+
+class TooLarge(ValueError, MemoryError):
+    """An array the call needs is larger than the machine's memory (a ``ValueError``,
+    and a ``MemoryError`` for code that catches allocation failures)."""
+
+
+def physical_memory() -> int:
+    """The machine's physical memory in bytes (``2**63 - 1`` where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return 2**63 - 1
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if n < 1024 or unit == "EiB":
+            return f"{n:.3g} {unit}" if unit != "bytes" else f"{n} bytes"
+        n /= 1024
+    return f"{n:.3g} EiB"  # pragma: no cover
+
+
+def check_size(what: str, name: str, shape: Sequence[int], dtype, because: str) -> None:
+    """Raise :class:`TooLarge` when an array ``name`` of ``shape`` and ``dtype`` would
+    not fit in the machine's memory (nor in NumPy's index range); ``because`` names
+    the arguments that make it so."""
+    nbytes = math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+    limit = min(physical_memory(), np.iinfo(np.intp).max)
+    if nbytes > limit:
+        raise TooLarge(
+            f"{what}: {because} gives {name} of shape {tuple(int(n) for n in shape)} "
+            f"({_human(nbytes)}), more than this machine's memory ({_human(limit)})"
+        )
