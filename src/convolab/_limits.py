@@ -9,6 +9,7 @@ machine's physical memory first and raises :class:`TooLarge` naming the argument
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ class TooLarge(ValueError, MemoryError):
     and a ``MemoryError`` for code that catches allocation failures)."""
 
 
+@functools.cache
 def physical_memory() -> int:
     """The machine's physical memory in bytes (``2**63 - 1`` where it cannot be read)."""
     try:
