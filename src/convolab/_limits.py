@@ -33,6 +33,11 @@ def physical_memory() -> int:
         return 2**63 - 1
 
 
+@functools.cache
+def _limit() -> int:
+    return min(physical_memory(), int(np.iinfo(np.intp).max))
+
+
 def _human(n: int) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
         if n < 1024 or unit == "EiB":
@@ -45,8 +50,8 @@ def check_size(what: str, name: str, shape: Sequence[int], dtype, because: str) 
     """Raise :class:`TooLarge` when an array ``name`` of ``shape`` and ``dtype`` would
     not fit in the machine's memory (nor in NumPy's index range); ``because`` names
     the arguments that make it so."""
-    nbytes = math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
-    limit = min(physical_memory(), np.iinfo(np.intp).max)
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    limit = _limit()
     if nbytes > limit:
         raise TooLarge(
             f"{what}: {because} gives {name} of shape {tuple(int(n) for n in shape)} "
