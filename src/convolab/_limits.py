@@ -50,7 +50,7 @@ def check_size(what: str, name: str, shape: Sequence[int], dtype, because: str) 
     """Raise :class:`TooLarge` when an array ``name`` of ``shape`` and ``dtype`` would
     not fit in the machine's memory (nor in NumPy's index range); ``because`` names
     the arguments that make it so."""
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    nbytes = math.prod(map(int, shape)) * np.dtype(dtype).itemsize  # Python ints: no wrap
     limit = _limit()
     if nbytes > limit:
         raise TooLarge(
