@@ -21,15 +21,15 @@ import dataclasses
 import functools
 import inspect
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from collections.abc import Callable
 
 import numpy as np
 
 from .. import select
+from .._limits import check_size
 from ..algorithms import direct, fused
 from ..algorithms._finite import all_finite
-from .._limits import check_size
 from ..algorithms._threads import _blas_single_thread
 from ..dtypes import as_array, check_dtypes, compute_dtype
 from ..options import held
@@ -379,7 +379,7 @@ def _vjp_of(fn, transposed: bool, rank, what):
         p = _prepared(transposed, rank, what, bound.arguments)
         out = _finish(_run_forward(p), p)
         if p.x.dtype != p.dtype:  # float16 computed in float32: keep the half-size arrays
-            p = replace(p, x=p.x.astype(p.dtype), w=p.w.astype(p.dtype),
+            p = dataclasses.replace(p, x=p.x.astype(p.dtype), w=p.w.astype(p.dtype),
                         b=None if p.b is None else p.b.astype(p.dtype))  # fmt: skip
         return out, lambda gy: grads(p, gy)
 
