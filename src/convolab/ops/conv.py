@@ -379,8 +379,9 @@ def _vjp_of(fn, transposed: bool, rank, what):
         p = _prepared(transposed, rank, what, bound.arguments)
         out = _finish(_run_forward(p), p)
         if p.x.dtype != p.dtype:  # float16 computed in float32: keep the half-size arrays
-            p = dataclasses.replace(p, x=p.x.astype(p.dtype), w=p.w.astype(p.dtype),
-                        b=None if p.b is None else p.b.astype(p.dtype))  # fmt: skip
+            half = dict(x=p.x.astype(p.dtype), w=p.w.astype(p.dtype),
+                        b=None if p.b is None else p.b.astype(p.dtype))
+            p = dataclasses.replace(p, **half)
         return out, lambda gy: grads(p, gy)
 
     return vjp_impl
