@@ -800,3 +800,67 @@ def test_pool_stride_empty_means_the_kernel_size():
         for cls in ("MaxPool2d", "AvgPool2d"):
             ours, theirs = getattr(nn, cls)(2, stride), getattr(torch.nn, cls)(2, stride)
             np.testing.assert_allclose(ours(x), theirs(torch.tensor(x)).numpy(), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _net():
+    return nn.Sequential(nn.Conv2d(2, 3, 3, seed=0), nn.BatchNorm2d(3), nn.Flatten(),
+                         nn.Linear(12, 2, seed=1))
+
+
+@pytest.mark.parametrize(
+    "key,value,exc,msg",
+    [
+        ("3.bias", np.full((2,), "x"), TypeError, "3.bias has dtype <U1; it must hold numbers"),
+        ("3.bias", np.full((2,), b"x"), TypeError, "3.bias has dtype |S1"),
+        ("3.bias", np.zeros(2, "V4"), TypeError, "3.bias has dtype |V4"),
+        ("3.bias", np.zeros(2, "M8[s]"), TypeError, r"3.bias has dtype datetime64\[s\]"),
+        ("3.bias", [1.0, [2.0, 3.0]], TypeError, "3.bias is not an array of numbers"),
+        ("0.weight", np.ones((3, 2, 3, 3), complex), TypeError, "0.weight is complex"),
+        ("3.weight", np.ones(3), ValueError, r"3.weight has shape \(3,\), expected \(2, 12\)"),
+        ("1.num_batches_tracked", None, TypeError, "num_batches_tracked has dtype object"),
+        ("1.num_batches_tracked", {}, TypeError, "num_batches_tracked has dtype object"),
+        ("1.num_batches_tracked", np.array(10**30, dtype=object), TypeError, "dtype object"),
+        ("1.num_batches_tracked", np.nan, ValueError, "non-finite values"),
+        ("1.num_batches_tracked", -np.inf, ValueError, "non-finite values"),
+        ("1.num_batches_tracked", 1e30, ValueError, "outside the range"),
+        ("1.num_batches_tracked", 10**30, ValueError, "integers beyond 64 bits, outside"),
+        ("1.num_batches_tracked", np.array(2**70, object), TypeError, "dtype object"),
+        ("1.num_batches_tracked", np.uint64(2**63), ValueError, r"\[9223372036854775808, "),
+    ],
+)
+def test_load_state_dict_is_all_or_nothing(key, value, exc, msg):
+    """Every entry is checked and converted before any is written: a bad one (the last
+    key, or the last of a BatchNorm's) leaves the whole model as it was."""
+    m = _net()
+    before = m.state_dict()
+    sd = {k: v + 1 for k, v in before.items()}
+    sd[key] = value
+    with pytest.raises(exc, match=msg):
+        m.load_state_dict(sd)
+    after = m.state_dict()
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and np.array_equal(after[k], v), k
+
+
+def test_load_state_dict_converts_numbers_as_torch_copies():
+    """ints and bools into floats, floats truncated into the int counter, bfloat16."""
+    m, tm = _net(), torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3),
+                                        torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    sd = {k: torch.tensor(v) for k, v in m.state_dict().items()}
+    sd["0.weight"] = torch.arange(54).reshape(3, 2, 3, 3)  # int64
+    sd["0.bias"] = torch.tensor([True, False, True])
+    sd["1.weight"] = torch.tensor([0.5, 1.5, 2.5], dtype=torch.bfloat16)
+    sd["1.num_batches_tracked"] = torch.tensor(2.7)
+    sd["1.running_mean"] = torch.tensor([-3, 0, 3], dtype=torch.int8)
+    tm.load_state_dict(sd)
+    m.load_state_dict(sd)
+    for k, v in tm.state_dict().items():
+        got = m.state_dict()[k]
+        assert got.dtype == v.numpy().dtype and np.array_equal(got, v.numpy()), k
+    assert m.state_dict()["1.num_batches_tracked"] == 2
+    sd["1.num_batches_tracked"] = np.int64(-3)  # torch loads a negative count too
+    m.load_state_dict(sd)
+    assert m[1].num_batches_tracked == -3

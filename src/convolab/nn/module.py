@@ -54,6 +54,58 @@ class StateDictError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
+def _loadable(key: str, value, like: np.ndarray) -> np.ndarray:
+    """``value`` as a new array of ``like``'s shape and dtype, converted as torch's
+    ``copy_`` converts (ints and bools into floats, floats truncated into ints), or an
+    error naming ``key``: TypeError for what is not numbers (object, str, bytes,
+    datetime, void) and for complex into a real array (the imaginary part would be
+    lost); ValueError for another shape, and for a non-finite or out-of-range value
+    into an integer array (torch would store garbage)."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16
+            value = value.float()
+        value = value.numpy()
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"load_state_dict: {key} is not an array of numbers ({exc})") from exc
+    big = not isinstance(value, np.ndarray) and arr.dtype.kind == "O" and arr.size
+    if big and like.dtype.kind in "iu" and all(type(x) is int for x in arr.flat):
+        # Python ints that NumPy holds as objects: beyond 64 bits
+        raise ValueError(
+            f"load_state_dict: {key} holds integers beyond 64 bits, outside the range of "
+            f"the model's {like.dtype} {key}"
+        )
+    if arr.dtype.kind not in "biufc":
+        raise TypeError(
+            f"load_state_dict: {key} has dtype {arr.dtype}; it must hold numbers (the "
+            f"model's {key} is {like.dtype})"
+        )
+    if arr.shape != like.shape:
+        raise ValueError(f"load_state_dict: {key} has shape {arr.shape}, expected {like.shape}")
+    if arr.dtype.kind == "c" and like.dtype.kind != "c":
+        raise TypeError(
+            f"load_state_dict: {key} is complex ({arr.dtype}) but the model's {key} is "
+            f"{like.dtype}; loading it would drop the imaginary part"
+        )
+    if like.dtype.kind in "iu" and arr.size and arr.dtype.kind in "iuf":
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(
+                f"load_state_dict: {key} holds non-finite values, which the model's "
+                f"{like.dtype} {key} cannot hold"
+            )
+        info = np.iinfo(like.dtype)
+        ends = (arr.min(), arr.max())
+        lo, hi = (int(np.trunc(v)) if arr.dtype.kind == "f" else int(v) for v in ends)
+        if lo < info.min or hi > info.max:
+            raise ValueError(
+                f"load_state_dict: {key} holds values in [{lo}, {hi}], outside the range "
+                f"[{info.min}, {info.max}] of the model's {like.dtype} {key}"
+            )
+    return arr.astype(like.dtype, copy=True)
+
+
 class Parameter:
     """A trainable array: ``.data`` and ``.grad`` (``None`` until a backward runs)."""
 
@@ -275,26 +327,22 @@ class Module:
                 f"load_state_dict: missing keys {missing}, unexpected keys {unexpected} "
                 "(strict=True needs exactly the model's keys)"
             )
-        # check every shape before changing anything, so a bad dict leaves the model intact
+        # convert every entry before changing anything, so a bad dict leaves the model intact
         arrays = {}
         for k, v in state.items():
-            if k not in own and k not in bufs:
-                continue
-            arr = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-            want = own[k].data.shape if k in own else np.shape(bufs[k])
-            if arr.shape != want:
-                raise ValueError(f"load_state_dict: {k} has shape {arr.shape}, expected {want}")
-            arrays[k] = arr
+            if k in own:
+                arrays[k] = _loadable(k, v, own[k].data)
+            elif k in bufs:
+                arrays[k] = _loadable(k, v, np.asarray(bufs[k]))
         for k, arr in arrays.items():
             if k in own:
-                own[k].data = arr.astype(own[k].data.dtype, copy=True)
+                own[k].data = arr
             else:
                 mod, _, name = k.rpartition(".")
                 target = self
                 for part in filter(None, mod.split(".")):
                     target = target._modules[part]
-                old = target._buffers[name]
-                target._set_buffer(name, np.array(arr, dtype=np.asarray(old).dtype, copy=True))
+                target._set_buffer(name, arr)
         return IncompatibleKeys(missing, unexpected)
 
     # -- calling ---------------------------------------------------------
