@@ -474,3 +474,53 @@ def test_numpy_scalar_lr_matches_torch(cls, tcls, lr):
 def test_array_lr_is_a_clear_type_error(cls):
     with pytest.raises(TypeError, match=r"lr=array\(0.1\) is a NumPy array.*float\(lr\)"):
         cls([Parameter(np.zeros(2))], lr=np.array(0.1))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+        lambda ps: optim.Adam(ps, lr=0.1, amsgrad=True),
+        lambda ps: optim.AdamW(ps, lr=0.1),
+    ],
+)
+@pytest.mark.parametrize(
+    "bad,exc,msg",
+    [
+        (np.ones(7), ValueError, r"\[1\]\.grad .* has shape \(7,\); it must have the param"),
+        (np.ones((1, 5)), ValueError, r"has shape \(1, 5\)"),  # never broadcast
+        (np.full(5, "a"), TypeError, "has dtype <U1; it must be real numbers"),
+        (np.ones(5, dtype=object), TypeError, "has dtype object"),
+        (np.ones(5, dtype=bool), TypeError, "has dtype bool"),
+        (np.ones(5, dtype=complex), TypeError, "has dtype complex128"),
+        ([1.0] * 5, TypeError, r"param_groups\[1\]\['params'\]\[1\]\.grad .* is a list"),
+        ({}, TypeError, "is a dict; it must be a NumPy array"),
+    ],
+)
+def test_step_checks_every_grad_before_changing_any_parameter(make, bad, exc, msg):
+    ps = [Parameter(np.zeros((3, 4))), Parameter(np.zeros(2)), Parameter(np.zeros(5))]
+    opt = make([{"params": ps[:1]}, {"params": ps[1:]}])
+    for p in ps:
+        p.grad = np.ones(p.shape)
+    opt.step()
+    before = [p.data.copy() for p in ps]
+    state = {k: dict(v) for k, v in opt.state.items()}
+    ps[2].grad = bad
+    with pytest.raises(exc, match=msg):
+        opt.step()
+    for p, b in zip(ps, before):
+        np.testing.assert_array_equal(p.data, b)
+    assert opt.state.keys() == state.keys()
+    for k, v in state.items():
+        for name, val in v.items():
+            np.testing.assert_array_equal(opt.state[k][name], val)
+
+
+def test_step_takes_grads_that_cast_to_the_parameter():
+    p, q = Parameter(np.zeros(3, np.float32)), Parameter(np.zeros(2))
+    opt = optim.SGD([p, q], lr=0.5)
+    p.grad, q.grad = np.ones(3), np.array([1, 2], np.int64)  # float64, int64: fine
+    opt.step()
+    np.testing.assert_array_equal(p.data, [-0.5] * 3)
+    assert p.data.dtype == np.float32
+    np.testing.assert_array_equal(q.data, [-0.5, -1.0])

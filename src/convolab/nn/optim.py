@@ -58,14 +58,40 @@ class Optimizer:
             for p in g["params"]:
                 p.grad = None
 
-    def _params(self):
-        for g in self.param_groups:
-            for p in g["params"]:
+    def _params(self) -> list:
+        """``(group, parameter, state)`` for every parameter with a ``.grad``, each grad
+        checked first, so a bad one stops the step before any parameter changes."""
+        for gi, g in enumerate(self.param_groups):
+            for pi, p in enumerate(g["params"]):
                 if p.grad is not None:
-                    yield g, p, self.state.setdefault(id(p), {})
+                    where = f"param_groups[{gi}]['params'][{pi}].grad"
+                    _check_grad(f"{type(self).__name__}.step", where, p)
+        return [
+            (g, p, self.state.setdefault(id(p), {}))
+            for g in self.param_groups
+            for p in g["params"]
+            if p.grad is not None
+        ]
 
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _check_grad(name: str, where: str, p: Parameter) -> None:
+    """TypeError unless ``p.grad`` is a NumPy array of real numbers that casts to the
+    parameter's dtype (not complex into a real parameter: the imaginary part would be
+    dropped), ValueError unless it has the parameter's shape (never broadcast)."""
+    g = p.grad
+    what = f"{name}: {where} (of {p!r})"
+    if not isinstance(g, np.ndarray):
+        raise TypeError(f"{what} is a {type(g).__name__}; it must be a NumPy array")
+    if g.dtype.kind not in "iuf" or not np.can_cast(g.dtype, p.data.dtype, "same_kind"):
+        raise TypeError(
+            f"{what} has dtype {g.dtype}; it must be real numbers that cast to the "
+            f"parameter's {p.data.dtype}"
+        )
+    if g.shape != p.data.shape:
+        raise ValueError(f"{what} has shape {g.shape}; it must have the parameter's shape")
 
 
 def _check(name: str, cond: bool, what: str) -> None:
