@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -524,3 +526,47 @@ def test_step_takes_grads_that_cast_to_the_parameter():
     np.testing.assert_array_equal(p.data, [-0.5] * 3)
     assert p.data.dtype == np.float32
     np.testing.assert_array_equal(q.data, [-0.5, -1.0])
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(div_factor=0), "div_factor=0 must be a positive number"),
+        (dict(div_factor=-1), "div_factor=-1 must be a positive"),
+        (dict(div_factor=float("nan")), "div_factor=nan must be"),
+        (dict(final_div_factor=0), "final_div_factor=0 must be a positive number"),
+        (dict(final_div_factor=float("nan")), "final_div_factor=nan must be"),
+        (dict(max_lr=float("nan")), "max_lr=nan must be a finite number >= 0"),
+        (dict(max_lr=-1), "max_lr=-1 must be a finite number >= 0"),
+        (dict(max_lr=[0.5, -0.1]), r"max_lr\[1\]=-0.1 must be a finite number >= 0"),
+        (dict(pct_start=0.1), "phase 1"),  # fails in the first step, after the checks
+    ],
+)
+def test_one_cycle_refuses_bad_factors_and_leaves_the_groups_alone(kw, msg):
+    """torch takes these and divides by zero or gives nan or negative rates."""
+    args = dict(max_lr=[0.5, 0.2], total_steps=10) | kw
+    o = optim.SGD(
+        [{"params": [Parameter(np.zeros(2))]}, {"params": [Parameter(np.zeros(1))]}],
+        lr=0.1, momentum=0.9,
+    )
+    before = [dict(g) for g in o.param_groups]
+    with pytest.raises(ValueError, match=msg):
+        optim.OneCycleLR(o, **args)
+    assert o.param_groups == before
+    tps = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))]
+    to = torch.optim.SGD([{"params": tps[:1]}, {"params": tps[1:]}], lr=0.1, momentum=0.9)
+    with contextlib.suppress(ZeroDivisionError):  # torch takes it, or divides by zero
+        torch.optim.lr_scheduler.OneCycleLR(to, **args)
+
+
+def test_one_cycle_takes_a_zero_max_lr_and_infinite_factors_as_torch():
+    o = optim.SGD([Parameter(np.zeros(2))], lr=0.1, momentum=0.9)
+    assert optim.OneCycleLR(o, 0, total_steps=10).get_last_lr() == [0.0]
+    kw = dict(div_factor=float("inf"), final_div_factor=float("inf"))
+    run_both(
+        lambda p: optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda o: optim.OneCycleLR(o, 0.5, 10, **kw),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.5, 10, **kw),
+        steps=10,
+    )

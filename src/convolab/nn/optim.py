@@ -111,6 +111,12 @@ def _real(name: str, **values) -> None:
     check_real(name, **values)
 
 
+def _finite(v) -> bool:
+    """A real number that is not inf or nan (an int always is; math.isfinite would
+    overflow on a huge one)."""
+    return isinstance(v, (int, np.integer)) or math.isfinite(v)
+
+
 def _int(name: str, arg: str, v, low: int) -> None:
     """An integer ``>= low`` (bools refused); a non-integral number is a ValueError, as
     in torch's ``OneCycleLR``, anything else a TypeError."""
@@ -452,6 +458,13 @@ class OneCycleLR(_Scheduler):
             final_div_factor=final_div_factor,
         )
         _check(name, 0 <= pct_start <= 1, f"pct_start={pct_start} must be in [0, 1]")
+        # torch checks none of these: 0 divides by zero, nan or < 0 gives nan or
+        # negative learning rates (an infinite factor is fine: a rate of 0)
+        for arg, v in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+            _check(name, v > 0, f"{arg}={v!r} must be a positive number")
+        for i, v in enumerate(max_lrs):
+            arg = f"max_lr[{i}]" if isinstance(max_lr, (list, tuple)) else "max_lr"
+            _check(name, _finite(v) and v >= 0, f"{arg}={v!r} must be a finite number >= 0")
         _check(
             name,
             anneal_strategy in ("cos", "linear"),
@@ -490,15 +503,22 @@ class OneCycleLR(_Scheduler):
             max_moms = _per_group(name, "max_momentum", max_momentum, groups)
             base_moms = _per_group(name, "base_momentum", base_momentum, groups)
             self._needs += ("max_momentum", "base_momentum")
-        if last_epoch == -1:
-            for i, (g, top) in enumerate(zip(groups, max_lrs)):
-                g["initial_lr"] = top / div_factor
-                g["max_lr"] = top
-                g["min_lr"] = g["initial_lr"] / final_div_factor
-                if cycle_momentum:
-                    g["max_momentum"], g["base_momentum"] = max_moms[i], base_moms[i]
-                    self._set_momentum(g, max_moms[i])
-        super().__init__(optimizer, last_epoch)
+        saved = [dict(g) for g in groups]
+        try:
+            if last_epoch == -1:
+                for i, (g, top) in enumerate(zip(groups, max_lrs)):
+                    g["initial_lr"] = top / div_factor
+                    g["max_lr"] = top
+                    g["min_lr"] = g["initial_lr"] / final_div_factor
+                    if cycle_momentum:
+                        g["max_momentum"], g["base_momentum"] = max_moms[i], base_moms[i]
+                        self._set_momentum(g, max_moms[i])
+            super().__init__(optimizer, last_epoch)
+        except BaseException:  # e.g. an empty first phase: leave the groups as they were
+            for g, old in zip(groups, saved):
+                g.clear()
+                g.update(old)
+            raise
 
     def _set_momentum(self, g: dict, m: float) -> None:
         if self._use_beta1:
