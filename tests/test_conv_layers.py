@@ -231,3 +231,16 @@ def test_padding_mode_with_uneven_same_padding_matches_torch(mode, rank):
     yt.backward(torch.tensor(gy))
     assert rel_err(gx, xt.grad.numpy()) <= 1e-10
     assert rel_err(layer.weight.grad, ref.weight.grad.numpy()) <= 1e-10
+
+
+@pytest.mark.parametrize("name", ["Conv1d", "Conv2d", "ConvTranspose3d"])
+def test_bias_flag_is_a_bool(name):
+    """torch tests ``bias`` by truthiness: an array raised NumPy's 'ambiguous' error,
+    a tensor torch's, neither naming ``bias``; a string silently meant True."""
+    for bad in (np.array([1, 0]), torch.tensor(True), "no", None, 0.5):
+        with pytest.raises(TypeError, match=f"{name}: bias=.* must be a bool"):
+            getattr(nn, name)(2, 2, 1, bias=bad)
+    for off in (False, np.False_, 0):
+        assert getattr(nn, name)(2, 2, 1, bias=off).bias is None
+    for on in (True, np.True_, 1):
+        assert getattr(nn, name)(2, 2, 1, bias=on).bias.shape == (2,)

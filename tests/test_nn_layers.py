@@ -864,3 +864,47 @@ def test_load_state_dict_converts_numbers_as_torch_copies():
     sd["1.num_batches_tracked"] = np.int64(-3)  # torch loads a negative count too
     m.load_state_dict(sd)
     assert m[1].num_batches_tracked == -3
+
+
+_FLAGS = [
+    (lambda v: nn.Linear(2, 2, bias=v), "Linear: bias"),
+    (lambda v: nn.BatchNorm1d(2, affine=v), "BatchNorm1d: affine"),
+    (lambda v: nn.BatchNorm2d(2, track_running_stats=v), "BatchNorm2d: track_running_stats"),
+    (lambda v: nn.BatchNorm1d(2, bias=v), "BatchNorm1d: bias"),
+    (lambda v: nn.MaxPool2d(2, ceil_mode=v), "MaxPool2d: ceil_mode"),
+    (lambda v: nn.MaxPool1d(2, return_indices=v), "MaxPool1d: return_indices"),
+    (lambda v: nn.AvgPool1d(2, ceil_mode=v), "AvgPool1d: ceil_mode"),
+    (lambda v: nn.AvgPool2d(2, count_include_pad=v), "AvgPool2d: count_include_pad"),
+    (lambda v: nn.ReLU(v), "ReLU: inplace"),
+    (lambda v: nn.SiLU(inplace=v), "SiLU: inplace"),
+    (lambda v: nn.Dropout(inplace=v), "Dropout: inplace"),
+    (lambda v: nn.Linear(2, 2).load_state_dict({}, strict=v), "load_state_dict: strict"),
+    (lambda v: list(nn.Linear(2, 2).named_parameters(remove_duplicate=v)),
+     "named_parameters: remove_duplicate"),
+]
+
+
+@pytest.mark.parametrize("make,where", _FLAGS)
+@pytest.mark.parametrize(
+    "bad", [np.array([True, False]), np.array(True), "no", None, 1.0], ids=repr
+)
+def test_bool_flags_refuse_what_is_not_a_bool(make, where, bad):
+    """torch tests these by truthiness: an array or a tensor raised NumPy's or torch's
+    error without the argument's name, a string or a float silently meant True."""
+    with pytest.raises(TypeError, match=f"{where}=.* must be a bool"):
+        make(bad)
+    with pytest.raises(TypeError, match=f"{where}=tensor"):
+        make(torch.tensor(True))
+
+
+def test_bool_flags_take_bools_numpy_bools_and_ints_as_torch():
+    for off in (False, np.False_, 0, np.int64(0)):
+        assert nn.Linear(2, 2, bias=off).bias is None
+        bn = nn.BatchNorm1d(2, affine=off, track_running_stats=off)
+        assert bn.weight is None and bn.state_dict() == {} and bn.affine is False
+        assert nn.AvgPool1d(2, ceil_mode=off, count_include_pad=off).count_include_pad is False
+        nn.MaxPool1d(2, return_indices=off)
+    for on in (True, np.True_, 1):
+        assert nn.Linear(2, 2, bias=on).bias is not None
+        assert nn.MaxPool1d(2, ceil_mode=on).ceil_mode is True
+        assert len(nn.Linear(2, 2).load_state_dict({}, strict=not on)[0]) == 2

@@ -570,3 +570,44 @@ def test_one_cycle_takes_a_zero_max_lr_and_infinite_factors_as_torch():
         lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.5, 10, **kw),
         steps=10,
     )
+
+
+@pytest.mark.parametrize(
+    "make,where",
+    [
+        (lambda p, v: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=v), "SGD: nesterov"),
+        (lambda p, v: optim.SGD(p, lr=0.1, maximize=v), "SGD: maximize"),
+        (lambda p, v: optim.Adam(p, amsgrad=v), "Adam: amsgrad"),
+        (lambda p, v: optim.Adam(p, maximize=v), "Adam: maximize"),
+        (lambda p, v: optim.Adam(p, decoupled_weight_decay=v), "Adam: decoupled_weight_decay"),
+        (lambda p, v: optim.AdamW(p, amsgrad=v), "AdamW: amsgrad"),
+        (lambda p, v: optim.SGD([{"params": p, "nesterov": v}], lr=0.1, momentum=0.9),
+         r"SGD: param_groups\[0\]\['nesterov'\]"),
+        (lambda p, v: optim.Adam([{"params": p[:1]}, {"params": p[1:], "amsgrad": v}]),
+         r"Adam: param_groups\[1\]\['amsgrad'\]"),
+        (lambda p, v: optim.OneCycleLR(optim.SGD(p, momentum=0.9), 0.1, 10, cycle_momentum=v),
+         "OneCycleLR: cycle_momentum"),
+        (lambda p, v: optim.OneCycleLR(optim.SGD(p, momentum=0.9), 0.1, 10, three_phase=v),
+         "OneCycleLR: three_phase"),
+    ],
+)
+@pytest.mark.parametrize("bad", [np.array([1, 0]), "no", None, 0.5], ids=repr)
+def test_optimizer_flags_refuse_what_is_not_a_bool(make, where, bad):
+    ps = [Parameter(np.zeros(2)), Parameter(np.zeros(3))]
+    with pytest.raises(TypeError, match=f"{where}=.* must be a bool"):
+        make(ps, bad)
+    with pytest.raises(TypeError, match=f"{where}=tensor"):
+        make(ps, torch.tensor(True))
+    for ok in (True, np.True_, 1, 0):  # what torch takes, by truthiness
+        make(ps, ok)
+
+
+def test_integer_flags_step_as_the_bools_they_mean():
+    run_both(
+        lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=1, maximize=np.True_),
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, maximize=True),
+    )
+    run_both(
+        lambda p: optim.Adam(p, lr=0.05, amsgrad=np.int64(1)),
+        lambda p: torch.optim.Adam(p, lr=0.05, amsgrad=True),
+    )

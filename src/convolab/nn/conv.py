@@ -11,7 +11,7 @@ from ..dtypes import SUPPORTED, SUPPORTED_NAMES, as_array
 from ..ops import conv as F
 from ..ops.pad import pad, pad_vjp
 from ..spec import as_tuple, make_spec
-from .module import Module, Parameter, check_device
+from .module import Module, Parameter, check_device, check_flag
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -86,6 +86,7 @@ class _ConvNd(Module):
                 f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}"
             )
         check_device(name, device)
+        bias = check_flag(name, "bias", bias)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = as_tuple("kernel_size", kernel_size, r)
         self.stride = as_tuple("stride", stride, r)

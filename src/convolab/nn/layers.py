@@ -25,7 +25,7 @@ from ..dtypes import as_array
 from ..padding import pad_spatial
 from ..spec import ConvSpec, as_tuple, make_spec, pool_output_size
 from .conv import kaiming_uniform, layer_dtype, make_rng
-from .module import Module, Parameter, check_device, check_real
+from .module import Module, Parameter, check_device, check_flag, check_real
 
 __all__ = [
     "AdaptiveAvgPool1d",
@@ -239,6 +239,7 @@ class Linear(Module):
                 raise ValueError(f"Linear: {arg}={v!r} must be a non-negative int (torch "
                                  "allows 0: an empty weight)")
         check_device("Linear", device)
+        bias = check_flag("Linear", "bias", bias)
         self.in_features, self.out_features = int(in_features), int(out_features)
         dt = _float_dtype("Linear", dtype)
         self._rng = make_rng(rng, seed)
@@ -302,6 +303,7 @@ class ReLU(Module):
 
     def __init__(self, inplace: bool = False):
         super().__init__()
+        check_flag("ReLU", "inplace", inplace)  # ignored: the input is never changed
         self._mask = None
 
     def forward(self, input):
@@ -322,6 +324,7 @@ class SiLU(Module):
 
     def __init__(self, inplace: bool = False):
         super().__init__()
+        check_flag("SiLU", "inplace", inplace)  # ignored: the input is never changed
         self._cache = None
 
     def forward(self, input):
@@ -402,6 +405,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, inplace: bool = False, *, rng=None, seed=None):
         super().__init__()
+        check_flag("Dropout", "inplace", inplace)  # ignored: the input is never changed
         if not 0.0 <= float(p) <= 1.0:
             raise ValueError(f"Dropout: p={p!r} must be between 0 and 1")
         self.p = float(p)
@@ -459,7 +463,7 @@ class _PoolNd(Module):
         self.stride = self.kernel_size if default else as_tuple("stride", stride, r)
         self.padding = as_tuple("padding", padding, r)
         self.dilation = as_tuple("dilation", dilation, r)
-        self.ceil_mode = bool(ceil_mode)
+        self.ceil_mode = check_flag(name, "ceil_mode", ceil_mode)
         # validates kernel/stride/padding now, with a size that always fits
         big = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
         self._geometry(big, name)
@@ -534,7 +538,7 @@ class _MaxPoolNd(_PoolNd):
     def __init__(
         self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False
     ):
-        if return_indices:
+        if check_flag(type(self).__name__, "return_indices", return_indices):
             raise ValueError(f"{type(self).__name__}: return_indices=True is not supported")
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
 
@@ -608,7 +612,9 @@ class _AvgPoolNd(_PoolNd):
                 f"{type(self).__name__}: divisor_override={divisor_override!r} must be a "
                 "positive int or None"
             )
-        self.count_include_pad = bool(count_include_pad)
+        self.count_include_pad = check_flag(
+            type(self).__name__, "count_include_pad", count_include_pad
+        )
         self.divisor_override = divisor_override
 
     def _inv_divisor(self, spec, spatial, O, dtype):
@@ -757,8 +763,11 @@ class _BatchNorm(Module):
             check_real(name, momentum=momentum)
         check_device(name, device)
         dt = _float_dtype(name, dtype)
+        affine = check_flag(name, "affine", affine)
+        track_running_stats = check_flag(name, "track_running_stats", track_running_stats)
+        bias = check_flag(name, "bias", bias)
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
-        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        self.affine, self.track_running_stats = affine, track_running_stats
         if affine:
             self.weight = Parameter(np.ones(num_features, dt))
             if bias:

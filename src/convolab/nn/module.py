@@ -29,6 +29,15 @@ def check_real(name: str, **values) -> None:
             raise TypeError(f"{name}: {arg}={v!r} must be a real number")
 
 
+def check_flag(name: str, arg: str, value) -> bool:
+    """``value`` as a bool: a bool, a NumPy bool or an int (torch tests these flags by
+    truthiness); a TypeError naming the argument for anything else (an array or a
+    tensor, whose truth value is ambiguous, a string, None)."""
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
+        return bool(value)
+    raise TypeError(f"{name}: {arg}={value!r} must be a bool (True or False)")
+
+
 def check_device(name: str, device) -> None:
     """ValueError unless ``device`` names the CPU: None, ``'cpu'``, ``'cpu:N'``, or an
     object that prints as one (``torch.device('cpu')``), as torch's constructors take."""
@@ -201,6 +210,7 @@ class Module:
     ) -> Iterator[tuple[str, Parameter]]:
         """``(name, parameter)`` pairs; a parameter shared by several layers comes once
         (under its first name), as in torch, so an optimizer steps it once."""
+        remove_duplicate = check_flag("named_parameters", "remove_duplicate", remove_duplicate)
         seen: set[int] = set()
         for n, p in self._named_parameters_all(prefix):
             if remove_duplicate:
@@ -316,6 +326,7 @@ class Module:
 
         Returns ``(missing_keys, unexpected_keys)`` as torch (a named tuple; both empty
         under ``strict=True``, which raises :class:`StateDictError` instead)."""
+        strict = check_flag("load_state_dict", "strict", strict)
         own = dict(self._named_parameters_all(""))
         bufs = dict(self.named_buffers())
         # torch fills in a missing BatchNorm counter (checkpoints older than torch 0.4.1)

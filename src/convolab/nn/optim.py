@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .module import Parameter, check_real
+from .module import Parameter, check_flag, check_real
 
 __all__ = ["SGD", "Adam", "AdamW", "CosineAnnealingLR", "OneCycleLR", "Optimizer"]
 
@@ -38,6 +38,10 @@ class Optimizer:
                 )
             group = dict(self.defaults)
             group.update(g)
+            for k, d in self.defaults.items():  # a group's own flags, as the defaults
+                if isinstance(d, bool):
+                    where = f"param_groups[{len(self.param_groups)}]['{k}']"
+                    group[k] = check_flag(type(self).__name__, where, group[k])
             group["params"] = list(group["params"])
             for p in group["params"]:
                 if not isinstance(p, Parameter):
@@ -144,6 +148,8 @@ class SGD(Optimizer):
         maximize: bool = False,
     ):
         _real("SGD", lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        nesterov = check_flag("SGD", "nesterov", nesterov)
+        maximize = check_flag("SGD", "maximize", maximize)
         _check("SGD", lr >= 0, f"lr={lr} must be non-negative")
         _check("SGD", momentum >= 0, f"momentum={momentum} must be non-negative")
         _check("SGD", weight_decay >= 0, f"weight_decay={weight_decay} must be non-negative")
@@ -205,6 +211,11 @@ class Adam(Optimizer):
     ):
         name = type(self).__name__
         _real(name, lr=lr, eps=eps, weight_decay=weight_decay)
+        amsgrad = check_flag(name, "amsgrad", amsgrad)
+        maximize = check_flag(name, "maximize", maximize)
+        decoupled_weight_decay = check_flag(
+            name, "decoupled_weight_decay", decoupled_weight_decay
+        )
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{name}: betas={betas!r} must be a pair of numbers in [0, 1)")
         _real(name, **{"betas[0]": betas[0], "betas[1]": betas[1]})
@@ -458,6 +469,8 @@ class OneCycleLR(_Scheduler):
             final_div_factor=final_div_factor,
         )
         _check(name, 0 <= pct_start <= 1, f"pct_start={pct_start} must be in [0, 1]")
+        cycle_momentum = check_flag(name, "cycle_momentum", cycle_momentum)
+        three_phase = check_flag(name, "three_phase", three_phase)
         # torch checks none of these: 0 divides by zero, nan or < 0 gives nan or
         # negative learning rates (an infinite factor is fine: a rate of 0)
         for arg, v in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
