@@ -244,3 +244,27 @@ def test_bias_flag_is_a_bool(name):
         assert getattr(nn, name)(2, 2, 1, bias=off).bias is None
     for on in (True, np.True_, 1):
         assert getattr(nn, name)(2, 2, 1, bias=on).bias.shape == (2,)
+
+
+@pytest.mark.parametrize(
+    "kw,exc,msg",
+    [
+        (dict(seed="a"), TypeError, "Conv2d: seed='a' must be None, an int >= 0"),
+        (dict(seed=1.5), TypeError, "Conv2d: seed=1.5 must be None, an int >= 0"),
+        (dict(seed=-1), ValueError, "Conv2d: seed=-1 must be None, an int >= 0"),
+        (dict(seed=[1, -1]), ValueError, r"Conv2d: seed=\[1, -1\] must be None"),
+        (dict(rng=3), TypeError, "Conv2d: rng=3 must be a numpy.random.Generator"),
+        (dict(rng=np.random.RandomState(0)), TypeError, "Conv2d: rng=.* must be a numpy"),
+    ],
+)
+def test_seed_and_rng_errors_name_the_argument(kw, exc, msg):
+    with pytest.raises(exc, match=msg):
+        nn.Conv2d(2, 3, 3, **kw)
+
+
+def test_seeds_numpy_takes_seed_the_same():
+    a = nn.Conv1d(2, 3, 3, seed=np.int64(5)).weight.data
+    b = nn.Conv1d(2, 3, 3, rng=np.random.default_rng(5)).weight.data
+    c = nn.Conv1d(2, 3, 3, seed=np.random.SeedSequence(5)).weight.data
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)

@@ -908,3 +908,44 @@ def test_bool_flags_take_bools_numpy_bools_and_ints_as_torch():
         assert nn.Linear(2, 2, bias=on).bias is not None
         assert nn.MaxPool1d(2, ceil_mode=on).ceil_mode is True
         assert len(nn.Linear(2, 2).load_state_dict({}, strict=not on)[0]) == 2
+
+
+@pytest.mark.parametrize(
+    "make,exc,msg",
+    [
+        (lambda: nn.Flatten(float("inf")), TypeError, "Flatten: start_dim=inf must be an int"),
+        (lambda: nn.Flatten(1.7), TypeError, "Flatten: start_dim=1.7 must be an int"),
+        (lambda: nn.Flatten(True), TypeError, "Flatten: start_dim=True must be an int"),
+        (lambda: nn.Flatten(1, "-1"), TypeError, "Flatten: end_dim='-1' must be an int"),
+        (lambda: nn.Dropout("a"), TypeError, "Dropout: p='a' must be a number between 0"),
+        (lambda: nn.Dropout([0.5]), TypeError, r"Dropout: p=\[0.5\] must be a number"),
+        (lambda: nn.Dropout(np.array(0.5)), TypeError, r"p=array\(0.5\) must be a number"),
+        (lambda: nn.Dropout(True), TypeError, "Dropout: p=True must be a number"),
+        (lambda: nn.Dropout(float("nan")), ValueError, "Dropout: p=nan must be a number"),
+        (lambda: nn.Dropout(1.5), ValueError, "Dropout: p=1.5 must be a number between"),
+        (lambda: nn.BatchNorm2d(True), TypeError, "BatchNorm2d: num_features=True must be an int"),
+        (lambda: nn.BatchNorm1d(3.0), TypeError, "BatchNorm1d: num_features=3.0 must be an int"),
+        (lambda: nn.BatchNorm1d(0), ValueError, "num_features=0 must be a positive int"),
+        (lambda: nn.Linear(2, 2, seed="a"), TypeError, "Linear: seed='a' must be None, an int"),
+        (lambda: nn.Linear(2, 2, seed=1.5), TypeError, "Linear: seed=1.5 must be None"),
+        (lambda: nn.Dropout(seed=True), TypeError, "Dropout: seed=True must be None"),
+        (lambda: nn.Dropout(seed=-1), ValueError, "Dropout: seed=-1 must be None, an int >= 0"),
+        (lambda: nn.Linear(2, 2, rng=3), TypeError, "Linear: rng=3 must be a numpy.random"),
+    ],
+)
+def test_layer_arguments_are_named_in_their_errors(make, exc, msg):
+    with pytest.raises(exc, match=msg):
+        make()
+
+
+def test_layer_arguments_torch_takes_still_work():
+    x = np.zeros((2, 3, 4, 5), np.float32)
+    t = torch.zeros(2, 3, 4, 5)
+    for sd, ed in [(np.int64(2), -1), (0, torch.tensor(2)), (-3, np.int32(-2))]:
+        assert nn.Flatten(sd, ed)(x).shape == tuple(torch.nn.Flatten(sd, ed)(t).shape)
+    for p in (np.float32(0.25), 1, torch.tensor(0.5)):
+        assert nn.Dropout(p).p == float(p)
+    assert nn.BatchNorm1d(np.int64(3)).num_features == 3
+    assert nn.BatchNorm1d(np.array(3)).weight.shape == (3,)  # torch takes a 0-d array too
+    a, b = nn.Linear(2, 2, seed=[1, 2]), nn.Linear(2, 2, seed=np.random.SeedSequence([1, 2]))
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)

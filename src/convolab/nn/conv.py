@@ -16,13 +16,25 @@ from .module import Module, Parameter, check_device, check_flag
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
-def make_rng(rng=None, seed=None) -> np.random.Generator:
-    """``rng`` (a Generator) wins; else a Generator seeded with ``seed`` (None = fresh)."""
+def make_rng(rng=None, seed=None, name: str = "layer") -> np.random.Generator:
+    """``rng`` (a Generator) wins; else a Generator seeded with ``seed`` (None = fresh):
+    an int >= 0, a sequence of them, or what ``np.random.default_rng`` takes besides
+    (a SeedSequence, a BitGenerator); errors name ``name`` and the argument."""
     if rng is not None:
         if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+            raise TypeError(
+                f"{name}: rng={rng!r} must be a numpy.random.Generator, got "
+                f"{type(rng).__name__}"
+            )
         return rng
-    return np.random.default_rng(seed)
+    rule = "must be None, an int >= 0 or a sequence of them"
+    if isinstance(seed, (bool, np.bool_, float, np.floating, complex, str, bytes)):
+        raise TypeError(f"{name}: seed={seed!r} {rule}")  # SeedSequence's error says neither
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        cls = ValueError if isinstance(exc, ValueError) else TypeError
+        raise cls(f"{name}: seed={seed!r} {rule} ({exc})") from exc
 
 
 def layer_dtype(name: str, dtype) -> np.dtype:
@@ -116,7 +128,7 @@ class _ConvNd(Module):
             raise TypeError(
                 f"{name}: dtype={self.dtype.name} must be one of {SUPPORTED_NAMES}"
             )
-        self._rng = make_rng(rng, seed)
+        self._rng = make_rng(rng, seed, name)
         if self._transposed:
             wshape = (in_channels, out_channels // groups) + self.kernel_size
         else:

@@ -25,7 +25,7 @@ from ..dtypes import as_array
 from ..padding import pad_spatial
 from ..spec import ConvSpec, as_tuple, make_spec, pool_output_size
 from .conv import kaiming_uniform, layer_dtype, make_rng
-from .module import Module, Parameter, check_device, check_flag, check_real
+from .module import Module, Parameter, check_device, check_flag, check_index, check_real
 
 __all__ = [
     "AdaptiveAvgPool1d",
@@ -181,7 +181,8 @@ class Flatten(Module):
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
-        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self.start_dim = check_index("Flatten", "start_dim", start_dim)
+        self.end_dim = check_index("Flatten", "end_dim", end_dim)
         self._shape = None
 
     def forward(self, input):
@@ -242,7 +243,7 @@ class Linear(Module):
         bias = check_flag("Linear", "bias", bias)
         self.in_features, self.out_features = int(in_features), int(out_features)
         dt = _float_dtype("Linear", dtype)
-        self._rng = make_rng(rng, seed)
+        self._rng = make_rng(rng, seed, "Linear")
         self.weight = Parameter(np.empty((out_features, in_features), dt))
         if bias:
             self.bias = Parameter(np.empty((out_features,), dt))
@@ -396,6 +397,21 @@ class GELU(Module):
         return f"approximate={self.approximate!r}"
 
 
+def _probability(name: str, arg: str, p) -> float:
+    """``p`` as a float in [0, 1]: a real number or a one-element tensor, as torch's
+    ``float``; a bool, a string, a list or a NumPy array is a TypeError."""
+    rule = "must be a number between 0 and 1"
+    if isinstance(p, (bool, np.bool_, str, bytes, np.ndarray)):
+        raise TypeError(f"{name}: {arg}={p!r} {rule}")
+    try:
+        v = float(p)
+    except (TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: a tensor's
+        raise TypeError(f"{name}: {arg}={p!r} {rule}") from exc
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name}: {arg}={p!r} {rule}")
+    return v
+
+
 class Dropout(Module):
     """Zero each element with probability ``p`` in training, scale the rest by 1/(1-p).
 
@@ -406,10 +422,8 @@ class Dropout(Module):
     def __init__(self, p: float = 0.5, inplace: bool = False, *, rng=None, seed=None):
         super().__init__()
         check_flag("Dropout", "inplace", inplace)  # ignored: the input is never changed
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"Dropout: p={p!r} must be between 0 and 1")
-        self.p = float(p)
-        self._rng = make_rng(rng, seed)
+        self.p = _probability("Dropout", "p", p)
+        self._rng = make_rng(rng, seed, "Dropout")
         self._scale = None
         self._shape = None
 
@@ -754,7 +768,8 @@ class _BatchNorm(Module):
     ):
         super().__init__()
         name = type(self).__name__
-        if not isinstance(num_features, (int, np.integer)) or num_features <= 0:
+        num_features = check_index(name, "num_features", num_features)
+        if num_features <= 0:
             raise ValueError(f"{name}: num_features={num_features!r} must be a positive int")
         check_real(name, eps=eps)
         if eps <= 0:

@@ -13,6 +13,7 @@ gradients add up in the shared ``.grad``, and ``parameters()`` lists it once.
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
@@ -27,6 +28,18 @@ def check_real(name: str, **values) -> None:
             v, (int, float, np.integer, np.floating)
         ):
             raise TypeError(f"{name}: {arg}={v!r} must be a real number")
+
+
+def check_index(name: str, arg: str, value) -> int:
+    """``value`` as an int: an int, a NumPy integer or anything with ``__index__`` (a
+    0-d integer tensor), as torch's int arguments; a TypeError naming the argument for
+    a bool, a float (``1.7`` is not silently 1), a string or anything else."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name}: {arg}={value!r} must be an int")
 
 
 def check_flag(name: str, arg: str, value) -> bool:
