@@ -949,3 +949,41 @@ def test_layer_arguments_torch_takes_still_work():
     assert nn.BatchNorm1d(np.array(3)).weight.shape == (3,)  # torch takes a 0-d array too
     a, b = nn.Linear(2, 2, seed=[1, 2]), nn.Linear(2, 2, seed=np.random.SeedSequence([1, 2]))
     np.testing.assert_array_equal(a.weight.data, b.weight.data)
+
+
+@pytest.mark.parametrize(
+    "make,msg",
+    [
+        (lambda: nn.Linear(2**30, 2**30),
+         r"Linear: in_features=1073741824, out_features=1073741824 would need weight of "
+         r"shape \(1073741824, 1073741824\), bias of shape \(1073741824,\) \(float32\): "
+         r"4611686022722355200 bytes, more than this machine's \d+ bytes of memory"),
+        (lambda: nn.BatchNorm2d(2**45, affine=False),
+         r"BatchNorm2d: num_features=35184372088832 would need running_mean of shape "
+         r"\(35184372088832,\), running_var of shape \(35184372088832,\) \(float32\): "
+         r"281474976710656 bytes"),
+    ],
+)
+def test_layers_larger_than_memory_fail_at_once(make, msg):
+    with pytest.raises(MemoryError, match=msg) as info:
+        make()
+    assert isinstance(info.value, ValueError)
+    assert type(info.value).__name__ == "TooLarge"
+
+
+def test_size_check_uses_physical_memory_and_is_skipped_without_it(monkeypatch):
+    import os
+
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1}  # a 4096-byte machine
+    monkeypatch.setattr(os, "sysconf", lambda key: pages[key])
+    nn.Linear(32, 31)  # 32*31*4 + 31*4 = 4092 bytes: fits
+    with pytest.raises(MemoryError, match="4224 bytes, more than this machine's 4096"):
+        nn.Linear(32, 32)
+    with pytest.raises(MemoryError, match="4096"):
+        nn.BatchNorm1d(257)
+
+    def unknown(key):
+        raise ValueError(f"unrecognized configuration name {key}")
+
+    monkeypatch.setattr(os, "sysconf", unknown)
+    assert nn.Linear(32, 32).weight.shape == (32, 32)  # no check where the OS cannot say

@@ -11,7 +11,7 @@ from ..dtypes import SUPPORTED, SUPPORTED_NAMES, as_array
 from ..ops import conv as F
 from ..ops.pad import pad, pad_vjp
 from ..spec import as_tuple, make_spec
-from .module import Module, Parameter, check_device, check_flag
+from .module import Module, Parameter, check_device, check_flag, check_size
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -133,6 +133,14 @@ class _ConvNd(Module):
             wshape = (in_channels, out_channels // groups) + self.kernel_size
         else:
             wshape = (out_channels, in_channels // groups) + self.kernel_size
+        shapes = {"weight": wshape, "bias": (out_channels,)} if bias else {"weight": wshape}
+        check_size(
+            name,
+            f"in_channels={in_channels}, out_channels={out_channels}, kernel_size="
+            f"{self.kernel_size}, groups={groups}",
+            shapes,
+            self.dtype,
+        )
         self.weight = Parameter(np.empty(wshape, self.dtype))
         if bias:
             self.bias = Parameter(np.empty((out_channels,), self.dtype))

@@ -25,7 +25,15 @@ from ..dtypes import as_array
 from ..padding import pad_spatial
 from ..spec import ConvSpec, as_tuple, make_spec, pool_output_size
 from .conv import kaiming_uniform, layer_dtype, make_rng
-from .module import Module, Parameter, check_device, check_flag, check_index, check_real
+from .module import (
+    Module,
+    Parameter,
+    check_device,
+    check_flag,
+    check_index,
+    check_real,
+    check_size,
+)
 
 __all__ = [
     "AdaptiveAvgPool1d",
@@ -244,6 +252,12 @@ class Linear(Module):
         self.in_features, self.out_features = int(in_features), int(out_features)
         dt = _float_dtype("Linear", dtype)
         self._rng = make_rng(rng, seed, "Linear")
+        shapes = {"weight": (out_features, in_features)}
+        if bias:
+            shapes["bias"] = (out_features,)
+        check_size(
+            "Linear", f"in_features={in_features}, out_features={out_features}", shapes, dt
+        )
         self.weight = Parameter(np.empty((out_features, in_features), dt))
         if bias:
             self.bias = Parameter(np.empty((out_features,), dt))
@@ -783,6 +797,11 @@ class _BatchNorm(Module):
         bias = check_flag(name, "bias", bias)
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
         self.affine, self.track_running_stats = affine, track_running_stats
+        names = (["weight"] + ["bias"] * bias) * affine
+        names += ["running_mean", "running_var"] * track_running_stats
+        check_size(
+            name, f"num_features={num_features}", {n: (num_features,) for n in names}, dt
+        )
         if affine:
             self.weight = Parameter(np.ones(num_features, dt))
             if bias:

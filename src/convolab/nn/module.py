@@ -13,7 +13,9 @@ gradients add up in the shared ``.grad``, and ``parameters()`` lists it once.
 
 from __future__ import annotations
 
+import math
 import operator
+import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
@@ -28,6 +30,35 @@ def check_real(name: str, **values) -> None:
             v, (int, float, np.integer, np.floating)
         ):
             raise TypeError(f"{name}: {arg}={v!r} must be a real number")
+
+
+class TooLarge(ValueError, MemoryError):
+    """A layer's arrays would not fit in this machine's memory: raised before
+    allocating (where NumPy would try, swap and fail late), a ValueError as a bad
+    argument and a MemoryError as what it prevents."""
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        n = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return n if n > 0 else None
+
+
+def check_size(name: str, args: str, shapes: Mapping[str, tuple[int, ...]], dtype) -> None:
+    """TooLarge when arrays of ``shapes`` (name -> shape) and ``dtype`` together exceed
+    the physical memory; ``args`` names the arguments that gave those shapes."""
+    limit = physical_memory()
+    dtype = np.dtype(dtype)
+    total = sum(math.prod(s) for s in shapes.values()) * dtype.itemsize
+    if limit is not None and total > limit:
+        arrays = ", ".join(f"{k} of shape {s}" for k, s in shapes.items())
+        raise TooLarge(
+            f"{name}: {args} would need {arrays} ({dtype.name}): {total} bytes, more than "
+            f"this machine's {limit} bytes of memory"
+        )
 
 
 def check_index(name: str, arg: str, value) -> int:
