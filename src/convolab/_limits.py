@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["TooLarge", "check_size", "physical_memory"]
+__all__ = ["TooLarge", "check_size", "human_bytes", "physical_memory"]
 
 
 class TooLarge(ValueError, MemoryError):
@@ -38,7 +38,7 @@ def _limit() -> int:
     return min(physical_memory(), int(np.iinfo(np.intp).max))
 
 
-def _human(n: int) -> str:
+def human_bytes(n: int) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
         if n < 1024 or unit == "EiB":
             return f"{n:.3g} {unit}" if unit != "bytes" else f"{n} bytes"
@@ -55,5 +55,5 @@ def check_size(what: str, name: str, shape: Sequence[int], dtype, because: str) 
     if nbytes > limit:
         raise TooLarge(
             f"{what}: {because} gives {name} of shape {tuple(int(n) for n in shape)} "
-            f"({_human(nbytes)}), more than this machine's memory ({_human(limit)})"
+            f"({human_bytes(nbytes)}), more than this machine's memory ({human_bytes(limit)})"
         )

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 import operator
-import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import numpy as np
+
+from .._limits import TooLarge, human_bytes, physical_memory
 
 
 def check_real(name: str, **values) -> None:
@@ -32,32 +33,18 @@ def check_real(name: str, **values) -> None:
             raise TypeError(f"{name}: {arg}={v!r} must be a real number")
 
 
-class TooLarge(ValueError, MemoryError):
-    """A layer's arrays would not fit in this machine's memory: raised before
-    allocating (where NumPy would try, swap and fail late), a ValueError as a bad
-    argument and a MemoryError as what it prevents."""
-
-
-def physical_memory() -> int | None:
-    """This machine's physical memory in bytes, or None where the OS does not say."""
-    try:
-        n = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-    return n if n > 0 else None
-
-
 def check_size(name: str, args: str, shapes: Mapping[str, tuple[int, ...]], dtype) -> None:
-    """TooLarge when arrays of ``shapes`` (name -> shape) and ``dtype`` together exceed
-    the physical memory; ``args`` names the arguments that gave those shapes."""
+    """:class:`convolab._limits.TooLarge` when arrays of ``shapes`` (name -> shape) and
+    ``dtype`` together exceed the physical memory, before allocating (where NumPy would
+    try, swap and fail late); ``args`` names the arguments that gave those shapes."""
     limit = physical_memory()
     dtype = np.dtype(dtype)
-    total = sum(math.prod(s) for s in shapes.values()) * dtype.itemsize
-    if limit is not None and total > limit:
+    total = sum(math.prod(map(int, s)) for s in shapes.values()) * dtype.itemsize
+    if total > limit:
         arrays = ", ".join(f"{k} of shape {s}" for k, s in shapes.items())
         raise TooLarge(
-            f"{name}: {args} would need {arrays} ({dtype.name}): {total} bytes, more than "
-            f"this machine's {limit} bytes of memory"
+            f"{name}: {args} would need {arrays} ({dtype.name}): {human_bytes(total)}, "
+            f"more than this machine's memory ({human_bytes(limit)})"
         )
 
 
