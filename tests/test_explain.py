@@ -554,3 +554,116 @@ def test_stack_notes_gather_every_layers_notes():
     layer_notes = [f"layer {i}: {n}" for i, lay in enumerate(d["layers"]) for n in lay["notes"]]
     assert layer_notes and all(n in d["notes"] for n in layer_notes)
     assert any(n.startswith("layer 1: padding_mode='circular'") for n in d["notes"])
+
+
+def _quick(fn, seconds=5.0):
+    """``fn()``, which must return (or raise) within ``seconds``."""
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        return fn()
+    finally:
+        assert time.perf_counter() - t0 < seconds
+
+
+@pytest.mark.parametrize("op, shape, kw, match", [
+    ("conv2d", (1, 1, 2**40, 8), dict(kernel_size=3), r"input_shape=\(1, 1, 1099511627776"),
+    ("conv2d", "9" * 40 + "x3x8x8", dict(kernel_size=3), r"input_shape=\(9999"),
+    ("conv2d", (1, 1, 8, 8), dict(kernel_size=3, padding=2**31), "padding=2147483648"),
+    ("conv_transpose2d", (1, 1, 8, 8), dict(kernel_size=2**31), "kernel_size=2147483648"),
+    ("conv_transpose2d", (1, 1, 8, 8), dict(kernel_size=3, stride=2**31), "stride=2147483648"),
+    ("conv2d", (1, 2**20, 8, 8), dict(kernel_size=(1, 2**12), padding=(0, 2**11),
+                                      out_channels=2**20), r"the weight shape"),
+])
+def test_huge_sizes_are_refused_at_once_naming_the_argument(op, shape, kw, match):
+    """They allocated a bool array per position (1 TiB: MemoryError) or looped over every
+    kernel tap / the cost model's tiles for minutes."""
+    with pytest.raises(ValueError, match=match) as info:
+        _quick(lambda: ex.explain(op, shape, **kw))
+    assert "MAX_ELEMENTS=2**40" in str(info.value)
+
+
+def test_big_layers_are_explained_quickly_by_arithmetic():
+    e = _quick(lambda: ex.explain("conv2d", (1, 3, 4096, 4096), out_channels=16,
+                                  kernel_size=3, stride=2))
+    assert e.output_shape == (1, 16, 2047, 2047)
+    assert e.algorithm["forward"]["name"] != "unknown"  # convolab.select was asked
+    assert any("4095 (1 of 4096)" in w for w in e.warnings)
+    # past MAX_CHOOSE_ELEMENTS and MAX_POSITIONS: the arithmetic, the tail, notes
+    e = _quick(lambda: ex.explain("conv2d", (1, 3, 2**31, 8), kernel_size=3, stride=2))
+    assert e.output_shape == (1, 3, 2**30 - 1, 3)
+    assert e.flops["forward"] == 2 * 3 * (2**30 - 1) * 3 * 3 * 9
+    assert e.bytes["input"] == 3 * 2**31 * 8 * 4
+    assert {a["name"] for a in e.algorithm.values()} == {"unknown"}
+    assert set(e.bytes["workspace"].values()) == {None}
+    assert any("MAX_CHOOSE_ELEMENTS=2**32" in n for n in e.notes)
+    assert any(w.startswith("H: input positions 2147483647 (1 of 2147483648)")
+               for w in e.warnings)
+    assert any(w.startswith("W: input positions 7 (1 of 8)") for w in e.warnings)
+    str(e), e.to_json()
+    e = _quick(lambda: ex.explain("conv1d", (1, 1, 2**21), kernel_size=3, stride=5))
+    assert any("L: input positions left between the windows" in n and "2**20" in n
+               for n in e.notes)  # gaps are possible there, but not looked for
+    e = _quick(lambda: ex.explain("conv_transpose1d", (1, 1, 2**21), kernel_size=3,
+                                  stride=2))
+    assert e.output_shape == (1, 1, 2**22 + 1)
+    assert any("output positions that receive no input" in n for n in e.notes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(0, 3), st.integers(0, 3),
+       st.integers(0, 20))
+def test_the_tail_past_the_last_window_is_the_same_without_per_position_arrays(
+        k, s, lo, hi, extra):
+    """Past MAX_POSITIONS the cells after the last window come from arithmetic: the same
+    warning as position by position, where stride and dilation leave no gaps."""
+    s = min(s, k)
+    n = k + extra - lo - hi
+    if n < 1:
+        return
+    kw = dict(kernel_size=k, stride=s, padding=[(lo, hi)])
+    full = ex.explain("conv1d", (1, 1, n), **kw)
+    old = ex.MAX_POSITIONS
+    try:
+        ex.MAX_POSITIONS = 0
+        arith = ex.explain("conv1d", (1, 1, n), **kw)
+    finally:
+        ex.MAX_POSITIONS = old
+    assert arith.warnings == full.warnings
+    assert arith.output_shape == full.output_shape
+
+
+def test_read_positions_does_not_walk_every_tap():
+    used, reached = _quick(lambda: ex.read_positions(8, 2**30, 2**30, 2**30, 1, 2, False))
+    assert used.all() and list(reached) == [False, True]
+    used, reached = _quick(lambda: ex.read_positions(3, 2**30, 1, 2**30 - 1, 1, 3, True))
+    assert used.all() and reached.all()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), "a", [], 2.5, True, None])
+def test_out_channels_must_be_an_int(bad):
+    if bad is None:  # None: the input's channels
+        assert ex.explain("conv2d", (1, 3, 8, 8), kernel_size=3).output_shape[1] == 3
+        return
+    with pytest.raises(TypeError, match=r"out_channels=.* must be an int"):
+        ex.explain("conv2d", (1, 3, 8, 8), kernel_size=3, out_channels=bad)
+
+
+def test_input_shape_entries_must_be_ints():
+    for bad in [(1, 3, 8.5, 8), (1, 3, "8", 8), (1, True, 8, 8)]:
+        with pytest.raises(TypeError, match=r"input_shape=.* must be a tuple of ints"):
+            ex.explain("conv2d", bad, kernel_size=3)
+    assert ex.explain("conv2d", np.array([1, 3, 8, 8]), kernel_size=3).output_shape == (
+        1, 3, 6, 6)
+
+
+def test_a_layer_without_a_rule_is_not_run_on_huge_zeros(monkeypatch):
+    class Twice:  # no rule: explain runs a copy of it to learn its output shape
+        def __call__(self, x):
+            return np.concatenate([x, x], axis=-1)
+
+    assert ex.explain([Twice()], (2, 3, 8, 8)).output_shape == (2, 3, 8, 16)
+    monkeypatch.setattr(ex, "MAX_PROBE_ELEMENTS", 100)
+    with pytest.raises(ValueError, match=r"Twice.*\(1, 3, 8, 8\).*MAX_PROBE_ELEMENTS=100"):
+        ex.explain([Twice()], (2, 3, 8, 8))

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import numbers
 import os
 import sys
@@ -59,7 +60,8 @@ from .dtypes import SUPPORTED, SUPPORTED_NAMES, compute_dtype
 from .options import get_options
 from .spec import ConvSpec, as_tuple, make_spec, pool_output_size
 
-__all__ = ["LayerConfig", "LayerExplanation", "StackExplanation", "explain", "main",
+__all__ = ["MAX_CHOOSE_ELEMENTS", "MAX_ELEMENTS", "MAX_POSITIONS", "MAX_PROBE_ELEMENTS",
+           "LayerConfig", "LayerExplanation", "StackExplanation", "explain", "main",
            "parse_layer", "read_positions"]
 
 OPS: dict[str, tuple[int | None, bool]] = {
@@ -73,6 +75,20 @@ FLOP_CONVENTION = (
     "grad_input and grad_weight cost the forward's multiply-adds each; bias: 1 FLOP per "
     "output element forward and backward"
 )
+
+# Size limits.  The arithmetic (shapes, formulas, FLOPs, bytes, receptive field) is
+# Python ints and has none; these bound what explain builds or runs to report the rest,
+# so that it answers quickly for any sizes.  (``convolab.explain`` is the function; these
+# are read as ``from convolab.explain import MAX_ELEMENTS``.)
+MAX_ELEMENTS = 2**40  # per tensor (input, output, weight), 4 TiB at float32: more is refused
+MAX_POSITIONS = 2**20  # per spatial dimension: which cells are read is checked cell by cell
+MAX_CHOOSE_ELEMENTS = 2**32  # per tensor: convolab.select picks the algorithm and workspace
+MAX_PROBE_ELEMENTS = 2**26  # one sample that a layer without a rule is run on, for its shape
+
+
+def _limit(value: int) -> str:
+    """A limit as written above: ``2**40``."""
+    return f"2**{value.bit_length() - 1}" if value > 0 and not value & (value - 1) else f"{value:,}"
 
 
 def dim_names(rank: int) -> list[str]:
@@ -282,7 +298,7 @@ def _params_of(m: Any) -> int:
     if hasattr(m, "num_parameters"):
         return int(m.num_parameters())
     if hasattr(m, "parameters"):
-        return int(sum(int(np.prod(tuple(p.shape))) for p in m.parameters()))
+        return int(sum(math.prod(int(v) for v in p.shape) for p in m.parameters()))
     return 0
 
 
@@ -310,16 +326,26 @@ def _probe(cfg: LayerConfig, shape: tuple[int, ...], dtype) -> tuple[int, ...]:
         return tuple(np.shape(mm(np.zeros(shp, dtype=dt))))
 
     one = (min(shape[0], 1),) + tuple(shape[1:])
-    try:
-        out = run(one)
-        if out[:1] != one[:1]:  # the layer changes the batch: run it on all of it
-            out = run(tuple(shape))
-        elif shape[0] != one[0]:
-            out = (shape[0],) + out[1:]
-    except Exception as exc:
-        raise ValueError(
-            f"explain has no rule for {cfg.name}, and running a copy of it on zeros of shape "
-            f"{one} to find its output shape failed ({type(exc).__name__}: {exc})") from None
+
+    def run_checked(shp):
+        if math.prod(shp) > MAX_PROBE_ELEMENTS:
+            raise ValueError(
+                f"explain has no rule for {cfg.name}, and running a copy of it on zeros of "
+                f"shape {shp} ({math.prod(shp):,} elements) to find its output shape is past "
+                f"explain's limit of MAX_PROBE_ELEMENTS={_limit(MAX_PROBE_ELEMENTS)} elements")
+        try:
+            return run(shp)
+        except Exception as exc:
+            raise ValueError(
+                f"explain has no rule for {cfg.name}, and running a copy of it on zeros of "
+                f"shape {shp} to find its output shape failed ({type(exc).__name__}: {exc})"
+            ) from None
+
+    out = run_checked(one)
+    if out[:1] != one[:1]:  # the layer changes the batch: run it on all of it
+        out = run_checked(tuple(shape))
+    elif shape[0] != one[0]:
+        out = (shape[0],) + out[1:]
     return out
 
 
@@ -336,7 +362,7 @@ def _other_layer(cfg: LayerConfig, shape: tuple[int, ...], dtype,
     if cfg.name == "Flatten":
         a = getattr(m, "start_dim", 1) % len(shape)
         b = getattr(m, "end_dim", -1) % len(shape)
-        flat = shape[:a] + (int(np.prod(shape[a:b + 1])),) + shape[b + 1:]
+        flat = shape[:a] + (math.prod(shape[a:b + 1]),) + shape[b + 1:]
         return flat, "flatten: the spatial dimensions end here", False
     if cfg.name.startswith("Adaptive") and hasattr(m, "output_size"):
         size = m.output_size
@@ -395,30 +421,40 @@ def read_positions(n: int, k: int, s: int, lo: int, d: int, out: int,
     conv: input ``i`` is read by output ``o`` with tap ``t`` when ``o*s + t*d - lo = i``;
     conv_transpose: input ``i`` feeds output ``o`` when ``i*s + t*d - lo = o``.
     Returns boolean masks ``(inputs_used (n,), outputs_reached (out,))``.
+
+    Arrays of ``n`` and ``out`` entries and a few more of that size, whatever ``k``:
+    :func:`explain` calls it up to :data:`MAX_POSITIONS` positions and parameters up to
+    ``2**40`` (which keep the int64 arithmetic exact).
     """
     small, big = (n, out) if transposed else (out, n)
-    big_mask = np.zeros(big, bool)
-    small_mask = np.zeros(small, bool)
-    for t in range(k):  # tap t links small index o to big index o*s + t*d - lo
-        off = t * d - lo
-        o0, o1 = max(0, -(off // s)), min(small - 1, (big - 1 - off) // s)
-        if o1 >= o0:
-            small_mask[o0:o1 + 1] = True
-            big_mask[o0 * s + off:o1 * s + off + 1:s] = True
+    # small index o links to the big indices a + t*d (t = 0..k-1) inside 0..big-1
+    a = np.arange(small, dtype=np.int64) * s - lo
+    first = np.maximum(0, -(a // d))  # the first tap at or past big index 0
+    last = np.minimum(k - 1, (big - 1 - a) // d)  # the last tap before big index big
+    small_mask = first <= last
+    p0 = (a + first * d)[small_mask]
+    p1 = (a + last * d)[small_mask]
+    if d >= big:  # each window reaches at most one big index
+        big_mask = np.zeros(big, bool)
+        big_mask[p0] = True
+    else:  # mark p0, p0+d, ..., p1: a difference array summed along each residue of d
+        rows = -(-big // d) + 1
+        diff = np.bincount(p0, minlength=rows * d)
+        diff -= np.bincount(p1 + d, minlength=rows * d)
+        big_mask = diff.reshape(rows, d).cumsum(axis=0).ravel()[:big] > 0
     return (small_mask, big_mask) if transposed else (big_mask, small_mask)
 
 
 def _ranges(idx: Iterable[int], limit: int = 6) -> str:
-    idx = sorted(idx)
-    runs: list[list[int]] = []
-    for i in idx:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs]
-    if len(parts) > limit:
-        parts = parts[:limit] + [f"... ({len(parts) - limit} more runs)"]
+    idx = np.unique(np.asarray(list(idx) if not isinstance(idx, np.ndarray) else idx,
+                               dtype=np.int64))
+    if not idx.size:
+        return ""
+    cut = np.flatnonzero(np.diff(idx) != 1)  # runs of consecutive indices
+    starts, ends = idx[np.r_[0, cut + 1]], idx[np.r_[cut, idx.size - 1]]
+    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in zip(starts[:limit], ends[:limit])]
+    if starts.size > limit:
+        parts.append(f"... ({starts.size - limit} more runs)")
     return ", ".join(parts)
 
 
@@ -466,15 +502,15 @@ def _workspace(role: str, spec: ConvSpec, x_shape, w_shape, dtype, algorithm: st
     N, C = x_shape[0], x_shape[1]
     padded = 0
     if any(lo or hi for lo, hi in spec.padding) and role != "input_grad":
-        padded = N * C * int(np.prod(spec.padded_shape(x_shape[2:]))) * item
+        padded = N * C * math.prod(spec.padded_shape(x_shape[2:])) * item
     if algorithm == "direct":
         return padded, "estimate: zero-padded input copy (direct needs no column buffer)"
-    kk = int(np.prod(spec.kernel_size))
+    kk = math.prod(spec.kernel_size)
     if role == "input_grad":  # x_shape is the gradient (N, K, *O); dcols is (n, C*kk, P)
         chans = w_shape[1] * spec.groups
-        P = int(np.prod(x_shape[2:]))
+        P = math.prod(x_shape[2:])
     else:
-        chans, P = C, int(np.prod(out_spatial))
+        chans, P = C, math.prod(out_spatial)
     per_sample = chans * kk * P * item
     one_to_one = kk == 1 and all(s == 1 for s in spec.stride) and role != "input_grad"
     if one_to_one:
@@ -637,6 +673,16 @@ def _check_pool(cfg: LayerConfig, C: int, r: int) -> None:
                          "(as torch)")
 
 
+def _check_elements(what: str, shape: tuple[int, ...]) -> None:
+    """Refuse a tensor of more than :data:`MAX_ELEMENTS` elements (``what``: the words
+    that name it and the arguments that set its shape)."""
+    n = math.prod(shape)
+    if n > MAX_ELEMENTS:
+        raise ValueError(
+            f"{what} has {n:,} elements, more than explain's limit of "
+            f"MAX_ELEMENTS={_limit(MAX_ELEMENTS)} elements per tensor")
+
+
 def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                    rank: int | None, incoming: tuple[list, list, list] | None,
                    lost: str | None = None) -> LayerExplanation:
@@ -651,7 +697,7 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                              tracks_rf=spatial)
         m = cfg.module
         if hasattr(m, "in_features") and hasattr(m, "out_features"):  # Linear: one GEMM
-            rows = int(np.prod(input_shape[:-1]))
+            rows = math.prod(input_shape[:-1])
             macs = rows * int(m.in_features) * int(m.out_features)
             bias = rows * int(m.out_features) if getattr(m, "bias", None) is not None else 0
             e.flops = {"forward": 2 * macs, "forward_bias": bias, "input_grad": 2 * macs,
@@ -671,8 +717,14 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
         raise ValueError(f"input_shape={tuple(input_shape)}: the batch must be >= 0 and the "
                          "channels and spatial sizes >= 1 (as the ops; only the batch may be "
                          "empty)")
-    if cfg.out_channels is not None and int(cfg.out_channels) < 1:
-        raise ValueError(f"out_channels={cfg.out_channels} must be positive")
+    _check_elements(f"input_shape={tuple(input_shape)}", tuple(input_shape))
+    if cfg.out_channels is not None:
+        if isinstance(cfg.out_channels, (bool, np.bool_)) or not isinstance(
+                cfg.out_channels, numbers.Integral):
+            raise TypeError(f"out_channels={cfg.out_channels!r} must be an int (or None: as "
+                            f"many as the input's), got {type(cfg.out_channels).__name__}")
+        if cfg.out_channels < 1:
+            raise ValueError(f"out_channels={cfg.out_channels} must be positive")
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -719,11 +771,20 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
             raise ValueError(f"groups={g} must divide in_channels={C}")
         if K % g:
             raise ValueError(f"groups={g} must divide out_channels={K}")
+    given = (f"input_shape={tuple(input_shape)}, kernel_size={cfg.kernel_size!r}, "
+             f"stride={cfg.stride!r}, padding={cfg.padding!r}, dilation={cfg.dilation!r}"
+             + (f", output_padding={cfg.output_padding!r}" if cfg.transposed else "")
+             + (f", out_channels={K}" if cfg.kind == "conv" else ""))
+    _check_elements(f"the output shape {(N, K) + out} (from {given})", (N, K) + out)
+    if cfg.kind == "conv":
+        w_shape = ((C, K // g) if cfg.transposed else (K, C // g)) + k
+        _check_elements(f"the weight shape {w_shape} (from kernel_size={cfg.kernel_size!r}, "
+                        f"out_channels={K}, groups={g}, in_channels={C})", w_shape)
     e = LayerExplanation(op_name, tuple(input_shape), (N, K) + out, spec, cfg.kind,
                          padding_mode=cfg.padding_mode, name=cfg.name, ceil_mode=ceil)
     e.formulas = [_formula(spec, i, S[i], out[i], ceil) for i in range(r)]
     names = dim_names(r)
-    kk = int(np.prod(k))
+    kk = math.prod(k)
     item = dt.itemsize
 
     # Warnings ----------------------------------------------------------
@@ -739,11 +800,35 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                        "output t sees only inputs <= t*stride")
     for i in range(r):
         lo = spec.padding[i][0]
-        used_in, reached = read_positions(S[i], k[i], spec.stride[i], lo, spec.dilation[i],
-                                          out[i], spec.transposed)
-        unread = np.flatnonzero(~used_in)
+        last = (out[i] - 1) * spec.stride[i] + spec.dilation[i] * (k[i] - 1)
+        if max(S[i], out[i]) <= MAX_POSITIONS and max(
+                k[i], spec.stride[i], spec.dilation[i], *spec.padding[i]) <= 2**40:
+            used_in, reached = read_positions(S[i], k[i], spec.stride[i], lo,
+                                              spec.dilation[i], out[i], spec.transposed)
+            unread = np.flatnonzero(~used_in)
+            missed = np.flatnonzero(~reached)
+        else:  # no arrays of positions: only the cells past the last window, by arithmetic
+            k_, s_, d_ = k[i], spec.stride[i], spec.dilation[i]
+            if spec.transposed or not ((d_ == 1 and s_ <= k_) or (k_ == 1 and s_ == 1)):
+                skipped = ("output positions that receive no input and input positions "
+                           "cropped away are" if spec.transposed else "input positions "
+                           "left between the windows by stride or dilation are")
+                e.notes.append(
+                    f"{names[i]}: {skipped} not looked for: explain checks that position by "
+                    f"position up to MAX_POSITIONS={_limit(MAX_POSITIONS)} positions per "
+                    f"dimension (here {S[i]:,} in, {out[i]:,} out) and kernel, stride, "
+                    "dilation and padding up to 2**40")
+            first = min(S[i], max(0, last - lo + 1))  # conv: the first input past the last window
+            if not spec.transposed and first < S[i]:
+                e.warnings.append(
+                    f"{names[i]}: input positions "
+                    + (f"{first}-{S[i] - 1}" if S[i] - first > 1 else f"{first}") + " "
+                    f"({S[i] - first} of {S[i]}) are never read by any kernel position: "
+                    f"the last window ends at padded index {last}; (S + pad_lo + pad_hi - "
+                    f"k_eff) % stride = {(S[i] + sum(spec.padding[i]) - last - 1)} cell(s) "
+                    "left over")
+            unread = missed = np.arange(0)
         if unread.size:
-            last = (out[i] - 1) * spec.stride[i] + spec.dilation[i] * (k[i] - 1)
             if spec.transposed:
                 why = "they only reach cropped output positions (padding larger than the kernel)"
             elif unread.max() == S[i] - 1 and unread.size == S[i] - 1 - (last - lo):
@@ -756,7 +841,6 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                 f"{names[i]}: input positions {_ranges(unread)} ({unread.size} of {S[i]}) are "
                 f"never read by any kernel position: {why}")
         if not spec.transposed:
-            last = (out[i] - 1) * spec.stride[i] + spec.dilation[i] * (k[i] - 1)
             hi = spec.padding[i][1]
             never = min(hi, S[i] + lo + hi - 1 - last)
             if never > 0:  # harmless (only zeros go unread), hence a note
@@ -766,7 +850,6 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                     f"0..{S[i] + lo + hi - 1}); the padding that matters is "
                     f"({lo}, {hi - never}), as in the guide's padding_strides_odd")
         if spec.transposed:
-            missed = np.flatnonzero(~reached)
             if missed.size:
                 e.warnings.append(
                     f"{names[i]}: output positions {_ranges(missed)} ({missed.size} of {out[i]}) "
@@ -819,23 +902,23 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
             e.jump.append(jump[i] * s_)
 
     if cfg.kind == "pool":
-        pool_flops = N * C * int(np.prod(out)) * kk
+        pool_flops = N * C * math.prod(out) * kk
         e.flops = {"forward": pool_flops, "total": pool_flops}
-        e.bytes = {"input": N * C * int(np.prod(S)) * item,
-                   "output": N * C * int(np.prod(out)) * item}
+        e.bytes = {"input": N * C * math.prod(S) * item,
+                   "output": N * C * math.prod(out) * item}
         return e
 
     # Cost ----------------------------------------------------------------
     if cfg.transposed:
         w_shape = (C, K // g) + k
-        macs = N * C * int(np.prod(S)) * (K // g) * kk
+        macs = N * C * math.prod(S) * (K // g) * kk
     else:
         w_shape = (K, C // g) + k
-        macs = N * K * int(np.prod(out)) * (C // g) * kk
+        macs = N * K * math.prod(out) * (C // g) * kk
     e.weight_shape = w_shape
     e.bias_shape = (K,) if cfg.bias else None
-    e.params = int(np.prod(w_shape)) + (K if cfg.bias else 0)
-    n_out = N * K * int(np.prod(out))
+    e.params = math.prod(w_shape) + (K if cfg.bias else 0)
+    n_out = N * K * math.prod(out)
     bias_flops = n_out if cfg.bias else 0
     e.flops = {"forward": 2 * macs, "forward_bias": bias_flops, "input_grad": 2 * macs,
                "weight_grad": 2 * macs, "bias_grad": bias_flops,
@@ -861,6 +944,19 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                  "weight_grad": ("weight_grad", x_shape)}
     ws: dict[str, int | None] = {}
     source = ""
+    if max(math.prod(x_shape), math.prod(y_shape), math.prod(w_shape)) > MAX_CHOOSE_ELEMENTS:
+        # select's cost model lays out the tiles of the whole problem: slow at this size
+        why = ("not chosen: a tensor has more than MAX_CHOOSE_ELEMENTS="
+               f"{_limit(MAX_CHOOSE_ELEMENTS)} elements")
+        for public, (role, _) in roles.items():
+            e.algorithm[public] = {"name": "unknown", "reason": why, "role": role}
+            ws[public] = None
+        e.algorithm["backward"] = {"name": "unknown", "reason": why, "role": "backward"}
+        e.notes.append("algorithm and workspace: not chosen, as a tensor has more than "
+                       f"MAX_CHOOSE_ELEMENTS={_limit(MAX_CHOOSE_ELEMENTS)} elements "
+                       "(convolab.select's cost model "
+                       "lays out the tiles of the whole problem, which takes long past that)")
+        roles, source = {}, "not estimated"
     for public, (role, shp) in roles.items():
         try:
             ch = select.choose(role, spec, shp, w_shape, cdt)
@@ -871,14 +967,15 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
         ws[public], source = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
                                         S_run if cfg.transposed else out)
     # a backward pass that needs both gradients may fuse them
-    try:
-        ch = select.choose_backward(spec, x_shape, w_shape, cdt)
-    except (ImportError, ValueError) as exc:
-        ch = select.Choice("unknown", f"convolab.select.choose_backward failed: {exc}")
-    e.algorithm["backward"] = {"name": ch.algorithm, "reason": ch.reason,
-                               "role": "forward + weight_grad of gy" if cfg.transposed
-                               else "input_grad + weight_grad"}
-    if ch.algorithm == "fused":
+    if roles:
+        try:
+            ch = select.choose_backward(spec, x_shape, w_shape, cdt)
+        except (ImportError, ValueError) as exc:
+            ch = select.Choice("unknown", f"convolab.select.choose_backward failed: {exc}")
+        e.algorithm["backward"] = {"name": ch.algorithm, "reason": ch.reason,
+                                   "role": "forward + weight_grad of gy" if cfg.transposed
+                                   else "input_grad + weight_grad"}
+    if roles and ch.algorithm == "fused":
         if cfg.transposed:  # GEMM's weight-gradient tiles, which now also do the forward
             ws["backward"] = ws["weight_grad"]
         else:
@@ -887,8 +984,8 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
             ws["backward"] = fused.workspace(
                 spec, select.problem("weight_grad", spec, x_shape, w_shape), cdt)
     e.bytes = {
-        "input": N * C * int(np.prod(S)) * item, "output": int(np.prod(y_shape)) * item,
-        "weight": (int(np.prod(w_shape)) + (K if cfg.bias else 0)) * item,
+        "input": N * C * math.prod(S) * item, "output": math.prod(y_shape) * item,
+        "weight": (math.prod(w_shape) + (K if cfg.bias else 0)) * item,
         "dtype": dt.name, "workspace": ws, "workspace_source": source,
     }
     return e
@@ -977,9 +1074,14 @@ def _shape(value: Any) -> tuple[int, ...]:
         v = _parse_ints(value, "input_shape")
         return v if isinstance(v, tuple) else (v,)
     try:
-        return tuple(int(v) for v in value)
+        vals = tuple(value)
     except TypeError:
         raise TypeError(f"input_shape={value!r} must be a tuple of ints or 'NxCxHxW'") from None
+    for v in vals:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"input_shape={value!r} must be a tuple of ints or 'NxCxHxW' "
+                            f"(it holds {v!r}, a {type(v).__name__})")
+    return tuple(int(v) for v in vals)
 
 
 def explain(op: Any, input_shape: Any, *, out_channels: int | None = None,
@@ -994,7 +1096,22 @@ def explain(op: Any, input_shape: Any, *, out_channels: int | None = None,
     or a model: a ``convolab.nn.Sequential``, a conv layer, or a list of layers /
     layer-spec strings (``"k=3,s=2,p=1"``) / dicts.  ``layers=`` with a string ``op``
     gives a stack whose specs default to that op.
-    input_shape: ``(N, C, *spatial)`` or ``'1x3x32x32'``.
+    input_shape: ``(N, C, *spatial)`` (ints) or ``'1x3x32x32'``.
+    out_channels: an int (None: as many as the input has).
+
+    Returns a ``LayerExplanation`` (one layer) or a ``StackExplanation``, classes of
+    the module ``convolab.explain`` (``from convolab.explain import LayerExplanation``:
+    ``convolab.explain`` itself is this function).
+
+    Sizes: the numbers reported are integer arithmetic, for any sizes up to
+    ``MAX_ELEMENTS`` (2**40) elements per tensor (input, output, weight); a larger
+    tensor is a ValueError.  Which cells are never read is checked position by position
+    up to ``MAX_POSITIONS`` (2**20) per dimension (past it, only the cells after the
+    last window, by arithmetic, and a note), the algorithm and workspace are asked of
+    ``convolab.select`` up to ``MAX_CHOOSE_ELEMENTS`` (2**32) elements per tensor
+    ("unknown" past it, with a note), and a layer without a rule is run on zeros of up
+    to ``MAX_PROBE_ELEMENTS`` (2**26) elements.  These are constants of the module
+    ``convolab.explain`` (``from convolab.explain import MAX_ELEMENTS``).
     """
     shape = _shape(input_shape)
     if isinstance(op, str):
