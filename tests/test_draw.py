@@ -372,3 +372,50 @@ def test_drawing_save_writes_through_a_link_and_keeps_the_file_mode(tmp_path):
     dr.draw("conv1d", 4, 2).save(str(link))
     assert link.is_symlink() and real.read_bytes() != before
     assert stat.S_IMODE(os.stat(real).st_mode) == 0o640
+
+
+@pytest.mark.parametrize("args, kw", [
+    ((), dict(input_size=2**31)), ((), dict(input_size=2**63)), ((), dict(input_size=10**30)),
+    (("conv1d",), dict(padding=2**40)), (("conv_transpose2d",), dict(stride=2**40)),
+    (("conv_transpose1d",), dict(kernel_size=2**40)),
+])
+def test_huge_sizes_are_refused_before_any_geometry_is_built(monkeypatch, args, kw):
+    """input_size=2**31 built lists of 2**31 canvas cells (OOM-killed, or MemoryError
+    in geometry.make_axis) before it checked MAX_CANVAS; 2**63 gave OverflowError."""
+    def built(*a, **k):
+        raise AssertionError("the geometry was built")
+
+    monkeypatch.setattr(dr, "axes_of", built)
+    with pytest.raises(ValueError, match=f"limit of {dr.MAX_CANVAS} per side"):
+        dr.draw(*args, **kw)
+
+
+@pytest.mark.parametrize("bad", [{}, [], np.array(["dilation"]), 3, b"dilation"])
+def test_preset_must_be_a_name(bad):
+    with pytest.raises(TypeError, match=r"preset=.* must be the name of a preset"):
+        dr.draw(preset=bad)
+
+
+def test_values_must_be_true_or_false():
+    torch = pytest.importorskip("torch")
+    for bad in (torch.ones(3), np.ones(3), np.ones(1), "no", 2, None):
+        with pytest.raises(TypeError, match=r"values=.* must be True or False.*x= and weight="):
+            dr.draw(values=bad)
+    for ok in (True, 1, np.bool_(True)):
+        assert dr.draw(values=ok).y is not None
+    for ok in (False, 0):
+        assert dr.draw(values=ok).y is None
+
+
+def test_docstring_names_where_its_constants_live():
+    """``convolab.draw`` is the function (it shadows the module), so the docstring says
+    where PRESETS and the limits are, and that way works."""
+    doc = cl.draw.__doc__
+    assert "from convolab.draw import" in doc and ":data:" not in doc
+    from convolab.draw import MAX_BYTES, MAX_CANVAS, MAX_FRAMES, PRESETS, Drawing  # noqa: F401
+
+    for name in ("PRESETS", "MAX_FRAMES", "MAX_CANVAS", "MAX_BYTES", "Drawing"):
+        assert name in doc
+    doc = cl.explain.__doc__
+    assert "from convolab.explain import" in doc
+    from convolab.explain import MAX_ELEMENTS, LayerExplanation  # noqa: F401

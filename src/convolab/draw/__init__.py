@@ -218,18 +218,22 @@ def draw(op: str | None = None, input_size: Any = None, kernel_size: Any = None,
     Geometry defaults: input_size 5, kernel_size 3, stride 1, padding 0, dilation 1,
     output_padding 0.  padding: anything ``convolab.conv`` accepts (int, tuple,
     per-side pairs, ``'same'``/``'valid'``/``'causal'`` for convolutions).
-    preset: one of :data:`PRESETS` (the guide's file names, plus
+    preset: the name of one of ``PRESETS`` (the guide's file names, plus
     ``dilation_transposed``, which the guide does not draw); it sets op and geometry,
     so giving them too is an error.
-    values: draw numbers (random integers from ``seed``, or ``x`` / ``weight``; giving
-    either draws both); outputs are computed with ``convolab.conv``/``conv_transpose``.
+    values: True to draw numbers (random integers from ``seed``, or ``x`` / ``weight``;
+    giving either draws both); outputs are computed with ``convolab.conv``/``conv_transpose``.
     backward: ``('input', (i, j))`` / ``'input:i,j'`` -- which outputs and weights sum
     into that input cell's gradient; ``('weight', (a, b))`` / ``'weight:a,b'`` -- which
     input/output pairs sum into that weight's gradient (values from ``convolab.vjp``).
     out: GIF path (``*.gif``); sheet: PNG contact-sheet path (``*.png``); both are
-    checked before anything is drawn.  A drawing with more than :data:`MAX_FRAMES`
-    frames, a canvas wider than :data:`MAX_CANVAS` cells or frames that would take more
-    than :data:`MAX_BYTES` of memory is refused.
+    checked before anything is drawn.  A drawing with more than ``MAX_FRAMES`` (256)
+    frames, a canvas wider than ``MAX_CANVAS`` (40) cells or frames that would take more
+    than ``MAX_BYTES`` (1 GiB) of memory is refused, before anything is built.
+
+    Returns a ``Drawing``.  ``PRESETS``, ``MAX_FRAMES``, ``MAX_CANVAS``, ``MAX_BYTES``
+    and ``Drawing`` belong to the module ``convolab.draw`` (``from convolab.draw import
+    PRESETS``): ``convolab.draw`` itself is this function.
     """
     # Arguments that need no geometry first: a bad path fails before any drawing.
     out = _check_path("out", out, ".gif", "the animation is a GIF; the contact sheet is the PNG")
@@ -243,7 +247,16 @@ def draw(op: str | None = None, input_size: Any = None, kernel_size: Any = None,
 
     geometry = dict(input_size=input_size, kernel_size=kernel_size, stride=stride,
                     padding=padding, dilation=dilation, output_padding=output_padding)
+    if isinstance(values, (bool, np.bool_)) or (
+            isinstance(values, numbers.Integral) and values in (0, 1)):
+        values = bool(values)
+    else:
+        raise TypeError(f"values={_short(values)} must be True or False (to draw numbers "
+                        f"of your own, pass x= and weight=), got {type(values).__name__}")
     if preset is not None:
+        if not isinstance(preset, str):
+            raise TypeError(f"preset={_short(preset)} must be the name of a preset (a str), "
+                            f"got {type(preset).__name__}; one of {list(PRESETS)}")
         if preset not in PRESETS:
             raise ValueError(f"preset={preset!r} is not one of {list(PRESETS)}")
         p = PRESETS[preset]
@@ -275,18 +288,24 @@ def draw(op: str | None = None, input_size: Any = None, kernel_size: Any = None,
         raise ValueError(f"{op}: input_size={size}, kernel_size={k}, stride={spec.stride}, "
                          f"padding={spec.padding}, dilation={spec.dilation} give output size "
                          f"{outsz}; it must be positive (see convolab explain)")
-    axes = axes_of(spec, size)
-    canvas = tuple(a.length for a in axes)
+    # the canvas (geometry.make_axis) by arithmetic: its cells are built only once
+    # the size is known to be drawable
+    canvas = tuple(o + d * (kk - 1) if transposed else lo + n + hi for n, o, kk, d, (lo, hi)
+                   in zip(size, outsz, k, spec.dilation, spec.padding))
     if max(canvas) > MAX_CANVAS:
         raise ValueError(f"{op}: the canvas (the input as the kernel sees it) is "
                          f"{_dims(canvas)} cells, more than draw's limit of {MAX_CANVAS} per "
-                         "side; draw a smaller input_size (or less padding or dilation)")
+                         "side; draw a smaller input_size ("
+                         + ("or stride, kernel_size or dilation)" if transposed
+                            else "or less padding)"))
     one_frame_per_output = backward is None or _parse_backward(backward, rank)[0] == "weight"
     if one_frame_per_output and math.prod(outsz) > MAX_FRAMES:  # checked before the frames
         raise ValueError(f"{op}: output {_dims(outsz)} needs {math.prod(outsz)} frames "
                          f"(one per output cell), more than draw's limit of {MAX_FRAMES}; "
                          "draw a smaller input_size or "
                          + ("stride" if transposed else "use a larger stride"))
+    axes = axes_of(spec, size)
+    assert tuple(a.length for a in axes) == canvas
 
     # Numbers.
     rng = np.random.default_rng(seed)
@@ -389,6 +408,14 @@ def draw(op: str | None = None, input_size: Any = None, kernel_size: Any = None,
     if sheet:
         d.contact_sheet(sheet, dpi=dpi)
     return d
+
+
+def _short(value: Any) -> str:
+    """``repr`` of an argument for a one-line error (an array or tensor by its shape)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"<{type(value).__name__} of shape {tuple(value.shape)}>"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_path(arg: str, path: Any, suffix: str, why: str) -> str | None:
