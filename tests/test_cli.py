@@ -97,3 +97,78 @@ def test_a_command_names_its_own_extra(monkeypatch, capsys):
     assert "pip install 'convolab[demo]'" in capsys.readouterr().err
     assert cli.main(["draw", "conv2d"]) == 2
     assert "pip install 'convolab[viz]'" in capsys.readouterr().err
+
+
+HUGE_EXPLAIN = [
+    ["conv2d", "--input", "1x3x99999999999x8", "--kernel-size", "3"],
+    ["conv2d", "--input", "1x3x8x8", "--kernel-size", "3", "--padding", "2147483648"],
+    ["conv_transpose2d", "--input", "1x3x8x8", "--kernel-size", "3", "--stride", "2147483648"],
+    ["conv_transpose2d", "--input", "1x3x8x8", "--kernel-size", "2147483648"],
+    ["conv2d", "--input", "1x3x8x8", "--kernel-size", "2147483648"],
+    ["conv2d", "--input", "1x3x8x8", "--layer", "k=3,p=2147483648"],
+    ["conv2d", "--input", "9" * 40 + "x3x8x8", "--kernel-size", "3"],
+]
+
+
+@pytest.mark.parametrize("argv", HUGE_EXPLAIN)
+def test_explain_refuses_huge_sizes_at_once_in_one_line(argv, capsys):
+    """These printed numpy's _ArrayMemoryError traceback or hung past 25 s."""
+    import time
+
+    t0 = time.perf_counter()
+    assert cli.main(["explain", *argv]) == 2
+    assert time.perf_counter() - t0 < 5
+    err = capsys.readouterr().err
+    assert err.startswith("convolab explain: ") and err.count("\n") == 1, err
+    assert "limit" in err or "empty" in err
+
+
+def test_explain_of_a_big_real_shape_is_quick_arithmetic(capsys):
+    """--input 1x3x2147483648x8 can be explained by arithmetic (192 GiB of input):
+    no algorithm is chosen past MAX_CHOOSE_ELEMENTS, and the note says so."""
+    import time
+
+    t0 = time.perf_counter()
+    assert cli.main(["explain", "conv2d", "--input", "1x3x2147483648x8",
+                     "--kernel-size", "3", "--json"]) == 0
+    assert time.perf_counter() - t0 < 5
+    d = json.loads(capsys.readouterr().out)
+    assert d["output_shape"] == [1, 3, 2147483646, 6]
+    assert d["bytes"]["input"] == 3 * 2**31 * 8 * 4
+    assert d["algorithm"]["forward"]["name"] == "unknown"
+    assert any("MAX_CHOOSE_ELEMENTS" in n for n in d["notes"])
+
+
+def test_memory_errors_are_one_line_not_a_traceback(monkeypatch, capsys, tmp_path):
+    import convolab.draw  # noqa: F401  (the module, for monkeypatch)
+
+    explain_mod = sys.modules["convolab.explain"]
+    draw_mod = sys.modules["convolab.draw"]
+
+    def oom(*a, **k):
+        raise MemoryError("Unable to allocate 1.00 TiB")
+
+    monkeypatch.setattr(explain_mod, "explain", oom)
+    monkeypatch.setattr(draw_mod, "draw", oom)
+    assert cli.main(["explain", "conv2d", "--input", "1x3x8x8", "--kernel-size", "3"]) == 2
+    assert cli.main(["draw", "conv2d", "-o", str(tmp_path / "x.gif")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["convolab explain: out of memory (Unable to allocate 1.00 TiB)",
+                   "convolab draw: out of memory (Unable to allocate 1.00 TiB)"]
+
+
+def test_huge_sizes_from_the_shell_exit_2_without_a_traceback(tmp_path):
+    import os
+    from pathlib import Path
+
+    import convolab
+
+    src = str(Path(convolab.__file__).resolve().parents[1])  # this checkout's convolab
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    for argv in (["explain", *HUGE_EXPLAIN[0]],
+                 ["draw", "conv2d", "--input-size", "2147483648", "-o", str(tmp_path / "x.gif")]):
+        r = subprocess.run([sys.executable, "-m", "convolab", *argv], capture_output=True,
+                           text=True, timeout=60, env=env, check=False)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr

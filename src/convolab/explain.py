@@ -1255,6 +1255,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"convolab explain: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:  # explain refuses sizes past its limits; a machine may have less
+        print(f"convolab explain: out of memory ({exc or 'MemoryError'})", file=sys.stderr)
+        return 2
     try:
         print(res.to_json(indent=2) if args.json else str(res), flush=True)
     except BrokenPipeError:  # e.g. piped into head: the reader has what it wanted

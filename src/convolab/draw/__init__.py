@@ -641,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"convolab draw: {_as_flag(str(exc), args)}", file=sys.stderr)
         return 2
+    except MemoryError as exc:  # the limits bound a drawing; a machine may have less
+        print(f"convolab draw: out of memory ({exc or 'MemoryError'})", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"convolab draw: cannot write {exc.filename or 'the output'}: {exc.strerror}",
               file=sys.stderr)
