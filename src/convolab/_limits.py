@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -46,14 +46,16 @@ def human_bytes(n: int) -> str:
     return f"{n:.3g} EiB"  # pragma: no cover
 
 
-def check_size(what: str, name: str, shape: Sequence[int], dtype, because: str) -> None:
+def check_size(what: str, name: str, shape: Sequence[int], dtype,
+               because: Callable[[], str]) -> None:
     """Raise :class:`TooLarge` when an array ``name`` of ``shape`` and ``dtype`` would
-    not fit in the machine's memory (nor in NumPy's index range); ``because`` names
-    the arguments that make it so."""
+    not fit in the machine's memory (nor in NumPy's index range); ``because()`` names
+    the arguments that make it so (called only then: formatting costs microseconds on
+    every call)."""
     nbytes = math.prod(map(int, shape)) * np.dtype(dtype).itemsize  # Python ints: no wrap
     limit = _limit()
     if nbytes > limit:
         raise TooLarge(
-            f"{what}: {because} gives {name} of shape {tuple(int(n) for n in shape)} "
+            f"{what}: {because()} gives {name} of shape {tuple(int(n) for n in shape)} "
             f"({human_bytes(nbytes)}), more than this machine's memory ({human_bytes(limit)})"
         )

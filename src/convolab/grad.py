@@ -60,7 +60,7 @@ def _input(rank):
         dtype = grad_output.dtype
         size = _size("input_size", input_size, rank)
         check_size(f"conv{rank}d_input", "the input gradient", size, dtype,
-                   f"input_size={size}")
+                   lambda: f"input_size={size}")
         p = prepare(
             _stand_in(size, dtype),
             weight,

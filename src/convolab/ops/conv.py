@@ -181,12 +181,12 @@ def prepare(
             "the effective kernel size must not exceed the padded input size"
         )
     cdt = compute_dtype(dtype)
-    settings = (f"stride={spec.stride}, padding={spec.padding}, dilation={spec.dilation}"
-                + (f", output_padding={spec.output_padding}" if transposed else ""))
     check_size(what, "an output", (x.shape[0], out_channels) + out_spatial, cdt,
-               f"input.shape={x.shape} with {settings}")
+               lambda: f"input.shape={x.shape} with stride={spec.stride}, padding="
+               f"{spec.padding}, dilation={spec.dilation}"
+               + (f", output_padding={spec.output_padding}" if transposed else ""))
     check_size(what, "a padded input", x.shape[:2] + spec.padded_shape(spatial), cdt,
-               f"padding={spec.padding}")
+               lambda: f"padding={spec.padding}")
     spec = _idle_strides(spec, spatial, out_spatial)
     return Prepared(
         x.astype(cdt, copy=False),

@@ -31,7 +31,7 @@ def _prepare(input, pad, mode, value):
     _check_value(value, x.dtype)
     lead = x.ndim - len(pairs)
     out = x.shape[:lead] + tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[lead:], pairs))
-    check_size("pad", "an output", out, x.dtype, f"pad={tuple(pad)}")
+    check_size("pad", "an output", out, x.dtype, lambda: f"pad={tuple(pad)}")
     for dim, (n, (lo, hi)) in enumerate(zip(x.shape[lead:], pairs), start=lead):
         if max(-lo, 0) + max(-hi, 0) > n:
             raise ValueError(

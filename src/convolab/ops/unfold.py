@@ -75,11 +75,11 @@ def _unfold_prepare(input, kernel_size, dilation, padding, stride):
         )
     cdt = compute_dtype(dt)
     N, C = xb.shape[:2]
-    settings = f"padding={spec.padding}, stride={spec.stride}, dilation={spec.dilation}"
     check_size("unfold", "columns", (N, C * math.prod(spec.kernel_size), math.prod(O)), cdt,
-               settings)
+               lambda: f"padding={spec.padding}, stride={spec.stride}, "
+               f"dilation={spec.dilation}")
     check_size("unfold", "a padded input", (N, C) + spec.padded_shape(xb.shape[2:]), cdt,
-               f"padding={spec.padding}")
+               lambda: f"padding={spec.padding}")
     return xb.astype(cdt, copy=False), _idle_strides(spec, xb.shape[2:], O), O, unbatched, dt
 
 
@@ -122,7 +122,8 @@ def _fold_prepare(input, output_size, kernel_size, dilation, padding, stride):
         )
     cdt = compute_dtype(dt)
     check_size("fold", "a padded output", (cb.shape[0], cb.shape[1] // kk)
-               + spec.padded_shape(out), cdt, f"output_size={out}, padding={spec.padding}")
+               + spec.padded_shape(out), cdt,
+               lambda: f"output_size={out}, padding={spec.padding}")
     return cb.astype(cdt, copy=False), _idle_strides(spec, out, O), out, O, unbatched, dt
 
 
