@@ -990,3 +990,14 @@ def test_size_check_uses_physical_memory(monkeypatch):
 
     monkeypatch.setattr(os, "sysconf", unknown)  # where the OS cannot say: no limit
     assert _limits.physical_memory.__wrapped__() == 2**63 - 1
+
+
+def test_a_strict_load_failure_is_caught_as_torch_code_catches_it():
+    m = nn.Linear(2, 2, seed=0)
+    sd = m.state_dict()
+    del sd["bias"]
+    for cls in (RuntimeError, KeyError, ValueError):
+        with pytest.raises(cls, match="missing keys \\['bias'\\]"):
+            m.load_state_dict(sd)
+    with pytest.raises(RuntimeError):
+        torch.nn.Linear(2, 2).load_state_dict({"weight": torch.zeros(2, 2)})

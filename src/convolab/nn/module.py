@@ -87,8 +87,9 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
-class StateDictError(KeyError, ValueError):
-    """A strict ``load_state_dict`` found missing or unexpected keys."""
+class StateDictError(KeyError, ValueError, RuntimeError):
+    """A strict ``load_state_dict`` found missing or unexpected keys (a RuntimeError
+    too, as torch raises, so code written for torch catches it)."""
 
     def __str__(self) -> str:  # KeyError would print the message quoted
         return str(self.args[0]) if self.args else ""
