@@ -491,7 +491,7 @@ def test_array_lr_is_a_clear_type_error(cls):
     [
         (np.ones(7), ValueError, r"\[1\]\.grad .* has shape \(7,\); it must have the param"),
         (np.ones((1, 5)), ValueError, r"has shape \(1, 5\)"),  # never broadcast
-        (np.full(5, "a"), TypeError, "has dtype <U1; it must be real numbers"),
+        (np.full(5, "a"), TypeError, "has dtype <U1; it must be numbers that cast"),
         (np.ones(5, dtype=object), TypeError, "has dtype object"),
         (np.ones(5, dtype=bool), TypeError, "has dtype bool"),
         (np.ones(5, dtype=complex), TypeError, "has dtype complex128"),
@@ -611,3 +611,32 @@ def test_integer_flags_step_as_the_bools_they_mean():
         lambda p: optim.Adam(p, lr=0.05, amsgrad=np.int64(1)),
         lambda p: torch.optim.Adam(p, lr=0.05, amsgrad=True),
     )
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: (optim.SGD(ps[0], lr=0.1, momentum=0.9, weight_decay=0.01),
+                torch.optim.SGD(ps[1], lr=0.1, momentum=0.9, weight_decay=0.01)),
+    lambda ps: (optim.Adam(ps[0], lr=0.01, weight_decay=0.01, amsgrad=True),
+                torch.optim.Adam(ps[1], lr=0.01, weight_decay=0.01, amsgrad=True)),
+    lambda ps: (optim.AdamW(ps[0], lr=0.01), torch.optim.AdamW(ps[1], lr=0.01)),
+])
+def test_complex_parameters_step_as_torch(make):
+    """Complex layers train: a complex gradient for a complex parameter is taken, and
+    Adam treats real and imaginary parts as separate reals, as torch does."""
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((3, 4)) + 1j * rng.standard_normal((3, 4))
+    ours = [Parameter(w0.copy())]
+    theirs = [torch.nn.Parameter(torch.tensor(w0))]
+    opt, topt = make((ours, theirs))
+    for _ in range(4):
+        g = rng.standard_normal((3, 4)) + 1j * rng.standard_normal((3, 4))
+        ours[0].grad = g
+        theirs[0].grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+        np.testing.assert_allclose(ours[0].data, theirs[0].detach().numpy(), rtol=1e-12,
+                                   atol=1e-14)
+    real = [Parameter(np.zeros((3, 4)))]
+    real[0].grad = np.ones((3, 4), np.complex128)
+    with pytest.raises(TypeError, match="a complex gradient only for a complex parameter"):
+        optim.SGD(real, lr=0.1).step()

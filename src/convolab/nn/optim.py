@@ -82,20 +82,26 @@ class Optimizer:
 
 
 def _check_grad(name: str, where: str, p: Parameter) -> None:
-    """TypeError unless ``p.grad`` is a NumPy array of real numbers that casts to the
+    """TypeError unless ``p.grad`` is a NumPy array of numbers that casts to the
     parameter's dtype (not complex into a real parameter: the imaginary part would be
     dropped), ValueError unless it has the parameter's shape (never broadcast)."""
     g = p.grad
     what = f"{name}: {where} (of {p!r})"
     if not isinstance(g, np.ndarray):
         raise TypeError(f"{what} is a {type(g).__name__}; it must be a NumPy array")
-    if g.dtype.kind not in "iuf" or not np.can_cast(g.dtype, p.data.dtype, "same_kind"):
+    if g.dtype.kind not in "iufc" or not np.can_cast(g.dtype, p.data.dtype, "same_kind"):
         raise TypeError(
-            f"{what} has dtype {g.dtype}; it must be real numbers that cast to the "
-            f"parameter's {p.data.dtype}"
+            f"{what} has dtype {g.dtype}; it must be numbers that cast to the parameter's "
+            f"{p.data.dtype} (a complex gradient only for a complex parameter)"
         )
     if g.shape != p.data.shape:
         raise ValueError(f"{what} has shape {g.shape}; it must have the parameter's shape")
+
+
+def _as_real(a: np.ndarray) -> np.ndarray:
+    """A complex array as reals, each value's real and imaginary parts side by side."""
+    a = np.ascontiguousarray(a)
+    return a.view(a.real.dtype)
 
 
 def _check(name: str, cond: bool, what: str) -> None:
@@ -246,6 +252,9 @@ class Adam(Optimizer):
             lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
             g = -p.grad if group["maximize"] else p.grad
             data = p.data
+            cplx = data.dtype.kind == "c"
+            if cplx:  # torch: real and imaginary parts as separate reals (view_as_real)
+                data, g = _as_real(data), _as_real(g.astype(data.dtype, copy=False))
             if wd and group["decoupled_weight_decay"]:
                 data = data * (1 - lr * wd)
             elif wd:
@@ -264,7 +273,8 @@ class Adam(Optimizer):
                 v = state["max_exp_avg_sq"] = np.maximum(state["max_exp_avg_sq"], v)
             step_size = lr / (1 - b1**t)
             denom = np.sqrt(v) / math.sqrt(1 - b2**t) + group["eps"]
-            p.data = (data - step_size * (m / denom)).astype(p.data.dtype, copy=False)
+            new = data - step_size * (m / denom)
+            p.data = (new.view(p.data.dtype) if cplx else new).astype(p.data.dtype, copy=False)
 
 
 class AdamW(Adam):
