@@ -723,7 +723,24 @@ def test_cross_entropy_refuses_ignore_index_for_probabilities():
     z, p = rng.standard_normal((3, 4)), rng.dirichlet(np.ones(4), 3)
     with pytest.raises(ValueError, match="ignore_index=2 does not apply to class probabilities"):
         nn.CrossEntropyLoss(ignore_index=2)(z, p)
+    with pytest.raises(RuntimeError, match="ignore_index is not supported"):
+        torch.nn.CrossEntropyLoss(ignore_index=2)(torch.tensor(z), torch.tensor(p))
     nn.CrossEntropyLoss(ignore_index=2)(z, np.array([0, 2, 1]))  # indices: fine
+    for negative in (-1, -100):  # torch takes a negative one, and it does nothing here
+        ours = nn.CrossEntropyLoss(ignore_index=negative)(z, p)
+        theirs = torch.nn.CrossEntropyLoss(ignore_index=negative)(torch.tensor(z), torch.tensor(p))
+        assert rel(ours, t2n(theirs)) <= TOL
+
+
+def test_cross_entropy_failed_forward_leaves_nothing_for_backward():
+    loss = nn.CrossEntropyLoss()
+    loss(np.zeros((4, 3)), np.zeros(4, int))
+    with pytest.raises(ValueError):
+        loss(np.zeros(3), np.array([1, 2]))
+    with pytest.raises(RuntimeError, match="before forward"):
+        loss.backward()
+    out = nn.CrossEntropyLoss(reduction="none")(np.zeros(3), np.array(1))
+    assert isinstance(out, np.ndarray) and out.shape == ()
 
 
 def test_devices_torch_accepts_for_the_cpu():

@@ -33,7 +33,7 @@ class CrossEntropyLoss(Module):
     returns the gradient for the logits (``grad`` has the loss's shape).  A float target
     of the input's shape holds class probabilities (soft labels, as torch):
     ``loss_i = -sum_c w[c] t'[i, c] log p[i, c]`` with ``t' = (1 - eps) t + eps/C``;
-    ``'mean'`` divides by the number of elements, and ``ignore_index`` must stay -100.
+    ``'mean'`` divides by the number of elements, and ``ignore_index`` must be negative.
     """
 
     def __init__(
@@ -82,6 +82,7 @@ class CrossEntropyLoss(Module):
         self._unbatched = False
 
     def forward(self, input, target):
+        self._cache = None  # a forward that fails leaves nothing for backward to misuse
         z = np.asarray(input)
         t = np.asarray(target)
         if z.ndim < 1:
@@ -134,7 +135,7 @@ class CrossEntropyLoss(Module):
         denom = wy.sum() if self.reduction == "mean" else None
         self._cache = (logp, a, denom, t.shape)
         if self.reduction == "none":
-            return per[0] if self._unbatched else per
+            return np.asarray(per[0]) if self._unbatched else per
         total = per.sum()
         if self.reduction == "sum":
             return np.asarray(total)
@@ -159,11 +160,12 @@ class CrossEntropyLoss(Module):
     def _forward_probabilities(self, z: np.ndarray, t: np.ndarray):
         """Soft targets (torch's probability form): ``loss_i = -sum_c w[c] t'[i, c] log
         p[i, c]`` with ``t' = (1 - eps) t + eps/C``; ``'mean'`` divides by the number of
-        elements (not by weights), and ``ignore_index`` does not apply."""
-        if self.ignore_index != -100:
+        elements (not by weights), and ``ignore_index`` does not apply (a non-negative
+        one is refused, as torch)."""
+        if self.ignore_index >= 0:
             raise ValueError(
                 f"CrossEntropyLoss: ignore_index={self.ignore_index} does not apply to class "
-                "probabilities (float targets); torch refuses it too"
+                "probabilities (float targets); as torch, only a negative one is taken"
             )
         if t.dtype != z.dtype:
             raise TypeError(
@@ -181,7 +183,7 @@ class CrossEntropyLoss(Module):
         n = per.size
         self._cache = (logp, a, n if self.reduction == "mean" else None, per.shape)
         if self.reduction == "none":
-            return per[0] if self._unbatched else per
+            return np.asarray(per[0]) if self._unbatched else per
         total = per.sum()
         if self.reduction == "sum":
             return np.asarray(total)
