@@ -275,11 +275,10 @@ def test_seeds_numpy_takes_seed_the_same():
     [
         (lambda: nn.Conv2d(2**40, 4, 3),
          r"Conv2d: in_channels=1099511627776, out_channels=4, kernel_size=\(3, 3\), groups=1 "
-         r"would need weight of shape \(4, 1099511627776, 3, 3\), bias of shape \(4,\) "
-         r"\(float32\): 144 TiB, more than this machine's memory"),
+         r"gives weight of shape \(4, 1099511627776, 3, 3\), bias of shape \(4,\) "
+         r"\(144 TiB\), more than this machine's memory"),
         (lambda: nn.ConvTranspose1d(4, 2**40, 3, bias=False, dtype=np.float64),
-         r"ConvTranspose1d: .* weight of shape \(4, 1099511627776, 3\) \(float64\): "
-         r"96 TiB"),
+         r"ConvTranspose1d: .* weight of shape \(4, 1099511627776, 3\) \(96 TiB\)"),
         (lambda: nn.Conv3d(1, 1, (10**5,) * 3), r"kernel_size=\(100000, 100000, 100000\)"),
     ],
 )

@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["TooLarge", "check_size", "human_bytes", "physical_memory"]
+__all__ = ["TooLarge", "check_arrays", "check_size", "human_bytes", "physical_memory"]
 
 
 class TooLarge(ValueError, MemoryError):
@@ -46,16 +46,27 @@ def human_bytes(n: int) -> str:
     return f"{n:.3g} EiB"  # pragma: no cover
 
 
-def check_size(what: str, name: str, shape: Sequence[int], dtype,
-               because: Callable[[], str]) -> None:
-    """Raise :class:`TooLarge` when an array ``name`` of ``shape`` and ``dtype`` would
-    not fit in the machine's memory (nor in NumPy's index range); ``because()`` names
-    the arguments that make it so (called only then: formatting costs microseconds on
-    every call)."""
-    nbytes = math.prod(map(int, shape)) * np.dtype(dtype).itemsize  # Python ints: no wrap
+def check_arrays(what: str, arrays: Mapping[str, Sequence[int]], dtype,
+                 because: str | Callable[[], str]) -> None:
+    """Raise :class:`TooLarge` when the arrays (name -> shape) of ``dtype`` together
+    would not fit in the machine's memory (nor in NumPy's index range); ``because``
+    names the arguments that make them (a callable is called only then: formatting
+    costs microseconds on every call)."""
+    itemsize = np.dtype(dtype).itemsize
+    # Python ints: NumPy integers in a shape would wrap
+    nbytes = sum(math.prod(map(int, shape)) for shape in arrays.values()) * itemsize
     limit = _limit()
     if nbytes > limit:
+        which = ", ".join(f"{name} of shape {tuple(int(n) for n in shape)}"
+                          for name, shape in arrays.items())
+        why = because() if callable(because) else because
         raise TooLarge(
-            f"{what}: {because()} gives {name} of shape {tuple(int(n) for n in shape)} "
-            f"({human_bytes(nbytes)}), more than this machine's memory ({human_bytes(limit)})"
+            f"{what}: {why} gives {which} ({human_bytes(nbytes)}), more than this "
+            f"machine's memory ({human_bytes(limit)})"
         )
+
+
+def check_size(what: str, name: str, shape: Sequence[int], dtype,
+               because: str | Callable[[], str]) -> None:
+    """:func:`check_arrays` for one array."""
+    check_arrays(what, {name: shape}, dtype, because)

@@ -11,7 +11,8 @@ from ..dtypes import SUPPORTED, SUPPORTED_NAMES, as_array
 from ..ops import conv as F
 from ..ops.pad import pad, pad_vjp
 from ..spec import as_tuple, make_spec
-from .module import Module, Parameter, check_device, check_flag, check_size
+from .._limits import check_arrays
+from .module import Module, Parameter, check_device, check_flag
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -134,12 +135,12 @@ class _ConvNd(Module):
         else:
             wshape = (out_channels, in_channels // groups) + self.kernel_size
         shapes = {"weight": wshape, "bias": (out_channels,)} if bias else {"weight": wshape}
-        check_size(
+        check_arrays(
             name,
-            f"in_channels={in_channels}, out_channels={out_channels}, kernel_size="
-            f"{self.kernel_size}, groups={groups}",
             shapes,
             self.dtype,
+            f"in_channels={in_channels}, out_channels={out_channels}, kernel_size="
+            f"{self.kernel_size}, groups={groups}",
         )
         self.weight = Parameter(np.empty(wshape, self.dtype))
         if bias:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .._limits import check_arrays
 from ..algorithms._threads import _blas_single_thread, matmul
 from ..algorithms.direct import kernel_offsets, tap_slices
 from ..dtypes import as_array
@@ -32,7 +33,6 @@ from .module import (
     check_flag,
     check_index,
     check_real,
-    check_size,
 )
 
 __all__ = [
@@ -255,9 +255,8 @@ class Linear(Module):
         shapes = {"weight": (out_features, in_features)}
         if bias:
             shapes["bias"] = (out_features,)
-        check_size(
-            "Linear", f"in_features={in_features}, out_features={out_features}", shapes, dt
-        )
+        check_arrays("Linear", shapes, dt,
+                     f"in_features={in_features}, out_features={out_features}")
         self.weight = Parameter(np.empty((out_features, in_features), dt))
         if bias:
             self.bias = Parameter(np.empty((out_features,), dt))
@@ -799,9 +798,7 @@ class _BatchNorm(Module):
         self.affine, self.track_running_stats = affine, track_running_stats
         names = (["weight"] + ["bias"] * bias) * affine
         names += ["running_mean", "running_var"] * track_running_stats
-        check_size(
-            name, f"num_features={num_features}", {n: (num_features,) for n in names}, dt
-        )
+        check_arrays(name, {n: (num_features,) for n in names}, dt, f"num_features={num_features}")
         if affine:
             self.weight = Parameter(np.ones(num_features, dt))
             if bias:

@@ -13,7 +13,6 @@ gradients add up in the shared ``.grad``, and ``parameters()`` lists it once.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -21,7 +20,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._limits import TooLarge, human_bytes, physical_memory
 
 
 def check_real(name: str, **values) -> None:
@@ -31,21 +29,6 @@ def check_real(name: str, **values) -> None:
             v, (int, float, np.integer, np.floating)
         ):
             raise TypeError(f"{name}: {arg}={v!r} must be a real number")
-
-
-def check_size(name: str, args: str, shapes: Mapping[str, tuple[int, ...]], dtype) -> None:
-    """:class:`convolab._limits.TooLarge` when arrays of ``shapes`` (name -> shape) and
-    ``dtype`` together exceed the physical memory, before allocating (where NumPy would
-    try, swap and fail late); ``args`` names the arguments that gave those shapes."""
-    limit = physical_memory()
-    dtype = np.dtype(dtype)
-    total = sum(math.prod(map(int, s)) for s in shapes.values()) * dtype.itemsize
-    if total > limit:
-        arrays = ", ".join(f"{k} of shape {s}" for k, s in shapes.items())
-        raise TooLarge(
-            f"{name}: {args} would need {arrays} ({dtype.name}): {human_bytes(total)}, "
-            f"more than this machine's memory ({human_bytes(limit)})"
-        )
 
 
 def check_index(name: str, arg: str, value) -> int:
