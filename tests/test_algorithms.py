@@ -11,6 +11,8 @@ an output that sees only padding) FFT round-off of ~1e-17 is not a relative erro
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import tracemalloc
 import warnings
@@ -279,6 +281,22 @@ def test_winograd_2d_float32_accuracy(r):
         assert rel_err(a, want) <= TOL32
 
 
+@contextlib.contextmanager
+def _counting(module, name):
+    """``module.name`` replaced, for the block, by a wrapper that records its calls."""
+    calls, real = [], getattr(module, name)
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    setattr(module, name, spy)
+    try:
+        yield calls
+    finally:
+        setattr(module, name, real)
+
+
 @pytest.mark.parametrize("k", [3, 7, 9])
 def test_winograd_1d_hands_ill_conditioned_calls_to_gemm(k):
     """A large offset in the input with taps that cancel (a derivative filter on raw
@@ -292,20 +310,10 @@ def test_winograd_1d_hands_ill_conditioned_calls_to_gemm(k):
     spec = make_spec((k,), 1, 0, 1, 1)
     for offset, falls_back in ((1000.0, True), (0.0, False)):
         x = rng.standard_normal((2, 16, 2048)) + offset
-        calls = []
-        real = gemm.forward
-
-        def spy(*a, _real=real, _calls=calls, **kw):
-            _calls.append(1)
-            return _real(*a, **kw)
-
-        gemm.forward = spy
-        try:
+        with _counting(gemm, "forward") as calls:
             y = winograd.forward(x.astype(np.float32), w.astype(np.float32), spec)
-        finally:
-            gemm.forward = real
         assert bool(calls) == falls_back, (offset, k)
-        assert rel_err(y, real(x, w, spec)) <= TOL32
+        assert rel_err(y, gemm.forward(x, w, spec)) <= TOL32
 
 
 @pytest.mark.parametrize("k", [8, 9])
@@ -321,20 +329,10 @@ def test_winograd_1d_weight_gradient_hands_ill_conditioned_calls_to_gemm(k):
     x = rng.standard_normal((2, 64, 1024 + k - 1))
     g0 = rng.standard_normal((2, 64, 1024))
     for gy, falls_back in ((g0 + 30, True), (g0, False), (np.maximum(g0, 0), False)):
-        calls = []
-        real = gemm.weight_grad
-
-        def spy(*a, _real=real, _calls=calls, **kw):
-            _calls.append(1)
-            return _real(*a, **kw)
-
-        gemm.weight_grad = spy
-        try:
+        with _counting(gemm, "weight_grad") as calls:
             gw = winograd.weight_grad(x.astype(np.float32), gy.astype(np.float32), spec)
-        finally:
-            gemm.weight_grad = real
         assert bool(calls) == falls_back, (k, falls_back)
-        assert rel_err(gw, real(x, gy, spec)) <= TOL32
+        assert rel_err(gw, gemm.weight_grad(x, gy, spec)) <= TOL32
 
 
 def test_winograd_1d_keeps_ordinary_activations():
