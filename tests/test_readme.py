@@ -13,3 +13,11 @@ def test_readme_python_blocks_run():
     assert blocks
     for code in blocks:
         exec(compile(code, str(README), "exec"), {})
+
+
+def test_how_it_works_python_blocks_run():
+    doc = README.parent / "docs" / "how-it-works.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    for code in blocks:
+        exec(compile(code, str(doc), "exec"), {})
