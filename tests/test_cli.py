@@ -172,3 +172,23 @@ def test_huge_sizes_from_the_shell_exit_2_without_a_traceback(tmp_path):
                            text=True, timeout=60, env=env, check=False)
         assert r.returncode == 2, (argv, r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`convolab draw --list-presets | head -1`: the pipe closes under the writer."""
+    r = subprocess.run(
+        f"{sys.executable} -m convolab draw --list-presets | head -1",
+        shell=True, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert r.stdout.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_python_dash_m_convolab_demo_goes_through_the_cli(monkeypatch):
+    import runpy
+
+    seen = {}
+    monkeypatch.setattr(cli, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr(sys, "argv", ["convolab.demo", "--quick"])
+    with pytest.raises(SystemExit):
+        runpy.run_module("convolab.demo.__main__", run_name="__main__")
+    assert seen["argv"] == ["demo", "--quick"]

@@ -1016,3 +1016,17 @@ def test_a_strict_load_failure_is_caught_as_torch_code_catches_it():
             m.load_state_dict(sd)
     with pytest.raises(RuntimeError):
         torch.nn.Linear(2, 2).load_state_dict({"weight": torch.zeros(2, 2)})
+
+
+def test_gelu_without_scipy_gives_the_same_values(monkeypatch):
+    import sys
+
+    x = np.random.default_rng(0).standard_normal((3, 5)) * 4
+    with_scipy = nn.GELU()(x)
+    monkeypatch.setitem(sys.modules, "scipy.special", None)  # a NumPy-only install
+    layer = nn.GELU()
+    y = layer(x)
+    np.testing.assert_allclose(y, with_scipy, rtol=1e-15, atol=1e-300)
+    ty = torch.nn.functional.gelu(torch.tensor(x))
+    assert rel(y, t2n(ty)) <= TOL and layer(x.astype(np.float32)).dtype == np.float32
+    assert layer(np.zeros((0, 2))).shape == (0, 2)

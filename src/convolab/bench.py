@@ -555,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             wr.writerow([_csv_cell(r.get(k)) for k in keys]
                         + [_csv_cell(r["times_ms"].get(k)) for k in tkeys])
     print(md)
+    print(f"wrote {', '.join(os.path.join(args.out, f'bench.{e}') for e in ('md', 'csv', 'json'))}")
     return 0
 
 

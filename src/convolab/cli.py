@@ -7,6 +7,7 @@ only dispatches, so a command's imports (matplotlib, tqdm, ...) load only when u
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(COMMANDS[cmd][0])
         return int(module.main(rest) or 0)
+    except BrokenPipeError:  # `convolab draw --list-presets | head`: the reader left
+        # nothing more to write; stop quietly as Unix tools do (Python's own advice)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ModuleNotFoundError as exc:
         # the commands import their optional packages when they need them
         top = (exc.name or "").partition(".")[0]

@@ -1,5 +1,6 @@
 import sys
 
-from . import main
+from ..cli import main
 
-sys.exit(main())
+# through the CLI, so a missing optional package is a one-line message, not a traceback
+sys.exit(main(["demo", *sys.argv[1:]]))
