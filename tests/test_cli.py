@@ -192,3 +192,16 @@ def test_python_dash_m_convolab_demo_goes_through_the_cli(monkeypatch):
     with pytest.raises(SystemExit):
         runpy.run_module("convolab.demo.__main__", run_name="__main__")
     assert seen["argv"] == ["demo", "--quick"]
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_raised(monkeypatch, capsys):
+    """Only stdout's reader leaving is quiet; a command's own broken pipe is its error."""
+    import types
+
+    def fails(argv):
+        raise BrokenPipeError("a child process went away")
+
+    monkeypatch.setitem(cli.COMMANDS, "boom", ("fake_boom", "a test command"))
+    monkeypatch.setitem(sys.modules, "fake_boom", types.SimpleNamespace(main=fails))
+    with pytest.raises(BrokenPipeError, match="child process"):
+        cli.main(["boom"])

@@ -1030,3 +1030,20 @@ def test_gelu_without_scipy_gives_the_same_values(monkeypatch):
     ty = torch.nn.functional.gelu(torch.tensor(x))
     assert rel(y, t2n(ty)) <= TOL and layer(x.astype(np.float32)).dtype == np.float32
     assert layer(np.zeros((0, 2))).shape == (0, 2)
+
+
+def test_gelu_without_scipy_takes_a_0d_input(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy.special", None)
+    y = nn.GELU()(np.array(0.5, np.float32))
+    assert y.shape == () and y.dtype == np.float32
+    assert np.isclose(y, torch.nn.functional.gelu(torch.tensor(0.5)).item())
+
+
+def test_a_shape_mismatch_in_load_state_dict_is_a_runtime_error_too():
+    m = nn.Linear(3, 2, seed=0)
+    with pytest.raises(RuntimeError, match="weight has shape \\(2, 4\\), expected \\(2, 3\\)"):
+        m.load_state_dict({"weight": np.zeros((2, 4)), "bias": np.zeros(2)})
+    with pytest.raises(RuntimeError):
+        torch.nn.Linear(3, 2).load_state_dict({"weight": torch.zeros(2, 4), "bias": torch.zeros(2)})

@@ -640,3 +640,14 @@ def test_complex_parameters_step_as_torch(make):
     real[0].grad = np.ones((3, 4), np.complex128)
     with pytest.raises(TypeError, match="a complex gradient only for a complex parameter"):
         optim.SGD(real, lr=0.1).step()
+
+
+def test_a_0d_complex_parameter_keeps_its_shape_under_adam():
+    p0 = np.array(1 + 2j)
+    ours, theirs = Parameter(p0.copy()), torch.nn.Parameter(torch.tensor(p0))
+    opt, topt = optim.Adam([ours], lr=0.1), torch.optim.Adam([theirs], lr=0.1)
+    for g in (0.5 - 0.25j, -1 + 1j):
+        ours.grad, theirs.grad = np.array(g), torch.tensor(np.array(g))
+        opt.step()
+        topt.step()
+        assert ours.data.shape == () and np.isclose(ours.data, theirs.detach().numpy())

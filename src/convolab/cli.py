@@ -50,10 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(COMMANDS[cmd][0])
         return int(module.main(rest) or 0)
-    except BrokenPipeError:  # `convolab draw --list-presets | head`: the reader left
-        # nothing more to write; stop quietly as Unix tools do (Python's own advice)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    except BrokenPipeError:
+        # `convolab draw --list-presets | head`: stdout's reader left.  Stop quietly, as
+        # Unix tools do (exit 141, as one killed by SIGPIPE); any other broken pipe is
+        # an error of the command's own and is raised
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            try:  # Python would flush stdout again at exit, and fail there
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):  # no file descriptor (an embedded stdout)
+                pass
+            return 141
+        raise
     except ModuleNotFoundError as exc:
         # the commands import their optional packages when they need them
         top = (exc.name or "").partition(".")[0]

@@ -192,9 +192,9 @@ def _check(args, cfg, data, written: list[Path]) -> int:
     try:
         import torch  # noqa: F401
     except ModuleNotFoundError:
-        print("convolab demo --check-torch: PyTorch is not installed; install the CPU "
-              "build with pip install torch==2.13.0 (or pip install 'convolab[test]')",
-              file=sys.stderr)
+        print("convolab demo --check-torch: PyTorch is not installed; install it with "
+              "pip install 'convolab[test]' (on Linux add --index-url "
+              "https://download.pytorch.org/whl/cpu for the CPU build)", file=sys.stderr)
         return 2
     from .check import check_torch
 

@@ -367,7 +367,7 @@ def _erf(x: np.ndarray) -> np.ndarray:
     try:
         from scipy.special import erf
     except ModuleNotFoundError:
-        return _MATH_ERF(x).astype(x.dtype) if x.size else x.copy()
+        return np.asarray(_MATH_ERF(x), dtype=x.dtype)  # (a 0-d input gives a float)
     return erf(x)
 
 

@@ -71,8 +71,9 @@ class IncompatibleKeys(NamedTuple):
 
 
 class StateDictError(KeyError, ValueError, RuntimeError):
-    """A strict ``load_state_dict`` found missing or unexpected keys (a RuntimeError
-    too, as torch raises, so code written for torch catches it)."""
+    """``load_state_dict`` found missing or unexpected keys (strict) or an entry of
+    another shape (a RuntimeError too, as torch raises, so code written for torch
+    catches it)."""
 
     def __str__(self) -> str:  # KeyError would print the message quoted
         return str(self.args[0]) if self.args else ""
@@ -106,8 +107,10 @@ def _loadable(key: str, value, like: np.ndarray) -> np.ndarray:
             f"load_state_dict: {key} has dtype {arr.dtype}; it must hold numbers (the "
             f"model's {key} is {like.dtype})"
         )
-    if arr.shape != like.shape:
-        raise ValueError(f"load_state_dict: {key} has shape {arr.shape}, expected {like.shape}")
+    if arr.shape != like.shape:  # a RuntimeError too, as torch's size mismatch
+        raise StateDictError(
+            f"load_state_dict: {key} has shape {arr.shape}, expected {like.shape}"
+        )
     if arr.dtype.kind == "c" and like.dtype.kind != "c":
         raise TypeError(
             f"load_state_dict: {key} is complex ({arr.dtype}) but the model's {key} is "

@@ -99,8 +99,9 @@ def _check_grad(name: str, where: str, p: Parameter) -> None:
 
 
 def _as_real(a: np.ndarray) -> np.ndarray:
-    """A complex array as reals, each value's real and imaginary parts side by side."""
-    a = np.ascontiguousarray(a)
+    """A complex array as a flat array of reals, each value's real and imaginary parts
+    side by side (flat: a 0-d array cannot change its itemsize)."""
+    a = np.ascontiguousarray(a).reshape(-1)
     return a.view(a.real.dtype)
 
 
@@ -274,7 +275,9 @@ class Adam(Optimizer):
             step_size = lr / (1 - b1**t)
             denom = np.sqrt(v) / math.sqrt(1 - b2**t) + group["eps"]
             new = data - step_size * (m / denom)
-            p.data = (new.view(p.data.dtype) if cplx else new).astype(p.data.dtype, copy=False)
+            if cplx:
+                new = new.view(p.data.dtype).reshape(p.data.shape)
+            p.data = new.astype(p.data.dtype, copy=False)
 
 
 class AdamW(Adam):
