@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
 import sys
 
 COMMANDS = {
@@ -38,6 +39,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (its write end polls as an
+    error), as opposed to another pipe of the command's own."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no descriptor
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -54,17 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         # `convolab draw --list-presets | head`: stdout's reader left.  Stop quietly, as
         # Unix tools do (exit 141, as one killed by SIGPIPE); any other broken pipe is
         # an error of the command's own and is raised
-        try:
-            sys.stdout.flush()
-        except BrokenPipeError:
-            try:  # Python would flush stdout again at exit, and fail there
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                os.close(devnull)
-            except (OSError, ValueError):  # no file descriptor (an embedded stdout)
-                pass
-            return 141
-        raise
+        if not _stdout_reader_gone():
+            raise
+        try:  # Python would flush stdout again at exit, and fail there
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # pragma: no cover - no file descriptor
+            pass
+        return 141
     except ModuleNotFoundError as exc:
         # the commands import their optional packages when they need them
         top = (exc.name or "").partition(".")[0]
