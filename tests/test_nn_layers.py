@@ -1047,3 +1047,37 @@ def test_a_shape_mismatch_in_load_state_dict_is_a_runtime_error_too():
         m.load_state_dict({"weight": np.zeros((2, 4)), "bias": np.zeros(2)})
     with pytest.raises(RuntimeError):
         torch.nn.Linear(3, 2).load_state_dict({"weight": torch.zeros(2, 4), "bias": torch.zeros(2)})
+
+
+def test_max_pool_returns_torchs_indices():
+    """return_indices=True: (output, int64 flat positions within each input plane), as
+    torch, on random geometries with ties, NaN and all -inf planes."""
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(80):
+        r = int(rng.integers(1, 3))
+        k = tuple(int(v) for v in rng.integers(1, 4, r))
+        s = tuple(int(v) for v in rng.integers(1, 4, r))
+        d = tuple(int(v) for v in rng.integers(1, 3, r))
+        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        ceil = bool(rng.integers(0, 2))
+        x = rng.integers(-3, 3, (2, 3) + tuple(int(v) for v in rng.integers(4, 9, r)))
+        x = x.astype(np.float64)
+        x[0, 0].flat[0] = np.nan
+        x[1, 1] = -np.inf
+        try:
+            y, idx = getattr(nn, f"MaxPool{r}d")(k, s, p, d, return_indices=True,
+                                                 ceil_mode=ceil)(x)
+        except ValueError:  # a geometry torch refuses too (checked elsewhere)
+            continue
+        ty, ti = getattr(torch.nn, f"MaxPool{r}d")(k, s, p, d, return_indices=True,
+                                                   ceil_mode=ceil)(torch.tensor(x))
+        np.testing.assert_array_equal(y, t2n(ty))
+        np.testing.assert_array_equal(idx, ti.numpy())
+        assert idx.dtype == np.int64
+        checked += 1
+    assert checked > 60
+    layer = nn.MaxPool2d(2, return_indices=True)
+    y, idx = layer(np.arange(16.0).reshape(1, 4, 4))  # unbatched
+    np.testing.assert_array_equal(idx, [[[5, 7], [13, 15]]])
+    assert layer.backward(np.ones_like(y)).shape == (1, 4, 4)

@@ -567,9 +567,23 @@ class _MaxPoolNd(_PoolNd):
     def __init__(
         self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False
     ):
-        if check_flag(type(self).__name__, "return_indices", return_indices):
-            raise ValueError(f"{type(self).__name__}: return_indices=True is not supported")
+        indices = check_flag(type(self).__name__, "return_indices", return_indices)
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
+        self.return_indices = indices
+
+    def _indices(self, spec: ConvSpec, O, spatial, arg: np.ndarray) -> np.ndarray:
+        """torch's ``return_indices``: for each output, the flat index (within its
+        ``(n, c)`` plane of the unpadded input) of the element it took, int64."""
+        taps = np.array(list(kernel_offsets(spec)), dtype=np.int64).reshape(-1, len(O))
+        flat = np.zeros(arg.shape, dtype=np.int64)
+        for ax, (o, s, (lo, _), d, n) in enumerate(
+            zip(O, spec.stride, spec.padding, spec.dilation, spatial)
+        ):
+            shape = [1] * len(O)
+            shape[ax] = o
+            start = (np.arange(o, dtype=np.int64) * s - lo).reshape(shape)
+            flat = flat * n + start + taps[arg, ax] * d
+        return flat
 
     def forward(self, input):
         xb, unbatched = self._batched(input)
@@ -585,7 +599,11 @@ class _MaxPoolNd(_PoolNd):
             best = np.where(upd, v, best)
             arg[upd] = i
         self._cache = (spec, O, xb.shape, xp.shape, arg, unbatched)
-        return best[0] if unbatched else best
+        out = best[0] if unbatched else best
+        if self.return_indices:
+            idx = self._indices(spec, O, xb.shape[2:], arg)
+            return out, (idx[0] if unbatched else idx)
+        return out
 
     def backward(self, grad_out):
         spec, O, xshape, pshape, arg, unbatched = _need(self._cache, type(self).__name__)
@@ -913,7 +931,8 @@ def _rank_cls(base, rank, name, doc, **extra):
     return cls
 
 
-_NO_INDICES = "  ``return_indices=True`` is not supported (a ValueError)."
+_NO_INDICES = ("  ``return_indices=True``: ``forward`` returns ``(output, indices)``, each "
+               "index the flat position (int64) of the element taken within its input plane.")
 MaxPool1d = _rank_cls(_MaxPoolNd, 1, "MaxPool1d",
                       "As torch.nn.MaxPool1d. " + _MaxPoolNd.__doc__ + _NO_INDICES)
 MaxPool2d = _rank_cls(_MaxPoolNd, 2, "MaxPool2d",
