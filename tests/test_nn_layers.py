@@ -1081,3 +1081,45 @@ def test_max_pool_returns_torchs_indices():
     y, idx = layer(np.arange(16.0).reshape(1, 4, 4))  # unbatched
     np.testing.assert_array_equal(idx, [[[5, 7], [13, 15]]])
     assert layer.backward(np.ones_like(y)).shape == (1, 4, 4)
+
+
+def test_max_unpool_inverts_max_pool_as_torch():
+    rng = np.random.default_rng(1)
+    checked = 0
+    for _ in range(60):
+        r = int(rng.integers(1, 3))
+        k = tuple(int(v) for v in rng.integers(1, 4, r))
+        s = tuple(int(v) for v in rng.integers(1, 4, r))
+        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        size = tuple(int(v) for v in rng.integers(4, 9, r))
+        x = rng.standard_normal((2, 3) + size)
+        try:
+            y, idx = getattr(nn, f"MaxPool{r}d")(k, s, p, return_indices=True)(x)
+            layer = getattr(nn, f"MaxUnpool{r}d")(k, s, p)
+            z = layer(y, idx, size if checked % 2 else None)
+        except ValueError:  # a geometry (or output size) torch refuses too
+            continue
+        ty = torch.tensor(y, requires_grad=True)
+        tz = getattr(torch.nn, f"MaxUnpool{r}d")(k, s, p)(
+            ty, torch.tensor(idx), size if checked % 2 else None)
+        g = rng.standard_normal(z.shape)
+        tz.backward(torch.tensor(g))
+        np.testing.assert_array_equal(z, t2n(tz))
+        np.testing.assert_allclose(layer.backward(g), ty.grad.numpy(), rtol=1e-15)
+        checked += 1
+    assert checked > 30
+
+
+def test_max_unpool_refuses_what_torch_refuses():
+    layer = nn.MaxUnpool2d(2)
+    y = np.ones((1, 1, 2, 2))
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 16\)"):
+        layer(y, np.full((1, 1, 2, 2), 16))
+    with pytest.raises(ValueError, match="indices.shape=\\(1, 1, 2\\) must equal"):
+        layer(y, np.zeros((1, 1, 2), int))
+    with pytest.raises(TypeError, match="indices has dtype float64"):
+        layer(y, np.zeros((1, 1, 2, 2)))
+    with pytest.raises(ValueError, match="strictly between 2 and 6"):
+        layer(y, np.zeros((1, 1, 2, 2), int), output_size=(6, 4))
+    assert layer(y, np.zeros((1, 1, 2, 2), int), output_size=(1, 1, 5, 5)).shape == (1, 1, 5, 5)
+    assert "MaxUnpool2d(kernel_size=(2, 2)" in repr(layer)

@@ -22,6 +22,8 @@ from .layers import (
     Linear,
     MaxPool1d,
     MaxPool2d,
+    MaxUnpool1d,
+    MaxUnpool2d,
     ReLU,
     Sequential,
     SiLU,
@@ -35,5 +37,6 @@ __all__ = [
     "Module", "Parameter",
     "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "BatchNorm1d",
     "BatchNorm2d", "CrossEntropyLoss", "Dropout", "Flatten", "GELU", "Identity", "Linear",
-    "MaxPool1d", "MaxPool2d", "ReLU", "Sequential", "SiLU", "optim",
+    "MaxPool1d", "MaxPool2d", "MaxUnpool1d", "MaxUnpool2d", "ReLU", "Sequential", "SiLU",
+    "optim",
 ]

@@ -49,6 +49,8 @@ __all__ = [
     "Linear",
     "MaxPool1d",
     "MaxPool2d",
+    "MaxUnpool1d",
+    "MaxUnpool2d",
     "ReLU",
     "Sequential",
     "SiLU",
@@ -618,6 +620,92 @@ class _MaxPoolNd(_PoolNd):
         return gx[0] if unbatched else gx
 
 
+class _MaxUnpoolNd(Module):
+    """The partial inverse of max pooling, as ``torch.nn.MaxUnpool*``: ``forward(input,
+    indices, output_size=None)`` puts each input value at its index (a flat position in
+    its ``(n, c)`` output plane, as ``MaxPool(return_indices=True)`` gives) and zeros
+    elsewhere.  The output size is ``(S - 1) * stride - 2 * padding + kernel_size``, or
+    ``output_size`` (full or spatial) strictly within ``stride`` of it.  ``backward``
+    gathers the output gradient at the indices."""
+
+    _rank = 0
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        r = self._rank
+        self.kernel_size = as_tuple("kernel_size", kernel_size, r)
+        default = stride is None or (isinstance(stride, (list, tuple)) and not stride)
+        self.stride = self.kernel_size if default else as_tuple("stride", stride, r)
+        self.padding = as_tuple("padding", padding, r)
+        name = type(self).__name__
+        for arg, vals, low in (("kernel_size", self.kernel_size, 1),
+                               ("stride", self.stride, 1), ("padding", self.padding, 0)):
+            if any(v < low for v in vals):
+                raise ValueError(f"{name}: {arg}={vals} must be >= {low}")
+        self._cache = None
+
+    def _out_size(self, spatial, output_size) -> tuple[int, ...]:
+        name, r = type(self).__name__, self._rank
+        default = tuple((n - 1) * s - 2 * p + k for n, s, p, k in
+                        zip(spatial, self.stride, self.padding, self.kernel_size))
+        if output_size is None:
+            out = default
+        else:
+            size = tuple(check_index(name, "output_size", v) for v in output_size)
+            size = size[2:] if len(size) == r + 2 else size
+            if len(size) != r:
+                raise ValueError(f"{name}: output_size={tuple(output_size)} must have {r} or "
+                                 f"{r + 2} entries")
+            for d, (o, s) in enumerate(zip(size, self.stride)):
+                if not default[d] - s < o < default[d] + s:
+                    raise ValueError(
+                        f"{name}: output_size={size} must be strictly between "
+                        f"{default[d] - s} and {default[d] + s} in dimension {d} (the "
+                        f"default {default[d]} plus or minus the stride)"
+                    )
+            out = size
+        if any(o < 0 for o in out):
+            raise ValueError(f"{name}: the output size {out} must not be negative")
+        return out
+
+    def forward(self, input, indices, output_size=None):
+        name, r = type(self).__name__, self._rank
+        x = _check_input(name, input, (r + 1, r + 2))
+        idx = np.asarray(indices)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"{name}: indices has dtype {idx.dtype}; it must hold integers")
+        if idx.shape != x.shape:
+            raise ValueError(f"{name}: indices.shape={idx.shape} must equal "
+                             f"input.shape={x.shape}")
+        unbatched = x.ndim == r + 1
+        xb, ib = (x[None], idx[None]) if unbatched else (x, idx)
+        out = self._out_size(xb.shape[2:], output_size)
+        total = math.prod(out)
+        N, C = xb.shape[:2]
+        flat = ib.reshape(N, C, -1).astype(np.int64, copy=False)
+        if flat.size and (flat.min() < 0 or flat.max() >= total):
+            raise ValueError(
+                f"{name}: indices must be in [0, {total}) for an output of spatial size "
+                f"{out}, got [{flat.min()}, {flat.max()}]"
+            )
+        y = np.zeros((N, C, total), dtype=xb.dtype)
+        np.put_along_axis(y, flat, xb.reshape(N, C, -1), axis=2)
+        self._cache = (flat, xb.shape, (N, C) + out, unbatched)
+        y = y.reshape((N, C) + out)
+        return y[0] if unbatched else y
+
+    def backward(self, grad_out):
+        name = type(self).__name__
+        flat, xshape, yshape, unbatched = _need(self._cache, name)
+        g = _grad(name, grad_out, yshape[1:] if unbatched else yshape)
+        g = g.reshape(yshape[0], yshape[1], -1)
+        gx = np.take_along_axis(g, flat, axis=2).reshape(xshape)
+        return gx[0] if unbatched else gx
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
 def _avg_divisors(spec: ConvSpec, spatial, O, count_include_pad: bool) -> np.ndarray:
     """Per-output divisor, broadcastable to ``(N, C, *O)``: torch's window sizes.
 
@@ -937,6 +1025,10 @@ MaxPool1d = _rank_cls(_MaxPoolNd, 1, "MaxPool1d",
                       "As torch.nn.MaxPool1d. " + _MaxPoolNd.__doc__ + _NO_INDICES)
 MaxPool2d = _rank_cls(_MaxPoolNd, 2, "MaxPool2d",
                       "As torch.nn.MaxPool2d. " + _MaxPoolNd.__doc__ + _NO_INDICES)
+MaxUnpool1d = _rank_cls(_MaxUnpoolNd, 1, "MaxUnpool1d",
+                        "As torch.nn.MaxUnpool1d. " + _MaxUnpoolNd.__doc__)
+MaxUnpool2d = _rank_cls(_MaxUnpoolNd, 2, "MaxUnpool2d",
+                        "As torch.nn.MaxUnpool2d. " + _MaxUnpoolNd.__doc__)
 AvgPool1d = _rank_cls(_AvgPoolNd, 1, "AvgPool1d",
                       "As torch.nn.AvgPool1d (``divisor_override`` is a convolab extension "
                       "here: torch's AvgPool1d has none). " + _AvgPoolNd.__doc__)
