@@ -1049,20 +1049,25 @@ def test_a_shape_mismatch_in_load_state_dict_is_a_runtime_error_too():
         torch.nn.Linear(3, 2).load_state_dict({"weight": torch.zeros(2, 4), "bias": torch.zeros(2)})
 
 
+def _pool_geometry(rng):
+    """A random max-pool geometry: rank, kernel, stride, dilation, padding, input size."""
+    r = int(rng.integers(1, 3))
+    k = tuple(int(v) for v in rng.integers(1, 4, r))
+    s = tuple(int(v) for v in rng.integers(1, 4, r))
+    d = tuple(int(v) for v in rng.integers(1, 3, r))
+    p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+    return r, k, s, d, p, tuple(int(v) for v in rng.integers(4, 9, r))
+
+
 def test_max_pool_returns_torchs_indices():
     """return_indices=True: (output, int64 flat positions within each input plane), as
     torch, on random geometries with ties, NaN and all -inf planes."""
     rng = np.random.default_rng(0)
     checked = 0
     for _ in range(80):
-        r = int(rng.integers(1, 3))
-        k = tuple(int(v) for v in rng.integers(1, 4, r))
-        s = tuple(int(v) for v in rng.integers(1, 4, r))
-        d = tuple(int(v) for v in rng.integers(1, 3, r))
-        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
+        r, k, s, d, p, size = _pool_geometry(rng)
         ceil = bool(rng.integers(0, 2))
-        x = rng.integers(-3, 3, (2, 3) + tuple(int(v) for v in rng.integers(4, 9, r)))
-        x = x.astype(np.float64)
+        x = rng.integers(-3, 3, (2, 3) + size).astype(np.float64)
         x[0, 0].flat[0] = np.nan
         x[1, 1] = -np.inf
         try:
@@ -1087,11 +1092,7 @@ def test_max_unpool_inverts_max_pool_as_torch():
     rng = np.random.default_rng(1)
     checked = 0
     for _ in range(60):
-        r = int(rng.integers(1, 3))
-        k = tuple(int(v) for v in rng.integers(1, 4, r))
-        s = tuple(int(v) for v in rng.integers(1, 4, r))
-        p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
-        size = tuple(int(v) for v in rng.integers(4, 9, r))
+        r, k, s, _, p, size = _pool_geometry(rng)  # unpooling has no dilation
         x = rng.standard_normal((2, 3) + size)
         try:
             y, idx = getattr(nn, f"MaxPool{r}d")(k, s, p, return_indices=True)(x)
