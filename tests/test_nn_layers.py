@@ -1124,3 +1124,5 @@ def test_max_unpool_refuses_what_torch_refuses():
         layer(y, np.zeros((1, 1, 2, 2), int), output_size=(6, 4))
     assert layer(y, np.zeros((1, 1, 2, 2), int), output_size=(1, 1, 5, 5)).shape == (1, 1, 5, 5)
     assert "MaxUnpool2d(kernel_size=(2, 2)" in repr(layer)
+    empty = layer(np.zeros((0, 2, 2, 2)), np.zeros((0, 2, 2, 2), int))  # as torch
+    assert empty.shape == (0, 2, 4, 4) and layer.backward(empty).shape == (0, 2, 2, 2)

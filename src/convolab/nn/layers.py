@@ -682,14 +682,15 @@ class _MaxUnpoolNd(Module):
         out = self._out_size(xb.shape[2:], output_size)
         total = math.prod(out)
         N, C = xb.shape[:2]
-        flat = ib.reshape(N, C, -1).astype(np.int64, copy=False)
+        P = math.prod(xb.shape[2:])  # not -1: an empty batch has size 0
+        flat = ib.reshape(N, C, P).astype(np.int64, copy=False)
         if flat.size and (flat.min() < 0 or flat.max() >= total):
             raise ValueError(
                 f"{name}: indices must be in [0, {total}) for an output of spatial size "
                 f"{out}, got [{flat.min()}, {flat.max()}]"
             )
         y = np.zeros((N, C, total), dtype=xb.dtype)
-        np.put_along_axis(y, flat, xb.reshape(N, C, -1), axis=2)
+        np.put_along_axis(y, flat, xb.reshape(N, C, P), axis=2)
         self._cache = (flat, xb.shape, (N, C) + out, unbatched)
         y = y.reshape((N, C) + out)
         return y[0] if unbatched else y
@@ -698,7 +699,7 @@ class _MaxUnpoolNd(Module):
         name = type(self).__name__
         flat, xshape, yshape, unbatched = _need(self._cache, name)
         g = _grad(name, grad_out, yshape[1:] if unbatched else yshape)
-        g = g.reshape(yshape[0], yshape[1], -1)
+        g = g.reshape(yshape[0], yshape[1], math.prod(yshape[2:]))
         gx = np.take_along_axis(g, flat, axis=2).reshape(xshape)
         return gx[0] if unbatched else gx
 
