@@ -1,4 +1,4 @@
-"""The README's Python examples run as written."""
+"""The README's and the docs' Python examples run as written."""
 
 from __future__ import annotations
 
@@ -6,28 +6,26 @@ import re
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = README.parent / "docs"
+
+
+def _run_blocks(path: Path, least: int, shared: bool = False) -> None:
+    """exec every ```python block of ``path``, each in a fresh namespace, or all in one
+    (a page that builds something step by step)."""
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    assert len(blocks) >= least
+    namespace: dict = {}
+    for code in blocks:
+        exec(compile(code, str(path), "exec"), namespace if shared else {})
 
 
 def test_readme_python_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks
-    for code in blocks:
-        exec(compile(code, str(README), "exec"), {})
+    _run_blocks(README, 1)
 
 
 def test_how_it_works_python_blocks_run():
-    doc = README.parent / "docs" / "how-it-works.md"
-    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
-    assert len(blocks) >= 2
-    for code in blocks:
-        exec(compile(code, str(doc), "exec"), {})
+    _run_blocks(DOCS / "how-it-works.md", 2)
 
 
 def test_autograd_page_runs_as_one_script():
-    """docs/autograd.md builds an engine step by step: its blocks share one namespace."""
-    doc = README.parent / "docs" / "autograd.md"
-    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
-    assert len(blocks) >= 3
-    namespace: dict = {}
-    for code in blocks:
-        exec(compile(code, str(doc), "exec"), namespace)
+    _run_blocks(DOCS / "autograd.md", 3, shared=True)
