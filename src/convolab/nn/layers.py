@@ -482,6 +482,14 @@ def _crop(xp: np.ndarray, pairs, spatial) -> np.ndarray:
     return xp[(Ellipsis,) + tuple(slice(lo, lo + n) for n, (lo, _) in zip(spatial, pairs))]
 
 
+def _pool_stride(stride, kernel_size: tuple[int, ...]) -> tuple[int, ...]:
+    """A pooling layer's stride: torch's None, and an empty list or tuple, mean the
+    kernel size."""
+    if stride is None or (isinstance(stride, (list, tuple)) and not stride):
+        return kernel_size
+    return as_tuple("stride", stride, len(kernel_size))
+
+
 class _PoolNd(Module):
     _rank = 0
 
@@ -489,9 +497,7 @@ class _PoolNd(Module):
         super().__init__()
         r, name = self._rank, type(self).__name__
         self.kernel_size = as_tuple("kernel_size", kernel_size, r)
-        # torch: None, and an empty list or tuple, mean the kernel size
-        default = stride is None or (isinstance(stride, (list, tuple)) and not stride)
-        self.stride = self.kernel_size if default else as_tuple("stride", stride, r)
+        self.stride = _pool_stride(stride, self.kernel_size)
         self.padding = as_tuple("padding", padding, r)
         self.dilation = as_tuple("dilation", dilation, r)
         self.ceil_mode = check_flag(name, "ceil_mode", ceil_mode)
@@ -634,8 +640,7 @@ class _MaxUnpoolNd(Module):
         super().__init__()
         r = self._rank
         self.kernel_size = as_tuple("kernel_size", kernel_size, r)
-        default = stride is None or (isinstance(stride, (list, tuple)) and not stride)
-        self.stride = self.kernel_size if default else as_tuple("stride", stride, r)
+        self.stride = _pool_stride(stride, self.kernel_size)
         self.padding = as_tuple("padding", padding, r)
         name = type(self).__name__
         for arg, vals, low in (("kernel_size", self.kernel_size, 1),
