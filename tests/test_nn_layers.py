@@ -142,18 +142,16 @@ pool_cfg = st.fixed_dictionaries(
 
 
 @settings(max_examples=40, deadline=None)
-@given(pool_cfg, st.sampled_from([1, 2]))
+@given(pool_cfg, st.sampled_from([1, 2, 3]))
 def test_pool_parity(cfg, rank):
     k, p = cfg["k"], cfg["p"]
     if p > k // 2:
         p = k // 2
     rng = np.random.default_rng(cfg["L"])
-    shape = (2, 3) + (cfg["L"],) * rank if rank == 1 else (2, 3, cfg["L"], cfg["L"] - 1)
+    shape = (2, 3) + tuple(cfg["L"] - i for i in range(rank))
     x = rng.standard_normal(shape)
-    M = nn.MaxPool1d if rank == 1 else nn.MaxPool2d
-    TM = torch.nn.MaxPool1d if rank == 1 else torch.nn.MaxPool2d
-    A = nn.AvgPool1d if rank == 1 else nn.AvgPool2d
-    TA = torch.nn.AvgPool1d if rank == 1 else torch.nn.AvgPool2d
+    M, TM = getattr(nn, f"MaxPool{rank}d"), getattr(torch.nn, f"MaxPool{rank}d")
+    A, TA = getattr(nn, f"AvgPool{rank}d"), getattr(torch.nn, f"AvgPool{rank}d")
     try:
         ty = TM(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"])(torch.tensor(x))
     except RuntimeError:
@@ -207,14 +205,15 @@ def test_pool_unbatched_divisor_override_and_fd():
         (2, (9, 7), (4, 3)),
         (2, (6, 6), 1),
         (2, (5, 8), (None, 3)),
+        (3, (5, 4, 6), (2, None, 4)),
+        (3, (3, 3, 3), 2),
     ],
 )
 def test_adaptive_avg_pool(rank, size, out):
     rng = np.random.default_rng(5)
     size = (size,) if rank == 1 else size
     x = rng.standard_normal((2, 3) + size)
-    A = nn.AdaptiveAvgPool1d if rank == 1 else nn.AdaptiveAvgPool2d
-    TA = torch.nn.AdaptiveAvgPool1d if rank == 1 else torch.nn.AdaptiveAvgPool2d
+    A, TA = getattr(nn, f"AdaptiveAvgPool{rank}d"), getattr(torch.nn, f"AdaptiveAvgPool{rank}d")
     parity(A(out), TA(out), x)
     parity(A(out), TA(out), x[0])
     fd_check(A(out), x)
@@ -227,8 +226,8 @@ def test_pool_errors():
         nn.MaxPool2d(5)(np.zeros((1, 1, 3, 3)))
     with pytest.raises(ValueError, match="3-D"):
         nn.MaxPool2d(2)(np.zeros((3, 3)))
-    with pytest.raises(TypeError, match="dtype"):
-        nn.AvgPool1d(2)(np.zeros((1, 1, 4), dtype=np.int64))
+    with pytest.raises(TypeError, match="dtype int32, expected a floating dtype or int64"):
+        nn.AvgPool1d(2)(np.zeros((1, 1, 4), dtype=np.int32))
     with pytest.raises(RuntimeError, match="before forward"):
         nn.MaxPool1d(2).backward(np.zeros((1, 1, 2)))
 
@@ -242,6 +241,7 @@ def test_pool_errors():
         (nn.BatchNorm1d, torch.nn.BatchNorm1d, (6, 4)),
         (nn.BatchNorm1d, torch.nn.BatchNorm1d, (5, 4, 7)),
         (nn.BatchNorm2d, torch.nn.BatchNorm2d, (3, 4, 5, 6)),
+        (nn.BatchNorm3d, torch.nn.BatchNorm3d, (2, 4, 3, 5, 2)),
     ],
 )
 @pytest.mark.parametrize(
@@ -1051,7 +1051,7 @@ def test_a_shape_mismatch_in_load_state_dict_is_a_runtime_error_too():
 
 def _pool_geometry(rng):
     """A random max-pool geometry: rank, kernel, stride, dilation, padding, input size."""
-    r = int(rng.integers(1, 3))
+    r = int(rng.integers(1, 4))
     k = tuple(int(v) for v in rng.integers(1, 4, r))
     s = tuple(int(v) for v in rng.integers(1, 4, r))
     d = tuple(int(v) for v in rng.integers(1, 3, r))
@@ -1126,3 +1126,80 @@ def test_max_unpool_refuses_what_torch_refuses():
     assert "MaxUnpool2d(kernel_size=(2, 2)" in repr(layer)
     empty = layer(np.zeros((0, 2, 2, 2)), np.zeros((0, 2, 2, 2), int))  # as torch
     assert empty.shape == (0, 2, 4, 4) and layer.backward(empty).shape == (0, 2, 2, 2)
+
+
+def test_pooling_integer_inputs_as_torch():
+    """Max pooling takes every integer width (torch: 2-D and 3-D), average pooling
+    int64 (toward-zero division, as torch); neither has a backward, and bool is refused."""
+    rng = np.random.default_rng(2)
+    checked = 0
+    for i in range(60):
+        r, k, s, d, p, size = _pool_geometry(rng)
+        dt = (np.uint8, np.int8, np.int16, np.int32, np.int64)[i % 5]
+        info = np.iinfo(dt)
+        x = rng.integers(info.min, info.max, (2, 3) + size, dtype=dt, endpoint=True)
+        x[0, 0].flat[0] = info.min  # padding is below every value, even the lowest
+        try:
+            y, idx = getattr(nn, f"MaxPool{r}d")(k, s, p, d, return_indices=True)(x)
+        except ValueError:  # a geometry torch refuses too (checked elsewhere)
+            continue
+        ref = x.astype(np.float64) if r == 1 else x  # torch has no integer max_pool1d
+        ty, ti = getattr(torch.nn, f"MaxPool{r}d")(k, s, p, d, return_indices=True)(
+            torch.tensor(ref))
+        assert y.dtype == dt
+        np.testing.assert_array_equal(y, ty.numpy())
+        np.testing.assert_array_equal(idx, ti.numpy())
+        inc, ceil = bool(i % 2), bool(i % 3 == 0)
+        xi = rng.integers(-50, 50, (2, 3) + size)
+        try:
+            ta = getattr(torch.nn, f"AvgPool{r}d")(k, s, p, ceil, inc)(torch.tensor(xi))
+        except RuntimeError:
+            continue
+        ya = getattr(nn, f"AvgPool{r}d")(k, s, p, ceil, inc)(xi)
+        assert ya.dtype == np.int64
+        np.testing.assert_array_equal(ya, ta.numpy())
+        checked += 1
+    assert checked > 20
+    ty = torch.nn.AvgPool2d(2, divisor_override=3)(torch.tensor([[[[-5, -2], [-4, 5]]]]))
+    assert nn.AvgPool2d(2, divisor_override=3)(np.array([[[[-5, -2], [-4, 5]]]])) == ty.item()
+    for layer in (nn.MaxPool2d(2), nn.AvgPool2d(2)):
+        y = layer(np.ones((1, 2, 4, 4), np.int64))
+        with pytest.raises(TypeError, match="only floating inputs have gradients"):
+            layer.backward(np.ones(y.shape))
+    with pytest.raises(TypeError, match="dtype bool, expected a floating or integer dtype"):
+        nn.MaxPool1d(2)(np.ones((1, 4), bool))
+
+
+def test_pooling_float16_sums_in_float32_as_torch():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2, 3, 20, 20)) * 10 + 100).astype(np.float16)
+    for layer, tlayer in ((nn.AvgPool2d(5, 1, 2), torch.nn.AvgPool2d(5, 1, 2)),
+                          (nn.AdaptiveAvgPool2d(3), torch.nn.AdaptiveAvgPool2d(3))):
+        tx = torch.tensor(x, requires_grad=True)
+        ty, y = tlayer(tx), layer(x)
+        ref = tlayer(torch.tensor(x, dtype=torch.float64)).numpy()
+        assert y.dtype == np.float16
+        ulp = np.spacing(np.abs(ref).astype(np.float16)).astype(np.float64)
+        assert np.all(np.abs(y - ref) <= ulp)  # float16 sums were 5 ulps off
+        g = rng.standard_normal(y.shape).astype(np.float16)
+        tx64 = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        tlayer(tx64).backward(torch.tensor(g, dtype=torch.float64))
+        ty.backward(torch.tensor(g))
+        gx = layer.backward(g)
+        assert gx.dtype == np.float16
+        ref = tx64.grad.numpy()
+        ulp = np.spacing(np.abs(ref).astype(np.float16)).astype(np.float64)
+        assert np.all(np.abs(gx - ref) <= ulp)  # torch's own float16 gradient: up to 4 ulps
+        assert np.abs(gx - ref).max() <= np.abs(tx.grad.numpy() - ref).max()
+
+
+@pytest.mark.parametrize("out", [0, (0, 2), (3, 0)])
+def test_adaptive_avg_pool_to_an_empty_output_as_torch(out):
+    x = np.random.default_rng(4).standard_normal((2, 3, 5, 4))
+    layer = nn.AdaptiveAvgPool2d(out)
+    y = layer(x)
+    assert y.shape == torch.nn.AdaptiveAvgPool2d(out)(torch.tensor(x)).shape
+    # torch's backward refuses an empty output; its gradient is zero
+    np.testing.assert_array_equal(layer.backward(np.ones(y.shape)), np.zeros(x.shape))
+    with pytest.raises(ValueError, match="non-negative ints"):
+        nn.AdaptiveAvgPool2d(-1)

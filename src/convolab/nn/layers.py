@@ -38,10 +38,13 @@ from .module import (
 __all__ = [
     "AdaptiveAvgPool1d",
     "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
     "AvgPool1d",
     "AvgPool2d",
+    "AvgPool3d",
     "BatchNorm1d",
     "BatchNorm2d",
+    "BatchNorm3d",
     "Dropout",
     "Flatten",
     "GELU",
@@ -49,8 +52,10 @@ __all__ = [
     "Linear",
     "MaxPool1d",
     "MaxPool2d",
+    "MaxPool3d",
     "MaxUnpool1d",
     "MaxUnpool2d",
+    "MaxUnpool3d",
     "ReLU",
     "Sequential",
     "SiLU",
@@ -64,14 +69,31 @@ def _float_dtype(name: str, dtype) -> np.dtype:
     return dt
 
 
-def _check_input(name: str, x, ranks: tuple[int, ...]) -> np.ndarray:
+def _check_input(name: str, x, ranks: tuple[int, ...], kinds: str = "f",
+                 rule: str = "a floating dtype") -> np.ndarray:
+    """``x`` as an array of one of ``ranks`` dimensions whose dtype kind is in ``kinds``
+    (``"f"`` floating, ``"i"``/``"u"`` signed/unsigned integers, ``"l"`` int64 only)."""
     x = as_array(f"{name}: input", x)
     if x.ndim not in ranks:
         want = " or ".join(f"{r}-D" for r in ranks)
         raise ValueError(f"{name}: expected a {want} input, got input.shape={x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{name}: input has dtype {x.dtype}, expected a floating dtype")
+    ok = x.dtype.kind in kinds or ("l" in kinds and x.dtype == np.int64)
+    if not ok or x.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: input has dtype {x.dtype}, expected {rule}")
     return x
+
+
+def _acc_dtype(dt: np.dtype) -> np.dtype:
+    """Where sums accumulate: float32 for float16 (torch's accumulation type), else ``dt``."""
+    return np.dtype(np.float32) if dt == np.float16 else dt
+
+
+def _no_integer_grad(name: str, dtype: np.dtype) -> None:
+    if dtype.kind in "iu":
+        raise TypeError(
+            f"{name}.backward: the forward input had dtype {dtype}; only floating inputs "
+            "have gradients (as torch)"
+        )
 
 
 def _need(cache, name: str):
@@ -534,9 +556,11 @@ class _PoolNd(Module):
         assert len(pairs) == r
         return ConvSpec(spec.kernel_size, spec.stride, pairs, spec.dilation), out
 
+    _kinds, _rule = "f", "a floating dtype"
+
     def _batched(self, x):
         name = type(self).__name__
-        x = _check_input(name, x, (self._rank + 1, self._rank + 2))
+        x = _check_input(name, x, (self._rank + 1, self._rank + 2), self._kinds, self._rule)
         unbatched = x.ndim == self._rank + 1
         return (x[None] if unbatched else x), unbatched
 
@@ -564,7 +588,11 @@ def _first_inside(spec: ConvSpec, O) -> np.ndarray:
 
 class _MaxPoolNd(_PoolNd):
     """Max over each window; padding counts as -inf.  The backward sends each
-    output gradient to the first maximal element of its window (torch's choice)."""
+    output gradient to the first maximal element of its window (torch's choice).
+    Integer inputs (any width, as torch's 2-D and 3-D max pooling) give integer
+    outputs and have no backward."""
+
+    _kinds, _rule = "fiu", "a floating or integer dtype (not bool)"
 
     def extra_repr(self) -> str:
         return (
@@ -596,17 +624,18 @@ class _MaxPoolNd(_PoolNd):
     def forward(self, input):
         xb, unbatched = self._batched(input)
         spec, O = self._geometry(xb.shape[2:])
-        xp = pad_spatial(xb, spec.padding, -np.inf)
-        best = np.full(xb.shape[:2] + O, -np.inf, dtype=xb.dtype)
+        low = np.iinfo(xb.dtype).min if xb.dtype.kind in "iu" else -np.inf
+        xp = pad_spatial(xb, spec.padding, low)
+        best = np.full(xb.shape[:2] + O, low, dtype=xb.dtype)
         arg = np.zeros(xb.shape[:2] + O, dtype=np.int32)
         arg[...] = _first_inside(spec, O)
         pre = (slice(None), slice(None))
         for i, t in enumerate(kernel_offsets(spec)):
             v = xp[pre + tap_slices(t, spec, O)]
-            upd = (v > best) | np.isnan(v)
+            upd = (v > best) | np.isnan(v) if xb.dtype.kind == "f" else v > best
             best = np.where(upd, v, best)
             arg[upd] = i
-        self._cache = (spec, O, xb.shape, xp.shape, arg, unbatched)
+        self._cache = (spec, O, xb.shape, xp.shape, arg, unbatched, xb.dtype)
         out = best[0] if unbatched else best
         if self.return_indices:
             idx = self._indices(spec, O, xb.shape[2:], arg)
@@ -614,7 +643,8 @@ class _MaxPoolNd(_PoolNd):
         return out
 
     def backward(self, grad_out):
-        spec, O, xshape, pshape, arg, unbatched = _need(self._cache, type(self).__name__)
+        spec, O, xshape, pshape, arg, unbatched, dtype = _need(self._cache, type(self).__name__)
+        _no_integer_grad(type(self).__name__, dtype)
         g = _grad(type(self).__name__, grad_out, (xshape[1:2] if unbatched else xshape[:2]) + O)
         g = g[None] if unbatched else g
         gxp = np.zeros(pshape, dtype=g.dtype)
@@ -734,7 +764,11 @@ def _avg_divisors(spec: ConvSpec, spatial, O, count_include_pad: bool) -> np.nda
 
 
 class _AvgPoolNd(_PoolNd):
-    """Mean over each window, torch's divisors (``count_include_pad``, ``divisor_override``)."""
+    """Mean over each window, torch's divisors (``count_include_pad``, ``divisor_override``).
+    float16 sums in float32, as torch; int64 inputs (which torch also takes) sum in
+    int64 and divide rounding toward zero, and have no backward."""
+
+    _kinds, _rule = "fl", "a floating dtype or int64 (as torch)"
 
     def __init__(
         self,
@@ -758,41 +792,40 @@ class _AvgPoolNd(_PoolNd):
         )
         self.divisor_override = divisor_override
 
-    def _inv_divisor(self, spec, spatial, O, dtype):
-        if self.divisor_override is not None:
-            return np.asarray(1.0 / self.divisor_override, dtype=dtype)
-        return (1.0 / _avg_divisors(spec, spatial, O, self.count_include_pad)).astype(dtype)
-
     def forward(self, input):
         xb, unbatched = self._batched(input)
         spec, O = self._geometry(xb.shape[2:])
         xp = pad_spatial(xb, spec.padding, 0)
-        total = np.zeros(xb.shape[:2] + O, dtype=xb.dtype)
+        acc = _acc_dtype(xb.dtype)
+        total = np.zeros(xb.shape[:2] + O, dtype=acc)
         pre = (slice(None), slice(None))
         for t in kernel_offsets(spec):
             total += xp[pre + tap_slices(t, spec, O)]
-        if self.divisor_override is not None:
-            y = total / xb.dtype.type(self.divisor_override)
+        div = self._divisor(spec, xb.shape[2:], O, acc)
+        if acc.kind == "i":  # C's integer division, as torch: toward zero
+            y = np.where(total < 0, -(-total // div), total // div)
         else:
-            y = total / _avg_divisors(spec, xb.shape[2:], O, self.count_include_pad).astype(
-                xb.dtype
-            )
-        self._cache = (spec, O, xb.shape, xp.shape, unbatched)
+            y = (total / div).astype(xb.dtype, copy=False)
+        self._cache = (spec, O, xb.shape, xp.shape, unbatched, xb.dtype)
         return y[0] if unbatched else y
 
+    def _divisor(self, spec, spatial, O, dtype) -> np.ndarray:
+        if self.divisor_override is not None:
+            return np.asarray(self.divisor_override, dtype=dtype)
+        return _avg_divisors(spec, spatial, O, self.count_include_pad).astype(dtype)
+
     def backward(self, grad_out):
-        spec, O, xshape, pshape, unbatched = _need(self._cache, type(self).__name__)
+        spec, O, xshape, pshape, unbatched, dtype = _need(self._cache, type(self).__name__)
+        _no_integer_grad(type(self).__name__, dtype)
         g = _grad(type(self).__name__, grad_out, (xshape[1:2] if unbatched else xshape[:2]) + O)
         g = g[None] if unbatched else g
-        if self.divisor_override is not None:
-            gs = g / g.dtype.type(self.divisor_override)
-        else:
-            gs = g / _avg_divisors(spec, xshape[2:], O, self.count_include_pad).astype(g.dtype)
-        gxp = np.zeros(pshape, dtype=g.dtype)
+        acc = _acc_dtype(g.dtype)
+        gs = g / self._divisor(spec, xshape[2:], O, acc)
+        gxp = np.zeros(pshape, dtype=acc)
         pre = (slice(None), slice(None))
         for t in kernel_offsets(spec):
             gxp[pre + tap_slices(t, spec, O)] += gs
-        gx = np.ascontiguousarray(_crop(gxp, spec.padding, xshape[2:]))
+        gx = np.ascontiguousarray(_crop(gxp, spec.padding, xshape[2:]), dtype=g.dtype)
         return gx[0] if unbatched else gx
 
     def extra_repr(self) -> str:
@@ -824,10 +857,10 @@ class _AdaptiveAvgPoolNd(Module):
         else:
             vals = (output_size,) * r
         for v in vals:
-            if v is not None and (not isinstance(v, (int, np.integer)) or v <= 0):
+            if v is not None and (not isinstance(v, (int, np.integer)) or v < 0):
                 raise ValueError(
-                    f"{type(self).__name__}: output_size={output_size!r} must be positive "
-                    "ints (or None to keep a dimension)"
+                    f"{type(self).__name__}: output_size={output_size!r} must be "
+                    "non-negative ints (or None to keep a dimension)"
                 )
         self.output_size = vals
         self._cache = None
@@ -841,8 +874,9 @@ class _AdaptiveAvgPoolNd(Module):
                 f"{type(self).__name__}: input.shape={x.shape} must have non-zero channel "
                 "and spatial sizes (as torch)"
             )
+        acc = _acc_dtype(x.dtype)  # float16 sums in float32, as torch
         mats = [
-            _adaptive_matrix(n, n if o is None else o, x.dtype)
+            _adaptive_matrix(n, n if o is None else o, acc)
             for n, o in zip(spatial, self.output_size)
         ]
         y = x
@@ -851,16 +885,17 @@ class _AdaptiveAvgPoolNd(Module):
                 y = np.tensordot(y, m, axes=([x.ndim - r + ax], [1]))
                 y = np.moveaxis(y, -1, x.ndim - r + ax)
         self._cache = (mats, x.ndim, y.shape)
-        return np.ascontiguousarray(y)
+        return np.ascontiguousarray(y, dtype=x.dtype)
 
     def backward(self, grad_out):
         mats, ndim, yshape = _need(self._cache, type(self).__name__)
         r = self._rank
         g = _grad(type(self).__name__, grad_out, yshape)
+        dtype = g.dtype
         with _blas_single_thread():
             for ax, m in enumerate(mats):
                 g = np.moveaxis(np.tensordot(g, m, axes=([ndim - r + ax], [0])), -1, ndim - r + ax)
-        return np.ascontiguousarray(g)
+        return np.ascontiguousarray(g, dtype=dtype)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
@@ -1033,12 +1068,17 @@ MaxPool2d = _rank_cls(_MaxPoolNd, 2, "MaxPool2d",
                       "As torch.nn.MaxPool2d. " + _MaxPoolNd.__doc__ + _NO_INDICES)
 MaxUnpool1d = _rank_cls(_MaxUnpoolNd, 1, "MaxUnpool1d",
                         "As torch.nn.MaxUnpool1d. " + _MaxUnpoolNd.__doc__)
+MaxPool3d = _rank_cls(_MaxPoolNd, 3, "MaxPool3d",
+                      "As torch.nn.MaxPool3d. " + _MaxPoolNd.__doc__ + _NO_INDICES)
 MaxUnpool2d = _rank_cls(_MaxUnpoolNd, 2, "MaxUnpool2d",
                         "As torch.nn.MaxUnpool2d. " + _MaxUnpoolNd.__doc__)
+MaxUnpool3d = _rank_cls(_MaxUnpoolNd, 3, "MaxUnpool3d",
+                        "As torch.nn.MaxUnpool3d. " + _MaxUnpoolNd.__doc__)
 AvgPool1d = _rank_cls(_AvgPoolNd, 1, "AvgPool1d",
                       "As torch.nn.AvgPool1d (``divisor_override`` is a convolab extension "
                       "here: torch's AvgPool1d has none). " + _AvgPoolNd.__doc__)
 AvgPool2d = _rank_cls(_AvgPoolNd, 2, "AvgPool2d", "As torch.nn.AvgPool2d. " + _AvgPoolNd.__doc__)
+AvgPool3d = _rank_cls(_AvgPoolNd, 3, "AvgPool3d", "As torch.nn.AvgPool3d. " + _AvgPoolNd.__doc__)
 AdaptiveAvgPool1d = _rank_cls(
     _AdaptiveAvgPoolNd,
     1,
@@ -1050,6 +1090,12 @@ AdaptiveAvgPool2d = _rank_cls(
     2,
     "AdaptiveAvgPool2d",
     "As torch.nn.AdaptiveAvgPool2d. " + _AdaptiveAvgPoolNd.__doc__,
+)
+AdaptiveAvgPool3d = _rank_cls(
+    _AdaptiveAvgPoolNd,
+    3,
+    "AdaptiveAvgPool3d",
+    "As torch.nn.AdaptiveAvgPool3d. " + _AdaptiveAvgPoolNd.__doc__,
 )
 BatchNorm1d = _rank_cls(
     _BatchNorm,
@@ -1064,4 +1110,11 @@ BatchNorm2d = _rank_cls(
     "BatchNorm2d",
     "As torch.nn.BatchNorm2d: input (N, C, H, W). " + _BatchNorm.__doc__,
     _ranks=(4,),
+)
+BatchNorm3d = _rank_cls(
+    _BatchNorm,
+    3,
+    "BatchNorm3d",
+    "As torch.nn.BatchNorm3d: input (N, C, D, H, W). " + _BatchNorm.__doc__,
+    _ranks=(5,),
 )
