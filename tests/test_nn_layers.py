@@ -1203,3 +1203,16 @@ def test_adaptive_avg_pool_to_an_empty_output_as_torch(out):
     np.testing.assert_array_equal(layer.backward(np.ones(y.shape)), np.zeros(x.shape))
     with pytest.raises(ValueError, match="non-negative ints"):
         nn.AdaptiveAvgPool2d(-1)
+
+
+def test_cross_entropy_class_weights_are_state_as_torch():
+    w = np.array([0.5, 2.0, 1.0])
+    loss, tloss = nn.CrossEntropyLoss(weight=w), torch.nn.CrossEntropyLoss(weight=torch.tensor(w))
+    assert list(loss.state_dict()) == list(tloss.state_dict()) == ["weight"]
+    assert list(nn.CrossEntropyLoss().state_dict()) == []
+    loss.load_state_dict({"weight": np.array([1.0, 1.0, 3.0])})
+    z, t = np.random.default_rng(0).standard_normal((4, 3)), np.array([0, 2, 2, 1])
+    tloss.load_state_dict({"weight": torch.tensor([1.0, 1.0, 3.0], dtype=torch.float64)})
+    assert np.isclose(loss(z, t), tloss(torch.tensor(z), torch.tensor(t)).item(), rtol=1e-14)
+    seq = nn.Sequential(nn.Linear(2, 3, seed=0), nn.CrossEntropyLoss(weight=w))
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "1.weight"]

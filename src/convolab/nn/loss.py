@@ -74,7 +74,7 @@ class CrossEntropyLoss(Module):
                     f"CrossEntropyLoss: weight must be a 1-D float array of one weight per "
                     f"class, got shape {weight.shape} and dtype {weight.dtype}"
                 )
-        self.weight = weight
+        self.register_buffer("weight", weight)  # in the state dict when given, as torch
         self.ignore_index = int(ignore_index)
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
