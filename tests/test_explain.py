@@ -316,6 +316,9 @@ def test_model_explanation_follows_ceil_mode_nested_stacks_and_in_channels():
         e = cl.explain(m, (1, 1, n, n))
         assert e.output_shape == m(np.zeros((1, 1, n, n), np.float32)).shape
         assert "ceil(" in e.layers[1].formulas[0] and "ceil_mode=True" in e.layers[1].formula
+    for stride in ([], ()):  # torch's empty stride: the kernel size, also in explain
+        m = nn.Sequential(nn.Conv2d(1, 4, 3, seed=0), nn.MaxPool2d([2, 2], stride))
+        assert cl.explain(m, (1, 1, 10, 10)).output_shape == (1, 4, 4, 4)
     inner = nn.Sequential(nn.Conv1d(1, 2, 3, seed=0), nn.ReLU())
     m = nn.Sequential(inner, nn.Conv1d(2, 2, 3, stride=2, seed=0))
     e = cl.explain(m, (1, 1, 12))

@@ -793,8 +793,40 @@ def test_load_state_dict_returns_the_keys_it_did_not_match():
         assert ours.unexpected_keys == theirs.unexpected_keys
 
 
+@pytest.mark.parametrize("name,args", [
+    ("MaxPool1d", (2,)), ("MaxPool2d", ((2, 3),)), ("MaxPool2d", (3, 1, 1, 2)),
+    ("MaxPool3d", (2, None, 0, 1, False, True)), ("MaxPool2d", ([2, 2], [])),
+    ("AvgPool1d", (3, 2, 1, True, False)), ("AvgPool2d", (3, None, 1)),
+    ("AvgPool2d", ((3, 2), (1, 2), (1, 0), True, False, 4)), ("AvgPool3d", (2,)),
+    ("AdaptiveAvgPool1d", (3,)), ("AdaptiveAvgPool2d", ((None, 3),)),
+    ("AdaptiveAvgPool3d", ([1, 2, 3],)), ("MaxUnpool2d", (2, 1)), ("MaxUnpool3d", (2,)),
+])
+def test_pooling_reprs_and_attributes_as_torch(name, args):
+    ours, theirs = getattr(nn, name)(*args), getattr(torch.nn, name)(*args)
+    assert repr(ours) == repr(theirs)
+    for attr in ("kernel_size", "stride", "padding", "dilation", "output_size"):
+        if hasattr(theirs, attr):
+            assert getattr(ours, attr) == getattr(theirs, attr), attr
+
+
+def test_pooling_reads_its_attributes_at_each_forward_as_torch():
+    x = np.random.default_rng(0).standard_normal((1, 2, 7, 7))
+    for name in ("MaxPool2d", "AvgPool2d"):
+        ours, theirs = getattr(nn, name)(2), getattr(torch.nn, name)(2)
+        for layer in (ours, theirs):
+            layer.kernel_size, layer.stride, layer.padding = 3, (2, 1), 1
+        np.testing.assert_allclose(ours(x), theirs(torch.tensor(x)).numpy(), rtol=1e-14)
+    ours, theirs = nn.AdaptiveAvgPool2d(2), torch.nn.AdaptiveAvgPool2d(2)
+    ours.output_size = theirs.output_size = (3, None)
+    np.testing.assert_allclose(ours(x), theirs(torch.tensor(x)).numpy(), rtol=1e-14)
+    ours = nn.MaxPool2d(2)
+    ours.kernel_size = 0  # a bad value set later is still refused, at the forward
+    with pytest.raises(ValueError, match="kernel_size"):
+        ours(x)
+
+
 def test_reprs_and_attributes_as_torch():
-    assert "dilation=(2, 2)" in repr(nn.MaxPool2d(3, 1, dilation=2))
+    assert "dilation=2" in repr(nn.MaxPool2d(3, 1, dilation=2))
     assert "dilation" not in repr(nn.AvgPool2d(3))
     for padding, rank in (([1], 1), ([2, 1], 2), ([1], 2)):
         ours = getattr(nn, f"Conv{rank}d")(2, 2, 3, padding=padding).padding

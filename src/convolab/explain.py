@@ -274,7 +274,8 @@ def _layer_from(obj: Any, default_transposed: bool = False) -> LayerConfig:
     if cls in POOLS and hasattr(obj, "kernel_size"):
         k = obj.kernel_size
         stride = getattr(obj, "stride", None)
-        return LayerConfig("pool", False, k, k if stride in (None, ()) else stride,
+        empty = stride is None or (isinstance(stride, (list, tuple)) and not stride)
+        return LayerConfig("pool", False, k, k if empty else stride,
                            getattr(obj, "padding", 0), getattr(obj, "dilation", 1), name=cls,
                            module=obj, ceil_mode=bool(getattr(obj, "ceil_mode", False)))
     return LayerConfig("other", name=cls, module=obj)

@@ -513,46 +513,59 @@ def _pool_stride(stride, kernel_size: tuple[int, ...]) -> tuple[int, ...]:
 
 
 class _PoolNd(Module):
+    """Pooling geometry.  The attributes keep the forms they were given (``kernel_size=2``
+    stays ``2``; ``stride=None`` becomes ``kernel_size``), as torch's ``MaxPool2d`` and
+    ``AvgPool2d`` do (``_as_tuples``: converted to tuples, as torch's ``AvgPool1d``); each
+    forward reads them afresh, so a layer changed after construction pools as it says."""
+
     _rank = 0
+    _as_tuples = False
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()
-        r, name = self._rank, type(self).__name__
-        self.kernel_size = as_tuple("kernel_size", kernel_size, r)
-        self.stride = _pool_stride(stride, self.kernel_size)
-        self.padding = as_tuple("padding", padding, r)
-        self.dilation = as_tuple("dilation", dilation, r)
+        name = type(self).__name__
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.dilation = dilation
+        if self._as_tuples:
+            self.kernel_size, self.stride, self.padding, self.dilation = self._tuples()
         self.ceil_mode = check_flag(name, "ceil_mode", ceil_mode)
         # validates kernel/stride/padding now, with a size that always fits
-        big = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
-        self._geometry(big, name)
+        k, _, _, d = self._tuples()
+        self._geometry(tuple(dd * (kk - 1) + 1 for kk, dd in zip(k, d)), name)
         self._cache = None
+
+    def _tuples(self):
+        """``(kernel_size, stride, padding, dilation)`` as tuples of ``_rank`` ints."""
+        r = self._rank
+        k = as_tuple("kernel_size", self.kernel_size, r)
+        return (k, _pool_stride(self.stride, k), as_tuple("padding", self.padding, r),
+                as_tuple("dilation", self.dilation, r))
 
     def _geometry(self, spatial, name=None):
         name = name or type(self).__name__
         r = self._rank
-        for p, k in zip(self.padding, self.kernel_size):
-            if p < 0 or p > k // 2:
+        k, s, p, d = self._tuples()
+        for pp, kk in zip(p, k):
+            if pp < 0 or pp > kk // 2:
                 raise ValueError(
-                    f"{name}: padding={self.padding} must be non-negative and at most half "
-                    f"the kernel_size={self.kernel_size}"
+                    f"{name}: padding={p} must be non-negative and at most half "
+                    f"the kernel_size={k}"
                 )
-        spec = make_spec(self.kernel_size, self.stride, self.padding, self.dilation)
+        spec = make_spec(k, s, p, d)
         out = _pool_out(spec, spatial, self.ceil_mode)
         if any(o <= 0 for o in out):
             raise ValueError(
                 f"{name}: input spatial size {tuple(spatial)} is too small for kernel_size="
-                f"{self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation} (output size {out})"
+                f"{k}, stride={s}, padding={p}, dilation={d} (output size {out})"
             )
         # extra right padding so the last (ceil-mode) window fits in the buffer
         his = [
-            max(p, (o - 1) * s + d * (k - 1) + 1 - n - p)
-            for n, o, k, s, p, d in zip(
-                spatial, out, self.kernel_size, spec.stride, self.padding, spec.dilation
-            )
+            max(pp, (o - 1) * ss + dd * (kk - 1) + 1 - n - pp)
+            for n, o, kk, ss, pp, dd in zip(spatial, out, k, spec.stride, p, spec.dilation)
         ]
-        pairs = tuple(zip(self.padding, his))
+        pairs = tuple(zip(p, his))
         assert len(pairs) == r
         return ConvSpec(spec.kernel_size, spec.stride, pairs, spec.dilation), out
 
@@ -828,8 +841,8 @@ class _AvgPoolNd(_PoolNd):
         gx = np.ascontiguousarray(_crop(gxp, spec.padding, xshape[2:]), dtype=g.dtype)
         return gx[0] if unbatched else gx
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", count_include_pad={self.count_include_pad}"
+    def extra_repr(self) -> str:  # torch's: no ceil_mode or count_include_pad
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 def _adaptive_matrix(n: int, o: int, dtype) -> np.ndarray:
@@ -849,7 +862,12 @@ class _AdaptiveAvgPoolNd(Module):
 
     def __init__(self, output_size):
         super().__init__()
-        r = self._rank
+        self.output_size = output_size  # the form given, as torch (its repr too)
+        self._sizes()
+        self._cache = None
+
+    def _sizes(self) -> tuple[int | None, ...]:
+        r, output_size = self._rank, self.output_size
         if isinstance(output_size, (list, tuple)):
             vals = tuple(output_size)
             if len(vals) != r:
@@ -857,13 +875,13 @@ class _AdaptiveAvgPoolNd(Module):
         else:
             vals = (output_size,) * r
         for v in vals:
-            if v is not None and (not isinstance(v, (int, np.integer)) or v < 0):
+            if v is not None and (isinstance(v, (bool, np.bool_))
+                                  or not isinstance(v, (int, np.integer)) or v < 0):
                 raise ValueError(
                     f"{type(self).__name__}: output_size={output_size!r} must be "
                     "non-negative ints (or None to keep a dimension)"
                 )
-        self.output_size = vals
-        self._cache = None
+        return vals
 
     def forward(self, input):
         r = self._rank
@@ -876,8 +894,8 @@ class _AdaptiveAvgPoolNd(Module):
             )
         acc = _acc_dtype(x.dtype)  # float16 sums in float32, as torch
         mats = [
-            _adaptive_matrix(n, n if o is None else o, acc)
-            for n, o in zip(spatial, self.output_size)
+            _adaptive_matrix(n, n if o is None else int(o), acc)
+            for n, o in zip(spatial, self._sizes())
         ]
         y = x
         with _blas_single_thread():  # one BLAS thread, as in the convolutions
@@ -1076,7 +1094,8 @@ MaxUnpool3d = _rank_cls(_MaxUnpoolNd, 3, "MaxUnpool3d",
                         "As torch.nn.MaxUnpool3d. " + _MaxUnpoolNd.__doc__)
 AvgPool1d = _rank_cls(_AvgPoolNd, 1, "AvgPool1d",
                       "As torch.nn.AvgPool1d (``divisor_override`` is a convolab extension "
-                      "here: torch's AvgPool1d has none). " + _AvgPoolNd.__doc__)
+                      "here: torch's AvgPool1d has none). " + _AvgPoolNd.__doc__,
+                      _as_tuples=True)
 AvgPool2d = _rank_cls(_AvgPoolNd, 2, "AvgPool2d", "As torch.nn.AvgPool2d. " + _AvgPoolNd.__doc__)
 AvgPool3d = _rank_cls(_AvgPoolNd, 3, "AvgPool3d", "As torch.nn.AvgPool3d. " + _AvgPoolNd.__doc__)
 AdaptiveAvgPool1d = _rank_cls(
