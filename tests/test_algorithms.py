@@ -1356,6 +1356,71 @@ def _child_parallel_map(q):
     q.put(_threads.parallel_map(lambda i: i * i, range(8)))
 
 
+_INTERRUPTED_CALL = """
+import signal, threading
+import numpy as np
+from convolab import options
+from convolab.algorithms import _threads
+
+started, release, calls = threading.Semaphore(0), threading.Event(), []
+
+def tile(i):
+    calls.append(i)
+    started.release()
+    release.wait(20)
+
+def interrupt():  # once both workers are inside a tile: Ctrl-C
+    started.acquire()
+    started.acquire()
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+threading.Thread(target=interrupt, daemon=True).start()
+with options(workers=2):
+    try:
+        _threads.parallel_map(tile, range(40))
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise SystemExit("not interrupted")
+    release.set()
+    # queued behind the abandoned call on both workers: returns once it has stopped
+    assert _threads.parallel_map(abs, range(-3, 3)) == [3, 2, 1, 0, 1, 2]
+    n = len(calls)
+if _threads._controller() is None:  # without threadpoolctl these tiles run in order
+    print(n, 2)
+    raise SystemExit
+with options(workers=2):
+    # the same for sums folded in tile order (whose tiles wait for the fold)
+    release.clear()
+    threading.Thread(target=interrupt, daemon=True).start()
+    acc = np.zeros(1)
+    try:
+        _threads.run_tiles_sum(lambda i: tile(i) or [(0, 1.0)], range(40), acc)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise SystemExit("not interrupted")
+    release.set()
+    assert _threads.run_tiles_sum(lambda i: [(0, 1.0)], range(8), np.zeros(1))[0] == 8
+print(n, len(calls) - n)
+"""
+
+
+def test_an_interrupted_call_stops_its_workers():
+    """Ctrl-C while the workers ran a call's tiles: the workers went on through every
+    remaining tile of the abandoned call, and the next call waited for them."""
+    import signal
+    import subprocess
+    import sys
+
+    if not hasattr(signal, "pthread_kill"):
+        pytest.skip("no pthread_kill on this platform")
+    run = subprocess.run([sys.executable, "-c", _INTERRUPTED_CALL], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["2", "2"]  # the two tiles running at the Ctrl-C, no more
+
+
 def test_pad_spatial_crops_negative_amounts():
     from convolab.padding import pad_spatial
 
