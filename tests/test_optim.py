@@ -651,3 +651,44 @@ def test_a_0d_complex_parameter_keeps_its_shape_under_adam():
         opt.step()
         topt.step()
         assert ours.data.shape == () and np.isclose(ours.data, theirs.detach().numpy())
+
+
+def _trajectory(ps, opt, sched, grads):
+    """The parameters after stepping ``opt`` (and ``sched``) through ``grads``."""
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = g.copy()
+        opt.step()
+        sched.step()
+    return [p.data.copy() for p in ps]
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9),
+        lambda ps: optim.Adam(ps, lr=0.01, amsgrad=True),
+        lambda ps: optim.AdamW([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.02}]),
+    ],
+)
+def test_a_copied_optimizer_keeps_its_state(make, how):
+    """The state is keyed by id(parameter): a pickled or deep-copied optimizer (with its
+    parameters) lost its momentum buffers and Adam moments, so training went on from a
+    fresh start instead of where it was."""
+    import copy
+    import pickle
+
+    copier = {"pickle": lambda o: pickle.loads(pickle.dumps(o)), "deepcopy": copy.deepcopy}
+    rng = np.random.default_rng(0)
+    ps = [Parameter(rng.standard_normal(s)) for s in ((3, 4), (5,))]
+    grads = [[rng.standard_normal(p.data.shape) for p in ps] for _ in range(6)]
+    opt = make(ps)
+    sched = optim.CosineAnnealingLR(opt, T_max=5)
+    _trajectory(ps, opt, sched, grads[:3])
+    ps2, opt2, sched2 = copier[how]((ps, opt, sched))
+    assert len(opt2.state) == len(opt.state) == 2
+    want = _trajectory(ps, opt, sched, grads[3:])
+    got = _trajectory(ps2, opt2, sched2, grads[3:])
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)

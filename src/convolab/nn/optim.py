@@ -56,6 +56,23 @@ class Optimizer:
             self.param_groups.append(group)
         self.state: dict[int, dict] = {}
 
+    def _all_params(self) -> list:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def __getstate__(self):
+        # ``state`` is keyed by id(p): a pickled or deep-copied optimizer's parameters
+        # are new objects with other ids, so the copy lost its momentum buffers and Adam
+        # moments (and restarted Adam's step count) unless the keys travel as positions
+        out = self.__dict__.copy()
+        index = {id(p): i for i, p in enumerate(self._all_params())}
+        out["state"] = {index[k]: v for k, v in self.state.items() if k in index}
+        return out
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        params = self._all_params()
+        self.state = {id(params[i]): v for i, v in state["state"].items()}
+
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to None, as torch's default."""
         for g in self.param_groups:
