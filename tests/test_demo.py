@@ -198,3 +198,15 @@ def test_piped_progress_is_one_line_per_epoch_and_workers_are_recorded(tmp_path,
     r = _strict_json(out / "run.json")
     assert r["machine"]["workers"] == 1
     assert "1 tile worker on" in cap.out
+
+
+def test_interrupted_pickles_and_copies_with_where_it_stopped():
+    """It took four arguments but was rebuilt from its message alone: pickling it (a
+    fit run in a multiprocessing worker) or copying it raised TypeError."""
+    import copy
+    import pickle
+
+    e = train.Interrupted(2, 5, 10, 100)
+    for again in (pickle.loads(pickle.dumps(e)), copy.copy(e), copy.deepcopy(e)):
+        assert type(again) is train.Interrupted and str(again) == str(e)
+        assert (again.epoch, again.epochs, again.step, again.steps) == (2, 5, 10, 100)

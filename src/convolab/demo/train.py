@@ -57,6 +57,11 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(f"interrupted at epoch {epoch}/{epochs}, step {step}/{steps}")
         self.epoch, self.epochs, self.step, self.steps = epoch, epochs, step, steps
 
+    def __reduce__(self):
+        # the default rebuilds it from ``args`` (the message alone), which __init__
+        # refused: it could not cross a process boundary (multiprocessing) or be copied
+        return type(self), (self.epoch, self.epochs, self.step, self.steps)
+
 
 def batches(n: int, batch_size: int, rng: np.random.Generator):
     """Index arrays of one shuffled epoch (the last batch may be smaller)."""
