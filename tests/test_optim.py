@@ -692,3 +692,87 @@ def test_a_copied_optimizer_keeps_its_state(make, how):
     got = _trajectory(ps2, opt2, sched2, grads[3:])
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+_MAKERS = [
+    (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+     lambda o: optim.CosineAnnealingLR(o, T_max=4)),
+    (lambda ps: optim.Adam([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.03}], lr=0.01),
+     lambda o: optim.OneCycleLR(o, max_lr=[0.05, 0.1], total_steps=8)),
+    (lambda ps: optim.AdamW(ps, lr=0.01, amsgrad=True),
+     lambda o: optim.OneCycleLR(o, max_lr=0.05, total_steps=8, three_phase=True)),
+]
+
+
+@pytest.mark.parametrize("make, schedule", _MAKERS)
+def test_state_dict_round_trip_continues_training(make, schedule):
+    """torch's Optimizer/LRScheduler state_dict and load_state_dict: a fresh optimizer
+    and schedule loaded from them step exactly as the ones they came from."""
+    rng = np.random.default_rng(1)
+    ps = [Parameter(rng.standard_normal(s)) for s in ((3, 4), (5,))]
+    grads = [[rng.standard_normal(p.data.shape) for p in ps] for _ in range(7)]
+    opt = make(ps)
+    sched = schedule(opt)
+    _trajectory(ps, opt, sched, grads[:3])
+    osd, ssd = opt.state_dict(), sched.state_dict()
+    ps2 = [Parameter(p.data.copy()) for p in ps]
+    opt2 = make(ps2)
+    sched2 = schedule(opt2)
+    opt2.load_state_dict(osd)
+    sched2.load_state_dict(ssd)
+    want = _trajectory(ps, opt, sched, grads[3:])
+    assert opt.state_dict()["state"][0] is not osd["state"][0]  # copies, not shared
+    got = _trajectory(ps2, opt2, sched2, grads[3:])
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+def test_state_dict_has_torchs_layout():
+    """The same indices, state entries and group entries as torch's (which has more)."""
+    rng = np.random.default_rng(2)
+    init = [rng.standard_normal(s) for s in ((3, 4), (5,))]
+    ps = [Parameter(a.copy()) for a in init]
+    tps = [torch.nn.Parameter(torch.tensor(a)) for a in init]
+    pairs = [(optim.SGD(ps, lr=0.1, momentum=0.9), torch.optim.SGD(tps, lr=0.1, momentum=0.9)),
+             (optim.Adam(ps), torch.optim.Adam(tps))]
+    for opt, topt in pairs:
+        for p, tp in zip(ps, tps):
+            p.grad = np.ones(p.data.shape)
+            tp.grad = torch.ones(tp.shape, dtype=tp.dtype)
+        opt.step()
+        topt.step()
+        sd, tsd = opt.state_dict(), topt.state_dict()
+        assert sd["state"].keys() == tsd["state"].keys()
+        for i in sd["state"]:
+            assert sd["state"][i].keys() == tsd["state"][i].keys()
+        for g, tg in zip(sd["param_groups"], tsd["param_groups"], strict=True):
+            assert g["params"] == tg["params"]
+            assert set(g) <= set(tg)
+
+
+def test_load_state_dict_errors_name_what_does_not_match():
+    ps = [Parameter(np.zeros((2, 3))), Parameter(np.zeros(4))]
+    opt = optim.Adam(ps)
+    two_groups = optim.Adam([{"params": ps[:1]}, {"params": ps[1:]}]).state_dict()
+    with pytest.raises(ValueError, match="2 parameter groups|param_groups=.*1 parameter"):
+        opt.load_state_dict(two_groups)
+    with pytest.raises(ValueError, match=r"param_groups\[0\].* 1 parameters.* has 2"):
+        opt.load_state_dict(optim.Adam(ps[:1]).state_dict())
+    with pytest.raises(TypeError, match="'state' and 'param_groups'"):
+        opt.load_state_dict({"state": {}})
+    for p in ps:
+        p.grad = np.ones(p.data.shape)
+    sd = opt.state_dict()
+    opt.step()
+    bad = opt.state_dict()
+    bad["state"][1]["exp_avg"] = np.zeros(5)
+    with pytest.raises(ValueError, match=r"state\[1\]\['exp_avg'\] has shape \(5,\)"):
+        opt.load_state_dict(bad)
+    bad["state"] = {7: {}}
+    with pytest.raises(ValueError, match=r"state\[7\] is not the index"):
+        opt.load_state_dict(bad)
+    sched = optim.CosineAnnealingLR(opt, T_max=3)
+    with pytest.raises(ValueError, match="unexpected keys"):
+        sched.load_state_dict(optim.OneCycleLR(opt, max_lr=0.1, total_steps=3).state_dict())
+    assert sd["state"] == {}  # the dict given is not changed

@@ -9,6 +9,7 @@ new ``.data`` array (keep the Parameter, not its old ``.data``); parameters with
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 
@@ -73,6 +74,56 @@ class Optimizer:
         params = self._all_params()
         self.state = {id(params[i]): v for i, v in state["state"].items()}
 
+    def state_dict(self) -> dict:
+        """torch's layout: ``{'state': {index: {...}}, 'param_groups': [{..., 'params':
+        [index, ...]}]}``, the parameters numbered in order through the groups; copies,
+        so later steps do not change it.  :meth:`load_state_dict` of an optimizer of the
+        same class over parameters of the same shapes, in the same groups, continues the
+        training where this one is."""
+        index = {id(p): i for i, p in enumerate(self._all_params())}
+        groups, n = [], 0
+        for g in self.param_groups:
+            saved = {k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
+            saved["params"] = list(range(n, n + len(g["params"])))
+            n += len(g["params"])
+            groups.append(saved)
+        state = {index[k]: copy.deepcopy(v) for k, v in self.state.items() if k in index}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Take the hyper-parameters and the state of :meth:`state_dict` (copied: the
+        dict is not changed and not shared).  ValueError when its groups do not match
+        this optimizer's in number or size, or a state entry does not fit its parameter."""
+        name = f"{type(self).__name__}.load_state_dict"
+        if (not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict)
+                or not isinstance(state_dict["state"], dict)):
+            raise TypeError(f"{name}: expected a dict with 'state' and 'param_groups' (from "
+                            f"state_dict()), got {type(state_dict).__name__}")
+        saved = state_dict["param_groups"]
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(self.param_groups):
+            n = len(saved) if isinstance(saved, (list, tuple)) else saved
+            raise ValueError(f"{name}: the state dict has param_groups={n!r}; this optimizer "
+                             f"has {len(self.param_groups)} parameter groups")
+        by_index = {}
+        for i, (g, sg) in enumerate(zip(self.param_groups, saved)):
+            if not isinstance(sg, dict) or len(sg.get("params", ())) != len(g["params"]):
+                got = len(sg.get("params", ())) if isinstance(sg, dict) else sg
+                raise ValueError(f"{name}: param_groups[{i}] of the state dict has "
+                                 f"{got!r} parameters; this optimizer's has {len(g['params'])}")
+            by_index.update(zip(sg["params"], g["params"]))
+        state = {}
+        for k, entries in state_dict["state"].items():
+            if k not in by_index:
+                raise ValueError(f"{name}: state[{k!r}] is not the index of a parameter in "
+                                 f"param_groups (indices {sorted(by_index)})")
+            p = by_index[k]
+            state[id(p)] = {key: _state_entry(name, f"state[{k!r}][{key!r}]", v, p)
+                            for key, v in entries.items()}
+        self.param_groups = [{**copy.deepcopy({k: v for k, v in sg.items() if k != "params"}),
+                              "params": g["params"]}
+                             for g, sg in zip(self.param_groups, saved)]
+        self.state = state
+
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to None, as torch's default."""
         for g in self.param_groups:
@@ -113,6 +164,19 @@ def _check_grad(name: str, where: str, p: Parameter) -> None:
         )
     if g.shape != p.data.shape:
         raise ValueError(f"{what} has shape {g.shape}; it must have the parameter's shape")
+
+
+def _state_entry(name: str, where: str, v, p: Parameter):
+    """A copy of a loaded state entry: arrays in the parameter's dtype and shape (or
+    those of its real view, which Adam keeps for a complex parameter); other values
+    (the step count) as they are."""
+    if not isinstance(v, np.ndarray):
+        return copy.deepcopy(v)
+    for like in (p.data, _as_real(p.data)):
+        if v.shape == like.shape:
+            return np.array(v, dtype=like.dtype, copy=True)
+    raise ValueError(f"{name}: {where} has shape {v.shape}; the parameter {p!r} has "
+                     f"shape {p.data.shape}")
 
 
 def _as_real(a: np.ndarray) -> np.ndarray:
@@ -371,6 +435,24 @@ class _Scheduler:
             self.step()
         finally:
             self._initial = False
+
+    def state_dict(self) -> dict:
+        """The schedule's own entries (all but the optimizer), copied, as torch's."""
+        return {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Take the entries of :meth:`state_dict` of a schedule of the same class (load
+        the optimizer's state dict too: the learning rates live in its groups)."""
+        name = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{name}: expected a dict (from state_dict()), got "
+                            f"{type(state_dict).__name__}")
+        own = set(self.state_dict())
+        if set(state_dict) != own:
+            raise ValueError(f"{name}: the state dict has missing keys "
+                             f"{sorted(own - set(state_dict))} and unexpected keys "
+                             f"{sorted(set(state_dict) - own)} (from another schedule?)")
+        self.__dict__.update(copy.deepcopy(state_dict))
 
     def get_last_lr(self) -> list[float]:
         """The learning rates the last ``step()`` set (a copy, as torch's)."""
