@@ -164,6 +164,12 @@ def test_pool_parity(cfg, rank):
         TM(k, cfg["s"], p, cfg["d"], ceil_mode=cfg["ceil"]),
         x,
     )
+    try:
+        TA(k, cfg["s"], p, cfg["ceil"], cfg["inc"])(torch.tensor(x))
+    except RuntimeError:  # 3-D: an input smaller than the kernel, even when padded
+        with pytest.raises(ValueError, match="at least the kernel_size"):
+            A(k, cfg["s"], p, cfg["ceil"], cfg["inc"])(x)
+        return
     parity(
         A(k, cfg["s"], p, cfg["ceil"], cfg["inc"]), TA(k, cfg["s"], p, cfg["ceil"], cfg["inc"]), x
     )

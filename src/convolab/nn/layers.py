@@ -808,6 +808,11 @@ class _AvgPoolNd(_PoolNd):
     def forward(self, input):
         xb, unbatched = self._batched(input)
         spec, O = self._geometry(xb.shape[2:])
+        if self._rank == 3 and any(n < k for n, k in zip(xb.shape[2:], spec.kernel_size)):
+            raise ValueError(  # torch's 3-D average pooling alone checks this (unpadded)
+                f"{type(self).__name__}: input spatial size {xb.shape[2:]} must be at least "
+                f"the kernel_size={spec.kernel_size} in every dimension (as torch)"
+            )
         xp = pad_spatial(xb, spec.padding, 0)
         acc = _acc_dtype(xb.dtype)
         total = np.zeros(xb.shape[:2] + O, dtype=acc)
