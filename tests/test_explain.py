@@ -192,6 +192,21 @@ def test_warnings():
     assert any("receive no input contribution" in w for w in holes.warnings)
 
 
+@pytest.mark.parametrize("s", [1, 2])
+def test_output_padding_past_the_stride_is_not_said_to_pick_a_matching_size(s):
+    # output_padding=2 >= stride is allowed by the dilation 3: no conv of the output gives
+    # the input's 4 positions back (it was said to "pick" 15 among 13..14)
+    t = ex.explain("conv_transpose1d", (1, 1, 4), kernel_size=3, stride=s, dilation=3,
+                   output_padding=2)
+    out = t.output_shape[2]
+    assert not any("picks" in w for w in t.warnings + t.notes)
+    (w,) = [w for w in t.warnings if "not below the stride" in w]
+    conv_out = cl.conv1d(np.zeros((1, 1, out)), np.zeros((1, 1, 3)), stride=s,
+                         dilation=3).shape[2]
+    assert f"the output, {out}," in w and f"gives {conv_out} outputs" in w
+    assert conv_out > 4 and "first 4" in w
+
+
 def test_errors_name_the_rule():
     with pytest.raises(ValueError, match="output would be empty"):
         ex.explain("conv2d", (1, 1, 3, 3), kernel_size=5)

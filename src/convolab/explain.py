@@ -858,11 +858,20 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
             s_, kd, (plo, phi) = spec.stride[i], spec.effective_kernel[i], spec.padding[i]
             opad = spec.output_padding[i]
             base = (S[i] - 1) * s_ + kd - plo - phi  # conv input sizes base..base+s-1 -> S[i]
-            if s_ > 1 and base > 0:
+            if base > 0 and opad < s_ and s_ > 1:
                 msg = (f"{names[i]}: a conv with these parameters maps input sizes "
                        f"{base}..{base + s_ - 1} all to {S[i]}; output_padding={opad} picks "
                        f"{base + opad}")
                 (e.warnings if opad else e.notes).append(msg)
+            elif base > 0 and opad >= s_:  # allowed below the dilation: past every such size
+                sizes = f"{base}..{base + s_ - 1}" if s_ > 1 else f"only {base}"
+                e.warnings.append(
+                    f"{names[i]}: output_padding={opad} is not below the stride {s_} (allowed "
+                    f"as it is below the dilation {spec.dilation[i]}): the output, "
+                    f"{base + opad}, is longer than any input that a conv with these "
+                    f"parameters maps to {S[i]} ({sizes}); a conv of it gives "
+                    f"{S[i] + opad // s_} outputs, and this transposed convolution is the "
+                    f"adjoint of that conv keeping only its first {S[i]}")
             if opad:
                 e.warnings.append(
                     f"{names[i]}: output_padding={opad} adds {opad} position(s) on the high "
