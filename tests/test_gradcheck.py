@@ -255,3 +255,50 @@ def test_a_user_vjp_must_keep_the_contract():
         cl.gradcheck(f, x, w, vjp=lambda a, b: cl.vjp(cl.conv1d, a, b)[1])
     with pytest.raises(TypeError, match="returned 3 gradients for 2 positional"):
         cl.gradcheck(f, x, w, vjp=extra)
+
+
+def test_raise_exception_false_returns_false_as_torch():
+    # torch.autograd.gradcheck(..., raise_exception=False) returns False on a mismatch;
+    # here the keyword used to reach conv1d and fail as "unexpected keyword argument"
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 8)), rng.standard_normal((4, 3, 3))
+
+    def off(x, w):
+        y, pb = cl.vjp(cl.conv1d, x, w)
+        return y, lambda g: (1.01 * pb(g)[0], pb(g)[1])
+
+    def missing(x, w):
+        y, pb = cl.vjp(cl.conv1d, x, w)
+        return y, lambda g: (pb(g)[0], None)
+
+    assert cl.gradcheck(cl.conv1d, x, w, raise_exception=False) is True
+    assert cl.gradcheck(cl.conv1d, x, w, vjp=off, raise_exception=False) is False
+    assert cl.gradcheck(cl.conv1d, x, w, vjp=missing, raise_exception=False) is False
+    from convolab.gradcheck import GradcheckError
+
+    with pytest.raises(GradcheckError, match="argument 0"):
+        cl.gradcheck(cl.conv1d, x, w, vjp=off)
+    assert issubclass(GradcheckError, AssertionError)
+    with pytest.raises(TypeError, match="raise_exception=0 must be True or False"):
+        cl.gradcheck(cl.conv1d, x, w, raise_exception=0)
+    # a mistake in the call is not a wrong gradient: it still raises
+    with pytest.raises(TypeError, match="float32"):
+        cl.gradcheck(cl.conv1d, x.astype(np.float32), w, raise_exception=False)
+
+
+def test_failure_message_says_which_allowance_is_absolute():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 8)), rng.standard_normal((4, 3, 3))
+
+    def off(x, w):
+        y, pb = cl.vjp(cl.conv1d, x, w)
+        return y, lambda g: (1.001 * pb(g)[0], pb(g)[1])
+
+    with pytest.raises(AssertionError) as info:
+        cl.gradcheck(cl.conv1d, x, w, vjp=off)
+    msg = str(info.value)
+    # the allowance (about 1e-6 * |value| ~ 2e-5) was printed next to the relative error
+    # (1e-3) as if it were one too
+    assert "relative error 0.000999;" in msg and "difference 0.0211, allowed 2.12e-05" in msg
+    assert "= atol + rtol*|value|" in msg
+
