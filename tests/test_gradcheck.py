@@ -302,3 +302,15 @@ def test_failure_message_says_which_allowance_is_absolute():
     assert "relative error 0.000999;" in msg and "difference 0.0211, allowed 2.12e-05" in msg
     assert "= atol + rtol*|value|" in msg
 
+
+def test_a_function_without_a_vjp_is_pointed_to_vjp_and_bad_keywords_name_the_op():
+    x = np.ones((1, 1, 5))
+    with pytest.raises(TypeError, match=r"no gradient for exp; to check a VJP of your own, "
+                                        r"pass it as vjp="):
+        cl.gradcheck(np.exp, x)
+    with pytest.raises(TypeError, match=r"vjp: conv1d\(\) got an unexpected keyword argument "
+                                        r"'foo' \(its arguments: input, weight, bias"):
+        cl.vjp(cl.conv1d, x, np.ones((1, 1, 3)), foo=1)
+    import functools
+
+    assert cl.gradcheck(functools.partial(cl.conv1d, padding=1), x, np.ones((1, 1, 3)))

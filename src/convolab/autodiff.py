@@ -55,7 +55,11 @@ def vjp(fn: Callable, *args: Any, **kwargs: Any):
     if impl is None:
         known = sorted(f.__name__ for f in _VJPS)
         raise TypeError(f"vjp: no gradient is defined for {fn!r}; known functions: {known}")
-    bound = _SIGNATURES[fn].bind(*args, **kwargs)
+    try:
+        bound = _SIGNATURES[fn].bind(*args, **kwargs)
+    except TypeError as exc:  # inspect's message names no function: "got an unexpected ..."
+        names = ", ".join(_SIGNATURES[fn].parameters)
+        raise TypeError(f"vjp: {fn.__name__}() {exc} (its arguments: {names})") from None
     out, core = impl(*args, **kwargs)
     pos_names = list(bound.arguments)[bound_first: len(args)]
     # the pullback needs only these: holding ``out`` would keep it alive (torch does not)

@@ -8,6 +8,7 @@ torch uses for complex inputs too (the gradient is the conjugate Wirtinger deriv
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .autodiff import _VJPS
 from .autodiff import vjp as _convolab_vjp
 from .options import options
 
@@ -119,6 +121,10 @@ def _gradcheck(fn: Callable, args: tuple, kwargs: dict, vjp: Callable | None, ep
     rng = np.random.default_rng(seed)
     biggest = max(float(np.abs(a).max()) if a.size else 0.0 for _, a in targets)
     if vjp is None:
+        if not _has_vjp(fn):
+            raise TypeError(f"gradcheck: convolab.vjp has no gradient for {name}; to check "
+                            "a VJP of your own, pass it as vjp= (called with the same "
+                            "arguments, returning (output, pullback))")
         out, pullback = _convolab_vjp(fn, *args, **kwargs)
     else:
         got = vjp(*args, **kwargs)
@@ -200,6 +206,16 @@ def _gradcheck(fn: Callable, args: tuple, kwargs: dict, vjp: Callable | None, ep
                             "at that scale, so the difference may not be the gradient's)")
                 raise GradcheckError(what + ")")
     return True
+
+
+def _has_vjp(fn: Callable) -> bool:
+    """Whether :func:`convolab.vjp` knows ``fn`` (or the function a partial binds)."""
+    while isinstance(fn, functools.partial) and fn.func is not fn:
+        fn = fn.func
+    try:
+        return fn in _VJPS
+    except TypeError:  # unhashable
+        return False
 
 
 # at most this many steps per direction, each larger than the last
