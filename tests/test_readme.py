@@ -29,3 +29,30 @@ def test_how_it_works_python_blocks_run():
 
 def test_autograd_page_runs_as_one_script():
     _run_blocks(DOCS / "autograd.md", 3, shared=True)
+
+
+def test_explain_draw_python_blocks_run(capsys):
+    _run_blocks(DOCS / "explain_draw.md", 1)
+
+
+def test_documented_explain_output_is_what_explain_prints(capsys):
+    """The ``$ convolab explain ...`` transcripts in explain_draw.md: every line shown
+    (but those cut short with ``...`` and the workspace, which follows the worker count)
+    is a line of the real output, in order."""
+    import shlex
+
+    from convolab.explain import main
+
+    blocks = re.findall(r"```\n\$ (convolab explain .*?)```", (DOCS / "explain_draw.md")
+                        .read_text(), flags=re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        command, *shown = block.rstrip("\n").split("\n")
+        assert main(shlex.split(command)[2:]) == 0
+        real = capsys.readouterr().out.split("\n")
+        at = 0
+        for line in shown:
+            if "..." in line or "workspace" in line:
+                continue
+            assert line in real[at:], (command, line)
+            at = real.index(line, at) + 1
