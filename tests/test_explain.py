@@ -685,3 +685,12 @@ def test_a_layer_without_a_rule_is_not_run_on_huge_zeros(monkeypatch):
     monkeypatch.setattr(ex, "MAX_PROBE_ELEMENTS", 100)
     with pytest.raises(ValueError, match=r"Twice.*\(1, 3, 8, 8\).*MAX_PROBE_ELEMENTS=100"):
         ex.explain([Twice()], (2, 3, 8, 8))
+
+
+def test_a_transposed_convolutions_padding_is_said_to_crop():
+    # a transposed convolution pads nothing: its padding crops the full output
+    t = str(ex.explain("conv_transpose1d", (1, 1, 4), kernel_size=3, stride=2, padding=1))
+    assert "padding (lo, hi), cropped from the full output: L: (1, 1)" in t
+    assert "padding applied" not in t
+    c = str(ex.explain("conv1d", (1, 1, 4), kernel_size=3, padding=1))
+    assert "padding applied (lo, hi): L: (1, 1)" in c

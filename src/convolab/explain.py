@@ -626,7 +626,9 @@ def _layer_lines(e: LayerExplanation) -> list[str]:
     lines.append("    " + e.formula)
     lines += [f"    {n}: {f}" for n, f in zip(names, e.formulas)]
     pads = "  ".join(f"{n}: ({lo}, {hi})" for n, (lo, hi) in zip(names, spec.padding))
-    lines.append(f"  padding applied (lo, hi): {pads}"
+    what = ("padding (lo, hi), cropped from the full output" if spec.transposed
+            else "padding applied (lo, hi)")
+    lines.append(f"  {what}: {pads}"
                  + (f"  mode {e.padding_mode!r}" if e.padding_mode != "zeros" else ""))
     lines.append(f"  receptive field / jump / start: {_rf_text(e)}")
     if e.kind == "conv":
