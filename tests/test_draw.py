@@ -419,3 +419,16 @@ def test_docstring_names_where_its_constants_live():
     doc = cl.explain.__doc__
     assert "from convolab.explain import" in doc
     from convolab.explain import MAX_ELEMENTS, LayerExplanation  # noqa: F401
+
+
+@pytest.mark.parametrize("op", ["conv1d", "conv_transpose1d", "conv2d"])
+def test_random_values_never_draw_an_all_zero_kernel_or_input(op):
+    # seed 0 drew the kernel [0, 0, 0] for every 3-tap 1-D drawing: every output 0
+    for seed in range(12):
+        for k in (1, 2, 3):
+            for n in (1, 2, 3):
+                d = dr.draw(op, n, k, values=True, seed=seed) if n >= k or op.startswith(
+                    "conv_transpose") else None
+                if d is not None:
+                    assert d.weight.any() and d.x.any(), (op, n, k, seed)
+    assert dr.draw("conv1d", values=True).y.any()

@@ -312,9 +312,9 @@ def draw(op: str | None = None, input_size: Any = None, kernel_size: Any = None,
     want_values = values or x is not None or weight is not None or backward is not None
     xv = wv = yv = None
     if want_values:
-        xv = (rng.integers(0, 4, size=size).astype(np.float64) if x is None
+        xv = (_random_ints(rng, 4, size) if x is None
               else _real_array("x", x, size, "input_size"))
-        wv = (rng.integers(0, 3, size=k).astype(np.float64) if weight is None
+        wv = (_random_ints(rng, 3, k) if weight is None
               else _real_array("weight", weight, k, "kernel_size"))
         yv = _run(op, spec, xv, wv)
 
@@ -408,6 +408,16 @@ def draw(op: str | None = None, input_size: Any = None, kernel_size: Any = None,
     if sheet:
         d.contact_sheet(sheet, dpi=dpi)
     return d
+
+
+def _random_ints(rng: np.random.Generator, high: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Integers ``0..high-1`` of ``shape`` (as the guide's numerical figures), drawn again
+    while all are zero: a zero kernel (seed 0 gives one for every 3-tap 1-D drawing)
+    makes every output and gradient term 0, a picture that shows nothing."""
+    while True:
+        a = rng.integers(0, high, size=shape)
+        if a.any():
+            return a.astype(np.float64)
 
 
 def _short(value: Any) -> str:
