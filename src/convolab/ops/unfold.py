@@ -33,8 +33,11 @@ def _rank(kernel_size, output_size=None) -> int:
 def _own(result: np.ndarray, *sources: np.ndarray) -> np.ndarray:
     """``result``, copied if it may be a view of a caller's array (a 1x1 unfold, a fold
     of one block per position and their gradients are the input itself, reshaped):
-    writing to a result must never change an input, as with torch."""
-    if any(np.may_share_memory(result, s) for s in sources):
+    writing to a result must never change an input, as with torch.  Copied too if it is
+    read-only: the columns are a read-only window view, which ``ascontiguousarray``
+    passes through where it is already contiguous (one block covering the whole padded
+    input, an empty batch)."""
+    if not result.flags.writeable or any(np.may_share_memory(result, s) for s in sources):
         return result.copy()
     return result
 
