@@ -38,3 +38,27 @@ def test_unfold_and_fold_results_are_writeable(shape, kw):
     _fresh(gc, g, y)
     np.testing.assert_array_equal(gc, cl.unfold(g, **kw))
     y[...] = 0  # the user's own array now
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_grad_functions_name_the_argument_whose_dtype_is_wrong(rank):
+    """conv*d_input built its stand-in input from grad_output's dtype, so a wrong
+    grad_output was reported as "input" (an argument it does not take)."""
+    gi, gw = getattr(cl.grad, f"conv{rank}d_input"), getattr(cl.grad, f"conv{rank}d_weight")
+    x, w = np.ones((2, 3) + (4,) * rank), np.ones((5, 3) + (3,) * rank)
+    gy = np.ones((2, 5) + (2,) * rank)
+    with pytest.raises(TypeError, match="got weight=float64, grad_output=float32"):
+        gi(x.shape, w, gy.astype(np.float32))
+    with pytest.raises(TypeError, match="got weight=float32, grad_output=float64"):
+        gi(x.shape, w.astype(np.float32), gy)
+    for bad in (np.int64, np.bool_, object):
+        with pytest.raises(TypeError, match=f"^grad_output has dtype {np.dtype(bad).name}"):
+            gi(x.shape, w, gy.astype(bad))
+        with pytest.raises(TypeError, match=f"^grad_output has dtype {np.dtype(bad).name}"):
+            gw(x, w.shape, gy.astype(bad))
+    with pytest.raises(TypeError, match="got input=float32, grad_output=float64"):
+        gw(x.astype(np.float32), w.shape, gy)
+    # the dtypes that agree still work, in any byte order
+    be = gy.astype(">f8")
+    np.testing.assert_array_equal(gi(x.shape, w, be), gi(x.shape, w, gy))
+    np.testing.assert_array_equal(gw(x, w.shape, be), gw(x, w.shape, gy))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._limits import check_size
-from .dtypes import as_array
+from .dtypes import as_array, check_dtypes
 from .ops.conv import Prepared, conv1d, conv2d, conv3d, grads, prepare
 
 
@@ -57,7 +57,10 @@ def _stand_in(size, dtype) -> np.ndarray:
 def _input(rank):
     def fn(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1):
         grad_output = as_array("grad_output", grad_output)  # native byte order, once
-        dtype = grad_output.dtype
+        # checked here, by their names: the stand-in below has grad_output's dtype, so
+        # prepare() would blame "input", an argument this function does not take
+        weight = as_array("weight", weight)
+        dtype = check_dtypes(weight=weight, grad_output=grad_output)
         size = _size("input_size", input_size, rank)
         check_size(f"conv{rank}d_input", "the input gradient", size, dtype,
                    lambda: f"input_size={size}")
@@ -84,6 +87,8 @@ def _input(rank):
 def _weight(rank):
     def fn(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1):
         x = as_array("input", input)
+        grad_output = as_array("grad_output", grad_output)
+        check_dtypes(input=x, grad_output=grad_output)
         weight_size = _size("weight_size", weight_size, rank)
         if len(weight_size) != rank + 2:
             raise ValueError(f"weight_size={weight_size} must have {rank + 2} entries")
@@ -100,10 +105,6 @@ def _weight(rank):
             what=f"conv{rank}d_weight",
         )
         gy = _check_grad_output(p, grad_output, weight_size[0])
-        if gy.dtype != x.dtype:
-            raise TypeError(
-                f"dtypes must match, got input={x.dtype.name}, grad_output={gy.dtype.name}"
-            )
         return grads(p, gy, ("weight",))["weight"]
 
     fn.__name__ = f"conv{rank}d_weight"
