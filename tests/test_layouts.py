@@ -62,3 +62,24 @@ def test_grad_functions_name_the_argument_whose_dtype_is_wrong(rank):
     be = gy.astype(">f8")
     np.testing.assert_array_equal(gi(x.shape, w, be), gi(x.shape, w, gy))
     np.testing.assert_array_equal(gw(x, w.shape, be), gw(x, w.shape, gy))
+
+
+def test_an_array_like_that_numpy_cannot_read_is_refused_with_the_reason():
+    """Lists and torch tensors are taken; one NumPy cannot convert was reported as
+    "must be a NumPy array, got Tensor", hiding what to change (detach, a dtype NumPy
+    has, a rectangular list)."""
+    w = np.ones((4, 3, 3))
+    with pytest.raises(TypeError, match="input .* list failed: .*inhomogeneous"):
+        cl.conv1d([[[1.0, 2.0, 3.0], [1.0]]], w)
+
+    class Broken:
+        def __array__(self, dtype=None, copy=None):
+            raise RuntimeError("call .detach() first")
+
+    with pytest.raises(TypeError, match="weight .* Broken failed: call .detach"):
+        cl.conv1d(np.ones((2, 3, 5)), Broken())
+    torch = pytest.importorskip("torch")
+    t = torch.ones(2, 3, 5, dtype=torch.float64)
+    np.testing.assert_array_equal(cl.conv1d(t, w), cl.conv1d(np.ones((2, 3, 5)), w))
+    with pytest.raises(TypeError, match="Tensor failed: .*detach"):
+        cl.conv1d(t.requires_grad_(), w)

@@ -33,8 +33,11 @@ def as_array(name: str, value: object) -> np.ndarray:
         raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
     try:  # lists, __array__ objects; np.matrix, memmap, ... as a plain N-d view
         value = np.asarray(value)
-    except Exception as exc:  # pragma: no cover - defensive
-        raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}") from exc
+    except Exception as exc:  # a ragged list, a torch tensor that requires grad, ...
+        # NumPy's or the object's own reason says what to change: array-likes are taken
+        raise TypeError(
+            f"{name} must be a NumPy array or convertible to one; np.asarray on this "
+            f"{type(value).__name__} failed: {exc}") from exc
     if not value.dtype.isnative:
         value = value.astype(value.dtype.newbyteorder("="))
     return value
