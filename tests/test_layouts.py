@@ -83,3 +83,47 @@ def test_an_array_like_that_numpy_cannot_read_is_refused_with_the_reason():
     np.testing.assert_array_equal(cl.conv1d(t, w), cl.conv1d(np.ones((2, 3, 5)), w))
     with pytest.raises(TypeError, match="Tensor failed: .*detach"):
         cl.conv1d(t.requires_grad_(), w)
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "gemm", "direct", "depthwise"])
+def test_the_answer_does_not_depend_on_the_arrays_layout(algorithm):
+    """Same values, same bits: a Fortran-ordered or broadcast weight, or a strided
+    grad_out, reached BLAS as it was, and the GEMM path rounded differently (1 ulp)
+    from a C-contiguous copy of the same values, as torch (which makes its operands
+    contiguous) does not."""
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 4, 6)), rng.standard_normal((6, 4, 3)), np.ones(6)
+    wd = rng.standard_normal((4, 1, 3))
+    with cl.options(algorithm=algorithm):
+        for f, args, kw in [(cl.conv1d, (x, wd), dict(groups=4, padding=1)),
+                            (cl.conv1d, (x, w, b), dict(padding=1)),
+                            (cl.conv_transpose1d, (x, w.swapaxes(0, 1).copy()), dict(stride=2))]:
+            y, pullback = cl.vjp(f, *args, **kw)
+            g = rng.standard_normal(y.shape)
+            want = pullback(g)
+            for i, a in enumerate(args):
+                for view in (np.asfortranarray(a), a[..., ::-1].copy()[..., ::-1],
+                             np.broadcast_to(a[:1], a.shape), a.astype(">f8")):
+                    ref = [np.ascontiguousarray(view, dtype=float) if j == i else v
+                           for j, v in enumerate(args)]
+                    got = [view if j == i else v for j, v in enumerate(args)]
+                    np.testing.assert_array_equal(f(*got, **kw), f(*ref, **kw))
+            big = np.zeros(y.shape[:-1] + (2 * y.shape[-1],))
+            big[..., ::2] = g
+            for gv in (big[..., ::2], g[..., ::-1].copy()[..., ::-1], np.asfortranarray(g)):
+                for mine, ref in zip(pullback(gv), want):
+                    np.testing.assert_array_equal(mine, ref)
+
+
+def test_grad_functions_do_not_materialize_the_array_given_by_its_shape():
+    """conv*d_input knows the input only by its shape: its zero-stride stand-in must stay
+    a view when the operands are made contiguous (a batch's worth of zeros otherwise)."""
+    from convolab.ops.conv import prepare
+
+    stand_in = np.broadcast_to(np.zeros(()), (8, 3, 16, 16))
+    p = prepare(stand_in, np.ones((4, 3, 3, 3)), None, 1, 0, 1, 1, transposed=False,
+                shape_only="input")
+    assert not any(p.x.strides) and p.w.flags.c_contiguous
+    p = prepare(np.ones((8, 3, 16, 16)), np.broadcast_to(np.zeros(()), (4, 3, 3, 3)), None,
+                1, 0, 1, 1, transposed=False, shape_only="weight")
+    assert not any(p.w.strides) and p.x.flags.c_contiguous

@@ -37,9 +37,10 @@ def vjp(fn: Callable, *args: Any, **kwargs: Any):
     ``pullback(grad_out)`` returns :class:`Grads`: for ``conv2d(x, w, b)``,
     ``(grad_input, grad_weight, grad_bias)``.  ``grad_out`` must have ``out``'s shape.
 
-    The pullback keeps references to float32/float64/complex arguments, not copies:
-    change such an input array in place before calling it and the gradients follow the
-    changed values (torch would raise; copy first if you must).  float16 arrays and
+    The pullback keeps references to C-contiguous float32/float64/complex arguments,
+    not copies: change such an input array in place before calling it and the gradients
+    follow the changed values (torch would raise; copy first if you must).  float16
+    arrays, other layouts (strided views, Fortran order, other byte order) and
     array-likes (lists) are converted once, so later changes to them are not seen.
 
     ``fn`` may be a ``functools.partial`` of a known function (settings bound once,

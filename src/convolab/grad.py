@@ -75,6 +75,7 @@ def _input(rank):
             transposed=False,
             rank=rank,
             what=f"conv{rank}d_input",
+            shape_only="input",
         )
         gy = _check_grad_output(p, grad_output, p.w.shape[0])
         return grads(p, gy, ("input",))["input"]
@@ -103,6 +104,7 @@ def _weight(rank):
             transposed=False,
             rank=rank,
             what=f"conv{rank}d_weight",
+            shape_only="weight",
         )
         gy = _check_grad_output(p, grad_output, weight_size[0])
         return grads(p, gy, ("weight",))["weight"]

@@ -90,6 +90,14 @@ def _idle_strides(spec: ConvSpec, spatial, out_spatial) -> ConvSpec:
     return dataclasses.replace(spec, stride=tuple(new))
 
 
+def _operand(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``a`` in the compute dtype, C-contiguous: a Fortran-ordered, strided or broadcast
+    operand reached BLAS as it was and rounded differently (1 ulp) from a contiguous
+    copy of the same values, where torch makes its operands contiguous first.  A no-op
+    for the usual C-contiguous array; the algorithms copied other layouts anyway."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
 def prepare(
     input,
     weight,
@@ -103,8 +111,13 @@ def prepare(
     transposed: bool,
     rank: int | None = None,
     what: str = "conv",
+    shape_only: str | None = None,
 ) -> Prepared:
-    """Validate everything once; return batched arrays and the spec."""
+    """Validate everything once; return batched arrays and the spec.
+
+    The arrays come back C-contiguous (see :func:`_operand`), except the one named by
+    ``shape_only`` (``"input"`` or ``"weight"``): :mod:`convolab.grad`'s zero-stride
+    stand-in for the array it is given only the shape of, which is never read."""
     x = as_array("input", input)
     w = as_array("weight", weight)
     b = None if bias is None else as_array("bias", bias)
@@ -189,9 +202,9 @@ def prepare(
                lambda: f"padding={spec.padding}")
     spec = _idle_strides(spec, spatial, out_spatial)
     return Prepared(
-        x.astype(cdt, copy=False),
-        w.astype(cdt, copy=False),
-        None if b is None else b.astype(cdt, copy=False),
+        x.astype(cdt, copy=False) if shape_only == "input" else _operand(x, cdt),
+        w.astype(cdt, copy=False) if shape_only == "weight" else _operand(w, cdt),
+        None if b is None else _operand(b, cdt),
         spec,
         unbatched,
         dtype,
@@ -288,7 +301,7 @@ def grads(
         x, w = np.conj(x), np.conj(w)
     if p.unbatched:
         gy = gy[None]
-    gy = gy.astype(x.dtype, copy=False)
+    gy = _operand(gy, x.dtype)  # as the operands: the same bits whatever its layout
     spatial = x.shape[2:]
     gx = gw = gb = None
     both = "input" in wanted and "weight" in wanted
