@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import convolab as cl
+
+from .strategies import conv_cases
 
 
 def _fresh(result: np.ndarray, *inputs: np.ndarray) -> None:
@@ -115,6 +119,7 @@ def test_the_answer_does_not_depend_on_the_arrays_layout(algorithm):
                     np.testing.assert_array_equal(mine, ref)
 
 
+
 def test_grad_functions_do_not_materialize_the_array_given_by_its_shape():
     """conv*d_input knows the input only by its shape: its zero-stride stand-in must stay
     a view when the operands are made contiguous (a batch's worth of zeros otherwise)."""
@@ -127,3 +132,127 @@ def test_grad_functions_do_not_materialize_the_array_given_by_its_shape():
     p = prepare(np.ones((8, 3, 16, 16)), np.broadcast_to(np.zeros(()), (4, 3, 3, 3)), None,
                 1, 0, 1, 1, transposed=False, shape_only="weight")
     assert not any(p.w.strides) and p.x.flags.c_contiguous
+
+# --- randomized: every layout a NumPy user passes, on random configurations ---------
+
+def _strided(a):
+    big = np.zeros(a.shape[:-1] + (2 * a.shape[-1] + 1,), a.dtype)
+    big[..., 1::2] = a
+    return big[..., 1::2]
+
+
+def _transposed(a):
+    axes = tuple(range(a.ndim))[::-1]
+    return np.ascontiguousarray(a.transpose(axes)).transpose(axes)
+
+
+def _read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+def _unaligned(a):
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    v = buf[1:].view(a.dtype).reshape(a.shape)
+    v[...] = a
+    return v
+
+
+LAYOUTS = {
+    "fortran": np.asfortranarray,
+    "strided": _strided,
+    "negative": lambda a: a[..., ::-1].copy()[..., ::-1],
+    "transposed": _transposed,
+    "broadcast": lambda a: np.broadcast_to(a[:1], a.shape),
+    "read-only": _read_only,
+    "big-endian": lambda a: a.astype(a.dtype.newbyteorder(">")),
+    "unaligned": _unaligned,
+    "unaligned big-endian": lambda a: _unaligned(a.astype(a.dtype.newbyteorder(">"))),
+    "masked, nothing masked": np.ma.masked_array,
+}
+
+
+def _native(v):
+    a = np.asarray(v.data if isinstance(v, np.ma.MaskedArray) else v)
+    return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+
+
+def _buffer(v) -> bytes:
+    while isinstance(v.base, np.ndarray):
+        v = v.base
+    return np.array(v).tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases(), data=st.data())
+def test_conv_any_layout_same_bits_fresh_results(case, data):
+    """Forward and every gradient of conv / conv_transpose on views of each kind, on
+    every algorithm: the bits of a C-contiguous native copy, fresh writeable
+    C-contiguous results, and the inputs (and grad_out) untouched."""
+    dtype = data.draw(st.sampled_from([np.float64, np.float32, np.complex128]))
+    algorithm = data.draw(st.sampled_from(
+        ["auto", "direct", "gemm", "winograd", "fft", "depthwise", "polyphase"]))
+    names = [data.draw(st.sampled_from(sorted(LAYOUTS))) for _ in range(4)]
+    arrays = case.arrays(dtype)
+    views = [None if a is None else LAYOUTS[n](a) for a, n in zip(arrays, names)]
+    before = [None if v is None else _buffer(v) for v in views]
+    fn = cl.conv_transpose if case.transposed else cl.conv
+    with cl.options(algorithm=algorithm):
+        y, pullback = cl.vjp(fn, *views, **case.kwargs)
+        y_ref, pullback_ref = cl.vjp(
+            fn, *[None if v is None else _native(v) for v in views], **case.kwargs)
+        np.testing.assert_array_equal(y, y_ref)
+        assert y.dtype == np.dtype(dtype)
+        inputs = [np.asarray(v) for v in views if v is not None]
+        _fresh(y, *inputs)
+        g = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+        gv = LAYOUTS[names[3]](g) if g.size else g
+        g_before = _buffer(gv)
+        for mine, ref in zip(pullback(gv), pullback_ref(_native(gv))):
+            assert (mine is None) == (ref is None)
+            if mine is not None:
+                np.testing.assert_array_equal(mine, ref)
+                _fresh(mine, *inputs, np.asarray(gv), y)
+    assert _buffer(gv) == g_before
+    assert [None if v is None else _buffer(v) for v in views] == before
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_unfold_fold_pad_any_layout_same_result_fresh_arrays(data):
+    op = data.draw(st.sampled_from(["unfold", "fold", "pad"]))
+    dtype = data.draw(st.sampled_from(
+        [np.float64, np.float16, np.complex64] + ([np.int32, np.bool_] if op == "pad" else [])))
+    name, g_name = (data.draw(st.sampled_from(sorted(LAYOUTS))) for _ in range(2))
+    n = data.draw(st.integers(0, 2))
+    if op == "unfold":
+        fn, shape = cl.unfold, (n, 2, 4, 3)
+        kw = dict(kernel_size=data.draw(st.integers(1, 3)), padding=data.draw(st.integers(0, 1)),
+                  stride=data.draw(st.integers(1, 2)))
+    elif op == "fold":
+        k, s = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+        fn, shape = cl.fold, (n, 2 * k * k, ((4 - k) // s + 1) ** 2)
+        kw = dict(output_size=(4, 4), kernel_size=k, stride=s)
+    else:
+        mode = data.draw(st.sampled_from(["constant", "reflect", "replicate", "circular"]))
+        fn, shape = cl.pad, (max(n, 1), 2, 4, 3)
+        kw = dict(pad=tuple(data.draw(st.integers(-1 if mode == "constant" else 0, 2))
+                            for _ in range(4)), mode=mode)
+    x = (np.random.default_rng(0).standard_normal(shape) * 4).astype(dtype)
+    v = LAYOUTS[name](x) if x.size else x
+    before = _buffer(v)
+    y = fn(v, **kw)
+    np.testing.assert_array_equal(y, fn(_native(v), **kw))
+    assert y.dtype == x.dtype
+    _fresh(y, np.asarray(v))
+    if x.dtype.kind in "fc":
+        y, pullback = cl.vjp(fn, v, **kw)
+        g = np.ones(y.shape, dtype) + np.arange(y.size).reshape(y.shape).astype(dtype)
+        gv = LAYOUTS[g_name](g) if g.size else g
+        g_before = _buffer(gv)
+        gx = pullback(gv)[0]
+        np.testing.assert_array_equal(gx, pullback(_native(gv))[0])
+        _fresh(gx, np.asarray(v), np.asarray(gv), y)
+        assert _buffer(gv) == g_before
+    assert _buffer(v) == before
