@@ -91,11 +91,12 @@ def _idle_strides(spec: ConvSpec, spatial, out_spatial) -> ConvSpec:
 
 
 def _operand(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``a`` in the compute dtype, C-contiguous: a Fortran-ordered, strided or broadcast
-    operand reached BLAS as it was and rounded differently (1 ulp) from a contiguous
-    copy of the same values, where torch makes its operands contiguous first.  A no-op
-    for the usual C-contiguous array; the algorithms copied other layouts anyway."""
-    return np.ascontiguousarray(a, dtype=dtype)
+    """``a`` in the compute dtype, C-contiguous and aligned: a Fortran-ordered, strided,
+    broadcast or unaligned operand reached BLAS as it was and rounded differently (1 ulp)
+    from a contiguous copy of the same values, where torch makes its operands contiguous
+    first.  A no-op for the usual C-contiguous array; the algorithms copied other layouts
+    anyway."""
+    return np.require(a, dtype, ["C", "A"])
 
 
 def prepare(
