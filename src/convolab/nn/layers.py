@@ -164,10 +164,6 @@ class Sequential(Module):
             g = m.backward(g)
         return g
 
-    def __repr__(self) -> str:
-        lines = [f"  ({n}): {m!r}" for n, m in self._modules.items()]
-        return "Sequential(\n" + "\n".join(lines) + "\n)"
-
 
 def _check_distinct(root: Module) -> None:
     """A layer keeps only its last forward: one instance at two places of a model

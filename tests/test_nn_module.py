@@ -1,0 +1,261 @@
+"""Module API parity with torch.nn.Module: the calls torch training scripts make
+(freezing, traversal, buffers, look-ups by name, assignment rules, repr), each checked
+against torch's behaviour on the same model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convolab.nn as nn
+
+torch = pytest.importorskip("torch")
+
+
+def pair(build):
+    """The same model built from torch.nn and from convolab.nn (float64, same state)."""
+    t = build(torch.nn).double()
+    c = build(nn)
+    for m in c.modules():  # float64 layers, then torch's values
+        for p in m._parameters.values():
+            p.data = p.data.astype(np.float64)
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.dtype.kind == "f":
+                m._set_buffer(name, b.astype(np.float64))
+    c.load_state_dict(t.state_dict())
+    return t, c
+
+
+def cnn(lib):
+    return lib.Sequential(
+        lib.Conv2d(1, 3, 3, padding=1), lib.BatchNorm2d(3), lib.ReLU(),
+        lib.Flatten(), lib.Linear(3 * 4 * 4, 2),
+    )
+
+
+def test_requires_grad_freezes_as_torch():
+    """A frozen parameter gets no .grad, so the optimizer leaves it as it is; the
+    input's gradient still flows through the frozen layers."""
+    t, c = pair(cnn)
+    assert t[0].requires_grad_(False) is t[0]
+    assert c[0].requires_grad_(False) is c[0]
+    t[1].weight.requires_grad_(False)
+    assert c[1].weight.requires_grad_(False) is c[1].weight
+    assert [n for n, p in c.named_parameters() if p.requires_grad] == [
+        n for n, p in t.named_parameters() if p.requires_grad]
+    x = np.random.default_rng(0).standard_normal((2, 1, 4, 4))
+    tx = torch.tensor(x, requires_grad=True)
+    topt = torch.optim.SGD(t.parameters(), lr=0.5, momentum=0.9)
+    copt = nn.optim.SGD(c.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(2):
+        topt.zero_grad()
+        copt.zero_grad()
+        tx.grad = None
+        ty = t(tx)
+        ty.square().sum().backward()
+        y = c(x)
+        gx = c.backward(2 * y)
+        topt.step()
+        copt.step()
+    assert [p.grad is None for p in c.parameters()] == [p.grad is None for p in t.parameters()]
+    ts = t.state_dict()
+    for k, v in c.state_dict().items():
+        np.testing.assert_allclose(v, ts[k].numpy(), rtol=1e-10, atol=1e-12, err_msg=k)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    c.requires_grad_()
+    assert all(p.requires_grad for p in c.parameters())
+    with pytest.raises(TypeError, match="requires_grad"):
+        c.requires_grad_("no")
+
+
+def test_zero_grad_set_to_none_false_zeros_in_place():
+    c = nn.Linear(3, 2)
+    c(np.ones((1, 3), np.float32))
+    c.backward(np.ones((1, 2), np.float32))
+    g = c.weight.grad
+    c.zero_grad(set_to_none=False)
+    assert c.weight.grad is g and not g.any()  # torch zeroes the same tensor
+    c.zero_grad()
+    assert c.weight.grad is None
+    fresh = nn.Linear(3, 2)
+    fresh.zero_grad(set_to_none=False)  # no grad yet: stays None, as torch
+    assert fresh.weight.grad is None
+
+
+class _Net:
+    """A model class with own parameters and buffers next to sub-modules."""
+
+    @staticmethod
+    def build(lib):
+        arr = torch.zeros if lib is torch.nn else (lambda *s: np.zeros(s))
+
+        class Net(lib.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem = lib.Linear(2, 3)
+                self.scale = lib.Parameter(
+                    torch.ones(1) if lib is torch.nn else np.ones(1))
+                self.register_buffer("mean", arr(2), persistent=False)
+                self.register_buffer("count", arr(1))
+                self.bn = lib.BatchNorm1d(3)
+                self.register_buffer("empty", None)
+
+        return Net()
+
+
+def test_traversal_prefix_recurse_and_duplicates_as_torch():
+    t, c = _Net.build(torch.nn), _Net.build(nn)
+    for kw in [{}, {"prefix": "model"}, {"recurse": False}, {"prefix": "m", "recurse": False}]:
+        assert [n for n, _ in c.named_parameters(**kw)] == [n for n, _ in t.named_parameters(**kw)]
+        assert [n for n, _ in c.named_buffers(**kw)] == [n for n, _ in t.named_buffers(**kw)]
+    assert len(c.parameters(recurse=False)) == len(list(t.parameters(recurse=False))) == 1
+    assert len(c.buffers(recurse=False)) == len(list(t.buffers(recurse=False))) == 2
+    names = [n for n, _ in c.named_modules(prefix="m")]
+    assert names == [n for n, _ in t.named_modules(prefix="m")]
+    # a module at two places: once by default, at every place with remove_duplicate=False
+    r, tr = nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    s, ts = nn.Sequential(r, nn.ReLU(), r), torch.nn.Sequential(tr, torch.nn.ReLU(), tr)
+    for kw in [{}, {"remove_duplicate": False}]:
+        assert [n for n, _ in s.named_modules(**kw)] == [n for n, _ in ts.named_modules(**kw)]
+        assert [n for n, _ in s.named_parameters(**kw)] == [
+            n for n, _ in ts.named_parameters(**kw)]
+        assert [n for n, _ in s.named_buffers(**kw)] == [n for n, _ in ts.named_buffers(**kw)]
+    assert len(list(s.modules())) == len(list(ts.modules()))
+    assert list(s.state_dict()) == list(ts.state_dict())  # the state dict keeps both places
+
+
+def test_non_persistent_buffers_stay_out_of_the_state_dict():
+    t, c = _Net.build(torch.nn), _Net.build(nn)
+    assert list(c.state_dict()) == list(t.state_dict())
+    assert "mean" not in c.state_dict() and "mean" in dict(c.named_buffers())
+    sd = c.state_dict()
+    assert c.load_state_dict(sd) == ([], [])
+    bad = dict(sd, mean=np.ones(2))
+    tbad = dict(t.state_dict(), mean=torch.ones(2))
+    assert c.load_state_dict(bad, strict=False).unexpected_keys == ["mean"]
+    assert t.load_state_dict(tbad, strict=False).unexpected_keys == ["mean"]
+    np.testing.assert_array_equal(c.mean, 0)
+    c.mean = np.ones(2)  # assigning keeps it a non-persistent buffer, as torch
+    assert "mean" not in c.state_dict()
+    c.register_buffer("mean", np.ones(2))  # registered again: persistent
+    assert "mean" in c.state_dict()
+    with pytest.raises(TypeError, match="persistent"):
+        c.register_buffer("other", np.ones(2), persistent="no")
+
+
+def test_state_dict_prefix_keep_vars_and_load_repr_as_torch():
+    t, c = pair(cnn)
+    assert list(c.state_dict(prefix="m.")) == list(t.state_dict(prefix="m."))
+    kv = c.state_dict(keep_vars=True)
+    assert kv["0.weight"] is c[0].weight and kv["1.running_mean"] is c[1].running_mean
+    assert repr(c.load_state_dict(c.state_dict())) == repr(t.load_state_dict(t.state_dict()))
+    r = c.load_state_dict({}, strict=False)
+    assert r.missing_keys == t.load_state_dict({}, strict=False).missing_keys
+
+
+def test_named_registration_errors_as_torch():
+    for lib in (torch.nn, nn):
+        m = lib.Linear(2, 2)
+        arr = torch.zeros(2) if lib is torch.nn else np.zeros(2)
+        with pytest.raises(KeyError, match="contain"):
+            m.register_buffer("a.b", None)
+        with pytest.raises(KeyError, match="already exists"):
+            m.register_buffer("weight", None)
+        with pytest.raises(KeyError, match="already exists"):
+            m.add_module("in_features", lib.ReLU())
+        with pytest.raises(KeyError, match="empty"):
+            m.add_module("", lib.ReLU())
+        with pytest.raises(TypeError, match="parameter 'w'"):
+            m.register_parameter("w", arr)
+        with pytest.raises(TypeError, match="as parameter 'weight'"):
+            m.weight = arr  # would silently stop training it
+        m.add_module("act", lib.ReLU())
+        with pytest.raises(TypeError, match="child module 'act'"):
+            m.act = 3
+        m.bias = None  # None empties the slot
+        m.act = None
+        assert [n for n, _ in m.named_parameters()] == ["weight"]
+        assert list(m.named_children()) == []
+        m.register_parameter("bias", None)  # an empty slot may be registered again
+    with pytest.raises(TypeError, match="NumPy array"):
+        nn.Linear(2, 2).register_buffer("b", [1, 2])
+
+
+def test_add_module_and_del_as_torch():
+    for lib in (torch.nn, nn):
+        m = lib.Sequential()
+        m.add_module("conv", lib.Conv1d(1, 1, 1))
+        m.register_module("act", lib.ReLU())
+        assert [n for n, _ in m.named_children()] == ["conv", "act"]
+        assert list(m.state_dict()) == ["conv.weight", "conv.bias"]
+        del m.conv  # gone from the state dict and the traversal too
+        assert list(m.state_dict()) == [] and [n for n, _ in m.named_children()] == ["act"]
+        bn = lib.BatchNorm1d(2)
+        del bn.running_mean, bn.weight
+        assert list(bn.state_dict()) == ["bias", "running_var", "num_batches_tracked"]
+
+
+def test_get_submodule_parameter_buffer_as_torch():
+    t, c = pair(lambda lib: lib.Sequential(lib.Sequential(lib.Linear(2, 2), lib.BatchNorm1d(2))))
+    assert c.get_submodule("") is c
+    assert type(c.get_submodule("0.1")).__name__ == type(t.get_submodule("0.1")).__name__
+    assert c.get_parameter("0.0.weight") is c[0][0].weight
+    assert c.get_buffer("0.1.running_var") is c[0][1].running_var
+    for call, arg in [("get_submodule", "0.5"), ("get_submodule", "0.0.weight"),
+                      ("get_parameter", "0.1.running_var"), ("get_buffer", "0.0.weight"),
+                      ("get_parameter", "0.0.nothing")]:
+        with pytest.raises(AttributeError):
+            getattr(t, call)(arg)
+        with pytest.raises(AttributeError, match=arg.rpartition(".")[2]):
+            getattr(c, call)(arg)
+
+
+def test_torch_only_methods_say_what_to_do_instead():
+    m = nn.Linear(2, 2)
+    for name, hint in [("double", "dtype=np.float64"), ("to", "CPU"), ("cuda", "CPU"),
+                       ("register_forward_hook", "hooks")]:
+        with pytest.raises(AttributeError, match=f"torch.nn.Module.{name} .*{hint}"):
+            getattr(m, name)
+    assert not hasattr(m, "double")
+    with pytest.raises(AttributeError, match="no attribute 'wieght'$"):
+        _ = m.wieght
+    with pytest.raises(NotImplementedError, match=r'\[Module\] is missing .*"forward"'):
+        nn.Module()(1)
+
+
+def test_parameter_arithmetic_points_to_data():
+    p = nn.Parameter(np.ones(2))
+    for f in (lambda: p * 2, lambda: np.ones(2) * p, lambda: 1 - p, lambda: -p):
+        with pytest.raises(TypeError, match="p.data"):
+            f()
+    assert p.numel() == 2 and np.allclose(p, 1) and np.asarray(p).sum() == 2
+
+
+def test_repr_layout_as_torch():
+    def build(lib):
+        class Block(lib.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = lib.Linear(2, 2)
+                self.inner = lib.Sequential(lib.ReLU(), lib.Sequential(lib.Flatten()))
+
+            def extra_repr(self):
+                return "k=3\nsecond line"
+
+        class Leaf(lib.Module):
+            def extra_repr(self):
+                return "a=1"
+
+        return lib.Sequential(Block(), Leaf(), lib.Sequential(), lib.ReLU())
+
+    assert repr(build(nn)) == repr(build(torch.nn))
+
+
+def test_train_eval_return_the_module_and_call_runs_forward():
+    t, c = pair(cnn)
+    assert c.train(False) is c and t.train(False) is t
+    assert [m.training for m in c.modules()] == [m.training for m in t.modules()]
+    assert c.train() is c and c.eval() is c and not c.training
+    x = np.random.default_rng(1).standard_normal((2, 1, 4, 4))
+    np.testing.assert_allclose(c(x), t(torch.tensor(x)).detach().numpy(), rtol=1e-10)
+    np.testing.assert_array_equal(c(input=x), c.forward(x))
