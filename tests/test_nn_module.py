@@ -259,3 +259,33 @@ def test_train_eval_return_the_module_and_call_runs_forward():
     x = np.random.default_rng(1).standard_normal((2, 1, 4, 4))
     np.testing.assert_allclose(c(x), t(torch.tensor(x)).detach().numpy(), rtol=1e-10)
     np.testing.assert_array_equal(c(input=x), c.forward(x))
+
+
+def test_reassigned_parameter_or_module_keeps_its_place_as_torch():
+    """``model.fc = Linear(...)`` (a new head) and ``layer.weight = Parameter(...)`` keep
+    their place in the state dict and the traversals, as torch; they moved to the end."""
+
+    def build(lib):
+        class Net(lib.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = lib.Linear(2, 3)
+                self.fc = lib.Linear(3, 2)
+                self.act = lib.ReLU()
+
+        return Net()
+
+    for lib in (torch.nn, nn):
+        m = build(lib)
+        m.fc = lib.Linear(3, 5)
+        w = m.body.weight
+        m.body.weight = type(w)(w.data)
+        m.body.bias = None
+        m.body.bias = type(w)(w.data[:, 0])  # an emptied slot, filled again: at the end
+        m.act = lib.GELU()
+        got = (list(m.state_dict()), [n for n, _ in m.named_children()],
+               [n for n, _ in m.named_modules()])
+        if lib is torch.nn:
+            want = got
+    assert got == want
+    assert want[0][:2] == ["body.weight", "body.bias"]

@@ -291,13 +291,16 @@ class Module:
                 f"cannot assign {type(value).__name__} as child module {name!r} (a "
                 "convolab Module or None expected)"
             )
+        # a parameter or module replaced by one of its kind keeps its place (torch's
+        # order in the state dict and the traversals); anything else leaves the stores
+        own = (self._parameters if isinstance(value, Parameter)
+               else self._modules if isinstance(value, Module) else None)
         for store in (self._parameters, self._modules, self._buffers):
-            store.pop(name, None)
+            if store is not own:
+                store.pop(name, None)
         self._non_persistent_buffers.discard(name)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+        if own is not None:
+            own[name] = value
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
