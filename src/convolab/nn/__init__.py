@@ -29,6 +29,8 @@ from .layers import (
     MaxUnpool1d,
     MaxUnpool2d,
     MaxUnpool3d,
+    ModuleDict,
+    ModuleList,
     ReLU,
     Sequential,
     SiLU,
@@ -43,6 +45,7 @@ __all__ = [
     "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AvgPool1d", "AvgPool2d",
     "AvgPool3d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "CrossEntropyLoss", "Dropout",
     "Flatten", "GELU", "Identity", "Linear", "MaxPool1d", "MaxPool2d", "MaxPool3d",
-    "MaxUnpool1d", "MaxUnpool2d", "MaxUnpool3d", "ReLU", "Sequential", "SiLU",
+    "MaxUnpool1d", "MaxUnpool2d", "MaxUnpool3d", "ModuleDict", "ModuleList", "ReLU",
+    "Sequential", "SiLU",
     "optim",
 ]

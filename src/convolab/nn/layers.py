@@ -14,6 +14,7 @@ with one slice-add per offset, no ``np.add.at``).
 from __future__ import annotations
 
 import math
+import operator
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -28,6 +29,7 @@ from ..spec import ConvSpec, as_tuple, make_spec, pool_output_size
 from .conv import kaiming_uniform, layer_dtype, make_rng
 from .module import (
     Module,
+    _addindent,
     Parameter,
     check_device,
     check_flag,
@@ -56,6 +58,8 @@ __all__ = [
     "MaxUnpool1d",
     "MaxUnpool2d",
     "MaxUnpool3d",
+    "ModuleDict",
+    "ModuleList",
     "ReLU",
     "Sequential",
     "SiLU",
@@ -125,8 +129,101 @@ def _same_dtype(name: str, x: np.ndarray, dtype: np.dtype) -> None:
 # Containers and shape layers
 
 
-class Sequential(Module):
-    """Modules applied in order; children are named ``"0"``, ``"1"``, ... as in torch."""
+def _index(name: str, idx, size: int) -> int:
+    """torch's container index: an int in ``[-size, size)``, as a position."""
+    if isinstance(idx, (bool, np.bool_)):
+        raise TypeError(f"{name}: index {idx!r} must be an int or a slice")
+    idx = operator.index(idx)  # a str or float: TypeError, as torch
+    if not -size <= idx < size:
+        raise IndexError(f"{name}: index {idx} is out of range for {size} modules")
+    return idx % size
+
+
+def _module(name: str, m) -> Module:
+    if not isinstance(m, Module):
+        raise TypeError(f"{name}: {m!r} is not a convolab Module")
+    return m
+
+
+class _Renumbered(Module):
+    """Children named ``"0"``, ``"1"``, ...: the list operations shared by
+    :class:`Sequential` and :class:`ModuleList` (torch's semantics, torch's numbering)."""
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def _renumber(self, mods) -> None:
+        for k in self._modules:
+            self.__dict__.pop(k, None)
+        self._modules.clear()
+        for i, m in enumerate(mods):
+            self._modules[str(i)] = m
+            object.__setattr__(self, str(i), m)
+
+    def __setitem__(self, idx, module) -> None:
+        name = type(self).__name__
+        key = list(self._modules)[_index(name, idx, len(self))]
+        setattr(self, key, _module(name, module))
+
+    def __delitem__(self, idx) -> None:
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            del mods[idx]
+        else:
+            del mods[_index(type(self).__name__, idx, len(self))]
+        self._renumber(mods)  # torch renumbers what is left: "0", "1", ...
+
+    def append(self, module: Module):
+        """Add ``module`` at the end (named ``str(len(self))``); returns ``self``."""
+        self.add_module(str(len(self)), _module(f"{type(self).__name__}.append", module))
+        return self
+
+    def extend(self, modules):
+        """Append every module of an iterable (a list, another container); returns
+        ``self``."""
+        name = f"{type(self).__name__}.extend"
+        if isinstance(modules, Module) and not isinstance(modules, _Renumbered):
+            raise TypeError(f"{name}: expected an iterable of modules, got a "
+                            f"{type(modules).__name__}")
+        for m in list(modules):
+            self.append(_module(name, m))
+        return self
+
+    def insert(self, index: int, module: Module):
+        """Insert ``module`` before position ``index`` (``len(self)`` appends), the
+        later modules moving up one name; returns ``self``, as torch."""
+        name = f"{type(self).__name__}.insert"
+        module = _module(name, module)
+        n = len(self)
+        index = check_index(name, "index", index)
+        if not -n <= index <= n:
+            raise IndexError(f"{name}: index {index} is out of range for {n} modules")
+        keys = list(self._modules)
+        if keys != [str(i) for i in range(n)]:
+            raise ValueError(
+                f"{name}: the modules are named {keys}, not 0, 1, ...; insert renumbers "
+                "them (torch fails here too); build a new container instead"
+            )
+        mods = list(self._modules.values())
+        mods.insert(index + n if index < 0 else index, module)
+        self._renumber(mods)
+        return self
+
+    def pop(self, index=-1) -> Module:
+        """Remove the module at ``index`` and return it (the rest renumbered)."""
+        m = self[index]
+        del self[index]
+        return m
+
+
+class Sequential(_Renumbered):
+    """Modules applied in order; children are named ``"0"``, ``"1"``, ... as in torch
+    (or the keys of an ``OrderedDict``).  Indexing, slicing (a ``Sequential`` keeping
+    the children's names, as torch), ``len``, ``append``, ``insert``, ``extend``,
+    ``pop``, ``del seq[i]``, ``seq[i] = m``, ``+`` and ``+=`` behave as torch's."""
 
     def __init__(self, *modules: Module):
         super().__init__()
@@ -139,17 +236,26 @@ class Sequential(Module):
                 raise TypeError(f"Sequential: entry {name}={m!r} is not a convolab Module")
             setattr(self, name, m)
 
-    def __len__(self) -> int:
-        return len(self._modules)
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):  # torch keeps the names: seq[1:] has "1", "2", ...
+            return type(self)(OrderedDict(list(self._modules.items())[idx]))
+        return list(self._modules.values())[_index("Sequential", idx, len(self))]
 
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
+    def __add__(self, other):
+        if not isinstance(other, Sequential):
+            raise ValueError(
+                "Sequential: + supports only Sequential objects, but "
+                f"{type(other).__name__} is given"
+            )
+        return Sequential(*self, *other)
 
-    def __getitem__(self, i):
-        mods = list(self._modules.values())
-        if isinstance(i, slice):
-            return Sequential(*mods[i])
-        return mods[i]
+    def __iadd__(self, other):
+        if not isinstance(other, Sequential):
+            raise ValueError(
+                "Sequential: += supports only Sequential objects, but "
+                f"{type(other).__name__} is given"
+            )
+        return self.extend(list(other))
 
     def forward(self, input):
         x = input
@@ -163,6 +269,115 @@ class Sequential(Module):
         for m in reversed(self._modules.values()):
             g = m.backward(g)
         return g
+
+
+class ModuleList(_Renumbered):
+    """A list of modules whose parameters the model owns, as ``torch.nn.ModuleList``:
+    children ``"0"``, ``"1"``, ...; indexing, slicing (a new ``ModuleList``, renumbered
+    as torch), ``len``, iteration, ``append``, ``extend``, ``insert``, ``pop``,
+    ``del``, item assignment, ``+`` and ``+=``.  It has no ``forward``: a model's own
+    ``forward``/``backward`` loop over it (backward in reverse order)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return type(self)(list(self._modules.values())[idx])
+        return list(self._modules.values())[_index("ModuleList", idx, len(self))]
+
+    def insert(self, index: int, module: Module) -> None:
+        """Insert ``module`` before ``index`` (negative counts from the end, as
+        ``list.insert``; torch's fails there with a KeyError); returns None, as torch."""
+        super().insert(index, module)
+
+    def __add__(self, other):
+        return ModuleList([*self, *ModuleList(other)])
+
+    def __repr__(self) -> str:
+        # torch's: a run of children with equal reprs prints once, "(0-2): 3 x ..."
+        reprs = [repr(m) for m in self]
+        if not reprs:
+            return f"{self._get_name()}()"
+        runs: list[list] = []
+        for i, r in enumerate(reprs):
+            if runs and runs[-1][2] == r:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i, r])
+        lines = []
+        for a, b, r in runs:
+            head = f"({a}): {r}" if a == b else f"({a}-{b}): {b - a + 1} x {r}"
+            lines.append(_addindent(head, 2))
+        return f"{self._get_name()}(\n  " + "\n  ".join(lines) + "\n)"
+
+    def __iadd__(self, other):
+        return self.extend(other)
+
+
+class ModuleDict(Module):
+    """Modules under string keys, as ``torch.nn.ModuleDict``: ``d[key]``, ``d[key] =
+    m``, ``del d[key]``, ``in``, ``len``, iteration over keys, ``keys``/``values``/
+    ``items``, ``update``, ``pop`` and ``clear``, in insertion order."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key: str) -> Module:
+        return self._modules[key]
+
+    def __setitem__(self, key: str, module: Module) -> None:
+        self.add_module(key, _module("ModuleDict", module))
+
+    def __delitem__(self, key: str) -> None:
+        del self._modules[key]
+        object.__delattr__(self, key)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
+
+    def __contains__(self, key) -> bool:
+        return key in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def pop(self, key: str) -> Module:
+        m = self[key]
+        del self[key]
+        return m
+
+    def clear(self) -> None:
+        for k in list(self._modules):
+            del self[k]
+
+    def update(self, modules) -> None:
+        """Add or replace modules from a mapping or an iterable of ``(key, module)``."""
+        items = modules.items() if hasattr(modules, "items") else modules
+        if isinstance(items, Module) or not hasattr(items, "__iter__"):
+            raise TypeError(f"ModuleDict.update: expected a mapping or an iterable of "
+                            f"(key, module) pairs, got {type(modules).__name__}")
+        for j, entry in enumerate(items):
+            if isinstance(entry, Module) or not hasattr(entry, "__len__"):  # as torch
+                raise TypeError(f"ModuleDict.update: entry #{j} ({type(entry).__name__}) "
+                                "must be a (key, module) pair")
+            if len(entry) != 2:
+                raise ValueError(f"ModuleDict.update: entry #{j} has length {len(entry)}; "
+                                 "it must be a (key, module) pair")
+            self[entry[0]] = entry[1]
 
 
 def _check_distinct(root: Module) -> None:
