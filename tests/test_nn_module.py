@@ -289,3 +289,21 @@ def test_reassigned_parameter_or_module_keeps_its_place_as_torch():
             want = got
     assert got == want
     assert want[0][:2] == ["body.weight", "body.bias"]
+
+
+def test_copies_and_pickles_keep_buffers_and_frozen_parameters():
+    import copy
+    import pickle
+
+    m = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    m.register_buffer("tmp", np.zeros(2), persistent=False)
+    m[0].weight.requires_grad_(False)
+    for c in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert list(c.state_dict()) == list(m.state_dict()) and "tmp" not in c.state_dict()
+        assert not c[0].weight.requires_grad and c[0].bias.requires_grad
+        assert repr(c) == repr(m)
+    old = pickle.loads(pickle.dumps(m))  # as pickled before these attributes existed
+    del old.__dict__["_non_persistent_buffers"], old[0].weight.__dict__["requires_grad"]
+    assert "tmp" in old.state_dict() and old[0].weight.requires_grad
+    old.register_buffer("tmp2", np.zeros(1), persistent=False)
+    assert "tmp2" not in old.state_dict()

@@ -261,6 +261,8 @@ class Module:
     """Base class: parameters, sub-modules, buffers, train/eval, state dicts."""
 
     training: bool = True
+    # (read-only default for a module pickled before non-persistent buffers existed)
+    _non_persistent_buffers: frozenset | set = frozenset()
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -298,7 +300,7 @@ class Module:
         for store in (self._parameters, self._modules, self._buffers):
             if store is not own:
                 store.pop(name, None)
-        self._non_persistent_buffers.discard(name)
+        self._persistent(name, True)
         if own is not None:
             own[name] = value
         object.__setattr__(self, name, value)
@@ -308,8 +310,17 @@ class Module:
         for store in (self.__dict__.get("_parameters", {}), self.__dict__.get("_modules", {}),
                       self.__dict__.get("_buffers", {})):
             store.pop(name, None)
-        self.__dict__.get("_non_persistent_buffers", set()).discard(name)
+        if "_parameters" in self.__dict__:
+            self._persistent(name, True)
         object.__delattr__(self, name)
+
+    def _persistent(self, name: str, persistent: bool) -> None:
+        if persistent == (name not in self._non_persistent_buffers):
+            return
+        if "_non_persistent_buffers" not in self.__dict__:
+            object.__setattr__(self, "_non_persistent_buffers", set())
+        (self._non_persistent_buffers.discard if persistent
+         else self._non_persistent_buffers.add)(name)
 
     def __getattr__(self, name):
         # called only for a missing attribute: name torch's API and the alternative
@@ -336,7 +347,7 @@ class Module:
             )
         self._modules.pop(name, None)
         self._buffers.pop(name, None)
-        self._non_persistent_buffers.discard(name)
+        self._persistent(name, True)
         object.__setattr__(self, name, value)
         if value is None:
             self._parameters.pop(name, None)
@@ -359,10 +370,7 @@ class Module:
         persistent = check_flag("register_buffer", "persistent", persistent)
         object.__setattr__(self, name, value)
         self._buffers[name] = value
-        if persistent:
-            self._non_persistent_buffers.discard(name)
-        else:
-            self._non_persistent_buffers.add(name)
+        self._persistent(name, persistent)
 
     def add_module(self, name: str, module: Module | None) -> None:
         """Add a sub-module as attribute ``name`` (a name ``setattr`` cannot spell,
