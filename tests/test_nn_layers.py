@@ -1254,3 +1254,8 @@ def test_cross_entropy_class_weights_are_state_as_torch():
     assert np.isclose(loss(z, t), tloss(torch.tensor(z), torch.tensor(t)).item(), rtol=1e-14)
     seq = nn.Sequential(nn.Linear(2, 3, seed=0), nn.CrossEntropyLoss(weight=w))
     assert list(seq.state_dict()) == ["0.weight", "0.bias", "1.weight"]
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": False}, {"affine": False}, {"momentum": None}])
+def test_batchnorm_repr_as_torch(kw):
+    assert repr(nn.BatchNorm2d(3, **kw)) == repr(torch.nn.BatchNorm2d(3, **kw))

@@ -776,3 +776,16 @@ def test_load_state_dict_errors_name_what_does_not_match():
     with pytest.raises(ValueError, match="unexpected keys"):
         sched.load_state_dict(optim.OneCycleLR(opt, max_lr=0.1, total_steps=3).state_dict())
     assert sd["state"] == {}  # the dict given is not changed
+
+
+def test_zero_grad_set_to_none_as_torch():
+    p = Parameter(np.ones(3))
+    opt = optim.SGD([p], lr=0.1)
+    p.grad = np.full(3, 2.0)
+    kept = p.grad
+    opt.zero_grad(set_to_none=False)
+    assert p.grad is kept and not p.grad.any()  # zeroed in place, as torch
+    opt.zero_grad()
+    assert p.grad is None
+    with pytest.raises(TypeError, match="set_to_none"):
+        opt.zero_grad(set_to_none="no")

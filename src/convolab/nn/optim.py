@@ -124,11 +124,16 @@ class Optimizer:
                              for g, sg in zip(self.param_groups, saved)]
         self.state = state
 
-    def zero_grad(self) -> None:
-        """Set every parameter's ``.grad`` to None, as torch's default."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Set every parameter's ``.grad`` to None (torch's default), or with
+        ``set_to_none=False`` fill an existing ``.grad`` with zeros in place."""
+        set_to_none = check_flag(f"{type(self).__name__}.zero_grad", "set_to_none", set_to_none)
         for g in self.param_groups:
             for p in g["params"]:
-                p.grad = None
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad[...] = 0
 
     def _params(self) -> list:
         """``(group, parameter, state)`` for every parameter with a ``.grad``, each grad
