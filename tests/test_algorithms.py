@@ -316,6 +316,26 @@ def test_winograd_1d_hands_ill_conditioned_calls_to_gemm(k):
         assert rel_err(y, gemm.forward(x, w, spec)) <= TOL32
 
 
+@pytest.mark.parametrize("scale", [1e-27, 1e25])
+def test_winograd_1d_error_estimate_holds_at_any_scale(scale):
+    """The estimate's sum of squares of a float32 input underflowed to 0 below ~1e-19
+    (an offset input ~1e-24 went through Winograd with an error of 1.2e-3) and
+    overflowed above ~1e19 (a centred input ~1e25 was computed twice, Winograd then
+    GEMM): the estimate, and so the choice, is the same at every scale."""
+    from convolab.algorithms import gemm, winograd
+
+    rng = np.random.default_rng(57)
+    w = rng.standard_normal((16, 16, 7))
+    w -= w.mean(axis=2, keepdims=True)
+    spec = make_spec((7,), 1, 0, 1, 1)
+    for offset, falls_back in ((1000.0, True), (0.0, False)):
+        x = (rng.standard_normal((2, 16, 2048)) + offset) * scale
+        with _counting(gemm, "forward") as calls:
+            y = winograd.forward(x.astype(np.float32), w.astype(np.float32), spec)
+        assert bool(calls) == falls_back, (offset, scale)
+        assert rel_err(y, gemm.forward(x, w, spec)) <= TOL32
+
+
 @pytest.mark.parametrize("k", [8, 9])
 def test_winograd_1d_weight_gradient_hands_ill_conditioned_calls_to_gemm(k):
     """An offset in the output gradient (a loss with a mean term; in a transposed layer,

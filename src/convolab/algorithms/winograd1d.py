@@ -223,6 +223,11 @@ def _scratch(plan, most: int, per: int, d: int, a: int, m: int, C: int, dtype) -
     return Scratch(most * per // dtype.itemsize + nmax * d * (a - m) * C, dtype)
 
 
+# Sums of squares a float32 (complex64) span gives exactly enough in its own precision
+_SQ_SAFE = (1e-30, 1e30)
+_NARROW = (np.dtype(np.float32), np.dtype(np.complex64))
+
+
 def _input_tiles(x, tile, lo, d, m, btd, buf, mags=None):
     """Steps 1-2 for ``tile`` (samples ``bs``, output tiles ``[t0, t1)``): the padded
     input span into ``buf``, its ``a``-long windows gathered (``D[xi, c, n, p, t] =
@@ -243,7 +248,14 @@ def _input_tiles(x, tile, lo, d, m, btd, buf, mags=None):
     P[:, :, c0 - s0: c1 - s0] = x[bs, :, c0:c1]
     if mags is not None and P.size:  # the span's sum of squares, while in the cache
         flat = P.reshape(-1)
-        mags.append((float(np.vdot(flat, flat).real), flat.size))
+        sq = float(np.vdot(flat, flat).real)
+        if flat.dtype in _NARROW and not _SQ_SAFE[0] <= sq <= _SQ_SAFE[1]:
+            # float32 squares underflow below ~1e-19 (the estimate came out 0 and a
+            # 1.2e-3 error went through on inputs ~1e-24) and overflow above ~1e19 (a
+            # needless GEMM rerun): such spans are summed again in float64
+            wide = flat.astype(np.complex128 if flat.dtype.kind == "c" else np.float64)
+            sq = float(np.vdot(wide, wide).real)
+        mags.append((sq, flat.size))
     off = P.size
     D = buf[off: off + a * C * T].reshape(a, C, n, d, nt)
     sp = P.strides
