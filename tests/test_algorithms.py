@@ -1653,3 +1653,89 @@ def test_depthwise_stride1_dilation_differs_per_dimension(dil):
     case = ConvCase(False, r, (2, 3) + size, (6, 1) + (3,) * r, True,
                     dict(stride=1, padding=1, dilation=dil, groups=3))
     _check_against_direct_and_torch(case, "depthwise")
+
+
+def _subnormal_case(role, w_shape, which, dtype, rng):
+    """The role's two operands, ``which`` of them scaled into the subnormals, and the
+    exact scales (powers of two) that bring each back to ~1 for a float64 reference."""
+    k = w_shape[2:]
+    spec = make_spec(k, 1, tuple(ki // 2 for ki in k), 1, 1)
+    S = (24,) * len(k) if len(k) < 3 else (6, 10, 10)
+    x_shape = (2, w_shape[1]) + S
+    gy_shape = (2, w_shape[0]) + spec.conv_out_shape(S)
+    shapes = {"forward": (x_shape, w_shape), "input_grad": (gy_shape, w_shape),
+              "weight_grad": (x_shape, gy_shape)}[role]
+    tiny = {np.float32: -136, np.float64: -1046}[dtype]  # ~1e-41, ~1e-315
+    ops = [rng.standard_normal(s) for s in shapes]
+    ops[which] = np.ldexp(ops[which], tiny)
+    ops = [o.astype(dtype) for o in ops]
+    exps = [0, 0]
+    exps[which] = -tiny
+    return spec, ops, exps, S
+
+
+def _run_role(module, role, a, b, spec, S):
+    if role == "forward":
+        return module.forward(a, b, spec)
+    if role == "input_grad":
+        return module.input_grad(a, b, spec, S)
+    return module.weight_grad(a, b, spec)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("w_shape", [(8, 8, 7), (8, 8, 3, 3), (8, 8, 5, 5), (4, 4, 3, 3, 3)])
+def test_subnormal_operands_leave_the_transforms_under_auto(dtype, w_shape):
+    """Winograd's transforms divide and recombine: on subnormal operands their rounding
+    is absolute (half the smallest subnormal), and float32 values ~1e-41 came out with
+    errors of 7e-4 to 7e-2 of the largest output (float64 ~1e-315: up to 2.5e-6), where
+    GEMM and PyTorch give 5e-5 (1.7e-9), the format's own limit.  Under the automatic
+    choice such calls run on GEMM; a forced Winograd keeps its transforms."""
+    from convolab.algorithms import gemm, winograd
+
+    rng = np.random.default_rng(61)
+    worst_forced = 0.0
+    for role in ("forward", "input_grad", "weight_grad"):
+        for which in (0, 1):
+            spec, (a, b), (ea, eb), S = _subnormal_case(role, w_shape, which, dtype, rng)
+            ref = _run_role(gemm, role, np.ldexp(a.astype(np.float64), ea),
+                            np.ldexp(b.astype(np.float64), eb), spec, S)
+            with _counting(gemm, role) as calls:
+                y = _run_role(winograd, role, a, b, spec, S)
+            assert calls and y.dtype == dtype, (role, which)
+            e_gemm = rel_err(np.ldexp(_run_role(gemm, role, a, b, spec, S), ea + eb), ref)
+            e_auto = rel_err(np.ldexp(y.astype(np.float64), ea + eb), ref)
+            assert e_auto <= 2 * e_gemm + 1e-12, (role, which, e_auto, e_gemm)
+            with cl.options(algorithm="winograd"):
+                forced = _run_role(winograd, role, a, b, spec, S)
+            worst_forced = max(worst_forced, rel_err(np.ldexp(forced, ea + eb), ref))
+    assert worst_forced > (1e-4 if dtype == np.float32 else 1e-8)
+
+
+def test_transforms_keep_normal_tiny_and_all_zero_operands():
+    """The guard's floor sits near the smallest normal float32 (2.3e-37): inputs of 1e-30,
+    and an all-zero weight (a zero-initialised layer, whose transforms are exact), stay
+    on Winograd.  One value that reaches the floor settles it, so the check reads the
+    first element, then the first plane, and all of an operand only when both are below
+    the floor (then a NaN seen there sends the call to GEMM at once)."""
+    from convolab.algorithms import _finite, gemm, winograd
+
+    rng = np.random.default_rng(62)
+    x = rng.standard_normal((2, 8, 24, 24)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    spec = make_spec((3, 3), 1, 1, 1, 1)
+    for a, b in ((x * np.float32(1e-30), w), (x, np.zeros_like(w)), (x, w * np.float32(1e-30))):
+        with _counting(gemm, "forward") as calls:
+            winograd.forward(a, b, spec)
+        assert not calls
+    assert _finite.too_small_for_transforms(x, w * np.float32(1e-38))
+    assert _finite.too_small_for_transforms(x * np.float32(1e-20), w * np.float32(1e-20))
+    x[0, 0, :, :2] = 0  # first element, and part of the first plane: still settled there
+    assert not _finite.too_small_for_transforms(x, w)
+    x[0, 0] = 0  # the first plane is all zero: the whole input decides
+    assert not _finite.too_small_for_transforms(x, w)
+    assert _finite.too_small_for_transforms(x * np.float32(1e-38), w)
+    bad = x.copy()
+    bad[0, 0, 3, 3] = np.nan
+    assert _finite.too_small_for_transforms(bad, w)
+    assert _finite.too_small_for_transforms(bad.astype(np.complex64), w.astype(np.complex64))
+    assert not _finite.too_small_for_transforms(x.astype(np.float16), w.astype(np.float16))

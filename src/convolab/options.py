@@ -35,7 +35,9 @@ class Options:
     transforms spread rounding error across a tile or a block: every output is then a
     plain sum of its own products (im2col GEMM, the depthwise tap loop, polyphase,
     fused), so an output next to a very loud input value is as accurate as PyTorch's.
-    A forced ``algorithm`` is unaffected.
+    A forced ``algorithm`` is unaffected.  (Subnormal operands leave the transforms
+    under the automatic choice whatever this says: see
+    :func:`convolab.algorithms._finite.too_small_for_transforms`.)
     """
 
     algorithm: str = "auto"

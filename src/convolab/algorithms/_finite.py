@@ -16,14 +16,24 @@ A non-finite *weight* needs more for the input gradient (and the transposed conv
 forward): every fast path multiplies ``w`` by zeros there (the border of a padded or
 spread ``gy``), where ``inf * 0`` makes NaN that no product of the convolution makes.
 Those calls run on ``direct`` (:func:`convolab.ops.conv._input_grad`).
+
+Subnormal operands are the transforms' other blind spot: the transforms divide (G's
+1/24, 1/576 in 2-D) and recombine values whose rounding is then an absolute one
+(half the smallest subnormal), not a relative one.  float32 operands ~1e-41 gave errors
+of 7e-4 to 7e-2 of the largest output (GEMM: 5e-5, as PyTorch), float64 ones ~1e-315
+2e-8 to 2.5e-6 (GEMM 1.7e-9).  Under the automatic choice such calls go to GEMM before
+any transform (:func:`too_small_for_transforms`); a forced ``algorithm`` keeps them.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import threading
 
 import numpy as np
+
+from ..options import get_options
 
 
 def all_finite(a: np.ndarray) -> bool:
@@ -38,6 +48,71 @@ def all_finite(a: np.ndarray) -> bool:
         # axis, which a strided view (a weight sliced w[..., ::2]) does not have
         return all_finite(a.real) and all_finite(a.imag)
     return bool(np.isfinite(a.max()) and np.isfinite(a.min()))
+
+
+# The transforms' promise (relative to the largest output) and how far they blow up a
+# rounding at the subnormal grid: the measured error E of an operand whose largest value
+# is A (float32 and float64, F(4, 3), F(6, 7), F(4x4, 5x5), 3-D) stayed below
+# 2000 * smallest_subnormal / A; 2**14 leaves 8x of room.
+_TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.complex64): 1e-4,
+              np.dtype(np.float64): 1e-10, np.dtype(np.complex128): 1e-10}
+SUBNORMAL_GROWTH = 2.0**14
+# the floor of :func:`too_small_for_transforms` per dtype
+_FLOOR = {dt: float(np.finfo(dt).smallest_subnormal) * SUBNORMAL_GROWTH / tol
+          for dt, tol in _TOLERANCE.items()}
+
+
+def _largest(a: np.ndarray) -> float:
+    """The largest magnitude in ``a`` (of the real and imaginary parts, for complex: within
+    sqrt(2)), NaN when a NaN is there; two reductions without a temporary."""
+    if np.iscomplexobj(a):
+        parts = (_largest(a.real), _largest(a.imag))
+    else:
+        parts = (abs(float(a.max())), abs(float(a.min())))
+    return max(parts) if parts[0] == parts[0] and parts[1] == parts[1] else math.nan
+
+
+def _largest_bound(a: np.ndarray, floor: float) -> tuple[float, bool]:
+    """A lower bound on ``a``'s largest magnitude, and whether it is exact: one finite
+    value at or above ``floor`` settles :func:`too_small_for_transforms` for ``a``
+    (its largest magnitude reaches the floor), so the first element is tried, then the largest
+    value of the first plane (``a[0, 0]``, a view: the first element of a ReLU output is
+    often 0), and only then all of ``a``.  Reading all of a 6.4 MB input cost 0.6-0.9 ms
+    of an 8-10 ms Winograd call (its second trip from memory), and four reductions of
+    the planes 2-4 % of a 0.5 ms one; one element costs well under a microsecond."""
+    m = float(abs(a.flat[0]))
+    if floor <= m < math.inf:
+        return m, False
+    if a.ndim > 2 and a.dtype.kind == "f":
+        plane = a[0, 0]
+        if plane.size < a.size:
+            m = float(plane.max()) if plane.size else 0.0
+            if floor <= m < math.inf:
+                return m, False
+    return _largest(a), True
+
+
+def too_small_for_transforms(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when Winograd's or FFT's transforms would round ``a``, ``b`` or their products
+    at the subnormal grid coarsely enough to miss the promised accuracy: the largest
+    magnitude of either, or their product, below ``smallest_subnormal * SUBNORMAL_GROWTH
+    / tolerance`` (float32 2.3e-37, about 20x the smallest normal number; float64 8e-310,
+    inside the subnormals); an all-zero operand is never too small.  Also true when
+    either holds NaN or inf, where seen (the transforms' result would be recomputed
+    anyway).  Each operand's first element usually settles it (a lower bound on its
+    largest magnitude, :func:`_largest_bound`); the whole operand is read only when
+    neither it nor the first plane reaches the floor."""
+    floor = _FLOOR.get(a.dtype) if a.dtype == b.dtype else None
+    if floor is None or a.size == 0 or b.size == 0:
+        return False
+    (ma, exact_a), (mb, exact_b) = _largest_bound(a, floor), _largest_bound(b, floor)
+    if ma == 0 or mb == 0:  # (exact) zeros transform exactly: a zero-initialised layer
+        return False
+    if ma * mb < floor:  # the bounds' product is low: the exact values decide
+        ma = ma if exact_a else _largest(a)
+        mb = mb if exact_b else _largest(b)
+    # (comparisons with NaN are false: a NaN goes to GEMM, and so does an inf)
+    return not (floor <= ma < math.inf and floor <= mb < math.inf and ma * mb >= floor)
 
 
 # Per thread: the records of the decorated call running there (see tile_checks)
@@ -83,11 +158,17 @@ def flag_inaccurate() -> None:
 def falls_back_to_gemm(role: str):
     """Decorate an algorithm's ``role`` function: a result with a NaN or inf in it is
     recomputed by :mod:`convolab.algorithms.gemm`'s function for the same role.  The
-    result is checked as a whole, or block by block by its tiles (:func:`tile_checks`)."""
+    result is checked as a whole, or block by block by its tiles (:func:`tile_checks`).
+    Under the automatic choice, operands too small for the transforms
+    (:func:`too_small_for_transforms`) go straight to GEMM."""
 
     def wrap(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
+            if get_options().algorithm == "auto" and too_small_for_transforms(*args[:2]):
+                from . import gemm
+
+                return getattr(gemm, role)(*args, **kwargs)
             saved = (getattr(_LOCAL, "checks", None), getattr(_LOCAL, "claimed", False),
                      getattr(_LOCAL, "inaccurate", False))
             _LOCAL.checks, _LOCAL.claimed, _LOCAL.inaccurate = [], False, False
