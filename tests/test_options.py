@@ -436,3 +436,47 @@ def test_a_child_forked_while_another_thread_tunes_or_limits_blas_is_whole():
         release.set()
         t.join()
     assert counts() == before
+
+
+@pytest.mark.small_calls_serial
+def test_small_calls_run_in_the_calling_thread_whatever_workers_says():
+    """Handing tiles to the workers costs more than sharing a small call saves: under
+    SMALL_CALL_FLOPS and SMALL_CALL_ELEMENTS a call never touches the pool (and gives the
+    bits of workers=1); above either, the workers share it."""
+    from convolab.algorithms import _threads
+    from convolab.ops import conv
+
+    rng = np.random.default_rng(0)
+    small = (rng.standard_normal((8, 16, 14, 14)), rng.standard_normal((8, 16, 3, 3)))
+    big = (rng.standard_normal((16, 32, 64, 64)), rng.standard_normal((16, 32, 1, 1)))
+    assert conv.SMALL_CALL_FLOPS > 2 * 8 * 8 * 16 * 9 * 14 * 14  # small by FLOPs
+    assert conv.SMALL_CALL_ELEMENTS <= 16 * 16 * 64 * 64  # big by its output only
+
+    def run(x, w):
+        y, pb = cl.vjp(cl.conv2d, x, w, padding=1)
+        return (y,) + tuple(pb(np.ones_like(y)))
+
+    with cl.options(workers=1):
+        ref = run(*small)
+    used = []
+
+    class Counting:
+        def __init__(self, pool):
+            self.pool = pool
+
+        def run(self, n, job):
+            used.append(n)
+            return self.pool.run(n, job)
+
+    saved = _threads._POOL
+    _threads._POOL = Counting(_threads._pool())
+    try:
+        with cl.options(workers=2):
+            got = run(*small)
+            assert not used
+            run(*big)
+            assert used
+    finally:
+        _threads._POOL = saved
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a, b)

@@ -30,7 +30,9 @@ class Options:
     ``workers``: threads the fast paths split their tiles over (``None``: one per CPU
     this process may use, at most 8; each is pinned to its own CPU).  BLAS runs on one
     thread inside every call (with threadpoolctl installed), so ``workers`` is the number
-    of threads a call computes on; with 1, everything runs in the calling thread.
+    of threads a call computes on; with 1, everything runs in the calling thread, as
+    does any call under :data:`convolab.ops.conv.SMALL_CALL_FLOPS` and
+    ``SMALL_CALL_ELEMENTS`` (too small to be worth sharing).
     ``transforms``: with False, the automatic choice never takes Winograd or FFT, whose
     transforms spread rounding error across a tile or a block: every output is then a
     plain sum of its own products (im2col GEMM, the depthwise tap loop, polyphase,
@@ -126,6 +128,17 @@ def held() -> Iterator[Options]:
     token = _current.set(_DEFAULT)
     try:
         yield _DEFAULT
+    finally:
+        _current.reset(token)
+
+
+@contextlib.contextmanager
+def one_worker() -> Iterator[Options]:
+    """The options in force with ``workers=1``, for the rest of one call (a call too
+    small to share: :func:`convolab.ops.conv._one_call`)."""
+    token = _current.set(replace(get_options(), workers=1))
+    try:
+        yield _current.get()
     finally:
         _current.reset(token)
 

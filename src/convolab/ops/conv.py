@@ -32,7 +32,7 @@ from ..algorithms import direct, fused
 from ..algorithms._finite import all_finite
 from ..algorithms._threads import _blas_single_thread
 from ..dtypes import as_array, check_dtypes, compute_dtype
-from ..options import held
+from ..options import held, one_worker
 from ..spec import ConvSpec, IntOrTuple, PaddingArg, make_spec
 
 
@@ -268,11 +268,37 @@ def _one_call(fn):
     loops) would warn of ``inf * 0``, or raise under ``np.errstate``, where BLAS does not."""
 
     @functools.wraps(fn)
-    def run(*args, **kwargs):
-        with held(), _blas_single_thread(), np.errstate(invalid="ignore", over="ignore"):
-            return fn(*args, **kwargs)
+    def run(p: Prepared, *args, **kwargs):
+        with held() as opts, _blas_single_thread(), np.errstate(invalid="ignore", over="ignore"):
+            if opts.workers != 1 and _too_small_to_share(p):
+                with one_worker():
+                    return fn(p, *args, **kwargs)
+            return fn(p, *args, **kwargs)
 
     return run
+
+
+# A call below both sizes runs in the calling thread whatever ``workers`` says: handing
+# tiles to the worker threads and waiting for them costs ~90 us on the 2-core machine
+# (an empty two-item parallel_map), more than sharing such a call saves.  Measured
+# (float32, auto, medians, workers=1 / workers=2): a 3.6 MFLOP 3x3 layer 0.18 / 0.35 ms
+# (fwd+bwd 0.44 / 0.81), a 5.2 MFLOP 1-D k5 layer 0.21 / 0.60, 14.5 MFLOP 3x3 on 7x7
+# planes 0.58 / 0.91, 19.7 MFLOP 7x7 0.55 / 0.81; above them two workers won (a 16.8
+# MFLOP 1x1 stride-2 layer with 262144 outputs 0.94 / 0.64, memory-bound depthwise and
+# 1x1 layers on large planes 1.3-1.6x).
+SMALL_CALL_FLOPS = 25e6
+SMALL_CALL_ELEMENTS = 2**18
+
+
+def _too_small_to_share(p: Prepared) -> bool:
+    """Whether a call's direct FLOPs and its largest array (input or output, elements)
+    are both under :data:`SMALL_CALL_FLOPS` / :data:`SMALL_CALL_ELEMENTS`."""
+    N = p.x.shape[0]
+    outputs = N * _out_channels(p) * math.prod(p.out_spatial)
+    if max(outputs, p.x.size) >= SMALL_CALL_ELEMENTS:
+        return False
+    positions = math.prod(p.x.shape[2:] if p.spec.transposed else p.out_spatial)
+    return 2 * N * p.w.size * positions < SMALL_CALL_FLOPS
 
 
 @_one_call
