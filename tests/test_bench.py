@@ -164,3 +164,43 @@ def test_quick_suite_without_float64_measures_no_dgemm(tmp_path, monkeypatch, ca
     assert asked == ["float32"]
     md = (tmp_path / "bench.md").read_text()
     assert "dgemm" not in md and "sgemm (float32) peak" in md
+
+
+def test_survey_draws_layers_in_its_flop_range():
+    import convolab as cl
+    from convolab import survey
+
+    rng = np.random.default_rng(0)
+    layers = [survey.draw(rng) for _ in range(200)]
+    assert all(2e6 <= layer.flops <= 1.5e9 for layer in layers)
+    assert {layer.rank for layer in layers} == {1, 2, 3}
+    assert {layer.kind for layer in layers} == {"dense", "grouped", "depthwise"}
+    assert any(layer.transposed for layer in layers)
+    for layer in layers[:40]:  # the FLOPs are the direct convolution's
+        cl_op = "conv_transpose" if layer.transposed else "conv"
+        e = cl.explain(
+            f"{cl_op}{layer.rank}d", (layer.batch, layer.in_channels) + (layer.size,) *
+            layer.rank, out_channels=layer.out_channels, kernel_size=layer.kernel,
+            stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+            groups=layer.groups)
+        assert e.flops["forward"] == layer.flops, layer.name
+
+
+def test_survey_writes_its_table_and_refuses_bad_arguments(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torch")
+    from convolab import survey
+
+    tiny = survey.Layer(2, 1, 2, 4, 1, 3, 1, 1, 1, 6, False, "dense")
+    monkeypatch.setattr(survey, "draw", lambda rng: tiny)
+    assert bench.main(["--survey", "2", "--reps", "1", "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "survey.json").read_text())
+    assert len(doc["rows"]) == 2 and doc["summary"]["layers"] == 2
+    assert doc["rows"][0]["ratio_fwd"] > 0 and doc["rows"][0]["flops"] == tiny.flops
+    md = (tmp_path / "survey.md").read_text()
+    assert "geometric mean" in md and tiny.name in md
+    for argv, words in ((["--survey", "0"], "at least 1"),
+                        (["--survey", "2", "--quick"], "neither --quick nor --only")):
+        out = tmp_path / "none"
+        with pytest.raises(SystemExit):
+            bench.main(argv + ["--out", str(out)])
+        assert words in capsys.readouterr().err and not out.exists()

@@ -498,9 +498,15 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"seconds to sleep before each call (0 to {MAX_SLEEP:g})")
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
     ap.add_argument("--out", default="benchmarks", help="folder for bench.md/.csv/.json")
+    ap.add_argument("--survey", type=int, default=None, metavar="N",
+                    help="instead of the suite, N random layer shapes against PyTorch "
+                         "(survey.md/.json in --out; see convolab.survey)")
+    ap.add_argument("--seed", type=int, default=0, help="the survey's draw (default 0)")
     args = ap.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         ap.error(f"--reps={args.reps} must be at least 1")
+    if args.survey is not None:
+        return _survey(ap, args)
     # every "nothing to do" refusal comes before anything is created or measured
     cases = suite(args.quick)
     if args.only is not None:
@@ -556,6 +562,31 @@ def main(argv: list[str] | None = None) -> int:
                         + [_csv_cell(r["times_ms"].get(k)) for k in tkeys])
     print(md)
     print(f"wrote {', '.join(os.path.join(args.out, f'bench.{e}') for e in ('md', 'csv', 'json'))}")
+    return 0
+
+
+def _survey(ap: argparse.ArgumentParser, args) -> int:
+    """``--survey N``: every refusal before anything is created or measured."""
+    if args.survey < 1:
+        ap.error(f"--survey={args.survey} must be at least 1")
+    if args.quick or args.only is not None:
+        ap.error("--survey draws its own layers: it takes neither --quick nor --only")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        ap.error("--survey compares with PyTorch, which is not installed "
+                 "(pip install torch)")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as exc:
+        ap.error(f"--out={args.out!r}: cannot create that folder ({exc.strerror})")
+    from . import survey
+
+    summ = survey.run(args.survey, args.seed, args.reps or 5, args.out,
+                      log=lambda s: print(s, flush=True))
+    print("; ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in summ.items()))
+    print(f"wrote {os.path.join(args.out, 'survey.md')}, {os.path.join(args.out, 'survey.json')}")
     return 0
 
 
