@@ -257,15 +257,21 @@ def test_a_user_vjp_must_keep_the_contract():
         cl.gradcheck(f, x, w, vjp=extra)
 
 
+def _input_grad_scaled(factor):
+    """conv1d's VJP with the input gradient off by ``factor``."""
+    def vjp(x, w):
+        y, pb = cl.vjp(cl.conv1d, x, w)
+        return y, lambda g: (factor * pb(g)[0], pb(g)[1])
+
+    return vjp
+
+
 def test_raise_exception_false_returns_false_as_torch():
     # torch.autograd.gradcheck(..., raise_exception=False) returns False on a mismatch;
     # here the keyword used to reach conv1d and fail as "unexpected keyword argument"
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((2, 3, 8)), rng.standard_normal((4, 3, 3))
-
-    def off(x, w):
-        y, pb = cl.vjp(cl.conv1d, x, w)
-        return y, lambda g: (1.01 * pb(g)[0], pb(g)[1])
+    off = _input_grad_scaled(1.01)
 
     def missing(x, w):
         y, pb = cl.vjp(cl.conv1d, x, w)
@@ -289,10 +295,7 @@ def test_raise_exception_false_returns_false_as_torch():
 def test_failure_message_says_which_allowance_is_absolute():
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((2, 3, 8)), rng.standard_normal((4, 3, 3))
-
-    def off(x, w):
-        y, pb = cl.vjp(cl.conv1d, x, w)
-        return y, lambda g: (1.001 * pb(g)[0], pb(g)[1])
+    off = _input_grad_scaled(1.001)
 
     with pytest.raises(AssertionError) as info:
         cl.gradcheck(cl.conv1d, x, w, vjp=off)
