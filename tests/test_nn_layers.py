@@ -311,7 +311,7 @@ def test_sequential_state_dict_from_torch_and_parity():
     m.load_state_dict(sd)  # loads unchanged: same keys, float32 model takes float64 arrays
     assert sorted(m.state_dict()) == sorted(sd)  # same keys (order: params first)
     for mod in m.modules():  # switch the copy to float64 for the parity check
-        for p in mod._parameters.values():
+        for p in mod.parameters(recurse=False):
             p.data = p.data.astype(np.float64)
         for name, b in list(mod._buffers.items()):
             if b.dtype == np.float32:

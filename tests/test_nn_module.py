@@ -18,7 +18,8 @@ def pair(build):
     c = build(nn)
     for m in c.modules():  # float64 layers, then torch's values
         for p in m._parameters.values():
-            p.data = p.data.astype(np.float64)
+            if p is not None:  # (an empty slot: bias=False)
+                p.data = p.data.astype(np.float64)
         for name, b in list(m._buffers.items()):
             if b is not None and b.dtype.kind == "f":
                 m._set_buffer(name, b.astype(np.float64))
@@ -281,7 +282,7 @@ def test_reassigned_parameter_or_module_keeps_its_place_as_torch():
         w = m.body.weight
         m.body.weight = type(w)(w.data)
         m.body.bias = None
-        m.body.bias = type(w)(w.data[:, 0])  # an emptied slot, filled again: at the end
+        m.body.bias = type(w)(w.data[:, 0])  # an emptied slot, filled again: in its place
         m.act = lib.GELU()
         got = (list(m.state_dict()), [n for n, _ in m.named_children()],
                [n for n, _ in m.named_modules()])
@@ -289,6 +290,37 @@ def test_reassigned_parameter_or_module_keeps_its_place_as_torch():
             want = got
     assert got == want
     assert want[0][:2] == ["body.weight", "body.bias"]
+
+
+def test_an_emptied_parameter_slot_stays_a_slot_as_torch():
+    """``layer.bias = None`` (or ``bias=False``) leaves an empty parameter slot, as torch:
+    filled again, the parameter keeps its place (it moved to the end), and an array
+    assigned to it is a TypeError (it became a plain attribute that forward added as a
+    bias and backward crashed on: ``'numpy.ndarray' object has no attribute
+    'accumulate'``)."""
+    for lib in (torch.nn, nn):
+        bn = lib.BatchNorm1d(2)
+        w = bn.weight
+        bn.weight = None
+        assert [n for n, _ in bn.named_parameters()] == ["bias"]
+        assert "weight" not in bn.state_dict()
+        bn.weight = w
+        got = list(bn.state_dict())
+        if lib is torch.nn:
+            want = got
+    assert got == want and got[:2] == ["weight", "bias"]
+    for lib, arr in ((torch.nn, torch.zeros(3)), (nn, np.zeros(3, np.float32))):
+        lin = lib.Linear(2, 3, bias=False)
+        with pytest.raises(AttributeError, match="bias"):
+            lin.get_parameter("bias")
+        with pytest.raises(TypeError, match="bias"):
+            lin.bias = arr
+        assert lin.bias is None
+    c = nn.Conv2d(1, 2, 3, bias=False)
+    c.bias = None
+    c.register_parameter("bias", None)
+    assert list(c.state_dict()) == ["weight"]
+    assert c.load_state_dict({"weight": c.weight.data}) == ([], [])
 
 
 def test_copies_and_pickles_keep_buffers_and_frozen_parameters():

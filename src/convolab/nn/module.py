@@ -295,7 +295,10 @@ class Module:
             )
         # a parameter or module replaced by one of its kind keeps its place (torch's
         # order in the state dict and the traversals); anything else leaves the stores
+        # (None keeps a parameter's slot, as torch: an array assigned to it later is
+        # refused above instead of becoming a plain attribute the layer would still use)
         own = (self._parameters if isinstance(value, Parameter)
+               or (value is None and name in params)
                else self._modules if isinstance(value, Module) else None)
         for store in (self._parameters, self._modules, self._buffers):
             if store is not own:
@@ -349,10 +352,7 @@ class Module:
         self._buffers.pop(name, None)
         self._persistent(name, True)
         object.__setattr__(self, name, value)
-        if value is None:
-            self._parameters.pop(name, None)
-        else:
-            self._parameters[name] = value
+        self._parameters[name] = value  # None: an empty slot, in the state dict's order
 
     def register_buffer(self, name: str, value: np.ndarray | None,
                         persistent: bool = True) -> None:
@@ -412,7 +412,8 @@ class Module:
             raise TypeError(f"{where}: target={target!r} must be a str")
         module_path, _, name = target.rpartition(".")
         mod = self.get_submodule(module_path)
-        if name not in getattr(mod, store):
+        if getattr(mod, store).get(name) is None and (store == "_parameters"
+                                                     or name not in getattr(mod, store)):
             kind = "parameter" if store == "_parameters" else "buffer"
             raise AttributeError(f"`{name}` is not a {kind} of {type(mod).__name__} "
                                  f"({where}: target={target!r})")
@@ -457,7 +458,8 @@ class Module:
 
     def _named_parameters_all(self, prefix: str) -> Iterator[tuple[str, Parameter]]:
         for n, p in self._parameters.items():
-            yield prefix + n, p
+            if p is not None:  # an empty slot (bias=False) is not a parameter
+                yield prefix + n, p
         for mn, m in self._modules.items():
             yield from m._named_parameters_all(prefix + mn + ".")
 
@@ -588,7 +590,8 @@ class Module:
     def _collect_state(self, out: OrderedDict, prefix: str, keep_vars: bool = False) -> None:
         # torch's order: a module's own parameters, then its buffers, then its children.
         for n, p in self._parameters.items():
-            out[prefix + n] = p if keep_vars else p.data.copy()
+            if p is not None:  # an empty slot (bias=False), as torch
+                out[prefix + n] = p if keep_vars else p.data.copy()
         for n, b in self._buffers.items():
             if b is not None and n not in self._non_persistent_buffers:
                 out[prefix + n] = b if keep_vars else np.array(b, copy=True)
