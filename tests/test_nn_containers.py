@@ -195,3 +195,20 @@ def test_module_dict_as_torch():
     _both(lambda lib: lib.ModuleDict().update([("a", lib.ReLU(), 1)]))
     _both(lambda lib: lib.ModuleDict().update(3))
     _both(lambda lib: lib.ModuleDict({"a.b": lib.ReLU()}))
+
+
+@pytest.mark.parametrize("key", ["train", "forward", "state_dict", "keys", "training"])
+def test_module_dict_key_cannot_hide_a_method_as_torch(key):
+    """``ModuleDict()["train"] = m`` replaced the container's own ``train`` (and
+    ``forward``, ``state_dict``, ``keys``...) with the child: ``model.train()`` then called
+    the child.  torch refuses the name, and so does add_module here."""
+    for lib in (torch.nn, nn):
+        d = lib.ModuleDict({"a": lib.ReLU()})
+        with pytest.raises(KeyError, match=key):
+            d[key] = lib.ReLU()
+        with pytest.raises(KeyError, match=key):
+            d.add_module(key, lib.ReLU())
+        assert list(d) == ["a"]
+    d = nn.ModuleDict({"a": nn.ReLU()})
+    d["a"] = nn.GELU()  # replacing a child is not hiding anything
+    assert type(d["a"]) is nn.GELU and d.train() is d

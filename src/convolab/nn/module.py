@@ -339,6 +339,12 @@ class Module:
         # (an empty slot, e.g. register_parameter("bias", None), may be filled again)
         if name in self.__dict__ and name not in store and self.__dict__[name] is not None:
             raise KeyError(f"{where}: attribute {name!r} already exists")
+        # a method or class attribute (ModuleDict()["train"] = m) would be shadowed: the
+        # module's own train(), forward() or state_dict() would call the child, as torch
+        # refuses
+        if name not in self.__dict__ and hasattr(type(self), name):
+            raise KeyError(f"{where}: attribute {name!r} already exists ({type(self).__name__}"
+                           f".{name} would be hidden)")
 
     def register_parameter(self, name: str, value: Parameter | None) -> None:
         """Register a parameter slot, possibly ``None`` (e.g. ``bias=False``)."""
