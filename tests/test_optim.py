@@ -694,6 +694,26 @@ def test_a_copied_optimizer_keeps_its_state(make, how):
         np.testing.assert_array_equal(a, b)
 
 
+def test_an_optimizer_pickled_before_the_positions_still_unpickles():
+    """Pickles made before the state travelled by position hold it under the ids of the
+    old parameters: unpickling raised IndexError (params[id]); the state is lost, as it
+    was when they were made, and training goes on."""
+    import pickle
+
+    ps = [Parameter(np.ones(3))]
+    opt = optim.SGD(ps, lr=0.1, momentum=0.9)
+    ps[0].grad = np.ones(3)
+    opt.step()
+    old = opt.__dict__.copy()  # the old pickle: the instance dict, state by id
+    ps2, old2 = pickle.loads(pickle.dumps((ps, old)))
+    opt2 = optim.SGD.__new__(optim.SGD)
+    opt2.__setstate__(old2)
+    assert opt2.state == {} and opt2.param_groups[0]["params"][0] is ps2[0]
+    ps2[0].grad = np.ones(3)
+    opt2.step()
+    np.testing.assert_allclose(ps2[0].data, 0.8)
+
+
 _MAKERS = [
     (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
      lambda o: optim.CosineAnnealingLR(o, T_max=4)),

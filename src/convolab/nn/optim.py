@@ -72,7 +72,12 @@ class Optimizer:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         params = self._all_params()
-        self.state = {id(params[i]): v for i, v in state["state"].items()}
+        saved = state["state"]
+        if not all(isinstance(i, int) and 0 <= i < len(params) for i in saved):
+            # pickled before the positions: keyed by the ids of parameters that no
+            # longer exist, so lost (as they were then); unpickling raised IndexError
+            saved = {}
+        self.state = {id(params[i]): v for i, v in saved.items()}
 
     def state_dict(self) -> dict:
         """torch's layout: ``{'state': {index: {...}}, 'param_groups': [{..., 'params':
