@@ -694,3 +694,20 @@ def test_a_transposed_convolutions_padding_is_said_to_crop():
     assert "padding applied" not in t
     c = str(ex.explain("conv1d", (1, 1, 4), kernel_size=3, padding=1))
     assert "padding applied (lo, hi): L: (1, 1)" in c
+
+
+@pytest.mark.small_calls_serial
+def test_explain_says_a_small_call_runs_in_the_calling_thread():
+    """explain chooses as the call runs: a small call on one worker (its choices and
+    workspace those of workers=1), whatever the worker count in force."""
+    args = ("conv2d", (8, 16, 14, 14))
+    kw = dict(out_channels=8, kernel_size=3, padding=1)
+    with cl.options(workers=2):
+        e = cl.explain(*args, **kw)
+        big = cl.explain("conv2d", (16, 64, 56, 56), out_channels=64, kernel_size=3)
+    with cl.options(workers=1):
+        one = cl.explain(*args, **kw)
+    assert any("runs in the calling thread" in n for n in e.notes)
+    assert not any("calling thread" in n for n in big.notes + one.notes)
+    assert e.bytes["workspace"] == one.bytes["workspace"]
+    assert e.algorithm == one.algorithm

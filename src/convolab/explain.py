@@ -43,6 +43,7 @@ Conventions
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import numbers
@@ -954,8 +955,7 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
     else:
         roles = {"forward": ("forward", x_shape), "input_grad": ("input_grad", y_shape),
                  "weight_grad": ("weight_grad", x_shape)}
-    ws: dict[str, int | None] = {}
-    source = ""
+    ws: dict[str, Any] = {"_source": ""}
     if max(math.prod(x_shape), math.prod(y_shape), math.prod(w_shape)) > MAX_CHOOSE_ELEMENTS:
         # select's cost model lays out the tiles of the whole problem: slow at this size
         why = ("not chosen: a tensor has more than MAX_CHOOSE_ELEMENTS="
@@ -968,7 +968,32 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
                        f"MAX_CHOOSE_ELEMENTS={_limit(MAX_CHOOSE_ELEMENTS)} elements "
                        "(convolab.select's cost model "
                        "lays out the tiles of the whole problem, which takes long past that)")
-        roles, source = {}, "not estimated"
+        roles = {}
+        ws["_source"] = "not estimated"
+    from .ops.conv import small_call
+    from .options import get_options, one_worker
+
+    serial = contextlib.nullcontext()
+    if roles and get_options().workers != 1 and small_call((N, C) + S, math.prod(w_shape), K,
+                                                           out, cfg.transposed):
+        serial = one_worker()  # as the call itself runs: choices, tiles and workspace
+        e.notes.append("a small call (under convolab.ops.conv.SMALL_CALL_FLOPS and "
+                       "SMALL_CALL_ELEMENTS): it runs in the calling thread whatever "
+                       "options(workers=...) says")
+    with serial:
+        _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape)
+    e.bytes = {
+        "input": N * C * math.prod(S) * item, "output": math.prod(y_shape) * item,
+        "weight": (math.prod(w_shape) + (K if cfg.bias else 0)) * item,
+        "dtype": dt.name, "workspace": ws, "workspace_source": ws.pop("_source", ""),
+    }
+    return e
+
+
+def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> None:
+    """Each role's algorithm and workspace into ``e.algorithm`` and ``ws`` (its
+    ``"_source"``: where the workspace numbers come from)."""
+    ch = None
     for public, (role, shp) in roles.items():
         try:
             ch = select.choose(role, spec, shp, w_shape, cdt)
@@ -976,8 +1001,8 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
             ch = select.Choice("unknown", f"convolab.select.choose failed: {exc}")
         e.algorithm[public] = {"name": ch.algorithm, "reason": ch.reason, "role": role}
         # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
-        ws[public], source = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
-                                        S_run if cfg.transposed else out)
+        ws[public], ws["_source"] = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
+                                               S_run if cfg.transposed else out)
     # a backward pass that needs both gradients may fuse them
     if roles:
         try:
@@ -995,12 +1020,6 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
 
             ws["backward"] = fused.workspace(
                 spec, select.problem("weight_grad", spec, x_shape, w_shape), cdt)
-    e.bytes = {
-        "input": N * C * math.prod(S) * item, "output": math.prod(y_shape) * item,
-        "weight": (math.prod(w_shape) + (K if cfg.bias else 0)) * item,
-        "dtype": dt.name, "workspace": ws, "workspace_source": source,
-    }
-    return e
 
 
 # ---------------------------------------------------------------------------

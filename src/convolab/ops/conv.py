@@ -291,14 +291,19 @@ SMALL_CALL_ELEMENTS = 2**18
 
 
 def _too_small_to_share(p: Prepared) -> bool:
-    """Whether a call's direct FLOPs and its largest array (input or output, elements)
-    are both under :data:`SMALL_CALL_FLOPS` / :data:`SMALL_CALL_ELEMENTS`."""
-    N = p.x.shape[0]
-    outputs = N * _out_channels(p) * math.prod(p.out_spatial)
-    if max(outputs, p.x.size) >= SMALL_CALL_ELEMENTS:
+    return small_call(p.x.shape, p.w.size, _out_channels(p), p.out_spatial, p.spec.transposed)
+
+
+def small_call(x_shape, w_size: int, out_channels: int, out_spatial, transposed: bool) -> bool:
+    """Whether a call (batched input shape, weight size, output channels and spatial
+    size) has direct FLOPs under :data:`SMALL_CALL_FLOPS` and an input and output of
+    under :data:`SMALL_CALL_ELEMENTS` elements each: then it runs in the calling thread."""
+    N = x_shape[0]
+    outputs = N * out_channels * math.prod(out_spatial)
+    if max(outputs, math.prod(x_shape)) >= SMALL_CALL_ELEMENTS:
         return False
-    positions = math.prod(p.x.shape[2:] if p.spec.transposed else p.out_spatial)
-    return 2 * N * p.w.size * positions < SMALL_CALL_FLOPS
+    positions = math.prod(x_shape[2:] if transposed else out_spatial)
+    return 2 * N * w_size * positions < SMALL_CALL_FLOPS
 
 
 @_one_call
