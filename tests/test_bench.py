@@ -199,7 +199,8 @@ def test_survey_writes_its_table_and_refuses_bad_arguments(tmp_path, monkeypatch
     md = (tmp_path / "survey.md").read_text()
     assert "geometric mean" in md and tiny.name in md
     for argv, words in ((["--survey", "0"], "at least 1"),
-                        (["--survey", "2", "--quick"], "neither --quick nor --only")):
+                        (["--survey", "2", "--quick"], "neither --quick nor --only"),
+                        (["--seed", "3"], "--seed draws the layers of --survey")):
         out = tmp_path / "none"
         with pytest.raises(SystemExit):
             bench.main(argv + ["--out", str(out)])

@@ -501,12 +501,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--survey", type=int, default=None, metavar="N",
                     help="instead of the suite, N random layer shapes against PyTorch "
                          "(survey.md/.json in --out; see convolab.survey)")
-    ap.add_argument("--seed", type=int, default=0, help="the survey's draw (default 0)")
+    ap.add_argument("--seed", type=int, default=None, help="the survey's draw (default 0)")
     args = ap.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         ap.error(f"--reps={args.reps} must be at least 1")
     if args.survey is not None:
         return _survey(ap, args)
+    if args.seed is not None:
+        ap.error("--seed draws the layers of --survey; the suite has fixed layers")
     # every "nothing to do" refusal comes before anything is created or measured
     cases = suite(args.quick)
     if args.only is not None:
@@ -582,7 +584,7 @@ def _survey(ap: argparse.ArgumentParser, args) -> int:
         ap.error(f"--out={args.out!r}: cannot create that folder ({exc.strerror})")
     from . import survey
 
-    summ = survey.run(args.survey, args.seed, args.reps or 5, args.out,
+    summ = survey.run(args.survey, args.seed or 0, args.reps or 5, args.out,
                       log=lambda s: print(s, flush=True))
     print("; ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in summ.items()))
