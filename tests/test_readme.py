@@ -60,3 +60,15 @@ def test_documented_explain_output_is_what_explain_prints(capsys):
                 continue
             assert line in real[at:], (command, line)
             at = real.index(line, at) + 1
+
+
+def test_project_layout_names_every_module():
+    """The README's project layout names each public module and package of src/convolab
+    (a new module left out of it is how the layout went stale)."""
+    layout = README.read_text().split("## Project layout", 1)[1]
+    src = README.parent / "src" / "convolab"
+    names = [p.stem if p.suffix == ".py" else p.name for p in src.iterdir()
+             if not p.name.startswith("_") and (p.suffix == ".py" or (p / "__init__.py").exists())]
+    assert len(names) > 10
+    missing = [n for n in names if not re.search(rf"\b{re.escape(n)}(\.py|/)", layout)]
+    assert not missing, missing
