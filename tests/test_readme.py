@@ -72,3 +72,15 @@ def test_project_layout_names_every_module():
     assert len(names) > 10
     missing = [n for n in names if not re.search(rf"\b{re.escape(n)}(\.py|/)", layout)]
     assert not missing, missing
+
+
+def test_every_nn_name_is_documented():
+    """Every name convolab.nn exports is named in the README or in docs/demo.md's list
+    of layers (``MaxPool1d/2d/3d`` names three)."""
+    import convolab.nn as nn
+
+    text = README.read_text() + (DOCS / "demo.md").read_text()
+    named = set(re.findall(r"\b[A-Z]\w+", text))
+    for base, dims in re.findall(r"\b([A-Z]\w*?)((?:[123]d)(?:/[123]d)+)", text):
+        named |= {base + d for d in dims.split("/")}
+    assert [n for n in nn.__all__ if n not in named and n != "optim"] == []
