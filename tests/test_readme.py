@@ -84,3 +84,15 @@ def test_every_nn_name_is_documented():
     for base, dims in re.findall(r"\b([A-Z]\w*?)((?:[123]d)(?:/[123]d)+)", text):
         named |= {base + d for d in dims.split("/")}
     assert [n for n in nn.__all__ if n not in named and n != "optim"] == []
+
+
+@pytest.mark.small_calls_serial  # conftest zeroes SMALL_CALL_FLOPS otherwise
+def test_documented_small_call_sizes_are_the_code_s():
+    """The small-call sizes quoted in how-it-works.md and the README are the ones
+    convolab.ops.conv applies."""
+    from convolab.ops import conv
+
+    assert conv.SMALL_CALL_FLOPS == 25e6 and conv.SMALL_CALL_ELEMENTS == 2**18
+    assert "25 MFLOP" in (DOCS / "how-it-works.md").read_text()
+    assert "(2**18)" in (DOCS / "how-it-works.md").read_text()
+    assert "25 MFLOP, with input and output under 262144" in README.read_text()
