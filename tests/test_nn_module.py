@@ -339,3 +339,13 @@ def test_copies_and_pickles_keep_buffers_and_frozen_parameters():
     assert "tmp" in old.state_dict() and old[0].weight.requires_grad
     old.register_buffer("tmp2", np.zeros(1), persistent=False)
     assert "tmp2" not in old.state_dict()
+
+
+def test_a_parameter_may_replace_a_sub_module_as_torch():
+    m, tm = nn.Sequential(nn.Linear(2, 3, seed=0)), torch.nn.Sequential(torch.nn.Linear(2, 3))
+    setattr(m, "0", nn.Parameter(np.ones(2)))
+    setattr(tm, "0", torch.nn.Parameter(torch.ones(2)))
+    assert list(m.state_dict()) == list(tm.state_dict()) == ["0"]
+    assert len(m) == len(tm) == 0 and [n for n, _ in m.named_parameters()] == ["0"]
+    with pytest.raises(TypeError, match="as child module"):  # an array still may not
+        nn.Sequential(nn.ReLU()).__setattr__("0", np.ones(2))

@@ -288,7 +288,8 @@ class Module:
                 f"Parameter or None expected; to change the values, assign to "
                 f"{name}.data, or wrap the array: Parameter(array))"
             )
-        if name in self._modules and value is not None and not isinstance(value, Module):
+        if name in self._modules and value is not None and not isinstance(value, (Module,
+                                                                                    Parameter)):
             raise TypeError(
                 f"cannot assign {type(value).__name__} as child module {name!r} (a "
                 "convolab Module or None expected)"
