@@ -196,6 +196,49 @@ def test_add_module_and_del_as_torch():
         assert list(bn.state_dict()) == ["bias", "running_var", "num_batches_tracked"]
 
 
+def test_a_sub_module_set_to_none_keeps_its_slot_as_torch():
+    """``model.block = None`` (or ``add_module(name, None)``) leaves an empty slot: gone
+    from the traversals and the state dict, shown by repr, refused a non-module value
+    later, and filled in its old place by a module, as torch."""
+    def build(lib):
+        class Net(lib.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = lib.Linear(2, 2)
+                self.b = lib.BatchNorm1d(2)
+                self.c = lib.ReLU()
+        return Net()
+
+    reprs = []
+    for lib in (torch.nn, nn):
+        m = build(lib)
+        m.a = None
+        m.add_module("d", None)
+        assert m.a is None and m.d is None
+        reprs.append(repr(m))
+        assert repr(m).startswith("Net(\n  (a): None\n  (b): BatchNorm1d(")
+        assert repr(m).endswith("\n  (c): ReLU()\n  (d): None\n)")
+        assert [n for n, _ in m.named_children()] == ["b", "c"]
+        assert [n for n, _ in m.named_modules()] == ["", "b", "c"]
+        assert [n for n, _ in m.named_parameters()] == ["b.weight", "b.bias"]
+        assert list(m.state_dict()) == ["b.weight", "b.bias", "b.running_mean",
+                                        "b.running_var", "b.num_batches_tracked"]
+        m.load_state_dict(m.state_dict())
+        m.train(False).apply(lambda mod: None)
+        assert not m.b.training
+        with pytest.raises(TypeError, match="child module 'a'"):
+            m.a = 3
+        with pytest.raises(AttributeError, match="not a"):
+            m.get_submodule("a")
+        m.a = lib.Linear(2, 2)  # back in its old place: first in the state dict
+        assert list(m.state_dict())[:2] == ["a.weight", "a.bias"]
+        assert [n for n, _ in m.named_children()] == ["a", "b", "c"]
+    assert reprs[0] == reprs[1]
+    s = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    s.add_module("2", None)
+    assert len(s) == 3 and repr(s).endswith("(2): None\n)")
+
+
 def test_get_submodule_parameter_buffer_as_torch():
     t, c = pair(lambda lib: lib.Sequential(lib.Sequential(lib.Linear(2, 2), lib.BatchNorm1d(2))))
     assert c.get_submodule("") is c

@@ -387,6 +387,8 @@ def _check_distinct(root: Module) -> None:
 
     def walk(m: Module, path: str) -> None:
         for n, c in m._modules.items():
+            if c is None:
+                continue
             p = f"{path}.{n}" if path else n
             if id(c) in where:
                 raise ValueError(

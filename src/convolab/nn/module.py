@@ -296,11 +296,13 @@ class Module:
             )
         # a parameter or module replaced by one of its kind keeps its place (torch's
         # order in the state dict and the traversals); anything else leaves the stores
-        # (None keeps a parameter's slot, as torch: an array assigned to it later is
-        # refused above instead of becoming a plain attribute the layer would still use)
+        # (None keeps a parameter's or a sub-module's slot, as torch: an array assigned
+        # to it later is refused above instead of becoming a plain attribute the layer
+        # would still use; the traversals skip the empty slot, repr shows it)
         own = (self._parameters if isinstance(value, Parameter)
                or (value is None and name in params)
-               else self._modules if isinstance(value, Module) else None)
+               else self._modules if isinstance(value, Module)
+               or (value is None and name in self._modules) else None)
         for store in (self._parameters, self._modules, self._buffers):
             if store is not own:
                 store.pop(name, None)
@@ -385,6 +387,13 @@ class Module:
         self._check_new("add_module", "module", name, self._modules)
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: {type(module).__name__} is not a convolab Module")
+        if module is None:  # an empty slot, as torch (a later module fills it in place)
+            for store in (self._parameters, self._buffers):
+                store.pop(name, None)
+            self._persistent(name, True)
+            self._modules[name] = None
+            object.__setattr__(self, name, None)
+            return
         setattr(self, name, module)
 
     register_module = add_module
@@ -468,7 +477,8 @@ class Module:
             if p is not None:  # an empty slot (bias=False) is not a parameter
                 yield prefix + n, p
         for mn, m in self._modules.items():
-            yield from m._named_parameters_all(prefix + mn + ".")
+            if m is not None:
+                yield from m._named_parameters_all(prefix + mn + ".")
 
     def parameters(self, recurse: bool = True) -> list[Parameter]:
         """Every trainable :class:`Parameter`, this module's and (``recurse=True``) its
@@ -491,7 +501,8 @@ class Module:
             if b is not None and n not in self._non_persistent_buffers:
                 yield prefix + n, b
         for mn, m in self._modules.items():
-            yield from m._named_state_buffers(prefix + mn + ".")
+            if m is not None:
+                yield from m._named_state_buffers(prefix + mn + ".")
 
     def buffers(self, recurse: bool = True) -> list[np.ndarray]:
         """Every buffer's array, in torch's order (a list; torch gives an iterator)."""
@@ -513,7 +524,8 @@ class Module:
                 seen.add(id(m))
             yield name, m
             for n, c in m._modules.items():
-                yield from walk(c, _sub(name, n))
+                if c is not None:  # an empty slot (a sub-module set to None)
+                    yield from walk(c, _sub(name, n))
 
         yield from walk(self, prefix)
 
@@ -526,7 +538,7 @@ class Module:
         """The direct sub-modules, each instance once (as torch)."""
         seen: set[int] = set()
         for n, c in self._modules.items():
-            if id(c) not in seen:
+            if c is not None and id(c) not in seen:
                 seen.add(id(c))
                 yield n, c
 
@@ -603,7 +615,8 @@ class Module:
             if b is not None and n not in self._non_persistent_buffers:
                 out[prefix + n] = b if keep_vars else np.array(b, copy=True)
         for mn, m in self._modules.items():
-            m._collect_state(out, prefix + mn + ".", keep_vars)
+            if m is not None:
+                m._collect_state(out, prefix + mn + ".", keep_vars)
 
     def load_state_dict(self, state: Mapping[str, object], strict: bool = True):
         """Load arrays (NumPy, or anything ``np.asarray`` accepts, e.g. torch tensors).
