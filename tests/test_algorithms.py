@@ -297,6 +297,18 @@ def _counting(module, name):
         setattr(module, name, real)
 
 
+def _check_handed_to_gemm(out, falls_back, gemm_fn, a, b, spec):
+    """A call handed to GEMM returns GEMM's float32 result itself, whose error on these
+    ill-conditioned operands is float32 GEMM's own (1e-4 or a little more, depending on
+    the BLAS kernel's summation order: 1.1e-4 to 2.8e-4 on a Zen 3 host); one kept on
+    Winograd is within the float32 promise of the float64 result."""
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    if falls_back:
+        np.testing.assert_array_equal(out, gemm_fn(a32, b32, spec))
+    else:
+        assert rel_err(out, gemm_fn(a, b, spec)) <= TOL32
+
+
 @pytest.mark.parametrize("k", [3, 7, 9])
 def test_winograd_1d_hands_ill_conditioned_calls_to_gemm(k):
     """A large offset in the input with taps that cancel (a derivative filter on raw
@@ -313,7 +325,7 @@ def test_winograd_1d_hands_ill_conditioned_calls_to_gemm(k):
         with _counting(gemm, "forward") as calls:
             y = winograd.forward(x.astype(np.float32), w.astype(np.float32), spec)
         assert bool(calls) == falls_back, (offset, k)
-        assert rel_err(y, gemm.forward(x, w, spec)) <= TOL32
+        _check_handed_to_gemm(y, falls_back, gemm.forward, x, w, spec)
 
 
 @pytest.mark.parametrize("scale", [1e-27, 1e25])
@@ -333,7 +345,7 @@ def test_winograd_1d_error_estimate_holds_at_any_scale(scale):
         with _counting(gemm, "forward") as calls:
             y = winograd.forward(x.astype(np.float32), w.astype(np.float32), spec)
         assert bool(calls) == falls_back, (offset, scale)
-        assert rel_err(y, gemm.forward(x, w, spec)) <= TOL32
+        _check_handed_to_gemm(y, falls_back, gemm.forward, x, w, spec)
 
 
 @pytest.mark.parametrize("k", [8, 9])
@@ -352,7 +364,7 @@ def test_winograd_1d_weight_gradient_hands_ill_conditioned_calls_to_gemm(k):
         with _counting(gemm, "weight_grad") as calls:
             gw = winograd.weight_grad(x.astype(np.float32), gy.astype(np.float32), spec)
         assert bool(calls) == falls_back, (k, falls_back)
-        assert rel_err(gw, gemm.weight_grad(x, gy, spec)) <= TOL32
+        _check_handed_to_gemm(gw, falls_back, gemm.weight_grad, x, gy, spec)
 
 
 def test_winograd_1d_keeps_ordinary_activations():
