@@ -31,10 +31,14 @@ def _spec(k, stride=1, padding=0, groups=1, dilation=1):
         ((16, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "winograd"),
         ((16, 16, 56, 56), (16, 16, 3, 3), dict(padding=1), "gemm"),  # few channels
         # 1-D, 3-9 taps: Winograd F(6, r) / F(4, r), measured 1.2-2.1x faster than GEMM ...
-        ((32, 64, 1024), (64, 64, 3), dict(padding=1), "winograd"),  # 7.2 vs 8.8 ms
+        # (3 taps: 7.2 vs 8.8 ms in an earlier pass; a near tie in the sixteenth, on
+        # another host, GEMM 9.8 vs 11.1 and 12.7 vs 13.7 in two interleaved runs)
+        ((32, 64, 1024), (64, 64, 3), dict(padding=1), "winograd"),
         ((32, 64, 1024), (64, 64, 7), dict(padding=3), "winograd"),
         ((32, 64, 1024), (64, 64, 5), dict(padding=2), "winograd"),
-        ((4, 32, 8192), (32, 32, 5), dict(padding=2), "winograd"),
+        # ... but not on 32 channels of 4 long signals (the sixteenth pass's 1-D refit:
+        # GEMM 6.2 vs Winograd 6.95 ms, interleaved)
+        ((4, 32, 8192), (32, 32, 5), dict(padding=2), "gemm"),
         # ... but not with 8 channels (1.45 vs 1.20 ms)
         ((64, 8, 256), (16, 8, 7), dict(padding=3), "gemm"),
         # 5x5 and 4x4: Winograd F(4x4, r x r), measured 1.1-2.4x faster than GEMM ...
@@ -61,10 +65,15 @@ def _spec(k, stride=1, padding=0, groups=1, dilation=1):
         ((4, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), "winograd"),
         ((2, 3, 32, 32, 32), (16, 3, 3, 3, 3), dict(padding=1), "gemm"),  # 3 channels
         # dilated 3x3 as phases of undilated Winograd: C256 d4 measured a tie forward
-        # (50.0 vs 49.7 ms) and 1.3x faster for the input gradient; 1-D d4: F(6, 3) with
-        # the phases as tiles, 8.6 vs 9.9 ms
+        # (50.0 vs 49.7 ms) and 1.3x faster for the input gradient; 1-D d4 (F(6, 3) with
+        # the phases as tiles) measured 8.6 vs 9.9 ms in one pass, GEMM 12.4 vs 15.9 in the
+        # sixteenth (interleaved), whose 1-D refit gives it to GEMM
         ((8, 256, 28, 28), (256, 256, 3, 3), dict(padding=4, dilation=4), "winograd"),
-        ((16, 64, 2048), (64, 64, 3), dict(padding=4, dilation=4), "winograd"),
+        ((16, 64, 2048), (64, 64, 3), dict(padding=4, dilation=4), "gemm"),
+        # grouped 1-D layers with long kernels: GEMM, not FFT (the sixteenth pass's refit;
+        # measured 7.3 vs 17.8 ms and 25.5 vs 29.8 ms, interleaved)
+        ((32, 16, 2048), (16, 2, 15), dict(padding=7, groups=8), "gemm"),
+        ((16, 32, 4096), (32, 8, 31), dict(padding=15, groups=4), "gemm"),
     ],
 )
 def test_cost_model_picks(x_shape, w_shape, kw, expected):

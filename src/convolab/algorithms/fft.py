@@ -86,6 +86,8 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
         # little faster (k63 C16 L16384: 25.1 against 26.5 ms), so a tie goes to it
         flops, moved = cost("forward", fwd, _swapped(p), itemsize)
         return flops * 1.05, moved * 1.05
+    if spec.rank == 1 and role == "forward":
+        return _cost_1d(spec, p, itemsize)
     N, C, K, g = p["N"], p["C"], p["K"], p["g"]
     ext = [s * (o - 1) + d * (k - 1) + 1 for s, o, d, k in
            zip(spec.stride, p["O"], spec.dilation, spec.kernel_size)]
@@ -102,6 +104,28 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     first = 8 * e0 if role != "input_grad" and _blocked(o0, s0, e0) else ext[0]
     freqs = (first // 2 + 1) * math.prod(ext[1:]) * g
     return 12 * ffts + prods, moved + freqs * 16e3
+
+
+def _cost_1d(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """The 1-D forward's cost from the transforms it really runs (:func:`_sizes`: on a
+    long signal, blocks of about 8 kernel extents).  The general formula takes one
+    transform of the whole signal, whose ``log2`` (14 at 16384 positions, against 6-9
+    for the blocks) overcharged long signals up to 15x and so kept FFT from them.  The
+    same rates as the general formula (FFTs at 1/12 of the GEMM rate, the products 4x),
+    each frequency's BLAS call charged as 8 KB rather than 16: chosen together with
+    GEMM's 1-D estimate (:func:`convolab.algorithms.gemm._cost_1d`, where the fit is
+    described).  The stride-1 input gradient runs this forward (:func:`_as_forward`)
+    and is charged by it."""
+    N, C, K, g = p["N"], p["C"], p["K"], p["g"]
+    Ls, _, nb = _sizes("forward", spec, p["O"])
+    Lt = math.prod(Ls)
+    ffts = 2.5 * Lt * math.log2(max(Lt, 2)) * (nb * (N * C + N * K) + K * C // g)
+    moved = Lt * nb * itemsize * 2 * (N * C + N * K) * 3
+    prods = 4 * Lt * nb * N * C * K / g
+    if C // g == 1:  # depthwise: one broadcast product, no GEMM per frequency
+        return 12 * ffts + prods, moved
+    freqs = (Ls[0] // 2 + 1) * g
+    return 12 * ffts + 4 * prods, moved + freqs * 8e3
 
 
 def _sizes(role: str, spec: ConvSpec, O) -> tuple[tuple[int, ...], int, int]:

@@ -115,6 +115,8 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
         # ~2.6 ns per output (3x3 C256 14.1 ms, 7x7 C128 40.2, 13x13 113, 31x31 578)
         moved = (1.6 * N * C * kk * P + 20.8 * N * K * P) * itemsize / 4
         return 0.0, moved * (3 if role == "input_grad" else 1)
+    if spec.rank == 1:
+        return _cost_1d(role, N, C, K, g, kk, P)
     flops = 2 * N * K * (C // g) * kk * P
     if role == "forward" and _flat(spec, p["S"], p["O"]):
         # the flat lowering's GEMM also computes the garbage columns of each padded row
@@ -128,6 +130,37 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     pointwise = _is_pointwise(spec, p["S"], p["O"])
     copies = 0 if pointwise else N * C * kk * P * itemsize * 2
     return flops / max(eff, 1e-3), copies
+
+
+# GEMM on 1-D layers: (FLOP factor, ns per column element, ns per output, M0, alpha, I0,
+# beta), efficiency min(1, M/M0)**alpha * min(1, I/I0)**beta with M the product's rows
+# (K/g; C/g*k for the input gradient) and I its inner length (C/g*k; K/g).  See _cost_1d.
+COST_1D = {
+    "forward": (1.15, 0.15, 0.15, 16, 0.6, 16, 0.5),
+    "input_grad": (1.14, 0.5, 0.07, 16, 0.95, 128, 0.28),
+    "weight_grad": (1.4, 0.5, 0.5, 16, 0.2, 32, 0.7),
+}
+
+
+def _cost_1d(role: str, N: int, C: int, K: int, g: int, kk: int, P: int) -> tuple[float, float]:
+    """GEMM's estimate for a 1-D layer (not depthwise).  The 2-D/3-D formula
+    below charged the column copies 1 ns per element and cut the efficiency of small
+    per-group products far too hard when their inner dimension is long: a grouped k31
+    layer measured at 1.8 ms was estimated at 9.2, and FFT was chosen where GEMM ran
+    1.5-3.5x faster.  Refitted (float32, 2 workers, medians) to choose well rather than
+    to predict: the constants of :data:`COST_1D` minimise the time the automatic choice
+    loses over 150 random 1-D layers (every candidate of every role timed), and were
+    checked on 34 others (the survey's two draws and the suite's three 1-D rows); see
+    benchmarks/RESULTS.md, "Sixteenth pass".  The weight gradient's constants were
+    fitted with the fused backward's (:func:`convolab.algorithms.fused.cost`, which
+    prices two of these products) to the backward plans' times."""
+    F, col_ns, out_ns, M0, alpha, I0, beta = COST_1D[role]
+    Cg, Kg = C // g, K // g
+    M, inner = (Cg * kk, Kg) if role == "input_grad" else (Kg, Cg * kk)
+    eff = min(1.0, M / M0) ** alpha * min(1.0, inner / I0) ** beta
+    flops = 2 * N * K * Cg * kk * P
+    # the cost model charges bytes at 8 GB/s: 1 ns is 8 bytes
+    return F * flops / eff, 8 * (col_ns * N * C * kk * P + out_ns * N * K * P)
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
