@@ -392,3 +392,24 @@ def test_a_parameter_may_replace_a_sub_module_as_torch():
     assert len(m) == len(tm) == 0 and [n for n, _ in m.named_parameters()] == ["0"]
     with pytest.raises(TypeError, match="as child module"):  # an array still may not
         nn.Sequential(nn.ReLU()).__setattr__("0", np.ones(2))
+
+
+def test_load_state_dict_skips_keys_below_an_empty_slot_as_torch():
+    """A checkpoint of the full model loads strictly into one whose sub-module was set to
+    None: torch counts no key below the empty slot as unexpected (a key naming the slot
+    itself, or below a missing or non-module name, still is)."""
+    got = []
+    for lib in (torch.nn, nn):
+        m = lib.Sequential(lib.Linear(2, 2), lib.BatchNorm1d(2), lib.Linear(2, 3))
+        state = dict(m.state_dict())
+        m.add_module("2", None)  # the head removed, its slot kept
+        r = m.load_state_dict(state)  # strict: "2.weight" and "2.bias" are not unexpected
+        got.append((list(r.missing_keys), list(r.unexpected_keys)))
+        extra = dict(state, **{"2": state["2.bias"], "1.foo.bar": state["2.bias"],
+                               "3.weight": state["2.bias"]})
+        r = m.load_state_dict(extra, strict=False)
+        got.append((list(r.missing_keys), sorted(r.unexpected_keys)))
+        with pytest.raises(Exception, match="nexpected"):
+            m.load_state_dict(extra)
+    assert got[:2] == got[2:]
+    assert got[0] == ([], []) and got[1] == ([], ["1.foo.bar", "2", "3.weight"])

@@ -618,6 +618,21 @@ class Module:
             if m is not None:
                 m._collect_state(out, prefix + mn + ".", keep_vars)
 
+    def _under_empty_slot(self, key) -> bool:
+        # torch leaves a key below a sub-module set to None out of the unexpected keys
+        # (the slot is a name of the module, and no child reads what is below it), so a
+        # checkpoint of the full model loads, strictly, into one whose head was removed
+        if not isinstance(key, str):
+            return False
+        m: Module | None = self
+        for part in key.split(".")[:-1]:
+            if part not in m._modules:
+                return False
+            m = m._modules[part]
+            if m is None:
+                return True
+        return False
+
     def load_state_dict(self, state: Mapping[str, object], strict: bool = True):
         """Load arrays (NumPy, or anything ``np.asarray`` accepts, e.g. torch tensors).
 
@@ -630,7 +645,8 @@ class Module:
         optional = {k for k in bufs if k.rpartition(".")[2] == "num_batches_tracked"}
         order = self.state_dict(keep_vars=True)  # torch's order: module by module
         missing = [k for k in order if k not in state and k not in optional]
-        unexpected = [k for k in state if k not in own and k not in bufs]
+        unexpected = [k for k in state if k not in own and k not in bufs
+                      and not self._under_empty_slot(k)]
         if strict and (missing or unexpected):
             raise StateDictError(
                 f"load_state_dict: missing keys {missing}, unexpected keys {unexpected} "
