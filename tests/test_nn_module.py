@@ -413,3 +413,37 @@ def test_load_state_dict_skips_keys_below_an_empty_slot_as_torch():
             m.load_state_dict(extra)
     assert got[:2] == got[2:]
     assert got[0] == ([], []) and got[1] == ([], ["1.foo.bar", "2", "3.weight"])
+
+
+def test_containers_hold_an_empty_slot_as_torch():
+    """A container holding None (``add_module(name, None)``, or None given where torch's
+    containers take it) can be sliced, summed, extended and repr'd as torch's; only
+    ``Sequential.insert`` refuses None (torch asserts a Module)."""
+    from collections import OrderedDict
+
+    def ops(lib):
+        s = lib.Sequential(lib.Linear(2, 2), lib.ReLU())
+        s.add_module("2", None)
+        ml = lib.ModuleList([lib.ReLU(), None])
+        ml.append(None)
+        ml.insert(0, None)
+        ml[1] = None
+        md = lib.ModuleDict({"a": None})
+        md["b"] = lib.ReLU()
+        md.update({"c": None})
+        s2 = lib.Sequential(lib.ReLU(), None)
+        s2[0] = None
+        out = [repr(s[1:]), repr(s + lib.Sequential(lib.ReLU())),
+               repr(lib.Sequential(lib.ReLU()).extend(s)), repr(ml), repr(ml[1:]),
+               repr(ml + ml), repr(md), list(md), repr(s2),
+               repr(lib.Sequential(OrderedDict(x=None, y=lib.ReLU()))),
+               [n for n, _ in (s + s).named_parameters()]]
+        s += lib.Sequential(None)
+        out.append(repr(s.append(None)))
+        return out
+
+    assert ops(torch.nn) == ops(nn)
+    with pytest.raises(TypeError, match="insert"):
+        nn.Sequential(nn.ReLU()).insert(0, None)
+    with pytest.raises(TypeError, match="not a convolab Module"):
+        nn.ModuleList([3])

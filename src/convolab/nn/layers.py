@@ -139,8 +139,10 @@ def _index(name: str, idx, size: int) -> int:
     return idx % size
 
 
-def _module(name: str, m) -> Module:
-    if not isinstance(m, Module):
+def _module(name: str, m, none_ok: bool = False) -> Module | None:
+    """``m`` if it is a Module (or, with ``none_ok``, None: an empty slot, which torch's
+    containers take wherever ``add_module`` does)."""
+    if not isinstance(m, Module) and not (none_ok and m is None):
         raise TypeError(f"{name}: {m!r} is not a convolab Module")
     return m
 
@@ -166,7 +168,7 @@ class _Renumbered(Module):
     def __setitem__(self, idx, module) -> None:
         name = type(self).__name__
         key = list(self._modules)[_index(name, idx, len(self))]
-        setattr(self, key, _module(name, module))
+        setattr(self, key, _module(name, module, none_ok=True))
 
     def __delitem__(self, idx) -> None:
         mods = list(self._modules.values())
@@ -178,7 +180,8 @@ class _Renumbered(Module):
 
     def append(self, module: Module):
         """Add ``module`` at the end (named ``str(len(self))``); returns ``self``."""
-        self.add_module(str(len(self)), _module(f"{type(self).__name__}.append", module))
+        self.add_module(str(len(self)),
+                        _module(f"{type(self).__name__}.append", module, none_ok=True))
         return self
 
     def extend(self, modules):
@@ -189,14 +192,15 @@ class _Renumbered(Module):
             raise TypeError(f"{name}: expected an iterable of modules, got a "
                             f"{type(modules).__name__}")
         for m in list(modules):
-            self.append(_module(name, m))
+            self.append(_module(name, m, none_ok=True))
         return self
 
     def insert(self, index: int, module: Module):
         """Insert ``module`` before position ``index`` (``len(self)`` appends), the
         later modules moving up one name; returns ``self``, as torch."""
         name = f"{type(self).__name__}.insert"
-        module = _module(name, module)
+        # torch's ModuleList.insert takes None (an empty slot), Sequential's asserts a Module
+        module = _module(name, module, none_ok=isinstance(self, ModuleList))
         n = len(self)
         index = check_index(name, "index", index)
         if not -n <= index <= n:
@@ -232,6 +236,11 @@ class Sequential(_Renumbered):
         else:
             items = [(str(i), m) for i, m in enumerate(modules)]
         for name, m in items:
+            # None: an empty slot, as torch's (a slice or a sum of a Sequential holding
+            # one keeps it)
+            if m is None:
+                self.add_module(name, None)
+                continue
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential: entry {name}={m!r} is not a convolab Module")
             setattr(self, name, m)
@@ -331,7 +340,7 @@ class ModuleDict(Module):
         return self._modules[key]
 
     def __setitem__(self, key: str, module: Module) -> None:
-        self.add_module(key, _module("ModuleDict", module))
+        self.add_module(key, _module("ModuleDict", module, none_ok=True))
 
     def __delitem__(self, key: str) -> None:
         del self._modules[key]
