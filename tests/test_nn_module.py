@@ -447,3 +447,23 @@ def test_containers_hold_an_empty_slot_as_torch():
         nn.Sequential(nn.ReLU()).insert(0, None)
     with pytest.raises(TypeError, match="not a convolab Module"):
         nn.ModuleList([3])
+
+
+def test_an_empty_slot_is_not_registered_again_as_another_kind_as_torch():
+    """``add_module(name, None)`` on an empty parameter or buffer slot, or
+    ``register_parameter`` on an empty sub-module slot, raise torch's KeyError instead of
+    moving the slot to another store (an empty slot is filled again by its own kind)."""
+    for lib in (torch.nn, nn):
+        m = lib.Linear(2, 2, bias=False)
+        m.register_buffer("buf", None)
+        m.add_module("head", None)
+        for method, name, value in (("add_module", "bias", None), ("add_module", "buf", None),
+                                    ("register_parameter", "head", None),
+                                    ("add_module", "bias", lib.ReLU())):
+            with pytest.raises(KeyError, match="already exists"):
+                getattr(m, method)(name, value)
+        assert list(m._parameters) == ["weight", "bias"] and list(m._modules) == ["head"]
+        assert list(m._buffers) == ["buf"]
+        m.add_module("head", lib.ReLU())  # the same kind fills it
+        m.register_parameter("bias", None)
+        assert [n for n, _ in m.named_children()] == ["head"]

@@ -342,6 +342,12 @@ class Module:
         # (an empty slot, e.g. register_parameter("bias", None), may be filled again)
         if name in self.__dict__ and name not in store and self.__dict__[name] is not None:
             raise KeyError(f"{where}: attribute {name!r} already exists")
+        # ... but not by another kind: torch refuses add_module("bias", None) on an empty
+        # parameter slot, or register_parameter on an empty sub-module slot, instead of
+        # moving the slot to another store
+        if any(name in other for other in (self._parameters, self._modules, self._buffers)
+               if other is not store):
+            raise KeyError(f"{where}: attribute {name!r} already exists")
         # a method or class attribute (ModuleDict()["train"] = m) would be shadowed: the
         # module's own train(), forward() or state_dict() would call the child, as torch
         # refuses
