@@ -277,3 +277,27 @@ def test_autotune_times_the_input_gradient_of_a_heavily_padded_call(fn, x_shape,
                      transposed=transposed)
     gy_shape = x_shape if transposed else y.shape
     assert all(s >= 1 for s in select.problem("input_grad", spec, gy_shape, w_shape)["S"])
+
+
+def test_gemm_1d_estimate_scales_its_copies_with_the_item_size():
+    """GEMM's 1-D estimate (fitted on float32) charges a float64 or complex column copy
+    for its bytes, as every other estimate does: with the FLOP rate scaled by
+    ``_gemm_rate``, a float64 layer then ranks its candidates as the float32 one (the
+    copies were charged at float32 size, which kept 1-D float64 layers on GEMM, and on
+    separate backward plans, that the same float32 layers leave)."""
+    from convolab.algorithms import gemm
+
+    for rank_k, x_shape, w_shape in (((7,), (16, 32, 16384), (32, 32, 7)),
+                                     ((3, 3), (16, 64, 28, 28), (64, 64, 3, 3))):
+        spec = _spec(rank_k, padding=1)
+        for role in ("forward", "input_grad", "weight_grad"):
+            p = select.problem(role, spec, x_shape, w_shape)
+            f4, b4 = gemm.cost(role, spec, p, 4)
+            f8, b8 = gemm.cost(role, spec, p, 8)
+            f16, b16 = gemm.cost(role, spec, p, 16)
+            assert f8 == f4 == f16 and b8 == 2 * b4 and b16 == 4 * b4, (rank_k, role)
+    spec = _spec((7,), padding=3)
+    picks = {dt: (select.choose("forward", spec, (16, 32, 16384), (32, 32, 7), dt).algorithm,
+                  select.choose_backward(spec, (16, 32, 16384), (32, 32, 7), dt).algorithm)
+             for dt in (np.float32, np.float64)}
+    assert picks[np.float64] == picks[np.float32], picks

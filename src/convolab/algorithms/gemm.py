@@ -116,7 +116,7 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
         moved = (1.6 * N * C * kk * P + 20.8 * N * K * P) * itemsize / 4
         return 0.0, moved * (3 if role == "input_grad" else 1)
     if spec.rank == 1:
-        return _cost_1d(role, N, C, K, g, kk, P)
+        return _cost_1d(role, N, C, K, g, kk, P, itemsize)
     flops = 2 * N * K * (C // g) * kk * P
     if role == "forward" and _flat(spec, p["S"], p["O"]):
         # the flat lowering's GEMM also computes the garbage columns of each padded row
@@ -142,7 +142,8 @@ COST_1D = {
 }
 
 
-def _cost_1d(role: str, N: int, C: int, K: int, g: int, kk: int, P: int) -> tuple[float, float]:
+def _cost_1d(role: str, N: int, C: int, K: int, g: int, kk: int, P: int,
+             itemsize: int = 4) -> tuple[float, float]:
     """GEMM's estimate for a 1-D layer (not depthwise).  The 2-D/3-D formula
     below charged the column copies 1 ns per element and cut the efficiency of small
     per-group products far too hard when their inner dimension is long: a grouped k31
@@ -153,14 +154,16 @@ def _cost_1d(role: str, N: int, C: int, K: int, g: int, kk: int, P: int) -> tupl
     checked on 34 others (the survey's two draws and the suite's three 1-D rows); see
     benchmarks/RESULTS.md, "Sixteenth pass".  The weight gradient's constants were
     fitted with the fused backward's (:func:`convolab.algorithms.fused.cost`, which
-    prices two of these products) to the backward plans' times."""
+    prices two of these products) to the backward plans' times.  The copy times, fitted
+    on float32, scale with the item size (as every other estimate's bytes: a float64
+    column copies twice the bytes; the FLOPs are scaled by ``select._gemm_rate``)."""
     F, col_ns, out_ns, M0, alpha, I0, beta = COST_1D[role]
     Cg, Kg = C // g, K // g
     M, inner = (Cg * kk, Kg) if role == "input_grad" else (Kg, Cg * kk)
     eff = min(1.0, M / M0) ** alpha * min(1.0, inner / I0) ** beta
     flops = 2 * N * K * Cg * kk * P
-    # the cost model charges bytes at 8 GB/s: 1 ns is 8 bytes
-    return F * flops / eff, 8 * (col_ns * N * C * kk * P + out_ns * N * K * P)
+    # the cost model charges bytes at 8 GB/s: 1 ns is 8 bytes (of float32 data)
+    return F * flops / eff, 8 * (col_ns * N * C * kk * P + out_ns * N * K * P) * itemsize / 4
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
