@@ -330,7 +330,9 @@ def _backward_settled(spec, x_shape, w_shape, dtype) -> Choice | tuple[Choice, C
         # 3x3 C256 14x14 50.5 / 41.5, conv3d 16.4 / 13.4, 1-D k7 29.2 / 19.9, 1-D k5
         # 19.9 / 18.2).  Where only the input gradient takes Winograd, GEMM's weight
         # gradient still copies x's columns and fused won: the dilated 1-D k3 13.1 /
-        # 14.1, the demo's undilated k3 layer 3.5 / 4.3.
+        # 14.1 (measured when its input gradient took Winograd; since the sixteenth
+        # pass's 1-D refit it takes polyphase, and fused still wins), the demo's
+        # undilated k3 layer 3.5 / 4.3.
         return Choice("separate", f"{ig.algorithm} + {wg.algorithm}: Winograd needs "
                                   "fewer FLOPs than the fused GEMMs")
     return ig, wg
