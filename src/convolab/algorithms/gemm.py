@@ -134,7 +134,9 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
 
 # GEMM on 1-D layers: (FLOP factor, ns per column element, ns per output, M0, alpha, I0,
 # beta), efficiency min(1, M/M0)**alpha * min(1, I/I0)**beta with M the product's rows
-# (K/g; C/g*k for the input gradient) and I its inner length (C/g*k; K/g).  See _cost_1d.
+# (K/g; C/g*k for the input gradient) and I its inner length (C/g*k; K/g).  The weight
+# gradient's product is (K/g x N*P) @ (N*P x C/g*k): it takes the forward's M and I as
+# the fitted variables, not as its shape.  See _cost_1d.
 COST_1D = {
     "forward": (1.15, 0.15, 0.15, 16, 0.6, 16, 0.5),
     "input_grad": (1.14, 0.5, 0.07, 16, 0.95, 128, 0.28),
