@@ -1016,6 +1016,45 @@ def test_polyphase_writes_the_phases_from_the_1x1_tiles(x_shape, w_shape, kwargs
     assert stored == [True], "the phases did not run on the 1x1 product tiles"
 
 
+@pytest.mark.parametrize(
+    "k, kwargs",
+    [
+        (4, dict(stride=2, padding=1)),  # all phases as one forward (same-grid lowering)
+        (3, dict(stride=2, padding=1, output_padding=1)),  # a 2-tap and a 1x1 phase
+        (5, dict(stride=4, padding=2)),  # uneven phases, one of them cropped
+        (7, dict(stride=3, padding=2, dilation=2)),  # dilated phases (im2col lowering)
+    ],
+)
+def test_polyphase_1d_strided_stays_within_the_workspace(k, kwargs, monkeypatch):
+    """A strided 1-D upsampler (a WaveNet / U-Net decoder on a long signal) through
+    polyphase: the phases' GEMM tiles write into the output as they go.  Every 1-D
+    phase ran on a lowering that returned its whole result, which was then copied into
+    place: scratch of the output's size (two phases' worth, for the phase-by-phase
+    path), 256 MiB on 2**20 samples of 64 channels under a 16 MiB budget."""
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((1, 16, 2**15), dtype=np.float32)
+    w = rng.standard_normal((16, 16, k), dtype=np.float32)
+    b = rng.standard_normal(16, dtype=np.float32)
+    budget = 2**20
+    chosen = []
+    choose = select.choose
+
+    def spy(role, *args):
+        chosen.append((role, choose(role, *args).algorithm))
+        return choose(role, *args)
+
+    monkeypatch.setattr(select, "choose", spy)
+    with cl.options(workspace_bytes=budget, workers=2):
+        cl.conv_transpose1d(x, w, b, **kwargs)  # a first call's imports and caches
+        got, peak = _traced(lambda: cl.conv_transpose1d(x, w, b, **kwargs))
+    assert chosen[0] == ("input_grad", "polyphase"), chosen
+    assert got.nbytes >= 4 * budget  # 4-8 MiB
+    assert peak <= budget + got.nbytes + 2**20, (peak - got.nbytes) / 2**20
+    want = torch.nn.functional.conv_transpose1d(
+        *(torch.from_numpy(a.astype(np.float64)) for a in (x, w, b)), **kwargs).numpy()
+    assert rel_err(got, want) <= TOL32
+
+
 @pytest.mark.parametrize("workers", [1, 2, 3])
 @pytest.mark.parametrize("N, most", [(16, 3), (16, 16), (5, 2), (1, 4), (7, 1), (3, 8)])
 def test_gemm_input_grad_batches_are_even(N, most, workers):

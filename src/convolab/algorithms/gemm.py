@@ -388,9 +388,10 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None, *,
     With ``store``, nothing is returned: ``store(samples, channels, rows, block)`` is
     called with blocks ``(n, k, r, *O[1:])`` of ``y`` that together cover it once (slices
     of the batch, the output channels and the first output dimension), possibly from
-    the tile workers at once.  The stride-1 flat lowering and the 1x1 products hand over
-    each tile's block while it is in the cache, in place of their own copy into ``y``;
-    the other lowerings hand over the whole ``y``.  A caller that lays the output out
+    the tile workers at once.  The stride-1 flat and same-grid lowerings, the plain
+    im2col lowering (every other 1-D layer's) and the 1x1 products hand over each tile's
+    block while it is in the cache, in place of their own copy into ``y``; the slab and
+    MEC lowerings hand over the whole ``y``.  A caller that lays the output out
     differently (the polyphase interleave of a transposed convolution) so writes it
     once."""
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
@@ -427,11 +428,15 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     if _mec(spec, O):
         return _forward_mec(x, w, spec, O, dtype, bias)
     if samegrid.applicable(spec, x.shape[2:], O):
-        return _forward_same(x, w, spec, O, dtype, gb)
+        return _forward_same(x, w, spec, O, dtype, gb, store)
     if _flat(spec, x.shape[2:], O):
         return _forward_flat(x, w, spec, O, dtype, store, gb)
-    y = np.empty((N, g, K // g, P), dtype=dtype)
-    Cg = C // g
+    # with ``store`` each tile's product goes there (no ``y``): a 1-D layer always runs
+    # this lowering, and the polyphase input gradient's phases would otherwise each
+    # hold a whole result outside the workspace (a transposed stride-2 layer on 2**20
+    # samples: a 256 MiB copy under a 16 MiB budget)
+    y = None if store is not None else np.empty((N, g, K // g, P), dtype=dtype)
+    Cg, Kg = C // g, K // g
     plan, most, G = _plan(N, O, g, K // g, Cg * kk * dtype.itemsize)
     bufs = Scratch(most * G * Cg * kk + _input_tile_size(plan, spec, x.shape[2:], G * Cg), dtype)
 
@@ -442,14 +447,18 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
         cols = cols.reshape(cols.shape[0], gs.stop - gs.start, Cg * kk, -1)
         ps = _row_positions(rows, O)
         bg = None if gb is None else gb[gs]
-        if ps.start == 0 and ps.stop == P:
+        if store is not None:
+            block = np.matmul(wm[gs], cols)
+            store(bs, slice(gs.start * Kg, gs.stop * Kg), rows,
+                  block.reshape((block.shape[0], -1, rows.stop - rows.start) + tuple(O[1:])))
+        elif ps.start == 0 and ps.stop == P:
             np.matmul(wm[gs], cols, out=y[bs, gs])
             add_bias(y[bs, gs], bg)
         else:
             put(y[bs, gs, :, ps], np.matmul(wm[gs], cols), bg)
 
     run_tiles(run, plan)
-    return y.reshape((N, K) + O)
+    return None if y is None else y.reshape((N, K) + O)
 
 
 # Most extra (garbage) columns the flat lowering may add, as a fraction of the outputs:
@@ -531,13 +540,14 @@ def _forward_flat(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.nda
     return y
 
 
-def _forward_same(x, w, spec: ConvSpec, O, dtype, gb=None) -> np.ndarray:
+def _forward_same(x, w, spec: ConvSpec, O, dtype, gb=None, store=None) -> np.ndarray | None:
     """The stride-1 forward of a layer that keeps its size after the first dimension:
     columns are runs of the unpadded input (:mod:`convolab.algorithms._samegrid`), and
     the product is written straight into the output.  Against the flat lowering (which
     pads each tile and drops the padded grid's extra positions) it copies neither the
     padded rows nor the result.  Measured (float32 medians, two workers): depthwise 3x3
-    C256 28x28 8.6 -> 7.9 ms, 2 groups C64 56x56 19.2 -> 17.7; 32 groups equal."""
+    C256 28x28 8.6 -> 7.9 ms, 2 groups C64 56x56 19.2 -> 17.7; 32 groups equal.
+    ``store``: see :func:`forward`."""
     N, C = x.shape[:2]
     K, g = w.shape[0], spec.groups
     Cg, Kg = C // g, K // g
@@ -547,7 +557,7 @@ def _forward_same(x, w, spec: ConvSpec, O, dtype, gb=None) -> np.ndarray:
     row, Sf = grid.row, math.prod(S)
     wm = _wmat(w, g)
     xf = x.reshape(N, C, Sf)
-    y = np.empty((N, K, math.prod(O)), dtype=dtype)
+    y = None if store is not None else np.empty((N, K, math.prod(O)), dtype=dtype)
     plan, _, G = _plan(N, O, g, Kg, Cg * (kk + 1) * dtype.itemsize)
     bufs = Scratch(grid.scratch_size(max((b.stop - b.start for b, _, _ in plan), default=1),
                                      G * Cg, max((r.stop - r.start for _, r, _ in plan),
@@ -558,12 +568,17 @@ def _forward_same(x, w, spec: ConvSpec, O, dtype, gb=None) -> np.ndarray:
         n, ng = bs.stop - bs.start, gs.stop - gs.start
         L = (rows.stop - rows.start) * row
         cols = grid.tile_columns(xf[bs, gs.start * Cg:gs.stop * Cg], Sf, rows, bufs.get())
+        if store is not None:
+            block = np.matmul(wm[gs], cols.reshape(n, ng, Cg * kk, L))
+            store(bs, slice(gs.start * Kg, gs.stop * Kg), rows,
+                  block.reshape((n, ng * Kg, rows.stop - rows.start) + tuple(O[1:])))
+            return
         out = y[bs, gs.start * Kg:gs.stop * Kg, rows.start * row:rows.stop * row]
         np.matmul(wm[gs], cols.reshape(n, ng, Cg * kk, L), out=out.reshape(n, ng, Kg, L))
         add_bias(out.reshape(n, ng, Kg, L), None if gb is None else gb[gs])
 
     run_tiles(run, plan)
-    return y.reshape((N, K) + tuple(O))
+    return None if y is None else y.reshape((N, K) + tuple(O))
 
 
 # Positions per output row below which the row GEMMs of the MEC lowering get too short:

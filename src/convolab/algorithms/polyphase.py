@@ -245,12 +245,22 @@ def _input_grad_phases(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial
         # the stride-1 correlation yields exactly `count` positions.
         pads = [(p[7], p[5] + p[3] * (p[2] - 1) - o - p[7]) for p, o in zip(combo, O)]
         counts = tuple(p[5] for p in combo)
-        y = _forward_padded(gy, sub, pads, tuple(p[3] for p in combo), g, counts)
-        if y is not None and full and all(s == 1 for s in spec.stride):
-            return y
+        dil = tuple(p[3] for p in combo)
+        if full and all(s == 1 for s in spec.stride):
+            y = _forward_padded(gy, sub, pads, dil, g, counts)
+            if y is not None:
+                return y
         dst = gx[(slice(None), slice(None)) + tuple(slice(p[6], None, s)
                                                      for p, s in zip(combo, spec.stride))]
-        dst[...] = 0 if y is None else y
+
+        def store(bs, ks, rows, block, dst=dst):
+            # each tile's block straight into its strided place: a whole phase held
+            # before the copy was scratch outside the workspace budget (two of them, the
+            # last one's and the next, at once)
+            dst[bs, ks, rows] = block
+
+        if not _forward_padded(gy, sub, pads, dil, g, counts, store=store):
+            dst[...] = 0
     return gx
 
 
@@ -308,10 +318,11 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
-    """The phases' forward scratch (the swapped problem), plus the result of one phase
-    for stride > 1 before it is written into place."""
+    """The phases' forward scratch (the swapped problem), plus, for stride > 1 where that
+    forward is not GEMM's, its whole result before it is written into place (GEMM's
+    tiles write theirs there as they go)."""
     mod, sub, swapped = _inner(spec, p, np.dtype(dtype).itemsize)
     est = getattr(mod, "workspace", None)
-    own = 0 if all(s == 1 for s in spec.stride) else (
+    own = 0 if all(s == 1 for s in spec.stride) or mod is gemm else (
         p["N"] * p["C"] * math.prod(p["S"]) * np.dtype(dtype).itemsize)
     return (int(est("forward", sub, swapped, dtype)) if est else 0) + own
