@@ -1055,6 +1055,26 @@ def test_polyphase_1d_strided_stays_within_the_workspace(k, kwargs, monkeypatch)
     assert rel_err(got, want) <= TOL32
 
 
+@pytest.mark.parametrize("cin, cout, k", [(8, 256, 3), (4, 128, 5)])
+def test_polyphase_1d_widening_upsampler_stays_within_the_workspace(cin, cout, k):
+    """The phases' GEMM tiles hand their products to ``store``; those products are
+    scratch too.  They were allocated per tile and the tiles sized by the columns alone
+    (C_in * taps per position), so an upsampler that widens the channels (C8 -> C256,
+    k3 stride 2) held products of 256 / 16 times the columns: 8-10 MiB of scratch under
+    a 1 MiB budget."""
+    rng = np.random.default_rng(44)
+    x = rng.standard_normal((1, cin, 2**13), dtype=np.float32)
+    w = rng.standard_normal((cin, cout, k), dtype=np.float32)
+    budget = 2**20
+    with cl.options(workspace_bytes=budget, workers=2, algorithm="polyphase"):
+        cl.conv_transpose1d(x, w, stride=2, padding=1)  # a first call's imports and caches
+        got, peak = _traced(lambda: cl.conv_transpose1d(x, w, stride=2, padding=1))
+    assert peak <= budget + got.nbytes + 2**20, (peak - got.nbytes) / 2**20
+    want = torch.nn.functional.conv_transpose1d(
+        *(torch.from_numpy(a.astype(np.float64)) for a in (x, w)), stride=2, padding=1).numpy()
+    assert rel_err(got, want) <= TOL32
+
+
 @pytest.mark.parametrize(
     "x_shape, w_shape, kwargs",
     [

@@ -480,8 +480,13 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     # samples: a 256 MiB copy under a 16 MiB budget)
     y = None if store is not None else np.empty((N, g, K // g, P), dtype=dtype)
     Cg, Kg = C // g, K // g
-    plan, most, G = _plan(N, O, g, K // g, Cg * kk * dtype.itemsize)
-    bufs = Scratch(most * G * Cg * kk + _input_tile_size(plan, spec, x.shape[2:], G * Cg), dtype)
+    # with ``store`` the tile's product is scratch too (in the buffer, and in the tile's
+    # size): a product allocated per tile, sized by the columns alone, was 9 MiB over a
+    # 1 MiB budget for the phases of a C8 -> C256 k3 stride-2 ConvTranspose1d
+    Kp = Kg if store is not None else 0
+    plan, most, G = _plan(N, O, g, K // g, (Cg * kk + Kp) * dtype.itemsize)
+    bufs = Scratch(most * G * (Cg * kk + Kp)
+                   + _input_tile_size(plan, spec, x.shape[2:], G * Cg), dtype)
 
     def run(tile):
         bs, rows, gs = tile
@@ -491,7 +496,9 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
         ps = _row_positions(rows, O)
         bg = None if gb is None else gb[gs]
         if store is not None:
-            block = np.matmul(wm[gs], cols)
+            n, ng, _, Pt = cols.shape
+            block = np.matmul(wm[gs], cols, out=buf[cols.size:cols.size + n * ng * Kg * Pt]
+                              .reshape(n, ng, Kg, Pt))
             store(bs, slice(gs.start * Kg, gs.stop * Kg), rows,
                   block.reshape((block.shape[0], -1, rows.stop - rows.start) + tuple(O[1:])))
         elif ps.start == 0 and ps.stop == P:
@@ -601,18 +608,23 @@ def _forward_same(x, w, spec: ConvSpec, O, dtype, gb=None, store=None) -> np.nda
     wm = _wmat(w, g)
     xf = x.reshape(N, C, Sf)
     y = None if store is not None else np.empty((N, K, math.prod(O)), dtype=dtype)
-    plan, _, G = _plan(N, O, g, Kg, Cg * (kk + 1) * dtype.itemsize)
-    bufs = Scratch(grid.scratch_size(max((b.stop - b.start for b, _, _ in plan), default=1),
-                                     G * Cg, max((r.stop - r.start for _, r, _ in plan),
-                                                 default=1)), dtype)
+    # with ``store`` the tile's product is scratch too (see :func:`_forward`)
+    Kp = Kg if store is not None else 0
+    plan, _, G = _plan(N, O, g, Kg, (Cg * (kk + 1) + Kp) * dtype.itemsize)
+    nmax = max((b.stop - b.start for b, _, _ in plan), default=1)
+    rmax = max((r.stop - r.start for _, r, _ in plan), default=1)
+    bufs = Scratch(grid.scratch_size(nmax, G * Cg, rmax) + nmax * G * Kp * rmax * row, dtype)
 
     def run(tile):
         bs, rows, gs = tile
         n, ng = bs.stop - bs.start, gs.stop - gs.start
         L = (rows.stop - rows.start) * row
-        cols = grid.tile_columns(xf[bs, gs.start * Cg:gs.stop * Cg], Sf, rows, bufs.get())
+        buf = bufs.get()
+        cols = grid.tile_columns(xf[bs, gs.start * Cg:gs.stop * Cg], Sf, rows, buf)
         if store is not None:
-            block = np.matmul(wm[gs], cols.reshape(n, ng, Cg * kk, L))
+            # the product after the columns (the run scratch behind them is free now)
+            block = np.matmul(wm[gs], cols.reshape(n, ng, Cg * kk, L),
+                              out=buf[cols.size:cols.size + n * ng * Kg * L].reshape(n, ng, Kg, L))
             store(bs, slice(gs.start * Kg, gs.stop * Kg), rows,
                   block.reshape((n, ng * Kg, rows.stop - rows.start) + tuple(O[1:])))
             return
