@@ -324,10 +324,13 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     """The phases' forward scratch (the swapped problem), plus, for stride > 1 where that
-    forward is not GEMM's, its whole result before it is written into place (GEMM's
-    tiles write theirs there as they go)."""
+    forward does not hand over its tiles, its whole result before it is written into
+    place.  GEMM's 1-D lowerings write each tile there as it goes; in 2-D and 3-D a
+    phase may run on the MEC or slab lowering, which hands over the whole result (a
+    k5 stride-2 ConvTranspose2d, 64x160 planes: 2.7 MiB measured under a 1 MiB budget,
+    where 1.0 was estimated)."""
     mod, sub, swapped = _inner(spec, p, np.dtype(dtype).itemsize)
     est = getattr(mod, "workspace", None)
-    own = 0 if all(s == 1 for s in spec.stride) or mod is gemm else (
+    own = 0 if all(s == 1 for s in spec.stride) or (mod is gemm and spec.rank == 1) else (
         p["N"] * p["C"] * math.prod(p["S"]) * np.dtype(dtype).itemsize)
     return (int(est("forward", sub, swapped, dtype)) if est else 0) + own
