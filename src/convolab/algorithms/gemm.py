@@ -99,41 +99,6 @@ def col2im(cols: np.ndarray, spec: ConvSpec, in_spatial, out_spatial) -> np.ndar
     return np.ascontiguousarray(crop_spatial(gxp, spec.padding))
 
 
-def _input_grad_rows_cropped(gyg, wt, spec: ConvSpec, in_spatial, O, plan, buf, taps):
-    """:func:`_input_grad_rows` for a padded layer: each row tile's taps add into a
-    zeroed buffer of its own input rows, whose rows inside the input are then added
-    into ``gx`` (tiles run in order, so the rows two tiles share add up).  A padded
-    buffer of the whole gradient, cropped at the end, was scratch of the result's size
-    outside the workspace budget: 64 MiB for a 1-D C64 k3 stride-2 layer on 2**18
-    samples under a 1 MiB budget (1-D layers of long signals take this path)."""
-    N, g, Kg, P = gyg.shape
-    C = wt.shape[0] * wt.shape[1] // math.prod(spec.kernel_size)
-    Cg = C // g
-    dtype = buf.dtype
-    buf_shape = grad_buffer_shape(spec, in_spatial, O)
-    lo0 = spec.padding[0][0]
-    rest = tuple(slice(lo, lo + n) for (lo, _), n in zip(spec.padding[1:], in_spatial[1:]))
-    gx = np.zeros((N, C) + tuple(in_spatial), dtype=dtype)
-    for bs, rows in plan:
-        Ot = (rows.stop - rows.start,) + O[1:]
-        gyt = gyg[bs, :, :, _row_positions(rows, O)]
-        n = gyt.shape[0]
-        dcols = buf[: n * C * (wt.shape[1] // Cg) * math.prod(Ot)].reshape(n, g, wt.shape[1], -1)
-        np.matmul(wt, gyt, out=dcols)
-        dv = dcols.reshape((n, C) + tuple(spec.kernel_size) + Ot)
-        ir = input_rows(rows, spec)
-        gt = np.zeros((n, C, ir.stop - ir.start) + tuple(buf_shape[1:]), dtype=dtype)
-        for t in taps:
-            gt[(slice(None), slice(None)) + tap_slices(t, spec, Ot)] += dv[
-                (slice(None), slice(None)) + t
-            ]
-        a, b = max(ir.start, lo0), min(ir.stop, lo0 + in_spatial[0])
-        if b > a:
-            gx[bs, :, a - lo0:b - lo0] += gt[(slice(None), slice(None),
-                                              slice(a - ir.start, b - ir.start)) + rest]
-    return gx
-
-
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     """(FLOPs at GEMM speed, bytes copied) for :func:`convolab.select.estimate_seconds`.
 
