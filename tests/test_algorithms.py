@@ -1844,3 +1844,26 @@ def test_transforms_keep_normal_tiny_and_all_zero_operands():
     assert _finite.too_small_for_transforms(bad, w)
     assert _finite.too_small_for_transforms(bad.astype(np.complex64), w.astype(np.complex64))
     assert not _finite.too_small_for_transforms(x.astype(np.float16), w.astype(np.float16))
+
+
+def test_polyphase_stride_1_input_gradient_holds_no_second_result():
+    """At stride 1 the single phase's forward is the input gradient itself: a
+    result-sized array allocated before that shortcut was scratch beside it (5 MiB for
+    a 4 MiB result under a 1 MiB budget)."""
+    import tracemalloc
+
+    from convolab.algorithms import direct, polyphase
+
+    spec = make_spec((3,), 1, 1, 1, 1)
+    rng = np.random.default_rng(3)
+    gy, w = rng.standard_normal((2, 32, 4096)), rng.standard_normal((32, 32, 3))
+    with cl.options(workspace_bytes=2**20, workers=1):
+        polyphase.input_grad(gy, w, spec, (4096,))
+        tracemalloc.start()
+        try:
+            out = polyphase.input_grad(gy, w, spec, (4096,))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak - out.nbytes <= 2 * 2**20
+    assert rel_err(out, direct.input_grad(gy, w, spec, (4096,))) <= TOL64

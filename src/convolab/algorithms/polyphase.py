@@ -235,7 +235,9 @@ def _input_grad_phases(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial
     wt = _flipped_transposed(w, g)
     plans = _phase_plan(spec, in_spatial)
     full = all(p is not None for dim in plans for p in dim)
-    gx = (np.empty if full else np.zeros)((N, C) + in_spatial, dtype=dtype)
+    # allocated once a phase needs it: the stride-1 shortcut below returns the phase's
+    # own result, and a result-sized array made before it was scratch beside it
+    gx = None
     for combo in itertools.product(*plans):
         if any(p is None or p == "empty" for p in combo):
             continue  # zeros (or nothing of this phase survives the crop)
@@ -250,6 +252,8 @@ def _input_grad_phases(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial
             y = _forward_padded(gy, sub, pads, dil, g, counts)
             if y is not None:
                 return y
+        if gx is None:
+            gx = (np.empty if full else np.zeros)((N, C) + in_spatial, dtype=dtype)
         dst = gx[(slice(None), slice(None)) + tuple(slice(p[6], None, s)
                                                      for p, s in zip(combo, spec.stride))]
 
@@ -261,7 +265,7 @@ def _input_grad_phases(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial
 
         if not _forward_padded(gy, sub, pads, dil, g, counts, store=store):
             dst[...] = 0
-    return gx
+    return np.zeros((N, C) + in_spatial, dtype=dtype) if gx is None else gx
 
 
 def _inner(spec: ConvSpec, p: dict, itemsize: int):
