@@ -182,12 +182,22 @@ def test_workspace_estimate_is_bounded_by_the_budget():
         assert select.workspace_bytes("forward", one, xs, (32, 64, 1, 1), np.float32) == 0
 
 
+def _scratch(call) -> int:
+    """Bytes of the tracemalloc peak of ``call()`` beyond the array it returns."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = call()
+        return tracemalloc.get_traced_memory()[1] - out.nbytes
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("role", ["forward", "weight_grad", "input_grad"])
 def test_gemm_workspace_estimate_follows_a_long_1d_layer(role):
     """A 1-D C16 k3 stride-2 layer on 2**17 samples runs GEMM within a 1 MiB budget;
     the estimate (what ``explain`` reports) was the whole padded input, 8 MiB, more."""
-    import tracemalloc
-
     from convolab.algorithms import gemm
 
     spec = _spec((3,), stride=2, padding=1)
@@ -202,12 +212,7 @@ def test_gemm_workspace_estimate_follows_a_long_1d_layer(role):
     with cl.options(algorithm="gemm", workspace_bytes=2**20, workers=2):
         est = select.workspace_bytes(role, spec, shape, w.shape, np.float32)
         call()
-        tracemalloc.start()
-        try:
-            out = call()
-            peak = tracemalloc.get_traced_memory()[1] - out.nbytes
-        finally:
-            tracemalloc.stop()
+        peak = _scratch(call)
     assert est <= 2 * 2**20 < x.nbytes
     assert peak <= 2 * 2**20
 
@@ -221,8 +226,6 @@ def test_polyphase_workspace_estimate_covers_2d_phases(gy_shape, w_shape, k):
     polyphase interleave: that result is scratch.  The estimate left it out for every
     phase on GEMM (only 1-D lowerings write tile by tile): 1.0 MiB reported, 2.7 MiB
     measured for a k5 stride-2 ConvTranspose2d under a 1 MiB budget."""
-    import tracemalloc
-
     from convolab.algorithms import polyphase
 
     spec = _spec(k, stride=2, padding=tuple(kk // 2 for kk in k))
@@ -234,12 +237,7 @@ def test_polyphase_workspace_estimate_covers_2d_phases(gy_shape, w_shape, k):
     with cl.options(algorithm="polyphase", workspace_bytes=2**20, workers=2):
         est = select.workspace_bytes("input_grad", spec, gy_shape, w_shape, np.float32)
         polyphase.input_grad(gy, w, spec, S)
-        tracemalloc.start()
-        try:
-            out = polyphase.input_grad(gy, w, spec, S)
-            peak = tracemalloc.get_traced_memory()[1] - out.nbytes
-        finally:
-            tracemalloc.stop()
+        peak = _scratch(lambda: polyphase.input_grad(gy, w, spec, S))
     assert peak <= est, (peak / 2**20, est / 2**20)
 
 
@@ -247,8 +245,6 @@ def test_gemm_workspace_estimate_covers_the_3d_slab_input_grad():
     """A 3-D input gradient whose planes are too big for the budget runs in slabs that
     add into a zeroed padded gradient of the whole input; the estimate stopped counting
     that copy (0d0af2a): 3.8 MiB reported, 9.5 MiB measured under a 1 MiB budget."""
-    import tracemalloc
-
     from convolab.algorithms import gemm
 
     spec = _spec((3, 3, 3), stride=2, padding=1)
@@ -260,12 +256,7 @@ def test_gemm_workspace_estimate_covers_the_3d_slab_input_grad():
     with cl.options(algorithm="gemm", workspace_bytes=2**20, workers=2):
         est = select.workspace_bytes("input_grad", spec, gy_shape, w_shape, np.float32)
         gemm.input_grad(gy, w, spec, S)
-        tracemalloc.start()
-        try:
-            out = gemm.input_grad(gy, w, spec, S)
-            peak = tracemalloc.get_traced_memory()[1] - out.nbytes
-        finally:
-            tracemalloc.stop()
+        peak = _scratch(lambda: gemm.input_grad(gy, w, spec, S))
     assert peak <= est, (peak / 2**20, est / 2**20)
 
 
