@@ -226,18 +226,23 @@ def test_polyphase_workspace_estimate_covers_2d_phases(gy_shape, w_shape, k):
     polyphase interleave: that result is scratch.  The estimate left it out for every
     phase on GEMM (only 1-D lowerings write tile by tile): 1.0 MiB reported, 2.7 MiB
     measured for a k5 stride-2 ConvTranspose2d under a 1 MiB budget."""
-    from convolab.algorithms import polyphase
-
     spec = _spec(k, stride=2, padding=tuple(kk // 2 for kk in k))
     S = tuple(2 * (o - 1) - 2 * (kk // 2) + kk for o, kk in zip(gy_shape[2:], k))
+    _input_grad_scratch_within_estimate("polyphase", spec, gy_shape, w_shape, S, seed=6)
+
+
+def _input_grad_scratch_within_estimate(name, spec, gy_shape, w_shape, S, seed):
+    """Under a 1 MiB budget, ``name``'s input gradient measures no more scratch than
+    ``select.workspace_bytes`` reports."""
     assert spec.conv_out_shape(S) == gy_shape[2:]
-    rng = np.random.default_rng(6)
+    rng = np.random.default_rng(seed)
     gy = rng.standard_normal(gy_shape, dtype=np.float32)
     w = rng.standard_normal(w_shape, dtype=np.float32)
-    with cl.options(algorithm="polyphase", workspace_bytes=2**20, workers=2):
+    fn = select._module(name).input_grad
+    with cl.options(algorithm=name, workspace_bytes=2**20, workers=2):
         est = select.workspace_bytes("input_grad", spec, gy_shape, w_shape, np.float32)
-        polyphase.input_grad(gy, w, spec, S)
-        peak = _scratch(lambda: polyphase.input_grad(gy, w, spec, S))
+        fn(gy, w, spec, S)
+        peak = _scratch(lambda: fn(gy, w, spec, S))
     assert peak <= est, (peak / 2**20, est / 2**20)
 
 
@@ -245,19 +250,9 @@ def test_gemm_workspace_estimate_covers_the_3d_slab_input_grad():
     """A 3-D input gradient whose planes are too big for the budget runs in slabs that
     add into a zeroed padded gradient of the whole input; the estimate stopped counting
     that copy (0d0af2a): 3.8 MiB reported, 9.5 MiB measured under a 1 MiB budget."""
-    from convolab.algorithms import gemm
-
     spec = _spec((3, 3, 3), stride=2, padding=1)
-    gy_shape, w_shape, S = (1, 8, 16, 48, 48), (8, 8, 3, 3, 3), (31, 95, 95)
-    assert spec.conv_out_shape(S) == gy_shape[2:]
-    rng = np.random.default_rng(7)
-    gy = rng.standard_normal(gy_shape, dtype=np.float32)
-    w = rng.standard_normal(w_shape, dtype=np.float32)
-    with cl.options(algorithm="gemm", workspace_bytes=2**20, workers=2):
-        est = select.workspace_bytes("input_grad", spec, gy_shape, w_shape, np.float32)
-        gemm.input_grad(gy, w, spec, S)
-        peak = _scratch(lambda: gemm.input_grad(gy, w, spec, S))
-    assert peak <= est, (peak / 2**20, est / 2**20)
+    _input_grad_scratch_within_estimate("gemm", spec, (1, 8, 16, 48, 48), (8, 8, 3, 3, 3),
+                                        (31, 95, 95), seed=7)
 
 
 def test_autotune_times_once_and_caches_the_winner(monkeypatch):
