@@ -196,11 +196,14 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         if per_sample <= per_worker:
             return nw * max(1, min(N, min(per_worker, CACHE) // per_sample)) * per_sample
     crops = role == "input_grad" and any(lo < 0 for lo, _ in spec.padding)
-    per_pos = (C * kk + (K if role == "weight_grad" else 0)) * item
-    _, most = tiles(N, p["O"], per_pos, cache=CACHE)
     # a tile's columns, and (forward, weight gradient) its padded input rows: about
-    # ``prod(stride)`` input positions per output
-    rows_in = 0 if role == "input_grad" else C * math.prod(spec.stride)
+    # ``prod(stride)`` input positions per output; the forward sizes its tiles by both
+    # where the stride exceeds the taps (as :func:`_forward`)
+    st = math.prod(spec.stride)
+    rows_in = 0 if role == "input_grad" else C * st
+    per_pos = (C * kk + (K if role == "weight_grad" else 0)
+               + (C * st if role == "forward" and st > kk else 0)) * item
+    _, most = tiles(N, p["O"], per_pos, cache=CACHE)
     return (padded if crops or slabbed else 0) + nw * most * (C * kk + rows_in) * item
 
 
@@ -454,7 +457,13 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     # size): a product allocated per tile, sized by the columns alone, was 9 MiB over a
     # 1 MiB budget for the phases of a C8 -> C256 k3 stride-2 ConvTranspose1d
     Kp = Kg if store is not None else 0
-    plan, most, G = _plan(N, O, g, K // g, (Cg * kk + Kp) * dtype.itemsize)
+    # a strided layer with fewer taps than its stride (1x1 stride 2-4) reads more input
+    # positions per output than its columns hold: the tile's padded input rows, sized by
+    # the columns alone, were 5-6 MiB of scratch under a 1 MiB budget (1-D C64 k1 stride
+    # 4 on 2**18 samples; 2-D C64 1x1 stride 2 on 128x128 planes)
+    st = math.prod(spec.stride)
+    rows_in = Cg * st if st > kk else 0
+    plan, most, G = _plan(N, O, g, K // g, (Cg * kk + Kp + rows_in) * dtype.itemsize)
     bufs = Scratch(most * G * (Cg * kk + Kp)
                    + _input_tile_size(plan, spec, x.shape[2:], G * Cg), dtype)
 
