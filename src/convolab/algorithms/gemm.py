@@ -202,7 +202,7 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     st = math.prod(spec.stride)
     rows_in = 0 if role == "input_grad" else C * st
     per_pos = (C * kk + (K if role == "weight_grad" else 0)
-               + (C * st if role == "forward" and st > kk else 0)) * item
+               + (rows_in if role == "forward" and st > kk else 0)) * item
     _, most = tiles(N, p["O"], per_pos, cache=CACHE)
     return (padded if crops or slabbed else 0) + nw * most * (C * kk + rows_in) * item
 
@@ -921,17 +921,7 @@ def _input_grad_rows(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) 
         return _input_grad_rows_cropped(gyg, wt, spec, in_spatial, O, plan, buf, taps)
     gxp = np.zeros((N, C) + buf_shape, dtype=dtype)
     for bs, rows in plan:
-        Ot = (rows.stop - rows.start,) + O[1:]
-        gyt = gyg[bs, :, :, _row_positions(rows, O)]
-        n = gyt.shape[0]
-        dcols = buf[: n * C * kk * math.prod(Ot)].reshape(n, g, Cg * kk, -1)
-        np.matmul(wt, gyt, out=dcols)
-        dv = dcols.reshape((n, C) + tuple(spec.kernel_size) + Ot)
-        gt = gxp[bs, :, input_rows(rows, spec)]
-        for t in taps:
-            gt[(slice(None), slice(None)) + tap_slices(t, spec, Ot)] += dv[
-                (slice(None), slice(None)) + t
-            ]
+        _add_tile_taps(gyg, wt, spec, O, bs, rows, buf, taps, gxp[bs, :, input_rows(rows, spec)])
     if buf_shape == in_spatial and all(lo == 0 and hi == 0 for lo, hi in spec.padding):
         return gxp
     gxp = gxp[(Ellipsis,) + tuple(slice(0, p) for p in padded)]
@@ -945,29 +935,38 @@ def _input_grad_rows_cropped(gyg, wt, spec: ConvSpec, in_spatial, O, plan, buf, 
     buffer of the whole gradient, cropped at the end, was scratch of the result's size
     outside the workspace budget: 64 MiB for a 1-D C64 k3 stride-2 layer on 2**18
     samples under a 1 MiB budget (1-D layers of long signals take this path)."""
-    N, g, Kg, P = gyg.shape
-    C = wt.shape[0] * wt.shape[1] // math.prod(spec.kernel_size)
-    Cg = C // g
+    N, g = gyg.shape[:2]
+    C = g * wt.shape[1] // math.prod(spec.kernel_size)
     dtype = buf.dtype
     buf_shape = grad_buffer_shape(spec, in_spatial, O)
     lo0 = spec.padding[0][0]
     rest = tuple(slice(lo, lo + n) for (lo, _), n in zip(spec.padding[1:], in_spatial[1:]))
     gx = np.zeros((N, C) + tuple(in_spatial), dtype=dtype)
     for bs, rows in plan:
-        Ot = (rows.stop - rows.start,) + O[1:]
-        gyt = gyg[bs, :, :, _row_positions(rows, O)]
-        n = gyt.shape[0]
-        dcols = buf[: n * C * (wt.shape[1] // Cg) * math.prod(Ot)].reshape(n, g, wt.shape[1], -1)
-        np.matmul(wt, gyt, out=dcols)
-        dv = dcols.reshape((n, C) + tuple(spec.kernel_size) + Ot)
         ir = input_rows(rows, spec)
-        gt = np.zeros((n, C, ir.stop - ir.start) + tuple(buf_shape[1:]), dtype=dtype)
-        for t in taps:
-            gt[(slice(None), slice(None)) + tap_slices(t, spec, Ot)] += dv[
-                (slice(None), slice(None)) + t
-            ]
+        gt = np.zeros((bs.stop - bs.start, C, ir.stop - ir.start) + tuple(buf_shape[1:]),
+                      dtype=dtype)
+        _add_tile_taps(gyg, wt, spec, O, bs, rows, buf, taps, gt)
         a, b = max(ir.start, lo0), min(ir.stop, lo0 + in_spatial[0])
         if b > a:
             gx[bs, :, a - lo0:b - lo0] += gt[(slice(None), slice(None),
                                               slice(a - ir.start, b - ir.start)) + rest]
     return gx
+
+
+def _add_tile_taps(gyg, wt, spec: ConvSpec, O, bs: slice, rows: slice, buf, taps, gt) -> None:
+    """One row tile of the col2im: ``dcols = w^T @ gy`` for samples ``bs`` and output rows
+    ``rows`` (in ``buf``), each tap's columns added into ``gt``, the tile's input rows
+    ``(n, C, input rows, *rest)`` on the gradient buffer's grid."""
+    g = gyg.shape[1]
+    Ot = (rows.stop - rows.start,) + tuple(O[1:])
+    gyt = gyg[bs, :, :, _row_positions(rows, O)]
+    n = gyt.shape[0]
+    dcols = buf[: n * g * wt.shape[1] * math.prod(Ot)].reshape(n, g, wt.shape[1], -1)
+    np.matmul(wt, gyt, out=dcols)
+    dv = dcols.reshape((n, g * wt.shape[1] // math.prod(spec.kernel_size))
+                       + tuple(spec.kernel_size) + Ot)
+    for t in taps:
+        gt[(slice(None), slice(None)) + tap_slices(t, spec, Ot)] += dv[
+            (slice(None), slice(None)) + t
+        ]
