@@ -43,6 +43,26 @@ TOL64 = 1e-10
 TOL32 = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def _gemm_lowerings(monkeypatch):
+    """GEMM runs small calls as plain im2col (``gemm.LANE_BYTES``), and this module's
+    cases are small: here, where the lowerings and their tiles are tested, that lane is
+    off, except inside :func:`_gemm_lane` (the lane's own tests, and the rest of the
+    suite, where it is on as users get it)."""
+    from convolab.algorithms import gemm
+
+    monkeypatch.setattr(gemm, "LANE_BYTES", -1)
+
+
+def _gemm_lane():
+    """GEMM's plain lane for every call whose scratch fits the budget (all three roles)."""
+    from unittest import mock
+
+    from convolab.algorithms import gemm
+
+    return mock.patch.object(gemm, "LANE_BYTES", 2**62)
+
+
 def _stride1_case(draw, k, size, pad, dil, max_channels=4):
     """A stride-1, one-group case (transposed or not, batched or not) for kernel ``k``
     on ``size`` with ``pad`` and dilation ``dil``; skipped when no output is left."""
@@ -172,6 +192,79 @@ def _check_against_direct_and_torch(case: ConvCase, algorithm: str):
 @given(case=conv_cases(batch=2))
 def test_general_algorithms_match_direct_and_torch(algorithm, case):
     _check_against_direct_and_torch(case, algorithm)
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases(batch=2))
+def test_gemm_plain_lane_matches_direct_and_torch(case):
+    """Small calls' plain im2col (forward, both gradients; the transposed forward is
+    its input gradient), in float64 against direct and torch, in float32 within
+    float32's tolerance of the float64 result."""
+    from unittest import mock
+
+    from convolab.algorithms import gemm
+
+    ran = []
+    lane = gemm._lane
+
+    def spy(*args, **kwargs):
+        ran.append(lane(*args, **kwargs))
+        return ran[-1]
+
+    with _gemm_lane(), mock.patch.object(gemm, "_lane", spy):
+        _check_against_direct_and_torch(case, "gemm")
+        _, ref = _run(case, "gemm", np.float64, seed=4)
+        _, got = _run(case, "gemm", np.float32, seed=4)
+    for a, r in zip(got, ref):
+        assert a.dtype == np.float32
+        assert rel_err(a, r) <= TOL32
+    assert any(ran) or all(k == 1 for k in case.w_shape[2:]), "no role ran on the lane"
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("role", ["forward", "input_grad", "weight_grad"])
+def test_gemm_plain_lane_only_within_its_sizes_and_the_budget(role, stride):
+    """The lane runs below its column size and where its scratch (the estimate that
+    explain reports, checked against tracemalloc) fits the workspace; else the
+    lowerings run.  Both give direct's result."""
+    from unittest import mock
+
+    from convolab.algorithms import gemm
+
+    spec = make_spec((3, 3), stride, 1, 1, 1, None, transposed=False)
+    S = (12, 12) if stride == 1 else (11, 11)  # the size select.problem infers from gy
+    O = spec.conv_out_shape(S)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8) + S)
+    w = rng.standard_normal((16, 8, 3, 3))
+    gy = rng.standard_normal((2, 16) + O)
+    shape = gy.shape if role == "input_grad" else x.shape
+    calls = {"forward": lambda: gemm.forward(x, w, spec),
+             "input_grad": lambda: gemm.input_grad(gy, w, spec, S),
+             "weight_grad": lambda: gemm.weight_grad(x, gy, spec)}
+    with cl.options(algorithm="direct"):
+        kw = dict(stride=stride, padding=1)
+        ref = {"forward": lambda: cl.conv2d(x, w, **kw),
+               "input_grad": lambda: cl.grad.conv2d_input(x.shape, w, gy, **kw),
+               "weight_grad": lambda: cl.grad.conv2d_weight(x, w.shape, gy, **kw)}[role]()
+    p = select.problem(role, spec, shape, w.shape)
+    need = gemm._lane_scratch(role, spec, p, 8)
+    cols = gemm._lane_cols(role, spec, p) * 8
+    lane_fn = mock.Mock(wraps=getattr(gemm, f"_lane_{role}"))
+    with mock.patch.object(gemm, f"_lane_{role}", lane_fn):
+        for limit, budget, runs in [(cols, need, True), (cols - 1, need, False),
+                                    (cols, need - 1, False)]:
+            lane_fn.reset_mock()
+            with mock.patch.object(gemm, "LANE_BYTES", limit), \
+                    cl.options(workspace_bytes=budget, workers=1):
+                assert gemm._lane(role, spec, p, 8) is runs
+                got, peak = _traced(calls[role])
+                est = select.workspace_bytes(role, spec, shape, w.shape, np.float64)
+            assert lane_fn.called is runs
+            if runs:
+                assert est == need
+                assert peak - got.nbytes <= need + 4096, (peak, got.nbytes, need)
+            assert rel_err(got, ref) <= TOL64
 
 
 def _numpy_fft():

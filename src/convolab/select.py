@@ -190,7 +190,8 @@ def direct_flops(spec: ConvSpec, x_shape, w_shape, role: str = "forward") -> int
 
 def estimate_seconds(name: str, role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> float:
     """The cost model: the algorithm module's ``cost`` (FLOPs at GEMM speed, bytes at copy
-    speed) when it has one, else the direct FLOPs at GEMM speed."""
+    speed) when it has one, else the direct FLOPs at GEMM speed; plus its fixed seconds
+    per call (:func:`call_seconds`)."""
     dtype = np.dtype(dtype)
     mod = _module(name)
     p = problem(role, spec, x_shape, w_shape)
@@ -198,7 +199,22 @@ def estimate_seconds(name: str, role: str, spec: ConvSpec, x_shape, w_shape, dty
         flops, nbytes = mod.cost(role, spec, p, dtype.itemsize)
     else:
         flops, nbytes = direct_flops(spec, x_shape, w_shape, role), 0
-    return flops / _gemm_rate(dtype) + nbytes / COPY_BYTES
+    return (flops / _gemm_rate(dtype) + nbytes / COPY_BYTES
+            + call_seconds(mod, role, spec, p, dtype.itemsize))
+
+
+def call_seconds(mod, role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
+    """What one call of ``mod``'s ``role`` costs beyond its FLOPs and bytes (its Python
+    steps: planning, transforms set up, tiles): the module's ``call_seconds(role, spec,
+    p, itemsize)``, or its ``CALL_SECONDS[role]``, else 0.  Measured on tiny layers
+    (one worker, medians): GEMM's plain lane 35-90 us, Winograd 130-560, FFT 160-410,
+    depthwise 60-400, polyphase 80-180 (.dev/overhead.py).  Small calls are decided by
+    these: without them Winograd, FFT or the fused backward were chosen for layers of a
+    few hundred microseconds where GEMM's lane was 2-5x faster."""
+    fn = getattr(mod, "call_seconds", None)
+    if fn is not None:
+        return fn(role, spec, p, itemsize)
+    return getattr(mod, "CALL_SECONDS", {}).get(role, 0.0)
 
 
 def _gemm_rate(dtype: np.dtype) -> float:
@@ -372,7 +388,7 @@ def _backward_by_cost_model(spec, x_shape, w_shape, dtype, workspace, workers,
            + estimate_seconds(wg.algorithm, "weight_grad", spec, x_shape, w_shape, dtype))
     flops, nbytes = fused.cost(spec, problem("weight_grad", spec, x_shape, w_shape),
                                dtype.itemsize)
-    est = flops / _gemm_rate(dtype) + nbytes / COPY_BYTES
+    est = flops / _gemm_rate(dtype) + nbytes / COPY_BYTES + fused.CALL_SECONDS
     desc = (f"estimated fused {est * 1e3:.2f} ms, separate {sep * 1e3:.2f} ms "
             f"({ig.algorithm} + {wg.algorithm})")
     return Choice("fused" if est < sep else "separate", f"cheapest by the cost model ({desc})")

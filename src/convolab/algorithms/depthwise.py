@@ -28,6 +28,12 @@ from .direct import kernel_offsets, tap_slices
 _TILE_BYTES = 2**20  # a tile's input + output + temporary fit a Zen3 core's 512 KB L2 ~twice
 
 
+# Fixed seconds per call beyond :func:`cost` (padding, tiles, the thread pool), for
+# :func:`convolab.select.call_seconds`: tiny layers measured 60-310 us forward, 70-400
+# input gradient, 190-310 weight gradient (one worker, medians).
+CALL_SECONDS = {"forward": 100e-6, "input_grad": 150e-6, "weight_grad": 250e-6}
+
+
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     """Only depthwise: one input channel per group (and a non-empty batch), and its
     :func:`workspace` (the whole padded input) within the budget."""

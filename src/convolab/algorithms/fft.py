@@ -56,6 +56,12 @@ def _next_smooth(n: int) -> int:
         m += 1
 
 
+# Fixed seconds per call beyond :func:`cost` (plans, spectra, blocks), for
+# :func:`convolab.select.call_seconds`: tiny layers measured 160-410 us in every role
+# (one worker, medians).
+CALL_SECONDS = {"forward": 280e-6, "input_grad": 280e-6, "weight_grad": 280e-6}
+
+
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     """Real and complex dtypes; a non-empty batch (an empty one is GEMM's); and the
     memory it needs (:func:`workspace`) within the budget: the weight's spectra at the

@@ -132,6 +132,15 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     return flops / max(eff, 1e-3), copies
 
 
+def call_seconds(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
+    """Fixed seconds per call beyond :func:`cost`, for :func:`convolab.select.
+    call_seconds`: the plain lane (:data:`LANE_BYTES`) 35-90 us on tiny layers (one
+    worker, medians), the tiled lowerings 80-200 us."""
+    if _is_pointwise(spec, p["S"], p["O"]):
+        return 40e-6
+    return 50e-6 if _lane(role, spec, p, itemsize) else 120e-6
+
+
 # GEMM on 1-D layers: (FLOP factor, ns per column element, ns per output, M0, alpha, I0,
 # beta), efficiency min(1, M/M0)**alpha * min(1, I/I0)**beta with M the product's rows
 # (K/g; C/g*k for the input gradient) and I its inner length (C/g*k; K/g).  The weight
@@ -177,9 +186,11 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     under a 16 MiB budget."""
     if _is_pointwise(spec, p["S"], p["O"]):
         return 0
+    item = np.dtype(dtype).itemsize
+    if _lane(role, spec, p, item):
+        return _lane_scratch(role, spec, p, item)
     kk = math.prod(spec.kernel_size)
     N, C, K = p["N"], p["C"], p["K"]
-    item = np.dtype(dtype).itemsize
     padded = N * C * math.prod(spec.padded_shape(p["S"])) * item
     nw = workers()
     # a 3-D input gradient in slabs adds each slab into a zeroed padded gradient of the
@@ -205,6 +216,112 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
                + (rows_in if role == "forward" and st > kk else 0)) * item
     _, most = tiles(N, p["O"], per_pos, cache=CACHE)
     return (padded if crops or slabbed else 0) + nw * most * (C * kk + rows_in) * item
+
+
+# Small calls: plain im2col.  Below :data:`LANE_BYTES` of columns a role runs as one
+# strided copy into columns and one batched GEMM (the input gradient as a forward of the
+# spread gy with the flipped kernel), without a tile plan, scratch pool or row layout:
+# their Python steps cost more there than the lowerings save.  Measured on one worker
+# (float32 medians, us, lowerings / plain): a 3x3 layer C3 -> 8 on 16x16 forward 145 /
+# 32, weight gradient 96 / 37, input gradient 124 / 43; 1-D C8 k5 on 32 samples 79 / 25,
+# 86 / 31, 134 / 39; 3x3 C16 on 8x8 (144 KiB of columns) 127 / 82, 200 / 94, 184 / 160;
+# 1-D C16 k7 on 256 samples (448 KiB) 246 / 149, 174 / 200, 233 / 114; from about 1 MiB
+# the lowerings are as fast or faster (3x3 C16 on 16x16, N8: 306 / 320, 406 / 367; its
+# stride-2 input gradient, 2.3 MiB of spread columns, 305 / 681).
+LANE_BYTES = 512 * 2**10
+
+
+def _lane(role: str, spec: ConvSpec, p: dict, item: int, extra: int = 0) -> bool:
+    """Whether ``role`` runs as plain im2col (:data:`LANE_BYTES`): small columns, and
+    the scratch of :func:`_lane_scratch` (plus ``extra`` elements) within the
+    workspace budget."""
+    cols = _lane_cols(role, spec, p) * item
+    return cols <= LANE_BYTES and (_lane_scratch(role, spec, p, item) + extra * item
+                              <= get_options().workspace_bytes)
+
+
+def _lane_cols(role: str, spec: ConvSpec, p: dict) -> int:
+    """Elements of the lane's columns: of ``x`` (``C`` channels at the output
+    positions), or for the input gradient of the spread ``gy`` (``K`` channels at
+    the input positions)."""
+    kk = math.prod(spec.kernel_size)
+    if role == "input_grad":
+        return p["N"] * p["K"] * kk * math.prod(p["S"])
+    return p["N"] * p["C"] * kk * math.prod(p["O"])
+
+
+def _lane_scratch(role: str, spec: ConvSpec, p: dict, item: int) -> int:
+    """Bytes the plain lane allocates beyond its result: the columns, and the padded
+    input (for the input gradient: the spread ``gy``, where the stride spreads it, and
+    that padded); the weight gradient also holds one product per sample before their
+    sum."""
+    N, C, K, g = p["N"], p["C"], p["K"], p["g"]
+    kk = math.prod(spec.kernel_size)
+    extra = 0
+    if role == "input_grad":
+        _, pairs, spread = _lane_spread(spec, p["O"], p["S"])
+        padded = K * math.prod(m + max(0, lo) + max(0, hi) for m, (lo, hi) in zip(spread, pairs))
+        if spread != tuple(p["O"]):
+            extra = N * K * math.prod(spread)
+        extra += C * (K // g) * kk  # the flipped weight
+    else:
+        padded = C * math.prod(spec.padded_shape(p["S"]))
+        if role == "weight_grad":
+            extra = N * K * (C // g) * kk
+    return (_lane_cols(role, spec, p) + N * padded + extra) * item
+
+
+def _lane_forward(x, w, spec: ConvSpec, O, bias) -> np.ndarray:
+    N, C = x.shape[:2]
+    K, g = w.shape[0], spec.groups
+    P = math.prod(O)
+    cols = im2col(x, spec, O).reshape(N, g, C // g * math.prod(spec.kernel_size), P)
+    y = np.matmul(_wmat(w, g), cols)  # (N, g, K/g, P)
+    add_bias(y, None if bias is None else bias.reshape(g, K // g, 1))
+    return y.reshape((N, K) + tuple(O))
+
+
+def _lane_weight_grad(x, gy, spec: ConvSpec) -> np.ndarray:
+    N, C = x.shape[:2]
+    K, g = gy.shape[1], spec.groups
+    O = tuple(gy.shape[2:])
+    P = math.prod(O)
+    cols = im2col(x, spec, O).reshape(N, g, C // g * math.prod(spec.kernel_size), P)
+    gw = np.matmul(gy.reshape(N, g, K // g, P), cols.transpose(0, 1, 3, 2)).sum(axis=0)
+    return gw.reshape((K, C // g) + tuple(spec.kernel_size))
+
+
+def _lane_input_grad(gy, w, spec: ConvSpec, in_spatial) -> np.ndarray:
+    """The input gradient as a forward (:func:`_lane_forward`, one column copy and one
+    GEMM) of ``gy`` spread by the stride, with the kernel flipped and its channel axes
+    swapped per group: ``gx[i] = sum_t w[k-1-t] * g[i + t*d]``, ``g`` the spread
+    ``gy`` padded by ``d*(k-1) - lo`` below and cropped or padded to ``S + d*(k-1)``.
+    A col2im adds one slice per tap instead: ~10 us each on small arrays (a 31-tap
+    1-D layer on 128 samples 335 us)."""
+    _, pairs, spread = _lane_spread(spec, gy.shape[2:], in_spatial)
+    g, Cg = spec.groups, w.shape[1]
+    K = w.shape[0]
+    r = spec.rank
+    if spread != tuple(gy.shape[2:]):
+        gs = np.zeros(gy.shape[:2] + spread, dtype=gy.dtype)
+        gs[(Ellipsis,) + tuple(slice(None, None, st) for st in spec.stride)] = gy
+    else:
+        gs = gy
+    wt = w.reshape((g, K // g, Cg) + w.shape[2:]).swapaxes(1, 2)
+    wt = wt[(Ellipsis,) + (slice(None, None, -1),) * r].reshape((g * Cg, K // g) + w.shape[2:])
+    fwd = dataclasses.replace(spec, stride=(1,) * r, padding=pairs, output_padding=(),
+                              transposed=False)
+    return _lane_forward(gs, np.ascontiguousarray(wt), fwd, tuple(in_spatial), None)
+
+
+def _lane_spread(spec: ConvSpec, O, S):
+    """For :func:`_lane_input_grad`: the effective kernel extent minus one per
+    dimension, the (low, high) padding of the spread gy (negative: crop), and its
+    spread shape."""
+    ext = [d * (k - 1) for d, k in zip(spec.dilation, spec.kernel_size)]
+    spread = tuple((o - 1) * st + 1 for o, st in zip(O, spec.stride))
+    pairs = tuple((e - lo, n + lo - m) for e, (lo, _), n, m in zip(ext, spec.padding, S, spread))
+    return ext, pairs, spread
 
 
 def _plane_slabs(spec: ConvSpec, O, per_position: int):
@@ -432,6 +549,10 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     if _is_pointwise(spec, x.shape[2:], O):
         y = _pointwise_products(wm, x.reshape(N, g, C // g, P), dtype, gb, store=store, O=O)
         return None if y is None else y.reshape((N, K) + O)
+    # with ``store`` the lane's result is scratch too (handed over whole by forward)
+    if _lane("forward", spec, dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O), dtype.itemsize,
+             extra=0 if store is None else N * K * P):
+        return _lane_forward(x, w, spec, O, bias)
     kk = math.prod(spec.kernel_size)
     slabs = _plane_slabs(spec, O, C * kk * dtype.itemsize)
     if slabs:
@@ -705,6 +826,8 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         plan = _pointwise_plan(N, P, (C + K) * dtype.itemsize)
         gw = run_tiles_sum(run_pw, plan, np.zeros((g, Kg, C // g), dtype=dtype))
         return gw.reshape((K, C // g) + tuple(spec.kernel_size))
+    if _lane("weight_grad", spec, dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O), dtype.itemsize):
+        return _lane_weight_grad(x, gy, spec)
     slabs = _plane_slabs(spec, O, (C * kk + K) * dtype.itemsize)
     if slabs:
         sp0 = _unpadded(spec)
@@ -817,6 +940,8 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     in_spatial = tuple(in_spatial)
     if _is_pointwise(spec, in_spatial, O):
         return _pointwise_products(wt, gyg, dtype).reshape((N, C) + in_spatial)
+    if _lane("input_grad", spec, dict(N=N, C=C, K=K, g=g, S=in_spatial, O=O), dtype.itemsize):
+        return _lane_input_grad(gy, w, spec, in_spatial)
     buf_shape = grad_buffer_shape(spec, in_spatial, O)
     slabs = _plane_slabs(spec, O, (C * kk + K) * dtype.itemsize)
     if slabs:  # each slab's gradient lands on its rows of the padded buffer (halos add)

@@ -326,6 +326,15 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     return flops, nbytes + extra
 
 
+def call_seconds(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
+    """Fixed seconds per call beyond :func:`cost`, for :func:`convolab.select.
+    call_seconds`: the phases' own steps (tiny layers measured 80-180 us in all, one
+    worker, medians, where GEMM's lane forward took 35-90) plus those of the forward
+    they run (Winograd's, where it runs that)."""
+    mod, sub, swapped = _inner(spec, p, itemsize)
+    return 50e-6 + select.call_seconds(mod, "forward", sub, swapped, itemsize)
+
+
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     """The phases' forward scratch (the swapped problem), plus, for stride > 1 where that
     forward does not hand over its tiles, its whole result before it is written into
