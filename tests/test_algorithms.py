@@ -944,6 +944,21 @@ def test_winograd_long_1d_is_chosen_where_it_measured_faster():
                              np.float32).algorithm == "gemm"
 
 
+def test_winograd_2d_on_few_tiles_is_left_to_gemm():
+    """F(4x4, 3x3) and F(4x4, 5x5) over few output tiles multiply thin matrices: the
+    cost model leaves such layers to GEMM (measured, float32 forward: 2 x 256 x 7 x 7,
+    K256 3x3: 8 tiles, Winograd 5.5 ms, GEMM 2.3; 1 x 64 x 14 x 14, 5x5: 16 tiles, 1.8
+    against 1.3), and keeps Winograd on the suite's layers (3x3 C64 56x56 N16: 28.8
+    against 43.5)."""
+    with cl.options(workers=2):
+        for xs, ws in [((2, 256, 7, 7), (256, 256, 3, 3)), ((1, 64, 14, 14), (64, 64, 5, 5))]:
+            spec = make_spec(ws[2:], 1, ws[-1] // 2, 1, 1)
+            assert select.choose("forward", spec, xs, ws, np.float32).algorithm == "gemm"
+        spec = make_spec((3, 3), 1, 1, 1, 1)
+        assert select.choose("forward", spec, (16, 64, 56, 56), (64, 64, 3, 3),
+                             np.float32).algorithm == "winograd"
+
+
 @pytest.mark.parametrize("ws", [2**14, 2**16, 2**30])
 def test_winograd_weight_grad_tiles_ragged_edges(ws):
     """Weight gradient through Winograd F(3, 4): C != K, sizes not multiples of 4,

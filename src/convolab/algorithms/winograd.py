@@ -165,6 +165,7 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     out_macs = sum(M_OUT**s * ALPHA ** (r - s + 1) for s in range(1, r + 1))
     flops = 2 * T * (r * a * ALPHA * C + a * C * K + out_macs * K)
     eff = min(1.0, K / 32) * min(1.0, C / 32)  # the a^r small GEMMs lose speed below that
+    eff *= winograd2d.few_tiles(T)
     moved = T * itemsize * (a * C * 3 + a * K * 2 + m * K * 2)
     if any(d > 1 for d in spec.dilation):
         # the phase split of the input and the interleaving of the output, each written

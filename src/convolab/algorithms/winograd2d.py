@@ -89,6 +89,21 @@ def _per_tile(r: int, C: int, K: int, item: int) -> int:
             + M_OUT * M_OUT * K) * item
 
 
+# Below this many output tiles per call the Winograd-domain products (of this path and of
+# :mod:`convolab.algorithms.winograd`'s F(4x4, 3x3)) are (K x C) @ (C x T) with few
+# columns, and run far below the BLAS rate: fitted (float32, forward medians, gemm and
+# winograd interleaved) on 61 2-D layers, where 3x3 layers of 8-64 tiles measured
+# 1.4-5.7x their estimate (2 x 256 x 7 x 7, K256: 5.5 ms, estimated 0.96; GEMM 2.3) and
+# the F(4, 5x5) path 2.6-3.2x at 16-32 tiles; from ~128 tiles the estimates held.
+FEW_TILES, FEW_TILES_POWER = 128, 0.6
+
+
+def few_tiles(T: int) -> float:
+    """The efficiency of the Winograd-domain products over ``T`` tiles (1 from
+    :data:`FEW_TILES`)."""
+    return min(1.0, T / FEW_TILES) ** FEW_TILES_POWER
+
+
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     """GEMM FLOPs of the separable transforms and the point-wise products, and the bytes
     they move, with the factors of :func:`convolab.algorithms.winograd1d.cost`."""
@@ -98,7 +113,7 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     O = p["O"]
     T = N * -(-O[0] // m) * -(-O[1] // m)
     flops = 2 * T * (2 * a * a * a * C + a * a * C * K + m * a * a * K + m * m * a * K)
-    eff = min(1.0, K / 32) * min(1.0, C / 32)
+    eff = min(1.0, K / 32) * min(1.0, C / 32) * few_tiles(T)
     moved = T * itemsize * (m * m * C + a * a * C * 3 + a * a * K * 2 + m * m * K * 2)
     if role == "weight_grad":
         # no U; the gy tiles gathered and transformed, one (a^2, K, C) product per tile
