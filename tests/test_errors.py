@@ -59,6 +59,47 @@ def test_conv2d_rejects(change, exc, msg):
     assert msg in str(info.value)
 
 
+@pytest.mark.parametrize("change,exc,msg", CONV_CASES + [
+    (dict(stride=True), TypeError, "stride=True must be an int, got bool"),
+    (dict(padding=(True, 0)), TypeError, "padding[0]=True must be an int, got bool"),
+    (dict(groups=2.0), TypeError, "groups=2.0 must be an int"),
+])
+def test_conv2d_rejects_after_good_calls_of_the_same_layer(change, exc, msg):
+    """A call's checks are kept per shapes, dtype and settings (``convolab.ops.conv``'s
+    ``_CHECKED``): a bad call after good ones of the same layer (True for 1, 2.0 for 2
+    included: equal keys in a dict) is still refused, with the same message."""
+    from convolab.ops import conv
+
+    args = dict(input=X, weight=W, bias=None, stride=1, padding=0, dilation=1, groups=2)
+    good = cl.conv2d(**args)
+    np.testing.assert_array_equal(cl.conv2d(**args), good)
+    assert any(k[0] == X.shape and k[1] == W.shape for k in conv._CHECKED)
+    args.update(change)
+    with pytest.raises(exc) as info:
+        cl.conv2d(**args)
+    assert msg in str(info.value)
+
+
+def test_checked_calls_give_what_the_full_checks_give(monkeypatch):
+    """The kept checks return what running them again returns, batched or not, and stay
+    within their bound."""
+    from convolab.ops import conv
+
+    monkeypatch.setattr(conv, "_CHECKED_MAX", 3)
+    x, w, b = np.ones((4, 8, 8), np.float32), np.ones((6, 4, 3, 3), np.float32), np.ones(
+        6, np.float32)
+    for pad in (0, 1, "same", ((1, 0), (0, 2)), 2, 3):
+        args = (x, w, b, 1, pad, 1, 1)
+        kept = [conv.prepare(*args, transposed=False, rank=2, what="conv2d") for _ in "ab"]
+        full = conv._prepare(*args, None, transposed=False, rank=2, what="conv2d",
+                             shape_only=None)
+        for p in kept:
+            assert (p.spec, p.unbatched, p.dtype, p.out_spatial) == (
+                full.spec, full.unbatched, full.dtype, full.out_spatial)
+            assert p.x.shape == full.x.shape and p.w is w and p.b is b
+        assert len(conv._CHECKED) <= 3
+
+
 def test_conv_rank_must_match_function():
     with pytest.raises(ValueError, match="conv1d expects a 3-D weight"):
         cl.conv1d(X, W)

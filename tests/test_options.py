@@ -118,14 +118,23 @@ def _numpy_blas_threads(threadpoolctl):
                     if i["user_api"] == "blas" and i["filepath"] in numpy_blas]
 
 
-def test_blas_is_limited_from_any_thread():
+@pytest.mark.parametrize("direct", [True, False])
+def test_blas_is_limited_from_any_thread(direct, monkeypatch):
     """threadpoolctl lets one Python thread at a time set OpenBLAS's thread count; the
-    tiles must get one BLAS thread whichever thread calls, not only the first."""
+    tiles must get one BLAS thread whichever thread calls, not only the first.  Both
+    ways: OpenBLAS's own calls (``_OpenBLASCount``, where it is a pthreads OpenBLAS) and
+    threadpoolctl's controllers (any other BLAS)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from convolab.algorithms import _threads
 
     blas_threads = _numpy_blas_threads(threadpoolctl)
     cl.conv2d(np.ones((2, 4, 8, 8), np.float32), np.ones((4, 4, 3, 3), np.float32))
+    libs = _threads._blas_libraries()
+    if not direct:
+        monkeypatch.setattr(_threads, "_BLAS_LIBS", [
+            lib for lib in _threads._controller().lib_controllers if lib.user_api == "blas"])
+    elif not any(isinstance(lib, _threads._OpenBLASCount) for lib in libs):
+        pytest.skip("no pthreads OpenBLAS here")
     before = blas_threads()
     if not before or max(before) < 2:
         pytest.skip("BLAS runs one thread here anyway")
