@@ -674,6 +674,16 @@ def test_input_shape_entries_must_be_ints():
             ex.explain("conv2d", bad, kernel_size=3)
     assert ex.explain("conv2d", np.array([1, 3, 8, 8]), kernel_size=3).output_shape == (
         1, 3, 6, 6)
+    # the data instead of its shape: a short message that says what to pass, not a repr
+    # of every value
+    x = np.zeros((8, 3, 32, 32), np.float32)
+    for bad in (x, x.tolist()):
+        with pytest.raises(TypeError, match=r"input_shape=.* must be a tuple of ints") as info:
+            ex.explain("conv2d", bad, kernel_size=3)
+        assert len(str(info.value)) < 300
+    with pytest.raises(TypeError, match=r"an array of shape \(8, 3, 32, 32\) \(float32\).*"
+                                        r"\.shape"):
+        ex.explain("conv2d", x, kernel_size=3)
 
 
 def test_a_layer_without_a_rule_is_not_run_on_huge_zeros(monkeypatch):

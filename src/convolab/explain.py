@@ -1104,15 +1104,28 @@ def _shape(value: Any) -> tuple[int, ...]:
     if isinstance(value, str):
         v = _parse_ints(value, "input_shape")
         return v if isinstance(v, tuple) else (v,)
+    if isinstance(value, np.ndarray) and (value.ndim != 1 or value.dtype.kind not in "iu"):
+        # the data itself, not its shape: its repr in the message ran to pages
+        raise TypeError(f"input_shape= an array of shape {value.shape} ({value.dtype}) must "
+                        "be a tuple of ints or 'NxCxHxW': pass the array's .shape, e.g. "
+                        "explain('conv2d', x.shape, ...)")
     try:
         vals = tuple(value)
     except TypeError:
-        raise TypeError(f"input_shape={value!r} must be a tuple of ints or 'NxCxHxW'") from None
+        raise TypeError(f"input_shape={_short(value)} must be a tuple of ints or "
+                        "'NxCxHxW'") from None
     for v in vals:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"input_shape={value!r} must be a tuple of ints or 'NxCxHxW' "
-                            f"(it holds {v!r}, a {type(v).__name__})")
+            raise TypeError(f"input_shape={_short(value)} must be a tuple of ints or "
+                            f"'NxCxHxW' (it holds {_short(v)}, a {type(v).__name__})")
     return tuple(int(v) for v in vals)
+
+
+def _short(value: Any, most: int = 80) -> str:
+    """``repr(value)``, cut to ``most`` characters (a nested list of data is not a shape,
+    and its repr is not a message)."""
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 5] + " ...)"
 
 
 def explain(op: Any, input_shape: Any, *, out_channels: int | None = None,
