@@ -944,6 +944,28 @@ def test_winograd_long_1d_is_chosen_where_it_measured_faster():
                              np.float32).algorithm == "gemm"
 
 
+@pytest.mark.parametrize("lane", [False, True])
+@pytest.mark.parametrize("x_shape, w_shape, kwargs", [
+    ((3, 1, 9, 7), (5, 1, 1, 1), dict()),  # one input channel: an outer product
+    ((2, 4, 6, 6), (8, 1, 1, 1), dict(groups=4)),  # one input channel per group
+    ((2, 4, 6, 6), (4, 1, 1, 1), dict(groups=4)),  # and one output channel per group
+    ((2, 1, 9, 8), (6, 1, 1, 1), dict(stride=2)),  # strided: columns, not the input
+    ((2, 1, 5, 5), (3, 1, 1, 1), dict(padding=1)),
+])
+def test_gemm_products_with_one_inner_channel(x_shape, w_shape, kwargs, lane):
+    """GEMM's products whose inner dimension is 1 run as broadcast products
+    (``gemm._matmul``): forward and every gradient against direct and torch, float64
+    and complex128, on the lane and off it."""
+    case = ConvCase(False, 2, x_shape, w_shape, True,
+                    dict(stride=1, padding=0, dilation=1, groups=1) | kwargs)
+    with _gemm_lane() if lane else contextlib.nullcontext():
+        _check_against_direct_and_torch(case, "gemm")
+        _, ref = _run(case, "direct", np.complex128, seed=2)
+        _, got = _run(case, "gemm", np.complex128, seed=2)
+    for a, r in zip(got, ref):
+        assert rel_err(a, r) <= TOL64
+
+
 def test_winograd_2d_on_few_tiles_is_left_to_gemm():
     """F(4x4, 3x3) and F(4x4, 5x5) over few output tiles multiply thin matrices: the
     cost model leaves such layers to GEMM (measured, float32 forward: 2 x 256 x 7 x 7,

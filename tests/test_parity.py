@@ -52,9 +52,26 @@ def check_case(case, algorithm, dtype=np.float64, seed=0):
     assert len(grads) == 3
     if b is None:
         assert grads[2] is None
-    for mine, ref, name in zip(grads, tgrads, ["input", "weight", "bias"]):
+    scales = _float32_scales(case, x, w, b, g) if dtype == np.float32 else [None] * 3
+    for mine, ref, name, scale in zip(grads, tgrads, ["input", "weight", "bias"], scales):
         assert mine.dtype == x.dtype, name
-        assert rel_err(mine, ref.numpy()) <= tol, name
+        if scale is None:
+            assert rel_err(mine, ref.numpy()) <= tol, name
+        else:
+            assert np.max(np.abs(mine - ref.numpy()), initial=0) <= tol * scale, name
+
+
+def _float32_scales(case, x, w, b, g):
+    """The scale of float32 rounding in each gradient: the largest sum of absolute terms
+    (the gradient of |x|, |w|, |b| for |g|, in float64).  Measured against the largest
+    gradient itself, a bias gradient whose terms cancel (0.003 from terms of order 1)
+    failed on the two libraries' different summation orders alone."""
+    leaves = [torch.tensor(np.abs(a).astype(np.float64), requires_grad=True)
+              for a in (x, w) + (() if b is None else (b,))]
+    y = torch_reference(case, *leaves, *([None] if b is None else []))
+    sums = torch.autograd.grad(y, leaves, torch.tensor(np.abs(g).astype(np.float64)))
+    return [max(float(s.abs().max()) if s.numel() else 0.0, 1e-30) for s in sums] + [None] * (
+        3 - len(sums))
 
 
 @pytest.mark.parametrize("algorithm", [*ALGORITHMS, "auto"])

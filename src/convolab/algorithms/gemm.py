@@ -276,7 +276,7 @@ def _lane_forward(x, w, spec: ConvSpec, O, bias) -> np.ndarray:
     K, g = w.shape[0], spec.groups
     P = math.prod(O)
     cols = im2col(x, spec, O).reshape(N, g, C // g * math.prod(spec.kernel_size), P)
-    y = np.matmul(_wmat(w, g), cols)  # (N, g, K/g, P)
+    y = _matmul(_wmat(w, g), cols)  # (N, g, K/g, P)
     add_bias(y, None if bias is None else bias.reshape(g, K // g, 1))
     return y.reshape((N, K) + tuple(O))
 
@@ -484,7 +484,7 @@ def _pointwise_products(a: np.ndarray, b: np.ndarray, dtype, bias=None, *, store
 
         def run_store(tile):
             bs, rows = tile
-            prod = np.matmul(a, b[bs, :, :, _row_positions(rows, O)])
+            prod = _matmul(a, b[bs, :, :, _row_positions(rows, O)])
             store(bs, slice(0, g * M), rows,
                   prod.reshape((prod.shape[0], g * M, rows.stop - rows.start) + O[1:]))
 
@@ -495,13 +495,25 @@ def _pointwise_products(a: np.ndarray, b: np.ndarray, dtype, bias=None, *, store
     def run(tile):
         bs, ps = tile
         if ps.stop - ps.start == P:
-            np.matmul(a, b[bs], out=out[bs])
+            _matmul(a, b[bs], out=out[bs])
             add_bias(out[bs], bias)
         else:
-            put(out[bs, :, :, ps], np.matmul(a, b[bs, :, :, ps]), bias)
+            put(out[bs, :, :, ps], _matmul(a, b[bs, :, :, ps]), bias)
 
     run_tiles(run, _pointwise_plan(N, P, (L + a.shape[1]) * g * item))
     return out
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, out=None) -> np.ndarray:
+    """``np.matmul(a, b, out=out)``, as a broadcast product where the inner dimension is
+    1: an outer product, as in a 1x1 layer with one input channel per group (or the input
+    gradient of one with one output channel per group), where OpenBLAS's GEMM ran 4-14x
+    slower than NumPy's multiply (float32, medians: N8 C1 -> K32 on 64x64, 2.57 ms
+    against 0.13; N4 C1 -> K256 on 112x112, 36.3 against 7.3).  Each entry is then one
+    product, rounded as BLAS rounds it."""
+    if a.shape[-1] == 1:
+        return np.multiply(a, b, out=out)
+    return np.matmul(a, b, out=out)
 
 
 def _row_positions(rows: slice, O) -> slice:
