@@ -99,12 +99,15 @@ def col2im(cols: np.ndarray, spec: ConvSpec, in_spatial, out_spatial) -> np.ndar
     return np.ascontiguousarray(crop_spatial(gxp, spec.padding))
 
 
-def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+def cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
+         phases: bool = False) -> tuple[float, float]:
     """(FLOPs at GEMM speed, bytes copied) for :func:`convolab.select.estimate_seconds`.
 
     Small per-group matrices run far below the BLAS peak, so FLOPs are scaled by the
     inverse of a GEMM efficiency that falls off (as a square root, fitted to the
-    32-group and depthwise cases) for K/g < 32 or C/g*prod(k) < 64.
+    32-group and depthwise cases) for K/g < 32 or C/g*prod(k) < 64.  A 2-D forward has
+    its own fitted estimate (:func:`_cost_2d_forward`), except as the forward of
+    polyphase's phases (``phases``), which keep this one (see there).
     """
     kk = math.prod(spec.kernel_size)
     g, N, C, K = p["g"], p["N"], p["C"], p["K"]
@@ -121,6 +124,8 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     if role == "forward" and _flat(spec, p["S"], p["O"]):
         # the flat lowering's GEMM also computes the garbage columns of each padded row
         flops *= math.prod(spec.padded_shape(p["S"])[1:]) / max(1, math.prod(p["O"][1:]))
+    if role == "forward" and spec.rank == 2 and not phases:
+        return _cost_2d_forward(spec, p, flops, itemsize)
     if role == "input_grad":
         # dcols = w^T @ gy: C/g*prod(k) rows, a sum over K/g (since the GEMM runs over
         # all samples of a tile at once, the col2im costs about what im2col does)
@@ -130,6 +135,34 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     pointwise = _is_pointwise(spec, p["S"], p["O"])
     copies = 0 if pointwise else N * C * kk * P * itemsize * 2
     return flops / max(eff, 1e-3), copies
+
+
+# GEMM's 2-D forward: (FLOP factor, ns per column element, M0, alpha, I0, beta), with the
+# efficiency min(1, (K/g)/M0)**alpha * min(1, (C/g*prod(k))/I0)**beta; see _cost_2d_forward.
+COST_2D_FORWARD = (1.34, 0.47, 8, 0.35, 44, 0.49)
+
+
+def _cost_2d_forward(spec: ConvSpec, p: dict, flops: float, itemsize: int):
+    """GEMM's estimate for a 2-D forward (not depthwise).  The general formula charged
+    each column element 1 ns and cut the efficiency of products with fewer than 32 output
+    channels per group as a square root: with 8-16 output channels GEMM was estimated at
+    1.3-2.4x its time and lost to Winograd and FFT where it was faster (N16 C128 K16
+    dilated 3x3 on 28x28: Winograd 26.6 ms chosen, GEMM 9.3; N4 C64 K64 g4 7x7 on 32x32:
+    FFT 21.3, GEMM 11.0).  Refitted (float32, 2 workers, medians of 5, every candidate
+    timed; .dev/all2d.py, search2d.py) on 120 random 2-D layers: the time the choice
+    loses 11.7 -> 0.6 %; checked on 64 others (the survey's two draws and the suite's 2-D
+    rows, whose choices did not change) 4.5 -> 4.2 %.  The input gradient's choice gained
+    too (14.5 -> 8.3 % lost) when polyphase was priced as this forward, but by one layer
+    (a 32-group layer on 112x112 planes, 141 -> 81 ms): 12 of the 20 input gradients
+    whose choice moved ran slower (1x1 and strided layers, and the transposed 2x2
+    stride-2 layer 9.2 -> 10.3 ms), so polyphase's phases keep the general estimate."""
+    F, col_ns, M0, alpha, I0, beta = COST_2D_FORWARD
+    g, N, C, K = p["g"], p["N"], p["C"], p["K"]
+    kk = math.prod(spec.kernel_size)
+    eff = min(1.0, K / g / M0) ** alpha * min(1.0, C / g * kk / I0) ** beta
+    cols = 0 if _is_pointwise(spec, p["S"], p["O"]) else N * C * kk * math.prod(p["O"])
+    # the cost model charges bytes at 8 GB/s: 1 ns is 8 bytes (of float32 data)
+    return F * flops / eff, 8 * col_ns * cols * itemsize / 4
 
 
 def call_seconds(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:

@@ -295,10 +295,18 @@ def _inner(spec: ConvSpec, p: dict, itemsize: int):
              if n != "winograd" or all(s == 1 for s in spec.stride)] or ["gemm"]
 
     def seconds(name):
-        flops, nbytes = select._module(name).cost("forward", sub, swapped, itemsize)
+        flops, nbytes = _forward_cost(select._module(name), sub, swapped, itemsize)
         return flops / select.GEMM_FLOPS + nbytes / select.COPY_BYTES
 
     return select._module(min(names, key=seconds)), sub, swapped
+
+
+def _forward_cost(mod, sub: ConvSpec, swapped: dict, itemsize: int):
+    """The phases' forward cost by ``mod``: GEMM's general estimate, not its refitted
+    2-D forward one (``gemm.cost(..., phases=True)``, which see)."""
+    if mod is gemm:
+        return gemm.cost("forward", sub, swapped, itemsize, phases=True)
+    return mod.cost("forward", sub, swapped, itemsize)
 
 
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
@@ -306,7 +314,7 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     ``C`` out; the same FLOPs; for GEMM im2col copies of ``K*prod(k)`` rows instead of
     a col2im of ``C*prod(k)``), plus the strided write of each phase for stride > 1."""
     mod, sub, swapped = _inner(spec, p, itemsize)
-    flops, nbytes = mod.cost("forward", sub, swapped, itemsize)
+    flops, nbytes = _forward_cost(mod, sub, swapped, itemsize)
     if _unified(spec) and math.prod(swapped["O"]) < 128:
         # few positions per sample make the unified GEMM short and wide: measured 1.3x
         # slower than GEMM's col2im on an 8x8 -> 16x16, C 256 -> 128 transposed conv,
