@@ -268,9 +268,10 @@ def _lane(role: str, spec: ConvSpec, p: dict, item: int, extra: int = 0) -> bool
     """Whether ``role`` runs as plain im2col (:data:`LANE_BYTES`): small columns, and
     the scratch of :func:`_lane_scratch` (plus ``extra`` elements) within the
     workspace budget."""
-    cols = _lane_cols(role, spec, p) * item
-    return cols <= LANE_BYTES and (_lane_scratch(role, spec, p, item) + extra * item
-                              <= get_options().workspace_bytes)
+    if _lane_cols(role, spec, p) * item > LANE_BYTES:
+        return False
+    scratch = _lane_scratch(role, spec, p, item) + extra * item
+    return scratch <= get_options().workspace_bytes
 
 
 def _lane_cols(role: str, spec: ConvSpec, p: dict) -> int:
