@@ -668,6 +668,17 @@ def test_out_channels_must_be_an_int(bad):
         ex.explain("conv2d", (1, 3, 8, 8), kernel_size=3, out_channels=bad)
 
 
+def test_explain_says_which_roles_run_gemm_as_plain_im2col():
+    """A small layer's GEMM roles run without tiles (gemm.LANE_BYTES): explain says
+    which; a large layer's run in tiles, and a 1x1 layer's are plain products anyway."""
+    small = ex.explain("conv2d", (1, 3, 16, 16), out_channels=8, kernel_size=3, padding=1)
+    note = [n for n in small.notes if "plain im2col" in n]
+    assert len(note) == 1 and "forward" in note[0] and "weight_grad" in note[0]
+    for shape, k in [((16, 64, 56, 56), 3), ((1, 3, 16, 16), 1)]:
+        big = ex.explain("conv2d", shape, out_channels=64, kernel_size=k, padding=k // 2)
+        assert not [n for n in big.notes if "plain im2col" in n]
+
+
 def test_input_shape_entries_must_be_ints():
     for bad in [(1, 3, 8.5, 8), (1, 3, "8", 8), (1, True, 8, 8)]:
         with pytest.raises(TypeError, match=r"input_shape=.* must be a tuple of ints"):

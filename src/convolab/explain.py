@@ -994,15 +994,22 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
     """Each role's algorithm and workspace into ``e.algorithm`` and ``ws`` (its
     ``"_source"``: where the workspace numbers come from)."""
     ch = None
+    plain = []
     for public, (role, shp) in roles.items():
         try:
             ch = select.choose(role, spec, shp, w_shape, cdt)
         except (ImportError, ValueError) as exc:  # e.g. an optional algorithm missing
             ch = select.Choice("unknown", f"convolab.select.choose failed: {exc}")
         e.algorithm[public] = {"name": ch.algorithm, "reason": ch.reason, "role": role}
+        if ch.algorithm == "gemm" and _plain_lane(role, spec, shp, w_shape, cdt):
+            plain.append(public)
         # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
         ws[public], ws["_source"] = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
                                                S_run if cfg.transposed else out)
+    if plain:
+        e.notes.append(f"GEMM runs {', '.join(plain)} as plain im2col: one copy into "
+                       "columns and one matrix product, without tiles (columns under "
+                       "convolab.algorithms.gemm.LANE_BYTES)")
     # a backward pass that needs both gradients may fuse them
     if roles:
         try:
@@ -1020,6 +1027,16 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
 
             ws["backward"] = fused.workspace(
                 spec, select.problem("weight_grad", spec, x_shape, w_shape), cdt)
+
+
+def _plain_lane(role: str, spec, shp, w_shape, cdt) -> bool:
+    """Whether GEMM would run ``role`` on its plain lane (not a 1x1 product)."""
+    from .algorithms import gemm
+
+    p = select.problem(role, spec, shp, w_shape)
+    if gemm._is_pointwise(spec, p["S"], p["O"]):
+        return False
+    return gemm._lane(role, spec, p, np.dtype(cdt).itemsize)
 
 
 # ---------------------------------------------------------------------------
