@@ -13,6 +13,7 @@ import functools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,15 @@ def physical_memory() -> int:
 @functools.cache
 def _limit() -> int:
     return min(physical_memory(), int(np.iinfo(np.intp).max))
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` of an argument for a one-line error: an array or tensor by its shape,
+    anything else cut to 60 characters (the repr of a batch of data is not a message)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"<{type(value).__name__} of shape {tuple(value.shape)}>"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def human_bytes(n: int) -> str:

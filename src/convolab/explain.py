@@ -57,6 +57,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from . import select
+from ._limits import short_repr
 from .dtypes import SUPPORTED, SUPPORTED_NAMES, compute_dtype
 from .options import get_options
 from .spec import ConvSpec, as_tuple, make_spec, pool_output_size
@@ -1129,20 +1130,13 @@ def _shape(value: Any) -> tuple[int, ...]:
     try:
         vals = tuple(value)
     except TypeError:
-        raise TypeError(f"input_shape={_short(value)} must be a tuple of ints or "
+        raise TypeError(f"input_shape={short_repr(value)} must be a tuple of ints or "
                         "'NxCxHxW'") from None
     for v in vals:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
-            raise TypeError(f"input_shape={_short(value)} must be a tuple of ints or "
-                            f"'NxCxHxW' (it holds {_short(v)}, a {type(v).__name__})")
+            raise TypeError(f"input_shape={short_repr(value)} must be a tuple of ints or "
+                            f"'NxCxHxW' (it holds {short_repr(v)}, a {type(v).__name__})")
     return tuple(int(v) for v in vals)
-
-
-def _short(value: Any, most: int = 80) -> str:
-    """``repr(value)``, cut to ``most`` characters (a nested list of data is not a shape,
-    and its repr is not a message)."""
-    text = repr(value)
-    return text if len(text) <= most else text[: most - 5] + " ...)"
 
 
 def explain(op: Any, input_shape: Any, *, out_channels: int | None = None,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .._limits import short_repr
 from ..spec import ConvSpec, _check_int, as_tuple, make_spec
 from .geometry import (Axis, Frame, axes_of, forward_frames, input_grad_frames,
                        weight_grad_frames)
@@ -251,11 +252,11 @@ def draw(op: str | None = None, input_size: Any = None, kernel_size: Any = None,
             isinstance(values, numbers.Integral) and values in (0, 1)):
         values = bool(values)
     else:
-        raise TypeError(f"values={_short(values)} must be True or False (to draw numbers "
+        raise TypeError(f"values={short_repr(values)} must be True or False (to draw numbers "
                         f"of your own, pass x= and weight=), got {type(values).__name__}")
     if preset is not None:
         if not isinstance(preset, str):
-            raise TypeError(f"preset={_short(preset)} must be the name of a preset (a str), "
+            raise TypeError(f"preset={short_repr(preset)} must be the name of a preset (a str), "
                             f"got {type(preset).__name__}; one of {list(PRESETS)}")
         if preset not in PRESETS:
             raise ValueError(f"preset={preset!r} is not one of {list(PRESETS)}")
@@ -418,14 +419,6 @@ def _random_ints(rng: np.random.Generator, high: int, shape: tuple[int, ...]) ->
         a = rng.integers(0, high, size=shape)
         if a.any():
             return a.astype(np.float64)
-
-
-def _short(value: Any) -> str:
-    """``repr`` of an argument for a one-line error (an array or tensor by its shape)."""
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return f"<{type(value).__name__} of shape {tuple(value.shape)}>"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_path(arg: str, path: Any, suffix: str, why: str) -> str | None:
