@@ -994,6 +994,8 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
 def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> None:
     """Each role's algorithm and workspace into ``e.algorithm`` and ``ws`` (its
     ``"_source"``: where the workspace numbers come from)."""
+    from .algorithms import gemm
+
     ch = None
     plain = []
     for public, (role, shp) in roles.items():
@@ -1002,7 +1004,8 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
         except (ImportError, ValueError) as exc:  # e.g. an optional algorithm missing
             ch = select.Choice("unknown", f"convolab.select.choose failed: {exc}")
         e.algorithm[public] = {"name": ch.algorithm, "reason": ch.reason, "role": role}
-        if ch.algorithm == "gemm" and _plain_lane(role, spec, shp, w_shape, cdt):
+        if ch.algorithm == "gemm" and gemm.runs_plain(
+                role, spec, select.problem(role, spec, shp, w_shape), np.dtype(cdt).itemsize):
             plain.append(public)
         # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
         ws[public], ws["_source"] = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
@@ -1028,16 +1031,6 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
 
             ws["backward"] = fused.workspace(
                 spec, select.problem("weight_grad", spec, x_shape, w_shape), cdt)
-
-
-def _plain_lane(role: str, spec, shp, w_shape, cdt) -> bool:
-    """Whether GEMM would run ``role`` on its plain lane (not a 1x1 product)."""
-    from .algorithms import gemm
-
-    p = select.problem(role, spec, shp, w_shape)
-    if gemm._is_pointwise(spec, p["S"], p["O"]):
-        return False
-    return gemm._lane(role, spec, p, np.dtype(cdt).itemsize)
 
 
 # ---------------------------------------------------------------------------

@@ -171,7 +171,14 @@ def call_seconds(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
     worker, medians), the tiled lowerings 80-200 us."""
     if _is_pointwise(spec, p["S"], p["O"]):
         return 40e-6
-    return 50e-6 if _lane(role, spec, p, itemsize) else 120e-6
+    return 50e-6 if runs_plain(role, spec, p, itemsize) else 120e-6
+
+
+def runs_plain(role: str, spec: ConvSpec, p: dict, itemsize: int) -> bool:
+    """Whether ``role`` runs on the plain lane (:data:`LANE_BYTES`): not a 1x1 product,
+    and within the lane's sizes (as :func:`forward`, :func:`weight_grad` and
+    :func:`input_grad` decide; ``convolab explain`` says so)."""
+    return not _is_pointwise(spec, p["S"], p["O"]) and _lane(role, spec, p, itemsize)
 
 
 # GEMM on 1-D layers: (FLOP factor, ns per column element, ns per output, M0, alpha, I0,
