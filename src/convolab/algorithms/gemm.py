@@ -117,7 +117,9 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
         # (float32, 3x3 to 31x31, 28x28 to 56x56 planes): ~0.2 ns per column element plus
         # ~2.6 ns per output (3x3 C256 14.1 ms, 7x7 C128 40.2, 13x13 113, 31x31 578)
         moved = (1.6 * N * C * kk * P + 20.8 * N * K * P) * itemsize / 4
-        return 0.0, moved * (3 if role == "input_grad" else 1)
+        if role == "input_grad":
+            moved *= 3 * _input_grad_spread(spec, p, itemsize)
+        return 0.0, moved
     if spec.rank == 1:
         return _cost_1d(role, N, C, K, g, kk, P, itemsize)
     flops = 2 * N * K * (C // g) * kk * P
@@ -134,7 +136,27 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
         eff = (min(1.0, K / g / 32) * min(1.0, C / g * kk / 64)) ** 0.5
     pointwise = _is_pointwise(spec, p["S"], p["O"])
     copies = 0 if pointwise else N * C * kk * P * itemsize * 2
+    if role == "input_grad" and not pointwise:
+        spread = _input_grad_spread(spec, p, itemsize)
+        # and gx's positions written twice (the phase planes, then gx): what 1x1 stride-2
+        # layers spend most of their time on
+        gx = 2 * N * C * math.prod(p["S"]) * itemsize
+        flops, copies = flops * spread, copies * spread + gx
     return flops / max(eff, 1e-3), copies
+
+
+def _input_grad_spread(spec: ConvSpec, p: dict, itemsize: int) -> float:
+    """Columns the input gradient computes per output position (2-D and 3-D): the plain
+    lane runs a forward over every input position (the zeros of a ``valid`` layer's
+    border and of the stride's spread included); the flat col2im covers a run of its
+    phase grid, the output rows with the rest of each grid row between them.  On a
+    7x7 dilation-2 layer of 14x14 -> 2x2 planes the run is 16 columns for 4 outputs."""
+    P = math.prod(p["O"])
+    if runs_plain("input_grad", spec, p, itemsize):
+        return math.prod(p["S"]) / P
+    Hs = [-(-b // s) for b, s in zip(grad_buffer_shape(spec, p["S"], p["O"]), spec.stride)]
+    run = sum((o - 1) * math.prod(Hs[i + 1:]) for i, o in enumerate(p["O"])) + 1
+    return run / P
 
 
 # GEMM's 2-D forward: (FLOP factor, ns per column element, M0, alpha, I0, beta), with the

@@ -301,6 +301,15 @@ def _inner(spec: ConvSpec, p: dict, itemsize: int):
     return select._module(min(names, key=seconds)), sub, swapped
 
 
+def _products(spec: ConvSpec, in_spatial) -> int:
+    """Positions times taps the phases compute (per sample and channel pair): per
+    dimension, each phase's positions in the crop times its taps."""
+    done = 1
+    for dim in _phase_plan(spec, in_spatial):
+        done *= sum(p[5] * p[2] for p in dim if p is not None and p != "empty")
+    return done
+
+
 def _forward_cost(mod, sub: ConvSpec, swapped: dict, itemsize: int):
     """The phases' forward cost by ``mod``: GEMM's general estimate, not its refitted
     2-D forward one (``gemm.cost(..., phases=True)``, which see)."""
@@ -320,6 +329,14 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
         # slower than GEMM's col2im on an 8x8 -> 16x16, C 256 -> 128 transposed conv,
         # 1.3-1.5x faster from 14x14 up
         flops *= 2
+    if not _unified(spec):
+        # the phases compute every position of the crop, each with its phase's taps: as
+        # many products as the layer's own only where the input is about ``s`` times the
+        # output (``same`` padding); a ``valid`` layer's zeros around gy are multiplied
+        # too (7x7 dilation 2, 14x14 -> 2x2: 49 times as many; estimated 1.1 ms, ran 44,
+        # where GEMM's col2im ran 22)
+        done = _products(spec, p["S"]) / (math.prod(p["O"]) * math.prod(spec.kernel_size))
+        flops, nbytes = flops * done, nbytes * done
     strided = any(s != 1 for s in spec.stride)
     extra = p["N"] * p["C"] * math.prod(p["S"]) * itemsize if strided else 0
     if spec.rank == 1:
@@ -340,7 +357,22 @@ def call_seconds(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
     worker, medians, where GEMM's lane forward took 35-90) plus those of the forward
     they run (Winograd's, where it runs that)."""
     mod, sub, swapped = _inner(spec, p, itemsize)
-    return 50e-6 + select.call_seconds(mod, "forward", sub, swapped, itemsize)
+    # in 2-D and 3-D, each phase's forward has its own (a 3x3 stride-2 input gradient of
+    # N4 C16 28x28 ran 0.9 ms on four phases, 0.3 on GEMM's col2im); long 1-D signals
+    # (a stride-4 upsampler on 2**15 samples: polyphase 7.5 ms, GEMM 13.4) keep one
+    phases = _forwards(spec, p["S"]) if spec.rank > 1 else 1
+    return 50e-6 + phases * select.call_seconds(mod, "forward", sub, swapped, itemsize)
+
+
+def _forwards(spec: ConvSpec, in_spatial) -> int:
+    """How many forward convolutions the input gradient runs: one when unified (or
+    stride 1), else one per phase that a tap reaches (four for a 3x3 stride-2 layer)."""
+    if _unified(spec):
+        return 1
+    n = 1
+    for dim in _phase_plan(spec, in_spatial):
+        n *= sum(1 for p in dim if p is not None and p != "empty")
+    return max(1, n)
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
