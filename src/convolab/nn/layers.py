@@ -557,6 +557,18 @@ class Linear(Module):
 # Activations
 
 
+def _keep_where(g: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``np.where(keep, g, 0)`` for floats, branch-free: the bits of ``g`` ANDed with
+    all ones or all zeros (+0.0), so inf and NaN outside ``keep`` still give 0."""
+    ints = np.dtype(f"i{g.itemsize}")
+    bits = keep.astype(ints)
+    np.negative(bits, out=bits)
+    out = np.empty(g.shape, dtype=g.dtype)
+    np.bitwise_and(g.view(ints) if g.flags.c_contiguous else
+                   np.ascontiguousarray(g).view(ints), bits, out=out.view(ints))
+    return out
+
+
 class ReLU(Module):
     """``max(x, 0)``; the gradient at 0 is 0, and NaN passes through (value and
     gradient), as in torch."""
@@ -568,14 +580,20 @@ class ReLU(Module):
 
     def forward(self, input):
         x = as_array(f"{type(self).__name__}: input", input)
+        if x.dtype.kind == "f":
+            # branch-free: np.where on a mask of random signs mispredicts every other
+            # element (1.6 ms on the demo's 128 x 64 x 40 float32; np.maximum 0.18).
+            # maximum keeps NaN and turns -0.0 into 0.0, as the mask did
+            self._mask = ~(x <= 0)
+            return np.maximum(x, x.dtype.type(0))
         self._mask = x > 0
-        if x.dtype.kind in "fc":
-            self._mask |= np.isnan(x)
         return np.where(self._mask, x, np.zeros((), x.dtype))
 
     def backward(self, grad_out):
         mask = _need(self._mask, "ReLU")
         g = _grad("ReLU", grad_out, mask.shape)
+        if g.dtype.kind == "f" and g.dtype.itemsize in (2, 4, 8):
+            return _keep_where(g, mask)
         return np.where(mask, g, np.zeros((), g.dtype))
 
 
@@ -1150,6 +1168,16 @@ class _AdaptiveAvgPoolNd(Module):
 # Batch normalisation
 
 
+def _channel_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over every axis but the channels (axis 1): over the batch first (rows of
+    whole planes, vectorised), then along each channel's positions.  ``a.sum(axis=(0,
+    2, ...))`` walked the strided axes element by element: 0.28 against 0.04 ms on
+    the demo's 128 x 64 x 40."""
+    acc = np.float32 if a.dtype.itemsize < 4 else a.dtype  # float16 sums in float32
+    a = a.reshape(a.shape[:2] + (math.prod(a.shape[2:]),))
+    return a.sum(axis=0, dtype=acc).sum(axis=-1)
+
+
 class _BatchNorm(Module):
     """Normalise each channel over the batch (and spatial dims), as ``torch.nn.BatchNorm*``.
 
@@ -1248,22 +1276,22 @@ class _BatchNorm(Module):
                     f"{type(self).__name__}: expected more than 1 value per channel when "
                     f"training, got input.shape={x.shape}"
                 )
-            mean = x.mean(axis=axes)
+            mean = (_channel_sum(x) / m).astype(x.dtype)
             xc = x - mean.reshape(shape)
-            var = (xc * xc).mean(axis=axes)
+            var = (_channel_sum(xc * xc) / m).astype(x.dtype)
             if self.training and self.track_running_stats:
                 self._update_running(mean, var * (m / (m - 1)))
         else:
             mean, var = self.running_mean.astype(x.dtype), self.running_var.astype(x.dtype)
             xc = x - mean.reshape(shape)
         invstd = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        xhat = xc * invstd.reshape(shape)
-        y = xhat
-        if self.affine:
-            y = xhat * self.weight.data.reshape(shape)
-            if self.bias is not None:
-                y = y + self.bias.data.reshape(shape)
-        self._cache = (xhat, invstd, axes, shape, use_batch)
+        # one multiply (and add) per element: the affine map folded into the
+        # normalisation's scale; the backward works from xc and invstd
+        scale = invstd if not self.affine else invstd * self.weight.data
+        y = xc * scale.reshape(shape)
+        if self.affine and self.bias is not None:
+            y += self.bias.data.reshape(shape)
+        self._cache = (xc, invstd, shape, use_batch)
         return y
 
     def _update_running(self, mean, unbiased_var):
@@ -1277,20 +1305,29 @@ class _BatchNorm(Module):
         )
 
     def backward(self, grad_out):
-        xhat, invstd, axes, shape, use_batch = _need(self._cache, type(self).__name__)
-        g = _grad(type(self).__name__, grad_out, xhat.shape)
+        xc, invstd, shape, use_batch = _need(self._cache, type(self).__name__)
+        g = _grad(type(self).__name__, grad_out, xc.shape)
+        scale = invstd if not self.affine else invstd * self.weight.data
+        if not use_batch and not self.affine:  # fixed statistics: an affine map
+            return g * scale.reshape(shape)
+        sum_g = _channel_sum(g)
+        sum_gxc = _channel_sum(g * xc)
         if self.affine:
-            self.weight.accumulate((g * xhat).sum(axis=axes))
+            self.weight.accumulate(sum_gxc * invstd)
             if self.bias is not None:
-                self.bias.accumulate(g.sum(axis=axes))
-            gxhat = g * self.weight.data.reshape(shape)
-        else:
-            gxhat = g
-        if not use_batch:  # fixed statistics: an affine map
-            return gxhat * invstd.reshape(shape)
-        mean_g = gxhat.mean(axis=axes).reshape(shape)
-        mean_gx = (gxhat * xhat).mean(axis=axes).reshape(shape)
-        return (gxhat - mean_g - xhat * mean_gx) * invstd.reshape(shape)
+                self.bias.accumulate(sum_g)
+        if not use_batch:
+            return g * scale.reshape(shape)
+        # gx = scale * (g - mean(g) - xhat * mean(g * xhat)), xhat = xc * invstd, as
+        # g * a + xc * b + c per channel: three passes where the written-out form made
+        # ten (the demo's BatchNorm1d, 128 x 64 x 40 float32: 1.8 -> 0.4 ms)
+        m = xc.size // xc.shape[1]
+        b = -scale * invstd * invstd * sum_gxc / m
+        c = -scale * sum_g / m
+        gx = g * scale.reshape(shape)
+        gx += xc * b.reshape(shape)
+        gx += c.reshape(shape)
+        return gx
 
     def extra_repr(self) -> str:
         return (
