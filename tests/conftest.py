@@ -33,3 +33,9 @@ def _share_small_calls(request, monkeypatch):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "small_calls_serial: keep the small-call rule on")
+    # the demo's MNIST-1D cache goes to a folder of this run, not the user's home
+    # (subprocesses inherit it); one generation per run, shared by the tests
+    if "CONVOLAB_CACHE_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["CONVOLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="convolab-test-cache-")

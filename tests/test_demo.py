@@ -32,6 +32,63 @@ def test_mnist1d_is_generated_with_defaults(mnist1d):
     assert set(np.unique(d.y)) == set(range(10))
 
 
+def test_mnist1d_cache_holds_what_generation_builds(tmp_path, monkeypatch, mnist1d):
+    """The first load writes the arrays; later loads read them without generating (or
+    importing mnist1d); a damaged file is built again; an empty CONVOLAB_CACHE_DIR
+    turns the cache off, and a folder that cannot be written leaves loading as it was."""
+    monkeypatch.setenv("CONVOLAB_CACHE_DIR", str(tmp_path / "cache"))
+    first = demo_data.load_mnist1d()
+    files = list((tmp_path / "cache").glob("mnist1d-*.npz"))
+    assert len(files) == 1 and not list((tmp_path / "cache").glob("*.tmp"))
+    for k in ("x", "y", "x_test", "y_test"):
+        assert np.array_equal(getattr(first, k), getattr(mnist1d, k)), k
+
+    def no_generation():
+        raise AssertionError("generated although cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(demo_data, "_generate_mnist1d", no_generation)
+        again = demo_data.load_mnist1d()
+    for k in ("x", "y", "x_test", "y_test"):
+        assert np.array_equal(getattr(again, k), getattr(mnist1d, k)), k
+        assert getattr(again, k).dtype == getattr(mnist1d, k).dtype
+
+    calls = []
+    real = demo_data._generate_mnist1d
+
+    def counted():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(demo_data, "_generate_mnist1d", counted)
+    files[0].write_bytes(b"not an npz file")
+    assert np.array_equal(demo_data.load_mnist1d().x, mnist1d.x) and len(calls) == 1
+    assert demo_data._read_cached(files[0]) is not None  # written again
+
+    np.savez(files[0], x=np.zeros((3, 40)), y=np.zeros(2, dtype=np.int64),
+             x_test=np.zeros((1, 40)), y_test=np.zeros(1, dtype=np.int64))
+    assert np.array_equal(demo_data.load_mnist1d().x, mnist1d.x) and len(calls) == 2
+
+    monkeypatch.setenv("CONVOLAB_CACHE_DIR", "")
+    assert demo_data.cache_dir() is None
+    demo_data.load_mnist1d()
+    assert len(calls) == 3
+
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the folder would go")
+    monkeypatch.setenv("CONVOLAB_CACHE_DIR", str(blocked / "sub"))
+    assert np.array_equal(demo_data.load_mnist1d().x, mnist1d.x) and len(calls) == 4
+
+
+def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("CONVOLAB_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert demo_data.cache_dir() == tmp_path / "convolab"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert demo_data.cache_dir() == tmp_path / "home" / ".cache" / "convolab"
+
+
 def test_digits_split_is_fixed_and_stratified():
     a, b = demo_data.load_digits(), demo_data.load_digits()
     assert a.x.shape[1:] == (1, 8, 8) and len(a.y) + len(a.y_test) == 1797
