@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 
+import itertools
 import math
 import tracemalloc
 import warnings
@@ -1167,6 +1168,37 @@ def _check_polyphase_transposed(x_shape, w_shape, kwargs, bias, ws, seed):
     assert rel_err(got, ref) <= TOL64
     t = [torch.tensor(a) if a is not None else None for a in (x, w, b)]
     assert rel_err(got, torch_reference(case, *t).numpy()) <= TOL64
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((2, 64, 5, 6), (64, 64, 3, 3), dict(stride=2, padding=1)),
+        ((1, 128, 4, 5), (128, 48, 5, 3), dict(stride=(3, 2), padding=(2, 1), groups=2,
+                                               dilation=(1, 2))),
+        ((2, 72, 9), (72, 64, 7), dict(stride=3, padding=2, dilation=2)),
+    ],
+)
+def test_polyphase_builds_wide_phase_kernels_tap_by_tap(x_shape, w_shape, kwargs):
+    """With many channel pairs (K * C/g >= 4096) each phase's flipped, transposed kernel
+    is written one tap at a time; against direct and torch, and against the gather it
+    replaces."""
+    from convolab.algorithms import polyphase as pp
+
+    assert w_shape[0] * w_shape[1] >= 4096
+    _check_polyphase_transposed(x_shape, w_shape, kwargs, False, None, seed=7)
+    rng = np.random.default_rng(3)
+    # (as a conv_transpose's weight: in channels first; the layer's w is (K, C/g, *k))
+    w = rng.standard_normal(w_shape)
+    g = kwargs.get("groups", 1)
+    wt = pp._flipped_transposed(w, g)
+    r = len(w_shape) - 2
+    for starts in itertools.product(*(range(2) for _ in range(r))):
+        steps = tuple(2 + i for i in range(r))
+        got = pp._phase_kernel(w, wt, g, starts, steps)
+        cut = tuple(slice(a, None, b) for a, b in zip(starts, steps))
+        want = wt[(slice(None), slice(None)) + cut][(Ellipsis,) + (slice(None, None, -1),) * r]
+        assert got.flags.c_contiguous and np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("ws", [None, 3000])

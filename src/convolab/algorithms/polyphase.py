@@ -223,12 +223,33 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial,
     return gx
 
 
+def _phase_kernel(w: np.ndarray, wt: np.ndarray, g: int, starts, steps) -> np.ndarray:
+    """A phase's kernel ``(C, K/g, *J)``, contiguous: taps ``starts[i]::steps[i]`` of
+    ``wt`` (:func:`_flipped_transposed` of ``w``), flipped.  With many channel pairs it is
+    written tap by tap, one transposed ``(K/g, C/g)`` block each: the strided gather of
+    the whole slice walks 1-2 element runs (the four phases of a 3x3 stride-2 C256 -> 256
+    kernel, 3.96 ms per call against 0.96)."""
+    K, Cg = w.shape[:2]
+    k = w.shape[2:]
+    if K * Cg < 4096:
+        cut = tuple(slice(a, None, b) for a, b in zip(starts, steps))
+        sub = wt[(slice(None), slice(None)) + cut]
+        return np.ascontiguousarray(sub[(Ellipsis,) + (slice(None, None, -1),) * len(k)])
+    taps = [range(a, n, b) for a, n, b in zip(starts, k, steps)]
+    J = tuple(len(t) for t in taps)
+    out = np.empty((g, Cg, K // g) + J, dtype=w.dtype)
+    wg = w.reshape((g, K // g, Cg) + tuple(k))
+    for j in itertools.product(*(range(n) for n in J)):
+        t = tuple(tp[n - 1 - i] for tp, n, i in zip(taps, J, j))
+        out[(slice(None),) * 3 + j] = wg[(slice(None),) * 3 + t].swapaxes(1, 2)
+    return out.reshape((g * Cg, K // g) + J)
+
+
 def _input_grad_phases(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.ndarray:
     """The phases one by one, each a forward convolution written into its strided place."""
     g = spec.groups
     N = gy.shape[0]
     C = w.shape[1] * g
-    r = spec.rank
     O = tuple(gy.shape[2:])
     in_spatial = tuple(in_spatial)
     dtype = np.result_type(gy, w)
@@ -241,8 +262,7 @@ def _input_grad_phases(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial
     for combo in itertools.product(*plans):
         if any(p is None or p == "empty" for p in combo):
             continue  # zeros (or nothing of this phase survives the crop)
-        sub = wt[(slice(None), slice(None)) + tuple(slice(p[0], None, p[1]) for p in combo)]
-        sub = np.ascontiguousarray(sub[(Ellipsis,) + (slice(None, None, -1),) * r])
+        sub = _phase_kernel(w, wt, g, tuple(p[0] for p in combo), tuple(p[1] for p in combo))
         # gy padded by `left` on the low side and cropped/padded on the high side so that
         # the stride-1 correlation yields exactly `count` positions.
         pads = [(p[7], p[5] + p[3] * (p[2] - 1) - o - p[7]) for p, o in zip(combo, O)]
