@@ -202,6 +202,89 @@ def test_general_algorithms_match_direct_and_torch(algorithm, case):
     _check_against_direct_and_torch(case, algorithm)
 
 
+def _taps_always():
+    """GEMM's products-first forward wherever it can run (stride 1, more than one tap),
+    whatever the estimate says; every stride-1 phase of polyphase runs it too."""
+    from unittest import mock
+
+    from convolab.algorithms import gemm
+
+    def always(spec, p, itemsize):
+        return all(v == 1 for v in spec.stride) and math.prod(spec.kernel_size) > 1
+
+    return mock.patch.object(gemm, "_taps_first", always)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases(batch=2))
+def test_gemm_products_first_matches_direct_and_torch(case):
+    """The forward as products first, then tap sums (gemm._forward_taps), through every
+    tile plan (the budgets) and as polyphase's phases (its tiles handed over by
+    ``store``): float64 against direct and torch, float32 within its tolerance."""
+    from unittest import mock
+
+    from convolab.algorithms import gemm
+
+    ran = []
+    taps = gemm._forward_taps
+
+    def spy(*args, **kwargs):
+        ran.append(1)
+        return taps(*args, **kwargs)
+
+    with _taps_always(), mock.patch.object(gemm, "_forward_taps", spy):
+        _check_against_direct_and_torch(case, "gemm")
+        _check_against_direct_and_torch(case, "polyphase")
+        _, ref = _run(case, "direct", np.float64, seed=6)
+        for ws in (600, 20000):
+            with cl.options(workspace_bytes=ws):
+                _, small = _run(case, "gemm", np.float64, seed=6)
+            for a, r in zip(small, ref):
+                assert rel_err(a, r) <= TOL64
+        _, ref = _run(case, "gemm", np.float64, seed=4)
+        _, got = _run(case, "gemm", np.float32, seed=4)
+    for a, r in zip(got, ref):
+        assert a.dtype == np.float32
+        assert rel_err(a, r) <= TOL32
+
+
+def test_gemm_products_first_chosen_for_few_output_channels():
+    """C128 -> K8 5x5 (a head): the estimate takes products first, the result is
+    torch's, and the tiles stay within the budget (the products of a tile are
+    ``K*prod(k)/C`` = 1.6 times its input rows, which reach 4 rows past its outputs:
+    310 KiB per worker were measured under 256 KiB before the plan counted them).
+    Under a budget that one row of products does not fit, the column lowerings run."""
+    from convolab.algorithms import gemm
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 128, 20, 20), dtype=np.float32)
+    w = rng.standard_normal((8, 128, 5, 5), dtype=np.float32)
+    from convolab.spec import make_spec
+
+    spec = make_spec((5, 5), 1, 2, 1, 1)
+    p = dict(N=3, C=128, K=8, g=1, S=(20, 20), O=(20, 20))
+    assert gemm._taps_first(spec, p, 4)
+    assert not gemm._taps_first(make_spec((5, 5), 2, 2, 1, 1), dict(p, O=(10, 10)), 4)
+    assert not gemm._taps_first(spec, dict(p, K=128), 4)
+    want = torch.nn.functional.conv2d(torch.tensor(x, dtype=torch.float64),
+                                      torch.tensor(w, dtype=torch.float64), padding=2).numpy()
+    for budget in (2**19, 2**20):
+        with cl.options(algorithm="gemm", workspace_bytes=budget, workers=2):
+            assert gemm._taps_first(spec, p, 4)
+            cl.conv2d(x, w, padding=2)
+            got, peak = _traced(lambda: cl.conv2d(x, w, padding=2))
+        assert rel_err(got, want) <= TOL32
+        # beside the tiles: the weights in (channel, tap) order, 100 KiB
+        assert peak <= budget + got.nbytes + w.nbytes + 2**14, (peak - got.nbytes) / 2**10
+    with cl.options(workspace_bytes=2**18, workers=2):
+        assert not gemm._taps_first(spec, p, 4)
+    e = cl.explain("conv2d", (2, 64, 48, 48), out_channels=3, kernel_size=7, padding=3)
+    assert e.algorithm["forward"]["name"] == "gemm"
+    assert any("forward products first" in n for n in e.notes), e.notes
+    e = cl.explain("conv2d", (2, 64, 48, 48), out_channels=64, kernel_size=3, padding=1)
+    assert not any("products first" in n for n in e.notes), e.notes
+
+
 @settings(max_examples=40, deadline=None)
 @given(case=conv_cases(batch=2))
 def test_gemm_plain_lane_matches_direct_and_torch(case):

@@ -997,16 +997,19 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
     from .algorithms import gemm
 
     ch = None
-    plain = []
+    plain, first = [], []
     for public, (role, shp) in roles.items():
         try:
             ch = select.choose(role, spec, shp, w_shape, cdt)
         except (ImportError, ValueError) as exc:  # e.g. an optional algorithm missing
             ch = select.Choice("unknown", f"convolab.select.choose failed: {exc}")
         e.algorithm[public] = {"name": ch.algorithm, "reason": ch.reason, "role": role}
-        if ch.algorithm == "gemm" and gemm.runs_plain(
-                role, spec, select.problem(role, spec, shp, w_shape), np.dtype(cdt).itemsize):
-            plain.append(public)
+        if ch.algorithm == "gemm":
+            prob, item = select.problem(role, spec, shp, w_shape), np.dtype(cdt).itemsize
+            if gemm.runs_plain(role, spec, prob, item):
+                plain.append(public)
+            elif gemm.runs_products_first(role, spec, prob, item):
+                first.append(public)
         # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
         ws[public], ws["_source"] = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
                                                S_run if cfg.transposed else out)
@@ -1014,6 +1017,11 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
         e.notes.append(f"GEMM runs {', '.join(plain)} as plain im2col: one copy into "
                        "columns and one matrix product, without tiles (columns under "
                        "convolab.algorithms.gemm.LANE_BYTES)")
+    if first:
+        e.notes.append(f"GEMM runs {', '.join(first)} products first: each tap's products "
+                       "w[:, :, t] @ x at every input position, then summed over the taps, "
+                       "instead of copying C*prod(k) columns per output (few output "
+                       "channels against the input channels)")
     # a backward pass that needs both gradients may fuse them
     if roles:
         try:

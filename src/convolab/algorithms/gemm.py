@@ -122,6 +122,18 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
         return 0.0, moved
     if spec.rank == 1:
         return _cost_1d(role, N, C, K, g, kk, P, itemsize)
+    if role == "forward" and _taps_first(spec, p, itemsize):
+        return _taps_cost(spec, p, itemsize)
+    return _column_cost(role, spec, p, itemsize, phases=phases)
+
+
+def _column_cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
+                 phases: bool = False) -> tuple[float, float]:
+    """:func:`cost` of the lowerings that copy columns (2-D and 3-D, not depthwise;
+    every role but the products-first forward, :func:`_forward_taps`)."""
+    kk = math.prod(spec.kernel_size)
+    g, N, C, K = p["g"], p["N"], p["C"], p["K"]
+    P = math.prod(p["O"])
     flops = 2 * N * K * (C // g) * kk * P
     if role == "forward" and _flat(spec, p["S"], p["O"]):
         # the flat lowering's GEMM also computes the garbage columns of each padded row
@@ -196,6 +208,13 @@ def call_seconds(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
     return 50e-6 if runs_plain(role, spec, p, itemsize) else 120e-6
 
 
+def runs_products_first(role: str, spec: ConvSpec, p: dict, itemsize: int) -> bool:
+    """Whether ``role`` is a forward that runs products first (:func:`_forward_taps`;
+    ``convolab explain`` says so)."""
+    return (role == "forward" and not runs_plain(role, spec, p, itemsize)
+            and _taps_first(spec, p, itemsize))
+
+
 def runs_plain(role: str, spec: ConvSpec, p: dict, itemsize: int) -> bool:
     """Whether ``role`` runs on the plain lane (:data:`LANE_BYTES`): not a 1x1 product,
     and within the lane's sizes (as :func:`forward`, :func:`weight_grad` and
@@ -255,6 +274,12 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     N, C, K = p["N"], p["C"], p["K"]
     padded = N * C * math.prod(spec.padded_shape(p["S"])) * item
     nw = workers()
+    if role == "forward" and _taps_first(spec, p, item):
+        # each worker's tile (input rows, products, sums) is planned within its share
+        # of the budget and the cache target; and the weights in (channel, tap) order
+        whole = N * (C + K * kk + K) * math.prod(spec.padded_shape(p["S"])) * item
+        limit = min(get_options().workspace_bytes // nw, CACHE)
+        return min(whole, nw * limit) + K * (C // p["g"]) * kk * item
     # a 3-D input gradient in slabs adds each slab into a zeroed padded gradient of the
     # whole input (cropped at the end): a C8 k3 stride-2 layer on 32x96x96 measured
     # 9.5 MiB under a 1 MiB budget where 3.8 was estimated without it
@@ -659,6 +684,8 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
             y[:, :, :, h0:h1] = forward(_padded_slab(x, spec, h0, h1), w, sp0,
                                         (O[0], h1 - h0) + O[2:], bias=bias)
         return y
+    if _taps_first(spec, dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O), dtype.itemsize):
+        return _forward_taps(x, w, spec, O, dtype, store, gb)
     if _mec(spec, O):
         return _forward_mec(x, w, spec, O, dtype, bias)
     if samegrid.applicable(spec, x.shape[2:], O):
@@ -706,6 +733,165 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
 
     run_tiles(run, plan)
     return None if y is None else y.reshape((N, K) + O)
+
+
+def _taps_first(spec: ConvSpec, p: dict, itemsize: int) -> bool:
+    """Whether the forward runs products first (:func:`_forward_taps`): stride 1, a 2-D
+    or 3-D kernel of more than one tap (not depthwise), and its estimate
+    (:func:`_taps_cost`) below :data:`TAPS_MARGIN` times the column copy's
+    (:func:`_cost_2d_forward`, or the general one in 3-D)."""
+    if (spec.rank < 2 or math.prod(spec.kernel_size) == 1 or any(v != 1 for v in spec.stride)
+            or p["g"] == p["C"] == p["K"]):
+        return False
+    # one output row of one group (its input rows, products and sums) within a worker's
+    # share of the budget; past it, the column lowerings' own row tiles
+    g, C, K = p["g"], p["C"], p["K"]
+    Pd = spec.padded_shape(p["S"])
+    grid_row = math.prod(Pd[1:])
+    reach = spec.dilation[0] * (spec.kernel_size[0] - 1)
+    row = ((C // g + K // g * math.prod(spec.kernel_size)) * (1 + reach) + K // g) * grid_row
+    if row * itemsize > get_options().workspace_bytes // workers():
+        return False
+    return (_seconds(*_taps_cost(spec, p, itemsize))
+            < TAPS_MARGIN * _seconds(*_im2col_cost(spec, p, itemsize)))
+
+
+# products first only where estimated at least this much faster: near a tie, on small
+# planes, it ran 7-11 % slower (C64 -> K16 3x3 on 14x14, 0.96 -> 1.03 ms; C256 -> K16 on
+# 7x7, 0.49 -> 0.56), its steps weighing more than the copy they save
+TAPS_MARGIN = 0.85
+
+
+def _seconds(flops: float, nbytes: float) -> float:
+    from .. import select  # select imports this module
+
+    return flops / select.GEMM_FLOPS + nbytes / select.COPY_BYTES
+
+
+# _taps_cost: (ns per summed product, ns per padded input element), in the units of
+# _cost_2d_forward's column element; with these the choice between the two lowerings
+# lost nothing on the 15 stride-1 layers below (0.3 / 0.3 chose products first on 3 that
+# ran 3-12 % slower).  Measured (float32, two workers, medians of 8;
+# products first / column copy): C64 -> K3 7x7 on 128x128 14.3 / 50.3 ms, C128 -> K8
+# 5x5 on 32x32 10.6 / 22.4, C256 -> K21 3x3 on 64x64 26.0 / 38.0, C16 -> K4 3x3 0.86 /
+# 1.05; C256 -> K64 on 14x14 10.1 / 9.2 and C512 -> K128 on 7x7 12.1 / 8.2, where the
+# products cover the padded grid (1.3-1.7x the outputs); C64 -> K32 on 56x56 19.4 /
+# 17.1.  Strided layers lost everywhere (C128 -> K64 stride 2: 20.7 / 7.4): not taken.
+TAPS_COST = (1.0, 0.5)
+
+
+def _taps_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """(FLOPs at GEMM speed, bytes) of :func:`_forward_taps`: the products over the padded
+    input, ``(K/g*prod(k), C/g) @ (C/g, positions)``, at the efficiency of
+    :data:`COST_2D_FORWARD` with those rows and that inner length; the tap sums over the
+    flat grid's runs and the padded input written once."""
+    F, _, M0, alpha, I0, beta = COST_2D_FORWARD
+    add_ns, pad_ns = TAPS_COST
+    g, N, C, K = p["g"], p["N"], p["C"], p["K"]
+    kk = math.prod(spec.kernel_size)
+    Pd = spec.padded_shape(p["S"])
+    S_in = math.prod(Pd)
+    O = p["O"]
+    run = (O[0] - 1) * math.prod(Pd[1:]) + sum(
+        (o - 1) * math.prod(Pd[i + 2:]) for i, o in enumerate(O[1:])) + 1
+    eff = min(1.0, K / g * kk / M0) ** alpha * min(1.0, C / g / I0) ** beta
+    flops = 2 * N * K * kk * (C // g) * S_in
+    moved = add_ns * N * K * kk * run + pad_ns * N * C * S_in
+    return F * flops / eff, 8 * moved * itemsize / 4
+
+
+def _im2col_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """The column-copy lowerings' forward estimate (2-D: the fitted one)."""
+    kk = math.prod(spec.kernel_size)
+    flops = 2 * p["N"] * p["K"] * (p["C"] // p["g"]) * kk * math.prod(p["O"])
+    if spec.rank == 2:
+        return _cost_2d_forward(spec, p, flops, itemsize)
+    return _column_cost("forward", spec, p, itemsize, phases=True)
+
+
+def _forward_taps(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.ndarray | None:
+    """The stride-1 forward as products first, then a sum over the taps: per tap ``t``,
+    ``U[k, t, i] = sum_c w[k, c, t] * xpad[c, i]`` at every position ``i`` of a tile's
+    padded input (one GEMM, ``(K/g*prod(k), C/g) @ (C/g, positions)``, on the input as
+    it is), and ``y[k, o] = sum_t U[k, t, o + off_t]``.
+
+    The column copy of im2col writes ``C/g*prod(k)`` values per output and group; this
+    writes ``K/g*prod(k)`` products per input position and adds them, so with few output
+    channels against the input channels (a head or an output layer: C256 -> K8, C64 ->
+    K3) it moves far less, and its GEMM is tall (``K/g*prod(k)`` rows) where im2col's
+    has ``K/g``.  Measured (float32, two workers, medians): C64 -> K3 7x7 on 128x128
+    50.3 -> 14.3 ms, C128 -> K8 5x5 on 32x32 22.4 -> 10.6, C256 -> K21 3x3 on 64x64
+    38.0 -> 26.0.  It loses where the products cover many positions no output needs (a
+    stride's skipped ones, a small plane's border) or ``K`` is near ``C``, hence
+    :func:`_taps_first`.  On the flattened padded grid (as :func:`_forward_flat` takes
+    its columns) each tap's sum is one contiguous run; the outputs are that run's
+    positions within the rows.  Tiles: (samples, output rows, groups), each with its
+    input rows padded in place.  ``store``: see :func:`forward`; ``gb``: the bias as
+    ``(g, K/g, 1)``."""
+    N, C = x.shape[:2]
+    K, g = w.shape[0], spec.groups
+    Cg, Kg = C // g, K // g
+    r, kk = spec.rank, math.prod(spec.kernel_size)
+    item = dtype.itemsize
+    Pd = spec.padded_shape(x.shape[2:])
+    pst = [math.prod(Pd[i + 1:]) for i in range(r)]
+    offs = [sum(t * d * p for t, d, p in zip(tap, spec.dilation, pst))
+            for tap in kernel_offsets(spec)]
+    # (g, K/g * kk, C/g): rows in (channel, tap) order
+    wt = np.ascontiguousarray(w.reshape(g, Kg, Cg, kk).transpose(0, 1, 3, 2),
+                              dtype=dtype).reshape(g, Kg * kk, Cg)
+    reach = spec.dilation[0] * (spec.kernel_size[0] - 1)
+    rest = sum((o - 1) * p for o, p in zip(O[1:], pst[1:])) + 1  # a grid row's outputs
+    per_output = pst[0] / max(1, math.prod(O[1:]))  # grid positions per output
+    y = None if store is not None else np.empty((N, K) + tuple(O), dtype=dtype)
+
+    def sizes(n, nr, ng):
+        """(input rows, grid positions of the sums, scratch elements) of a tile."""
+        rows_in, Lt = nr + reach, (nr - 1) * pst[0] + rest
+        return rows_in, Lt, n * ng * ((Cg + Kg * kk) * rows_in * pst[0] + Kg * Lt)
+
+    # a tile's input rows include the kernel's reach below its output rows, which the
+    # per-position size leaves out: plans whose largest tile is over the limit are made
+    # again with the size scaled up (rows of C128 -> K8 5x5 on 20x20 planes: four output
+    # rows read eight, and 256 KiB of scratch per worker measured 310 KiB)
+    limit = min(get_options().workspace_bytes // workers(), CACHE)
+    per_position = int(((Kg * kk + Cg) * per_output + Kg) * item) + 1
+    for _ in range(16):
+        plan, _, G = _plan(N, O, g, Kg, per_position)
+        most = max((sizes(b.stop - b.start, rw.stop - rw.start, gs.stop - gs.start)[2]
+                    for b, rw, gs in plan), default=1)
+        if most * item <= limit or all(rw.stop - rw.start == 1 for _, rw, _ in plan):
+            break
+        # at least a quarter more each time: balanced row counts move in steps
+        per_position = int(per_position * max(1.25, most * item / limit)) + 1
+    bufs = Scratch(most, dtype)
+
+    def run(tile):
+        bs, rows, gs = tile
+        n, nr, ng = bs.stop - bs.start, rows.stop - rows.start, gs.stop - gs.start
+        rows_in, Lt, _ = sizes(n, nr, ng)
+        Lin = rows_in * pst[0]
+        buf = bufs.get()
+        xt = buf[: n * ng * Cg * Lin].reshape((n, ng * Cg, rows_in) + tuple(Pd[1:]))
+        pad_rows_into(x[bs, gs.start * Cg:gs.stop * Cg], spec.padding, rows.start, xt)
+        buf = buf[xt.size:]
+        U = buf[: n * ng * Kg * kk * Lin].reshape(n, ng, Kg * kk, Lin)
+        np.matmul(wt[gs], xt.reshape(n, ng, Cg, Lin), out=U)
+        U = U.reshape(n, ng * Kg, kk, Lin)
+        acc = buf[U.size: U.size + n * ng * Kg * Lt].reshape(n, ng * Kg, Lt)
+        np.copyto(acc, U[:, :, 0, offs[0]:offs[0] + Lt])
+        for t in range(1, kk):
+            acc += U[:, :, t, offs[t]:offs[t] + Lt]
+        block = as_strided(acc, (n, ng * Kg, nr) + tuple(O[1:]),
+                           acc.strides[:2] + tuple(p * item for p in pst), writeable=False)
+        ks = slice(gs.start * Kg, gs.stop * Kg)
+        if store is None:
+            put(y[bs, ks, rows], block, None if gb is None else gb[gs].reshape((-1,) + (1,) * r))
+        else:
+            store(bs, ks, rows, block)
+
+    run_tiles(run, plan)
+    return y
 
 
 # Most extra (garbage) columns the flat lowering may add, as a fraction of the outputs:
