@@ -340,11 +340,16 @@ def _backward_settled(spec, x_shape, w_shape, dtype) -> Choice | tuple[Choice, C
     gy_shape = (x_shape[0], w_shape[0]) + spec.conv_out_shape(x_shape[2:])
     ig = choose("input_grad", spec, gy_shape, w_shape, dtype)
     wg = choose("weight_grad", spec, x_shape, w_shape, dtype)
-    if wg.algorithm == "winograd":
+    if wg.algorithm == "winograd" and w_shape[0] // spec.groups >= w_shape[1]:
         # its transforms cut the FLOPs of both gradients; measured faster than fused on
         # every such layer in the suite (fused / separate, ms: 3x3 C64 56x56 50.2 / 42.1,
         # 3x3 C256 14x14 50.5 / 41.5, conv3d 16.4 / 13.4, 1-D k7 29.2 / 19.9, 1-D k5
-        # 19.9 / 18.2).  Where only the input gradient takes Winograd, GEMM's weight
+        # 19.9 / 18.2).  With fewer output than input channels per group the fused path's
+        # columns of gy are the smaller copy, and fused won on the recorded 2-D layers
+        # (N32 C128 -> K16 3x3 on 32x32: 20.9 / 34.8; N16 C32 -> K16 on 28x28: 2.7 / 6.0;
+        # C256 -> K32 on 56x56: 17.0 / 22.7): there the cost model weighs the two (over
+        # 78 + 44 recorded layers the plan's loss went 2.8 -> 0.9 % and 6.3 -> 5.6 %).
+        # Where only the input gradient takes Winograd, GEMM's weight
         # gradient still copies x's columns and fused won: the dilated 1-D k3 13.1 /
         # 14.1 (measured when its input gradient took Winograd; since the sixteenth
         # pass's 1-D refit it takes polyphase, and fused still wins), the demo's

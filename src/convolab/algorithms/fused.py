@@ -20,8 +20,9 @@ copy ``prod(k)`` times the data; here one copy serves both.  Measured (float32, 
 of interleaved calls after 0.15 s sleeps, two workers): depthwise 3x3 C256 28x28 N16
 22.7 -> 12.0 ms, 32 groups 17.9 -> 13.7 ms.  It loses to Winograd, whose transforms cut
 the FLOPs (3x3 C64 56x56: 35.7 separately, 51.4 fused), so :func:`convolab.select.
-choose_backward` keeps layers whose weight gradient takes Winograd separate, and weighs
-the rest by the cost model.
+choose_backward` keeps layers whose weight gradient takes Winograd separate (where they
+have at least as many output as input channels per group), and weighs the rest by the
+cost model.
 
 When the layer keeps its size after the first dimension (``O[1:] == S[1:]``, the usual
 "same" padding), input and output share one unpadded grid and :func:`_backward_same`
