@@ -107,7 +107,8 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
     inverse of a GEMM efficiency that falls off (as a square root, fitted to the
     32-group and depthwise cases) for K/g < 32 or C/g*prod(k) < 64.  A 2-D forward has
     its own fitted estimate (:func:`_cost_2d_forward`), except as the forward of
-    polyphase's phases (``phases``), which keep this one (see there).
+    polyphase's phases (``phases``), which keep this one (see there); a forward that
+    runs products first is priced as that (:func:`_taps_first`, :func:`_taps_cost`).
     """
     kk = math.prod(spec.kernel_size)
     g, N, C, K = p["g"], p["N"], p["C"], p["K"]
@@ -120,10 +121,10 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
         if role == "input_grad":
             moved *= 3 * _input_grad_spread(spec, p, itemsize)
         return 0.0, moved
-    if spec.rank == 1:
-        return _cost_1d(role, N, C, K, g, kk, P, itemsize)
     if role == "forward" and _taps_first(spec, p, itemsize):
         return _taps_cost(spec, p, itemsize)
+    if spec.rank == 1:
+        return _cost_1d(role, N, C, K, g, kk, P, itemsize)
     return _column_cost(role, spec, p, itemsize, phases=phases)
 
 
@@ -736,11 +737,11 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
 
 
 def _taps_first(spec: ConvSpec, p: dict, itemsize: int) -> bool:
-    """Whether the forward runs products first (:func:`_forward_taps`): stride 1, a 2-D
-    or 3-D kernel of more than one tap (not depthwise), and its estimate
-    (:func:`_taps_cost`) below :data:`TAPS_MARGIN` times the column copy's
-    (:func:`_cost_2d_forward`, or the general one in 3-D)."""
-    if (spec.rank < 2 or math.prod(spec.kernel_size) == 1 or any(v != 1 for v in spec.stride)
+    """Whether the forward runs products first (:func:`_forward_taps`): stride 1, a
+    kernel of more than one tap (not depthwise), and its estimate (:func:`_taps_cost`)
+    below :data:`TAPS_MARGIN` times the column copy's (:func:`_cost_1d`,
+    :func:`_cost_2d_forward`, or the general one in 3-D)."""
+    if (math.prod(spec.kernel_size) == 1 or any(v != 1 for v in spec.stride)
             or p["g"] == p["C"] == p["K"]):
         return False
     # one output row of one group (its input rows, products and sums) within a worker's
@@ -797,13 +798,38 @@ def _taps_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     eff = min(1.0, K / g * kk / M0) ** alpha * min(1.0, C / g / I0) ** beta
     flops = 2 * N * K * kk * (C // g) * S_in
     moved = add_ns * N * K * kk * run + pad_ns * N * C * S_in
-    return F * flops / eff, 8 * moved * itemsize / 4
+    scale = TAPS_1D if spec.rank == 1 else 1.0
+    # and its steps: per tile, a padding, a product and a sum per tap (small layers ran
+    # 70-160 us slower this way: C256 -> K16 3x3 on 7x7, 0.66 -> 0.73 ms; 1-D C64 -> K8
+    # k3 on 64 samples, 1.05 -> 1.21), in the cost model's bytes (8 per ns)
+    steps = (TAPS_CALL[0] + TAPS_CALL[1] * kk * workers()) * select_copy_bytes()
+    return scale * F * flops / eff, scale * 8 * moved * itemsize / 4 + steps
+
+
+# _taps_cost's fixed seconds: per call, and per tap and worker
+TAPS_CALL = (100e-6, 8e-6)
+
+
+def select_copy_bytes() -> float:
+    from .. import select  # select imports this module
+
+    return select.COPY_BYTES
+
+
+# In 1-D the estimate above, set beside GEMM's fitted 1-D estimate (_cost_1d, which is
+# fitted to choose rather than to predict), measured 1.3-1.8x too high on six layers
+# (products first / columns, ms: C256 -> K16 k7 on 4096 samples 18.2 / 29.6, C128 -> K8
+# k15 11.4 / 25.9, C64 -> K4 k31 8.4 / 21.7; C64 -> K64 k7 26.8 / 24.8)
+TAPS_1D = 0.6
 
 
 def _im2col_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
-    """The column-copy lowerings' forward estimate (2-D: the fitted one)."""
+    """The column-copy lowerings' forward estimate (1-D and 2-D: the fitted ones)."""
     kk = math.prod(spec.kernel_size)
-    flops = 2 * p["N"] * p["K"] * (p["C"] // p["g"]) * kk * math.prod(p["O"])
+    P = math.prod(p["O"])
+    if spec.rank == 1:
+        return _cost_1d("forward", p["N"], p["C"], p["K"], p["g"], kk, P, itemsize)
+    flops = 2 * p["N"] * p["K"] * (p["C"] // p["g"]) * kk * P
     if spec.rank == 2:
         return _cost_2d_forward(spec, p, flops, itemsize)
     return _column_cost("forward", spec, p, itemsize, phases=True)
