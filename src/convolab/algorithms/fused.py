@@ -88,8 +88,9 @@ def cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     S = tuple(p["S"])
     grid = math.prod(spec.padded_shape(S)[1:]) * S[0]  # the grid positions of the input rows
     moved = N * grid * (K * math.prod(spec.kernel_size) + K + 2 * C) * itemsize
-    # both products run over the grid, not just the outputs: the same for ``same``
-    # padding, but a ``valid`` layer's border multiplies too (7x7 dilation 2, 14x14 ->
+    # both products run over the grid, not just the outputs: about the same for
+    # ``same`` padding (a grid up to 1.25x the outputs, its padded rows, is left as
+    # fitted), but a ``valid`` layer's border multiplies too (7x7 dilation 2, 14x14 ->
     # 2x2: 196 grid positions for 4 outputs; fused ran 87 ms, the separate pair 33)
     flops *= max(1.0, grid / (math.prod(p["O"]) * 1.25))
     if spec.rank == 1:

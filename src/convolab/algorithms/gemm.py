@@ -28,6 +28,7 @@ which copies ``k0 / s0`` times less.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 
@@ -740,21 +741,30 @@ def _taps_first(spec: ConvSpec, p: dict, itemsize: int) -> bool:
     """Whether the forward runs products first (:func:`_forward_taps`): stride 1, a
     kernel of more than one tap (not depthwise), and its estimate (:func:`_taps_cost`)
     below :data:`TAPS_MARGIN` times the column copy's (:func:`_cost_1d`,
-    :func:`_cost_2d_forward`, or the general one in 3-D)."""
+    :func:`_cost_2d_forward`, or the general one in 3-D).  Asked on every GEMM forward
+    past the plain lane, so kept per layer and options (13 us of arithmetic)."""
     if (math.prod(spec.kernel_size) == 1 or any(v != 1 for v in spec.stride)
             or p["g"] == p["C"] == p["K"]):
         return False
+    return _taps_first_kept(spec, p["N"], p["C"], p["K"], p["g"], tuple(p["S"]),
+                            tuple(p["O"]), itemsize, get_options().workspace_bytes,
+                            workers(), TAPS_MARGIN, TAPS_1D)
+
+
+@functools.lru_cache(maxsize=1024)
+def _taps_first_kept(spec, N, C, K, g, S, O, itemsize, budget, nw, margin, scale_1d) -> bool:
+    """:func:`_taps_first`'s estimates (the options and constants they read in the key)."""
+    p = dict(N=N, C=C, K=K, g=g, S=S, O=O)
     # one output row of one group (its input rows, products and sums) within a worker's
     # share of the budget; past it, the column lowerings' own row tiles
-    g, C, K = p["g"], p["C"], p["K"]
     Pd = spec.padded_shape(p["S"])
     grid_row = math.prod(Pd[1:])
     reach = spec.dilation[0] * (spec.kernel_size[0] - 1)
     row = ((C // g + K // g * math.prod(spec.kernel_size)) * (1 + reach) + K // g) * grid_row
-    if row * itemsize > get_options().workspace_bytes // workers():
+    if row * itemsize > budget // nw:
         return False
     return (_seconds(*_taps_cost(spec, p, itemsize))
-            < TAPS_MARGIN * _seconds(*_im2col_cost(spec, p, itemsize)))
+            < margin * _seconds(*_im2col_cost(spec, p, itemsize)))
 
 
 # products first only where estimated at least this much faster: near a tie, on small
@@ -802,18 +812,14 @@ def _taps_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     # and its steps: per tile, a padding, a product and a sum per tap (small layers ran
     # 70-160 us slower this way: C256 -> K16 3x3 on 7x7, 0.66 -> 0.73 ms; 1-D C64 -> K8
     # k3 on 64 samples, 1.05 -> 1.21), in the cost model's bytes (8 per ns)
-    steps = (TAPS_CALL[0] + TAPS_CALL[1] * kk * workers()) * select_copy_bytes()
+    from .. import select  # select imports this module
+
+    steps = (TAPS_CALL[0] + TAPS_CALL[1] * kk * workers()) * select.COPY_BYTES
     return scale * F * flops / eff, scale * 8 * moved * itemsize / 4 + steps
 
 
 # _taps_cost's fixed seconds: per call, and per tap and worker
 TAPS_CALL = (100e-6, 8e-6)
-
-
-def select_copy_bytes() -> float:
-    from .. import select  # select imports this module
-
-    return select.COPY_BYTES
 
 
 # In 1-D the estimate above, set beside GEMM's fitted 1-D estimate (_cost_1d, which is
