@@ -56,9 +56,12 @@ def _spec(k, stride=1, padding=0, groups=1, dilation=1):
         ((16, 128, 28, 28), (256, 128, 3, 3), dict(stride=2, padding=1), "gemm"),
         ((16, 256, 28, 28), (256, 1, 3, 3), dict(padding=1, groups=256), "gemm"),
         # large depthwise kernels: FFT with one broadcast product per frequency (measured
-        # 31x31: 85 vs 578 ms GEMM, PyTorch 882; 13x13: 56 vs 113), 7x7 still GEMM (40 vs 60)
+        # 31x31: 85 vs 578 ms GEMM, PyTorch 882; 13x13: 56 vs 113), 7x7 still GEMM (40 vs
+        # 60).  Since GEMM runs wide depthwise kernels as row products with band matrices
+        # (the eighteenth pass), 13x13 is GEMM's: 94 against FFT's 124 ms; 31x31 is not
+        # (280 against 134)
         ((8, 128, 56, 56), (128, 1, 31, 31), dict(padding=15, groups=128), "fft"),
-        ((8, 128, 56, 56), (128, 1, 13, 13), dict(padding=6, groups=128), "fft"),
+        ((8, 128, 56, 56), (128, 1, 13, 13), dict(padding=6, groups=128), "gemm"),
         ((8, 128, 56, 56), (128, 1, 7, 7), dict(padding=3, groups=128), "gemm"),
         ((4, 16, 16384), (16, 16, 63), dict(padding=31), "fft"),
         # 3x3x3: Winograd on the planes, depth taps as GEMMs; measured 2.5x faster than GEMM

@@ -997,7 +997,7 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
     from .algorithms import gemm
 
     ch = None
-    plain, first = [], []
+    plain, first, band = [], [], []
     for public, (role, shp) in roles.items():
         try:
             ch = select.choose(role, spec, shp, w_shape, cdt)
@@ -1010,6 +1010,8 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
                 plain.append(public)
             elif gemm.runs_products_first(role, spec, prob, item):
                 first.append(public)
+            elif gemm.runs_band_rows(role, spec, prob, item):
+                band.append(public)
         # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
         ws[public], ws["_source"] = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
                                                S_run if cfg.transposed else out)
@@ -1022,6 +1024,10 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
                        "w[:, :, t] @ x at every input position, then summed over the taps, "
                        "instead of copying C*prod(k) columns per output (few output "
                        "channels against the input channels)")
+    if band:
+        e.notes.append(f"GEMM runs {', '.join(band)} as row products: each channel's padded "
+                       "rows times a band matrix per kernel row (a depthwise kernel at "
+                       "least 5 wide on a narrow plane), instead of columns")
     # a backward pass that needs both gradients may fuse them
     if roles:
         try:

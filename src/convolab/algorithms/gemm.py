@@ -119,6 +119,8 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
         # (float32, 3x3 to 31x31, 28x28 to 56x56 planes): ~0.2 ns per column element plus
         # ~2.6 ns per output (3x3 C256 14.1 ms, 7x7 C128 40.2, 13x13 113, 31x31 578)
         moved = (1.6 * N * C * kk * P + 20.8 * N * K * P) * itemsize / 4
+        if role == "forward" and _toeplitz_rows(spec, p, itemsize):
+            return _toeplitz_cost(spec, p, itemsize)
         if role == "input_grad":
             moved *= 3 * _input_grad_spread(spec, p, itemsize)
         return 0.0, moved
@@ -276,6 +278,13 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     N, C, K = p["N"], p["C"], p["K"]
     padded = N * C * math.prod(spec.padded_shape(p["S"])) * item
     nw = workers()
+    if role == "forward" and _toeplitz_rows(spec, p, item):
+        # blocks of channels, each with its band matrices, padded rows and sums, planned
+        # within each worker's share of the budget and the cache target
+        Hp, Wp = spec.padded_shape(p["S"])
+        Wo = p["O"][1]
+        whole = C * (spec.kernel_size[0] * Wp * Wo + N * (Hp * Wp + 2 * Hp * Wo)) * item
+        return min(whole, nw * min(get_options().workspace_bytes // nw, CACHE))
     if role == "forward" and _taps_first(spec, p, item):
         # each worker's tile (input rows, products, sums) is planned within its share
         # of the budget and the cache target; and the weights in (channel, tap) order
@@ -686,7 +695,10 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
             y[:, :, :, h0:h1] = forward(_padded_slab(x, spec, h0, h1), w, sp0,
                                         (O[0], h1 - h0) + O[2:], bias=bias)
         return y
-    if _taps_first(spec, dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O), dtype.itemsize):
+    prob = dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O)
+    if _toeplitz_rows(spec, prob, dtype.itemsize):
+        return _forward_toeplitz(x, w, spec, O, dtype, store, gb)
+    if _taps_first(spec, prob, dtype.itemsize):
         return _forward_taps(x, w, spec, O, dtype, store, gb)
     if _mec(spec, O):
         return _forward_mec(x, w, spec, O, dtype, bias)
@@ -735,6 +747,142 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
 
     run_tiles(run, plan)
     return None if y is None else y.reshape((N, K) + O)
+
+
+def _depthwise_columns_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """:func:`cost`'s depthwise forward through columns (memory traffic only)."""
+    kk = math.prod(spec.kernel_size)
+    N, C, K, P = p["N"], p["C"], p["K"], math.prod(p["O"])
+    return 0.0, (1.6 * N * C * kk * P + 20.8 * N * K * P) * itemsize / 4
+
+
+def runs_band_rows(role: str, spec: ConvSpec, p: dict, itemsize: int) -> bool:
+    """Whether ``role`` is a depthwise forward that runs as row products with band
+    matrices (:func:`_forward_toeplitz`; ``convolab explain`` says so)."""
+    return (role == "forward" and not runs_plain(role, spec, p, itemsize)
+            and _toeplitz_rows(spec, p, itemsize))
+
+
+def _toeplitz_rows(spec: ConvSpec, p: dict, itemsize: int) -> bool:
+    """Whether a depthwise 2-D forward runs as row products (:func:`_forward_toeplitz`):
+    stride 1, padding >= 0, a kernel at least 5 wide on planes at most 8 kernel widths
+    wide (the products' zeros: a padded row of ``Wp`` against ``k`` taps), one channel's
+    tile within a worker's share of the budget, and its estimate below 0.85 times the
+    columns'."""
+    if not (spec.rank == 2 and p["g"] == p["C"] == p["K"] and p["N"] > 0
+            and all(v == 1 for v in spec.stride)
+            and all(lo >= 0 and hi >= 0 for lo, hi in spec.padding)
+            and spec.kernel_size[1] >= 5 and 0 not in p["O"]):
+        return False
+    Hp, Wp = spec.padded_shape(p["S"])
+    if Wp > TOEPLITZ_MAX_WIDTH * spec.kernel_size[1]:
+        return False
+    one = (Hp * Wp + spec.kernel_size[0] * Wp * p["O"][1] + 2 * Hp * p["O"][1]) * itemsize
+    if one > get_options().workspace_bytes // workers():
+        return False
+    return (_seconds(*_toeplitz_cost(spec, p, itemsize))
+            < TAPS_MARGIN * _seconds(*_depthwise_columns_cost(spec, p, itemsize)))
+
+
+# _toeplitz_rows: the widest padded plane, in kernel widths (each product multiplies a
+# padded row of Wp values with Wp x Wo band matrices holding k values per column; 5x5
+# on 112x112, 23 widths, ran 39.6 ms on columns and 59.9 this way)
+TOEPLITZ_MAX_WIDTH = 10
+# _toeplitz_cost: (GEMM efficiency, ns per element of the padded copy, the band matrices
+# and the sums), set beside the columns' depthwise estimate so that the choice lost
+# nothing on 14 depthwise layers (float32, two workers, medians, ms, columns / rows):
+# N32 C8 7x7 on 32x32 6.9 / 4.7, N32 C64 7x7 on 28x28 32.2 / 15.0, N16 C96 7x7 on 56x56
+# 71.2 / 51.3, N8 C64 5x5 on 28x28 4.8 / 3.3, N2 C64 9x9 on 32x32 7.6 / 5.4, N4 C256
+# 7x7 on 7x7 3.2 / 2.4; kept on columns: N1 C16 7x7 on 64x64 1.15 / 1.34, N4 C32 5x5
+# dilation 2 on 28x28 1.35 / 1.28, and every 3x3 layer (C256 on 28x28: 8.5 / 12.6)
+TOEPLITZ_COST = (1.0, 0.35)
+
+
+def _toeplitz_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """(FLOPs at GEMM speed, bytes) of :func:`_forward_toeplitz`: ``k0`` products of each
+    channel's padded rows ``(N*Hp, Wp) @ (Wp, Wo)``, at :data:`TOEPLITZ_COST`'s
+    efficiency, and its copies and sums."""
+    eff, ns = TOEPLITZ_COST
+    N, C = p["N"], p["C"]
+    k0 = spec.kernel_size[0]
+    Hp, Wp = spec.padded_shape(p["S"])
+    Wo = p["O"][1]
+    flops = 2 * N * C * Hp * Wp * Wo * k0
+    elements = N * C * Hp * Wp + C * k0 * Wp * Wo + (k0 + 1) * N * C * Hp * Wo
+    return flops / eff, 8 * ns * elements * itemsize / 4
+
+
+def _forward_toeplitz(x, w, spec: ConvSpec, O, dtype, store=None, gb=None):
+    """A depthwise 2-D stride-1 forward as products of rows with band matrices: for each
+    channel and kernel row ``i``, ``y[n, r, :] += xpad[n, r + i*d0, :] @ T[i]`` where
+    ``T[i]`` (``Wp x Wo``) holds ``w[i, j]`` at ``(o + j*d1, o)``.  With the channel's
+    samples' padded rows stacked (``(N*Hp, Wp)``, the rows past each sample's outputs
+    computed and dropped) that is ``k0`` GEMMs per channel, batched over the channels.
+
+    The columns of the GEMM lowering copy ``k0*k1`` values per output and multiply them
+    by one row; these products do ``Wp / k1`` times the multiply-adds but read each input
+    value ``k0`` times from the cache.  Measured (float32, medians, ms, columns / rows):
+    N32 C8 7x7 on 32x32 12.0 / 3.8, N16 C128 7x7 on 14x14 14.5 / 7.0, N8 C64 5x5 on
+    28x28 7.6 / 5.8, N1 C16 7x7 on 64x64 1.5 / 1.2; the 3x3 C256 layer on 28x28 14.2 /
+    32.1, hence :func:`_toeplitz_rows`.  Tiles: blocks of channels (and of samples, where
+    one channel's samples exceed a worker's share), each with its own band matrices.
+    ``store``: see :func:`forward`; ``gb``: the bias as ``(C, 1, 1)``."""
+    N, C = x.shape[:2]
+    H, W = x.shape[2:]
+    k0, k1 = spec.kernel_size
+    d0, d1 = spec.dilation
+    Hp, Wp = spec.padded_shape((H, W))
+    Ho, Wo = O
+    item = dtype.itemsize
+    R = lambda nb: nb * Hp - d0 * (k0 - 1)  # noqa: E731 - the stacked rows computed
+    limit = min(get_options().workspace_bytes // workers(), CACHE)
+    band = k0 * Wp * Wo
+    per_sample = Hp * Wp + 2 * Hp * Wo  # padded rows, sums and one product
+    nb = N if band + N * per_sample <= limit // item else max(
+        1, (limit // item - band) // per_sample)
+    cb = max(1, min(C, limit // item // (band + nb * per_sample)))
+    plan = [(slice(n, min(N, n + nb)), slice(c, min(C, c + cb)))
+            for n in range(0, N, nb) for c in range(0, C, cb)]
+    if len(plan) < workers() and C > 1:  # every worker gets a block
+        cb = -(-C // workers())
+        plan = [(slice(n, min(N, n + nb)), slice(c, min(C, c + cb)))
+                for n in range(0, N, nb) for c in range(0, C, cb)]
+    bufs = Scratch(cb * (band + nb * per_sample), dtype)
+    wk = w.reshape(C, k0, k1).astype(dtype, copy=False)
+    cols = np.arange(Wo)
+    y = None if store is not None else np.empty((N, C, Ho, Wo), dtype=dtype)
+
+    def run(tile):
+        bs, cs = tile
+        n, c = bs.stop - bs.start, cs.stop - cs.start
+        buf = bufs.get()
+        T = buf[: c * band].reshape(c, k0, Wp, Wo)
+        T[...] = 0
+        for j in range(k1):
+            T[:, :, cols + j * d1, cols] = wk[cs, :, j, None]
+        buf = buf[T.size:]
+        xt = buf[: c * n * Hp * Wp].reshape(c, n, Hp, Wp)
+        pad_rows_into(x[bs, cs].swapaxes(0, 1), spec.padding, 0, xt)
+        buf = buf[xt.size:]
+        rows = xt.reshape(c, n * Hp, Wp)
+        r = R(n)
+        # contiguous results: a strided ``out`` made matmul allocate its own and copy
+        acc = buf[: c * r * Wo].reshape(c, r, Wo)
+        tmp = buf[acc.size: acc.size + c * r * Wo].reshape(c, r, Wo)
+        np.matmul(rows[:, :r], T[:, 0], out=acc)
+        for i in range(1, k0):
+            np.matmul(rows[:, i * d0:i * d0 + r], T[:, i], out=tmp)
+            acc += tmp
+        # sample n's output row i is stacked row n*Hp + i (< r for every i < Ho)
+        block = as_strided(acc, (n, c, Ho, Wo), (Hp * Wo * item, acc.strides[0],
+                                                 Wo * item, item), writeable=False)
+        if store is None:
+            put(y[bs, cs], block, None if gb is None else gb[cs])
+        else:
+            store(bs, cs, slice(0, Ho), block)
+
+    run_tiles(run, plan)
+    return y
 
 
 def _taps_first(spec: ConvSpec, p: dict, itemsize: int) -> bool:
