@@ -821,10 +821,10 @@ def _forward_toeplitz(x, w, spec: ConvSpec, O, dtype, store=None, gb=None):
 
     The columns of the GEMM lowering copy ``k0*k1`` values per output and multiply them
     by one row; these products do ``Wp / k1`` times the multiply-adds but read each input
-    value ``k0`` times from the cache.  Measured (float32, medians, ms, columns / rows):
-    N32 C8 7x7 on 32x32 12.0 / 3.8, N16 C128 7x7 on 14x14 14.5 / 7.0, N8 C64 5x5 on
-    28x28 7.6 / 5.8, N1 C16 7x7 on 64x64 1.5 / 1.2; the 3x3 C256 layer on 28x28 14.2 /
-    32.1, hence :func:`_toeplitz_rows`.  Tiles: blocks of channels (and of samples, where
+    value ``k0`` times from the cache.  Measured (float32, GEMM forced, medians, ms,
+    columns / rows): N32 C64 7x7 on 28x28 32.2 / 15.0, N16 C128 7x7 on 14x14 10.6 / 5.3,
+    N8 C64 5x5 on 28x28 4.8 / 3.3; the 3x3 C256 layer on 28x28 8.5 / 12.6, hence
+    :func:`_toeplitz_rows` (more at :data:`TOEPLITZ_COST`).  Tiles: blocks of channels (and of samples, where
     one channel's samples exceed a worker's share), each with its own band matrices.
     ``store``: see :func:`forward`; ``gb``: the bias as ``(C, 1, 1)``."""
     N, C = x.shape[:2]
@@ -834,7 +834,6 @@ def _forward_toeplitz(x, w, spec: ConvSpec, O, dtype, store=None, gb=None):
     Hp, Wp = spec.padded_shape((H, W))
     Ho, Wo = O
     item = dtype.itemsize
-    R = lambda nb: nb * Hp - d0 * (k0 - 1)  # noqa: E731 - the stacked rows computed
     limit = min(get_options().workspace_bytes // workers(), CACHE)
     band = k0 * Wp * Wo
     per_sample = Hp * Wp + 2 * Hp * Wo  # padded rows, sums and one product
@@ -865,7 +864,7 @@ def _forward_toeplitz(x, w, spec: ConvSpec, O, dtype, store=None, gb=None):
         pad_rows_into(x[bs, cs].swapaxes(0, 1), spec.padding, 0, xt)
         buf = buf[xt.size:]
         rows = xt.reshape(c, n * Hp, Wp)
-        r = R(n)
+        r = n * Hp - d0 * (k0 - 1)  # the stacked rows computed
         # contiguous results: a strided ``out`` made matmul allocate its own and copy
         acc = buf[: c * r * Wo].reshape(c, r, Wo)
         tmp = buf[acc.size: acc.size + c * r * Wo].reshape(c, r, Wo)
