@@ -824,8 +824,9 @@ def _forward_toeplitz(x, w, spec: ConvSpec, O, dtype, store=None, gb=None):
     value ``k0`` times from the cache.  Measured (float32, GEMM forced, medians, ms,
     columns / rows): N32 C64 7x7 on 28x28 32.2 / 15.0, N16 C128 7x7 on 14x14 10.6 / 5.3,
     N8 C64 5x5 on 28x28 4.8 / 3.3; the 3x3 C256 layer on 28x28 8.5 / 12.6, hence
-    :func:`_toeplitz_rows` (more at :data:`TOEPLITZ_COST`).  Tiles: blocks of channels (and of samples, where
-    one channel's samples exceed a worker's share), each with its own band matrices.
+    :func:`_toeplitz_rows` (more at :data:`TOEPLITZ_COST`).  Tiles: blocks of channels
+    (and of samples, where one channel's samples exceed a worker's share), each with its
+    own band matrices.
     ``store``: see :func:`forward`; ``gb``: the bias as ``(C, 1, 1)``."""
     N, C = x.shape[:2]
     H, W = x.shape[2:]
