@@ -273,9 +273,11 @@ def test_gemm_products_first_chosen_for_few_output_channels():
             assert gemm._taps_first(spec, p, 4)
             cl.conv2d(x, w, padding=2)
             got, peak = _traced(lambda: cl.conv2d(x, w, padding=2))
+            est = select.workspace_bytes("forward", spec, x.shape, w.shape, np.float32)
         assert rel_err(got, want) <= TOL32
         # beside the tiles: the weights in (channel, tap) order, 100 KiB
         assert peak <= budget + got.nbytes + w.nbytes + 2**14, (peak - got.nbytes) / 2**10
+        assert peak - got.nbytes <= est + 2**14, (peak - got.nbytes, est)  # explain's
     with cl.options(workspace_bytes=2**18, workers=2):
         assert not gemm._taps_first(spec, p, 4)
     # 1-D: C128 -> K8 k15 (11.4 against 25.9 ms through columns on 16 x 2048 samples)
@@ -379,8 +381,10 @@ def test_gemm_band_rows_chosen_for_wide_depthwise_kernels():
         assert gemm._toeplitz_rows(spec, p, 4)
         cl.conv2d(x, w, padding=3, groups=32)
         got, peak = _traced(lambda: cl.conv2d(x, w, padding=3, groups=32))
+        est = select.workspace_bytes("forward", spec, x.shape, w.shape, np.float32)
     assert rel_err(got, want) <= TOL32
     assert peak <= budget + got.nbytes + 2**14, (peak - got.nbytes) / 2**10
+    assert peak - got.nbytes <= est + 2**14, (peak - got.nbytes, est)  # explain's number
     e = cl.explain("conv2d", (4, 32, 14, 14), out_channels=32, kernel_size=7, padding=3,
                    groups=32)
     assert any("forward as row products" in n for n in e.notes), e.notes
