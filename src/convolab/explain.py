@@ -991,13 +991,27 @@ def _explain_layer(cfg: LayerConfig, input_shape: tuple[int, ...], dtype,
     return e
 
 
+# explain's note for each of GEMM's special lowerings (``gemm.lowering``)
+_LOWERING_NOTES = {
+    "plain": "as plain im2col: one copy into columns and one matrix product, without "
+             "tiles (columns under convolab.algorithms.gemm.LANE_BYTES)",
+    "products first": "products first: each tap's products w[:, :, t] @ x at every input "
+                      "position, then summed over the taps, instead of copying "
+                      "C*prod(k) columns per output (few output channels against the "
+                      "input channels)",
+    "row products": "as row products: each channel's padded rows times a band matrix per "
+                    "kernel row (a depthwise kernel at least 5 wide on a narrow plane), "
+                    "instead of columns",
+}
+
+
 def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> None:
     """Each role's algorithm and workspace into ``e.algorithm`` and ``ws`` (its
     ``"_source"``: where the workspace numbers come from)."""
     from .algorithms import gemm
 
     ch = None
-    plain, first, band = [], [], []
+    runs: dict = {}  # GEMM's special lowering -> the roles it runs
     for public, (role, shp) in roles.items():
         try:
             ch = select.choose(role, spec, shp, w_shape, cdt)
@@ -1005,29 +1019,16 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
             ch = select.Choice("unknown", f"convolab.select.choose failed: {exc}")
         e.algorithm[public] = {"name": ch.algorithm, "reason": ch.reason, "role": role}
         if ch.algorithm == "gemm":
-            prob, item = select.problem(role, spec, shp, w_shape), np.dtype(cdt).itemsize
-            if gemm.runs_plain(role, spec, prob, item):
-                plain.append(public)
-            elif gemm.runs_products_first(role, spec, prob, item):
-                first.append(public)
-            elif gemm.runs_band_rows(role, spec, prob, item):
-                band.append(public)
+            how = gemm.lowering(role, spec, select.problem(role, spec, shp, w_shape),
+                                np.dtype(cdt).itemsize)
+            if how:
+                runs.setdefault(how, []).append(public)
         # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
         ws[public], ws["_source"] = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
                                                S_run if cfg.transposed else out)
-    if plain:
-        e.notes.append(f"GEMM runs {', '.join(plain)} as plain im2col: one copy into "
-                       "columns and one matrix product, without tiles (columns under "
-                       "convolab.algorithms.gemm.LANE_BYTES)")
-    if first:
-        e.notes.append(f"GEMM runs {', '.join(first)} products first: each tap's products "
-                       "w[:, :, t] @ x at every input position, then summed over the taps, "
-                       "instead of copying C*prod(k) columns per output (few output "
-                       "channels against the input channels)")
-    if band:
-        e.notes.append(f"GEMM runs {', '.join(band)} as row products: each channel's padded "
-                       "rows times a band matrix per kernel row (a depthwise kernel at "
-                       "least 5 wide on a narrow plane), instead of columns")
+    for how, what in _LOWERING_NOTES.items():
+        if how in runs:
+            e.notes.append(f"GEMM runs {', '.join(runs[how])} {what}")
     # a backward pass that needs both gradients may fuse them
     if roles:
         try:

@@ -199,8 +199,14 @@ def estimate_seconds(name: str, role: str, spec: ConvSpec, x_shape, w_shape, dty
         flops, nbytes = mod.cost(role, spec, p, dtype.itemsize)
     else:
         flops, nbytes = direct_flops(spec, x_shape, w_shape, role), 0
-    return (flops / _gemm_rate(dtype) + nbytes / COPY_BYTES
-            + call_seconds(mod, role, spec, p, dtype.itemsize))
+    return seconds(flops, nbytes, dtype) + call_seconds(mod, role, spec, p, dtype.itemsize)
+
+
+def seconds(flops: float, nbytes: float, dtype=None) -> float:
+    """The cost model's time for FLOPs at GEMM speed (``dtype``'s rate; float32's when
+    None, as the algorithms compare their own lowerings) and bytes at copy speed."""
+    rate = GEMM_FLOPS if dtype is None else _gemm_rate(np.dtype(dtype))
+    return flops / rate + nbytes / COPY_BYTES
 
 
 def call_seconds(mod, role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
@@ -393,7 +399,7 @@ def _backward_by_cost_model(spec, x_shape, w_shape, dtype, workspace, workers,
            + estimate_seconds(wg.algorithm, "weight_grad", spec, x_shape, w_shape, dtype))
     flops, nbytes = fused.cost(spec, problem("weight_grad", spec, x_shape, w_shape),
                                dtype.itemsize)
-    est = flops / _gemm_rate(dtype) + nbytes / COPY_BYTES + fused.CALL_SECONDS
+    est = seconds(flops, nbytes, dtype) + fused.CALL_SECONDS
     desc = (f"estimated fused {est * 1e3:.2f} ms, separate {sep * 1e3:.2f} ms "
             f"({ig.algorithm} + {wg.algorithm})")
     return Choice("fused" if est < sep else "separate", f"cheapest by the cost model ({desc})")

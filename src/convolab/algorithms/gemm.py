@@ -212,11 +212,18 @@ def call_seconds(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
     return 50e-6 if runs_plain(role, spec, p, itemsize) else 120e-6
 
 
-def runs_products_first(role: str, spec: ConvSpec, p: dict, itemsize: int) -> bool:
-    """Whether ``role`` is a forward that runs products first (:func:`_forward_taps`;
-    ``convolab explain`` says so)."""
-    return (role == "forward" and not runs_plain(role, spec, p, itemsize)
-            and _taps_first(spec, p, itemsize))
+def lowering(role: str, spec: ConvSpec, p: dict, itemsize: int) -> str | None:
+    """Which of GEMM's special lowerings runs ``role`` (``convolab explain`` says so):
+    ``"plain"`` (:data:`LANE_BYTES`), ``"products first"`` (:func:`_forward_taps`),
+    ``"row products"`` (:func:`_forward_toeplitz`), or None (the tiled columns, or a
+    1x1 product); in the order :func:`_forward` tries them."""
+    if runs_plain(role, spec, p, itemsize):
+        return "plain"
+    if role == "forward" and _toeplitz_rows(spec, p, itemsize):
+        return "row products"
+    if role == "forward" and _taps_first(spec, p, itemsize):
+        return "products first"
+    return None
 
 
 def runs_plain(role: str, spec: ConvSpec, p: dict, itemsize: int) -> bool:
@@ -756,13 +763,6 @@ def _depthwise_columns_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[flo
     return 0.0, (1.6 * N * C * kk * P + 20.8 * N * K * P) * itemsize / 4
 
 
-def runs_band_rows(role: str, spec: ConvSpec, p: dict, itemsize: int) -> bool:
-    """Whether ``role`` is a depthwise forward that runs as row products with band
-    matrices (:func:`_forward_toeplitz`; ``convolab explain`` says so)."""
-    return (role == "forward" and not runs_plain(role, spec, p, itemsize)
-            and _toeplitz_rows(spec, p, itemsize))
-
-
 def _toeplitz_rows(spec: ConvSpec, p: dict, itemsize: int) -> bool:
     """Whether a depthwise 2-D forward runs as row products (:func:`_forward_toeplitz`):
     stride 1, padding >= 0, a kernel at least 5 wide on planes at most 8 kernel widths
@@ -924,7 +924,7 @@ TAPS_MARGIN = 0.85
 def _seconds(flops: float, nbytes: float) -> float:
     from .. import select  # select imports this module
 
-    return flops / select.GEMM_FLOPS + nbytes / select.COPY_BYTES
+    return select.seconds(flops, nbytes)
 
 
 # _taps_cost: (ns per summed product, ns per padded input element), in the units of

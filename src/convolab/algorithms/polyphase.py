@@ -316,7 +316,7 @@ def _inner(spec: ConvSpec, p: dict, itemsize: int):
 
     def seconds(name):
         flops, nbytes = _forward_cost(select._module(name), sub, swapped, itemsize)
-        return flops / select.GEMM_FLOPS + nbytes / select.COPY_BYTES
+        return select.seconds(flops, nbytes)
 
     return select._module(min(names, key=seconds)), sub, swapped
 
