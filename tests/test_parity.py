@@ -582,3 +582,35 @@ def test_non_finite_values_propagate_silently_whatever_the_algorithm(algorithm):
     ref.backward(torch.ones_like(ref))
     for a, b in zip((y, g[0], g[1]), (ref, tx.grad, tw.grad)):
         np.testing.assert_array_equal(a, b.detach().numpy())  # NaN, inf and values alike
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_band_row_products_keep_non_finite_values_in_their_taps(dtype, transposed):
+    """The depthwise band-row forward (gemm._forward_toeplitz, also a stride-1 transposed
+    layer's phase) multiplies every value of a padded row by its band matrix, zeros
+    included: an inf or NaN there made NaN in outputs that never read it (147 of them
+    here, torch none).  Such tiles sum their taps one by one."""
+    from convolab.algorithms import gemm
+    from convolab.spec import make_spec
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 32, 14, 14)).astype(dtype)
+    x[0, 0, 5, 12] = np.inf
+    x[1, 3, 0, 0] = np.nan
+    x[3, 31, 13, 2] = -np.inf
+    w = rng.standard_normal((32, 1, 7, 7)).astype(dtype)
+    assert gemm._toeplitz_rows(make_spec((7, 7), 1, 3, 1, 32),
+                               dict(N=4, C=32, K=32, g=32, S=(14, 14), O=(14, 14)), 4)
+    op = cl.conv_transpose2d if transposed else cl.conv2d
+    top = (torch.nn.functional.conv_transpose2d if transposed
+           else torch.nn.functional.conv2d)
+    want = top(torch.tensor(x, dtype=torch.float64), torch.tensor(w, dtype=torch.float64),
+               padding=3, groups=32).numpy()
+    for alg in ("auto", "gemm", "polyphase") if transposed else ("auto", "gemm"):
+        with cl.options(algorithm=alg, workspace_bytes=2**18 if alg == "gemm" else 2**29):
+            got = op(x, w, padding=3, groups=32)
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(test(got), test(want))
+        fin = np.isfinite(want)
+        assert rel_err(got[fin], want[fin]) <= (1e-10 if dtype == np.float64 else 1e-4)

@@ -39,6 +39,7 @@ from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
 from ..options import get_options
 from . import _samegrid as samegrid
+from ._finite import all_finite
 from ._threads import Scratch, run_tiles, run_tiles_sum, workers
 from ._tiles import (SMALL_GROUP, add_bias, grad_buffer_shape, group_tiles, input_rows,
                      put, scratch, tiles)
@@ -864,18 +865,13 @@ def _forward_toeplitz(x, w, spec: ConvSpec, O, dtype, store=None, gb=None):
         xt = buf[: c * n * Hp * Wp].reshape(c, n, Hp, Wp)
         pad_rows_into(x[bs, cs].swapaxes(0, 1), spec.padding, 0, xt)
         buf = buf[xt.size:]
-        rows = xt.reshape(c, n * Hp, Wp)
-        r = n * Hp - d0 * (k0 - 1)  # the stacked rows computed
-        # contiguous results: a strided ``out`` made matmul allocate its own and copy
-        acc = buf[: c * r * Wo].reshape(c, r, Wo)
-        tmp = buf[acc.size: acc.size + c * r * Wo].reshape(c, r, Wo)
-        np.matmul(rows[:, :r], T[:, 0], out=acc)
-        for i in range(1, k0):
-            np.matmul(rows[:, i * d0:i * d0 + r], T[:, i], out=tmp)
-            acc += tmp
-        # sample n's output row i is stacked row n*Hp + i (< r for every i < Ho)
-        block = as_strided(acc, (n, c, Ho, Wo), (Hp * Wo * item, acc.strides[0],
-                                                 Wo * item, item), writeable=False)
+        if not all_finite(xt):
+            # a band matrix multiplies every value of a row, its zeros too: inf or NaN
+            # would make NaN in outputs that never read it (torch: finite there), so
+            # such a tile sums its taps one by one, as the direct convolution does
+            block = _band_tile_taps(xt, wk[cs], spec, O, buf)
+        else:
+            block = _band_tile_products(xt, T, spec, O, buf)
         if store is None:
             put(y[bs, cs], block, None if gb is None else gb[cs])
         else:
@@ -883,6 +879,49 @@ def _forward_toeplitz(x, w, spec: ConvSpec, O, dtype, store=None, gb=None):
 
     run_tiles(run, plan)
     return y
+
+
+def _band_tile_products(xt, T, spec: ConvSpec, O, buf):
+    """One tile of :func:`_forward_toeplitz`: ``xt (c, n, Hp, Wp)`` padded rows against
+    the band matrices ``T (c, k0, Wp, Wo)``, as an ``(n, c, Ho, Wo)`` view of ``buf``."""
+    c, n, Hp, Wp = xt.shape
+    k0, d0 = spec.kernel_size[0], spec.dilation[0]
+    Ho, Wo = O
+    item = xt.itemsize
+    rows = xt.reshape(c, n * Hp, Wp)
+    r = n * Hp - d0 * (k0 - 1)  # the stacked rows computed
+    # contiguous results: a strided ``out`` made matmul allocate its own and copy
+    acc = buf[: c * r * Wo].reshape(c, r, Wo)
+    tmp = buf[acc.size: acc.size + c * r * Wo].reshape(c, r, Wo)
+    np.matmul(rows[:, :r], T[:, 0], out=acc)
+    for i in range(1, k0):
+        np.matmul(rows[:, i * d0:i * d0 + r], T[:, i], out=tmp)
+        acc += tmp
+    # sample n's output row i is stacked row n*Hp + i (< r for every i < Ho)
+    return as_strided(acc, (n, c, Ho, Wo), (Hp * Wo * item, acc.strides[0],
+                                            Wo * item, item), writeable=False)
+
+
+def _band_tile_taps(xt, wk, spec: ConvSpec, O, buf):
+    """A tile of :func:`_forward_toeplitz` whose input holds inf or NaN: the taps summed
+    one by one (``wk (c, k0, k1)``), each product reading only the values its outputs
+    read, as an ``(n, c, Ho, Wo)`` view of ``buf``."""
+    c, n = xt.shape[:2]
+    k0, k1 = spec.kernel_size
+    d0, d1 = spec.dilation
+    Ho, Wo = O
+    acc = buf[: c * n * Ho * Wo].reshape(c, n, Ho, Wo)
+    tmp = buf[acc.size: 2 * acc.size].reshape(acc.shape)
+    for i in range(k0):
+        for j in range(k1):
+            src = xt[:, :, i * d0:i * d0 + Ho, j * d1:j * d1 + Wo]
+            wv = wk[:, i, j].reshape(c, 1, 1, 1)
+            if i == j == 0:
+                np.multiply(src, wv, out=acc)
+            else:
+                np.multiply(src, wv, out=tmp)
+                acc += tmp
+    return acc.swapaxes(0, 1)
 
 
 def _taps_first(spec: ConvSpec, p: dict, itemsize: int) -> bool:
