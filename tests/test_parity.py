@@ -614,3 +614,33 @@ def test_band_row_products_keep_non_finite_values_in_their_taps(dtype, transpose
             np.testing.assert_array_equal(test(got), test(want))
         fin = np.isfinite(want)
         assert rel_err(got[fin], want[fin]) <= (1e-10 if dtype == np.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "auto"])
+def test_winograd_3d_keeps_the_products_with_depth_padding(algorithm):
+    """The 3-D Winograd paths skip the depth taps that read only zero planes of the
+    padding; torch multiplies them, so an inf or NaN weight (forward) or gy (weight
+    gradient) there makes NaN that the skipped products never made (found by fuzzing:
+    a 3x3x3 layer with depth padding 3, gw finite where torch's was all NaN)."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 2, 3, 9, 8))
+    w = rng.standard_normal((3, 2, 3, 3, 3))
+    w[0, 1, 2, 0, 0] = np.inf
+    pad = (3, 1, 1)
+    y0 = torch.nn.functional.conv3d(torch.tensor(x), torch.tensor(w), padding=pad)
+    gy = rng.standard_normal(tuple(y0.shape))
+    gy[0, 1, -1, 2, 3] = np.nan
+    w_fin = np.where(np.isfinite(w), w, 0.5)
+    for weight in (w, w_fin):
+        xt = torch.tensor(x, requires_grad=True)
+        wt = torch.tensor(weight, requires_grad=True)
+        yt = torch.nn.functional.conv3d(xt, wt, padding=pad)
+        yt.backward(torch.tensor(gy))
+        with cl.options(algorithm=algorithm):
+            y, pb = cl.vjp(cl.conv3d, x, weight, padding=pad)
+            gw = pb(gy)[1]
+        for got, want in ((y, yt.detach().numpy()), (gw, wt.grad.numpy())):
+            for test in (np.isnan, np.isposinf, np.isneginf):
+                np.testing.assert_array_equal(test(got), test(want))
+            fin = np.isfinite(want)
+            assert rel_err(got[fin], want[fin]) <= 1e-10

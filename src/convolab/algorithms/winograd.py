@@ -61,7 +61,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import pad_spatial
 from ..spec import ConvSpec
-from ._finite import check_block, falls_back_to_gemm, tile_checks
+from ._finite import all_finite, check_block, falls_back_to_gemm, tile_checks
 from . import winograd1d, winograd2d
 from ._threads import Scratch, _blas_single_thread, matmul, run_tiles, run_tiles_sum, workers
 from ._tiles import CACHE_BYTES, WG_CACHE_BYTES, put, tiles
@@ -514,9 +514,21 @@ def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None, *,
     if (sub := _sub("forward", spec)) is not None:
         return sub.forward(x, w, spec, out_spatial, bias=bias)
     O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
+    if _skips_depth_padding(spec) and not all_finite(w):
+        from . import gemm
+        return gemm.forward(x, w, spec, O, bias=bias)
     if any(d > 1 for d in spec.dilation):
         return _dilated(x, w, O, spec.padding, spec.dilation, bias)
     return _correlate(x, w, O, spec.padding, bias)
+
+
+def _skips_depth_padding(spec: ConvSpec) -> bool:
+    """The 3-D paths leave out the products of depth taps with the zero planes of the
+    depth padding; torch makes them, and a non-finite factor there (the weight in the
+    forward, gy in the weight gradient) gives NaN (``inf * 0``) in results that hold
+    none without them, so :func:`falls_back_to_gemm` cannot see the difference: such
+    calls go to GEMM first.  (The input gradient of a non-finite weight runs ``direct``.)"""
+    return spec.rank == 3 and any(v > 0 for v in spec.padding[0])
 
 
 @falls_back_to_gemm("input_grad")
@@ -593,6 +605,12 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     if N == 0 or 0 in O:
         return np.zeros((K, C) + tuple(spec.kernel_size), dtype=dtype)
     if r == 3:
+        # only gy's planes that meet a padding plane through some depth tap
+        lo0, D, k0 = spec.padding[0][0], S[0], spec.kernel_size[0]
+        edge = (gy[:, :, :max(0, lo0)], gy[:, :, max(0, D + lo0 - k0 + 1):])
+        if _skips_depth_padding(spec) and not all(all_finite(e) for e in edge):
+            from . import gemm
+            return gemm.weight_grad(x, gy, spec)
         return _weight_grad3(x, gy, spec)
     pads = [(lo, o + R - 1 - s - lo) for (lo, _), s, o in zip(spec.padding, S, O)]
     tgrid = tuple(-(-o // M_OUT) for o in O)
