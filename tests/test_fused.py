@@ -180,6 +180,25 @@ def test_nan_and_inf_propagate_like_torch(where):
     _same_pattern(gw, tw)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize("pad, dil, size", [((3, 1), (2, 2), (1, 15)), ((4, 0), (1, 1), (2, 6))])
+def test_gy_whose_window_reads_only_padding_goes_to_the_separate_paths(pad, dil, size):
+    """The products run over the input's positions only: a NaN in gy at an output whose
+    window reads nothing but padding (padding 3, dilation 2 over a 1-row input; padding 4
+    past a 3-tall kernel) met no value and left gw finite, where torch's is NaN (found by
+    fuzzing under a 16 KiB budget, where the automatic choice fused)."""
+    spec = make_spec((4, 3), 1, pad, dil, groups=2)
+    x, w, gy = _arrays((2, 4) + size, (4, 2, 4, 3), spec, seed=6)
+    gy[1, 3, 0, 2] = np.nan
+    gy[0, 0, -1, 0] = np.inf
+    gx, gw = fused.backward(x, gy, w, spec)
+    tx, tw = _torch_grads(x, w, gy, spec)
+    assert np.isnan(tw).any()
+    _same_pattern(gx, tx)
+    _same_pattern(gw, tw)
+    assert fused._reads_of_padding_finite(np.ones_like(gy), spec, size)
+
+
 def test_fused_stays_within_the_workspace():
     """A depthwise layer under a 1 MiB budget runs in tiles of a few channels and rows;
     its scratch stays within the budget (beyond the two results)."""

@@ -35,8 +35,9 @@ of the gy grid (the tile's rows plus the kernel's reach), so nothing of the size
 data is allocated besides the two results.  NaN and inf: the products above multiply
 ``x`` by the zeros around ``gy`` (and ``w`` by them), where the separate paths never
 pair them, so ``inf * 0`` would make NaNs PyTorch does not make; a non-finite ``w`` or
-weight gradient (which any non-finite ``x`` or ``gy`` makes non-finite) sends the call
-to the separate paths (for a non-finite ``w``, the input gradient to ``direct``).
+weight gradient (which any non-finite ``x`` or ``gy`` makes non-finite, but for a ``gy``
+value whose window reads only padding: checked on its own) sends the call to the
+separate paths (for a non-finite ``w``, the input gradient to ``direct``).
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def _plan(spec: ConvSpec, N: int, S, O, C: int, K: int, g: int, item: int):
 def backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, spec: ConvSpec):
     """``(grad_input, grad_weight)`` of ``conv(x, w)`` for the output gradient ``gy``."""
     w_finite = all_finite(w)
-    if w_finite:
+    if w_finite and _reads_of_padding_finite(gy, spec, x.shape[2:]):
         with np.errstate(invalid="ignore", over="ignore"):
             if samegrid.applicable(spec, x.shape[2:], gy.shape[2:]):
                 gx, gw = _backward_same(x, gy, w, spec)
@@ -196,6 +197,23 @@ def backward(x: np.ndarray, gy: np.ndarray, w: np.ndarray, spec: ConvSpec):
 
     ig = gemm if w_finite else direct
     return ig.input_grad(gy, w, spec, x.shape[2:]), gemm.weight_grad(x, gy, spec)
+
+
+def _reads_of_padding_finite(gy: np.ndarray, spec: ConvSpec, S) -> bool:
+    """Whether ``gy`` is finite where an output's window reads nothing but the zero
+    padding in some dimension (a big padding, or a dilation that steps over a short
+    input).  The products here run over the input's positions only, so such an inf or
+    NaN would meet no value at all and leave the weight gradient finite, where torch
+    multiplies it by the padding's zeros (NaN).  Usual layers have no such outputs."""
+    for i, (n, k, d, (lo, _)) in enumerate(zip(S, spec.kernel_size, spec.dilation,
+                                              spec.padding)):
+        o = np.arange(gy.shape[2 + i])
+        hit = np.zeros(o.shape, dtype=bool)
+        for t in range(k):
+            hit |= (o + t * d >= lo) & (o + t * d < lo + n)
+        if not hit.all() and not all_finite(np.take(gy, np.flatnonzero(~hit), axis=2 + i)):
+            return False
+    return True
 
 
 def _sizes(x, gy, w, spec):
