@@ -205,8 +205,10 @@ def _reads_of_padding_finite(gy: np.ndarray, spec: ConvSpec, S) -> bool:
     input).  The products here run over the input's positions only, so such an inf or
     NaN would meet no value at all and leave the weight gradient finite, where torch
     multiplies it by the padding's zeros (NaN).  Usual layers have no such outputs."""
-    for i, (n, k, d, (lo, _)) in enumerate(zip(S, spec.kernel_size, spec.dilation,
-                                              spec.padding)):
+    for i, (n, k, d, (lo, hi)) in enumerate(zip(S, spec.kernel_size, spec.dilation,
+                                               spec.padding)):
+        if lo <= d * (k - 1) and hi <= d * (k - 1) and n >= d:
+            continue  # no window lies wholly in a padding, nor steps over the input
         o = np.arange(gy.shape[2 + i])
         hit = np.zeros(o.shape, dtype=bool)
         for t in range(k):
