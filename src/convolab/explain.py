@@ -999,6 +999,11 @@ _LOWERING_NOTES = {
                       "position, then summed over the taps, instead of copying "
                       "C*prod(k) columns per output (few output channels against the "
                       "input channels)",
+    "open products first": "products first on the unpadded input: each tap's products "
+                           "w[:, :, t] @ x at every input position, then each tap's "
+                           "outputs summed (a small plane, whose padded grid would be "
+                           "mostly padding), instead of copying C*prod(k) columns per "
+                           "output",
     "row products": "as row products: each channel's padded rows times a band matrix per "
                     "kernel row (a depthwise kernel at least 5 wide on a narrow plane), "
                     "instead of columns",

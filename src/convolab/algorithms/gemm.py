@@ -125,6 +125,8 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
         if role == "input_grad":
             moved *= 3 * _input_grad_spread(spec, p, itemsize)
         return 0.0, moved
+    if role == "forward" and _open_taps(spec, p, itemsize):
+        return _open_cost(spec, p, itemsize)
     if role == "forward" and _taps_first(spec, p, itemsize):
         return _taps_cost(spec, p, itemsize)
     if spec.rank == 1:
@@ -222,6 +224,8 @@ def lowering(role: str, spec: ConvSpec, p: dict, itemsize: int) -> str | None:
         return "plain"
     if role == "forward" and _toeplitz_rows(spec, p, itemsize):
         return "row products"
+    if role == "forward" and _open_taps(spec, p, itemsize):
+        return "open products first"
     if role == "forward" and _taps_first(spec, p, itemsize):
         return "products first"
     return None
@@ -293,6 +297,14 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         Wo = p["O"][1]
         whole = C * (spec.kernel_size[0] * Wp * Wo + N * (Hp * Wp + 2 * Hp * Wo)) * item
         return min(whole, nw * min(get_options().workspace_bytes // nw, CACHE))
+    if role == "forward" and _open_taps(spec, p, item):
+        # each worker's tile (products and sums of whole planes) within its share of the
+        # budget and the cache target; and the weights in (channel, tap) order
+        # (and per worker ~20 KiB that NumPy's iterator takes for each strided tap sum)
+        kk_ = math.prod(spec.kernel_size)
+        whole = N * K * (kk_ * math.prod(p["S"]) + math.prod(p["O"])) * item
+        limit = min(get_options().workspace_bytes // nw, CACHE)
+        return min(whole, nw * limit) + K * (C // p["g"]) * kk_ * item + nw * 2**15
     if role == "forward" and _taps_first(spec, p, item):
         # each worker's tile (input rows, products, sums) is planned within its share
         # of the budget and the cache target; and the weights in (channel, tap) order
@@ -695,6 +707,11 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
              extra=0 if store is None else N * K * P):
         return _lane_forward(x, w, spec, O, bias)
     kk = math.prod(spec.kernel_size)
+    prob = dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O)
+    # before the slabs: whole planes of products, where they fit (the 3-D slabs would
+    # take a small plane's layer the column way, which its estimate did not price)
+    if _open_taps(spec, prob, dtype.itemsize) and all_finite(w):
+        return _forward_open(x, w, spec, O, dtype, store, gb)
     slabs = _plane_slabs(spec, O, C * kk * dtype.itemsize)
     if slabs:
         sp0 = _unpadded(spec)
@@ -703,7 +720,6 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
             y[:, :, :, h0:h1] = forward(_padded_slab(x, spec, h0, h1), w, sp0,
                                         (O[0], h1 - h0) + O[2:], bias=bias)
         return y
-    prob = dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O)
     if _toeplitz_rows(spec, prob, dtype.itemsize):
         return _forward_toeplitz(x, w, spec, O, dtype, store, gb)
     if _taps_first(spec, prob, dtype.itemsize):
@@ -1026,6 +1042,141 @@ def _im2col_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     if spec.rank == 2:
         return _cost_2d_forward(spec, p, flops, itemsize)
     return _column_cost("forward", spec, p, itemsize, phases=True)
+
+
+def _open_taps(spec: ConvSpec, p: dict, itemsize: int) -> bool:
+    """Whether the forward runs products first on the unpadded input
+    (:func:`_forward_open`): stride 1, more than one tap, not depthwise, one sample's
+    products of one group within a worker's share (planes that small), and its
+    estimate (:func:`_open_cost`) below :data:`TAPS_MARGIN` times the column copy's and
+    no more than the padded products-first's.  Kept per layer and options, as
+    :func:`_taps_first`."""
+    if (math.prod(spec.kernel_size) == 1 or any(v != 1 for v in spec.stride)
+            or p["g"] == p["C"] == p["K"] or 0 in p["O"] or 0 in p["S"] or p["N"] == 0
+            or _lane("forward", spec, p, itemsize)):
+        return False
+    return _open_taps_kept(spec, p["N"], p["C"], p["K"], p["g"], tuple(p["S"]),
+                           tuple(p["O"]), itemsize, get_options().workspace_bytes,
+                           workers(), TAPS_MARGIN)
+
+
+@functools.lru_cache(maxsize=1024)
+def _open_taps_kept(spec, N, C, K, g, S, O, itemsize, budget, nw, margin) -> bool:
+    """:func:`_open_taps`'s estimates (the options and constants they read in the key)."""
+    p = dict(N=N, C=C, K=K, g=g, S=S, O=O)
+    kk = math.prod(spec.kernel_size)
+    one = (K // g * kk * math.prod(S) + K // g * math.prod(O)) * itemsize
+    if one > min(budget // nw, CACHE):
+        return False
+    est = _seconds(*_open_cost(spec, p, itemsize))
+    return (est < margin * _seconds(*_im2col_cost(spec, p, itemsize))
+            and est < OPEN_MARGIN * _seconds(*_taps_cost(spec, p, itemsize)))
+
+
+def _open_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """(FLOPs at GEMM speed, bytes) of :func:`_forward_open`: the products over the
+    input's own positions at :func:`_taps_cost`'s efficiency, and per tap a sum over
+    its outputs (rows of ``O[-1]``; :data:`OPEN_ROW` more per row), plus the zeroed
+    result and the steps per tap."""
+    F, _, M0, alpha, I0, beta = COST_2D_FORWARD
+    add_ns, _ = TAPS_COST
+    g, N, C, K = p["g"], p["N"], p["C"], p["K"]
+    kk = math.prod(spec.kernel_size)
+    P = math.prod(p["O"])
+    eff = min(1.0, K / g * kk / M0) ** alpha * min(1.0, C / g / I0) ** beta
+    flops = 2 * N * K * kk * (C // g) * math.prod(p["S"])
+    rows = P / p["O"][-1]
+    moved = add_ns * N * K * (kk + 1) * (P + OPEN_ROW * rows)
+    from .. import select  # select imports this module
+
+    steps = (TAPS_CALL[0] + TAPS_CALL[1] * kk * workers()) * select.COPY_BYTES
+    return F * flops / eff, 8 * moved * itemsize / 4 + steps
+
+
+# _open_cost: the elements a row of a tap's sum costs beyond its own (a numpy inner loop
+# per row of O[-1] elements); and how much cheaper than the padded products first it
+# must be estimated (where the padding is thin the two compute alike, and the padded
+# grid's contiguous sums won: C128 -> K8 7x7 unpadded on 32x32 17.1 against 20.9 ms)
+OPEN_ROW = 24
+OPEN_MARGIN = 0.9
+
+
+def _forward_open(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.ndarray | None:
+    """The stride-1 forward as products first on the input as it is, unpadded:
+    ``U[k, t, i] = sum_c w[k, c, t] * x[c, i]`` for every input position ``i`` (one
+    GEMM per tile, ``(K/g*prod(k), C/g) @ (C/g, positions)``, on ``x`` itself), then
+    for each tap the outputs whose window reads the input through it:
+    ``y[k, o] += U[k, t, o + t*d - lo]``; a window's taps in the padding add nothing.
+
+    :func:`_forward_taps` computes the products over the padded grid, so that each
+    tap's sum is one contiguous run; on small planes most of that grid is padding
+    (7x7 planes with a 7x7 kernel: 169 positions against 49), and the column copy of
+    im2col moves its values in runs of a row.  Measured (float32, medians, ms, columns
+    / padded products / these): C256 -> K8 7x7 on 7x7, N8, 7.1 / 4.5 / 1.9;
+    C512 -> K32 3x3 on 7x7 2.6 / 2.6 / 1.7.  A weight with inf or NaN does not run
+    here: torch multiplies it by the padding's zeros (NaN), which this never does.
+    Tiles: (samples, groups), whole planes.  ``store``: see :func:`forward`; ``gb``:
+    the bias as ``(g, K/g, 1)``."""
+    N, C = x.shape[:2]
+    K, g = w.shape[0], spec.groups
+    Cg, Kg = C // g, K // g
+    r, kk = spec.rank, math.prod(spec.kernel_size)
+    S = tuple(x.shape[2:])
+    Sp, P = math.prod(S), math.prod(O)
+    wt = np.ascontiguousarray(w.reshape(g, Kg, Cg, kk).transpose(0, 1, 3, 2),
+                              dtype=dtype).reshape(g, Kg * kk, Cg)
+    # per tap, the outputs it reaches and the input positions they read
+    sums = []
+    for ti, tap in enumerate(kernel_offsets(spec)):
+        outs, ins = [], []
+        for t, d, (lo, _), n, o in zip(tap, spec.dilation, spec.padding, S, O):
+            a, b = max(0, lo - t * d), min(o, n + lo - t * d)
+            outs.append(slice(a, max(a, b)))
+            ins.append(slice(a + t * d - lo, max(a, b) + t * d - lo))
+        if all(sl.stop > sl.start for sl in outs):
+            sums.append((ti, tuple(outs), tuple(ins)))
+    per = Kg * (kk * Sp + P)  # one sample and group: products and sums
+    limit = min(get_options().workspace_bytes // workers(), CACHE) // dtype.itemsize
+    nw = workers()
+    if g * per <= limit:
+        nb = max(1, min(N, limit // (g * per), -(-N // nw)))
+        plan = [(slice(n, min(N, n + nb)), slice(0, g)) for n in range(0, N, nb)]
+    else:
+        gb_ = max(1, min(g, limit // per))
+        plan = [(slice(n, n + 1), slice(a, min(g, a + gb_)))
+                for n in range(N) for a in range(0, g, gb_)]
+    # fewer tiles than workers (one sample): blocks of each group's output channels
+    kb = Kg if len(plan) >= nw or g > 1 else max(1, -(-Kg // nw))
+    plan = [(bs, gs, slice(k, min(Kg, k + kb))) for bs, gs in plan for k in range(0, Kg, kb)]
+    most = max(((b.stop - b.start) * (c.stop - c.start) for b, c, _ in plan), default=1) * per
+    bufs = Scratch(most, dtype)
+    xv = x.reshape(N, g, Cg, Sp)
+    wv = wt.reshape(g, Kg, kk, Cg)
+    y = None if store is not None else np.empty((N, K) + tuple(O), dtype=dtype)
+
+    def run(tile):
+        bs, gs, kc = tile
+        n, ng, nk = bs.stop - bs.start, gs.stop - gs.start, kc.stop - kc.start
+        buf = bufs.get()
+        U = buf[: n * ng * nk * kk * Sp].reshape(n, ng, nk * kk, Sp)
+        np.matmul(wt[gs] if nk == Kg else wv[gs, kc].reshape(ng, nk * kk, Cg), xv[bs, gs],
+                  out=U)
+        U = U.reshape((n, ng * nk, kk) + S)
+        acc = buf[U.size: U.size + n * ng * nk * P].reshape((n, ng * nk) + tuple(O))
+        acc[...] = 0
+        for ti, outs, ins in sums:
+            acc[(slice(None), slice(None)) + outs] += U[(slice(None), slice(None), ti) + ins]
+        # whole groups, or (one group) a block of its channels
+        ks = (slice(gs.start * Kg, gs.stop * Kg) if nk == Kg
+              else slice(gs.start * Kg + kc.start, gs.start * Kg + kc.stop))
+        if store is None:
+            bias = None if gb is None else (gb[gs] if nk == Kg else gb[gs, kc])
+            put(y[bs, ks], acc, None if bias is None else bias.reshape((-1,) + (1,) * r))
+        else:
+            store(bs, ks, slice(0, O[0]), acc)
+
+    run_tiles(run, plan)
+    return y
 
 
 def _forward_taps(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.ndarray | None:
