@@ -1499,19 +1499,32 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         n, Pt = cols.shape[1:]
         cols = cols.reshape(ng, Ckg, n * Pt)
         gyt = gyg[bs, gs, :, _row_positions(rows, O)].transpose(1, 2, 0, 3).reshape(ng, Kg, n * Pt)
-        # cols @ gy^T (C/g*kk rows) rather than gy @ cols^T (K/g rows): measured 8-43 %
-        # faster (medians) on the suite's conv3d, 1-D, 3x3 C64 and stem weight
-        # gradients; with K/g = 8 (32 groups) it was 13 % slower, so small K/g keep the
-        # other order
-        if Kg >= 16:
-            prod = np.matmul(cols, gyt.transpose(0, 2, 1))  # (g, Ckg, Kg)
-        else:
-            prod = np.matmul(gyt, cols.transpose(0, 2, 1)).transpose(0, 2, 1)
-        return [(gs, prod)]
+        if rows_first:
+            return [(gs, np.matmul(cols, gyt.transpose(0, 2, 1)))]  # (g, Ckg, Kg)
+        return [(gs, np.matmul(gyt, cols.transpose(0, 2, 1)))]  # (g, Kg, Ckg)
 
-    gw = run_tiles_sum(run, plan, np.zeros((g, Ckg, Kg), dtype=dtype))
-    gw = np.ascontiguousarray(gw.transpose(0, 2, 1))
+    # cols @ gy^T (C/g*kk rows) rather than gy @ cols^T (K/g rows): measured 8-43 %
+    # faster (medians) on the suite's conv3d, 1-D, 3x3 C64 and stem weight gradients;
+    # with K/g = 8 (32 groups) it was 13 % slower, so small K/g keep the other order.
+    # Its result is transposed at the end, a pass over gw: with few positions against
+    # gw's size that pass outweighs the products (C256 -> K128 7x7 stride 2 on 7x7
+    # planes, 16 positions: 4.7 ms of an 11.4 ms weight gradient), so there too
+    rows_first = Kg >= 16 and N * P >= WG_ROWS_FIRST
+    shape = (g, Ckg, Kg) if rows_first else (g, Kg, Ckg)
+    if len(plan) == 1:
+        # one tile: its product is the result (no zeroed sum to add it to)
+        out = []
+        run_tiles(lambda tile: out.append(run(tile)[0][1]), plan)
+        gw = out[0]
+    else:
+        gw = run_tiles_sum(run, plan, np.zeros(shape, dtype=dtype))
+    if rows_first:
+        gw = np.ascontiguousarray(gw.transpose(0, 2, 1))
     return gw.reshape((K, C // g) + tuple(spec.kernel_size))
+
+
+# weight_grad: the fewest positions (N * prod(O)) for the cols @ gy^T order
+WG_ROWS_FIRST = 256
 
 
 def _phase_layout(spec: ConvSpec, buf_shape, O):
