@@ -359,6 +359,15 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
         flops, nbytes = flops * done, nbytes * done
     strided = any(s != 1 for s in spec.stride)
     extra = p["N"] * p["C"] * math.prod(p["S"]) * itemsize if strided else 0
+    # the phases' kernels: the weight flipped with its channel axes swapped; written tap
+    # by tap when wide (:func:`_phase_kernel`), which reads the weight once per tap, from
+    # memory once it is past the per-core cache: 0.96 ms for a 3x3 C256 -> 256 weight
+    # (2.4 MB), 6.6 ms for a 7x7 C256 -> 128 one (6.4 MB), more than the rest of that
+    # layer's input gradient on 7x7 planes (estimated 0.66 ms, ran 9.1; GEMM 3.3)
+    kk = math.prod(spec.kernel_size)
+    wbytes = p["K"] * (p["C"] // p["g"]) * kk * itemsize
+    wide = p["K"] * (p["C"] // p["g"]) >= 4096 and wbytes > 2 * 2**20
+    extra += wbytes * (2 + (kk / 8 if wide else 0))
     if strided and not _unified(spec) and spec.rank > 1:
         # the phases' GEMMs are a share of the outputs each, with a kernel of a share of
         # the taps: a 3x3 stride-2 C256 -> 256 input gradient on 28x28 planes ran 12.9 ms
