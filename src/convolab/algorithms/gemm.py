@@ -1089,7 +1089,16 @@ def _open_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     moved = add_ns * N * K * (kk + 1) * (P + OPEN_ROW * rows)
     from .. import select  # select imports this module
 
-    steps = (TAPS_CALL[0] + TAPS_CALL[1] * kk * workers()) * select.COPY_BYTES
+    # a product and kk sums per tile, at least one tile per worker: many small tiles
+    # (one sample's groups past the cache) pay the sums' Python steps each (3-D k7 d2
+    # grouped on 8^3 planes: 64 tiles of 343 taps, ~20 us a tap and worker)
+    per = K // g * (kk * math.prod(p["S"]) + P)
+    limit = max(1, min(get_options().workspace_bytes // workers(), CACHE) // itemsize)
+    if g * per <= limit:
+        tiles = -(-N // max(1, min(N, limit // (g * per))))
+    else:
+        tiles = N * -(-g // max(1, min(g, limit // per)))
+    steps = (TAPS_CALL[0] + TAPS_CALL[1] * kk * max(workers(), tiles)) * select.COPY_BYTES
     return F * flops / eff, 8 * moved * itemsize / 4 + steps
 
 
