@@ -215,29 +215,30 @@ def _taps_always():
     return mock.patch.object(gemm, "_taps_first", always)
 
 
-@settings(max_examples=60, deadline=None)
-@given(case=conv_cases(batch=2))
-def test_gemm_products_first_matches_direct_and_torch(case):
-    """The forward as products first, then tap sums (gemm._forward_taps), through every
-    tile plan (the budgets) and as polyphase's phases (its tiles handed over by
-    ``store``): float64 against direct and torch, float32 within its tolerance."""
+def _forced_lowering_matches(case, always, lowering: str, runs) -> bool:
+    """``case`` with GEMM's ``lowering`` (a function of convolab.algorithms.gemm) forced
+    by the patch ``always``: against direct and torch through GEMM and as polyphase's
+    phases (tiles handed over by ``store``), under each ``(workspace_bytes, workers)`` of
+    ``runs`` (None: the default) in float64, and in float32 within its tolerance.
+    Returns whether the lowering ran."""
     from unittest import mock
 
     from convolab.algorithms import gemm
 
     ran = []
-    taps = gemm._forward_taps
+    real = getattr(gemm, lowering)
 
     def spy(*args, **kwargs):
         ran.append(1)
-        return taps(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    with _taps_always(), mock.patch.object(gemm, "_forward_taps", spy):
+    with always, mock.patch.object(gemm, lowering, spy):
         _check_against_direct_and_torch(case, "gemm")
         _check_against_direct_and_torch(case, "polyphase")
         _, ref = _run(case, "direct", np.float64, seed=6)
-        for ws in (600, 20000):
-            with cl.options(workspace_bytes=ws):
+        for ws, nw in runs:
+            with cl.options(workspace_bytes=ws or cl.get_options().workspace_bytes,
+                            workers=nw or cl.get_options().workers):
                 _, small = _run(case, "gemm", np.float64, seed=6)
             for a, r in zip(small, ref):
                 assert rel_err(a, r) <= TOL64
@@ -246,6 +247,17 @@ def test_gemm_products_first_matches_direct_and_torch(case):
     for a, r in zip(got, ref):
         assert a.dtype == np.float32
         assert rel_err(a, r) <= TOL32
+    return bool(ran)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases(batch=2))
+def test_gemm_products_first_matches_direct_and_torch(case):
+    """The forward as products first, then tap sums (gemm._forward_taps), through every
+    tile plan (the budgets) and as polyphase's phases (its tiles handed over by
+    ``store``): float64 against direct and torch, float32 within its tolerance."""
+    _forced_lowering_matches(case, _taps_always(), "_forward_taps",
+                             ((600, None), (20000, None)))
 
 
 def _open_always():
@@ -270,31 +282,8 @@ def test_gemm_open_products_first_matches_direct_and_torch(case):
     output channels for one sample), as polyphase's phases (its tiles handed over by
     ``store``), with bias; float64 against direct and torch, float32 within its
     tolerance."""
-    from unittest import mock
-
-    from convolab.algorithms import gemm
-
-    ran = []
-    opened = gemm._forward_open
-
-    def spy(*args, **kwargs):
-        ran.append(1)
-        return opened(*args, **kwargs)
-
-    with _open_always(), mock.patch.object(gemm, "_forward_open", spy):
-        _check_against_direct_and_torch(case, "gemm")
-        _check_against_direct_and_torch(case, "polyphase")
-        _, ref = _run(case, "direct", np.float64, seed=6)
-        for ws, nw in ((600, 2), (20000, 2), (None, 1)):
-            with cl.options(workspace_bytes=ws or cl.get_options().workspace_bytes, workers=nw):
-                _, small = _run(case, "gemm", np.float64, seed=6)
-            for a, r in zip(small, ref):
-                assert rel_err(a, r) <= TOL64
-        _, ref = _run(case, "gemm", np.float64, seed=4)
-        _, got = _run(case, "gemm", np.float32, seed=4)
-    for a, r in zip(got, ref):
-        assert a.dtype == np.float32
-        assert rel_err(a, r) <= TOL32
+    ran = _forced_lowering_matches(case, _open_always(), "_forward_open",
+                                   ((600, 2), (20000, 2), (None, 1)))
     k, g = case.w_shape[2:], case.kwargs["groups"]
     batched = len(case.x_shape) == 2 + len(k)
     if (batched and not case.transposed and math.prod(k) > 1 and case.x_shape[0] > 0
