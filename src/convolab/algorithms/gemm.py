@@ -1047,10 +1047,10 @@ def _im2col_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
 def _open_taps(spec: ConvSpec, p: dict, itemsize: int) -> bool:
     """Whether the forward runs products first on the unpadded input
     (:func:`_forward_open`): stride 1, more than one tap, not depthwise, one sample's
-    products of one group within a worker's share (planes that small), and its
-    estimate (:func:`_open_cost`) below :data:`TAPS_MARGIN` times the column copy's and
-    no more than the padded products-first's.  Kept per layer and options, as
-    :func:`_taps_first`."""
+    products of one group within a worker's share (planes that small), not on the plain
+    lane, and its estimate (:func:`_open_cost`) below :data:`TAPS_MARGIN` times the
+    column copy's and :data:`OPEN_MARGIN` times the padded products-first's.  Kept per
+    layer and options, as :func:`_taps_first`."""
     if (math.prod(spec.kernel_size) == 1 or any(v != 1 for v in spec.stride)
             or p["g"] == p["C"] == p["K"] or 0 in p["O"] or 0 in p["S"] or p["N"] == 0
             or _lane("forward", spec, p, itemsize)):
@@ -1092,12 +1092,7 @@ def _open_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     # a product and kk sums per tile, at least one tile per worker: many small tiles
     # (one sample's groups past the cache) pay the sums' Python steps each (3-D k7 d2
     # grouped on 8^3 planes: 64 tiles of 343 taps, ~20 us a tap and worker)
-    per = K // g * (kk * math.prod(p["S"]) + P)
-    limit = max(1, min(get_options().workspace_bytes // workers(), CACHE) // itemsize)
-    if g * per <= limit:
-        tiles = -(-N // max(1, min(N, limit // (g * per))))
-    else:
-        tiles = N * -(-g // max(1, min(g, limit // per)))
+    tiles = len(_open_plan(N, g, K // g, K // g * (kk * math.prod(p["S"]) + P), itemsize))
     steps = (TAPS_CALL[0] + TAPS_CALL[1] * kk * max(workers(), tiles)) * select.COPY_BYTES
     return F * flops / eff, 8 * moved * itemsize / 4 + steps
 
@@ -1110,6 +1105,25 @@ OPEN_ROW = 24
 OPEN_MARGIN = 0.9
 
 
+def _open_plan(N: int, g: int, Kg: int, per: int, itemsize: int) -> list:
+    """Tiles ``(samples, groups, output channels of each group)`` of
+    :func:`_forward_open`, ``per`` elements of scratch per sample and group: as many
+    samples (or, past the limit, groups of one sample) as fit a worker's share of the
+    budget and the cache target, at least one tile per worker where the samples allow,
+    and with one sample of one group, blocks of its output channels."""
+    limit = min(get_options().workspace_bytes // workers(), CACHE) // itemsize
+    nw = workers()
+    if g * per <= limit:
+        nb = max(1, min(N, limit // (g * per), -(-N // nw)))
+        plan = [(slice(n, min(N, n + nb)), slice(0, g)) for n in range(0, N, nb)]
+    else:
+        gb_ = max(1, min(g, limit // per))
+        plan = [(slice(n, n + 1), slice(a, min(g, a + gb_)))
+                for n in range(N) for a in range(0, g, gb_)]
+    kb = Kg if len(plan) >= nw or g > 1 else max(1, -(-Kg // nw))
+    return [(bs, gs, slice(k, min(Kg, k + kb))) for bs, gs in plan for k in range(0, Kg, kb)]
+
+
 def _forward_open(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.ndarray | None:
     """The stride-1 forward as products first on the input as it is, unpadded:
     ``U[k, t, i] = sum_c w[k, c, t] * x[c, i]`` for every input position ``i`` (one
@@ -1120,9 +1134,10 @@ def _forward_open(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.nda
     :func:`_forward_taps` computes the products over the padded grid, so that each
     tap's sum is one contiguous run; on small planes most of that grid is padding
     (7x7 planes with a 7x7 kernel: 169 positions against 49), and the column copy of
-    im2col moves its values in runs of a row.  Measured (float32, medians, ms, columns
-    / padded products / these): C256 -> K8 7x7 on 7x7, N8, 7.1 / 4.5 / 1.9;
-    C512 -> K32 3x3 on 7x7 2.6 / 2.6 / 1.7.  A weight with inf or NaN does not run
+    im2col moves its values in runs of a row.  Measured (float32, medians, ms, each
+    forced: columns / padded products / these): C256 -> K8 7x7 on 7x7, N8, 7.1 / 4.5 /
+    1.9; C512 -> K32 3x3 on 7x7 2.6 / 2.6 / 1.7 (there the estimate keeps the columns).
+    A weight with inf or NaN does not run
     here: torch multiplies it by the padding's zeros (NaN), which this never does.
     Tiles: (samples, groups), whole planes.  ``store``: see :func:`forward`; ``gb``:
     the bias as ``(g, K/g, 1)``."""
@@ -1145,18 +1160,7 @@ def _forward_open(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.nda
         if all(sl.stop > sl.start for sl in outs):
             sums.append((ti, tuple(outs), tuple(ins)))
     per = Kg * (kk * Sp + P)  # one sample and group: products and sums
-    limit = min(get_options().workspace_bytes // workers(), CACHE) // dtype.itemsize
-    nw = workers()
-    if g * per <= limit:
-        nb = max(1, min(N, limit // (g * per), -(-N // nw)))
-        plan = [(slice(n, min(N, n + nb)), slice(0, g)) for n in range(0, N, nb)]
-    else:
-        gb_ = max(1, min(g, limit // per))
-        plan = [(slice(n, n + 1), slice(a, min(g, a + gb_)))
-                for n in range(N) for a in range(0, g, gb_)]
-    # fewer tiles than workers (one sample): blocks of each group's output channels
-    kb = Kg if len(plan) >= nw or g > 1 else max(1, -(-Kg // nw))
-    plan = [(bs, gs, slice(k, min(Kg, k + kb))) for bs, gs in plan for k in range(0, Kg, kb)]
+    plan = _open_plan(N, g, Kg, per, dtype.itemsize)
     most = max(((b.stop - b.start) * (c.stop - c.start) for b, c, _ in plan), default=1) * per
     bufs = Scratch(most, dtype)
     xv = x.reshape(N, g, Cg, Sp)
