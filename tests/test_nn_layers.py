@@ -1259,3 +1259,24 @@ def test_cross_entropy_class_weights_are_state_as_torch():
 @pytest.mark.parametrize("kw", [{}, {"bias": False}, {"affine": False}, {"momentum": None}])
 def test_batchnorm_repr_as_torch(kw):
     assert repr(nn.BatchNorm2d(3, **kw)) == repr(torch.nn.BatchNorm2d(3, **kw))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_relu_keeps_negative_zero_as_torch(dtype):
+    """torch's relu returns -0.0 for -0.0 (x < 0 ? 0 : x); np.maximum's tie goes to one
+    operand or the other by dtype, so the order is found once per dtype, and a NumPy
+    where neither order is dependable copies the sign back.  NaN, inf and negatives as
+    torch, in contiguous and strided inputs alike."""
+    from unittest import mock
+
+    import convolab.nn.layers as layers
+
+    x = np.array([-0.0, 0.0, -1.0, np.nan, 2.0, -np.inf, np.inf, -3.5] * 9, dtype=dtype)
+    want = torch.relu(torch.tensor(x)).numpy()
+    for arr, ref in ((x, want), (x[::3], want[::3]), (x.reshape(8, 9).T, want.reshape(8, 9).T)):
+        for order in ("found", None):
+            with mock.patch.object(layers, "_relu_order",
+                                   layers._relu_order if order else (lambda dt: None)):
+                got = nn.ReLU()(arr)
+            assert np.array_equal(np.signbit(got), np.signbit(ref)), (order, arr.strides)
+            assert np.array_equal(got, ref, equal_nan=True)
