@@ -2390,3 +2390,32 @@ def test_gemm_strided_pointwise_forward_stays_within_the_workspace(x_shape, w_sh
             tracemalloc.stop()
     assert peak <= 2 * 2**20 and peak <= 1.5 * est, (peak / 2**20, est / 2**20)
     assert rel_err(y, direct.forward(x.astype(np.float64), w.astype(np.float64), spec)) <= TOL32
+
+
+@pytest.mark.parametrize("budget", [2**16, 2**17])
+def test_gemm_forward_with_few_positions_runs_one_product_over_the_samples(budget):
+    """At most FEW_POSITIONS outputs per sample: the columns are copied batch inwards and
+    multiplied once over the tile's samples (a 7x7 plane at stride 2: 4 positions),
+    the product written into y transposed, with bias; against torch in float64, under
+    budgets below the plain lane's scratch (tiles of one and of several samples)."""
+    from unittest import mock
+
+    from convolab.algorithms import gemm
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 64, 7, 7))
+    w = rng.standard_normal((32, 64, 5, 5))
+    b = rng.standard_normal(32)
+    want = torch.nn.functional.conv2d(*(torch.tensor(a) for a in (x, w, b)), stride=2).numpy()
+    cols = gemm._tile_cols
+    inner = []
+
+    def spy(*args, **kwargs):
+        inner.append(kwargs.get("batch_inner", False))
+        return cols(*args, **kwargs)
+
+    with cl.options(algorithm="gemm", workspace_bytes=budget), \
+            mock.patch.object(gemm, "_tile_cols", spy):
+        got = cl.conv2d(x, w, b, stride=2)
+    assert inner and all(inner)
+    assert rel_err(got, want) <= TOL64
