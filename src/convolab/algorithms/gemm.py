@@ -1119,12 +1119,13 @@ OPEN_ROW = 24
 OPEN_MARGIN = 0.9
 
 
-def _open_plan(N: int, g: int, Kg: int, per: int, itemsize: int) -> list:
+def _open_plan(N: int, g: int, Kg: int, per: int, itemsize: int, split: bool = True) -> list:
     """Tiles ``(samples, groups, output channels of each group)`` of
     :func:`_forward_open`, ``per`` elements of scratch per sample and group: as many
     samples (or, past the limit, groups of one sample) as fit a worker's share of the
     budget and the cache target, at least one tile per worker where the samples allow,
-    and with one sample of one group, blocks of its output channels."""
+    and with one sample of one group, blocks of its output channels (unless not
+    ``split``: a ``store`` takes whole groups)."""
     limit = min(get_options().workspace_bytes // workers(), CACHE) // itemsize
     nw = workers()
     if g * per <= limit:
@@ -1134,7 +1135,7 @@ def _open_plan(N: int, g: int, Kg: int, per: int, itemsize: int) -> list:
         gb_ = max(1, min(g, limit // per))
         plan = [(slice(n, n + 1), slice(a, min(g, a + gb_)))
                 for n in range(N) for a in range(0, g, gb_)]
-    kb = Kg if len(plan) >= nw or g > 1 else max(1, -(-Kg // nw))
+    kb = Kg if len(plan) >= nw or g > 1 or not split else max(1, -(-Kg // nw))
     return [(bs, gs, slice(k, min(Kg, k + kb))) for bs, gs in plan for k in range(0, Kg, kb)]
 
 
@@ -1174,7 +1175,8 @@ def _forward_open(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.nda
         if all(sl.stop > sl.start for sl in outs):
             sums.append((ti, tuple(outs), tuple(ins)))
     per = Kg * (kk * Sp + P)  # one sample and group: products and sums
-    plan = _open_plan(N, g, Kg, per, dtype.itemsize)
+    # ``store`` (polyphase's unified phases) takes whole groups of channels
+    plan = _open_plan(N, g, Kg, per, dtype.itemsize, split=store is None)
     most = max(((b.stop - b.start) * (c.stop - c.start) for b, c, _ in plan), default=1) * per
     bufs = Scratch(most, dtype)
     xv = x.reshape(N, g, Cg, Sp)
