@@ -597,6 +597,24 @@ def _plan(N: int, O, g: int, Kg: int, per_group_position: int):
     return [(bs, rows, slice(0, g)) for bs, rows in plan], most, g
 
 
+def _plan_in_budget(N: int, O, g: int, Kg: int, per_position: int, scratch):
+    """:func:`_plan` whose largest tile's whole scratch, ``scratch(plan, most, G)``
+    bytes, fits a worker's share of the budget.  The size per position counts a tile's
+    columns; its padded input rows come on top, and on small strided planes they weigh
+    (C64 5x5 stride 2 on 7x7 planes: 86 KiB of scratch under a 64 KiB budget), so a plan
+    over the share is made again with the size scaled up, until it fits or its tiles
+    are single rows of one sample.  Under the default budget the first plan stands."""
+    share = get_options().workspace_bytes // workers()
+    for _ in range(16):
+        plan, most, G = _plan(N, O, g, Kg, per_position)
+        size = scratch(plan, most, G)
+        if size <= share or all(b.stop - b.start == 1 and r.stop - r.start <= 1
+                                for b, r, _ in plan):
+            break
+        per_position = int(per_position * max(1.25, size / share)) + 1
+    return plan, most, G
+
+
 def _pointwise_plan(N: int, P: int, per_position: int) -> list:
     """Tiles ``(batch slice, position slice)`` of a 1x1 convolution's ``P`` positions."""
     return tiles(N, (P,), per_position, cache=CACHE)[0]
@@ -751,9 +769,13 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     # 4 on 2**18 samples; 2-D C64 1x1 stride 2 on 128x128 planes)
     st = math.prod(spec.stride)
     rows_in = Cg * st if st > kk else 0
-    plan, most, G = _plan(N, O, g, K // g, (Cg * kk + Kp + rows_in) * dtype.itemsize)
-    bufs = Scratch(most * G * (Cg * kk + Kp)
-                   + _input_tile_size(plan, spec, x.shape[2:], G * Cg), dtype)
+    def scratch(plan, most, G):
+        return (most * G * (Cg * kk + Kp)
+                + _input_tile_size(plan, spec, x.shape[2:], G * Cg)) * dtype.itemsize
+
+    plan, most, G = _plan_in_budget(N, O, g, K // g, (Cg * kk + Kp + rows_in) * dtype.itemsize,
+                                    scratch)
+    bufs = Scratch(scratch(plan, most, G) // dtype.itemsize, dtype)
 
     def run(tile):
         bs, rows, gs = tile
@@ -1516,8 +1538,12 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return sum(weight_grad(_padded_slab(x, spec, h0, h1), gy[:, :, :, h0:h1], sp0)
                    for h0, h1 in slabs)
     Cg = C // g
-    plan, most, G = _plan(N, O, g, Kg, (Cg * kk + Kg) * dtype.itemsize)
-    bufs = Scratch(most * G * Cg * kk + _input_tile_size(plan, spec, x.shape[2:], G * Cg), dtype)
+    def scratch(plan, most, G):
+        return (most * G * Cg * kk
+                + _input_tile_size(plan, spec, x.shape[2:], G * Cg)) * dtype.itemsize
+
+    plan, most, G = _plan_in_budget(N, O, g, Kg, (Cg * kk + Kg) * dtype.itemsize, scratch)
+    bufs = Scratch(scratch(plan, most, G) // dtype.itemsize, dtype)
 
     def run(tile):
         bs, rows, gs = tile
