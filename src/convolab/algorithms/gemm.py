@@ -597,21 +597,24 @@ def _plan(N: int, O, g: int, Kg: int, per_group_position: int):
     return [(bs, rows, slice(0, g)) for bs, rows in plan], most, g
 
 
-def _plan_in_budget(N: int, O, g: int, Kg: int, per_position: int, scratch):
+def _plan_in_budget(N: int, O, g: int, Kg: int, per_position: int, scratch, limit=None):
     """:func:`_plan` whose largest tile's whole scratch, ``scratch(plan, most, G)``
-    bytes, fits a worker's share of the budget.  The size per position counts a tile's
-    columns; its padded input rows come on top, and on small strided planes they weigh
-    (C64 5x5 stride 2 on 7x7 planes: 86 KiB of scratch under a 64 KiB budget), so a plan
-    over the share is made again with the size scaled up, until it fits or its tiles
-    are single rows of one sample.  Under the default budget the first plan stands."""
-    share = get_options().workspace_bytes // workers()
+    bytes, fits ``limit`` (default: a worker's share of the budget).  The size per
+    position leaves out what a tile reads beyond it (its padded input rows, the kernel's
+    reach below its output rows), and on small planes that weighs (C64 5x5 stride 2 on
+    7x7 planes: 86 KiB of scratch under a 64 KiB budget), so a plan over the limit is
+    made again with the size scaled up, at least a quarter more each time (balanced
+    row counts move in steps), until it fits or its tiles are single rows of one
+    sample."""
+    if limit is None:
+        limit = get_options().workspace_bytes // workers()
     for _ in range(16):
         plan, most, G = _plan(N, O, g, Kg, per_position)
         size = scratch(plan, most, G)
-        if size <= share or all(b.stop - b.start == 1 and r.stop - r.start <= 1
+        if size <= limit or all(b.stop - b.start == 1 and r.stop - r.start <= 1
                                 for b, r, _ in plan):
             break
-        per_position = int(per_position * max(1.25, size / share)) + 1
+        per_position = int(per_position * max(1.25, size / limit)) + 1
     return plan, most, G
 
 
@@ -769,6 +772,7 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     # 4 on 2**18 samples; 2-D C64 1x1 stride 2 on 128x128 planes)
     st = math.prod(spec.stride)
     rows_in = Cg * st if st > kk else 0
+
     def scratch(plan, most, G):
         return (most * G * (Cg * kk + Kp)
                 + _input_tile_size(plan, spec, x.shape[2:], G * Cg)) * dtype.itemsize
@@ -1271,21 +1275,18 @@ def _forward_taps(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.nda
         rows_in, Lt = nr + reach, (nr - 1) * pst[0] + rest
         return rows_in, Lt, n * ng * ((Cg + Kg * kk) * rows_in * pst[0] + Kg * Lt)
 
-    # a tile's input rows include the kernel's reach below its output rows, which the
-    # per-position size leaves out: plans whose largest tile is over the limit are made
-    # again with the size scaled up (rows of C128 -> K8 5x5 on 20x20 planes: four output
-    # rows read eight, and 256 KiB of scratch per worker measured 310 KiB)
-    limit = min(get_options().workspace_bytes // workers(), CACHE)
-    per_position = int(((Kg * kk + Cg) * per_output + Kg) * item) + 1
-    for _ in range(16):
-        plan, _, G = _plan(N, O, g, Kg, per_position)
-        most = max((sizes(b.stop - b.start, rw.stop - rw.start, gs.stop - gs.start)[2]
+    # a tile's input rows include the kernel's reach below its output rows (rows of
+    # C128 -> K8 5x5 on 20x20 planes: four output rows read eight, and 256 KiB of scratch
+    # per worker measured 310 KiB before the plan counted them)
+    def largest(plan):
+        return max((sizes(b.stop - b.start, rw.stop - rw.start, gs.stop - gs.start)[2]
                     for b, rw, gs in plan), default=1)
-        if most * item <= limit or all(rw.stop - rw.start == 1 for _, rw, _ in plan):
-            break
-        # at least a quarter more each time: balanced row counts move in steps
-        per_position = int(per_position * max(1.25, most * item / limit)) + 1
-    bufs = Scratch(most, dtype)
+
+    plan, _, G = _plan_in_budget(
+        N, O, g, Kg, int(((Kg * kk + Cg) * per_output + Kg) * item) + 1,
+        lambda plan, most, G: largest(plan) * item,
+        limit=min(get_options().workspace_bytes // workers(), CACHE))
+    bufs = Scratch(largest(plan), dtype)
 
     def run(tile):
         bs, rows, gs = tile
@@ -1538,6 +1539,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return sum(weight_grad(_padded_slab(x, spec, h0, h1), gy[:, :, :, h0:h1], sp0)
                    for h0, h1 in slabs)
     Cg = C // g
+
     def scratch(plan, most, G):
         return (most * G * Cg * kk
                 + _input_tile_size(plan, spec, x.shape[2:], G * Cg)) * dtype.itemsize

@@ -14,7 +14,6 @@ with one slice-add per offset, no ``np.add.at``).
 from __future__ import annotations
 
 import functools
-
 import math
 import operator
 from collections import OrderedDict
