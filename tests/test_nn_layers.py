@@ -225,6 +225,55 @@ def test_adaptive_avg_pool(rank, size, out):
     fd_check(A(out), x)
 
 
+def _with_non_finite(rng, shape, k):
+    """Small integers (ties, exact sums) with ``k`` entries set to inf, -inf or NaN."""
+    a = rng.integers(-2, 3, size=shape).astype(np.float64)
+    for i in rng.choice(a.size, size=min(k, a.size), replace=False):
+        a.flat[i] = rng.choice([np.inf, -np.inf, np.nan])
+    return a
+
+
+def _same_non_finite(a, b):
+    assert a.shape == b.shape
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    fin = np.isfinite(b)
+    np.testing.assert_array_equal(a[~fin & ~np.isnan(b)], b[~fin & ~np.isnan(b)])
+    np.testing.assert_allclose(a[fin], b[fin], rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.data())
+def test_adaptive_avg_pool_inf_and_nan_stay_in_their_windows(rank, data):
+    # the averaging matrices multiplied every value by the zeros outside its windows:
+    # one -inf made NaN of every output of its plane (inf * 0), torch's only its own
+    size = tuple(data.draw(st.integers(1, 7)) for _ in range(rank))
+    keep = st.none() if rank > 1 else st.nothing()  # torch's 1-D layer takes no None
+    out = tuple(data.draw(st.one_of(keep, st.integers(1, 8))) for _ in range(rank))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = _with_non_finite(rng, (2, 2) + size, data.draw(st.integers(0, 3)))
+    layer, tlayer = (getattr(m, f"AdaptiveAvgPool{rank}d")(out) for m in (nn, torch.nn))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tlayer(tx)
+    _same_non_finite(layer(x), t2n(ty))
+    g = _with_non_finite(rng, tuple(ty.shape), data.draw(st.integers(0, 3)))
+    ty.backward(torch.tensor(g))
+    _same_non_finite(layer.backward(g), tx.grad.numpy())
+
+
+def test_max_pool_window_without_input_elements():
+    # dilation 2 and padding 1 over one element: the window (-1, 1, 3) reads only
+    # padding.  torch gives -inf and the index 1 (past the plane), and its backward
+    # writes there (out of bounds); convolab gives the same forward and drops the
+    # gradient of that window
+    layer = nn.MaxPool1d(3, padding=1, dilation=2, ceil_mode=True, return_indices=True)
+    y, idx = layer(np.array([[[5.0]]]))
+    ty, tidx = torch.nn.MaxPool1d(3, padding=1, dilation=2, ceil_mode=True,
+                                  return_indices=True)(torch.tensor([[[5.0]]], dtype=torch.float64))
+    np.testing.assert_array_equal(y, t2n(ty))
+    np.testing.assert_array_equal(idx, tidx.numpy())
+    np.testing.assert_array_equal(layer.backward(np.ones((1, 1, 1))), np.zeros((1, 1, 1)))
+
+
 def test_pool_errors():
     with pytest.raises(ValueError, match="padding"):
         nn.MaxPool1d(2, padding=2)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .._limits import check_arrays
+from ..algorithms._finite import all_finite
 from ..algorithms._threads import _blas_single_thread, matmul
 from ..algorithms.direct import kernel_offsets, tap_slices
 from ..dtypes import as_array
@@ -867,6 +868,9 @@ def _first_inside(spec: ConvSpec, O) -> np.ndarray:
 class _MaxPoolNd(_PoolNd):
     """Max over each window; padding counts as -inf.  The backward sends each
     output gradient to the first maximal element of its window (torch's choice).
+    A window that reads no input element (dilation and padding can make one) gives
+    -inf and, as torch, the index of the window's first tap at or past 0 (beyond the
+    plane's end); its gradient goes nowhere (torch's backward writes it out of bounds).
     Integer inputs (any width, as torch's 2-D and 3-D max pooling) give integer
     outputs and have no backward."""
 
@@ -1115,14 +1119,44 @@ class _AvgPoolNd(_PoolNd):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-def _adaptive_matrix(n: int, o: int, dtype) -> np.ndarray:
-    """``(o, n)`` averaging matrix: row i averages ``[floor(i n/o), ceil((i+1) n/o))``."""
+def _adaptive_windows(n: int, o: int) -> tuple[np.ndarray, np.ndarray]:
+    """torch's adaptive windows along one axis: output i averages ``[start[i], end[i])``
+    = ``[floor(i n/o), ceil((i+1) n/o))``."""
     i = np.arange(o)
-    start = (i * n) // o
-    end = -((-(i + 1) * n) // o)
+    return (i * n) // o, -((-(i + 1) * n) // o)
+
+
+def _adaptive_matrix(n: int, o: int, dtype) -> np.ndarray:
+    """``(o, n)`` averaging matrix: row i averages :func:`_adaptive_windows`' window i."""
+    start, end = _adaptive_windows(n, o)
     j = np.arange(n)
     inside = (j >= start[:, None]) & (j < end[:, None])
     return (inside / (end - start)[:, None]).astype(dtype)
+
+
+def _window_means(x: np.ndarray, axis: int, n: int, o: int, acc) -> np.ndarray:
+    """Means of ``x`` over :func:`_adaptive_windows` along ``axis`` (length ``n`` to
+    ``o``), each window summed on its own: the path for inputs holding inf or NaN (one
+    step per output position along the axis)."""
+    start, end = _adaptive_windows(n, o)
+    xa = np.moveaxis(x, axis, -1)
+    out = np.empty(xa.shape[:-1] + (o,), dtype=acc)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, as torch
+        for i, (a, b) in enumerate(zip(start, end)):
+            out[..., i] = xa[..., a:b].sum(axis=-1, dtype=acc) / acc.type(b - a)
+    return np.moveaxis(out, -1, axis)
+
+
+def _window_spread(g: np.ndarray, axis: int, n: int, o: int, acc) -> np.ndarray:
+    """The adjoint of :func:`_window_means`: each output's gradient over its count,
+    added to the ``n`` positions of its window only (for gradients holding inf or NaN)."""
+    start, end = _adaptive_windows(n, o)
+    ga = np.moveaxis(g, axis, -1)
+    out = np.zeros(ga.shape[:-1] + (n,), dtype=acc)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, as torch
+        for i, (a, b) in enumerate(zip(start, end)):
+            out[..., a:b] += (ga[..., i] / acc.type(b - a))[..., None]
+    return np.moveaxis(out, -1, axis)
 
 
 class _AdaptiveAvgPoolNd(Module):
@@ -1168,10 +1202,17 @@ class _AdaptiveAvgPoolNd(Module):
             for n, o in zip(spatial, self._sizes())
         ]
         y = x
-        with _blas_single_thread():  # one BLAS thread, as in the convolutions
+        if not all_finite(x):
+            # the matrices multiply every value by the zeros outside its windows, and
+            # inf * 0 is NaN: torch's sums over the windows themselves give NaN only where
+            # a window holds NaN or both infinities
             for ax, m in enumerate(mats):
-                y = np.tensordot(y, m, axes=([x.ndim - r + ax], [1]))
-                y = np.moveaxis(y, -1, x.ndim - r + ax)
+                y = _window_means(y, x.ndim - r + ax, m.shape[1], m.shape[0], acc)
+        else:
+            with _blas_single_thread():  # one BLAS thread, as in the convolutions
+                for ax, m in enumerate(mats):
+                    y = np.tensordot(y, m, axes=([x.ndim - r + ax], [1]))
+                    y = np.moveaxis(y, -1, x.ndim - r + ax)
         self._cache = (mats, x.ndim, y.shape)
         return np.ascontiguousarray(y, dtype=x.dtype)
 
@@ -1180,6 +1221,10 @@ class _AdaptiveAvgPoolNd(Module):
         r = self._rank
         g = _grad(type(self).__name__, grad_out, yshape)
         dtype = g.dtype
+        if not all_finite(g):  # as in forward: no inf * 0 outside the windows
+            for ax, m in enumerate(mats):
+                g = _window_spread(g, ndim - r + ax, m.shape[1], m.shape[0], _acc_dtype(dtype))
+            return np.ascontiguousarray(g, dtype=dtype)
         with _blas_single_thread():
             for ax, m in enumerate(mats):
                 g = np.moveaxis(np.tensordot(g, m, axes=([ndim - r + ax], [0])), -1, ndim - r + ax)
