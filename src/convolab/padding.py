@@ -79,16 +79,24 @@ def _check_mode(mode: str, x: np.ndarray, pairs: list[tuple[int, int]]) -> None:
             f"{mode} padding needs non-empty channel and padded dimensions (as torch; "
             f"only a batch dimension may be empty), got input.shape={x.shape}"
         )
+    outs = [n + lo + hi for n, (lo, hi) in zip(sizes, pairs)]
+    if mode in ("reflect", "replicate") and max(outs) < 1:
+        # torch's rule: some padded dimension keeps an element (others may be empty)
+        raise ValueError(
+            f"{mode} padding {tuple(pairs)} of dimensions of size {tuple(sizes)} leaves an "
+            f"output of size 0 in every padded dimension ({tuple(outs)}); at least one must "
+            "be at least 1 (as torch)"
+        )
     for dim, (n, (lo, hi)) in enumerate(zip(sizes, pairs), start=x.ndim - nd):
         m = n - max(-lo, 0) - max(-hi, 0)  # what is left after negative entries crop
-        if mode in ("reflect", "replicate") and n + lo + hi <= 0:
+        if n + lo + hi < 0:
             raise ValueError(
                 f"{mode} padding ({lo}, {hi}) on dimension {dim} of size {n} leaves an "
-                f"output of size {n + lo + hi}; it must be at least 1"
+                f"output of size {n + lo + hi}; it must be at least 0"
             )
         if mode == "replicate":
             continue
-        if mode == "circular" and m <= 0 and max(lo, 0) + max(hi, 0) > 0:
+        if mode == "circular" and m <= 0 and max(lo, 0) + max(hi, 0) > 0 and n + lo + hi > 0:
             raise ValueError(
                 f"{mode} padding ({lo}, {hi}) on dimension {dim} of size {n} leaves nothing "
                 "to pad from"

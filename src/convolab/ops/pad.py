@@ -33,7 +33,10 @@ def _prepare(input, pad, mode, value):
     out = x.shape[:lead] + tuple(n + lo + hi for n, (lo, hi) in zip(x.shape[lead:], pairs))
     check_size("pad", "an output", out, x.dtype, lambda: f"pad={tuple(pad)}")
     for dim, (n, (lo, hi)) in enumerate(zip(x.shape[lead:], pairs), start=lead):
-        if max(-lo, 0) + max(-hi, 0) > n:
+        # constant and circular crop first, then pad; replicate and reflect map each
+        # output position into the input (_index_map), so a crop wider than the input
+        # is defined there, as in torch (its other rules in _check_mode)
+        if mode in ("constant", "circular") and max(-lo, 0) + max(-hi, 0) > n:
             raise ValueError(
                 f"pad={tuple(pad)} crops {max(-lo, 0) + max(-hi, 0)} elements from dimension "
                 f"{dim} of size {n} (input.shape={x.shape}); a crop cannot exceed the size"
@@ -72,6 +75,10 @@ def pad(input, pad, mode="constant", value=None):
     (repeat the edge), ``circular`` (wrap around; each pad <= size).  A circular pad
     wider than what the negative entries leave wraps around again (periodically);
     torch refuses some of these and returns uninitialised values for others.
+    ``reflect`` and ``replicate`` map output position ``i`` to an input position (the
+    clamp or mirror of ``i - lo``), so, as in torch, their crops may pass the input
+    (``replicate`` ``(-4, 5)`` of 3 values repeats the last one four times), and an
+    output dimension may be empty while another padded dimension keeps an element.
     """
     x, pairs = _prepare(input, pad, mode, value)
     return _pad_forward(x, pairs, mode, 0.0 if value is None else value)
