@@ -438,6 +438,29 @@ def test_cross_entropy_class_weights_and_ignore_index(reduction, ls):
         loss(z[:, :4], t % 4)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ls", [0.0, 0.2, 1.0])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_inf_and_nan_logits_as_torch(reduction, ls, weighted):
+    """A -inf logit of a class that is not the target leaves the loss finite (the loss
+    was -(a * log p).sum(1), and 0 * -inf is NaN); an ignored element is 0 whatever
+    its logits hold; label smoothing 1.0 keeps torch's 0 * inf = NaN."""
+    z = np.array([[1.0, -np.inf, 0.5], [np.nan, 0.0, 1.0], [2.0, 1.0, -np.inf],
+                  [0.0, np.inf, 1.0], [0.5, 0.2, 0.1]])
+    t = np.array([0, 1, 2, 1, 9])
+    t[1] = 9  # ignored, over NaN logits
+    w = np.array([0.5, 1.5, 2.0]) if weighted else None
+    kw = dict(ignore_index=9, reduction=reduction, label_smoothing=ls)
+    loss = nn.CrossEntropyLoss(weight=w, **kw)
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.CrossEntropyLoss(weight=None if w is None else torch.tensor(w), **kw)(
+        tz, torch.tensor(t))
+    _same_non_finite(np.atleast_1d(loss(z, t)), np.atleast_1d(t2n(tl)))
+    g = np.linspace(0.5, 1.5, t.size) if reduction == "none" else np.asarray(0.7)
+    tl.backward(torch.tensor(g))
+    _same_non_finite(loss.backward(g), t2n(tz.grad))
+
+
 # --------------------------------------------------------------------------- module rules
 
 

@@ -11,8 +11,9 @@ __all__ = ["CrossEntropyLoss", "log_softmax"]
 
 def log_softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     """``logits - logsumexp(logits)``, shifted by the maximum so nothing overflows."""
-    z = logits - logits.max(axis=axis, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, as torch
+        z = logits - logits.max(axis=axis, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
 class CrossEntropyLoss(Module):
@@ -124,14 +125,23 @@ class CrossEntropyLoss(Module):
         tt = np.where(keep, t, 0)[:, None]  # ignored elements read class 0, then count 0
         logp = log_softmax(z, axis=1)
         eps = self.label_smoothing
-        # a[i, c]: the coefficient of -log p[i, c] in loss_i
+        # a[i, c]: the coefficient of -log p[i, c] in loss_i (for the backward)
         wy = (np.ones(t.shape, z.dtype) if w is None else w[tt[:, 0]]) * keep
         a = np.zeros_like(logp)
         np.put_along_axis(a, tt, ((1 - eps) * wy)[:, None], axis=1)
+        # the loss as torch forms it, not as -(a * logp).sum(1): a class with log p =
+        # -inf (a logit of -inf) would give 0 * -inf = NaN where torch reads only the
+        # target's log p, and an ignored element is 0 whatever its logits hold
+        picked = np.take_along_axis(logp, tt, axis=1)[:, 0]
+        zero = np.zeros((), z.dtype)
+        per = np.where(keep, -((np.ones((), z.dtype) if w is None else w[tt[:, 0]]) * picked),
+                       zero)
         if eps:
             wc = (np.ones(C, z.dtype) if w is None else w).reshape((1, C) + (1,) * (z.ndim - 2))
             a += (eps / C) * wc * keep[:, None]
-        per = -(a * logp).sum(axis=1)
+            with np.errstate(invalid="ignore"):  # -inf + inf, 0 * inf: NaN, as torch
+                smooth = np.where(keep, -(logp * wc).sum(axis=1), zero)
+                per = (1 - eps) * per + (eps / C) * smooth
         denom = wy.sum() if self.reduction == "mean" else None
         self._cache = (logp, a, denom, t.shape)
         if self.reduction == "none":
@@ -179,7 +189,8 @@ class CrossEntropyLoss(Module):
         if w is not None:
             a = a * w.reshape((1, C) + (1,) * (z.ndim - 2))
         logp = log_softmax(z, axis=1)
-        per = -(a * logp).sum(axis=1)
+        with np.errstate(invalid="ignore"):  # torch's own form: 0 * -inf is NaN there too
+            per = -(a * logp).sum(axis=1)
         n = per.size
         self._cache = (logp, a, n if self.reduction == "mean" else None, per.shape)
         if self.reduction == "none":
@@ -212,12 +223,13 @@ class CrossEntropyLoss(Module):
             )
         grad = grad.astype(logp.dtype, copy=False)
         # d/dz of -sum_c a_c log p_c = (sum_c a_c) p - a
-        g = a.sum(axis=1, keepdims=True) * np.exp(logp) - a
-        if self.reduction == "none":
-            g = g * (grad[None] if unbatched else grad)[:, None]
-        else:
-            if self.reduction == "mean":
-                # every target ignored: no element counts, so no gradient (torch: zeros)
-                grad = grad / denom if denom else np.zeros_like(grad)
-            g = g * grad
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN logits: NaN, as torch
+            g = a.sum(axis=1, keepdims=True) * np.exp(logp) - a
+            if self.reduction == "none":
+                g = g * (grad[None] if unbatched else grad)[:, None]
+            else:
+                if self.reduction == "mean":
+                    # every target ignored: no element counts, so no gradient (torch: zeros)
+                    grad = grad / denom if denom else np.zeros_like(grad)
+                g = g * grad
         return g[0] if unbatched else g
