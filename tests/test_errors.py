@@ -340,6 +340,15 @@ def test_empty_inputs_follow_torch():
                          np.ones(4), 2, 1, 1)
     gx, gw, gb = pullback(np.zeros(y.shape))[:3]
     assert y.shape == (0, 4, 0, 10) and gx.shape == (0, 3, 0, 5) and not gw.any() and not gb.any()
+    # ... and a non-empty one from empty planes (torch: (0, 1, 1, 5)); the cost model
+    # divided by the empty planes' size (ZeroDivisionError), found by .dev/argfuzz.py
+    for algorithm in ("auto", "gemm", "polyphase", "direct"):
+        with cl.options(algorithm=algorithm):
+            y, pullback = cl.vjp(cl.conv_transpose2d, np.zeros((0, 1, 0, 3)),
+                                 np.ones((1, 1, 2, 1)), np.ones(1), stride=2, dilation=(2, 1))
+            gx, gw, gb = pullback(np.zeros(y.shape))[:3]
+        assert y.shape == (0, 1, 1, 5) and gx.shape == (0, 1, 0, 3)
+        assert gw.shape == (1, 1, 2, 1) and not gw.any() and not gb.any()
     with pytest.raises(ValueError, match="has an empty spatial dimension"):
         cl.conv2d(np.ones((1, 2, 0, 5)), np.ones((3, 2, 1, 1)), padding=1)
     with pytest.raises(ValueError, match="only the batch dimension may be empty"):

@@ -300,6 +300,10 @@ def _by_cost_model(role, spec, x_shape, w_shape, dtype, workspace, workers,
     names = candidates(role, spec, x_shape, w_shape, dtype)
     if not names:
         return Choice("gemm", "general fallback")
+    p = problem(role, spec, x_shape, w_shape)
+    if 0 in (p["N"], p["C"], p["K"], math.prod(p["S"]), math.prod(p["O"])):
+        # the estimates divide by these sizes; an empty call has nothing to rank
+        return Choice("gemm", "an empty problem: nothing to compute")
     if len(names) == 1:
         return Choice(names[0], f"the only applicable algorithm among {_AUTO_ORDER}")
     est = {n: estimate_seconds(n, role, spec, x_shape, w_shape, dtype) for n in names}

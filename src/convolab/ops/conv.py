@@ -366,7 +366,9 @@ def small_call(x_shape, w_size: int, out_channels: int, out_spatial, transposed:
 @_one_call
 def _run_forward(p: Prepared) -> np.ndarray:
     x, w, spec = p.x, p.w, p.spec
-    if 0 in p.out_spatial:  # an empty batch's empty output (transposed, as torch)
+    if 0 in p.out_spatial or x.shape[0] == 0:
+        # an empty output: an empty batch (whose planes torch lets be empty too, for a
+        # transposed layer) has nothing to compute, and the cost model divides by sizes
         return np.zeros((x.shape[0], _out_channels(p)) + p.out_spatial, dtype=x.dtype)
     if spec.transposed:
         return _input_grad(x, w, spec, p.out_spatial, p.b)
@@ -394,7 +396,7 @@ def grads(
     spatial = x.shape[2:]
     gx = gw = gb = None
     both = "input" in wanted and "weight" in wanted
-    if 0 in p.out_spatial:  # nothing flowed through (an empty batch): zero gradients
+    if 0 in p.out_spatial or x.shape[0] == 0:  # nothing flowed through: zero gradients
         gx, gw = np.zeros_like(x), np.zeros_like(w)
         both = False
         wanted = tuple(n for n in wanted if n == "bias")
