@@ -1004,6 +1004,10 @@ _LOWERING_NOTES = {
                            "outputs summed (a small plane, whose padded grid would be "
                            "mostly padding), instead of copying C*prod(k) columns per "
                            "output",
+    "channels-last columns": "columns copied from a channels-last copy of the input, "
+                             "in runs of a kernel row's channels (output rows this "
+                             "short would make the usual copy pay per run), then "
+                             "transposed back",
     "row products": "as row products: each channel's padded rows times a band matrix per "
                     "kernel row (a depthwise kernel at least 5 wide on a narrow plane), "
                     "instead of columns",

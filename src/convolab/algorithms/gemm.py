@@ -218,14 +218,17 @@ def call_seconds(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
 def lowering(role: str, spec: ConvSpec, p: dict, itemsize: int) -> str | None:
     """Which of GEMM's special lowerings runs ``role`` (``convolab explain`` says so):
     ``"plain"`` (:data:`LANE_BYTES`), ``"products first"`` (:func:`_forward_taps`),
-    ``"row products"`` (:func:`_forward_toeplitz`), or None (the tiled columns, or a
-    1x1 product); in the order :func:`_forward` tries them."""
+    ``"open products first"`` (:func:`_forward_open`), ``"channels-last columns"``
+    (:func:`_forward_last`), ``"row products"`` (:func:`_forward_toeplitz`), or None
+    (the tiled columns, or a 1x1 product)."""
     if runs_plain(role, spec, p, itemsize):
         return "plain"
     if role == "forward" and _toeplitz_rows(spec, p, itemsize):
         return "row products"
     if role == "forward" and _open_taps(spec, p, itemsize):
         return "open products first"
+    if role == "forward" and _last_columns(spec, p, itemsize):
+        return "channels-last columns"
     if role == "forward" and _taps_first(spec, p, itemsize):
         return "products first"
     return None
@@ -297,6 +300,10 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         Wo = p["O"][1]
         whole = C * (spec.kernel_size[0] * Wp * Wo + N * (Hp * Wp + 2 * Hp * Wo)) * item
         return min(whole, nw * min(get_options().workspace_bytes // nw, CACHE))
+    if role == "forward" and not _open_taps(spec, p, item) and _last_columns(spec, p, item):
+        # each worker's tile of samples (_last_plan) and the weights in (tap, channel) order
+        nb, per = _last_plan(spec, p, item)
+        return min(-(-N // nb), nw) * nb * per * item + K * (C // p["g"]) * kk * item
     if role == "forward" and _open_taps(spec, p, item):
         # each worker's tile (products and sums of whole planes) within its share of the
         # budget and the cache target; and the weights in (channel, tap) order
@@ -733,6 +740,8 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     # take a small plane's layer the column way, which its estimate did not price)
     if _open_taps(spec, prob, dtype.itemsize) and all_finite(w):
         return _forward_open(x, w, spec, O, dtype, store, gb)
+    if store is None and _last_columns(spec, prob, dtype.itemsize):
+        return _forward_last(x, w, spec, O, dtype, bias)
     slabs = _plane_slabs(spec, O, C * kk * dtype.itemsize)
     if slabs:
         sp0 = _unpadded(spec)
@@ -978,6 +987,112 @@ def _band_tile_taps(xt, wk, spec: ConvSpec, O, buf):
                 np.multiply(src, wv, out=tmp)
                 acc += tmp
     return acc.swapaxes(0, 1)
+
+
+def _last_columns(spec: ConvSpec, p: dict, itemsize: int) -> bool:
+    """Whether a 2-D forward copies its columns from a channels-last copy of the input
+    (:func:`_forward_last`): stride 1, not depthwise, output rows of at most
+    :data:`LAST_WIDTH` values, at most :data:`LAST_OUT_CHANNELS` output channels per
+    group, padding >= 0, and one sample's padded input and one
+    group's columns within a worker's share of the budget."""
+    if (spec.rank != 2 or p["g"] == p["C"] == p["K"] or p["O"][-1] > LAST_WIDTH
+            or p["K"] // p["g"] > LAST_OUT_CHANNELS or any(v != 1 for v in spec.stride)
+            or 0 in p["O"] or 0 in p["S"] or p["N"] == 0
+            or any(lo < 0 or hi < 0 for lo, hi in spec.padding)):
+        return False
+    nb, per = _last_plan(spec, p, itemsize)
+    return per * itemsize <= get_options().workspace_bytes // workers()
+
+
+# _last_columns: the widest output rows taken channels-last.  The columns of the other
+# lowerings are copied in runs of one output row; NumPy pays ~7-10 ns per run, so on
+# small planes the copy costs 3-10x its bytes (a 5x5 layer's 3-wide rows: 3.5 ns per
+# element against 0.3 on 28-wide rows).  Channels-last, a run is a kernel row of all
+# of a group's channels.  Measured (float32, one thread, medians, ms, columns /
+# channels-last): N16 C128 -> K8 g2 5x5 on 7x7 2.0 / 0.54, N8 C16 -> K32 7x7 on 7x7
+# 1.16 / 0.49, N2 C128 -> K64 3x3 on 7x7 0.64 / 0.39, N16 C64 -> K64 3x3 on 7x7 1.63 /
+# 1.07, C256 3x3 on 7x7 16.2 / 14.6, C512 63.6 / 56.7; on 14x14 planes the two input
+# and output transposes cost more than the runs save (C128 3x3 15.2 / 17.6, C64 g4
+# 4.1 / 6.6).  Strided layers keep their columns: C256 -> K512 3x3 stride 2 on 14x14
+# (few positions, one GEMM over the samples) 21.1 -> 23.4 ms this way, C128 6.3 -> 7.5.
+# With many output channels per group the product outweighs the copy and the two
+# transposes cost more than the runs save (two workers, 0.05 s sleeps, medians of 9,
+# ms, before / after: C256 -> K256 3x3 on 7x7 N4 4.5 / 5.5, C512 N16 37.7 / 40.7),
+# hence LAST_OUT_CHANNELS; kept: K8 g2 5x5 2.6 / 1.2, C16 -> K32 7x7 1.7 / 1.3, C64 ->
+# K64 3x3 on 4x4 N64 3.1 / 2.4, on 9x9 unpadded 2.4 / 2.1, and 0.97-1.08x on six more
+LAST_WIDTH = 7
+LAST_OUT_CHANNELS = 64
+
+
+def _last_plan(spec: ConvSpec, p: dict, itemsize: int) -> tuple[int, int]:
+    """(samples per tile, elements of scratch per sample) of :func:`_forward_last`:
+    the padded channels-last input, one group's columns and the product of all
+    groups, as many samples as fit a worker's share of the budget and the cache
+    target, and at least one tile per worker."""
+    N, C, K, g = p["N"], p["C"], p["K"], p["g"]
+    P = math.prod(p["O"])
+    per = math.prod(spec.padded_shape(p["S"])) * C + P * math.prod(spec.kernel_size) * (C // g) \
+        + P * K
+    limit = min(get_options().workspace_bytes // workers(), CACHE) // itemsize
+    nb = max(1, min(N, limit // per))
+    if N > 1 and -(-N // nb) < workers():
+        nb = -(-N // workers())
+    return nb, per
+
+
+def _forward_last(x, w, spec: ConvSpec, O, dtype, bias):
+    """A 2-D forward whose columns come from a channels-last copy of the input: per
+    tile of samples, ``xc (n, Hp, Wp, C)`` (zero borders), then for each group the
+    columns ``(n*Ho*Wo, k0*k1*Cg)`` in (tap row, tap column, channel) order, whose runs
+    are a kernel row's ``k1*Cg`` contiguous values, times the weights in that order,
+    ``(k0*k1*Cg, Kg)``; the products ``(n*P, Kg)`` are transposed into ``y`` at the end.
+    The same products as the other column lowerings, in another order."""
+    N, C = x.shape[:2]
+    H, W = x.shape[2:]
+    K, g = w.shape[0], spec.groups
+    Cg, Kg = C // g, K // g
+    k0, k1 = spec.kernel_size
+    s0, s1 = spec.stride
+    d0, d1 = spec.dilation
+    (t, b), (l, r) = spec.padding
+    Hp, Wp = H + t + b, W + l + r
+    Ho, Wo = O
+    P, kk = Ho * Wo, k0 * k1
+    item = dtype.itemsize
+    nb, per = _last_plan(spec, dict(N=N, C=C, K=K, g=g, S=(H, W), O=O), item)
+    plan = [slice(n, min(N, n + nb)) for n in range(0, N, nb)]
+    bufs = Scratch(nb * per, dtype)
+    wl = np.ascontiguousarray(
+        w.reshape(g, Kg, Cg, k0, k1).transpose(0, 3, 4, 2, 1), dtype=dtype
+    ).reshape(g, kk * Cg, Kg)
+    bl = None if bias is None else bias.astype(dtype, copy=False).reshape(g, 1, Kg)
+    y = np.empty((N, K, Ho, Wo), dtype=dtype)
+
+    def run(bs):
+        n = bs.stop - bs.start
+        buf = bufs.get()
+        xc = buf[: n * Hp * Wp * C].reshape(n, Hp, Wp, C)
+        xc[:, :t] = 0
+        xc[:, t + H:] = 0
+        xc[:, t:t + H, :l] = 0
+        xc[:, t:t + H, l + W:] = 0
+        xc[:, t:t + H, l:l + W] = x[bs].transpose(0, 2, 3, 1)
+        off = xc.size
+        cols = buf[off: off + n * P * kk * Cg]
+        off += cols.size
+        prod = buf[off: off + g * n * P * Kg].reshape(g, n * P, Kg)
+        sn, sh, sw, sc = xc.strides
+        for gi in range(g):
+            view = as_strided(xc[:, :, :, gi * Cg:], (n, Ho, Wo, k0, k1, Cg),
+                              (sn, s0 * sh, s1 * sw, d0 * sh, d1 * sw, sc), writeable=False)
+            np.copyto(cols.reshape(view.shape), view)
+            np.matmul(cols.reshape(n * P, kk * Cg), wl[gi], out=prod[gi])
+        if bl is not None:
+            prod += bl
+        y[bs] = prod.reshape(g, n, Ho, Wo, Kg).transpose(1, 0, 4, 2, 3).reshape(n, K, Ho, Wo)
+
+    run_tiles(run, plan)
+    return y
 
 
 def _taps_first(spec: ConvSpec, p: dict, itemsize: int) -> bool:
