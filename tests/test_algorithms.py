@@ -323,6 +323,21 @@ def test_gemm_channels_last_columns_match_direct_and_torch(case):
         assert ran  # a forward that can run it did
 
 
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases(ranks=(2,)))
+def test_gemm_channels_last_weight_gradient_matches_direct_and_torch(case):
+    """The weight gradient from channels-last columns (gemm._weight_grad_last), forced
+    wherever it can run, transposed layers' included: float64 against direct and torch
+    through every tile plan, float32 within its tolerance."""
+    ran = _forced_lowering_matches(case, _last_always(), "_weight_grad_last",
+                                   ((600, 2), (20000, 2), (None, 1)))
+    g = case.kwargs["groups"]
+    if (len(case.x_shape) == 4 and case.x_shape[0] > 0 and not case.transposed
+            and math.prod(case.w_shape[2:]) > 1 and all(v == 1 for v in case.kwargs["stride"])
+            and not g == case.x_shape[1] == case.w_shape[0]):
+        assert ran  # a weight gradient that can run it did
+
+
 def test_gemm_channels_last_columns_chosen_on_small_planes():
     """C128 -> K8 in 2 groups, 5x5 on 7x7 planes: the usual columns copy 3-value runs
     (measured 2.6 -> 1.2 ms this way); the result is torch's, the scratch stays within
@@ -352,6 +367,18 @@ def test_gemm_channels_last_columns_chosen_on_small_planes():
     assert peak - got.nbytes <= est + 2**14, (peak - got.nbytes, est)
     e = cl.explain("conv2d", (16, 128, 7, 7), out_channels=8, kernel_size=5, groups=2)
     assert any("channels-last" in n for n in e.notes), e.notes
+    # the weight gradient copies the same columns
+    gy = rng.standard_normal(want.shape).astype(np.float32)
+    tx = torch.tensor(x, dtype=torch.float64)
+    gw_want = torch.nn.grad.conv2d_weight(tx, w.shape, torch.tensor(gy, dtype=torch.float64),
+                                          groups=2).numpy()
+    assert gemm.lowering("weight_grad", spec, p, 4) == "channels-last columns"
+    with cl.options(algorithm="gemm"):
+        cl.grad.conv2d_weight(x, w.shape, gy, groups=2)
+        gw, peak = _traced(lambda: cl.grad.conv2d_weight(x, w.shape, gy, groups=2))
+        est = select.workspace_bytes("weight_grad", spec, x.shape, w.shape, np.float32)
+    assert rel_err(gw, gw_want) <= TOL32
+    assert peak - gw.nbytes <= est + 2**14, (peak - gw.nbytes, est)
 
 
 def test_gemm_open_products_first_chosen_on_small_planes():

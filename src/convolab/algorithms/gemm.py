@@ -40,7 +40,7 @@ from ..spec import ConvSpec
 from ..options import get_options
 from . import _samegrid as samegrid
 from ._finite import all_finite
-from ._threads import Scratch, run_tiles, run_tiles_sum, workers
+from ._threads import RESULTS_HELD_PER_WORKER, Scratch, run_tiles, run_tiles_sum, workers
 from ._tiles import (SMALL_GROUP, add_bias, grad_buffer_shape, group_tiles, input_rows,
                      put, scratch, tiles)
 from .direct import kernel_offsets, tap_slices
@@ -227,7 +227,7 @@ def lowering(role: str, spec: ConvSpec, p: dict, itemsize: int) -> str | None:
         return "row products"
     if role == "forward" and _open_taps(spec, p, itemsize):
         return "open products first"
-    if role == "forward" and _last_columns(spec, p, itemsize):
+    if role in ("forward", "weight_grad") and _last_columns(spec, p, itemsize):
         return "channels-last columns"
     if role == "forward" and _taps_first(spec, p, itemsize):
         return "products first"
@@ -300,10 +300,13 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         Wo = p["O"][1]
         whole = C * (spec.kernel_size[0] * Wp * Wo + N * (Hp * Wp + 2 * Hp * Wo)) * item
         return min(whole, nw * min(get_options().workspace_bytes // nw, CACHE))
-    if role == "forward" and not _open_taps(spec, p, item) and _last_columns(spec, p, item):
-        # each worker's tile of samples (_last_plan) and the weights in (tap, channel) order
+    if ((role == "forward" and not _open_taps(spec, p, item) or role == "weight_grad")
+            and _last_columns(spec, p, item)):
+        # each worker's tile of samples (_last_plan), and the weights in (tap, channel)
+        # order, or the weight gradient's partial sums each worker may hold
         nb, per = _last_plan(spec, p, item)
-        return min(-(-N // nb), nw) * nb * per * item + K * (C // p["g"]) * kk * item
+        held = 1 if role == "forward" else 1 + RESULTS_HELD_PER_WORKER * nw
+        return min(-(-N // nb), nw) * nb * per * item + held * K * (C // p["g"]) * kk * item
     if role == "forward" and _open_taps(spec, p, item):
         # each worker's tile (products and sums of whole planes) within its share of the
         # budget and the cache target; and the weights in (channel, tap) order
@@ -1095,6 +1098,55 @@ def _forward_last(x, w, spec: ConvSpec, O, dtype, bias):
     return y
 
 
+def _weight_grad_last(x, gy, spec: ConvSpec, dtype):
+    """:func:`_forward_last`'s columns for the weight gradient: per tile of samples
+    and group, ``gy`` as ``(n*P, Kg)`` rows (transposed once per tile) times the
+    columns ``(n*P, k0*k1*Cg)``, summed over the tiles in their order
+    (:func:`run_tiles_sum`), then put back in ``(K, C/g, k0, k1)`` order."""
+    N, C = x.shape[:2]
+    H, W = x.shape[2:]
+    K, g = gy.shape[1], spec.groups
+    Cg, Kg = C // g, K // g
+    k0, k1 = spec.kernel_size
+    d0, d1 = spec.dilation
+    (t, b), (l, r) = spec.padding
+    Hp, Wp = H + t + b, W + l + r
+    Ho, Wo = gy.shape[2:]
+    P, kk = Ho * Wo, k0 * k1
+    nb, per = _last_plan(spec, dict(N=N, C=C, K=K, g=g, S=(H, W), O=(Ho, Wo)),
+                         dtype.itemsize)
+    plan = [slice(n, min(N, n + nb)) for n in range(0, N, nb)]
+    bufs = Scratch(nb * per, dtype)
+
+    def run(bs):
+        n = bs.stop - bs.start
+        buf = bufs.get()
+        xc = buf[: n * Hp * Wp * C].reshape(n, Hp, Wp, C)
+        xc[:, :t] = 0
+        xc[:, t + H:] = 0
+        xc[:, t:t + H, :l] = 0
+        xc[:, t:t + H, l + W:] = 0
+        xc[:, t:t + H, l:l + W] = x[bs].transpose(0, 2, 3, 1)
+        off = xc.size
+        cols = buf[off: off + n * P * kk * Cg]
+        off += cols.size
+        gyl = buf[off: off + n * P * K].reshape(n, Ho, Wo, K)
+        gyl[...] = gy[bs].transpose(0, 2, 3, 1)
+        gyl = gyl.reshape(n * P, K)
+        sn, sh, sw, sc = xc.strides
+        out = []
+        for gi in range(g):
+            view = as_strided(xc[:, :, :, gi * Cg:], (n, Ho, Wo, k0, k1, Cg),
+                              (sn, sh, sw, d0 * sh, d1 * sw, sc), writeable=False)
+            np.copyto(cols.reshape(view.shape), view)
+            out.append((gi, gyl[:, gi * Kg:(gi + 1) * Kg].T @ cols.reshape(n * P, kk * Cg)))
+        return out
+
+    gw = run_tiles_sum(run, plan, np.zeros((g, Kg, kk * Cg), dtype=dtype))
+    return np.ascontiguousarray(
+        gw.reshape(g, Kg, k0, k1, Cg).transpose(0, 1, 4, 2, 3)).reshape(K, Cg, k0, k1)
+
+
 def _taps_first(spec: ConvSpec, p: dict, itemsize: int) -> bool:
     """Whether the forward runs products first (:func:`_forward_taps`): stride 1, a
     kernel of more than one tap (not depthwise), and its estimate (:func:`_taps_cost`)
@@ -1646,8 +1698,11 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         plan = _pointwise_plan(N, P, (C + K) * dtype.itemsize)
         gw = run_tiles_sum(run_pw, plan, np.zeros((g, Kg, C // g), dtype=dtype))
         return gw.reshape((K, C // g) + tuple(spec.kernel_size))
-    if _lane("weight_grad", spec, dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O), dtype.itemsize):
+    prob = dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O)
+    if _lane("weight_grad", spec, prob, dtype.itemsize):
         return _lane_weight_grad(x, gy, spec)
+    if _last_columns(spec, prob, dtype.itemsize):
+        return _weight_grad_last(x, gy, spec, dtype)
     slabs = _plane_slabs(spec, O, (C * kk + K) * dtype.itemsize)
     if slabs:
         sp0 = _unpadded(spec)
