@@ -1043,6 +1043,42 @@ def _last_plan(spec: ConvSpec, p: dict, itemsize: int) -> tuple[int, int]:
     return nb, per
 
 
+def _last_tile(x, bs: slice, spec: ConvSpec, buf, col_elems: int):
+    """A tile of samples ``bs`` for the channels-last columns: ``(xc, cols, rest)``,
+    the padded channels-last input (:func:`_last_input`), ``col_elems`` elements for the
+    columns and the rest of ``buf``, in that order in ``buf``."""
+    xc = _last_input(x, bs, spec, buf)
+    return xc, buf[xc.size: xc.size + col_elems], buf[xc.size + col_elems:]
+
+
+def _last_input(x, bs: slice, spec: ConvSpec, buf) -> np.ndarray:
+    """Samples ``bs`` of ``x`` channels-last and zero-padded, ``(n, Hp, Wp, C)``, at
+    the start of ``buf`` (only the border is zeroed)."""
+    n, C = bs.stop - bs.start, x.shape[1]
+    H, W = x.shape[2:]
+    (t, b), (l, r) = spec.padding
+    xc = buf[: n * (H + t + b) * (W + l + r) * C].reshape(n, H + t + b, W + l + r, C)
+    xc[:, :t] = 0
+    xc[:, t + H:] = 0
+    xc[:, t:t + H, :l] = 0
+    xc[:, t:t + H, l + W:] = 0
+    xc[:, t:t + H, l:l + W] = x[bs].transpose(0, 2, 3, 1)
+    return xc
+
+
+def _last_cols(xc, spec: ConvSpec, O, channels: slice, cols) -> np.ndarray:
+    """The columns of ``channels`` of the channels-last ``xc``, copied into ``cols`` as
+    ``(n*Ho*Wo, k0*k1*c)`` in (tap row, tap column, channel) order."""
+    n, c = xc.shape[0], channels.stop - channels.start
+    (k0, k1), (s0, s1), (d0, d1) = spec.kernel_size, spec.stride, spec.dilation
+    sn, sh, sw, sc = xc.strides
+    view = as_strided(xc[:, :, :, channels], (n,) + tuple(O) + (k0, k1, c),
+                      (sn, s0 * sh, s1 * sw, d0 * sh, d1 * sw, sc), writeable=False)
+    out = cols[: view.size].reshape(view.shape)
+    np.copyto(out, view)
+    return out.reshape(n * math.prod(O), k0 * k1 * c)
+
+
 def _forward_last(x, w, spec: ConvSpec, O, dtype, bias):
     """A 2-D forward whose columns come from a channels-last copy of the input: per
     tile of samples, ``xc (n, Hp, Wp, C)`` (zero borders), then for each group the
@@ -1051,18 +1087,12 @@ def _forward_last(x, w, spec: ConvSpec, O, dtype, bias):
     ``(k0*k1*Cg, Kg)``; the products ``(n*P, Kg)`` are transposed into ``y`` at the end.
     The same products as the other column lowerings, in another order."""
     N, C = x.shape[:2]
-    H, W = x.shape[2:]
     K, g = w.shape[0], spec.groups
     Cg, Kg = C // g, K // g
     k0, k1 = spec.kernel_size
-    s0, s1 = spec.stride
-    d0, d1 = spec.dilation
-    (t, b), (l, r) = spec.padding
-    Hp, Wp = H + t + b, W + l + r
     Ho, Wo = O
     P, kk = Ho * Wo, k0 * k1
-    item = dtype.itemsize
-    nb, per = _last_plan(spec, dict(N=N, C=C, K=K, g=g, S=(H, W), O=O), item)
+    nb, per = _last_plan(spec, dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O), dtype.itemsize)
     plan = [slice(n, min(N, n + nb)) for n in range(0, N, nb)]
     bufs = Scratch(nb * per, dtype)
     wl = np.ascontiguousarray(
@@ -1073,23 +1103,11 @@ def _forward_last(x, w, spec: ConvSpec, O, dtype, bias):
 
     def run(bs):
         n = bs.stop - bs.start
-        buf = bufs.get()
-        xc = buf[: n * Hp * Wp * C].reshape(n, Hp, Wp, C)
-        xc[:, :t] = 0
-        xc[:, t + H:] = 0
-        xc[:, t:t + H, :l] = 0
-        xc[:, t:t + H, l + W:] = 0
-        xc[:, t:t + H, l:l + W] = x[bs].transpose(0, 2, 3, 1)
-        off = xc.size
-        cols = buf[off: off + n * P * kk * Cg]
-        off += cols.size
-        prod = buf[off: off + g * n * P * Kg].reshape(g, n * P, Kg)
-        sn, sh, sw, sc = xc.strides
+        xc, cols, rest = _last_tile(x, bs, spec, bufs.get(), n * P * kk * Cg)
+        prod = rest[: g * n * P * Kg].reshape(g, n * P, Kg)
         for gi in range(g):
-            view = as_strided(xc[:, :, :, gi * Cg:], (n, Ho, Wo, k0, k1, Cg),
-                              (sn, s0 * sh, s1 * sw, d0 * sh, d1 * sw, sc), writeable=False)
-            np.copyto(cols.reshape(view.shape), view)
-            np.matmul(cols.reshape(n * P, kk * Cg), wl[gi], out=prod[gi])
+            np.matmul(_last_cols(xc, spec, O, slice(gi * Cg, (gi + 1) * Cg), cols), wl[gi],
+                      out=prod[gi])
         if bl is not None:
             prod += bl
         y[bs] = prod.reshape(g, n, Ho, Wo, Kg).transpose(1, 0, 4, 2, 3).reshape(n, K, Ho, Wo)
@@ -1104,43 +1122,24 @@ def _weight_grad_last(x, gy, spec: ConvSpec, dtype):
     columns ``(n*P, k0*k1*Cg)``, summed over the tiles in their order
     (:func:`run_tiles_sum`), then put back in ``(K, C/g, k0, k1)`` order."""
     N, C = x.shape[:2]
-    H, W = x.shape[2:]
     K, g = gy.shape[1], spec.groups
     Cg, Kg = C // g, K // g
     k0, k1 = spec.kernel_size
-    d0, d1 = spec.dilation
-    (t, b), (l, r) = spec.padding
-    Hp, Wp = H + t + b, W + l + r
-    Ho, Wo = gy.shape[2:]
-    P, kk = Ho * Wo, k0 * k1
-    nb, per = _last_plan(spec, dict(N=N, C=C, K=K, g=g, S=(H, W), O=(Ho, Wo)),
-                         dtype.itemsize)
+    O = tuple(gy.shape[2:])
+    P, kk = math.prod(O), k0 * k1
+    nb, per = _last_plan(spec, dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O), dtype.itemsize)
     plan = [slice(n, min(N, n + nb)) for n in range(0, N, nb)]
     bufs = Scratch(nb * per, dtype)
 
     def run(bs):
         n = bs.stop - bs.start
-        buf = bufs.get()
-        xc = buf[: n * Hp * Wp * C].reshape(n, Hp, Wp, C)
-        xc[:, :t] = 0
-        xc[:, t + H:] = 0
-        xc[:, t:t + H, :l] = 0
-        xc[:, t:t + H, l + W:] = 0
-        xc[:, t:t + H, l:l + W] = x[bs].transpose(0, 2, 3, 1)
-        off = xc.size
-        cols = buf[off: off + n * P * kk * Cg]
-        off += cols.size
-        gyl = buf[off: off + n * P * K].reshape(n, Ho, Wo, K)
+        xc, cols, rest = _last_tile(x, bs, spec, bufs.get(), n * P * kk * Cg)
+        gyl = rest[: n * P * K].reshape((n,) + O + (K,))
         gyl[...] = gy[bs].transpose(0, 2, 3, 1)
         gyl = gyl.reshape(n * P, K)
-        sn, sh, sw, sc = xc.strides
-        out = []
-        for gi in range(g):
-            view = as_strided(xc[:, :, :, gi * Cg:], (n, Ho, Wo, k0, k1, Cg),
-                              (sn, sh, sw, d0 * sh, d1 * sw, sc), writeable=False)
-            np.copyto(cols.reshape(view.shape), view)
-            out.append((gi, gyl[:, gi * Kg:(gi + 1) * Kg].T @ cols.reshape(n * P, kk * Cg)))
-        return out
+        return [(gi, gyl[:, gi * Kg:(gi + 1) * Kg].T
+                 @ _last_cols(xc, spec, O, slice(gi * Cg, (gi + 1) * Cg), cols))
+                for gi in range(g)]
 
     gw = run_tiles_sum(run, plan, np.zeros((g, Kg, kk * Cg), dtype=dtype))
     return np.ascontiguousarray(
