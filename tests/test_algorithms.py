@@ -293,14 +293,14 @@ def test_gemm_open_products_first_matches_direct_and_torch(case):
 
 
 def _last_always():
-    """GEMM's channels-last columns wherever they can run (2-D, stride 1, not
+    """GEMM's channels-last columns wherever they can run (2-D and 3-D, stride 1, not
     depthwise, padding >= 0), whatever the row width, the channels or the budget say."""
     from unittest import mock
 
     from convolab.algorithms import gemm
 
-    def always(spec, p, itemsize):
-        return (spec.rank == 2 and all(v == 1 for v in spec.stride)
+    def always(spec, p, itemsize, role="forward"):
+        return (spec.rank in (2, 3) and all(v == 1 for v in spec.stride)
                 and not p["g"] == p["C"] == p["K"] and 0 not in p["O"] and 0 not in p["S"]
                 and p["N"] > 0 and all(lo >= 0 and hi >= 0 for lo, hi in spec.padding))
 
@@ -311,7 +311,8 @@ def _last_can_run(case) -> bool:
     """Whether a batched, non-empty 2-D case can take the channels-last columns
     (stride 1, more than one tap, not depthwise)."""
     g = case.kwargs["groups"]
-    return (len(case.x_shape) == 4 and case.x_shape[0] > 0 and math.prod(case.w_shape[2:]) > 1
+    return (len(case.x_shape) == 2 + len(case.w_shape[2:]) and case.x_shape[0] > 0
+            and math.prod(case.w_shape[2:]) > 1
             and all(v == 1 for v in case.kwargs["stride"])
             and not g == case.x_shape[1] == case.w_shape[0])
 
@@ -329,11 +330,11 @@ def test_gemm_channels_last_columns_match_direct_and_torch(case):
 
 
 @settings(max_examples=60, deadline=None)
-@given(case=conv_cases(ranks=(2,)))
+@given(case=conv_cases(ranks=(2, 3)))
 def test_gemm_channels_last_weight_gradient_matches_direct_and_torch(case):
     """The weight gradient from channels-last columns (gemm._weight_grad_last), forced
-    wherever it can run, transposed layers' included: float64 against direct and torch
-    through every tile plan, float32 within its tolerance."""
+    wherever it can run (2-D and 3-D, transposed layers' included): float64 against
+    direct and torch through every tile plan, float32 within its tolerance."""
     ran = _forced_lowering_matches(case, _last_always(), "_weight_grad_last",
                                    ((600, 2), (20000, 2), (None, 1)))
     assert ran or case.transposed or not _last_can_run(case)  # one that can run it did

@@ -227,7 +227,7 @@ def lowering(role: str, spec: ConvSpec, p: dict, itemsize: int) -> str | None:
         return "row products"
     if role == "forward" and _open_taps(spec, p, itemsize):
         return "open products first"
-    if role in ("forward", "weight_grad") and _last_columns(spec, p, itemsize):
+    if role in ("forward", "weight_grad") and _last_columns(spec, p, itemsize, role):
         return "channels-last columns"
     if role == "forward" and _taps_first(spec, p, itemsize):
         return "products first"
@@ -301,7 +301,7 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         whole = C * (spec.kernel_size[0] * Wp * Wo + N * (Hp * Wp + 2 * Hp * Wo)) * item
         return min(whole, nw * min(get_options().workspace_bytes // nw, CACHE))
     if ((role == "forward" and not _open_taps(spec, p, item) or role == "weight_grad")
-            and _last_columns(spec, p, item)):
+            and _last_columns(spec, p, item, role)):
         # each worker's tile of samples (_last_plan), and the weights in (tap, channel)
         # order, or the weight gradient's partial sums each worker may hold
         nb, per = _last_plan(spec, p, item)
@@ -992,13 +992,15 @@ def _band_tile_taps(xt, wk, spec: ConvSpec, O, buf):
     return acc.swapaxes(0, 1)
 
 
-def _last_columns(spec: ConvSpec, p: dict, itemsize: int) -> bool:
-    """Whether a 2-D forward copies its columns from a channels-last copy of the input
-    (:func:`_forward_last`): stride 1, not depthwise, output rows of at most
+def _last_columns(spec: ConvSpec, p: dict, itemsize: int, role: str = "forward") -> bool:
+    """Whether a forward (2-D) or a weight gradient (2-D or 3-D, :data:`LAST_RANKS`)
+    copies its columns from a channels-last copy of the input (:func:`_forward_last`,
+    :func:`_weight_grad_last`): stride 1, not depthwise, output rows of at most
     :data:`LAST_WIDTH` values, at most :data:`LAST_OUT_CHANNELS` output channels per
-    group, padding >= 0, and one sample's padded input and one
-    group's columns within a worker's share of the budget."""
-    if (spec.rank != 2 or p["g"] == p["C"] == p["K"] or p["O"][-1] > LAST_WIDTH
+    group, padding >= 0, and one sample's padded input and one group's columns within
+    a worker's share of the budget."""
+    if (spec.rank not in LAST_RANKS[role] or p["g"] == p["C"] == p["K"]
+            or p["O"][-1] > LAST_WIDTH
             or p["K"] // p["g"] > LAST_OUT_CHANNELS or any(v != 1 for v in spec.stride)
             or 0 in p["O"] or 0 in p["S"] or p["N"] == 0
             or any(lo < 0 or hi < 0 for lo, hi in spec.padding)):
@@ -1023,8 +1025,14 @@ def _last_columns(spec: ConvSpec, p: dict, itemsize: int) -> bool:
 # ms, before / after: C256 -> K256 3x3 on 7x7 N4 4.5 / 5.5, C512 N16 37.7 / 40.7),
 # hence LAST_OUT_CHANNELS; kept: K8 g2 5x5 2.6 / 1.2, C16 -> K32 7x7 1.7 / 1.3, C64 ->
 # K64 3x3 on 4x4 N64 3.1 / 2.4, on 9x9 unpadded 2.4 / 2.1, and 0.97-1.08x on six more
+# In 3-D the weight gradient gains too (two workers, 0.05 s sleeps, medians of 9, ms,
+# GEMM forced, before / after): 3x3x3 C128 -> K64 on 6^3 18.3 / 9.4, C32 g2 on 4^3 6.0
+# / 3.3, C64 -> K16 on 7^3 7.8 / 5.4, C32 on 6^3 7.0 / 5.2 (C16 -> K32 unpadded 7^3
+# 2.85 / 3.20); the forward does not (3.7 / 4.1, 3.0 / 3.4, 7.6 / 8.8 on the same),
+# hence LAST_RANKS per role
 LAST_WIDTH = 7
 LAST_OUT_CHANNELS = 64
+LAST_RANKS = {"forward": (2,), "weight_grad": (2, 3)}
 
 
 def _last_plan(spec: ConvSpec, p: dict, itemsize: int) -> tuple[int, int]:
@@ -1052,54 +1060,56 @@ def _last_tile(x, bs: slice, spec: ConvSpec, buf, col_elems: int):
 
 
 def _last_input(x, bs: slice, spec: ConvSpec, buf) -> np.ndarray:
-    """Samples ``bs`` of ``x`` channels-last and zero-padded, ``(n, Hp, Wp, C)``, at
+    """Samples ``bs`` of ``x`` channels-last and zero-padded, ``(n, *padded, C)``, at
     the start of ``buf`` (only the border is zeroed)."""
-    n, C = bs.stop - bs.start, x.shape[1]
-    H, W = x.shape[2:]
-    (t, b), (l, r) = spec.padding
-    xc = buf[: n * (H + t + b) * (W + l + r) * C].reshape(n, H + t + b, W + l + r, C)
-    xc[:, :t] = 0
-    xc[:, t + H:] = 0
-    xc[:, t:t + H, :l] = 0
-    xc[:, t:t + H, l + W:] = 0
-    xc[:, t:t + H, l:l + W] = x[bs].transpose(0, 2, 3, 1)
+    n, C, S = bs.stop - bs.start, x.shape[1], x.shape[2:]
+    Sp = spec.padded_shape(S)
+    xc = buf[: n * math.prod(Sp) * C].reshape((n,) + tuple(Sp) + (C,))
+    inner = [slice(None)]
+    for (lo, _), m in zip(spec.padding, S):  # each dimension's border, inside the others'
+        xc[tuple(inner) + (slice(0, lo),)] = 0
+        xc[tuple(inner) + (slice(lo + m, None),)] = 0
+        inner.append(slice(lo, lo + m))
+    xc[tuple(inner)] = np.moveaxis(x[bs], 1, -1)
     return xc
 
 
 def _last_cols(xc, spec: ConvSpec, O, channels: slice, cols) -> np.ndarray:
     """The columns of ``channels`` of the channels-last ``xc``, copied into ``cols`` as
-    ``(n*Ho*Wo, k0*k1*c)`` in (tap row, tap column, channel) order."""
-    n, c = xc.shape[0], channels.stop - channels.start
-    (k0, k1), (s0, s1), (d0, d1) = spec.kernel_size, spec.stride, spec.dilation
-    sn, sh, sw, sc = xc.strides
-    view = as_strided(xc[:, :, :, channels], (n,) + tuple(O) + (k0, k1, c),
-                      (sn, s0 * sh, s1 * sw, d0 * sh, d1 * sw, sc), writeable=False)
+    ``(n*prod(O), prod(k)*c)`` in (taps, channel) order."""
+    n, c, r = xc.shape[0], channels.stop - channels.start, spec.rank
+    st = xc.strides
+    view = as_strided(
+        xc[..., channels], (n,) + tuple(O) + tuple(spec.kernel_size) + (c,),
+        (st[0],) + tuple(s * a for s, a in zip(spec.stride, st[1:r + 1]))
+        + tuple(d * a for d, a in zip(spec.dilation, st[1:r + 1])) + (st[-1],),
+        writeable=False)
     out = cols[: view.size].reshape(view.shape)
     np.copyto(out, view)
-    return out.reshape(n * math.prod(O), k0 * k1 * c)
+    return out.reshape(n * math.prod(O), math.prod(spec.kernel_size) * c)
 
 
 def _forward_last(x, w, spec: ConvSpec, O, dtype, bias):
-    """A 2-D forward whose columns come from a channels-last copy of the input: per
-    tile of samples, ``xc (n, Hp, Wp, C)`` (zero borders), then for each group the
-    columns ``(n*Ho*Wo, k0*k1*Cg)`` in (tap row, tap column, channel) order, whose runs
-    are a kernel row's ``k1*Cg`` contiguous values, times the weights in that order,
-    ``(k0*k1*Cg, Kg)``; the products ``(n*P, Kg)`` are transposed into ``y`` at the end.
-    The same products as the other column lowerings, in another order."""
+    """A 2-D or 3-D forward whose columns come from a channels-last copy of the input:
+    per tile of samples, ``xc (n, *padded, C)`` (zero borders), then for each group the
+    columns ``(n*prod(O), prod(k)*Cg)`` in (taps, channel) order, whose runs are a
+    kernel row's ``k[-1]*Cg`` contiguous values, times the weights in that order,
+    ``(prod(k)*Cg, Kg)``; the products ``(n*P, Kg)`` are transposed into ``y`` at the
+    end.  The same products as the other column lowerings, in another order."""
     N, C = x.shape[:2]
-    K, g = w.shape[0], spec.groups
+    K, g, r = w.shape[0], spec.groups, spec.rank
     Cg, Kg = C // g, K // g
-    k0, k1 = spec.kernel_size
-    Ho, Wo = O
-    P, kk = Ho * Wo, k0 * k1
+    P, kk = math.prod(O), math.prod(spec.kernel_size)
     nb, per = _last_plan(spec, dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O), dtype.itemsize)
     plan = [slice(n, min(N, n + nb)) for n in range(0, N, nb)]
     bufs = Scratch(nb * per, dtype)
+    # (g, Kg, Cg, *k) -> (g, *k, Cg, Kg)
     wl = np.ascontiguousarray(
-        w.reshape(g, Kg, Cg, k0, k1).transpose(0, 3, 4, 2, 1), dtype=dtype
+        w.reshape((g, Kg, Cg) + tuple(spec.kernel_size))
+        .transpose((0,) + tuple(range(3, 3 + r)) + (2, 1)), dtype=dtype
     ).reshape(g, kk * Cg, Kg)
     bl = None if bias is None else bias.astype(dtype, copy=False).reshape(g, 1, Kg)
-    y = np.empty((N, K, Ho, Wo), dtype=dtype)
+    y = np.empty((N, K) + tuple(O), dtype=dtype)
 
     def run(bs):
         n = bs.stop - bs.start
@@ -1110,7 +1120,8 @@ def _forward_last(x, w, spec: ConvSpec, O, dtype, bias):
                       out=prod[gi])
         if bl is not None:
             prod += bl
-        y[bs] = prod.reshape(g, n, Ho, Wo, Kg).transpose(1, 0, 4, 2, 3).reshape(n, K, Ho, Wo)
+        # (g, n, P, Kg) -> (n, g, Kg, P)
+        y[bs] = prod.reshape(g, n, P, Kg).transpose(1, 0, 3, 2).reshape((n, K) + tuple(O))
 
     run_tiles(run, plan)
     return y
@@ -1119,14 +1130,13 @@ def _forward_last(x, w, spec: ConvSpec, O, dtype, bias):
 def _weight_grad_last(x, gy, spec: ConvSpec, dtype):
     """:func:`_forward_last`'s columns for the weight gradient: per tile of samples
     and group, ``gy`` as ``(n*P, Kg)`` rows (transposed once per tile) times the
-    columns ``(n*P, k0*k1*Cg)``, summed over the tiles in their order
-    (:func:`run_tiles_sum`), then put back in ``(K, C/g, k0, k1)`` order."""
+    columns ``(n*P, prod(k)*Cg)``, summed over the tiles in their order
+    (:func:`run_tiles_sum`), then put back in ``(K, C/g, *k)`` order."""
     N, C = x.shape[:2]
-    K, g = gy.shape[1], spec.groups
+    K, g, r = gy.shape[1], spec.groups, spec.rank
     Cg, Kg = C // g, K // g
-    k0, k1 = spec.kernel_size
     O = tuple(gy.shape[2:])
-    P, kk = math.prod(O), k0 * k1
+    P, kk = math.prod(O), math.prod(spec.kernel_size)
     nb, per = _last_plan(spec, dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O), dtype.itemsize)
     plan = [slice(n, min(N, n + nb)) for n in range(0, N, nb)]
     bufs = Scratch(nb * per, dtype)
@@ -1135,15 +1145,17 @@ def _weight_grad_last(x, gy, spec: ConvSpec, dtype):
         n = bs.stop - bs.start
         xc, cols, rest = _last_tile(x, bs, spec, bufs.get(), n * P * kk * Cg)
         gyl = rest[: n * P * K].reshape((n,) + O + (K,))
-        gyl[...] = gy[bs].transpose(0, 2, 3, 1)
+        gyl[...] = np.moveaxis(gy[bs], 1, -1)
         gyl = gyl.reshape(n * P, K)
         return [(gi, gyl[:, gi * Kg:(gi + 1) * Kg].T
                  @ _last_cols(xc, spec, O, slice(gi * Cg, (gi + 1) * Cg), cols))
                 for gi in range(g)]
 
     gw = run_tiles_sum(run, plan, np.zeros((g, Kg, kk * Cg), dtype=dtype))
-    return np.ascontiguousarray(
-        gw.reshape(g, Kg, k0, k1, Cg).transpose(0, 1, 4, 2, 3)).reshape(K, Cg, k0, k1)
+    # (g, Kg, *k, Cg) -> (g, Kg, Cg, *k)
+    gw = gw.reshape((g, Kg) + tuple(spec.kernel_size) + (Cg,))
+    return np.ascontiguousarray(gw.transpose((0, 1, 2 + r) + tuple(range(2, 2 + r)))).reshape(
+        (K, Cg) + tuple(spec.kernel_size))
 
 
 def _taps_first(spec: ConvSpec, p: dict, itemsize: int) -> bool:
@@ -1700,7 +1712,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     prob = dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O)
     if _lane("weight_grad", spec, prob, dtype.itemsize):
         return _lane_weight_grad(x, gy, spec)
-    if _last_columns(spec, prob, dtype.itemsize):
+    if _last_columns(spec, prob, dtype.itemsize, "weight_grad"):
         return _weight_grad_last(x, gy, spec, dtype)
     slabs = _plane_slabs(spec, O, (C * kk + K) * dtype.itemsize)
     if slabs:
