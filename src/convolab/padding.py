@@ -96,7 +96,7 @@ def _check_mode(mode: str, x: np.ndarray, pairs: list[tuple[int, int]]) -> None:
             )
         if mode == "replicate":
             continue
-        if mode == "circular" and m <= 0 and max(lo, 0) + max(hi, 0) > 0 and n + lo + hi > 0:
+        if mode == "circular" and m <= 0 and max(lo, 0) + max(hi, 0) > 0:
             raise ValueError(
                 f"{mode} padding ({lo}, {hi}) on dimension {dim} of size {n} leaves nothing "
                 "to pad from"

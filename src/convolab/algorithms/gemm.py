@@ -1024,7 +1024,7 @@ def _last_columns(spec: ConvSpec, p: dict, itemsize: int, role: str = "forward")
 # transposes cost more than the runs save (two workers, 0.05 s sleeps, medians of 9,
 # ms, before / after: C256 -> K256 3x3 on 7x7 N4 4.5 / 5.5, C512 N16 37.7 / 40.7),
 # hence LAST_OUT_CHANNELS; kept: K8 g2 5x5 2.6 / 1.2, C16 -> K32 7x7 1.7 / 1.3, C64 ->
-# K64 3x3 on 4x4 N64 3.1 / 2.4, on 9x9 unpadded 2.4 / 2.1, and 0.97-1.08x on six more
+# K64 3x3 on 4x4 N64 3.1 / 2.4, on 9x9 unpadded 2.4 / 2.1, and 0.97-1.08x on six more.
 # In 3-D the weight gradient gains too (two workers, 0.05 s sleeps, medians of 9, ms,
 # GEMM forced, before / after): 3x3x3 C128 -> K64 on 6^3 18.3 / 9.4, C32 g2 on 4^3 6.0
 # / 3.3, C64 -> K16 on 7^3 7.8 / 5.4, C32 on 6^3 7.0 / 5.2 (C16 -> K32 unpadded 7^3
@@ -1036,10 +1036,11 @@ LAST_RANKS = {"forward": (2,), "weight_grad": (2, 3)}
 
 
 def _last_plan(spec: ConvSpec, p: dict, itemsize: int) -> tuple[int, int]:
-    """(samples per tile, elements of scratch per sample) of :func:`_forward_last`:
-    the padded channels-last input, one group's columns and the product of all
-    groups, as many samples as fit a worker's share of the budget and the cache
-    target, and at least one tile per worker."""
+    """(samples per tile, elements of scratch per sample) of :func:`_forward_last` and
+    :func:`_weight_grad_last`: the padded channels-last input, one group's columns,
+    and the product of all groups (forward) or ``gy``'s rows (weight gradient); as many
+    samples as fit a worker's share of the budget and the cache target, and at least
+    one tile per worker."""
     N, C, K, g = p["N"], p["C"], p["K"], p["g"]
     P = math.prod(p["O"])
     per = math.prod(spec.padded_shape(p["S"])) * C + P * math.prod(spec.kernel_size) * (C // g) \

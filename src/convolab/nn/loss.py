@@ -134,8 +134,7 @@ class CrossEntropyLoss(Module):
         # target's log p, and an ignored element is 0 whatever its logits hold
         picked = np.take_along_axis(logp, tt, axis=1)[:, 0]
         zero = np.zeros((), z.dtype)
-        per = np.where(keep, -((np.ones((), z.dtype) if w is None else w[tt[:, 0]]) * picked),
-                       zero)
+        per = np.where(keep, -(wy * picked), zero)
         if eps:
             wc = (np.ones(C, z.dtype) if w is None else w).reshape((1, C) + (1,) * (z.ndim - 2))
             a += (eps / C) * wc * keep[:, None]
