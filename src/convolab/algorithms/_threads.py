@@ -453,7 +453,7 @@ def run_tiles_sum(fn, items, acc: np.ndarray) -> np.ndarray:
 MATMUL_TILE_FLOPS = 8e6
 
 
-def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``a (M, K) @ b (K, N)`` without waking BLAS's own threads: rows of ``a`` (or, when
     ``N > M``, columns of ``b``) in tiles on the workers, or, for small products, in the
     calling thread, one BLAS thread each.
@@ -468,13 +468,15 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Also for the Winograd weight transforms, short and wide products such as ``(36, 9) @
     (9, K*C)``: in the calling thread on one BLAS thread, ``U`` of a 256 -> 256 3x3 layer
     took 1.9 ms, which the tiles of the convolution then waited for; split by columns
-    over the workers, each reads half of ``b``."""
+    over the workers, each reads half of ``b``.  ``out``: where to write the ``(M, N)``
+    result (as :func:`numpy.matmul`'s)."""
     M, N = a.shape[0], b.shape[1]
     if workers() == 1 or _controller() is None or (
             2.0 * M * N * a.shape[1] < MATMUL_TILE_FLOPS or max(M, N) < 2):
         with _blas_single_thread():
-            return a @ b
-    out = np.empty((M, N), dtype=np.result_type(a, b))
+            return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((M, N), dtype=np.result_type(a, b))
     by_rows = M >= N
     step = -(-(M if by_rows else N) // workers())
 
