@@ -67,6 +67,11 @@ def _spec(k, stride=1, padding=0, groups=1, dilation=1):
         # 3x3x3: Winograd on the planes, depth taps as GEMMs; measured 2.5x faster than GEMM
         ((4, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), "winograd"),
         ((2, 3, 32, 32, 32), (16, 3, 3, 3, 3), dict(padding=1), "gemm"),  # 3 channels
+        # ... but not on small volumes, where its products have few columns and the
+        # transformed weight is rebuilt for little work (twenty-first pass, forced
+        # Winograd against GEMM: C256 4^3 15.3-16.7 vs 5.5-6.0 ms, N16 C32 6^3 11.1 vs 3.9)
+        ((2, 256, 4, 4, 4), (256, 256, 3, 3, 3), dict(padding=1), "gemm"),
+        ((16, 32, 6, 6, 6), (32, 32, 3, 3, 3), dict(padding=1), "gemm"),
         # dilated 3x3 as phases of undilated Winograd: C256 d4 measured a tie forward
         # (50.0 vs 49.7 ms) and 1.3x faster for the input gradient; 1-D d4 (F(6, 3) with
         # the phases as tiles) measured 8.6 vs 9.9 ms in one pass, GEMM 12.4 vs 15.9 in the
@@ -97,6 +102,10 @@ def test_cost_model_picks(x_shape, w_shape, kw, expected):
         ((16, 512, 7, 7), (512, 512, 3, 3), "gemm"),  # per-tile (36, C, K) sums: 2x slower
         ((8, 16, 32, 32), (16, 16, 3, 3), "gemm"),  # few channels
         ((4, 32, 16, 16, 16), (32, 32, 3, 3, 3), "winograd"),  # measured 2.1x faster
+        # ... but not on small volumes: every tile adds k0 (36, C, K) products (measured
+        # 29.9 vs 9.8 ms on C256 4^3, 20.9 vs 6.8 on N16 C32 6^3)
+        ((2, 256, 4, 4, 4), (256, 256, 3, 3, 3), "gemm"),
+        ((16, 32, 6, 6, 6), (32, 32, 3, 3, 3), "gemm"),
         # 5x5: F(5x5, 4x4), measured 1.9x faster (18.6 vs 10.0 ms; C256: 73 vs 38) ...
         ((16, 64, 28, 28), (64, 64, 5, 5), "winograd"),
         ((16, 256, 14, 14), (256, 256, 5, 5), "winograd"),

@@ -191,22 +191,56 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     return 1.6 * flops / max(eff, 1e-3), 1.6 * moved + reread
 
 
+# The 3-D path's cost (:func:`_cost3`), fitted per role to float32 medians of 144 layers
+# (3-D kernels of depth 1-5, 3x3 planes, 4^3 to 16x28x28 volumes, C and K 8-512; see
+# benchmarks/RESULTS.md, "Twenty-first pass"): seconds per tile, and factors on the
+# product FLOPs (at half the GEMM rate: one worker each), on the bytes each tile copies
+# and on the bytes of the transformed weight (built once; the weight gradient's k0
+# (a, C, K) sums, added per tile and transformed back).  Held-out sets: rms log error
+# 0.24-0.34, against 0.9-1.4x under by the count this replaced (its FLOPs at the peak):
+# it took 6^3 and 4^3 volumes for Winograd where GEMM ran 1.5-7x faster.
+COST3 = {"forward": (0.43e-3, 1.5, 1.3, 1.9), "input_grad": (0.52e-3, 2.0, 1.0, 2.25),
+         "weight_grad": (0.75e-3, 1.4, 0.95, 4.7)}
+
+
 def _cost3(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
-    """:func:`cost` of the 3-D path: 2-D transforms of every input and output plane, and
-    ``k0`` products per output tile (one per depth tap), with the 2-D path's factors."""
-    N, C, K = p["N"], p["C"], p["K"]
-    O, k0 = p["O"], spec.kernel_size[0]
-    t = math.prod([-(-o // M_OUT) for o in O[1:]])
-    T_out = N * O[0] * t
-    T_in = N * min(p["S"][0], O[0] + k0 - 1) * t
+    """:func:`cost` of the 3-D path, tile by tile as :func:`_correlate3` and
+    :func:`_weight_grad3` run them (the input gradient is the correlation of gy with the
+    flipped kernel): each tile's products (``k0`` batched GEMMs, slow on the few columns
+    of small planes: ``cols / (cols + 8)`` of the rate, as measured on (36, K, C) @ (36,
+    C, cols) products), its copies and its fixed steps, over ``min(workers, tiles)``
+    workers; and the transformed weight.  With the factors of :data:`COST3`."""
+    from .. import select
+
+    N, C, K, k0 = p["N"], p["C"], p["K"], spec.kernel_size[0]
+    S, O, lo0 = p["S"], p["O"], spec.padding[0][0]
+    if role == "input_grad":  # the correlation of gy with the flipped kernel
+        C, K, S, O, lo0 = K, C, O, S, k0 - 1 - lo0
     a, m = ALPHA**2, M_OUT**2
-    out_macs = M_OUT * ALPHA * ALPHA + m * ALPHA  # 240 per tile and channel
-    flops = 2 * (T_in * 2 * a * ALPHA * C + k0 * T_out * a * C * K + T_out * out_macs * K)
-    eff = min(1.0, K / 32) * min(1.0, C / 32)
-    moved = itemsize * (T_in * a * C * 3 + T_out * (a * K * 2 + m * K * 2))
+    per = _per_position(2, C, K, itemsize)
     if role == "weight_grad":
-        moved += itemsize * T_out * a * K * 2  # the transformed gy, copied to rows
-    return 1.6 * flops / max(eff, 1e-3), 1.6 * moved
+        per += _per_position(2, 0, K, itemsize)
+    plan, _, _, _ = _plan3(N, O, k0, per)
+    flops = moved = 0.0
+    tg1 = -(-O[2] // M_OUT)
+    for _, d0, d1, r0, r1 in plan:
+        q = d1 - d0
+        p0, p1 = max(0, d0 - lo0), min(S[0], d1 - 1 - lo0 + k0)
+        tg0 = -(-(r1 - r0) // M_OUT)
+        t = tg0 * tg1
+        for _, e0, e1, _ in _depth_blocks(k0, lo0, d0, d1, p0, p1):
+            cols = (e1 - e0) * t
+            flops += 2 * a * K * C * (cols + 8)
+        area = (tg0 * M_OUT + R - 1) * (tg1 * M_OUT + R - 1)
+        moved += (p1 - p0) * (C * area * 2 + a * C * t * 3) + q * t * K * (2 * a + 2 * m)
+        if role == "weight_grad":
+            moved += q * t * a * K * 4  # the transformed gy, copied to rows
+    tile_s, f_flops, f_moved, f_weight = COST3[role]
+    par = min(workers(), len(plan)) or 1
+    # per worker: FLOPs at half the rate, bytes at half the copy speed, as the whole
+    # machine's; the tiles' fixed steps as the bytes copied in that time
+    moved = (f_moved * 2 * itemsize * moved + tile_s * select.COPY_BYTES * len(plan)) / par
+    return f_flops * 2 * flops / par, moved + f_weight * 2 * k0 * a * C * K * itemsize
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
