@@ -1467,6 +1467,96 @@ def test_polyphase_runs_a_large_kernel_input_gradient_on_the_blocked_fft():
         assert rel_err(a, r) <= TOL64
 
 
+@st.composite
+def s2d_cases(draw):
+    """Strided, undilated convolutions with a kernel longer than its stride somewhere and
+    at most 8 output channels per group (the space-to-depth forward), uneven padding
+    and bias; transposed ones too (their input gradient is such a forward)."""
+    from hypothesis import assume
+
+    rank = draw(st.sampled_from([1, 2, 3]))
+    small = rank == 3
+    tr = draw(st.booleans())
+    g = draw(st.integers(1, 2))
+    cin, cout = g * draw(st.integers(1, 3)), g * draw(st.integers(1, 3))
+    stride = tuple(draw(st.integers(1, 2 if small else 4)) for _ in range(rank))
+    k = tuple(draw(st.integers(1, 3 * s + 1)) for s in stride)
+    assume(any(s > 1 for s in stride) and any(ki > s for ki, s in zip(k, stride)))
+    pad = [(draw(st.integers(0, ki)), draw(st.integers(0, ki))) for ki in k]
+    size = tuple(draw(st.integers(1, 6 if small else 14)) for _ in range(rank))
+    kw = dict(stride=stride, padding=pad, dilation=1, groups=g)
+    if tr:
+        kw["output_padding"] = tuple(draw(st.integers(0, s - 1)) for s in stride)
+    spec = make_spec(k, stride, pad, 1, g, kw.get("output_padding"), transposed=tr)
+    assume(all(o >= 1 for o in spec.out_shape(size)))
+    w_shape = ((cin, cout // g) if tr else (cout, cin // g)) + k
+    x_shape = (draw(st.integers(1, 2)), cin) + size
+    return ConvCase(tr, rank, x_shape, w_shape, draw(st.booleans()), kw)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=s2d_cases())
+def test_polyphase_strided_forward_as_one_stride1_forward(case):
+    """The strided forward on the space-to-depth copy (the transposed convolution's input
+    gradient too): against direct and torch in float64, every gradient; float32 within
+    its tolerance."""
+    _check_against_direct_and_torch(case, "polyphase")
+    _, ref = _run(case, "direct", np.float64, seed=4)
+    _, got = _run(case, "polyphase", np.float32, seed=4)
+    for a, r in zip(got, ref):
+        assert a.dtype == np.float32
+        assert rel_err(a, r) <= TOL32
+
+
+def test_polyphase_strided_forward_runs_where_it_applies():
+    """The space-to-depth forward is polyphase's own (not a GEMM fallback) for a strided
+    layer with few output channels, and does not apply with more than 8 per group, with
+    dilation, or where its copy would not fit the workspace budget."""
+    from convolab.algorithms import polyphase
+
+    spec = make_spec((7, 7), 2, 3, 1, 1)
+    args = (spec, (2, 16, 32, 32), (8, 16, 7, 7), np.float32)
+    assert polyphase.applicable("forward", *args)
+    assert not polyphase.applicable("forward", spec, (2, 16, 32, 32), (9, 16, 7, 7),
+                                    np.float32)
+    assert not polyphase.applicable("forward", make_spec((7, 7), 2, 3, 2, 1),
+                                    (2, 16, 32, 32), (8, 16, 7, 7), np.float32)
+    assert not polyphase.applicable("forward", make_spec((2, 2), 2, 0, 1, 1),
+                                    (2, 16, 32, 32), (8, 16, 2, 2), np.float32)
+    with cl.options(workspace_bytes=2**16):
+        assert not polyphase.applicable("forward", *args)
+    ran = []
+    real = polyphase._s2d_input
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(polyphase, "_s2d_input", lambda *a: ran.append(1) or real(*a))
+        case = ConvCase(False, 2, (2, 16, 32, 32), (8, 16, 7, 7), True,
+                        dict(stride=2, padding=3, dilation=1, groups=1))
+        _check_against_direct_and_torch(case, "polyphase")
+    assert ran
+
+
+@pytest.mark.parametrize("where", [(0, 1, 0, 0), (1, 3, 13, 13), (0, 0, 5, 6)])
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_polyphase_strided_forward_keeps_torchs_nan_and_inf(where, value):
+    """A non-finite input value meets the space-to-depth kernel's zero taps too (inf * 0
+    = NaN where torch's output is finite): such results are recomputed by GEMM, so the
+    NaN and inf land exactly where torch's do.  (Row and column 13 of these 14x14
+    planes are read by no window of 5x5 stride 3 (padding 1), only by the zero taps.)"""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 4, 14, 14))
+    x[where] = value
+    w = rng.standard_normal((3, 4, 5, 5))
+    with cl.options(algorithm="polyphase"):
+        y = cl.conv2d(x, w, stride=3, padding=1)
+    t = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), stride=3,
+                                   padding=1).numpy()
+    assert np.array_equal(np.isnan(y), np.isnan(t))
+    assert np.array_equal(np.isinf(y), np.isinf(t))
+    assert np.array_equal(np.sign(y[np.isinf(y)]), np.sign(t[np.isinf(t)]))
+    fin = np.isfinite(t)
+    assert rel_err(y[fin], t[fin]) <= TOL64
+
+
 @pytest.mark.parametrize(
     "x_shape, w_shape, kwargs",
     [

@@ -64,6 +64,11 @@ def _spec(k, stride=1, padding=0, groups=1, dilation=1):
         ((8, 128, 56, 56), (128, 1, 13, 13), dict(padding=6, groups=128), "gemm"),
         ((8, 128, 56, 56), (128, 1, 7, 7), dict(padding=3, groups=128), "gemm"),
         ((4, 16, 16384), (16, 16, 63), dict(padding=31), "fft"),
+        # strided with few output channels: one stride-1 forward on the space-to-depth
+        # input (twenty-first pass; 7x7 s2 C256 -> K8 on 64x64 11.5 vs 25 ms GEMM, C128
+        # -> K3 on 112x112 3.7 vs 15.8)
+        ((2, 256, 64, 64), (8, 256, 7, 7), dict(stride=2), "polyphase"),
+        ((1, 128, 112, 112), (3, 128, 7, 7), dict(stride=2), "polyphase"),
         # 3x3x3: Winograd on the planes, depth taps as GEMMs; measured 2.5x faster than GEMM
         ((4, 32, 16, 16, 16), (32, 32, 3, 3, 3), dict(padding=1), "winograd"),
         ((2, 3, 32, 32, 32), (16, 3, 3, 3, 3), dict(padding=1), "gemm"),  # 3 channels

@@ -1,4 +1,6 @@
-"""The input gradient (and so the transposed convolution) as forward convolutions.
+"""The input gradient (and so the transposed convolution) as forward convolutions; and
+a strided forward with few output channels as one stride-1 forward (space to depth,
+:func:`forward`, see the comment above it).
 
 Shapes as in :mod:`convolab.algorithms.direct`.  The input gradient of a
 convolution is ``gxpad[i] = sum_{o, t : o*s + t*d = i} w[t] gy[o]``.  Split the
@@ -35,7 +37,9 @@ import math
 import numpy as np
 
 from .. import select
+from ..options import get_options
 from . import gemm
+from ._finite import falls_back_to_gemm
 from ._tiles import put
 from ..spec import ConvSpec
 
@@ -45,8 +49,143 @@ from ..spec import ConvSpec
 INPUT_GRAD_ADDS_BIAS = True
 
 
+# forward takes ``bias=`` (handed to the stride-1 forward it runs where that one takes it)
+FORWARD_ADDS_BIAS = True
+
+
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
+    """Every input gradient; forwards with a stride, undilated and unpadded-or-padded (no
+    crop), with a kernel longer than its stride somewhere, at most :data:`S2D_OUT`
+    output channels per group (not depthwise), whose space-to-depth copy
+    (:func:`_s2d_input`) fits the workspace budget."""
+    if role == "forward":
+        g = spec.groups
+        return (any(s > 1 for s in spec.stride) and all(d == 1 for d in spec.dilation)
+                and w_shape[0] // g <= S2D_OUT and w_shape[1] > 1
+                and all(lo >= 0 and hi >= 0 for lo, hi in spec.padding)
+                and any(k > s for k, s in zip(spec.kernel_size, spec.stride))
+                and len(x_shape) == spec.rank + 2
+                and _s2d_bytes(spec, x_shape, np.dtype(dtype).itemsize)
+                <= get_options().workspace_bytes)
     return role == "input_grad"
+
+
+# -- the strided forward as one stride-1 forward (space to depth) ------------------------
+#
+# y[o] = sum_t w[t] xp[o s + t] (xp: the padded input).  With t = u s + a (phase
+# a < s, u < ku = ceil(k / s)) that is sum_a sum_u w[u s + a] xa[o + u], xa[j] =
+# xp[j s + a]: a stride-1 correlation whose input channels are (channel, phase) pairs
+# and whose kernel has ku taps, the taps u s + a >= k zero.  The ku-tap layer then runs
+# on whatever stride-1 forward the automatic choice picks for it (Winograd F(4x4, 4x4)
+# for a 7x7 stride-2 kernel, products first for few output channels), instead of GEMM's
+# column copy of k taps at stride s: 7x7 stride 2 C256 -> K8 on 64x64 25 -> 11 ms.  The
+# zero taps meet real inputs (inf * 0 = NaN where torch's result is finite): a result
+# with a NaN or inf in it is recomputed by GEMM (_finite.falls_back_to_gemm); a finite
+# one holds every product torch's does, plus exact zeros.
+
+
+# The most output channels per group of the space-to-depth forward.  Measured on 40
+# random strided layers (.dev/s2dfit.py, forced, float32): it ran 1.1-3.7x faster than
+# GEMM with 3-8 output channels on 14x14 to 112x112 planes (C16-256, kernels 4-8,
+# stride 2-4: the stride-1 layer's products first), 1.2-2x slower with 16-256 output
+# channels, where the estimates of its stride-1 layer (F(4x4, 4x4) Winograd on C*4
+# channels) were up to 3.5x low
+S2D_OUT = 8
+
+
+def _s2d_geometry(spec: ConvSpec, O):
+    """Per dimension, the stride-1 layer's taps ``ku`` and input length ``O + ku - 1``."""
+    ku = tuple(-(-k // s) for k, s in zip(spec.kernel_size, spec.stride))
+    return ku, tuple(o + u - 1 for o, u in zip(O, ku))
+
+
+def _s2d_bytes(spec: ConvSpec, x_shape, itemsize: int) -> int:
+    """Bytes of the space-to-depth input of a forward on ``x_shape``."""
+    O = spec.conv_out_shape(x_shape[2:])
+    if any(o < 1 for o in O):
+        return 0
+    _, J = _s2d_geometry(spec, O)
+    return x_shape[0] * x_shape[1] * math.prod(spec.stride) * math.prod(J) * itemsize
+
+
+def _s2d_input(x: np.ndarray, spec: ConvSpec, J) -> np.ndarray:
+    """``(N, C * prod(s), *J)``: channel ``(c, a..)``, position ``j`` holds the padded
+    input at ``j s + a`` (zero past the input)."""
+    N, C = x.shape[:2]
+    s = tuple(spec.stride)
+    out = np.zeros((N, C) + s + tuple(J), dtype=x.dtype)
+    for phase in itertools.product(*(range(ss) for ss in s)):
+        src, dst = [], []
+        for a, ss, (lo, _), n, jn in zip(phase, s, spec.padding, x.shape[2:], J):
+            j0 = max(0, -(-(lo - a) // ss))  # first j with j s + a - lo >= 0
+            j1 = min(jn, (n - 1 + lo - a) // ss + 1)  # past the last one inside x
+            if j1 <= j0:
+                break
+            dst.append(slice(j0, j1))
+            first = j0 * ss + a - lo
+            src.append(slice(first, first + (j1 - j0 - 1) * ss + 1, ss))
+        else:
+            out[(slice(None), slice(None)) + phase + tuple(dst)] = x[
+                (slice(None), slice(None)) + tuple(src)]
+    return out.reshape((N, C * math.prod(s)) + tuple(J))
+
+
+def _s2d_weight(w: np.ndarray, spec: ConvSpec, ku) -> np.ndarray:
+    """``(K, C/g * prod(s), *ku)``: tap ``u`` of in channel ``(c, a..)`` is ``w``'s tap
+    ``u s + a`` (zero past the kernel)."""
+    K, Cg = w.shape[:2]
+    s = tuple(spec.stride)
+    out = np.zeros((K, Cg) + s + tuple(ku), dtype=w.dtype)
+    for phase in itertools.product(*(range(ss) for ss in s)):
+        sub = w[(slice(None), slice(None)) + tuple(slice(a, None, ss) for a, ss in zip(phase, s))]
+        out[(slice(None), slice(None)) + phase + tuple(slice(0, n) for n in sub.shape[2:])] = sub
+    return out.reshape((K, Cg * math.prod(s)) + tuple(ku))
+
+
+def _s2d_spec(spec: ConvSpec, ku) -> ConvSpec:
+    return ConvSpec(tuple(ku), (1,) * spec.rank, ((0, 0),) * spec.rank, (1,) * spec.rank,
+                    spec.groups)
+
+
+@falls_back_to_gemm("forward")
+def forward(x: np.ndarray, w: np.ndarray, spec: ConvSpec, out_spatial=None, *,
+            bias=None) -> np.ndarray:
+    """The strided forward as one stride-1 forward of the space-to-depth input (see
+    above), plus ``bias`` per channel if given."""
+    O = spec.conv_out_shape(x.shape[2:]) if out_spatial is None else tuple(out_spatial)
+    ku, J = _s2d_geometry(spec, O)
+    xs, ws, sub = _s2d_input(x, spec, J), _s2d_weight(w, spec, ku), _s2d_spec(spec, ku)
+    dtype = np.result_type(x, w)
+    algo = select.choose("forward", sub, xs.shape, ws.shape, dtype).module
+    if bias is not None and getattr(algo, "FORWARD_ADDS_BIAS", False):
+        return algo.forward(xs, ws, sub, O, bias=bias)
+    y = algo.forward(xs, ws, sub, O)
+    if bias is not None:
+        y += bias.reshape((-1,) + (1,) * spec.rank)
+    return y
+
+
+def _s2d_problem(spec: ConvSpec, p: dict, itemsize: int):
+    """The stride-1 layer of a forward: its algorithm (the automatic choice), spec and
+    problem sizes."""
+    ku, J = _s2d_geometry(spec, p["O"])
+    sub = _s2d_spec(spec, ku)
+    P = math.prod(spec.stride)
+    x_shape = (p["N"], p["C"] * P) + J
+    w_shape = (p["K"], p["C"] // p["g"] * P) + ku
+    dtype = np.float32 if itemsize == 4 else np.float64
+    mod = select.choose("forward", sub, x_shape, w_shape, dtype).module
+    return mod, sub, dict(p, C=p["C"] * P, S=J)
+
+
+def _s2d_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """The stride-1 layer's cost, plus the space-to-depth input and weight (zeroed,
+    then written; the input read)."""
+    mod, sub, q = _s2d_problem(spec, p, itemsize)
+    flops, nbytes = mod.cost("forward", sub, q, itemsize)
+    xs = q["N"] * q["C"] * math.prod(q["S"])
+    ws = q["K"] * q["C"] // q["g"] * math.prod(sub.kernel_size)
+    return flops, nbytes + 3 * (xs + ws) * itemsize
 
 
 def _phase_plan(spec: ConvSpec, in_spatial):
@@ -341,7 +480,10 @@ def _forward_cost(mod, sub: ConvSpec, swapped: dict, itemsize: int):
 def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     """The cheapest forward's cost on the swapped problem (``K`` gradient channels in,
     ``C`` out; the same FLOPs; for GEMM im2col copies of ``K*prod(k)`` rows instead of
-    a col2im of ``C*prod(k)``), plus the strided write of each phase for stride > 1."""
+    a col2im of ``C*prod(k)``), plus the strided write of each phase for stride > 1.
+    The forward: :func:`_s2d_cost`."""
+    if role == "forward":
+        return _s2d_cost(spec, p, itemsize)
     mod, sub, swapped = _inner(spec, p, itemsize)
     flops, nbytes = _forward_cost(mod, sub, swapped, itemsize)
     if _unified(spec) and math.prod(swapped["O"]) < 128:
@@ -392,6 +534,9 @@ def call_seconds(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
     call_seconds`: the phases' own steps (tiny layers measured 80-180 us in all, one
     worker, medians, where GEMM's lane forward took 35-90) plus those of the forward
     they run (Winograd's, where it runs that)."""
+    if role == "forward":
+        mod, sub, q = _s2d_problem(spec, p, itemsize)
+        return 30e-6 + select.call_seconds(mod, "forward", sub, q, itemsize)
     mod, sub, swapped = _inner(spec, p, itemsize)
     # in 2-D and 3-D, each phase's forward has its own (a 3x3 stride-2 input gradient of
     # N4 C16 28x28 ran 0.9 ms on four phases, 0.3 on GEMM's col2im); long 1-D signals
@@ -417,7 +562,15 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     place.  GEMM's 1-D lowerings write each tile there as it goes; in 2-D and 3-D a
     phase may run on the MEC or slab lowering, which hands over the whole result (a
     k5 stride-2 ConvTranspose2d, 64x160 planes: 2.7 MiB measured under a 1 MiB budget,
-    where 1.0 was estimated)."""
+    where 1.0 was estimated).  The forward: the space-to-depth input and weight and
+    the stride-1 forward's own."""
+    if role == "forward":
+        item = np.dtype(dtype).itemsize
+        mod, sub, q = _s2d_problem(spec, p, item)
+        est = getattr(mod, "workspace", None)
+        own = (q["N"] * q["C"] * math.prod(q["S"])
+               + q["K"] * q["C"] // q["g"] * math.prod(sub.kernel_size)) * item
+        return own + (int(est("forward", sub, q, dtype)) if est else 0)
     mod, sub, swapped = _inner(spec, p, np.dtype(dtype).itemsize)
     est = getattr(mod, "workspace", None)
     own = 0 if all(s == 1 for s in spec.stride) or (mod is gemm and spec.rank == 1) else (
