@@ -84,12 +84,14 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
 # one holds every product torch's does, plus exact zeros.
 
 
-# The most output channels per group of the space-to-depth forward.  Measured on 40
-# random strided layers (.dev/s2dfit.py, forced, float32): it ran 1.1-3.7x faster than
-# GEMM with 3-8 output channels on 14x14 to 112x112 planes (C16-256, kernels 4-8,
-# stride 2-4: the stride-1 layer's products first), 1.2-2x slower with 16-256 output
-# channels, where the estimates of its stride-1 layer (F(4x4, 4x4) Winograd on C*4
-# channels) were up to 3.5x low
+# The most output channels per group of the space-to-depth forward.  Measured forced
+# against GEMM (.dev/s2dfit.py, float32, 120 random strided layers in three sets): with
+# 1-8 output channels it ran up to 5x faster on 2-D and 3-D layers of 16 or more input
+# channels (7x7 stride 2 C128 -> K3 on 112x112: 15.8 -> 3.7 ms), and slower with 3 input
+# channels, on some 1-D signals and on 8^3 volumes, where the estimates keep GEMM (on the
+# 80 layers of the last two sets the automatic choice lost 2-3 % against the faster of
+# the two on each); with 16-256 output channels it ran 1.2-2x slower, and its stride-1
+# layer's estimates (F(4x4, 4x4) Winograd on C*4 channels) were up to 3.5x low
 S2D_OUT = 8
 
 

@@ -191,14 +191,15 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     return 1.6 * flops / max(eff, 1e-3), 1.6 * moved + reread
 
 
-# The 3-D path's cost (:func:`_cost3`), fitted per role to float32 medians of 144 layers
-# (3-D kernels of depth 1-5, 3x3 planes, 4^3 to 16x28x28 volumes, C and K 8-512; see
-# benchmarks/RESULTS.md, "Twenty-first pass"): seconds per tile, and factors on the
-# product FLOPs (at half the GEMM rate: one worker each), on the bytes each tile copies
-# and on the bytes of the transformed weight (built once; the weight gradient's k0
-# (a, C, K) sums, added per tile and transformed back).  Held-out sets: rms log error
-# 0.24-0.34, against 0.9-1.4x under by the count this replaced (its FLOPs at the peak):
-# it took 6^3 and 4^3 volumes for Winograd where GEMM ran 1.5-7x faster.
+# The 3-D path's cost (:func:`_cost3`), fitted per role to float32 medians of 103 layers
+# (3-D kernels of depth 1-5, 3x3 planes, 4^3 to 32^3 and 8x56x56 volumes, C and K 8-512,
+# padding 0 or 1; see benchmarks/RESULTS.md, "Twenty-first pass"): seconds per tile, and
+# factors on the product FLOPs (at half the GEMM rate: one worker each), on the bytes
+# each tile copies and on the bytes of the transformed weight (built once; for the
+# weight gradient the k0 (a, C, K) sums, added per tile and transformed back).  Fitted
+# on two of the three sets and tested on the third: rms log error 0.24-0.34.  The count
+# this replaced (its FLOPs at the peak) had 0.86-1.26, mostly 2-4x under: it took 6^3
+# and 4^3 volumes for Winograd where GEMM ran 1.5-5x faster.
 COST3 = {"forward": (0.43e-3, 1.5, 1.3, 1.9), "input_grad": (0.52e-3, 2.0, 1.0, 2.25),
          "weight_grad": (0.75e-3, 1.4, 0.95, 4.7)}
 
