@@ -1194,6 +1194,45 @@ def test_winograd_tiles_with_unequal_channels_and_ragged_edges(ws):
             assert rel_err(a, r) <= TOL64
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_winograd_splits_a_lone_sample_over_the_workers(workers):
+    """One sample that fits one tile is cut into a tile of rows (a multiple of 4) per
+    worker, in the 3x3 and the 4x4/5x5 forwards and input gradients (not in the weight
+    gradients, whose tiles are summed), with the results of the reference: planes whose
+    rows are not a multiple of 4, uneven padding, bias."""
+    from unittest import mock
+
+    from convolab.algorithms import _tiles, direct, winograd, winograd2d
+
+    seen = []
+    real = _tiles.tiles
+
+    def spy(*args, **kwargs):
+        plan, most = real(*args, **kwargs)
+        if kwargs.get("split_lone") and args[0] == 1:
+            seen.append([(rows.start, rows.stop) for _, rows in plan])
+        return plan, most
+
+    rng = np.random.default_rng(11)
+    with cl.options(workers=workers), mock.patch.object(winograd, "tiles", spy), \
+            mock.patch.object(winograd2d, "tiles", spy):
+        for k, size, pad in [(3, (30, 13), [(1, 2), (0, 1)]), (3, (9, 21), [(1, 1), (1, 1)]),
+                             (5, (27, 11), [(2, 2), (1, 3)]), (4, (17, 18), [(1, 2), (2, 1)])]:
+            spec = make_spec((k, k), 1, pad, 1, 1)
+            x = rng.standard_normal((1, 5) + size)
+            w = rng.standard_normal((6, 5, k, k))
+            O = spec.conv_out_shape(size)
+            gy = rng.standard_normal((1, 6) + O)
+            seen.clear()
+            got = (winograd.forward(x, w, spec), winograd.input_grad(gy, w, spec, size))
+            assert seen and all(len(p) > 1 for p in seen), (k, size)
+            unit = 4 if k == 3 else 1  # winograd2d's rows are rows of 4x4 tiles
+            assert all((b - a) % unit == 0 for p in seen for a, b in p[:-1])
+            ref = (direct.forward(x, w, spec), direct.input_grad(gy, w, spec, size))
+            for a, r in zip(got, ref):
+                assert rel_err(a, r) <= TOL64, (k, size)
+
+
 @pytest.mark.parametrize("ws", [1, 2**20])
 def test_winograd_3d_tiles_and_padded_depth(ws):
     """The 3-D path: one output plane per tile (tiny budget) or several; depth pads that

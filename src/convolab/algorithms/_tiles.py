@@ -31,10 +31,14 @@ def _balanced(total: int, most: int) -> int:
     return -(-total // -(-total // max(1, most)))
 
 
-def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: int | None = CACHE_BYTES):
+def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: int | None = CACHE_BYTES,
+          split_lone: int = 0):
     """Tiles covering ``N`` samples x ``out_spatial`` positions, and the largest tile's size.
 
     ``bytes_per_position``: scratch bytes needed per output position of one sample.
+    ``split_lone``: when not 0, one sample that fits one tile is cut into a tile of
+    rows per worker, a multiple of ``split_lone`` rows each (else it is one tile, on
+    one core).
     Returns ``(list of (slice, slice), positions in the largest tile)``.
     """
     O = tuple(out_spatial)
@@ -47,6 +51,10 @@ def tiles(N: int, out_spatial, bytes_per_position: int, *, cache: int | None = C
         step = max(1, min(N, limit // per_sample))
         if N > 1:  # every worker gets a tile; 16 samples in 8 + 8, not 11 + 5
             step = _balanced(N, min(step, -(-N // nw)))
+        if N == 1 and nw > 1 and O[0] > split_lone > 0:
+            rows = -(-O[0] // (nw * split_lone)) * split_lone
+            return [(slice(0, 1), slice(a, min(O[0], a + rows)))
+                    for a in range(0, O[0], rows)], rows * math.prod(O[1:])
         out = [(slice(i, min(N, i + step)), slice(0, O[0])) for i in range(0, N, step)]
         return out, step * math.prod(O)
     rows = _balanced(O[0], min(O[0], limit // per_row))

@@ -186,7 +186,7 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
         per_tile = ubytes * (3 if ubytes > 2 * CACHE_BYTES else 1)
         return 1.6 * flops / max(eff, 1e-3), 1.6 * moved + len(
             _wg_plan(N, p["O"], C, K, itemsize)) * per_tile
-    plan, _ = tiles(N, p["O"], _per_position(r, C, K, itemsize))
+    plan, _ = tiles(N, p["O"], _per_position(r, C, K, itemsize), split_lone=M_OUT)
     reread = len(plan) * ubytes if ubytes > 2 * CACHE_BYTES else 0
     return 1.6 * flops / max(eff, 1e-3), 1.6 * moved + reread
 
@@ -255,8 +255,9 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
                                               if role == "weight_grad" else 0)
         _, nd, npl, band = _plan3(p["N"], p["O"], k0, per)
         return workers() * npl * per * band * math.prod(p["O"][2:])
-    _, most = tiles(p["N"], p["O"], _per_position(spec.rank, p["C"], p["K"], item))
-    return workers() * most * _per_position(spec.rank, p["C"], p["K"], item)
+    per = _per_position(spec.rank, p["C"], p["K"], item)
+    _, most = tiles(p["N"], p["O"], per, split_lone=0 if role == "weight_grad" else M_OUT)
+    return workers() * most * per
 
 
 def _per_position(r: int, C: int, K: int, item: int) -> int:
@@ -305,7 +306,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads, bias=None) -> np.ndarray:
     # on the tile workers (1.9 -> 1.0 ms for 256 -> 256), not on BLAS's threads, which
     # would keep spinning on cores the tiles need (measured: every stage 2-3x slower)
     U = matmul(_kron(G, r).astype(dtype), w.reshape(K * C, R**r).T).reshape(a, K, C)
-    plan, _ = tiles(N, O, _per_position(r, C, K, dtype.itemsize))
+    plan, _ = tiles(N, O, _per_position(r, C, K, dtype.itemsize), split_lone=M_OUT)
     tmax, pmax = _tile_sizes(plan, tgrid, C)
     bufs = Scratch(pmax + 2 * a * CK * tmax, dtype)
     order = (r + 1, r) + tuple(v for i in range(r) for v in (r + 2 + i, i))

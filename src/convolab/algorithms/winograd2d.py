@@ -134,7 +134,8 @@ def _plan(N: int, O, r: int, C: int, K: int, item: int):
     tw = -(-O[1] // M_OUT)
     # one row of output tiles (its input rows are r - 1 columns wider than 4 tw)
     per_row = _per_tile(r, C, K, item) * tw + M_OUT * (r - 1) * C * item
-    plan, most = tiles(N, (-(-O[0] // M_OUT),), per_row, cache=CACHE_BYTES)
+    plan, most = tiles(N, (-(-O[0] // M_OUT),), per_row, cache=CACHE_BYTES,
+                        split_lone=1)
     halo = (r - 1) * (tw * M_OUT + r - 1) * C * item  # the r - 1 extra input rows
     return plan, most, per_row, halo
 
