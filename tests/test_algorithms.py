@@ -195,6 +195,16 @@ def _check_against_direct_and_torch(case: ConvCase, algorithm: str):
         assert rel_err(a, t.numpy()) <= TOL64, (algorithm, case)
 
 
+def _check_float32(case: ConvCase, algorithm: str, reference: str | None = None):
+    """``case`` through ``algorithm`` in float32 against ``reference`` (default: the same
+    algorithm) in float64: every result float32 and within its tolerance."""
+    _, ref = _run(case, reference or algorithm, np.float64, seed=4)
+    _, got = _run(case, algorithm, np.float32, seed=4)
+    for a, r in zip(got, ref):
+        assert a.dtype == np.float32
+        assert rel_err(a, r) <= TOL32
+
+
 @pytest.mark.parametrize("algorithm", ["gemm", "fft", "polyphase"])
 @settings(max_examples=30, deadline=None)
 @given(case=conv_cases(batch=2))
@@ -242,11 +252,7 @@ def _forced_lowering_matches(case, always, lowering: str, runs) -> bool:
                 _, small = _run(case, "gemm", np.float64, seed=6)
             for a, r in zip(small, ref):
                 assert rel_err(a, r) <= TOL64
-        _, ref = _run(case, "gemm", np.float64, seed=4)
-        _, got = _run(case, "gemm", np.float32, seed=4)
-    for a, r in zip(got, ref):
-        assert a.dtype == np.float32
-        assert rel_err(a, r) <= TOL32
+        _check_float32(case, "gemm")
     return bool(ran)
 
 
@@ -590,11 +596,7 @@ def test_gemm_plain_lane_matches_direct_and_torch(case):
 
     with _gemm_lane(), mock.patch.object(gemm, "_lane", spy):
         _check_against_direct_and_torch(case, "gemm")
-        _, ref = _run(case, "gemm", np.float64, seed=4)
-        _, got = _run(case, "gemm", np.float32, seed=4)
-    for a, r in zip(got, ref):
-        assert a.dtype == np.float32
-        assert rel_err(a, r) <= TOL32
+        _check_float32(case, "gemm")
     assert any(ran) or all(k == 1 for k in case.w_shape[2:]), "no role ran on the lane"
 
 
@@ -1540,11 +1542,7 @@ def test_polyphase_strided_forward_as_one_stride1_forward(case):
     gradient too): against direct and torch in float64, every gradient; float32 within
     its tolerance."""
     _check_against_direct_and_torch(case, "polyphase")
-    _, ref = _run(case, "direct", np.float64, seed=4)
-    _, got = _run(case, "polyphase", np.float32, seed=4)
-    for a, r in zip(got, ref):
-        assert a.dtype == np.float32
-        assert rel_err(a, r) <= TOL32
+    _check_float32(case, "polyphase", "direct")
 
 
 def test_polyphase_strided_forward_runs_where_it_applies():
