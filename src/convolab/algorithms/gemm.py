@@ -207,13 +207,13 @@ def _cost_2d_forward(spec: ConvSpec, p: dict, flops: float, itemsize: int):
         # output row: its fixed cost weighs on narrow rows (refitted on 47 strided
         # layers, 1-256 output channels, 14x14 to 112x112 planes: rms log error of the
         # estimate 0.73 -> 0.42; 3-4x under on 5-wide output rows before)
-        cols *= 1 + STRIDED_ROW_NS / max(1, p["O"][-1])
+        cols *= 1 + STRIDED_ROW_ELEMENTS / max(1, p["O"][-1])
     # the cost model charges bytes at 8 GB/s: 1 ns is 8 bytes (of float32 data)
     return F * flops / eff, 8 * col_ns * cols * itemsize / 4
 
 
 # _cost_2d_forward: a strided layer's extra column cost, in column elements per row
-STRIDED_ROW_NS = 10.0
+STRIDED_ROW_ELEMENTS = 10.0
 
 
 def call_seconds(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:

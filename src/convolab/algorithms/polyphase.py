@@ -54,10 +54,10 @@ FORWARD_ADDS_BIAS = True
 
 
 def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
-    """Every input gradient; forwards with a stride, undilated and unpadded-or-padded (no
-    crop), with a kernel longer than its stride somewhere, at most :data:`S2D_OUT`
-    output channels per group (not depthwise), whose space-to-depth copy
-    (:func:`_s2d_input`) fits the workspace budget."""
+    """Every input gradient; forwards with a stride, undilated, with padding >= 0 (no
+    crop), a kernel longer than its stride somewhere, at most :data:`S2D_OUT` output
+    channels per group and more than one input channel per group (not depthwise), whose
+    space-to-depth copy (:func:`_s2d_input`) fits the workspace budget."""
     if role == "forward":
         g = spec.groups
         return (any(s > 1 for s in spec.stride) and all(d == 1 for d in spec.dilation)
