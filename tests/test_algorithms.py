@@ -1235,6 +1235,43 @@ def test_winograd_splits_a_lone_sample_over_the_workers(workers):
                 assert rel_err(a, r) <= TOL64, (k, size)
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_winograd_3d_splits_a_lone_sample_by_planes(workers):
+    """One sample's volume that fits one tile is cut into a tile of output planes per
+    worker in the 3-D forward and input gradient (each re-reading the k0 - 1 planes
+    between them), when each keeps at least 3 (k0 - 1) planes; results as the
+    reference's, depth padding uneven."""
+    from unittest import mock
+
+    from convolab.algorithms import direct, winograd
+
+    plans = []
+    real = winograd._plan3
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if kwargs.get("split"):
+            plans.append(out[0])
+        return out
+
+    rng = np.random.default_rng(12)
+    with cl.options(workers=workers), mock.patch.object(winograd, "_plan3", spy):
+        for k0, S, pad in [(3, (19, 6, 7), [(1, 2), (1, 1), (0, 1)]),
+                           (1, (5, 9, 6), [(0, 0), (1, 1), (1, 1)]),
+                           (2, (14, 5, 5), [(1, 0), (1, 1), (1, 1)])]:
+            spec = make_spec((k0, 3, 3), 1, pad, 1, 1)
+            x = rng.standard_normal((1, 3) + S)
+            w = rng.standard_normal((4, 3, k0, 3, 3))
+            O = spec.conv_out_shape(S)
+            gy = rng.standard_normal((1, 4) + O)
+            plans.clear()
+            got = (winograd.forward(x, w, spec), winograd.input_grad(gy, w, spec, S))
+            assert plans and all(len(p) > 1 for p in plans), (k0, S)
+            ref = (direct.forward(x, w, spec), direct.input_grad(gy, w, spec, S))
+            for a, r in zip(got, ref):
+                assert rel_err(a, r) <= TOL64, (k0, S)
+
+
 @pytest.mark.parametrize("ws", [1, 2**20])
 def test_winograd_3d_tiles_and_padded_depth(ws):
     """The 3-D path: one output plane per tile (tiny budget) or several; depth pads that

@@ -221,7 +221,7 @@ def _cost3(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, fl
     per = _per_position(2, C, K, itemsize)
     if role == "weight_grad":
         per += _per_position(2, 0, K, itemsize)
-    plan, _, _, _ = _plan3(N, O, k0, per)
+    plan, _, _, _ = _plan3(N, O, k0, per, split=role != "weight_grad")
     flops = moved = 0.0
     tg1 = -(-O[2] // M_OUT)
     for _, d0, d1, r0, r1 in plan:
@@ -253,7 +253,7 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         C, K, k0 = p["C"], p["K"], spec.kernel_size[0]
         per = _per_position(2, C, K, item) + (_per_position(2, 0, K, item)
                                               if role == "weight_grad" else 0)
-        _, nd, npl, band = _plan3(p["N"], p["O"], k0, per)
+        _, nd, npl, band = _plan3(p["N"], p["O"], k0, per, split=role != "weight_grad")
         return workers() * npl * per * band * math.prod(p["O"][2:])
     per = _per_position(spec.rank, p["C"], p["K"], item)
     _, most = tiles(p["N"], p["O"], per, split_lone=0 if role == "weight_grad" else M_OUT)
@@ -392,7 +392,8 @@ def _correlate3(x: np.ndarray, w: np.ndarray, O, pads, bias=None) -> np.ndarray:
     for kd in range(k0):
         matmul(g2, wk[:, kd * R * R:(kd + 1) * R * R].T, out=U[kd])
     U = U.reshape(k0, a, K, C)
-    plan, nd, npl, band = _plan3(N, O, k0, _per_position(2, C, K, dtype.itemsize))
+    plan, nd, npl, band = _plan3(N, O, k0, _per_position(2, C, K, dtype.itemsize),
+                                 split=True)
     tgb, tmax, pplane, size = _band_geometry(band, O, C, CK, npl)
     bufs = Scratch(npl * pplane + 2 * size + a * K * tmax * nd, dtype)
     order = (3, 2, 4, 0, 5, 1)  # (m0, m1, K, planes, t0, t1) -> (planes, K, t0, m0, t1, m1)
@@ -440,17 +441,24 @@ def _correlate3(x: np.ndarray, w: np.ndarray, O, pads, bias=None) -> np.ndarray:
     return y
 
 
-def _plan3(N: int, O, k0: int, per_position: int):
+def _plan3(N: int, O, k0: int, per_position: int, split: bool = False):
     """Tiles ``(sample, first output plane, end, first output row, end)`` of the 3-D
     paths: as many output planes per tile as fit the cache target and the workspace
     budget with the ``k0 - 1`` extra input planes they read; when even one plane does
-    not fit, one plane per tile in bands of rows (a multiple of 4).  Returns the tiles,
-    planes per tile, input planes per tile and rows per band."""
+    not fit, one plane per tile in bands of rows (a multiple of 4).  With ``split`` (the
+    forward and input gradient; not the weight gradient, whose tiles are summed) one
+    sample's planes are cut into a tile per worker where each holds at least
+    ``3 (k0 - 1)`` planes.  Returns the tiles, planes per tile, input planes per tile
+    and rows per band."""
     Do, H = O[0], O[1]
     per_plane = per_position * math.prod(O[1:])
     limit = min(CACHE_BYTES, get_options().workspace_bytes // workers())
     if k0 * per_plane <= limit or H <= M_OUT:
         nd, band = max(1, min(Do, limit // max(1, per_plane) - (k0 - 1))), H
+        if split and N == 1 and -(-Do // workers()) >= 3 * (k0 - 1):
+            # one sample: a tile of planes per worker, where the k0 - 1 planes each
+            # tile reads again are a third of its own at most
+            nd = min(nd, -(-Do // workers()))
     else:
         per_rows = k0 * per_position * math.prod(O[2:]) * M_OUT
         nd, band = 1, max(1, limit // max(1, per_rows)) * M_OUT
