@@ -732,3 +732,18 @@ def test_explain_says_a_small_call_runs_in_the_calling_thread():
     assert not any("calling thread" in n for n in big.notes + one.notes)
     assert e.bytes["workspace"] == one.bytes["workspace"]
     assert e.algorithm == one.algorithm
+
+
+def test_a_strided_forward_through_space_to_depth_is_said_so():
+    """polyphase's strided forward (few output channels) gets a note naming the stride-1
+    layer it runs: its channels, its kernel and that layer's algorithm; the transposed
+    layer's input gradient too, which is such a forward."""
+    e = cl.explain("conv2d", (2, 256, 64, 64), out_channels=8, kernel_size=7, stride=2)
+    assert e.algorithm["forward"]["name"] == "polyphase"
+    note = [n for n in e.notes if "space to depth" in n]
+    assert len(note) == 1 and "forward" in note[0] and "1024" in note[0] and "4x4" in note[0]
+    t = cl.explain("conv_transpose2d", (2, 8, 29, 29), out_channels=256, kernel_size=7,
+                   stride=2)
+    assert any("input_grad" in n and "space to depth" in n for n in t.notes)
+    wide = cl.explain("conv2d", (2, 256, 64, 64), out_channels=64, kernel_size=7, stride=2)
+    assert not any("space to depth" in n for n in wide.notes)

@@ -1014,6 +1014,20 @@ _LOWERING_NOTES = {
 }
 
 
+def _space_to_depth_note(public: str, spec, shp, w_shape, cdt) -> str:
+    """What polyphase's strided forward runs: the stride-1 layer and its algorithm."""
+    from .algorithms import polyphase
+
+    item = np.dtype(cdt).itemsize
+    mod, sub, q = polyphase._s2d_problem(spec, select.problem("forward", spec, shp, w_shape),
+                                         item)
+    taps = "x".join(str(k) for k in sub.kernel_size)
+    return (f"polyphase runs {public} as one stride-1 convolution (space to depth): the "
+            f"input copied once with each (channel, stride phase) pair as a channel, "
+            f"{q['C']} in all, and a {taps} kernel (the taps past the original kernel "
+            f"zero), run on {mod.__name__.rsplit('.', 1)[-1]}")
+
+
 def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> None:
     """Each role's algorithm and workspace into ``e.algorithm`` and ``ws`` (its
     ``"_source"``: where the workspace numbers come from)."""
@@ -1032,6 +1046,8 @@ def _choose_all(e, roles, spec, w_shape, cdt, ws, S_run, out, cfg, x_shape) -> N
                                 np.dtype(cdt).itemsize)
             if how:
                 runs.setdefault(how, []).append(public)
+        if ch.algorithm == "polyphase" and role == "forward":
+            e.notes.append(_space_to_depth_note(public, spec, shp, w_shape, cdt))
         # The conv that runs reads ``shp`` and slides over ``out`` (conv) or ``S`` (transposed).
         ws[public], ws["_source"] = _workspace(role, spec, shp, w_shape, cdt, ch.algorithm,
                                                S_run if cfg.transposed else out)
