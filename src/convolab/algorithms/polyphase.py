@@ -180,14 +180,18 @@ def _s2d_problem(spec: ConvSpec, p: dict, itemsize: int):
     return mod, sub, dict(p, C=p["C"] * P, S=J)
 
 
+def _s2d_copies(sub: ConvSpec, q: dict) -> int:
+    """Elements of the space-to-depth input and weight of the stride-1 layer ``q``."""
+    return (q["N"] * q["C"] * math.prod(q["S"])
+            + q["K"] * q["C"] // q["g"] * math.prod(sub.kernel_size))
+
+
 def _s2d_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
     """The stride-1 layer's cost, plus the space-to-depth input and weight (zeroed,
     then written; the input read)."""
     mod, sub, q = _s2d_problem(spec, p, itemsize)
     flops, nbytes = mod.cost("forward", sub, q, itemsize)
-    xs = q["N"] * q["C"] * math.prod(q["S"])
-    ws = q["K"] * q["C"] // q["g"] * math.prod(sub.kernel_size)
-    return flops, nbytes + 3 * (xs + ws) * itemsize
+    return flops, nbytes + 3 * _s2d_copies(sub, q) * itemsize
 
 
 def _phase_plan(spec: ConvSpec, in_spatial):
@@ -570,8 +574,7 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
         item = np.dtype(dtype).itemsize
         mod, sub, q = _s2d_problem(spec, p, item)
         est = getattr(mod, "workspace", None)
-        own = (q["N"] * q["C"] * math.prod(q["S"])
-               + q["K"] * q["C"] // q["g"] * math.prod(sub.kernel_size)) * item
+        own = _s2d_copies(sub, q) * item
         return own + (int(est("forward", sub, q, dtype)) if est else 0)
     mod, sub, swapped = _inner(spec, p, np.dtype(dtype).itemsize)
     est = getattr(mod, "workspace", None)
