@@ -124,6 +124,25 @@ def test_cost_model_picks_weight_grad(x_shape, w_shape, expected):
 
 
 @pytest.mark.parametrize(
+    "role, x_shape, w_shape, padding, expected",
+    [
+        # depthwise 3-D layers: GEMM's columns are copied row by row (rows of 6-16) and
+        # the tap loop runs over the padded grid (twenty-second pass's refit; measured,
+        # float32 medians: C256 5x5x5 on 16^3 FFT 52 ms, GEMM 147, the tap loop 180;
+        # C256 3x3x3 on 8^3 the tap loop 44 ms, GEMM 56; the weight gradient of C256
+        # 7x7x7 on 8^3 FFT 22 ms, GEMM 79, the tap loop 50)
+        ("forward", (2, 256, 16, 16, 16), (256, 1, 5, 5, 5), 2, "fft"),
+        ("forward", (32, 256, 8, 8, 8), (256, 1, 3, 3, 3), 0, "depthwise"),
+        ("weight_grad", (2, 256, 8, 8, 8), (256, 1, 7, 7, 7), 3, "fft"),
+    ],
+)
+def test_cost_model_picks_3d_depthwise(role, x_shape, w_shape, padding, expected):
+    spec = _spec(w_shape[2:], padding=padding, groups=w_shape[0])
+    c = select.choose(role, spec, x_shape, w_shape, np.float32)
+    assert c.algorithm == expected, c.reason
+
+
+@pytest.mark.parametrize(
     "gy_shape, w_shape, kw, expected",
     [
         # the input gradient as a GEMM forward of the flipped kernel: measured 1.3-3x

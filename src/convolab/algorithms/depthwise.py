@@ -21,7 +21,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
 from ._finite import all_finite
-from ._threads import parallel_map
+from ._threads import parallel_map, workers
 from ._tiles import grad_buffer_shape, input_rows, tiles
 from .direct import kernel_offsets, tap_slices
 
@@ -47,17 +47,39 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
     return workspace(role, spec, p, dtype) <= get_options().workspace_bytes
 
 
-def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
-    """No GEMM; ``prod(k)`` multiply-add passes over cache-resident tiles on 2 threads.
+# The tap loop's estimate, per role: (ns per tap element, row elements, ns per padded
+# input element, factor on one worker).  Each tap is a multiply and an add over the
+# tile's run: at stride 1 the flat run of the padded grid (the ends of its rows
+# included: on small 3-D planes 1.5-3x the outputs), strided the outputs, one inner loop
+# per output row (an element costs ``1 + row elements / O[-1]`` of one); plus the
+# padded copy.  On one worker (``workers=1``, or a small call) the forward and input
+# gradient take 1.5x as long; the weight gradient's sums were no faster on two.
+# Fitted (float32, two workers, medians; .dev/dwdata.py, dwfit.py) on 162 depthwise
+# layers of ranks 1-3: rms log error 0.76-0.88 -> 0.35-0.40, and 0.85-1.00 -> 0.40-0.45
+# on 70 others.  The old estimate, three passes of memory traffic per tap, was 1.5-6x
+# over: GEMM was chosen where this loop ran 1.3-2.3x faster.
+TAP_COST = {
+    "forward": (0.347, 33.0, 1.54, 1.52),
+    "input_grad": (0.464, 26.0, 2.22, 1.49),
+    "weight_grad": (0.408, 24.0, 1.55, 1.0),
+}
 
-    Measured on the suite's depthwise 3x3 layer (float32, medians): the tap loop loses
-    every role, to GEMM's batched 1 x 9 products in the forward (21.6 vs 15.8 ms) and
-    weight gradient (14.3 vs 12.1 ms) and to the polyphase input gradient, a GEMM
-    forward of the flipped kernel (30.0 vs 15.3 ms), so it is charged its full passes.
-    """
-    kk = math.prod(spec.kernel_size)
-    moved = p["N"] * p["K"] * math.prod(p["O"]) * itemsize * kk * 3
-    return 0.0, moved
+
+def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
+    """No GEMM: ``prod(k)`` multiply-add passes over cache-resident tiles on the workers
+    (see :data:`TAP_COST`)."""
+    tap_ns, row, pad_ns, one = TAP_COST[role]
+    N, C, K, O = p["N"], p["C"], p["K"], p["O"]
+    padded = spec.padded_shape(p["S"])
+    if _stride1(spec) and (role == "forward" or _fits(spec, O, p["S"])):
+        run = _flat_len(padded, O)
+    else:
+        run = math.prod(O) * (1 + row / max(1, O[-1]))
+    ns = tap_ns * N * K * math.prod(spec.kernel_size) * run + pad_ns * N * C * math.prod(padded)
+    if workers() == 1:
+        ns *= one
+    # the cost model charges bytes at 8 GB/s: 1 ns is 8 bytes (of float32 data)
+    return 0.0, 8 * ns * itemsize / 4
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:

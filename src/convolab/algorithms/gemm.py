@@ -116,15 +116,9 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
     g, N, C, K = p["g"], p["N"], p["C"], p["K"]
     P = math.prod(p["O"])
     if g == C == K and kk > 1:
-        # depthwise: the 1 x kk products are memory-bound; fitted to forward medians
-        # (float32, 3x3 to 31x31, 28x28 to 56x56 planes): ~0.2 ns per column element plus
-        # ~2.6 ns per output (3x3 C256 14.1 ms, 7x7 C128 40.2, 13x13 113, 31x31 578)
-        moved = (1.6 * N * C * kk * P + 20.8 * N * K * P) * itemsize / 4
         if role == "forward" and _toeplitz_rows(spec, p, itemsize):
             return _toeplitz_cost(spec, p, itemsize)
-        if role == "input_grad":
-            moved *= 3 * _input_grad_spread(spec, p, itemsize)
-        return 0.0, moved
+        return 0.0, _depthwise_bytes(role, spec, p, itemsize)
     if role == "forward" and _open_taps(spec, p, itemsize):
         return _open_cost(spec, p, itemsize)
     if role == "forward" and _taps_first(spec, p, itemsize):
@@ -835,8 +829,48 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     return None if y is None else y.reshape((N, K) + O)
 
 
+# GEMM's depthwise layers (their 1 x prod(k) products are memory-bound), per role:
+# (ns per column element, row elements, ns per output).  A column element costs
+# ``ns * (1 + row elements / O[-1])``: the copies run one inner loop per output row, so
+# narrow rows cost more per element (3-D planes of 6-16).  The forward and weight
+# gradient have two entries each: columns copied as runs of the plane (the same-size and
+# flat forward lowerings apply, or 1-D) or row by row (the others: "... rows").  The
+# input gradient's columns are its flat phase grid's (:func:`_input_grad_spread`).
+# Fitted (float32, two workers, medians; .dev/dwdata.py, dwfit.py) on 162 depthwise
+# layers of ranks 1-3, 3x3x3 to 7x7x7 and 3 to 31 taps: rms log error of the estimate
+# 0.93-1.00 -> 0.25-0.37, and 1.04-1.08 -> 0.25-0.37 on 70 others.  The old formula
+# (fitted on 2-D forwards of 28- to 56-wide planes) was 2.5-7x under on 3-D layers,
+# which took GEMM where FFT or the tap loop ran 1.6-3.6x faster.
+DEPTHWISE_COLUMNS = {
+    "forward": (0.242, 13.0, 0.66),
+    "forward rows": (0.312, 22.2, 2.1),
+    "input_grad": (1.93, 2.3, 0.0),
+    "weight_grad": (0.236, 27.0, 1.54),
+    "weight_grad rows": (0.33, 19.8, 3.25),
+}
+
+
+def _depthwise_bytes(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float:
+    """:func:`cost`'s bytes for a depthwise ``role`` through columns (see
+    :data:`DEPTHWISE_COLUMNS`)."""
+    N, C, S, O = p["N"], p["C"], p["S"], p["O"]
+    rows = (role != "input_grad" and spec.rank > 1 and not samegrid.applicable(spec, S, O)
+            and not _flat(spec, S, O))
+    col_ns, row, out_ns = DEPTHWISE_COLUMNS[role + " rows" if rows else role]
+    P = math.prod(O)
+    cols = N * C * math.prod(spec.kernel_size) * P * (1 + row / max(1, p["O"][-1]))
+    if role == "input_grad" and spec.rank > 1:
+        cols *= _input_grad_spread(spec, p, itemsize)
+    # the cost model charges bytes at 8 GB/s: 1 ns is 8 bytes (of float32 data)
+    return 8 * (col_ns * cols + out_ns * N * C * P) * itemsize / 4
+
+
 def _depthwise_columns_cost(spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, float]:
-    """:func:`cost`'s depthwise forward through columns (memory traffic only)."""
+    """The depthwise forward through columns as :data:`TOEPLITZ_COST` was set against
+    (memory traffic only; the choice between GEMM's two depthwise lowerings, whose
+    constants were tuned together; :data:`DEPTHWISE_COLUMNS` prices the columns against
+    the other algorithms): ~0.2 ns per column element plus ~2.6 ns per output, fitted to
+    2-D forward medians (3x3 to 31x31, 28x28 to 56x56 planes)."""
     kk = math.prod(spec.kernel_size)
     N, C, K, P = p["N"], p["C"], p["K"], math.prod(p["O"])
     return 0.0, (1.6 * N * C * kk * P + 20.8 * N * K * P) * itemsize / 4
