@@ -99,10 +99,22 @@ class _Pool:
 
         for q in self._queues[:n]:
             q.put(wrapped)
-        errors = [e for e in (done.get() for _ in range(n)) if e is not None]
+        outcomes: list = []
+        while len(outcomes) < n:
+            # waited in slices, not in one blocking get: a Ctrl-C whose signal arrives
+            # just before the get blocks is only acted on when Python code runs again,
+            # which a blocking get put off until the workers finished (the whole call;
+            # for ever with tiles that wait on the caller: 1 in 30 runs of
+            # test_an_interrupted_call_stops_its_workers hung)
+            with contextlib.suppress(queue.Empty):
+                outcomes.append(done.get(timeout=WAIT_SLICE))
+        errors = [e for e in outcomes if e is not None]
         if errors:
             raise errors[0]
 
+
+# seconds a caller waits on its workers before it checks for a Ctrl-C (see _Pool.run)
+WAIT_SLICE = 0.05
 
 _POOL: _Pool | None = None
 _POOL_LOCK = threading.Lock()
