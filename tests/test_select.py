@@ -167,6 +167,10 @@ def test_cost_model_picks_3d_depthwise(role, x_shape, w_shape, padding, expected
         # 7.0 vs 10.0 in the eighteenth pass).  14x14 is a tie (7.2 vs 7.9 ms once,
         # 12.6 vs 11.6 and 13.7 vs 15.7 later), so it is not pinned here.
         ((8, 256, 8, 8), (256, 128, 4, 4), dict(stride=2, padding=1), "gemm"),
+        # one input channel from 256 gradient channels: w^T @ gy reads gy spread onto
+        # its phase grid for a 9-row product (twenty-second pass: polyphase 2.4 ms,
+        # GEMM 3.9, interleaved)
+        ((8, 256, 32, 32), (256, 1, 3, 3), dict(padding=1), "polyphase"),
         # the demo's stride-2 1-D layer (40 inputs): w^T @ gy + col2im, 1.79 against
         # 2.64 ms through polyphase (short strided signals, the sixteenth pass)
         ((128, 64, 20), (64, 64, 3), dict(stride=2, padding=1), "gemm"),

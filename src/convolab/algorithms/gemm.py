@@ -155,7 +155,23 @@ def _column_cost(role: str, spec: ConvSpec, p: dict, itemsize: int, *,
         # layers spend most of their time on
         gx = 2 * N * C * math.prod(p["S"]) * itemsize
         flops, copies = flops * spread, copies * spread + gx
+        # gy spread onto the phase grid (zeros between its rows) and read by the product
+        # once per C/g*prod(k) rows of dcols: with many more gradient channels than input
+        # channels that is the work (see GY_GRID_NS)
+        ns, one, ratio = GY_GRID_NS
+        if ratio * C <= K:
+            copies += 8 * ns * N * K * P * spread * (one if workers() == 1 else 1.0) * itemsize / 4
     return flops / max(eff, 1e-3), copies
+
+
+# GEMM's input gradient (2-D and 3-D): (ns per element of gy on its phase grid, factor on
+# one worker, the K/C from which it is counted).  Without it the estimate was 2.2x under
+# where K/C >= 32 (a C3 -> K256 5x5 layer on 112x112: estimated 4.5 ms, ran 15.4;
+# polyphase 6.3), 1.5x at K/C 8-32, and right or over below (there it is left out: with
+# it a C8 -> K32 layer's backward went to the fused plan, 1.5x slower).  Fitted
+# (float32, two workers, medians; .dev/igdata.py, igfit.py) on 250 layers of ranks 2-3,
+# most with 1-64 input channels.
+GY_GRID_NS = (0.4, 2.8, 8)
 
 
 def _input_grad_spread(spec: ConvSpec, p: dict, itemsize: int) -> float:
