@@ -115,6 +115,11 @@ def test_cost_model_picks(x_shape, w_shape, kw, expected):
         ((16, 64, 28, 28), (64, 64, 5, 5), "winograd"),
         ((16, 256, 14, 14), (256, 256, 5, 5), "winograd"),
         ((1, 64, 8, 8), (64, 64, 5, 5), "gemm"),  # ... but not on one 8x8 plane (0.72 vs 1.34)
+        # 1-D 7 taps: F(7, 6) (the suite's layer) ...
+        ((32, 64, 1024), (64, 64, 7), "winograd"),
+        # ... but not on 4 short signals of 256 channels, where each tile's (a, K, C)
+        # product is the work (twenty-second pass: 1.6 vs 3.7 ms, 3.3 vs 8.1 later)
+        ((4, 256, 64), (256, 256, 3), "gemm"),
     ],
 )
 def test_cost_model_picks_weight_grad(x_shape, w_shape, expected):
