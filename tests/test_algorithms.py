@@ -1236,6 +1236,47 @@ def test_winograd_splits_a_lone_sample_over_the_workers(workers):
 
 
 @pytest.mark.parametrize("workers", [2, 3])
+def test_depthwise_tap_loop_splits_large_samples_by_channels(workers):
+    """Fewer samples than workers, each large: the stride-1 tap loops hand each worker a
+    share of every sample's channels (forward, input gradient, weight gradient), with
+    the results of the reference: a channel multiplier, uneven padding, 2-D and 3-D."""
+    from unittest import mock
+
+    from convolab.algorithms import depthwise, direct
+
+    plans = []
+    real = depthwise._flat_tiles
+
+    def spy(*args):
+        plan = real(*args)
+        plans.append(plan)
+        return plan
+
+    rng = np.random.default_rng(13)
+    with cl.options(workers=workers), mock.patch.object(depthwise, "_flat_tiles", spy), \
+            mock.patch.object(depthwise, "_SPLIT_BYTES", 1):
+        for N, C, m, size, pad in [(1, 7, 2, (9, 11), [(1, 2), (0, 1)]),
+                                   (2, 5, 1, (4, 5, 6), [(1, 1), (0, 2), (1, 0)])]:
+            r = len(size)
+            spec = make_spec((3,) * r, 1, pad, 1, C)
+            x = rng.standard_normal((N, C) + size)
+            w = rng.standard_normal((C * m, 1) + (3,) * r)
+            gy = rng.standard_normal((N, C * m) + spec.conv_out_shape(size))
+            plans.clear()
+            got = (depthwise.forward(x, w, spec), depthwise.input_grad(gy, w, spec, size),
+                   depthwise.weight_grad(x, gy, spec))
+            assert len(plans) == 3 and all(len(p) >= workers for p in plans), (N, C)
+            for plan in plans:  # every (sample, channel) once
+                cells = sorted((n, c) for bs, cs in plan for n in range(N)[bs]
+                               for c in range(C)[cs])
+                assert cells == [(n, c) for n in range(N) for c in range(C)]
+            ref = (direct.forward(x, w, spec), direct.input_grad(gy, w, spec, size),
+                   direct.weight_grad(x, gy, spec))
+            for a, b in zip(got, ref):
+                assert rel_err(a, b) <= TOL64, (N, C, size)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
 def test_winograd_3d_splits_a_lone_sample_by_planes(workers):
     """One sample's volume that fits one tile is cut into a tile of output planes per
     worker in the 3-D forward and input gradient (each re-reading the k0 - 1 planes
