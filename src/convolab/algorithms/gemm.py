@@ -874,7 +874,7 @@ def _depthwise_bytes(role: str, spec: ConvSpec, p: dict, itemsize: int) -> float
             and not _flat(spec, S, O))
     col_ns, row, out_ns = DEPTHWISE_COLUMNS[role + " rows" if rows else role]
     P = math.prod(O)
-    cols = N * C * math.prod(spec.kernel_size) * P * (1 + row / max(1, p["O"][-1]))
+    cols = N * C * math.prod(spec.kernel_size) * P * (1 + row / max(1, O[-1]))
     if role == "input_grad" and spec.rank > 1:
         cols *= _input_grad_spread(spec, p, itemsize)
     # the cost model charges bytes at 8 GB/s: 1 ns is 8 bytes (of float32 data)

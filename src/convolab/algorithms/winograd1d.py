@@ -175,8 +175,8 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     factors lose 0.2 ms in all by picking the slower of the two (a 40-long signal, 1.9
     vs 1.7 ms, and a 3-tap 32-channel layer, 1.14 vs 1.10; unscaled counts lose 9.7 ms,
     the F(4, 3) path's factors of 1.6 lose 30 ms).  The tiles' buffers stay in the cache, so their
-    bytes cost less than the main-memory copies of GEMM's columns.  On top, per role,
-    :data:`TILE_COST`: a factor and the per-tile products with the transformed weight."""
+    bytes cost less than the main-memory copies of GEMM's columns.  The weight
+    gradient's has its per-tile products on top (:data:`WG_TILE`)."""
     r = spec.kernel_size[0]
     m = tile_outputs(r)
     a = m + r - 1
@@ -189,28 +189,25 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     if d > 1:
         # the output is written back one phase at a time (strided by d)
         moved += 4 * itemsize * (N * C * p["S"][0] + N * K * p["O"][0])
-    scale, tile_ns = TILE_COST[role]
     if role != "weight_grad":
         # the weight transform U = G w and U itself, read by every tile (winograd2d)
         flops += 2 * 2 * a * r * K * C
         plan = tiles(N, (-(-p["O"][0] // (m * d)),), _per_tile(r, C, K, itemsize) * d,
                      cache=CACHE_BYTES)[0]
         moved += a * K * C * itemsize * (1 + len(plan))
-        moved *= 0.5
-    else:
-        # it also gathers and transforms gy (its bytes at 1.2), and each tile of the plan
-        # writes an (a, K, C) product that is folded into the sum
-        plan = _wg_plan(N, p["O"][0], r, C, K, d, itemsize)[0]
-        moved *= 1.2
-    # per tile of the plan, the (a, K, C) products (see TILE_COST)
+        return 0.6 * flops / max(eff, 1e-3), 0.5 * moved
+    # the weight gradient also gathers and transforms gy (its bytes at 1.2), and each
+    # tile of its plan writes an (a, K, C) product that is folded into the sum (WG_TILE)
+    scale, tile_ns = WG_TILE
+    plan = _wg_plan(N, p["O"][0], r, C, K, d, itemsize)[0]
     per_tile = 8 * tile_ns * len(plan) * a * K * C * itemsize / 4
-    return scale * 0.6 * flops / max(eff, 1e-3), scale * moved + per_tile
+    return scale * 0.6 * flops / max(eff, 1e-3), scale * 1.2 * moved + per_tile
 
 
-# Per role: (factor on the per-position estimate above, ns per element of each plan
-# tile's (a, K, C) products).  The weight gradient writes such a product per tile of its
-# plan and folds it into the sum; on short signals with many channels that is the work
-# (N4 C256 -> K256 5 taps on 32 samples: estimated 0.62 ms, ran 3.7; GEMM 1.05).
+# The weight gradient's estimate: (factor on the per-position estimate above, ns per
+# element of each plan tile's (a, K, C) product).  On short signals with many channels
+# those products are the work (N4 C256 -> K256 5 taps on 32 samples: estimated 0.62
+# ms, ran 3.7; GEMM 1.05).
 # Fitted (float32, two workers, medians; .dev/w1data.py, w1fit.py) on 180 1-D layers of
 # 3-9 taps, 16-256 channels, 32-4096 samples: rms log error 0.57-0.62 -> 0.26-0.27 (and
 # on the held-out set 0.52-0.60 -> 0.27-0.28); the time its choice loses against the
@@ -219,7 +216,7 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
 # rms error alike (0.44-0.59 -> 0.25-0.31), but chose worse on two of the three sets
 # against GEMM's 1-D estimates, which were fitted to choose rather than to predict
 # (:data:`convolab.algorithms.gemm.COST_1D`): they are left as they were.
-TILE_COST = {"forward": (1.0, 0.0), "input_grad": (1.0, 0.0), "weight_grad": (0.66, 4.7)}
+WG_TILE = (0.66, 4.7)
 
 
 def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
