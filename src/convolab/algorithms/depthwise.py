@@ -58,9 +58,13 @@ def applicable(role: str, spec: ConvSpec, x_shape, w_shape, dtype) -> bool:
 # Fitted (float32, two workers, medians; .dev/dwdata.py, dwfit.py) on 162 depthwise
 # layers of ranks 1-3: rms log error 0.76-0.88 -> 0.35-0.40, and 0.85-1.00 -> 0.40-0.45
 # on 70 others.  The old estimate, three passes of memory traffic per tap, was 1.5-6x
-# over: GEMM was chosen where this loop ran 1.3-2.3x faster.
+# over: GEMM was chosen where this loop ran 1.3-2.3x faster.  The forward's per-element
+# costs are 1.15x the fit's (0.347 and 1.54 ns): at the fit, same-padded 3x3x3 layers on
+# small volumes, where this estimate is still low and GEMM's high, tied and went to the
+# loop where GEMM ran 1.5x faster (N4 C256 on 8^3: 11.8 against 7.5 ms); the forward's
+# geomean choice loss on the three depthwise sets 2.6 / 5.8 / 3.3 -> 2.6 / 5.8 / 2.2 %.
 TAP_COST = {
-    "forward": (0.347, 33.0, 1.54, 1.52),
+    "forward": (0.40, 33.0, 1.77, 1.52),
     "input_grad": (0.464, 26.0, 2.22, 1.49),
     "weight_grad": (0.408, 24.0, 1.55, 1.0),
 }
