@@ -350,13 +350,13 @@ def _backward_settled(spec, x_shape, w_shape, dtype) -> Choice | tuple[Choice, C
     gy_shape = (x_shape[0], w_shape[0]) + spec.conv_out_shape(x_shape[2:])
     ig = choose("input_grad", spec, gy_shape, w_shape, dtype)
     wg = choose("weight_grad", spec, x_shape, w_shape, dtype)
-    if spec.rank == 1 and spec.kernel_size[0] < 5 and wg.algorithm == "winograd":
-        # 1-D 3- and 4-tap kernels: F(6, 3) cuts the FLOPs least, and the two Winograd
-        # gradients ran slower than fused on 43 of 44 recorded 3-tap layers (1.1-2.1x;
-        # N32 C64 -> K64 on 1024 samples 21.4 against 16.4 ms); over three sets of 70 1-D
-        # layers the plan's loss 7.6 / 16.5 / 12.0 -> 6.5 / 16.1 / 10.8 % (.dev/evalbwd.py)
-        return Choice("fused", "fused: a 1-D kernel of 3-4 taps, whose Winograd weight "
-                               "gradient saves the least")
+    if spec.rank == 1 and spec.kernel_size[0] == 3 and wg.algorithm == "winograd":
+        # 1-D 3-tap kernels: F(6, 3) cuts the FLOPs least, and the two Winograd gradients
+        # ran slower than fused on 43 of 44 recorded 3-tap layers (1.1-2.1x; N32 C64 ->
+        # K64 on 1024 samples 21.4 against 16.4 ms); over three sets of 70 1-D layers
+        # the plan's loss 7.6 / 16.5 / 12.0 -> 6.5 / 16.1 / 10.8 % (.dev/evalbwd.py)
+        return Choice("fused", "fused: a 1-D 3-tap kernel, whose Winograd weight gradient "
+                               "saves the least")
     if wg.algorithm == "winograd" and w_shape[0] // spec.groups >= w_shape[1]:
         # its transforms cut the FLOPs of both gradients; measured faster than fused on
         # every such layer in the suite (fused / separate, ms: 3x3 C64 56x56 50.2 / 42.1,
