@@ -176,7 +176,7 @@ def cost(role: str, spec: ConvSpec, p: dict, itemsize: int) -> tuple[float, floa
     vs 1.7 ms, and a 3-tap 32-channel layer, 1.14 vs 1.10; unscaled counts lose 9.7 ms,
     the F(4, 3) path's factors of 1.6 lose 30 ms).  The tiles' buffers stay in the cache, so their
     bytes cost less than the main-memory copies of GEMM's columns.  The weight
-    gradient's has its per-tile products on top (:data:`WG_TILE`)."""
+    gradient's estimate has its per-tile products on top (:data:`WG_TILE`)."""
     r = spec.kernel_size[0]
     m = tile_outputs(r)
     a = m + r - 1
