@@ -165,6 +165,19 @@ def _traced(fn, *args):
         tracemalloc.stop()
 
 
+def _two_workers(test):
+    """Run ``test`` with ``workers=2``: its cost-model picks and tile sizes were measured
+    on the 2-core machine, and both count the workers (on a 16-core machine, 8 workers,
+    these picks differ)."""
+    import functools
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        with cl.options(workers=2):
+            return test(*args, **kwargs)
+    return run
+
+
 def _fn(case: ConvCase):
     return getattr(cl, ("conv_transpose" if case.transposed else "conv") + f"{case.rank}d")
 
@@ -389,6 +402,7 @@ def test_gemm_channels_last_columns_chosen_on_small_planes():
     assert peak - gw.nbytes <= est + 2**14, (peak - gw.nbytes, est)
 
 
+@_two_workers
 def test_gemm_open_products_first_chosen_on_small_planes():
     """C256 -> K8 7x7 on 7x7 planes (a head on a small map): the padded grid is 169
     positions for 49 inputs, and the estimate takes the products on the unpadded input
@@ -435,6 +449,7 @@ def test_gemm_open_products_first_chosen_on_small_planes():
     assert rel_err(got[fin], want[fin]) <= TOL64
 
 
+@_two_workers
 def test_gemm_products_first_chosen_for_few_output_channels():
     """C128 -> K8 5x5 (a head): the estimate takes products first, the result is
     torch's, and the tiles stay within the budget (the products of a tile are
@@ -642,7 +657,9 @@ def test_gemm_plain_lane_only_within_its_sizes_and_the_budget(role, stride):
             assert lane_fn.called is runs
             if runs:
                 assert est == need
-                assert peak - got.nbytes <= need + 4096, (peak, got.nbytes, need)
+                # slack for NumPy's own small allocations: NumPy 2.5.2 took 29 bytes
+                # more than 4 KiB of it on the stride-2 weight gradient
+                assert peak - got.nbytes <= need + 2**13, (peak, got.nbytes, need)
             assert rel_err(got, ref) <= TOL64
 
 
@@ -2020,16 +2037,17 @@ def test_group_tiles_cover_every_sample_row_and_group_once():
         assert max(sizes) - min(sizes) <= G // 2 + 1  # balanced chunks, not G + a remainder
 
 
-@pytest.mark.parametrize("algorithm, x_shape, w_shape, kwargs", [
-    ("gemm", (6, 8, 12, 12), (8, 2, 3, 3), dict(padding=1, groups=4)),
-    ("gemm", (5, 6, 40), (4, 6, 5), dict(stride=2)),
-    ("winograd", (5, 6, 13, 14), (4, 6, 3, 3), dict(padding=1)),
-    ("winograd", (3, 4, 6, 9, 10), (5, 4, 3, 3, 3), dict(padding=1)),
-    ("winograd", (5, 6, 90), (4, 6, 7), dict(padding=3, dilation=2)),
-    ("winograd", (5, 6, 13, 14), (4, 6, 5, 5), dict(padding=2)),
+# the budgets: many tiles, each within a worker's share (so that both workers run them)
+@pytest.mark.parametrize("algorithm, x_shape, w_shape, kwargs, budget", [
+    ("gemm", (6, 8, 12, 12), (8, 2, 3, 3), dict(padding=1, groups=4), 12000),
+    ("gemm", (5, 6, 40), (4, 6, 5), dict(stride=2), 3000),
+    ("winograd", (5, 6, 13, 14), (4, 6, 3, 3), dict(padding=1), 24000),
+    ("winograd", (3, 4, 6, 9, 10), (5, 4, 3, 3, 3), dict(padding=1), 16000),
+    ("winograd", (5, 6, 90), (4, 6, 7), dict(padding=3, dilation=2), 3000),
+    ("winograd", (5, 6, 13, 14), (4, 6, 5, 5), dict(padding=2), 24000),
 ])
 def test_weight_gradient_sums_do_not_depend_on_which_thread_ran_a_tile(
-        algorithm, x_shape, w_shape, kwargs):
+        algorithm, x_shape, w_shape, kwargs, budget):
     """Tiles folded in tile order: the first tile finishing last (as when its thread is
     descheduled) gives the same bits, so repeated runs agree exactly.  (For a given worker
     count: the tiles are sized by each worker's share of the workspace, so a machine
@@ -2042,17 +2060,20 @@ def test_weight_gradient_sums_do_not_depend_on_which_thread_ran_a_tile(
     op = getattr(cl, f"conv{len(x_shape) - 2}d")
 
     def weight_grad():
-        with cl.options(algorithm=algorithm, workspace_bytes=3000, workers=2):
+        with cl.options(algorithm=algorithm, workspace_bytes=budget, workers=2):
             y, pb = cl.vjp(op, x, w, **kwargs)
             return pb(y)[1]
 
-    def late_map(fn, items):
+    calls = []
+
+    def late_map(fn, items, n=None):
         """The first tile finishes last: another thread runs all the others first (as
         far as the fold lets it run ahead)."""
         import threading
         import time
 
         items = list(items)
+        calls.append(len(items))
         out = [None] * len(items)
 
         def first():
@@ -2070,6 +2091,7 @@ def test_weight_gradient_sums_do_not_depend_on_which_thread_ran_a_tile(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_threads, "parallel_map", late_map)
         backwards = weight_grad()
+    assert calls and max(calls) >= 3, calls
     assert np.array_equal(first, backwards)
     assert np.array_equal(first, weight_grad())
 
@@ -2119,8 +2141,8 @@ def test_without_threadpoolctl_tiles_run_in_order_with_the_same_results(algorith
     w = rng.standard_normal((6, 3, 3, 3))
     kw = dict(padding=1, groups=2)
 
-    def fwd_bwd():
-        with cl.options(algorithm=algorithm, workspace_bytes=4000):
+    def fwd_bwd():  # a budget of many tiles, each within a worker's share
+        with cl.options(algorithm=algorithm, workspace_bytes=16000):
             y, pb = cl.vjp(cl.conv2d, x, w, **kw)
             return (y,) + tuple(pb(y))
 
@@ -2722,3 +2744,36 @@ def test_gemm_forward_with_few_positions_runs_one_product_over_the_samples(budge
     assert inner and all(inner)
     assert rel_err(got, want) <= TOL64
     assert peak <= budget + got.nbytes + 2**13, (peak - got.nbytes) / 2**10
+
+
+@pytest.mark.parametrize("nworkers", [2, 4, 8])
+def test_tiles_whose_buffers_exceed_a_workers_share_run_on_fewer_workers(nworkers):
+    """Each worker keeps its tile buffer for the whole call, and the plans aim at a
+    worker's share of the budget; where even the smallest tile (one row of one sample)
+    is larger, that many buffers were over the budget together: on a 16-core machine (8
+    workers) the forward above took 144 KiB under 64.  The tiles now run on as many
+    workers as the budget holds buffers for (here one), on any worker count, with
+    torch's result; under a roomy budget on all of them."""
+    import threading
+
+    from convolab.algorithms import _threads
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 64, 7, 7))
+    w = rng.standard_normal((32, 64, 5, 5))
+    b = rng.standard_normal(32)
+    want = torch.nn.functional.conv2d(*(torch.tensor(a) for a in (x, w, b)), stride=2).numpy()
+    budget = 2**16
+    with cl.options(algorithm="gemm", workspace_bytes=budget, workers=nworkers):
+        cl.conv2d(x, w, b, stride=2)
+        got, peak = _traced(lambda: cl.conv2d(x, w, b, stride=2))
+        one = _threads.Scratch(budget // 8 // 2 + 1, np.float64)
+        assert one.workers == 1
+    assert rel_err(got, want) <= TOL64
+    assert peak <= budget + got.nbytes + 2**13, (peak - got.nbytes) / 2**10
+    with cl.options(workspace_bytes=2**20, workers=nworkers):
+        roomy = _threads.Scratch(2**20 // 8 // nworkers, np.float64)
+        assert roomy.workers == nworkers
+        seen = set()
+        _threads.run_tiles(lambda i: seen.add(threading.get_ident()), range(64), one)
+        assert len(seen) == 1

@@ -130,8 +130,9 @@ def _pool() -> _Pool:
         return _POOL
 
 
-def parallel_map(fn, items) -> list:
-    """``[fn(i) for i in items]``, spread over :func:`workers` threads when there are several.
+def parallel_map(fn, items, n: int | None = None) -> list:
+    """``[fn(i) for i in items]``, spread over :func:`workers` threads (at most ``n``)
+    when there are several.
 
     Each worker pulls the next item from one shared iterator (``next`` on a range
     iterator is atomic under the GIL), so a call costs one pool job per worker, not one
@@ -143,7 +144,7 @@ def parallel_map(fn, items) -> list:
     in its own thread.
     """
     items = list(items)
-    n = min(workers(), len(items))
+    n = min(workers() if n is None else n, len(items))
     if n <= 1 or getattr(_LOCAL, "in_pool", False):
         return [fn(i) for i in items]
     pool = _pool()
@@ -395,13 +396,16 @@ def _release_blas_control() -> None:
         _CLEAR_CONTROL(force=True)
 
 
-def run_tiles(fn, items) -> list:
-    """Run independent tiles ``fn(item)``; see the module docstring."""
+def run_tiles(fn, items, bufs: Scratch | None = None) -> list:
+    """Run independent tiles ``fn(item)``; see the module docstring.  With ``bufs``, the
+    tiles' :class:`Scratch`, on at most ``bufs.workers`` threads (the workers whose
+    buffers fit the workspace together)."""
     items = list(items)
+    n = workers() if bufs is None else bufs.workers
     with _blas_single_thread() as ok:
-        if not ok or workers() == 1 or len(items) < 2:
+        if not ok or n == 1 or len(items) < 2:
             return [fn(i) for i in items]
-        return parallel_map(fn, items)
+        return parallel_map(fn, items, n)
 
 
 # run_tiles_sum: results that may wait to be folded, per worker, and so the results a
@@ -410,7 +414,7 @@ PARKED_PER_WORKER = 2
 RESULTS_HELD_PER_WORKER = 1 + PARKED_PER_WORKER
 
 
-def run_tiles_sum(fn, items, acc: np.ndarray) -> np.ndarray:
+def run_tiles_sum(fn, items, acc: np.ndarray, bufs: Scratch | None = None) -> np.ndarray:
     """``acc[index] += value`` for every ``(index, value)`` pair of every ``fn(item)``,
     with the tiles run by :func:`run_tiles` but folded into ``acc`` in the order of
     ``items``, whichever thread computed them.
@@ -423,6 +427,7 @@ def run_tiles_sum(fn, items, acc: np.ndarray) -> np.ndarray:
     ``PARKED_PER_WORKER * workers()`` tiles ahead of the fold waits for it, so each
     worker holds at most :data:`RESULTS_HELD_PER_WORKER` results (callers whose results
     are big count them against the workspace).  The adds run under a lock (they release the GIL).
+    ``bufs``: as :func:`run_tiles`'s.
     """
     items = list(items)
     cond = threading.Condition()
@@ -456,7 +461,7 @@ def run_tiles_sum(fn, items, acc: np.ndarray) -> np.ndarray:
                 nxt += 1
             cond.notify_all()
 
-    run_tiles(run, range(len(items)))
+    run_tiles(run, range(len(items)), bufs)
     return acc
 
 
@@ -503,11 +508,21 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
 
 
 class Scratch:
-    """One flat scratch buffer per worker thread, reused across that thread's tiles."""
+    """One flat scratch buffer per worker thread, reused across that thread's tiles.
+
+    ``workers``: how many threads may hold one at once, :func:`workers` or fewer where
+    that many buffers would not fit the workspace together.  The tile plans aim at a
+    worker's share of the budget, but their smallest tile (one row of one sample) can
+    be larger, and each worker then held one: on a 16-core machine (8 workers) a C64
+    5x5 stride-2 forward on 7x7 planes under a 64 KiB budget took 144 KiB, three
+    tiles of 51 KiB at once.  Pass the buffer to :func:`run_tiles` (or
+    :func:`run_tiles_sum`), which then runs the tiles on that many threads."""
 
     def __init__(self, size: int, dtype) -> None:
         self.size, self.dtype = max(1, int(size)), dtype
         self._bufs: dict[int, np.ndarray] = {}
+        each = self.size * np.dtype(dtype).itemsize
+        self.workers = max(1, min(workers(), get_options().workspace_bytes // each))
 
     def get(self) -> np.ndarray:
         key = threading.get_ident()

@@ -275,7 +275,7 @@ def _backward(x, gy, w, spec):
             gxr.reshape(ng * Cg, n, L).transpose(1, 0, 2), Pd, St, 0)
         return [(gs, np.matmul(cols, xr.reshape(ng, Cg, n * L).transpose(0, 2, 1)))]
 
-    gw = run_tiles_sum(run, plan, np.zeros((g, Kg * kk, Cg), dtype=dtype))
+    gw = run_tiles_sum(run, plan, np.zeros((g, Kg * kk, Cg), dtype=dtype), bufs)
     gw = gw.reshape(g, Kg, kk, Cg)[:, :, ::-1].transpose(0, 1, 3, 2)
     return gx, np.ascontiguousarray(gw).reshape((K, Cg) + k)
 
@@ -325,7 +325,7 @@ def _backward_same(x, gy, w, spec):
         prod = np.matmul(cols, xt.transpose(0, 1, 3, 2))  # (n, ng, Kg*kk, Cg)
         return [(gs, prod.sum(axis=0) if n > 1 else prod[0])]
 
-    gw = run_tiles_sum(run, plan, np.zeros((g, Kg * kk, Cg), dtype=dtype))
+    gw = run_tiles_sum(run, plan, np.zeros((g, Kg * kk, Cg), dtype=dtype), bufs)
     gw = gw.reshape(g, Kg, kk, Cg).transpose(0, 1, 3, 2)
     return gx.reshape((N, C) + S), np.ascontiguousarray(gw).reshape((K, Cg) + k)
 
@@ -398,6 +398,6 @@ def forward_and_weight_grad(a: np.ndarray, w: np.ndarray, b: np.ndarray, spec: C
             return [(gs, np.matmul(cols, bt.transpose(0, 2, 1)))]
         return [(gs, np.matmul(bt, cols.transpose(0, 2, 1)).transpose(0, 2, 1))]
 
-    gw = run_tiles_sum(run, plan, np.zeros((g, Ckg, Kg), dtype=dtype))
+    gw = run_tiles_sum(run, plan, np.zeros((g, Ckg, Kg), dtype=dtype), bufs)
     gw = np.ascontiguousarray(gw.transpose(0, 2, 1)).reshape((K, Cg) + tuple(spec.kernel_size))
     return y.reshape((N, K) + O), gw

@@ -841,7 +841,7 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
         else:
             put(y[bs, gs, :, ps], np.matmul(wm[gs], cols), bg)
 
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return None if y is None else y.reshape((N, K) + O)
 
 
@@ -1005,7 +1005,7 @@ def _forward_toeplitz(x, w, spec: ConvSpec, O, dtype, store=None, gb=None):
         else:
             store(bs, cs, slice(0, Ho), block)
 
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return y
 
 
@@ -1184,7 +1184,7 @@ def _forward_last(x, w, spec: ConvSpec, O, dtype, bias):
         # (g, n, P, Kg) -> (n, g, Kg, P)
         y[bs] = prod.reshape(g, n, P, Kg).transpose(1, 0, 3, 2).reshape((n, K) + tuple(O))
 
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return y
 
 
@@ -1212,7 +1212,7 @@ def _weight_grad_last(x, gy, spec: ConvSpec, dtype):
                  @ _last_cols(xc, spec, O, slice(gi * Cg, (gi + 1) * Cg), cols))
                 for gi in range(g)]
 
-    gw = run_tiles_sum(run, plan, np.zeros((g, Kg, kk * Cg), dtype=dtype))
+    gw = run_tiles_sum(run, plan, np.zeros((g, Kg, kk * Cg), dtype=dtype), bufs)
     # (g, Kg, *k, Cg) -> (g, Kg, Cg, *k)
     gw = gw.reshape((g, Kg) + tuple(spec.kernel_size) + (Cg,))
     return np.ascontiguousarray(gw.transpose((0, 1, 2 + r) + tuple(range(2, 2 + r)))).reshape(
@@ -1469,7 +1469,7 @@ def _forward_open(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.nda
         else:
             store(bs, ks, slice(0, O[0]), acc)
 
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return y
 
 
@@ -1551,7 +1551,7 @@ def _forward_taps(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.nda
         else:
             store(bs, ks, rows, block)
 
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return y
 
 
@@ -1630,7 +1630,7 @@ def _forward_flat(x, w, spec: ConvSpec, O, dtype, store=None, gb=None) -> np.nda
         else:
             store(bs, slice(gs.start * Kg, gs.stop * Kg), rows, yv)
 
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return y
 
 
@@ -1676,7 +1676,7 @@ def _forward_same(x, w, spec: ConvSpec, O, dtype, gb=None, store=None) -> np.nda
         np.matmul(wm[gs], cols.reshape(n, ng, Cg * kk, L), out=out.reshape(n, ng, Kg, L))
         add_bias(out.reshape(n, ng, Kg, L), None if gb is None else gb[gs])
 
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return None if y is None else y.reshape((N, K) + tuple(O))
 
 
@@ -1743,7 +1743,7 @@ def _forward_mec(x, w, spec: ConvSpec, O, dtype, bias=None) -> np.ndarray:
         np.matmul(wm, M, out=y[bs, :, rows].transpose(0, 2, 1, 3))
         add_bias(y[bs, :, rows], None if bias is None else bias.reshape(-1, 1, 1))
 
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return y.reshape((N, K) + tuple(O))
 
 
@@ -1813,10 +1813,10 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     if len(plan) == 1:
         # one tile: its product is the result (no zeroed sum to add it to)
         out = []
-        run_tiles(lambda tile: out.append(run(tile)[0][1]), plan)
+        run_tiles(lambda tile: out.append(run(tile)[0][1]), plan, bufs)
         gw = out[0]
     else:
-        gw = run_tiles_sum(run, plan, np.zeros(shape, dtype=dtype))
+        gw = run_tiles_sum(run, plan, np.zeros(shape, dtype=dtype), bufs)
     if rows_first:
         gw = np.ascontiguousarray(gw.transpose(0, 2, 1))
     return gw.reshape((K, C // g) + tuple(spec.kernel_size))
@@ -1988,7 +1988,7 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
         for phi, src, dst in phase_copies:
             gx[(bs, slice(None)) + dst] = ph[(slice(None), slice(None)) + phi + src].swapaxes(0, 1)
 
-    run_tiles(run, _even_batches(N, step))
+    run_tiles(run, _even_batches(N, step), bufs)
     return gx
 
 

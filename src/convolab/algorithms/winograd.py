@@ -328,7 +328,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, pads, bias=None) -> np.ndarray:
         check_block(checks, y[bs, :, r0:r1])
 
     checks = tile_checks(dtype)
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return y
 
 
@@ -437,7 +437,7 @@ def _correlate3(x: np.ndarray, w: np.ndarray, O, pads, bias=None) -> np.ndarray:
         check_block(checks, y[n, :, d0:d1, r0:r1])
 
     checks = tile_checks(dtype)
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return y
 
 
@@ -678,7 +678,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         UgT = _gy_tiles(gy, bs, r0, r1, tg, O[1:], buf[g0: g0 + (m + 2 * a) * K * T], am)
         return [(Ellipsis, np.matmul(V.reshape(a, C, T), UgT))]
 
-    Msum = run_tiles_sum(run, plan, np.zeros((a, C, K), dtype=dtype))
+    Msum = run_tiles_sum(run, plan, np.zeros((a, C, K), dtype=dtype), bufs)
     gw = matmul(_kron(G, r).T.astype(dtype), Msum.reshape(a, C * K))  # (3^r, C K)
     gw = np.ascontiguousarray(gw.reshape(R**r, C, K).transpose(2, 1, 0))
     return gw.reshape((K, C) + (R,) * r)
@@ -726,7 +726,7 @@ def _weight_grad3(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
                                UgT[:, (e0 - d0) * t: (e1 - d0) * t]))
                 for kd, e0, e1, v0 in blocks]
 
-    Msum = run_tiles_sum(run, plan, np.zeros((k0, a, C, K), dtype=dtype))
+    Msum = run_tiles_sum(run, plan, np.zeros((k0, a, C, K), dtype=dtype), bufs)
     with _blas_single_thread():
         gw = _kron(G, 2).T.astype(dtype) @ Msum.reshape(k0, a, C * K)  # (k0, 9, C K)
     gw = np.ascontiguousarray(gw.reshape(k0, R * R, C, K).transpose(3, 2, 0, 1))

@@ -335,7 +335,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O: int, lo: int, d: int = 1,
         check_block(checks, y[bs, :, o0:min(O, t1 * m * d)], ymags)
 
     checks = tile_checks(dtype)
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     if xmags and ymags:
         sq, cnt = (sum(v) for v in zip(*xmags))
         _check_accuracy(r, dtype, w, math.sqrt(sq / max(cnt, 1)), max(ymags))
@@ -455,7 +455,7 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         np.matmul(am, Gy.reshape(m, K * T), out=Ug)
         return [(Ellipsis, np.matmul(Ug.reshape(a, K, T), V.reshape(a, C, T).transpose(0, 2, 1)))]
 
-    Msum = run_tiles_sum(run, plan, np.zeros((a, K, C), dtype=dtype))
+    Msum = run_tiles_sum(run, plan, np.zeros((a, K, C), dtype=dtype), bufs)
     gw = matmul(g.T.astype(dtype), Msum.reshape(a, K * C))  # (r, K C)
     _check_weight_grad_accuracy(dtype, g, Msum.reshape(a, K * C), gw)
     return np.ascontiguousarray(gw.reshape(r, K, C).transpose(1, 2, 0))

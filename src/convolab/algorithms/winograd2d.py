@@ -242,7 +242,7 @@ def _correlate(x: np.ndarray, w: np.ndarray, O, lows, bias=None) -> np.ndarray:
         check_block(checks, y[bs, :, r0:r1])
 
     checks = tile_checks(dtype)
-    run_tiles(run, plan)
+    run_tiles(run, plan, bufs)
     return y
 
 
@@ -326,6 +326,6 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
         return [(Ellipsis, np.matmul(Ug.reshape(a * a, K, T),
                                      V.reshape(a * a, C, T).transpose(0, 2, 1)))]
 
-    Msum = run_tiles_sum(run, plan, np.zeros((a * a, K, C), dtype=dtype))
+    Msum = run_tiles_sum(run, plan, np.zeros((a * a, K, C), dtype=dtype), bufs)
     gw = matmul(np.kron(g, g).T, Msum.reshape(a * a, K * C))  # (r^2, K C)
     return np.ascontiguousarray(gw.reshape(r, r, K, C).transpose(2, 3, 0, 1))
