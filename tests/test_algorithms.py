@@ -1168,6 +1168,45 @@ def test_3d_planes_too_big_for_the_workspace_run_in_slabs():
     _gemm_vjp_within_budget("conv3d", x, w, 8 * 2**20, 16 * 6 * 98 * 98 * 4, padding=1)
 
 
+def test_3d_slabs_of_many_samples_go_in_chunks_within_the_budget():
+    """A slab was a padded copy of its plane rows for every sample at once, outside
+    the tiles' scratch (C16 3x3x3 on 8 x 6x20x24 under 1 MiB: the forward took 3.5
+    MiB, over explain's 3.3; the weight gradient 3.2).  The samples now go in chunks
+    whose slab (and the forward's slab of output) take at most half the budget: the
+    forward stays within it (0.9 MiB), the gradients within what explain reports (the
+    weight gradient 1.7 MiB; the input gradient adds its slabs into a padded gradient
+    of the whole input), all three torch's."""
+    from convolab.algorithms import gemm
+    from convolab.spec import make_spec
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((8, 16, 6, 20, 24))
+    w = rng.standard_normal((16, 16, 3, 3, 3))
+    spec = make_spec((3, 3, 3), 1, 1, 1, 1)
+    O = spec.conv_out_shape(x.shape[2:])
+    gy = rng.standard_normal((8, 16) + O)
+    xt, wt, gyt = (torch.tensor(a, requires_grad=True) for a in (x, w, gy))
+    yt = torch.nn.functional.conv3d(xt, wt, padding=1)
+    yt.backward(gyt)
+    budget = 2**20
+    calls = {"forward": lambda: cl.conv3d(x, w, padding=1),
+             "input_grad": lambda: cl.grad.conv3d_input(x.shape, w, gy, padding=1),
+             "weight_grad": lambda: cl.grad.conv3d_weight(x, w.shape, gy, padding=1)}
+    want = {"forward": yt.detach().numpy(), "input_grad": xt.grad.numpy(),
+            "weight_grad": wt.grad.numpy()}
+    with cl.options(algorithm="gemm", workspace_bytes=budget, workers=2):
+        assert gemm._plane_slabs(spec, O, 16 * 27 * 8)
+        for role, call in calls.items():
+            call()  # the first call's one-off allocations (the plan caches) aside
+            got, peak = _traced(call)
+            est = select.workspace_bytes(role, spec, gy.shape if role == "input_grad"
+                                         else x.shape, w.shape, np.float64)
+            assert rel_err(got, want[role]) <= TOL64, role
+            assert peak - got.nbytes <= est + 2**14, (role, peak - got.nbytes, est)
+            if role == "forward":
+                assert peak - got.nbytes <= budget + 2**14, (peak - got.nbytes) / 2**10
+
+
 @pytest.mark.parametrize("ws", [64, 3000])
 def test_gemm_3d_slabs_match_direct(ws):
     """Slabs of plane rows with strides, dilation, groups and asymmetric padding."""
@@ -2042,7 +2081,7 @@ def test_group_tiles_cover_every_sample_row_and_group_once():
     ("gemm", (6, 8, 12, 12), (8, 2, 3, 3), dict(padding=1, groups=4), 12000),
     ("gemm", (5, 6, 40), (4, 6, 5), dict(stride=2), 3000),
     ("winograd", (5, 6, 13, 14), (4, 6, 3, 3), dict(padding=1), 24000),
-    ("winograd", (3, 4, 6, 9, 10), (5, 4, 3, 3, 3), dict(padding=1), 16000),
+    ("winograd", (3, 4, 6, 9, 10), (5, 4, 3, 3, 3), dict(padding=1), 32000),
     ("winograd", (5, 6, 90), (4, 6, 7), dict(padding=3, dilation=2), 3000),
     ("winograd", (5, 6, 13, 14), (4, 6, 5, 5), dict(padding=2), 24000),
 ])

@@ -37,7 +37,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..padding import crop_spatial, pad_spatial
 from ..spec import ConvSpec
-from ..options import get_options
+from ..options import get_options, options
 from . import _samegrid as samegrid
 from ._finite import all_finite
 from ._threads import RESULTS_HELD_PER_WORKER, Scratch, run_tiles, run_tiles_sum, workers
@@ -344,8 +344,17 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     # a 3-D input gradient in slabs adds each slab into a zeroed padded gradient of the
     # whole input (cropped at the end): a C8 k3 stride-2 layer on 32x96x96 measured
     # 9.5 MiB under a 1 MiB budget where 3.8 was estimated without it
-    slabbed = role == "input_grad" and bool(
-        _plane_slabs(spec, tuple(p["O"]), (C * kk + K) * item))
+    slabs = _plane_slabs(spec, tuple(p["O"]), ((C * kk + K) if role != "forward" else C * kk)
+                         * item)
+    slabbed = role == "input_grad" and bool(slabs)
+    # and each chunk of samples' slab (a padded copy, or the input gradient's slab), at
+    # most half the budget (:func:`_slab_batches`)
+    slab = 0
+    if slabs:
+        out_row = K * p["O"][0] * math.prod(p["O"][2:]) * item if role == "forward" else 0
+        slab = get_options().workspace_bytes - _slab_batches(
+            spec, N, p["S"], C, slabs, item, copies=role == "input_grad" or _pads(spec),
+            out_row=out_row)[1]
     if role == "input_grad" and not slabbed:
         O = tuple(p["O"])
         buf_shape = grad_buffer_shape(spec, p["S"], O)
@@ -363,7 +372,7 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     per_pos = (C * kk + (K if role == "weight_grad" else 0)
                + (rows_in if role == "forward" and st > kk else 0)) * item
     _, most = tiles(N, p["O"], per_pos, cache=CACHE)
-    return (padded if crops or slabbed else 0) + nw * most * (C * kk + rows_in) * item
+    return (padded if crops or slabbed else 0) + slab + nw * most * (C * kk + rows_in) * item
 
 
 # Small calls: plain im2col.  Below :data:`LANE_BYTES` of columns a role runs as one
@@ -513,6 +522,30 @@ def _plane_slabs(spec: ConvSpec, O, per_position: int):
     return [(h, min(O[1], h + rows)) for h in range(0, O[1], rows)]
 
 
+def _slab_batches(spec: ConvSpec, N: int, S, C: int, slabs, item: int,
+                  copies: bool = True, out_row: int = 0) -> tuple[list[slice], int]:
+    """How the slabs run: ``(batch chunks, budget left for each slab's own call)``.
+
+    A slab is a copy of its rows of the padded input (or, for the input gradient, its
+    gradient) for every sample of its call, outside the tiles' scratch: over all
+    samples that came to most of the input (a C220 k4x5x3 forward on 8 x 18x14x23: 42
+    MiB of slab copies under a 12.5 MiB budget, 51 MiB in all).  So the samples go in
+    chunks whose slab takes at most half the budget, and the slab's own call plans its
+    tiles within the rest.  ``copies``: False where a slab is a view (no padding);
+    ``out_row``: bytes per sample and output row of the result a slab's call returns
+    before it is copied into place (the forward's)."""
+    budget = get_options().workspace_bytes
+    if not copies and not out_row:
+        return [slice(0, N)], budget
+    Pd = spec.padded_shape(S)
+    rows = max(_slab_rows(spec, h0, h1).stop - _slab_rows(spec, h0, h1).start
+               for h0, h1 in slabs)
+    per_sample = (copies * C * Pd[0] * rows * math.prod(Pd[2:]) * item
+                  + out_row * max(h1 - h0 for h0, h1 in slabs))
+    nb = max(1, min(N, budget // 2 // max(1, per_sample)))
+    return [slice(i, min(N, i + nb)) for i in range(0, N, nb)], max(1, budget - nb * per_sample)
+
+
 def _slab_rows(spec: ConvSpec, h0: int, h1: int) -> slice:
     """Rows of the padded input (second spatial dimension) that output rows [h0, h1) read."""
     return input_rows(slice(h0, h1), spec, dim=1)
@@ -529,6 +562,11 @@ def _padded_slab(x: np.ndarray, spec: ConvSpec, h0: int, h1: int) -> np.ndarray:
     pairs = list(spec.padding)
     pairs[1] = (first - rows.start, rows.stop - last)
     return pad_spatial(x[:, :, :, first - lo1:last - lo1], pairs)
+
+
+def _pads(spec: ConvSpec) -> bool:
+    """Whether the spec pads (its slabs are then copies, not views of the input)."""
+    return any(lo or hi for lo, hi in spec.padding)
 
 
 def _unpadded(spec: ConvSpec) -> ConvSpec:
@@ -769,9 +807,14 @@ def _forward(x, w, spec: ConvSpec, O, store, bias) -> np.ndarray | None:
     if slabs:
         sp0 = _unpadded(spec)
         y = np.empty((N, K) + O, dtype=dtype)
-        for h0, h1 in slabs:
-            y[:, :, :, h0:h1] = forward(_padded_slab(x, spec, h0, h1), w, sp0,
-                                        (O[0], h1 - h0) + O[2:], bias=bias)
+        chunks, rest = _slab_batches(spec, N, x.shape[2:], C, slabs, dtype.itemsize,
+                                     copies=_pads(spec),
+                                     out_row=K * O[0] * math.prod(O[2:]) * dtype.itemsize)
+        with options(workspace_bytes=rest):
+            for bs in chunks:
+                for h0, h1 in slabs:
+                    y[bs, :, :, h0:h1] = forward(_padded_slab(x[bs], spec, h0, h1), w, sp0,
+                                                 (O[0], h1 - h0) + O[2:], bias=bias)
         return y
     if _toeplitz_rows(spec, prob, dtype.itemsize):
         return _forward_toeplitz(x, w, spec, O, dtype, store, gb)
@@ -1778,8 +1821,11 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     slabs = _plane_slabs(spec, O, (C * kk + K) * dtype.itemsize)
     if slabs:
         sp0 = _unpadded(spec)
-        return sum(weight_grad(_padded_slab(x, spec, h0, h1), gy[:, :, :, h0:h1], sp0)
-                   for h0, h1 in slabs)
+        chunks, rest = _slab_batches(spec, N, x.shape[2:], C, slabs, dtype.itemsize,
+                                     copies=_pads(spec))
+        with options(workspace_bytes=rest):
+            return sum(weight_grad(_padded_slab(x[bs], spec, h0, h1), gy[bs, :, :, h0:h1], sp0)
+                       for bs in chunks for h0, h1 in slabs)
     Cg = C // g
 
     def scratch(plan, most, G):
@@ -1915,10 +1961,13 @@ def input_grad(gy: np.ndarray, w: np.ndarray, spec: ConvSpec, in_spatial) -> np.
     if slabs:  # each slab's gradient lands on its rows of the padded buffer (halos add)
         sp0 = _unpadded(spec)
         gxp = np.zeros((N, C) + buf_shape, dtype=dtype)
-        for h0, h1 in slabs:
-            rows = _slab_rows(spec, h0, h1)
-            sub = (buf_shape[0], rows.stop - rows.start) + tuple(buf_shape[2:])
-            gxp[:, :, :, rows] += input_grad(gy[:, :, :, h0:h1], w, sp0, sub)
+        chunks, rest = _slab_batches(spec, N, in_spatial, C, slabs, dtype.itemsize)
+        with options(workspace_bytes=rest):
+            for bs in chunks:
+                for h0, h1 in slabs:
+                    rows = _slab_rows(spec, h0, h1)
+                    sub = (buf_shape[0], rows.stop - rows.start) + tuple(buf_shape[2:])
+                    gxp[bs, :, :, rows] += input_grad(gy[bs, :, :, h0:h1], w, sp0, sub)
         crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(spec.padding, in_spatial))
         return np.ascontiguousarray(gxp[(slice(None), slice(None)) + crop])
     Hs, phases, offs, Lf, pst = _phase_layout(spec, buf_shape, O)
