@@ -540,8 +540,8 @@ def _slab_batches(spec: ConvSpec, N: int, S, C: int, slabs, item: int,
     Pd = spec.padded_shape(S)
     rows = max(_slab_rows(spec, h0, h1).stop - _slab_rows(spec, h0, h1).start
                for h0, h1 in slabs)
-    per_sample = (copies * C * Pd[0] * rows * math.prod(Pd[2:]) * item
-                  + out_row * max(h1 - h0 for h0, h1 in slabs))
+    copy = C * Pd[0] * rows * math.prod(Pd[2:]) * item if copies else 0
+    per_sample = copy + out_row * max(h1 - h0 for h0, h1 in slabs)
     nb = max(1, min(N, budget // 2 // max(1, per_sample)))
     return [slice(i, min(N, i + nb)) for i in range(0, N, nb)], max(1, budget - nb * per_sample)
 
