@@ -1168,6 +1168,42 @@ def test_3d_planes_too_big_for_the_workspace_run_in_slabs():
     _gemm_vjp_within_budget("conv3d", x, w, 8 * 2**20, 16 * 6 * 98 * 98 * 4, padding=1)
 
 
+def test_gemm_weight_gradient_keeps_its_partial_sums_and_gy_within_the_budget():
+    """Two things a GEMM weight gradient held outside its tile buffers: partial sums
+    (each the size of a group slice of the weight) waiting for the fold, up to two per
+    worker whatever the budget, and each tile's gy in (group, channel, sample,
+    position) order, which a reshape copied.  A grouped C96 -> K52 2x5 layer under
+    139 KiB took 453 KiB on two workers (201 on one); C16 -> K132 4x4 on 16 samples
+    under 6.3 MiB took 7.1 MiB.  Now fewer sums wait where they do not fit, and gy is
+    copied into the tile's buffer; the results are torch's."""
+    import functools
+
+    from convolab.ops import conv
+
+    rng = np.random.default_rng(5)
+    for N, C, K, g, k, s, S, pad, budget in [
+            (3, 96, 52, 4, (2, 5), (2, 1), (28, 11), (1, 0), 139 * 2**10),
+            (16, 16, 132, 4, (4, 4), (3, 1), (70, 48), (1, 0), 6445 * 2**10)]:
+        x = rng.standard_normal((N, C) + S, dtype=np.float32)
+        w = rng.standard_normal((K, C // g) + k, dtype=np.float32)
+        kw = dict(stride=s, padding=pad, groups=g)
+        xt, wt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w))
+        yt = torch.nn.functional.conv2d(xt, wt, **kw)
+        gy = rng.standard_normal(tuple(yt.shape), dtype=np.float32)
+        yt.backward(torch.tensor(gy, dtype=torch.float64))
+        peaks = {}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(conv, "SMALL_CALL_FLOPS", 0)
+            for nw in (1, 2):
+                call = functools.partial(cl.grad.conv2d_weight, x, w.shape, gy, **kw)
+                with cl.options(algorithm="gemm", workspace_bytes=budget, workers=nw):
+                    call()
+                    got, peak = _traced(call)
+                assert rel_err(got, wt.grad.numpy()) <= TOL32
+                peaks[nw] = peak - got.nbytes
+        assert peaks[2] <= max(budget, peaks[1] + w.nbytes) + 2**14, (peaks, budget)
+
+
 def test_3d_slabs_of_many_samples_go_in_chunks_within_the_budget():
     """A slab was a padded copy of its plane rows for every sample at once, outside
     the tiles' scratch (C16 3x3x3 on 8 x 6x20x24 under 1 MiB: the forward took 3.5
