@@ -529,10 +529,12 @@ class Scratch:
     tiles of 51 KiB at once.  Pass the buffer to :func:`run_tiles` (or
     :func:`run_tiles_sum`), which then runs the tiles on that many threads."""
 
-    def __init__(self, size: int, dtype) -> None:
+    def __init__(self, size: int, dtype, held: int = 0) -> None:
+        # held: bytes a worker holds beside its buffer while it runs a tile (the partial
+        # sum a weight-gradient tile returns, say)
         self.size, self.dtype = max(1, int(size)), dtype
         self._bufs: dict[int, np.ndarray] = {}
-        each = self.size * np.dtype(dtype).itemsize
+        each = self.size * np.dtype(dtype).itemsize + held
         self.workers = max(1, min(workers(), get_options().workspace_bytes // each))
 
     def get(self) -> np.ndarray:

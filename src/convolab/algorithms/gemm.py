@@ -1836,7 +1836,9 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
                 + _input_tile_size(plan, spec, x.shape[2:], G * Cg)) * dtype.itemsize
 
     plan, most, G = _plan_in_budget(N, O, g, Kg, (Cg * kk + Kg) * dtype.itemsize, scratch)
-    bufs = Scratch(scratch(plan, most, G) // dtype.itemsize, dtype)
+    # beside its buffer, each worker holds the partial sum its tile returns
+    bufs = Scratch(scratch(plan, most, G) // dtype.itemsize, dtype,
+                   held=G * Ckg * Kg * dtype.itemsize)
 
     def run(tile):
         bs, rows, gs = tile
