@@ -236,7 +236,9 @@ def _backward(x, gy, w, spec):
         w.reshape(g, Kg, Cg, kk)[..., ::-1].transpose(0, 2, 1, 3).reshape(g, Cg, Kg * kk))
     gx = np.empty((N, C) + S, dtype=dtype)
     plan, per_tile = _plan(spec, N, S, O, C, K, g, item)
-    bufs = Scratch(per_tile, dtype)
+    G = max(gs.stop - gs.start for _, _, gs in plan)
+    # beside its buffer, each worker holds its tile's partial sum of the weight gradient
+    bufs = Scratch(per_tile, dtype, held=G * Kg * kk * Cg * item)
     tap_strides = tuple(d * p * item for d, p in zip(spec.dilation, pst))
 
     def run(tile):
@@ -310,7 +312,11 @@ def _backward_same(x, gy, w, spec):
     gyf = gy.reshape(N, K, Of)
     gx = np.empty((N, C, Sf), dtype=dtype)
     plan, per_tile = _plan_same(spec, N, S, K, g, item, grid)
-    bufs = Scratch(per_tile, dtype)
+    G = max(gs.stop - gs.start for _, _, gs in plan)
+    nmax = max(bs.stop - bs.start for bs, _, _ in plan)
+    # beside its buffer, each worker holds its tile's products of the weight gradient
+    # (one per sample) and their sum
+    bufs = Scratch(per_tile, dtype, held=(nmax + (nmax > 1)) * G * Kg * kk * Cg * item)
 
     def run(tile):
         bs, rows, gs = tile
@@ -375,8 +381,9 @@ def forward_and_weight_grad(a: np.ndarray, w: np.ndarray, b: np.ndarray, spec: C
     bg = b.reshape(N, g, Kg, P)
     y = np.empty((N, K, P), dtype=dtype)
     plan, most, G = gemm._plan(N, O, g, Kg, (Ckg + Kg) * item)
+    # beside its buffer, each worker holds its tile's partial sum of the weight gradient
     bufs = Scratch(most * G * (Ckg + Kg) + gemm._input_tile_size(plan, spec, a.shape[2:], G * Cg),
-                   dtype)
+                   dtype, held=G * Ckg * Kg * item)
 
     def run(tile):
         bs, rows, gs = tile

@@ -1243,7 +1243,8 @@ def _weight_grad_last(x, gy, spec: ConvSpec, dtype):
     P, kk = math.prod(O), math.prod(spec.kernel_size)
     nb, per = _last_plan(spec, dict(N=N, C=C, K=K, g=g, S=x.shape[2:], O=O), dtype.itemsize)
     plan = [slice(n, min(N, n + nb)) for n in range(0, N, nb)]
-    bufs = Scratch(nb * per, dtype)
+    # beside its buffer, each worker holds its tile's partial sums (the weight's size)
+    bufs = Scratch(nb * per, dtype, held=K * Cg * kk * dtype.itemsize)
 
     def run(bs):
         n = bs.stop - bs.start

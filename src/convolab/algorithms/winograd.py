@@ -668,7 +668,9 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     a, m, CK = ALPHA**r, M_OUT**r, max(C, K)
     plan = _wg_plan(N, O, C, K, dtype.itemsize)
     tmax, pmax = _tile_sizes(plan, tgrid, C)
-    bufs = Scratch(pmax + 2 * a * CK * tmax + (m + 2 * a) * K * tmax, dtype)
+    # beside its buffer, each worker holds its tile's (a, C, K) partial sum
+    bufs = Scratch(pmax + 2 * a * CK * tmax + (m + 2 * a) * K * tmax, dtype,
+                   held=a * C * K * dtype.itemsize)
 
     def run(tile):
         bs, r0, r1, n, tg, T = _row_tile(tile, tgrid)
@@ -705,7 +707,8 @@ def _weight_grad3(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
                                  + _per_position(2, 0, K, item))
     tgb, tmax, pplane, size = _band_geometry(band, O, C, CK, npl)
     gsize = (m + 2 * a) * K * tmax * nd
-    bufs = Scratch(npl * pplane + 2 * size + gsize, dtype)
+    # beside its buffer, each worker holds its tile's partial sums, one per depth tap
+    bufs = Scratch(npl * pplane + 2 * size + gsize, dtype, held=k0 * a * C * K * item)
 
     def run(tile):
         n, d0, d1, r0, r1 = tile

@@ -236,11 +236,12 @@ def workspace(role: str, spec: ConvSpec, p: dict, dtype) -> int:
     return workers() * most * per + halo
 
 
-def _scratch(plan, most: int, per: int, d: int, a: int, m: int, C: int, dtype) -> Scratch:
+def _scratch(plan, most: int, per: int, d: int, a: int, m: int, C: int, dtype,
+             held: int = 0) -> Scratch:
     """Per-worker scratch for the tiles of ``plan``: ``per`` bytes per output tile, and
-    the halo of ``d (a - m)`` input positions per sample."""
+    the halo of ``d (a - m)`` input positions per sample (``held``: as Scratch's)."""
     nmax = max(bs.stop - bs.start for bs, _ in plan)
-    return Scratch(most * per // dtype.itemsize + nmax * d * (a - m) * C, dtype)
+    return Scratch(most * per // dtype.itemsize + nmax * d * (a - m) * C, dtype, held)
 
 
 # Sums of squares a float32 (complex64) span gives exactly enough in its own precision
@@ -433,7 +434,8 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     am, btd = np.ascontiguousarray(at.T.astype(dtype)), bt.astype(dtype)  # am: (a, m)
     item = dtype.itemsize
     plan, most, per = _wg_plan(N, O, r, C, K, d, item)
-    bufs = _scratch(plan, most, per, d, a, m, C, dtype)
+    # beside its buffer, each worker holds its tile's (a, K, C) partial sum
+    bufs = _scratch(plan, most, per, d, a, m, C, dtype, held=a * K * C * item)
 
     def run(tile):
         buf = bufs.get()

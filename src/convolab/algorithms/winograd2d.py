@@ -302,7 +302,8 @@ def weight_grad(x: np.ndarray, gy: np.ndarray, spec: ConvSpec) -> np.ndarray:
     tw = -(-O[1] // m)
     plan, most, per_row, halo = _wg_plan(N, O, r, C, K, item)
     nmax = max(bs.stop - bs.start for bs, _ in plan)
-    bufs = Scratch((most * per_row + nmax * halo) // item, dtype)
+    # beside its buffer, each worker holds its tile's (a*a, K, C) partial sum
+    bufs = Scratch((most * per_row + nmax * halo) // item, dtype, held=a * a * K * C * item)
     lows = [lo for lo, _ in spec.padding]
 
     def run(tile):
