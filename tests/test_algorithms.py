@@ -1230,6 +1230,30 @@ def test_polyphase_input_gradient_through_mec_plans_beside_its_whole_result():
     assert peak - got.nbytes <= budget + 2**14, (peak - got.nbytes) / 2**20
 
 
+@pytest.mark.parametrize("nworkers", [1, 2])
+def test_gemm_mec_tiles_count_their_halo_against_the_budget(nworkers):
+    """MEC's tiles were planned by the s0 lowered rows an output row adds, but a tile
+    of one output row lowers k0 of them: C46 3x3x4 on 13 x 3x23x11 (one output row)
+    took 12.6 MiB of tiles under an 8 MiB budget.  A plan over a worker's share is now
+    made again with a larger size per position; torch's result."""
+    from convolab.algorithms import gemm
+    from convolab.spec import make_spec
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((13, 46, 3, 23, 11), dtype=np.float32)
+    w = rng.standard_normal((35, 46, 3, 3, 4), dtype=np.float32)
+    kw = dict(padding=(0, 2, 1))
+    assert gemm._mec(make_spec((3, 3, 4), 1, [(0, 0), (2, 2), (1, 1)], 1, 1), (1, 23, 10))
+    want = torch.nn.functional.conv3d(torch.tensor(x, dtype=torch.float64),
+                                      torch.tensor(w, dtype=torch.float64), **kw).numpy()
+    budget = 8245 * 2**10
+    with cl.options(algorithm="gemm", workspace_bytes=budget, workers=nworkers):
+        cl.conv3d(x, w, **kw)
+        got, peak = _traced(lambda: cl.conv3d(x, w, **kw))
+    assert rel_err(got, want) <= TOL32
+    assert peak - got.nbytes <= budget + 2**14, (peak - got.nbytes) / 2**20
+
+
 def test_3d_slabs_of_many_samples_go_in_chunks_within_the_budget():
     """A slab was a padded copy of its plane rows for every sample at once, outside
     the tiles' scratch (C16 3x3x3 on 8 x 6x20x24 under 1 MiB: the forward took 3.5

@@ -318,7 +318,9 @@ def _input_grad_unified(gy, w, spec: ConvSpec, in_spatial, bias=None) -> np.ndar
             put(gx[(bs, slice(g0, g1), slice(None)) + d], part,
                 None if bv is None else bv[g0:g1])
 
-    if not _forward_padded(gy, wall, list(zip(lows, highs)), (1,) * r, g, Q, store=store):
+    with gemm._beside(wall.nbytes):  # the forward's tiles plan beside the phase weights
+        ran = _forward_padded(gy, wall, list(zip(lows, highs)), (1,) * r, g, Q, store=store)
+    if not ran:
         gx[...] = 0 if bv is None else bv
     return gx.reshape((N, g * Cg) + in_spatial)
 
