@@ -1781,10 +1781,9 @@ def _forward_mec(x, w, spec: ConvSpec, O, dtype, bias=None) -> np.ndarray:
     y = np.empty((N, K, O[0], Pr), dtype=dtype)
     # one output row of one sample needs s0 new lowered input rows (plus the k0 - s0 halo)
     # the halo weighs on tiles of few rows: C46 3x3x4 on 13 x 3x23x11 (one output row)
-    # had 12.6 MiB of tiles under an 8 MiB budget; so a plan over a worker's share of the
-    # budget is made again with the size per position scaled up (the cache target stays
-    # as it was measured)
-    # (beside the weights in (tap row, channel) order)
+    # had 12.6 MiB of tiles under an 8 MiB budget; so a plan over a worker's share of
+    # what the budget leaves beside ``wm`` is made again with the size per position
+    # scaled up (the cache target stays as it was measured)
     with _beside(wm.nbytes):
         share = get_options().workspace_bytes // workers()
         per = max(s0, 1) * rows_per * item
