@@ -442,8 +442,7 @@ def run_tiles_sum(fn, items, acc: np.ndarray, bufs: Scratch | None = None) -> np
     failed = False
     n = workers() if bufs is None else bufs.workers
     ahead = PARKED_PER_WORKER * n
-    room = get_options().workspace_bytes - (
-        0 if bufs is None else n * bufs.size * np.dtype(bufs.dtype).itemsize)
+    room = get_options().workspace_bytes - (0 if bufs is None else n * bufs.nbytes)
 
     def run(i: int) -> None:
         nonlocal nxt, failed
@@ -534,8 +533,9 @@ class Scratch:
         # sum a weight-gradient tile returns, say)
         self.size, self.dtype = max(1, int(size)), dtype
         self._bufs: dict[int, np.ndarray] = {}
-        each = self.size * np.dtype(dtype).itemsize + held
-        self.workers = max(1, min(workers(), get_options().workspace_bytes // each))
+        self.nbytes = self.size * np.dtype(dtype).itemsize  # one worker's buffer
+        self.workers = max(1, min(workers(), get_options().workspace_bytes
+                                  // (self.nbytes + held)))
 
     def get(self) -> np.ndarray:
         key = threading.get_ident()
